@@ -1,0 +1,115 @@
+//! Least connections, weighted: the server with the fewest in-flight requests
+//! per unit of weight. Ties are broken at random so that an idle cluster does
+//! not send every request to the first server.
+
+use super::Servers;
+
+pub fn pick(servers: &impl Servers, rng: &mut fastrand::Rng) -> Option<usize> {
+    let n = servers.len();
+    if n == 0 {
+        return None;
+    }
+    let start = rng.usize(..n);
+    let mut best: Option<usize> = None;
+    let mut ties = 0u32;
+    for i in (0..n).map(|k| (start + k) % n).filter(|&i| servers.available(i)) {
+        match best {
+            None => {
+                best = Some(i);
+                ties = 1;
+            }
+            Some(b) => match load(servers, i).cmp(&load(servers, b)) {
+                std::cmp::Ordering::Less => {
+                    best = Some(i);
+                    ties = 1;
+                }
+                std::cmp::Ordering::Equal => {
+                    // Reservoir sampling: each tied server wins with equal chance.
+                    ties += 1;
+                    if rng.u32(..ties) == 0 {
+                        best = Some(i);
+                    }
+                }
+                std::cmp::Ordering::Greater => {}
+            },
+        }
+    }
+    best
+}
+
+/// in_flight / weight, compared exactly as a fraction.
+fn load(servers: &impl Servers, i: usize) -> Load {
+    Load { num: u64::from(servers.in_flight(i)), den: u64::from(servers.weight(i).max(1)) }
+}
+
+#[derive(Clone, Copy)]
+struct Load {
+    num: u64,
+    den: u64,
+}
+
+impl PartialEq for Load {
+    fn eq(&self, other: &Self) -> bool {
+        self.cmp(other).is_eq()
+    }
+}
+impl Eq for Load {}
+impl PartialOrd for Load {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+impl Ord for Load {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        (self.num * other.den).cmp(&(other.num * self.den))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::balance::testing::Fixed;
+    use proptest::prelude::*;
+
+    proptest! {
+        /// The pick is available and no available server has a lower load.
+        #[test]
+        fn picks_a_least_loaded_server(
+            spec in proptest::collection::vec((1u32..5, 0u32..20, any::<bool>()), 1..10),
+            seed in any::<u64>(),
+        ) {
+            let mut s = Fixed::new(spec.iter().map(|x| x.0).collect());
+            s.in_flight = spec.iter().map(|x| x.1).collect();
+            s.up = spec.iter().map(|x| x.2).collect();
+            let mut rng = fastrand::Rng::with_seed(seed);
+            match pick(&s, &mut rng) {
+                None => prop_assert!(s.up.iter().all(|u| !u)),
+                Some(i) => {
+                    prop_assert!(s.up[i]);
+                    for j in (0..s.weights.len()).filter(|&j| s.up[j]) {
+                        prop_assert!(load(&s, i) <= load(&s, j));
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn ties_spread_over_all_tied_servers() {
+        let s = Fixed::new(vec![1, 1, 1, 1]);
+        let mut rng = fastrand::Rng::with_seed(7);
+        let mut counts = [0; 4];
+        for _ in 0..4000 {
+            counts[pick(&s, &mut rng).unwrap()] += 1;
+        }
+        assert!(counts.iter().all(|&c| c > 800), "{counts:?}");
+    }
+
+    #[test]
+    fn weight_scales_the_load() {
+        let mut s = Fixed::new(vec![3, 1]);
+        s.in_flight = vec![2, 1];
+        // 2/3 < 1/1
+        assert_eq!(pick(&s, &mut fastrand::Rng::with_seed(1)), Some(0));
+    }
+}

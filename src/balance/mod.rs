@@ -1,0 +1,119 @@
+//! Load-balancing policies: given the servers of one upstream, pick one.
+//!
+//! Pure and I/O-free: a policy sees servers only through [`Servers`] (weight,
+//! availability, in-flight requests, latency) and takes its randomness from the
+//! caller, so every policy is property-tested with a seeded generator. The
+//! request path owns the live numbers; this module owns only the state a policy
+//! needs between picks (round-robin weights, the hash ring).
+
+mod consistent_hash;
+mod least_conn;
+mod p2c_ewma;
+mod random;
+mod round_robin;
+
+pub use consistent_hash::Ring;
+pub use p2c_ewma::PeakEwma;
+pub use round_robin::SmoothRoundRobin;
+
+use crate::config::Balance;
+
+/// What a policy may know about the servers of an upstream, by index.
+pub trait Servers {
+    fn len(&self) -> usize;
+    fn weight(&self, i: usize) -> u32;
+    /// Healthy, not recently failed, and not excluded for this attempt.
+    fn available(&self, i: usize) -> bool;
+    /// Requests currently being served by server `i`.
+    fn in_flight(&self, i: usize) -> u32;
+    /// Smoothed response latency of server `i`, in seconds (0 when unknown).
+    fn latency(&self, i: usize) -> f64;
+}
+
+/// A policy with its state, built once per upstream and config generation.
+#[derive(Debug)]
+pub enum Balancer {
+    RoundRobin(SmoothRoundRobin),
+    LeastConn,
+    Random,
+    P2cEwma,
+    ConsistentHash(Ring),
+}
+
+impl Balancer {
+    /// `ids` names each server stably (its address), so a hash ring keeps its
+    /// shape when servers are added or removed.
+    pub fn new(balance: &Balance, weights: &[u32], ids: &[String]) -> Self {
+        match balance {
+            Balance::RoundRobin => Self::RoundRobin(SmoothRoundRobin::new(weights)),
+            Balance::LeastConn => Self::LeastConn,
+            Balance::Random => Self::Random,
+            Balance::P2cEwma => Self::P2cEwma,
+            Balance::ConsistentHash(_) => Self::ConsistentHash(Ring::new(ids, weights)),
+        }
+    }
+
+    /// Picks an available server. `key` is the request's hash key for
+    /// `consistent_hash` (when missing, that policy falls back to random).
+    pub fn pick(&self, servers: &impl Servers, key: Option<u64>, rng: &mut fastrand::Rng) -> Option<usize> {
+        match self {
+            Self::RoundRobin(rr) => rr.pick(servers),
+            Self::LeastConn => least_conn::pick(servers, rng),
+            Self::Random => random::pick(servers, rng),
+            Self::P2cEwma => p2c_ewma::pick(servers, rng),
+            Self::ConsistentHash(ring) => match key {
+                Some(key) => ring.pick(servers, key),
+                None => random::pick(servers, rng),
+            },
+        }
+    }
+
+    /// Whether [`pick`](Self::pick) wants a hash key.
+    pub fn wants_key(&self) -> bool {
+        matches!(self, Self::ConsistentHash(_))
+    }
+}
+
+/// Hashes a request's key (client IP, header, cookie or path) for the ring.
+pub fn hash_key(bytes: &[u8]) -> u64 {
+    xxhash_rust::xxh3::xxh3_64(bytes)
+}
+
+#[cfg(test)]
+pub(crate) mod testing {
+    //! A plain in-memory [`Servers`] for the policies' tests.
+    use super::Servers;
+
+    #[derive(Debug, Clone)]
+    pub struct Fixed {
+        pub weights: Vec<u32>,
+        pub up: Vec<bool>,
+        pub in_flight: Vec<u32>,
+        pub latency: Vec<f64>,
+    }
+
+    impl Fixed {
+        pub fn new(weights: Vec<u32>) -> Self {
+            let n = weights.len();
+            Self { weights, up: vec![true; n], in_flight: vec![0; n], latency: vec![0.0; n] }
+        }
+    }
+
+    impl Servers for Fixed {
+        fn len(&self) -> usize {
+            self.weights.len()
+        }
+        fn weight(&self, i: usize) -> u32 {
+            self.weights[i]
+        }
+        fn available(&self, i: usize) -> bool {
+            self.up[i]
+        }
+        fn in_flight(&self, i: usize) -> u32 {
+            self.in_flight[i]
+        }
+        fn latency(&self, i: usize) -> f64 {
+            self.latency[i]
+        }
+    }
+}

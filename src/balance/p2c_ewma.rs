@@ -1,0 +1,144 @@
+//! Power of two choices over a peak-sensitive EWMA of latency.
+//!
+//! Two distinct available servers are drawn at random and the one with the
+//! lower cost `latency * (in_flight + 1) / weight` wins (Finagle's and
+//! Linkerd's "P2C + peak EWMA"). Drawing two instead of scanning all keeps a
+//! slow server from being starved of the probes that would show it recovered.
+
+use std::time::{Duration, Instant};
+
+use super::Servers;
+
+/// Latency assumed for a server not yet measured, so new servers are tried
+/// but not flooded.
+const UNMEASURED: f64 = 0.001;
+
+pub fn pick(servers: &impl Servers, rng: &mut fastrand::Rng) -> Option<usize> {
+    let n = servers.len();
+    let available = (0..n).filter(|&i| servers.available(i)).count();
+    let nth_available = |k: usize| (0..n).filter(|&i| servers.available(i)).nth(k);
+    match available {
+        0 => None,
+        1 => nth_available(0),
+        _ => {
+            let a = rng.usize(..available);
+            let mut b = rng.usize(..available - 1);
+            if b >= a {
+                b += 1;
+            }
+            let (a, b) = (nth_available(a)?, nth_available(b)?);
+            Some(if cost(servers, b) < cost(servers, a) { b } else { a })
+        }
+    }
+}
+
+fn cost(servers: &impl Servers, i: usize) -> f64 {
+    let latency = servers.latency(i);
+    let latency = if latency > 0.0 { latency } else { UNMEASURED };
+    latency * f64::from(servers.in_flight(i) + 1) / f64::from(servers.weight(i).max(1))
+}
+
+/// A latency average that jumps up to a slow sample at once and decays
+/// towards faster ones over `DECAY`, so a server that turns slow loses
+/// traffic immediately and regains it gradually.
+#[derive(Debug, Clone, Copy)]
+pub struct PeakEwma {
+    value: f64,
+    at: Option<Instant>,
+}
+
+const DECAY: Duration = Duration::from_secs(10);
+
+impl Default for PeakEwma {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl PeakEwma {
+    pub const fn new() -> Self {
+        Self { value: 0.0, at: None }
+    }
+
+    /// Seconds; 0 until the first sample.
+    pub fn value(&self) -> f64 {
+        self.value
+    }
+
+    pub fn observe(&mut self, sample: Duration, now: Instant) {
+        let sample = sample.as_secs_f64();
+        match self.at {
+            Some(at) if sample < self.value => {
+                let elapsed = now.saturating_duration_since(at).as_secs_f64();
+                let w = (-elapsed / DECAY.as_secs_f64()).exp();
+                self.value = self.value * w + sample * (1.0 - w);
+            }
+            _ => self.value = sample,
+        }
+        self.at = Some(now);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::balance::testing::Fixed;
+    use proptest::prelude::*;
+
+    #[test]
+    fn prefers_the_faster_server() {
+        let mut s = Fixed::new(vec![1, 1]);
+        s.latency = vec![0.010, 0.001];
+        let mut rng = fastrand::Rng::with_seed(3);
+        assert!((0..100).all(|_| pick(&s, &mut rng) == Some(1)));
+    }
+
+    #[test]
+    fn in_flight_work_outweighs_a_small_latency_gap() {
+        let mut s = Fixed::new(vec![1, 1]);
+        s.latency = vec![0.002, 0.001];
+        s.in_flight = vec![0, 5];
+        assert_eq!(pick(&s, &mut fastrand::Rng::with_seed(3)), Some(0));
+    }
+
+    #[test]
+    fn peak_ewma_jumps_up_and_decays_down() {
+        let t0 = Instant::now();
+        let mut e = PeakEwma::new();
+        e.observe(Duration::from_millis(10), t0);
+        assert_eq!(e.value(), 0.010);
+        e.observe(Duration::from_millis(100), t0 + Duration::from_millis(1));
+        assert_eq!(e.value(), 0.100);
+        e.observe(Duration::from_millis(10), t0 + Duration::from_secs(10));
+        let v = e.value();
+        assert!(v < 0.100 && v > 0.010, "{v}");
+    }
+
+    proptest! {
+        /// The pick is available, and it is never the costlier of all
+        /// available servers unless all cost the same.
+        #[test]
+        fn picks_available_and_never_the_unique_worst(
+            spec in proptest::collection::vec((1u32..4, 0u32..10, 0u32..50, any::<bool>()), 1..8),
+            seed in any::<u64>(),
+        ) {
+            let mut s = Fixed::new(spec.iter().map(|x| x.0).collect());
+            s.in_flight = spec.iter().map(|x| x.1).collect();
+            s.latency = spec.iter().map(|x| f64::from(x.2) / 1000.0).collect();
+            s.up = spec.iter().map(|x| x.3).collect();
+            let mut rng = fastrand::Rng::with_seed(seed);
+            let up: Vec<usize> = (0..s.weights.len()).filter(|&i| s.up[i]).collect();
+            match pick(&s, &mut rng) {
+                None => prop_assert!(up.is_empty()),
+                Some(i) => {
+                    prop_assert!(s.up[i]);
+                    if up.len() >= 2 {
+                        let worst = up.iter().map(|&j| cost(&s, j)).fold(f64::MIN, f64::max);
+                        let worst_count = up.iter().filter(|&&j| cost(&s, j) == worst).count();
+                        prop_assert!(cost(&s, i) < worst || worst_count > 1);
+                    }
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,159 @@
+//! The config file as written: serde types that mirror the TOML one to one.
+//!
+//! Every struct denies unknown keys, and every value that validation may reject
+//! keeps its span so the error can point at it. Nothing here checks meaning;
+//! that is `validate.rs`'s job.
+
+use std::fmt;
+
+use serde::Deserialize;
+use serde::de::{self, Deserializer, Visitor};
+use toml::Spanned;
+
+/// A value that may be written either as an integer or as a string, such as
+/// `workers = 4` / `workers = "auto"` or `max_request_body = 1048576` / `"1 MiB"`.
+#[derive(Debug, Clone, PartialEq)]
+pub enum IntOrString {
+    Int(i64),
+    Str(String),
+}
+
+impl<'de> Deserialize<'de> for IntOrString {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct V;
+        impl Visitor<'_> for V {
+            type Value = IntOrString;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("an integer or a string")
+            }
+            fn visit_i64<E: de::Error>(self, v: i64) -> Result<Self::Value, E> {
+                Ok(IntOrString::Int(v))
+            }
+            fn visit_u64<E: de::Error>(self, v: u64) -> Result<Self::Value, E> {
+                i64::try_from(v)
+                    .map(IntOrString::Int)
+                    .map_err(|_| E::custom("integer is too large"))
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<Self::Value, E> {
+                Ok(IntOrString::Str(v.to_owned()))
+            }
+        }
+        deserializer.deserialize_any(V)
+    }
+}
+
+pub type Text = Spanned<String>;
+pub type Int = Spanned<i64>;
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRuntime {
+    pub workers: Option<Spanned<IntOrString>>,
+    pub shutdown_timeout: Option<Text>,
+    pub cpu_affinity: Option<bool>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawAdmin {
+    pub listen: Text,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawListener {
+    pub name: Text,
+    pub listen: Text,
+    pub tls: Option<Spanned<RawTls>>,
+    pub backlog: Option<Int>,
+    pub header_timeout: Option<Text>,
+    pub keepalive_timeout: Option<Text>,
+    pub body_timeout: Option<Text>,
+    pub max_request_body: Option<Spanned<IntOrString>>,
+    pub max_header_bytes: Option<Spanned<IntOrString>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawTls {
+    pub certificates: Spanned<Vec<RawCertificate>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawCertificate {
+    pub cert: Text,
+    pub key: Text,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRoute {
+    pub name: Option<Text>,
+    pub host: Option<Text>,
+    pub path_prefix: Option<Text>,
+    pub upstream: Text,
+    #[serde(default)]
+    pub strip_prefix: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RawBalance {
+    RoundRobin,
+    LeastConn,
+    Random,
+    P2cEwma,
+    ConsistentHash,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RawProtocol {
+    Http1,
+    H2,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawUpstream {
+    pub name: Text,
+    pub balance: Option<Spanned<RawBalance>>,
+    pub hash_key: Option<Text>,
+    pub protocol: Option<RawProtocol>,
+    pub servers: Spanned<Vec<RawServer>>,
+    pub connect_timeout: Option<Text>,
+    pub response_timeout: Option<Text>,
+    pub idle_timeout: Option<Text>,
+    pub max_idle_per_server: Option<Int>,
+    pub fail_timeout: Option<Text>,
+    pub health_check: Option<RawHealthCheck>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawServer {
+    pub addr: Text,
+    pub weight: Option<Int>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawHealthCheck {
+    pub path: Option<Text>,
+    pub interval: Option<Text>,
+    pub timeout: Option<Text>,
+    pub healthy_threshold: Option<Int>,
+    pub unhealthy_threshold: Option<Int>,
+}
+
+/// The whole file. Built section by section (see `parse.rs`) so that one bad
+/// route does not hide the errors in the next.
+#[derive(Debug, Default)]
+pub struct RawConfig {
+    pub runtime: RawRuntime,
+    pub admin: Option<RawAdmin>,
+    pub listeners: Vec<Spanned<RawListener>>,
+    pub routes: Vec<Spanned<RawRoute>>,
+    pub upstreams: Vec<Spanned<RawUpstream>>,
+}

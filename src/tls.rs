@@ -1,0 +1,160 @@
+//! TLS for listeners: loading certificates, choosing one by SNI, and the
+//! rustls server config (ALPN offers h2 and http/1.1).
+//!
+//! Certificates are matched by the DNS names in their subjectAltName; the first
+//! certificate of a listener answers clients that send no SNI or a name no
+//! certificate covers, as nginx's default server does.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use rustls::server::{ClientHello, ResolvesServerCert};
+use rustls::sign::CertifiedKey;
+
+use crate::config::TlsConfig;
+
+#[derive(Debug, thiserror::Error)]
+pub enum TlsError {
+    #[error("cannot read certificate {}: {source}", path.display())]
+    Cert {
+        path: PathBuf,
+        #[source]
+        source: rustls::pki_types::pem::Error,
+    },
+    #[error("cannot read private key {}: {source}", path.display())]
+    Key {
+        path: PathBuf,
+        #[source]
+        source: rustls::pki_types::pem::Error,
+    },
+    #[error("key {} does not fit certificate {}: {source}", key.display(), cert.display())]
+    Mismatch {
+        cert: PathBuf,
+        key: PathBuf,
+        #[source]
+        source: rustls::Error,
+    },
+    #[error("TLS settings rejected: {0}")]
+    Config(#[from] rustls::Error),
+}
+
+impl TlsError {
+    /// Whether the private key (rather than the certificate) is at fault.
+    pub fn is_about_key(&self) -> bool {
+        matches!(self, Self::Key { .. } | Self::Mismatch { .. })
+    }
+}
+
+fn provider() -> Arc<rustls::crypto::CryptoProvider> {
+    Arc::new(rustls::crypto::ring::default_provider())
+}
+
+/// Loads a PEM certificate chain and its PEM private key, checking they match.
+pub fn load_certified_key(cert: &Path, key: &Path) -> Result<CertifiedKey, TlsError> {
+    let chain = CertificateDer::pem_file_iter(cert)
+        .and_then(|certs| certs.collect::<Result<Vec<_>, _>>())
+        .and_then(|chain| {
+            if chain.is_empty() {
+                Err(rustls::pki_types::pem::Error::NoItemsFound)
+            } else {
+                Ok(chain)
+            }
+        })
+        .map_err(|source| TlsError::Cert { path: cert.to_path_buf(), source })?;
+    let private = PrivateKeyDer::from_pem_file(key)
+        .map_err(|source| TlsError::Key { path: key.to_path_buf(), source })?;
+    CertifiedKey::from_der(chain, private, &provider()).map_err(|source| TlsError::Mismatch {
+        cert: cert.to_path_buf(),
+        key: key.to_path_buf(),
+        source,
+    })
+}
+
+/// The server config for one TLS listener.
+pub fn server_config(tls: &TlsConfig) -> Result<Arc<rustls::ServerConfig>, TlsError> {
+    let mut resolver = SniResolver::default();
+    for c in &tls.certificates {
+        resolver.add(Arc::new(load_certified_key(&c.cert, &c.key)?));
+    }
+    let mut config = rustls::ServerConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()?
+        .with_no_client_auth()
+        .with_cert_resolver(Arc::new(resolver));
+    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    Ok(Arc::new(config))
+}
+
+#[derive(Debug, Default)]
+struct SniResolver {
+    exact: HashMap<String, Arc<CertifiedKey>>,
+    /// Keyed by the suffix after the `*`, e.g. `.example.com`.
+    wildcard: HashMap<String, Arc<CertifiedKey>>,
+    default: Option<Arc<CertifiedKey>>,
+}
+
+impl SniResolver {
+    fn add(&mut self, key: Arc<CertifiedKey>) {
+        if let Some(der) = key.cert.first() {
+            if let Ok(cert) = webpki::EndEntityCert::try_from(der) {
+                for name in cert.valid_dns_names() {
+                    let name = name.to_ascii_lowercase();
+                    let map = match name.strip_prefix('*') {
+                        Some(suffix) => self.wildcard.entry(suffix.to_owned()),
+                        None => self.exact.entry(name),
+                    };
+                    map.or_insert_with(|| key.clone());
+                }
+            }
+        }
+        self.default.get_or_insert(key);
+    }
+
+    fn find(&self, name: &str) -> Option<&Arc<CertifiedKey>> {
+        let name = name.to_ascii_lowercase();
+        self.exact.get(&name).or_else(|| {
+            // A wildcard covers exactly one label: `*.example.com` matches
+            // `a.example.com`, not `a.b.example.com`.
+            let dot = name.find('.')?;
+            self.wildcard.get(&name[dot..])
+        })
+    }
+}
+
+impl ResolvesServerCert for SniResolver {
+    fn resolve(&self, hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        hello
+            .server_name()
+            .and_then(|name| self.find(name))
+            .or(self.default.as_ref())
+            .cloned()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn certified(names: &[&str]) -> Arc<CertifiedKey> {
+        let cert = rcgen::generate_simple_self_signed(names.iter().map(|n| n.to_string()).collect::<Vec<_>>())
+            .expect("generate certificate");
+        let key = PrivateKeyDer::try_from(cert.signing_key.serialize_der()).expect("key");
+        Arc::new(CertifiedKey::from_der(vec![cert.cert.der().clone()], key, &provider()).expect("certified key"))
+    }
+
+    #[test]
+    fn sni_picks_exact_then_wildcard_then_first() {
+        let a = certified(&["a.example.com"]);
+        let wild = certified(&["*.example.com"]);
+        let mut r = SniResolver::default();
+        r.add(a.clone());
+        r.add(wild.clone());
+        assert!(Arc::ptr_eq(r.find("A.example.com").expect("exact"), &a));
+        assert!(Arc::ptr_eq(r.find("b.example.com").expect("wildcard"), &wild));
+        assert!(r.find("x.b.example.com").is_none());
+        assert!(r.find("other.org").is_none());
+        assert!(Arc::ptr_eq(r.default.as_ref().expect("default"), &a));
+    }
+}
