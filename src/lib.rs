@@ -1,5 +1,13 @@
 //! corral: a clustered HTTP reverse proxy and load balancer.
+pub mod admin;
 pub mod balance;
+pub mod body;
 pub mod config;
+pub mod echo;
+pub mod master;
+pub mod proxy;
 pub mod routing;
+pub mod runtime;
 pub mod tls;
+pub mod upstream;
+pub mod worker;

@@ -1,0 +1,177 @@
+//! The two bodies that cross corral, both streamed frame by frame.
+//!
+//! [`RequestBody`] carries a client's request body upstream and enforces the
+//! listener's limits on it (size, pause between reads) without buffering.
+//! [`ResponseBody`] carries an upstream's response (or a short local answer)
+//! back to the client and releases the upstream lease when it ends: the
+//! server's in-flight count drops and an HTTP/1.1 connection that finished
+//! cleanly goes back to its pool.
+
+use std::pin::Pin;
+use std::task::{Context, Poll, ready};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body::{Body, Frame, SizeHint};
+use hyper::body::Incoming;
+use tokio::sync::oneshot;
+use tokio::time::{Instant, Sleep};
+
+use crate::upstream::Lease;
+
+/// Why a client's request body was cut off.
+#[derive(Debug, thiserror::Error)]
+pub enum BodyError {
+    #[error("request body exceeds the limit of {limit} bytes")]
+    TooLarge { limit: u64 },
+    #[error("request body stalled for longer than {0:?}")]
+    Timeout(Duration),
+    #[error("reading the request body failed: {0}")]
+    Client(#[source] hyper::Error),
+}
+
+/// A client's request body on its way upstream.
+#[derive(Debug)]
+pub struct RequestBody {
+    inner: Incoming,
+    limit: Option<u64>,
+    seen: u64,
+    idle_timeout: Duration,
+    /// Created on the first pause and reused after, so a streaming upload
+    /// allocates one timer, not one per frame.
+    idle: Option<Pin<Box<Sleep>>>,
+    idle_armed: bool,
+    /// Dropped (or fired) once the body has been sent in full, which is
+    /// when the wait for the upstream's answer starts to count.
+    sent: Option<oneshot::Sender<()>>,
+}
+
+impl RequestBody {
+    /// Wraps `inner`; the receiver completes once the body has been sent.
+    pub fn new(inner: Incoming, limit: Option<u64>, idle_timeout: Duration) -> (Self, oneshot::Receiver<()>) {
+        let (tx, rx) = oneshot::channel();
+        let body = Self { inner, limit, seen: 0, idle_timeout, idle: None, idle_armed: false, sent: Some(tx) };
+        (body, rx)
+    }
+
+    fn mark_sent(&mut self) {
+        if let Some(tx) = self.sent.take() {
+            let _ = tx.send(());
+        }
+    }
+}
+
+impl Body for RequestBody {
+    type Data = Bytes;
+    type Error = BodyError;
+
+    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
+        let this = &mut *self;
+        match Pin::new(&mut this.inner).poll_frame(cx) {
+            Poll::Ready(Some(Ok(frame))) => {
+                this.idle_armed = false;
+                if let Some(data) = frame.data_ref() {
+                    this.seen += data.len() as u64;
+                    if let Some(limit) = this.limit.filter(|&l| this.seen > l) {
+                        return Poll::Ready(Some(Err(BodyError::TooLarge { limit })));
+                    }
+                }
+                if this.inner.is_end_stream() {
+                    this.mark_sent();
+                }
+                Poll::Ready(Some(Ok(frame)))
+            }
+            Poll::Ready(Some(Err(e))) => Poll::Ready(Some(Err(BodyError::Client(e)))),
+            Poll::Ready(None) => {
+                this.mark_sent();
+                Poll::Ready(None)
+            }
+            Poll::Pending => {
+                let deadline = Instant::now() + this.idle_timeout;
+                let idle = this.idle.get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline)));
+                if !this.idle_armed {
+                    idle.as_mut().reset(deadline);
+                    this.idle_armed = true;
+                }
+                ready!(idle.as_mut().poll(cx));
+                Poll::Ready(Some(Err(BodyError::Timeout(this.idle_timeout))))
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+/// A response on its way to the client.
+#[derive(Debug)]
+pub struct ResponseBody {
+    inner: Inner,
+    /// Released when the body is dropped.
+    lease: Option<Lease>,
+}
+
+#[derive(Debug)]
+enum Inner {
+    Upstream(Incoming),
+    Local(Option<Bytes>),
+}
+
+impl ResponseBody {
+    /// An upstream's body; `lease` is released when it ends.
+    pub fn upstream(inner: Incoming, lease: Lease) -> Self {
+        Self { inner: Inner::Upstream(inner), lease: Some(lease) }
+    }
+
+    /// A body corral writes itself (error pages, and the echo server).
+    pub fn local(bytes: impl Into<Bytes>) -> Self {
+        let bytes = bytes.into();
+        Self { inner: Inner::Local((!bytes.is_empty()).then_some(bytes)), lease: None }
+    }
+
+    pub fn empty() -> Self {
+        Self { inner: Inner::Local(None), lease: None }
+    }
+}
+
+impl Drop for ResponseBody {
+    fn drop(&mut self) {
+        if let Some(lease) = self.lease.take() {
+            // Read to the end: the connection is clean and can serve again.
+            // Dropped early (client gone, upstream error): it cannot.
+            let clean = matches!(&self.inner, Inner::Upstream(b) if b.is_end_stream());
+            lease.release(clean);
+        }
+    }
+}
+
+impl Body for ResponseBody {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        match &mut self.inner {
+            Inner::Local(bytes) => Poll::Ready(bytes.take().map(|b| Ok(Frame::data(b)))),
+            Inner::Upstream(body) => Pin::new(body).poll_frame(cx),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match &self.inner {
+            Inner::Local(bytes) => bytes.is_none(),
+            Inner::Upstream(body) => body.is_end_stream(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match &self.inner {
+            Inner::Local(bytes) => SizeHint::with_exact(bytes.as_ref().map_or(0, |b| b.len() as u64)),
+            Inner::Upstream(body) => body.size_hint(),
+        }
+    }
+}

@@ -1,0 +1,197 @@
+//! Header rules for forwarding (RFC 9110 §7.6): what is hop-by-hop and must
+//! not cross corral, and the `X-Forwarded-*` headers it adds.
+//!
+//! Pure functions over `HeaderMap`s; they allocate only for the new
+//! `X-Forwarded-For` value.
+
+use std::net::IpAddr;
+
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+
+static KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
+static PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
+pub static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+pub static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+pub static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+
+/// Whether `headers` ask to switch protocols (`Connection: upgrade` plus an
+/// `Upgrade` header), as a WebSocket handshake does.
+pub fn wants_upgrade(headers: &HeaderMap) -> bool {
+    headers.contains_key(header::UPGRADE) && connection_has(headers, "upgrade")
+}
+
+fn connection_has(headers: &HeaderMap, token: &str) -> bool {
+    connection_tokens(headers).any(|t| t.eq_ignore_ascii_case(token))
+}
+
+fn connection_tokens(headers: &HeaderMap) -> impl Iterator<Item = &str> {
+    headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(str::trim)
+        .filter(|t| !t.is_empty())
+}
+
+/// Removes hop-by-hop headers: `Connection` and every header it names,
+/// `Keep-Alive`, `Proxy-Connection`, `TE` (except `TE: trailers`, which gRPC
+/// needs end to end), `Transfer-Encoding` and `Upgrade`. With `upgrading`,
+/// `Upgrade` and `Connection: upgrade` stay so the next hop can switch too.
+pub fn remove_hop_by_hop(headers: &mut HeaderMap, upgrading: bool) {
+    if headers.contains_key(header::CONNECTION) {
+        let named: Vec<HeaderName> = connection_tokens(headers)
+            .filter_map(|t| HeaderName::from_bytes(t.as_bytes()).ok())
+            .collect();
+        for name in named {
+            if !(upgrading && name == header::UPGRADE) {
+                headers.remove(&name);
+            }
+        }
+        headers.remove(header::CONNECTION);
+    }
+    headers.remove(&KEEP_ALIVE);
+    headers.remove(&PROXY_CONNECTION);
+    headers.remove(header::TRANSFER_ENCODING);
+    if headers.get(header::TE).is_some_and(|te| te.as_bytes().eq_ignore_ascii_case(b"trailers")) {
+        headers.insert(header::TE, HeaderValue::from_static("trailers"));
+    } else {
+        headers.remove(header::TE);
+    }
+    if upgrading {
+        headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+    } else {
+        headers.remove(header::UPGRADE);
+    }
+}
+
+/// Appends the client to `X-Forwarded-For` and sets `X-Forwarded-Proto` and
+/// `X-Forwarded-Host`. Several `X-Forwarded-For` lines are joined into one,
+/// in order, as RFC 9110 §5.3 allows.
+pub fn add_forwarded(headers: &mut HeaderMap, client: IpAddr, tls: bool, host: Option<&HeaderValue>) {
+    let client = client.to_canonical();
+    let mut chain = String::new();
+    for v in headers.get_all(&X_FORWARDED_FOR) {
+        if let Ok(v) = v.to_str() {
+            let v = v.trim();
+            if !v.is_empty() {
+                chain.push_str(v);
+                chain.push_str(", ");
+            }
+        }
+    }
+    let value = if chain.is_empty() {
+        HeaderValue::from_str(&client.to_string())
+    } else {
+        chain.push_str(&client.to_string());
+        HeaderValue::from_str(&chain)
+    };
+    // An IP address and the client's own visible-ASCII header text are
+    // always valid header values.
+    if let Ok(value) = value {
+        headers.insert(&X_FORWARDED_FOR, value);
+    }
+    let proto = if tls { "https" } else { "http" };
+    headers.insert(&X_FORWARDED_PROTO, HeaderValue::from_static(proto));
+    match host {
+        Some(h) => headers.insert(&X_FORWARDED_HOST, h.clone()),
+        None => headers.remove(&X_FORWARDED_HOST),
+    };
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn map(pairs: &[(&str, &str)]) -> HeaderMap {
+        let mut m = HeaderMap::new();
+        for (k, v) in pairs {
+            m.append(HeaderName::from_bytes(k.as_bytes()).unwrap(), HeaderValue::from_str(v).unwrap());
+        }
+        m
+    }
+
+    #[test]
+    fn removes_fixed_and_connection_named_headers() {
+        let mut h = map(&[
+            ("connection", "keep-alive, X-Secret"),
+            ("x-secret", "1"),
+            ("keep-alive", "timeout=5"),
+            ("proxy-connection", "keep-alive"),
+            ("te", "gzip"),
+            ("transfer-encoding", "chunked"),
+            ("upgrade", "websocket"),
+            ("x-kept", "yes"),
+        ]);
+        remove_hop_by_hop(&mut h, false);
+        assert_eq!(h.len(), 1, "{h:?}");
+        assert_eq!(h["x-kept"], "yes");
+    }
+
+    #[test]
+    fn te_trailers_survives_for_grpc() {
+        let mut h = map(&[("te", "trailers")]);
+        remove_hop_by_hop(&mut h, false);
+        assert_eq!(h["te"], "trailers");
+    }
+
+    #[test]
+    fn upgrading_keeps_upgrade_and_connection_upgrade() {
+        let mut h = map(&[("connection", "Upgrade, x-other"), ("upgrade", "websocket"), ("x-other", "1")]);
+        assert!(wants_upgrade(&h));
+        remove_hop_by_hop(&mut h, true);
+        assert_eq!(h["upgrade"], "websocket");
+        assert_eq!(h["connection"], "upgrade");
+        assert!(!h.contains_key("x-other"));
+    }
+
+    #[test]
+    fn forwarded_for_appends_to_every_earlier_hop() {
+        let mut h = map(&[("x-forwarded-for", "1.1.1.1"), ("x-forwarded-for", "2.2.2.2, 3.3.3.3")]);
+        let host = HeaderValue::from_static("example.com");
+        add_forwarded(&mut h, "10.0.0.9".parse().unwrap(), true, Some(&host));
+        assert_eq!(h["x-forwarded-for"], "1.1.1.1, 2.2.2.2, 3.3.3.3, 10.0.0.9");
+        assert_eq!(h["x-forwarded-proto"], "https");
+        assert_eq!(h["x-forwarded-host"], "example.com");
+    }
+
+    #[test]
+    fn ipv4_mapped_clients_are_written_as_ipv4() {
+        let mut h = HeaderMap::new();
+        add_forwarded(&mut h, "::ffff:127.0.0.1".parse().unwrap(), false, None);
+        assert_eq!(h["x-forwarded-for"], "127.0.0.1");
+        assert_eq!(h["x-forwarded-proto"], "http");
+    }
+
+    proptest! {
+        /// No hop-by-hop header survives, whatever `Connection` names, and
+        /// every other header does.
+        #[test]
+        fn nothing_hop_by_hop_survives(
+            named in proptest::collection::vec("[a-z]{1,8}", 0..4),
+            others in proptest::collection::vec("x-[a-z]{1,8}", 0..4),
+        ) {
+            let mut h = HeaderMap::new();
+            if !named.is_empty() {
+                h.insert(header::CONNECTION, HeaderValue::from_str(&named.join(", ")).unwrap());
+            }
+            for n in named.iter().chain(&others) {
+                h.append(HeaderName::from_bytes(n.as_bytes()).unwrap(), HeaderValue::from_static("v"));
+            }
+            for fixed in ["keep-alive", "proxy-connection", "te", "transfer-encoding", "upgrade"] {
+                h.insert(HeaderName::from_static(fixed), HeaderValue::from_static("v"));
+            }
+            remove_hop_by_hop(&mut h, false);
+            for n in &named {
+                prop_assert!(!h.contains_key(n.as_str()));
+            }
+            for fixed in ["connection", "keep-alive", "proxy-connection", "te", "transfer-encoding", "upgrade"] {
+                prop_assert!(!h.contains_key(fixed));
+            }
+            for o in others.iter().filter(|o| !named.contains(o)) {
+                prop_assert!(h.contains_key(o.as_str()));
+            }
+        }
+    }
+}

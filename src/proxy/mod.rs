@@ -1,0 +1,289 @@
+//! The request path: route -> balance -> forward -> stream back.
+//!
+//! [`handle`] turns one client request into one response. It never panics on
+//! network input and never buffers a body: the client's body is handed to the
+//! upstream connection as a stream, and the upstream's body back to the
+//! client. Failures become short plain-text answers (see [`error`]). A connect
+//! failure is retried once on another server; a request that reached an
+//! upstream is not retried, because its body may already be gone.
+
+mod error;
+pub mod headers;
+mod upgrade;
+
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+
+use http::header::{self, HeaderValue};
+use http::uri::{Authority, PathAndQuery, Scheme, Uri};
+use http::{Request, Response, StatusCode, Version};
+use hyper::body::Incoming;
+use tokio::sync::oneshot;
+use tokio::time::Instant;
+
+pub use error::{Fault, ProxyError, local_response};
+
+use crate::balance::hash_key;
+use crate::body::{RequestBody, ResponseBody};
+use crate::config::{HashKey, Protocol};
+use crate::routing::{Route, rewrite_path};
+use crate::runtime::{ListenerRuntime, Runtime};
+use crate::upstream::{Conn, Lease, Upstream};
+
+/// What the proxy knows about the client connection a request came on.
+#[derive(Debug, Clone)]
+pub struct Client {
+    pub addr: SocketAddr,
+    pub tls: bool,
+    pub listener: Arc<ListenerRuntime>,
+}
+
+/// Serves one request from the snapshot `rt`.
+pub async fn handle(rt: Arc<Runtime>, client: &Client, request: Request<Incoming>) -> Response<ResponseBody> {
+    match forward(&rt, client, request).await {
+        Ok(response) => response,
+        Err(e) => {
+            // Upstream failures were logged where the server is known.
+            if e.fault() != Fault::Upstream {
+                tracing::debug!(client = %client.addr, error = %e, "request refused");
+            }
+            e.response()
+        }
+    }
+}
+
+async fn forward(rt: &Runtime, client: &Client, mut request: Request<Incoming>) -> Result<Response<ResponseBody>, ProxyError> {
+    let host = request_host(&request);
+    if host.is_none() && request.version() == Version::HTTP_11 {
+        return Err(ProxyError::MissingHost);
+    }
+    let route = rt
+        .routes
+        .find(host.as_ref().and_then(|h| h.to_str().ok()), request.uri().path())
+        .ok_or(ProxyError::NoRoute)?;
+    let upstream = &rt.upstreams[route.upstream];
+    let listener = &client.listener.config;
+    if let (Some(limit), Some(length)) = (listener.max_request_body, content_length(&request)) {
+        if length > limit {
+            return Err(ProxyError::BodyTooLarge { length, limit });
+        }
+    }
+    let protocol = upstream.config.protocol;
+    let upgrading = protocol == Protocol::Http1
+        && request.version() == Version::HTTP_11
+        && headers::wants_upgrade(request.headers());
+    let client_upgrade = upgrading.then(|| hyper::upgrade::on(&mut request));
+    let key = upstream.hash_key().and_then(|k| request_key(k, &request, client.addr.ip()));
+
+    let (mut parts, body) = request.into_parts();
+    headers::remove_hop_by_hop(&mut parts.headers, upgrading);
+    // corral answers `Expect: 100-continue` itself when it starts reading the body.
+    parts.headers.remove(header::EXPECT);
+    headers::add_forwarded(&mut parts.headers, client.addr.ip(), client.tls, host.as_ref());
+    set_target(&mut parts, route, protocol, host.as_ref());
+    let (body, body_sent) = RequestBody::new(body, listener.max_request_body, listener.body_timeout);
+    let request = Request::from_parts(parts, body);
+
+    let (response, lease) = exchange(upstream, request, body_sent, key).await?;
+    respond(response, lease, client_upgrade)
+}
+
+/// Picks a server, sends the request and waits for the response head.
+async fn exchange(
+    upstream: &Upstream,
+    mut request: Request<RequestBody>,
+    mut body_sent: oneshot::Receiver<()>,
+    key: Option<u64>,
+) -> Result<(Response<Incoming>, Lease), ProxyError> {
+    let config = &upstream.config;
+    let no_server = || ProxyError::NoServer { upstream: config.name.clone() };
+    let mut rng = fastrand::Rng::new();
+    let mut index = upstream.pick(key, None, &mut rng).ok_or_else(no_server)?;
+    let mut may_retry_connect = true;
+    // A pooled connection can close between checkout and send; hyper then
+    // hands the unsent request back and it goes out on a fresh connection.
+    let mut unsent_retries = 2;
+    loop {
+        let server = &upstream.servers[index];
+        let mut lease = server.lease();
+        let conn = match server.connection(config.connect_timeout).await {
+            Ok((conn, _reused)) => conn,
+            Err(e) => {
+                server.mark_failed();
+                let e = ProxyError::from(e);
+                log_failure(upstream, server, &e);
+                let next = may_retry_connect.then(|| upstream.pick(key, Some(index), &mut rng)).flatten();
+                match next {
+                    Some(next) => {
+                        may_retry_connect = false;
+                        index = next;
+                        continue;
+                    }
+                    None => return Err(e),
+                }
+            }
+        };
+        let started = Instant::now();
+        // The response timeout counts from the end of the request body, so a
+        // long upload is not cut off; a stalled one is by the body timeout.
+        let deadline = async {
+            let _ = (&mut body_sent).await;
+            tokio::time::sleep(config.response_timeout).await;
+            let e = ProxyError::ResponseTimeout(config.response_timeout);
+            log_failure(upstream, server, &e);
+            e
+        };
+        let sent = match conn {
+            Conn::Http1(mut sender) => {
+                let result = tokio::select! {
+                    r = sender.try_send_request(request) => r,
+                    e = deadline => return Err(e),
+                };
+                if result.as_ref().is_ok_and(|r| r.status() != StatusCode::SWITCHING_PROTOCOLS) {
+                    lease.hold(sender);
+                }
+                result
+            }
+            Conn::Http2(mut sender) => tokio::select! {
+                r = sender.try_send_request(request) => r,
+                e = deadline => return Err(e),
+            },
+        };
+        match sent {
+            Ok(response) => {
+                server.observe_latency(started.elapsed());
+                return Ok((response, lease));
+            }
+            Err(mut e) => match e.take_message() {
+                Some(unsent) if unsent_retries > 0 => {
+                    unsent_retries -= 1;
+                    request = unsent;
+                }
+                _ => {
+                    let e = ProxyError::from_send(e.into_error());
+                    log_failure(upstream, server, &e);
+                    return Err(e);
+                }
+            },
+        }
+    }
+}
+
+fn log_failure(upstream: &Upstream, server: &crate::upstream::Server, e: &ProxyError) {
+    if e.fault() == Fault::Upstream {
+        tracing::warn!(upstream = %upstream.name(), server = %server.addr, error = %e, "upstream failure");
+    }
+}
+
+/// Turns the upstream's response into the client's.
+fn respond(
+    mut response: Response<Incoming>,
+    lease: Lease,
+    client_upgrade: Option<hyper::upgrade::OnUpgrade>,
+) -> Result<Response<ResponseBody>, ProxyError> {
+    if response.status() == StatusCode::SWITCHING_PROTOCOLS {
+        let Some(client_upgrade) = client_upgrade else {
+            // A 101 nobody asked for cannot be relayed.
+            return Ok(local_response(StatusCode::BAD_GATEWAY, "invalid response from upstream"));
+        };
+        let upstream_upgrade = hyper::upgrade::on(&mut response);
+        let (mut parts, _) = response.into_parts();
+        headers::remove_hop_by_hop(&mut parts.headers, true);
+        upgrade::spawn_tunnel(client_upgrade, upstream_upgrade, lease);
+        return Ok(Response::from_parts(parts, ResponseBody::empty()));
+    }
+    let (mut parts, body) = response.into_parts();
+    headers::remove_hop_by_hop(&mut parts.headers, false);
+    Ok(Response::from_parts(parts, ResponseBody::upstream(body, lease)))
+}
+
+/// The request's host: the URI authority (HTTP/2, absolute-form) or the
+/// `Host` header.
+fn request_host<B>(request: &Request<B>) -> Option<HeaderValue> {
+    match request.uri().authority() {
+        Some(a) => HeaderValue::from_str(a.as_str()).ok(),
+        None => request.headers().get(header::HOST).cloned(),
+    }
+}
+
+fn content_length<B>(request: &Request<B>) -> Option<u64> {
+    request.headers().get(header::CONTENT_LENGTH)?.to_str().ok()?.parse().ok()
+}
+
+/// Points the request at the upstream: origin-form with a `Host` header for
+/// HTTP/1.1, an absolute URI (whose authority becomes `:authority`) for h2.
+/// The path loses the route's prefix when the route strips it.
+fn set_target(parts: &mut http::request::Parts, route: &Route, protocol: Protocol, host: Option<&HeaderValue>) {
+    let original = parts.uri.path_and_query().map_or("/", PathAndQuery::as_str);
+    let rewritten = rewrite_path(route, original);
+    let needs_origin_form = parts.uri.scheme().is_some() || parts.uri.authority().is_some();
+    let path = match (&rewritten, needs_origin_form || protocol == Protocol::H2) {
+        (None, false) => None,
+        (Some(p), _) => PathAndQuery::try_from(p.as_str()).ok(),
+        (None, true) => parts.uri.path_and_query().cloned(),
+    };
+    match protocol {
+        Protocol::Http1 => {
+            parts.version = Version::HTTP_11;
+            if let Some(path) = path {
+                parts.uri = Uri::from(path);
+            }
+            if let (false, Some(host)) = (parts.headers.contains_key(header::HOST), host) {
+                parts.headers.insert(header::HOST, host.clone());
+            }
+        }
+        Protocol::H2 => {
+            parts.version = Version::HTTP_2;
+            let authority = host.and_then(|h| Authority::try_from(h.as_bytes()).ok());
+            let mut uri = http::uri::Parts::default();
+            uri.scheme = Some(Scheme::HTTP);
+            uri.authority = authority;
+            uri.path_and_query = path.or_else(|| Some(PathAndQuery::from_static("/")));
+            if let Ok(uri) = Uri::from_parts(uri) {
+                parts.uri = uri;
+                // The authority carries the host in HTTP/2.
+                parts.headers.remove(header::HOST);
+            }
+        }
+    }
+}
+
+/// The request's key for consistent hashing; `None` when it has none (the
+/// balancer then falls back to a random pick).
+fn request_key<B>(key: &HashKey, request: &Request<B>, client_ip: IpAddr) -> Option<u64> {
+    match key {
+        HashKey::ClientIp => Some(match client_ip.to_canonical() {
+            IpAddr::V4(ip) => hash_key(&ip.octets()),
+            IpAddr::V6(ip) => hash_key(&ip.octets()),
+        }),
+        HashKey::Header(name) => request.headers().get(name).map(|v| hash_key(v.as_bytes())),
+        HashKey::Cookie(name) => cookie(request.headers(), name).map(|v| hash_key(v.as_bytes())),
+        HashKey::Path => Some(hash_key(request.uri().path().as_bytes())),
+    }
+}
+
+fn cookie<'h>(headers: &'h http::HeaderMap, name: &str) -> Option<&'h str> {
+    headers
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .filter_map(|pair| pair.trim().split_once('='))
+        .find(|(k, _)| *k == name)
+        .map(|(_, v)| v)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cookies_are_found_among_several_headers() {
+        let mut h = http::HeaderMap::new();
+        h.append(header::COOKIE, HeaderValue::from_static("a=1; session=abc"));
+        h.append(header::COOKIE, HeaderValue::from_static("b=2"));
+        assert_eq!(cookie(&h, "session"), Some("abc"));
+        assert_eq!(cookie(&h, "b"), Some("2"));
+        assert_eq!(cookie(&h, "c"), None);
+    }
+}

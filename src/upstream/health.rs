@@ -1,0 +1,111 @@
+//! Active health checks: a periodic `GET` to each server of an upstream that
+//! has `[upstreams.health_check]`.
+//!
+//! A 2xx or 3xx answer within the timeout passes. The first probe decides a
+//! server's state at once; after that it takes `unhealthy_threshold` failures
+//! in a row to take a server down and `healthy_threshold` passes to bring it
+//! back, so one slow answer does not flap it. Probes use their own short-lived
+//! connections, never the request pools.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::Empty;
+use hyper::client::conn::http1;
+use hyper_util::rt::TokioIo;
+use tokio::net::TcpStream;
+use tokio_util::sync::CancellationToken;
+
+use super::{Server, Upstream};
+use crate::config::HealthCheckConfig;
+
+/// Called when a server's health changes: (upstream name, server, healthy).
+pub type OnChange = Arc<dyn Fn(&str, &Server, bool) + Send + Sync>;
+
+/// Runs the checks until dropped.
+#[derive(Debug)]
+pub struct HealthChecker {
+    cancel: CancellationToken,
+}
+
+impl HealthChecker {
+    pub fn start(upstreams: &[Arc<Upstream>], on_change: OnChange) -> Self {
+        let cancel = CancellationToken::new();
+        for upstream in upstreams {
+            let Some(check) = upstream.config.health_check.clone() else { continue };
+            for server in &upstream.servers {
+                let task = watch(upstream.name().to_owned(), server.clone(), check.clone(), on_change.clone());
+                let cancel = cancel.clone();
+                tokio::spawn(async move { cancel.run_until_cancelled(task).await });
+            }
+        }
+        Self { cancel }
+    }
+}
+
+impl Drop for HealthChecker {
+    fn drop(&mut self) {
+        self.cancel.cancel();
+    }
+}
+
+async fn watch(upstream: String, server: Arc<Server>, check: HealthCheckConfig, on_change: OnChange) {
+    let mut interval = tokio::time::interval(check.interval);
+    interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut first = true;
+    let mut streak = 0u32;
+    loop {
+        interval.tick().await;
+        let result = probe(server.addr, &check.path, check.timeout).await;
+        let passed = result.is_ok();
+        let was = server.is_healthy();
+        streak = if passed == was { 0 } else { streak + 1 };
+        let needed = if was { check.unhealthy_threshold } else { check.healthy_threshold };
+        if (first && passed != was) || streak >= needed.get() {
+            streak = 0;
+            server.set_healthy(passed);
+            match &result {
+                Ok(()) => tracing::info!(upstream, server = %server.addr, "server is healthy"),
+                Err(e) => tracing::warn!(upstream, server = %server.addr, reason = %e, "server is unhealthy"),
+            }
+            on_change(&upstream, &server, passed);
+        }
+        first = false;
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ProbeError {
+    #[error("no answer within {0:?}")]
+    Timeout(Duration),
+    #[error("connect failed: {0}")]
+    Connect(#[source] std::io::Error),
+    #[error("HTTP failed: {0}")]
+    Http(#[source] hyper::Error),
+    #[error("answered {0}")]
+    Status(http::StatusCode),
+}
+
+/// One health probe: `GET path` on a fresh connection.
+pub async fn probe(addr: SocketAddr, path: &str, timeout: Duration) -> Result<(), ProbeError> {
+    let attempt = async {
+        let stream = TcpStream::connect(addr).await.map_err(ProbeError::Connect)?;
+        let (mut sender, conn) = http1::handshake(TokioIo::new(stream)).await.map_err(ProbeError::Http)?;
+        tokio::spawn(conn);
+        let request = http::Request::get(path)
+            .header(http::header::HOST, addr.to_string())
+            .header(http::header::USER_AGENT, concat!("corral-health/", env!("CARGO_PKG_VERSION")))
+            .body(Empty::<Bytes>::new())
+            .map_err(|_| ProbeError::Status(http::StatusCode::BAD_REQUEST))?;
+        let response = sender.send_request(request).await.map_err(ProbeError::Http)?;
+        let status = response.status();
+        if status.is_success() || status.is_redirection() {
+            Ok(())
+        } else {
+            Err(ProbeError::Status(status))
+        }
+    };
+    tokio::time::timeout(timeout, attempt).await.map_err(|_| ProbeError::Timeout(timeout))?
+}

@@ -1,0 +1,214 @@
+//! Upstreams: their servers, the live state of each server, and leases.
+//!
+//! A [`Server`] carries what the data path learns about it: requests in
+//! flight, a latency average, whether health checks pass, when it last
+//! refused a connection, and its connection pool. An [`Upstream`] pairs its
+//! servers with the balancing policy that picks among them. Servers are shared
+//! (`Arc`) so that a config reload can carry unchanged ones, and their pools,
+//! into the next snapshot.
+
+mod health;
+mod pool;
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+pub use health::{HealthChecker, probe};
+pub use pool::{Conn, ConnectError};
+
+use crate::balance::{Balancer, PeakEwma, Servers};
+use crate::config::{HashKey, Protocol, UpstreamConfig};
+use pool::Pool;
+
+#[derive(Debug)]
+pub struct Upstream {
+    pub config: UpstreamConfig,
+    pub servers: Vec<Arc<Server>>,
+    pub balancer: Balancer,
+}
+
+impl Upstream {
+    /// Builds the upstream, taking each server from `reuse` when it offers one
+    /// (a reload keeps the state of servers that did not change).
+    pub fn new(config: &UpstreamConfig, reuse: impl Fn(SocketAddr) -> Option<Arc<Server>>) -> Self {
+        let servers: Vec<Arc<Server>> = config
+            .servers
+            .iter()
+            .map(|s| reuse(s.addr).unwrap_or_else(|| Arc::new(Server::new(s.addr, s.weight.get(), config))))
+            .collect();
+        let weights: Vec<u32> = servers.iter().map(|s| s.weight).collect();
+        let ids: Vec<String> = servers.iter().map(|s| s.label.clone()).collect();
+        Self {
+            balancer: Balancer::new(&config.balance, &weights, &ids),
+            config: config.clone(),
+            servers,
+        }
+    }
+
+    pub fn name(&self) -> &str {
+        &self.config.name
+    }
+
+    pub fn hash_key(&self) -> Option<&HashKey> {
+        match &self.config.balance {
+            crate::config::Balance::ConsistentHash(key) => Some(key),
+            _ => None,
+        }
+    }
+
+    /// Picks a server, never `exclude` (the one a retry is moving away from).
+    pub fn pick(&self, key: Option<u64>, exclude: Option<usize>, rng: &mut fastrand::Rng) -> Option<usize> {
+        let view = View { servers: &self.servers, exclude, now: Instant::now() };
+        self.balancer.pick(&view, key, rng)
+    }
+}
+
+/// The balancer's view of the servers at one instant.
+struct View<'a> {
+    servers: &'a [Arc<Server>],
+    exclude: Option<usize>,
+    now: Instant,
+}
+
+impl Servers for View<'_> {
+    fn len(&self) -> usize {
+        self.servers.len()
+    }
+    fn weight(&self, i: usize) -> u32 {
+        self.servers[i].weight
+    }
+    fn available(&self, i: usize) -> bool {
+        self.exclude != Some(i) && self.servers[i].is_available(self.now)
+    }
+    fn in_flight(&self, i: usize) -> u32 {
+        self.servers[i].in_flight()
+    }
+    fn latency(&self, i: usize) -> f64 {
+        self.servers[i].latency()
+    }
+}
+
+/// One upstream server and what is known about it.
+#[derive(Debug)]
+pub struct Server {
+    pub addr: SocketAddr,
+    pub weight: u32,
+    /// The address as text: the `server` label in metrics and logs.
+    pub label: String,
+    in_flight: AtomicU32,
+    healthy: AtomicBool,
+    /// Milliseconds after `born` until which the server is skipped because
+    /// it refused or timed out a connection.
+    failed_until: AtomicU64,
+    born: Instant,
+    fail_timeout: Duration,
+    ewma: Mutex<PeakEwma>,
+    pool: Pool,
+}
+
+impl Server {
+    pub fn new(addr: SocketAddr, weight: u32, upstream: &UpstreamConfig) -> Self {
+        Self {
+            addr,
+            weight,
+            label: addr.to_string(),
+            in_flight: AtomicU32::new(0),
+            healthy: AtomicBool::new(true),
+            failed_until: AtomicU64::new(0),
+            born: Instant::now(),
+            fail_timeout: upstream.fail_timeout,
+            ewma: Mutex::new(PeakEwma::new()),
+            pool: Pool::new(upstream),
+        }
+    }
+
+    pub fn in_flight(&self) -> u32 {
+        self.in_flight.load(Ordering::Relaxed)
+    }
+
+    pub fn latency(&self) -> f64 {
+        self.ewma.lock().map_or(0.0, |e| e.value())
+    }
+
+    pub fn is_healthy(&self) -> bool {
+        self.healthy.load(Ordering::Relaxed)
+    }
+
+    pub fn set_healthy(&self, healthy: bool) {
+        self.healthy.store(healthy, Ordering::Relaxed);
+    }
+
+    fn millis(&self, at: Instant) -> u64 {
+        u64::try_from(at.saturating_duration_since(self.born).as_millis()).unwrap_or(u64::MAX)
+    }
+
+    fn is_available(&self, now: Instant) -> bool {
+        self.is_healthy() && self.millis(now) >= self.failed_until.load(Ordering::Relaxed)
+    }
+
+    /// Skips this server for `fail_timeout` after a failed connect.
+    pub fn mark_failed(&self) {
+        let until = self.millis(Instant::now() + self.fail_timeout);
+        self.failed_until.store(until, Ordering::Relaxed);
+    }
+
+    pub fn observe_latency(&self, sample: Duration) {
+        if let Ok(mut e) = self.ewma.lock() {
+            e.observe(sample, Instant::now().into_std());
+        }
+    }
+
+    /// Counts a request against this server until the lease is released.
+    pub fn lease(self: &Arc<Self>) -> Lease {
+        self.in_flight.fetch_add(1, Ordering::Relaxed);
+        Lease { server: self.clone(), conn: None }
+    }
+
+    /// A connection to this server: a pooled one if any is idle, else a new one.
+    /// The flag says whether it was reused.
+    pub async fn connection(&self, connect_timeout: Duration) -> Result<(Conn, bool), ConnectError> {
+        self.pool.get(self.addr, connect_timeout).await
+    }
+
+    pub fn protocol(&self) -> Protocol {
+        self.pool.protocol()
+    }
+}
+
+/// A request's claim on a server: counted in flight while it lives, and
+/// holding the HTTP/1.1 connection to return to the pool once the response
+/// has been read to its end.
+#[derive(Debug)]
+pub struct Lease {
+    server: Arc<Server>,
+    conn: Option<hyper::client::conn::http1::SendRequest<crate::body::RequestBody>>,
+}
+
+impl Lease {
+    pub fn server(&self) -> &Arc<Server> {
+        &self.server
+    }
+
+    /// Keeps `conn` to give back to the pool on a clean release.
+    pub fn hold(&mut self, conn: hyper::client::conn::http1::SendRequest<crate::body::RequestBody>) {
+        self.conn = Some(conn);
+    }
+
+    /// Ends the lease; `clean` when the response was read to its end, so the
+    /// connection can serve another request.
+    pub fn release(mut self, clean: bool) {
+        if let Some(conn) = self.conn.take().filter(|_| clean) {
+            pool::checkin(&self.server, conn);
+        }
+    }
+}
+
+impl Drop for Lease {
+    fn drop(&mut self) {
+        self.server.in_flight.fetch_sub(1, Ordering::Relaxed);
+    }
+}

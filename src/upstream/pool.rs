@@ -1,0 +1,175 @@
+//! Connections to one server: opening them, and keeping them for reuse.
+//!
+//! HTTP/1.1 connections wait in a LIFO list (the most recently used is the
+//! least likely to have been closed by the server) and are dropped once idle
+//! longer than `idle_timeout` or beyond `max_idle_per_server`. An HTTP/2
+//! server gets one shared, multiplexed connection, replaced when it closes.
+
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use hyper::client::conn::{http1, http2};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use tokio::net::TcpStream;
+use tokio::time::Instant;
+
+use super::Server;
+use crate::body::RequestBody;
+use crate::config::{Protocol, UpstreamConfig};
+
+/// A connection ready to carry one request.
+#[derive(Debug)]
+pub enum Conn {
+    Http1(http1::SendRequest<RequestBody>),
+    Http2(http2::SendRequest<RequestBody>),
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConnectError {
+    #[error("connecting to {addr} timed out after {timeout:?}")]
+    Timeout { addr: SocketAddr, timeout: Duration },
+    #[error("connecting to {addr} failed: {source}")]
+    Io {
+        addr: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("HTTP handshake with {addr} failed: {source}")]
+    Handshake {
+        addr: SocketAddr,
+        #[source]
+        source: hyper::Error,
+    },
+}
+
+#[derive(Debug)]
+struct Idle {
+    conn: http1::SendRequest<RequestBody>,
+    since: Instant,
+}
+
+#[derive(Debug)]
+pub(super) struct Pool {
+    protocol: Protocol,
+    idle_timeout: Duration,
+    max_idle: usize,
+    idle: Mutex<Vec<Idle>>,
+    shared: Mutex<Option<http2::SendRequest<RequestBody>>>,
+}
+
+/// Pool locks guard plain lists; a panic while one was held leaves nothing
+/// half-done, so a poisoned lock is used as is.
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+impl Pool {
+    pub(super) fn new(upstream: &UpstreamConfig) -> Self {
+        Self {
+            protocol: upstream.protocol,
+            idle_timeout: upstream.idle_timeout,
+            max_idle: upstream.max_idle_per_server,
+            idle: Mutex::new(Vec::new()),
+            shared: Mutex::new(None),
+        }
+    }
+
+    pub(super) fn protocol(&self) -> Protocol {
+        self.protocol
+    }
+
+    pub(super) async fn get(&self, addr: SocketAddr, timeout: Duration) -> Result<(Conn, bool), ConnectError> {
+        match self.protocol {
+            Protocol::Http1 => {
+                if let Some(conn) = self.take_idle() {
+                    return Ok((Conn::Http1(conn), true));
+                }
+                let stream = connect(addr, timeout).await?;
+                let (conn, driver) = http1::Builder::new()
+                    .handshake(TokioIo::new(stream))
+                    .await
+                    .map_err(|source| ConnectError::Handshake { addr, source })?;
+                tokio::spawn(async move {
+                    if let Err(e) = driver.with_upgrades().await {
+                        tracing::debug!(%addr, error = %e, "upstream connection ended");
+                    }
+                });
+                Ok((Conn::Http1(conn), false))
+            }
+            Protocol::H2 => {
+                if let Some(conn) = lock(&self.shared).as_ref().filter(|c| !c.is_closed()) {
+                    return Ok((Conn::Http2(conn.clone()), true));
+                }
+                let stream = connect(addr, timeout).await?;
+                let (conn, driver) = http2::Builder::new(TokioExecutor::new())
+                    .timer(hyper_util::rt::TokioTimer::new())
+                    .keep_alive_interval(Duration::from_secs(30))
+                    .handshake(TokioIo::new(stream))
+                    .await
+                    .map_err(|source| ConnectError::Handshake { addr, source })?;
+                tokio::spawn(async move {
+                    if let Err(e) = driver.await {
+                        tracing::debug!(%addr, error = %e, "upstream h2 connection ended");
+                    }
+                });
+                *lock(&self.shared) = Some(conn.clone());
+                Ok((Conn::Http2(conn), false))
+            }
+        }
+    }
+
+    fn take_idle(&self) -> Option<http1::SendRequest<RequestBody>> {
+        let mut idle = lock(&self.idle);
+        let now = Instant::now();
+        while let Some(entry) = idle.pop() {
+            if now.saturating_duration_since(entry.since) >= self.idle_timeout {
+                // LIFO: everything below this one has waited even longer.
+                idle.clear();
+                return None;
+            }
+            if entry.conn.is_ready() {
+                return Some(entry.conn);
+            }
+        }
+        None
+    }
+
+    fn put_idle(&self, conn: http1::SendRequest<RequestBody>) {
+        let mut idle = lock(&self.idle);
+        if idle.len() < self.max_idle {
+            idle.push(Idle { conn, since: Instant::now() });
+        }
+    }
+}
+
+/// Returns an HTTP/1.1 connection whose response was read to the end. hyper
+/// marks it ready once its driver task has seen the exchange finish, which
+/// may be a moment later (or never, if the server closes it), so a connection
+/// not yet ready is watched by a small task instead of being parked unready.
+pub(super) fn checkin(server: &Arc<Server>, mut conn: http1::SendRequest<RequestBody>) {
+    if conn.is_ready() {
+        server.pool.put_idle(conn);
+        return;
+    }
+    if conn.is_closed() {
+        return;
+    }
+    let server = server.clone();
+    tokio::spawn(async move {
+        let wait = tokio::time::timeout(server.pool.idle_timeout, conn.ready());
+        if let Ok(Ok(())) = wait.await {
+            server.pool.put_idle(conn);
+        }
+    });
+}
+
+async fn connect(addr: SocketAddr, timeout: Duration) -> Result<TcpStream, ConnectError> {
+    let stream = tokio::time::timeout(timeout, TcpStream::connect(addr))
+        .await
+        .map_err(|_| ConnectError::Timeout { addr, timeout })?
+        .map_err(|source| ConnectError::Io { addr, source })?;
+    // Requests and responses are written whole; Nagle would only delay them.
+    stream.set_nodelay(true).map_err(|source| ConnectError::Io { addr, source })?;
+    Ok(stream)
+}

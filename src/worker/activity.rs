@@ -1,0 +1,212 @@
+//! Per-connection timekeeping for the client-side timeouts.
+//!
+//! hyper's own HTTP/1.1 header timer starts as soon as a connection is idle,
+//! which would make the keep-alive timeout equal the header timeout, and
+//! hyper-util's protocol sniffing has no timer at all. So corral keeps its
+//! own: the socket wrapper [`Watched`] notes the first byte that arrives while
+//! no request is in flight, the service notes requests starting and ending,
+//! and [`Activity::deadline`] says when the connection has waited too long:
+//!
+//! - before the first request, and from the first byte of any later one:
+//!   `header_timeout` to deliver a complete request head;
+//! - between requests: `keepalive_timeout` of silence;
+//! - while a request is in flight: no limit here (upstream and body timeouts
+//!   apply instead).
+
+use std::io;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::time::Instant;
+
+const NONE: u64 = u64::MAX;
+
+#[derive(Debug)]
+pub struct Activity {
+    epoch: Instant,
+    in_flight: AtomicU32,
+    /// When the connection last became idle (ms since `epoch`).
+    idle_since: AtomicU64,
+    /// When the first byte of a new request head arrived (ms since `epoch`),
+    /// or `NONE` while the connection is silent or busy.
+    head_since: AtomicU64,
+    /// HTTP/2 multiplexes control frames with requests, so bytes between
+    /// requests say nothing about a request head.
+    multiplexed: AtomicBool,
+}
+
+/// Why a connection's wait is over.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Expired {
+    /// A request head took longer than `header_timeout`.
+    Header,
+    /// No request for `keepalive_timeout`.
+    Idle,
+}
+
+impl Activity {
+    pub fn new() -> Arc<Self> {
+        Arc::new(Self {
+            epoch: Instant::now(),
+            in_flight: AtomicU32::new(0),
+            idle_since: AtomicU64::new(0),
+            // The connection is open: its first request head is due.
+            head_since: AtomicU64::new(0),
+            multiplexed: AtomicBool::new(false),
+        })
+    }
+
+    fn now_ms(&self) -> u64 {
+        u64::try_from(self.epoch.elapsed().as_millis()).unwrap_or(NONE - 1)
+    }
+
+    fn at(&self, ms: u64) -> Instant {
+        self.epoch + Duration::from_millis(ms)
+    }
+
+    fn saw_bytes(&self) {
+        if self.in_flight.load(Ordering::Relaxed) == 0 && self.head_since.load(Ordering::Relaxed) == NONE {
+            self.head_since.store(self.now_ms(), Ordering::Relaxed);
+        }
+    }
+
+    /// A request arrived; the guard marks its end when dropped.
+    pub fn begin(self: &Arc<Self>, multiplexed: bool) -> RequestGuard {
+        if multiplexed {
+            self.multiplexed.store(true, Ordering::Relaxed);
+        }
+        self.in_flight.fetch_add(1, Ordering::Relaxed);
+        self.head_since.store(NONE, Ordering::Relaxed);
+        RequestGuard(self.clone())
+    }
+
+    /// When the connection's current wait runs out, and why.
+    pub fn deadline(&self, header_timeout: Duration, keepalive_timeout: Duration) -> (Instant, Option<Expired>) {
+        if self.in_flight.load(Ordering::Relaxed) > 0 {
+            // Busy: look again later.
+            return (Instant::now() + keepalive_timeout, None);
+        }
+        let head = self.head_since.load(Ordering::Relaxed);
+        if head != NONE && !self.multiplexed.load(Ordering::Relaxed) {
+            return (self.at(head) + header_timeout, Some(Expired::Header));
+        }
+        if head != NONE && self.idle_since.load(Ordering::Relaxed) == 0 {
+            // An HTTP/2 connection that has not made a request yet.
+            return (self.at(head) + header_timeout, Some(Expired::Header));
+        }
+        (self.at(self.idle_since.load(Ordering::Relaxed)) + keepalive_timeout, Some(Expired::Idle))
+    }
+}
+
+/// Marks the end of a request when dropped (with its response body).
+#[derive(Debug)]
+pub struct RequestGuard(Arc<Activity>);
+
+impl Drop for RequestGuard {
+    fn drop(&mut self) {
+        if self.0.in_flight.fetch_sub(1, Ordering::Relaxed) == 1 {
+            // `max(1)`: 0 means "never idle yet" to `deadline`.
+            self.0.idle_since.store(self.0.now_ms().max(1), Ordering::Relaxed);
+        }
+    }
+}
+
+/// A client socket that reports incoming bytes to its [`Activity`].
+#[derive(Debug)]
+pub struct Watched<S> {
+    inner: S,
+    activity: Arc<Activity>,
+}
+
+impl<S> Watched<S> {
+    pub fn new(inner: S, activity: Arc<Activity>) -> Self {
+        Self { inner, activity }
+    }
+}
+
+impl<S: AsyncRead + Unpin> AsyncRead for Watched<S> {
+    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+        let before = buf.filled().len();
+        let polled = Pin::new(&mut self.inner).poll_read(cx, buf);
+        if buf.filled().len() > before {
+            self.activity.saw_bytes();
+        }
+        polled
+    }
+}
+
+impl<S: AsyncWrite + Unpin> AsyncWrite for Watched<S> {
+    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const HEADER: Duration = Duration::from_secs(10);
+    const KEEPALIVE: Duration = Duration::from_secs(60);
+
+    #[tokio::test(start_paused = true)]
+    async fn a_new_connection_owes_a_request_head() {
+        let a = Activity::new();
+        let (at, why) = a.deadline(HEADER, KEEPALIVE);
+        assert_eq!(why, Some(Expired::Header));
+        assert_eq!(at, a.epoch + HEADER);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn idle_waits_keepalive_then_a_started_head_gets_header_timeout() {
+        let a = Activity::new();
+        drop(a.begin(false));
+        tokio::time::advance(Duration::from_secs(30)).await;
+        let (at, why) = a.deadline(HEADER, KEEPALIVE);
+        assert_eq!(why, Some(Expired::Idle));
+        assert!(at > Instant::now());
+        a.saw_bytes();
+        let (at, why) = a.deadline(HEADER, KEEPALIVE);
+        assert_eq!(why, Some(Expired::Header));
+        assert_eq!(at, Instant::now() + HEADER);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn busy_connections_never_expire() {
+        let a = Activity::new();
+        let _g = a.begin(false);
+        a.saw_bytes();
+        assert_eq!(a.deadline(HEADER, KEEPALIVE).1, None);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn http2_control_frames_between_requests_do_not_start_a_head() {
+        let a = Activity::new();
+        drop(a.begin(true));
+        a.saw_bytes();
+        assert_eq!(a.deadline(HEADER, KEEPALIVE).1, Some(Expired::Idle));
+    }
+}

@@ -1,0 +1,160 @@
+//! One client connection: TLS, HTTP/1.1 or HTTP/2, timeouts, and drain.
+//!
+//! A TLS connection speaks what ALPN chose; a plain one is sniffed by
+//! hyper-util (HTTP/1.1, or HTTP/2 with prior knowledge). Each request goes to
+//! [`proxy::handle`] with the snapshot current when it arrived.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use bytes::Bytes;
+use http::{Request, Version};
+use http_body::{Body, Frame, SizeHint};
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::TcpStream;
+use tokio_util::sync::CancellationToken;
+
+use super::activity::{Activity, Expired, RequestGuard, Watched};
+use crate::body::ResponseBody;
+use crate::proxy::{self, Client};
+use crate::runtime::{ListenerRuntime, SharedRuntime};
+
+/// Which protocols a connection may speak.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Protocols {
+    Http1,
+    Http2,
+    Sniff,
+}
+
+pub async fn serve(
+    stream: TcpStream,
+    peer: SocketAddr,
+    listener: Arc<ListenerRuntime>,
+    runtime: SharedRuntime,
+    shutdown: CancellationToken,
+) {
+    // Responses are written whole; Nagle would only hold back their tails.
+    if let Err(e) = stream.set_nodelay(true) {
+        tracing::debug!(client = %peer, error = %e, "setting TCP_NODELAY failed");
+    }
+    let activity = Activity::new();
+    let stream = Watched::new(stream, activity.clone());
+    let Some(tls) = listener.tls.clone() else {
+        return serve_http(stream, Protocols::Sniff, peer, listener, runtime, activity, shutdown).await;
+    };
+    let handshake = tokio::time::timeout(listener.config.header_timeout, tokio_rustls::TlsAcceptor::from(tls).accept(stream));
+    let stream = match handshake.await {
+        Ok(Ok(stream)) => stream,
+        Ok(Err(e)) => return tracing::debug!(client = %peer, error = %e, "TLS handshake failed"),
+        Err(_) => return tracing::debug!(client = %peer, "TLS handshake timed out"),
+    };
+    let protocols = match stream.get_ref().1.alpn_protocol() {
+        Some(b"h2") => Protocols::Http2,
+        _ => Protocols::Http1,
+    };
+    serve_http(stream, protocols, peer, listener, runtime, activity, shutdown).await;
+}
+
+async fn serve_http<S>(
+    io: S,
+    protocols: Protocols,
+    peer: SocketAddr,
+    listener: Arc<ListenerRuntime>,
+    runtime: SharedRuntime,
+    activity: Arc<Activity>,
+    shutdown: CancellationToken,
+) where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let settings = &listener.config;
+    let (header_timeout, keepalive_timeout) = (settings.header_timeout, settings.keepalive_timeout);
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        // `Activity` enforces the header and keep-alive timeouts (see there).
+        .header_read_timeout(None)
+        .max_buf_size(settings.max_header_bytes)
+        .keep_alive(true);
+    builder.http2().timer(TokioTimer::new());
+    let builder = match protocols {
+        Protocols::Http1 => builder.http1_only(),
+        Protocols::Http2 => builder.http2_only(),
+        Protocols::Sniff => builder,
+    };
+    let client = Client { addr: peer, tls: listener.tls.is_some(), listener: listener.clone() };
+    let service = {
+        let activity = activity.clone();
+        service_fn(move |request: Request<Incoming>| {
+            let guard = activity.begin(request.version() == Version::HTTP_2);
+            let snapshot = runtime.load_full();
+            let client = client.clone();
+            async move {
+                let response = proxy::handle(snapshot, &client, request).await;
+                Ok::<_, Infallible>(response.map(|body| Tracked { body, _guard: guard }))
+            }
+        })
+    };
+    let conn = builder.serve_connection_with_upgrades(TokioIo::new(io), service);
+    tokio::pin!(conn);
+    let mut closing = false;
+    loop {
+        let (deadline, why) = activity.deadline(header_timeout, keepalive_timeout);
+        tokio::select! {
+            result = conn.as_mut() => {
+                if let Err(e) = result {
+                    tracing::debug!(client = %peer, error = %e, "connection ended with an error");
+                }
+                return;
+            }
+            () = shutdown.cancelled(), if !closing => {
+                conn.as_mut().graceful_shutdown();
+                closing = true;
+            }
+            () = tokio::time::sleep_until(deadline) => match why {
+                // Re-read: a request may have started while the timer ran.
+                _ if activity.deadline(header_timeout, keepalive_timeout).0 > tokio::time::Instant::now() => {}
+                Some(Expired::Header) => {
+                    return tracing::debug!(client = %peer, "request head not received in time; closing");
+                }
+                Some(Expired::Idle) if !closing => {
+                    conn.as_mut().graceful_shutdown();
+                    closing = true;
+                }
+                Some(Expired::Idle) | None => {}
+            },
+        }
+    }
+}
+
+/// A response body that marks its request finished for [`Activity`] when
+/// hyper is done with it.
+struct Tracked {
+    body: ResponseBody,
+    _guard: RequestGuard,
+}
+
+impl Body for Tracked {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        Pin::new(&mut self.body).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.body.size_hint()
+    }
+}
