@@ -59,6 +59,7 @@ async fn serve(config: Config) -> Result<(), RunError> {
     let snapshot = Runtime::build(config, 1, None)?;
     let _health = HealthChecker::start(&snapshot.upstreams, Arc::new(|_, _, _| {}));
     let shared = Arc::new(ArcSwap::from_pointee(snapshot));
+    tracing::info!(listeners = listeners.len(), "ready");
 
     let shutdown = CancellationToken::new();
     let mut term = signal(SignalKind::terminate())?;

@@ -1,0 +1,330 @@
+//! Shared test fixtures: the real `corral` binary on a config written to a
+//! temp dir, in-process proxies for paused-clock tests, real upstreams on
+//! 127.0.0.1:0, and small HTTP clients.
+#![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
+
+use std::collections::HashMap;
+use std::convert::Infallible;
+use std::future::Future;
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{HeaderMap, Request, Response, StatusCode};
+use http_body_util::combinators::BoxBody;
+use http_body_util::{BodyExt, Empty, Full};
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use tokio::net::{TcpListener, TcpStream};
+use tokio_util::sync::CancellationToken;
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_corral");
+
+/// How long a test waits for something that should take milliseconds; only
+/// a guard against hanging forever, never a synchronisation.
+pub const PATIENCE: Duration = Duration::from_secs(20);
+
+/// The corral binary, running `corral run` on a config.
+pub struct Corral {
+    pub child: Child,
+    pub listeners: HashMap<String, SocketAddr>,
+    pub config_path: PathBuf,
+    lines: Arc<Mutex<Vec<String>>>,
+    new_line: mpsc::Receiver<String>,
+    _dir: tempfile::TempDir,
+}
+
+impl Corral {
+    /// Starts corral on `config` and waits until it reports ready.
+    pub fn start(config: &str) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let config_path = dir.path().join("corral.toml");
+        std::fs::write(&config_path, config).unwrap();
+        Self::start_at(dir, config_path)
+    }
+
+    fn start_at(dir: tempfile::TempDir, config_path: PathBuf) -> Self {
+        let mut child = Command::new(BIN)
+            .args(["run", "--config"])
+            .arg(&config_path)
+            .env("CORRAL_LOG", "info,corral=debug")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let stderr = child.stderr.take().unwrap();
+        let lines = Arc::new(Mutex::new(Vec::new()));
+        let (tx, rx) = mpsc::channel();
+        {
+            let lines = lines.clone();
+            std::thread::spawn(move || {
+                for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                    eprintln!("[corral] {line}");
+                    lines.lock().unwrap().push(line.clone());
+                    let _ = tx.send(line);
+                }
+            });
+        }
+        let mut corral = Self { child, listeners: HashMap::new(), config_path, lines, new_line: rx, _dir: dir };
+        loop {
+            let line = corral.next_line().unwrap_or_else(|| panic!("corral did not become ready"));
+            if line.contains(" listening ") {
+                let name = field(&line, "listener").unwrap();
+                let addr = field(&line, "addr").unwrap().parse().unwrap();
+                corral.listeners.insert(name, addr);
+            }
+            if line.contains(" ready") {
+                break;
+            }
+        }
+        corral
+    }
+
+    pub fn addr(&self, listener: &str) -> SocketAddr {
+        self.listeners[listener]
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    fn next_line(&self) -> Option<String> {
+        self.new_line.recv_timeout(PATIENCE).ok()
+    }
+
+    /// Waits for a log line containing `needle` (seen before or after now).
+    pub fn wait_for_log(&self, needle: &str) -> String {
+        if let Some(l) = self.lines.lock().unwrap().iter().find(|l| l.contains(needle)) {
+            return l.clone();
+        }
+        loop {
+            let line = self.next_line().unwrap_or_else(|| panic!("no log line with {needle:?}"));
+            if line.contains(needle) {
+                return line;
+            }
+        }
+    }
+
+    pub fn signal(&self, signal: nix::sys::signal::Signal) {
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(self.child.id() as i32), signal).unwrap();
+    }
+
+    /// Waits for the process to exit and returns its exit code.
+    pub fn wait_exit(&mut self) -> Option<i32> {
+        let deadline = std::time::Instant::now() + PATIENCE;
+        while std::time::Instant::now() < deadline {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status.code();
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        panic!("corral did not exit");
+    }
+
+    /// Peak resident memory so far, in KiB (VmHWM).
+    pub fn peak_rss_kib(&self) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid())).unwrap();
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmHWM:"))
+            .and_then(|v| v.trim().trim_end_matches(" kB").trim().parse().ok())
+            .unwrap()
+    }
+}
+
+impl Drop for Corral {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// `key=value` out of a tracing log line.
+fn field(line: &str, key: &str) -> Option<String> {
+    let start = line.find(&format!(" {key}="))? + key.len() + 2;
+    Some(line[start..].split_whitespace().next()?.trim_matches('"').to_owned())
+}
+
+/// Runs `corral check` on `config`; returns (success, stdout + stderr, path).
+pub fn check(config: &str) -> (bool, String, PathBuf) {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("corral.toml");
+    std::fs::write(&path, config).unwrap();
+    let out = Command::new(BIN).args(["check", "--config"]).arg(&path).output().unwrap();
+    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    // Keep the path printable after the temp dir is gone.
+    (out.status.success(), text, path)
+}
+
+pub type TestBody = BoxBody<Bytes, std::io::Error>;
+
+pub fn full(bytes: impl Into<Bytes>) -> TestBody {
+    Full::new(bytes.into()).map_err(|never| match never {}).boxed()
+}
+
+pub fn empty() -> TestBody {
+    Empty::new().map_err(|never| match never {}).boxed()
+}
+
+/// A running test upstream; stops when dropped.
+pub struct Upstream {
+    pub addr: SocketAddr,
+    stop: CancellationToken,
+}
+
+impl Drop for Upstream {
+    fn drop(&mut self) {
+        self.stop.cancel();
+    }
+}
+
+/// corral's own echo server, in-process.
+pub async fn echo(name: &str) -> Upstream {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let stop = CancellationToken::new();
+    tokio::spawn(corral::echo::serve(listener, name.to_owned(), stop.clone()));
+    Upstream { addr, stop }
+}
+
+/// An HTTP/1.1 + h2c upstream answering with `handler`.
+pub async fn upstream<F, Fut>(handler: F) -> Upstream
+where
+    F: Fn(Request<Incoming>) -> Fut + Clone + Send + Sync + 'static,
+    Fut: Future<Output = Response<TestBody>> + Send + 'static,
+{
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let stop = CancellationToken::new();
+    let token = stop.clone();
+    tokio::spawn(async move {
+        loop {
+            let (stream, _) = tokio::select! {
+                () = token.cancelled() => return,
+                a = listener.accept() => a.unwrap(),
+            };
+            let handler = handler.clone();
+            tokio::spawn(async move {
+                let service = service_fn(move |req| {
+                    let h = handler.clone();
+                    async move { Ok::<_, Infallible>(h(req).await) }
+                });
+                let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+                    .serve_connection_with_upgrades(TokioIo::new(stream), service)
+                    .await;
+            });
+        }
+    });
+    Upstream { addr, stop }
+}
+
+/// A response as the client saw it.
+#[derive(Debug)]
+pub struct Reply {
+    pub status: StatusCode,
+    pub headers: HeaderMap,
+    pub body: Bytes,
+    pub version: http::Version,
+}
+
+impl Reply {
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_slice(&self.body).unwrap_or_else(|e| panic!("not JSON ({e}): {:?}", self.body))
+    }
+
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.body).into_owned()
+    }
+
+    /// The echo server's name, from `x-backend`.
+    pub fn backend(&self) -> String {
+        self.headers.get("x-backend").map(|v| v.to_str().unwrap().to_owned()).unwrap_or_default()
+    }
+}
+
+/// A keep-alive HTTP/1.1 client connection.
+pub struct H1 {
+    sender: hyper::client::conn::http1::SendRequest<TestBody>,
+    host: String,
+}
+
+impl H1 {
+    pub async fn connect(addr: SocketAddr) -> Self {
+        let stream = TcpStream::connect(addr).await.unwrap();
+        let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await.unwrap();
+        tokio::spawn(conn.with_upgrades());
+        Self { sender, host: addr.to_string() }
+    }
+
+    pub async fn send(&mut self, request: Request<TestBody>) -> Result<Response<Incoming>, hyper::Error> {
+        self.sender.ready().await?;
+        self.sender.send_request(request).await
+    }
+
+    pub async fn get(&mut self, path: &str, headers: &[(&str, &str)]) -> Reply {
+        let mut request = Request::get(path);
+        if !headers.iter().any(|(k, _)| k.eq_ignore_ascii_case("host")) {
+            request = request.header("host", self.host.clone());
+        }
+        for (k, v) in headers {
+            request = request.header(*k, *v);
+        }
+        let response = self.send(request.body(empty()).unwrap()).await.unwrap();
+        read(response).await
+    }
+}
+
+pub async fn read(response: Response<Incoming>) -> Reply {
+    let (parts, body) = response.into_parts();
+    let body = body.collect().await.unwrap().to_bytes();
+    Reply { status: parts.status, headers: parts.headers, body, version: parts.version }
+}
+
+/// One GET on a fresh connection.
+pub async fn get(addr: SocketAddr, path: &str, headers: &[(&str, &str)]) -> Reply {
+    H1::connect(addr).await.get(path, headers).await
+}
+
+/// An HTTP/2 (prior knowledge) client connection.
+pub async fn h2c(addr: SocketAddr) -> hyper::client::conn::http2::SendRequest<TestBody> {
+    let stream = TcpStream::connect(addr).await.unwrap();
+    let (sender, conn) = hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(stream)).await.unwrap();
+    tokio::spawn(conn);
+    sender
+}
+
+/// A config with one listener `public` on port 0 routing everything to one
+/// upstream `app` with `servers`, plus `extra` TOML appended.
+pub fn simple_config(servers: &[SocketAddr], extra: &str) -> String {
+    let servers: Vec<String> = servers.iter().map(|s| format!("{{ addr = \"{s}\" }}")).collect();
+    format!(
+        r#"
+[runtime]
+workers = 2
+shutdown_timeout = "5s"
+
+[[listeners]]
+name = "public"
+listen = "127.0.0.1:0"
+
+[[routes]]
+upstream = "app"
+
+[[upstreams]]
+name = "app"
+servers = [{}]
+{extra}
+"#,
+        servers.join(", ")
+    )
+}
+
+pub fn path_of(p: &Path) -> String {
+    p.display().to_string()
+}
