@@ -23,9 +23,16 @@ pub mod client {
     }
 
     /// Sends `method path` and returns the status and body text.
-    pub async fn call(addr: SocketAddr, method: Method, path: &str) -> Result<(StatusCode, String), AdminError> {
-        let stream = TcpStream::connect(addr).await.map_err(AdminError::Connect)?;
-        let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
+    pub async fn call(
+        addr: SocketAddr,
+        method: Method,
+        path: &str,
+    ) -> Result<(StatusCode, String), AdminError> {
+        let stream = TcpStream::connect(addr)
+            .await
+            .map_err(AdminError::Connect)?;
+        let (mut sender, conn) =
+            hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
         tokio::spawn(conn);
         let request = Request::builder()
             .method(method)

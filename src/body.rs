@@ -48,9 +48,21 @@ pub struct RequestBody {
 
 impl RequestBody {
     /// Wraps `inner`; the receiver completes once the body has been sent.
-    pub fn new(inner: Incoming, limit: Option<u64>, idle_timeout: Duration) -> (Self, oneshot::Receiver<()>) {
+    pub fn new(
+        inner: Incoming,
+        limit: Option<u64>,
+        idle_timeout: Duration,
+    ) -> (Self, oneshot::Receiver<()>) {
         let (tx, rx) = oneshot::channel();
-        let body = Self { inner, limit, seen: 0, idle_timeout, idle: None, idle_armed: false, sent: Some(tx) };
+        let body = Self {
+            inner,
+            limit,
+            seen: 0,
+            idle_timeout,
+            idle: None,
+            idle_armed: false,
+            sent: Some(tx),
+        };
         (body, rx)
     }
 
@@ -65,7 +77,10 @@ impl Body for RequestBody {
     type Data = Bytes;
     type Error = BodyError;
 
-    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
         let this = &mut *self;
         match Pin::new(&mut this.inner).poll_frame(cx) {
             Poll::Ready(Some(Ok(frame))) => {
@@ -88,7 +103,9 @@ impl Body for RequestBody {
             }
             Poll::Pending => {
                 let deadline = Instant::now() + this.idle_timeout;
-                let idle = this.idle.get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline)));
+                let idle = this
+                    .idle
+                    .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline)));
                 if !this.idle_armed {
                     idle.as_mut().reset(deadline);
                     this.idle_armed = true;
@@ -125,17 +142,26 @@ enum Inner {
 impl ResponseBody {
     /// An upstream's body; `lease` is released when it ends.
     pub fn upstream(inner: Incoming, lease: Lease) -> Self {
-        Self { inner: Inner::Upstream(inner), lease: Some(lease) }
+        Self {
+            inner: Inner::Upstream(inner),
+            lease: Some(lease),
+        }
     }
 
     /// A body corral writes itself (error pages, and the echo server).
     pub fn local(bytes: impl Into<Bytes>) -> Self {
         let bytes = bytes.into();
-        Self { inner: Inner::Local((!bytes.is_empty()).then_some(bytes)), lease: None }
+        Self {
+            inner: Inner::Local((!bytes.is_empty()).then_some(bytes)),
+            lease: None,
+        }
     }
 
     pub fn empty() -> Self {
-        Self { inner: Inner::Local(None), lease: None }
+        Self {
+            inner: Inner::Local(None),
+            lease: None,
+        }
     }
 }
 
@@ -154,7 +180,10 @@ impl Body for ResponseBody {
     type Data = Bytes;
     type Error = hyper::Error;
 
-    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
         match &mut self.inner {
             Inner::Local(bytes) => Poll::Ready(bytes.take().map(|b| Ok(Frame::data(b)))),
             Inner::Upstream(body) => Pin::new(body).poll_frame(cx),
@@ -170,7 +199,9 @@ impl Body for ResponseBody {
 
     fn size_hint(&self) -> SizeHint {
         match &self.inner {
-            Inner::Local(bytes) => SizeHint::with_exact(bytes.as_ref().map_or(0, |b| b.len() as u64)),
+            Inner::Local(bytes) => {
+                SizeHint::with_exact(bytes.as_ref().map_or(0, |b| b.len() as u64))
+            }
             Inner::Upstream(body) => body.size_hint(),
         }
     }

@@ -43,14 +43,21 @@ pub async fn serve(listener: TcpListener, name: String, shutdown: CancellationTo
         tokio::spawn(async move {
             let service = service_fn(move |request| answer(request, peer, name.clone()));
             let builder = auto::Builder::new(TokioExecutor::new());
-            if let Err(e) = builder.serve_connection(TokioIo::new(stream), service).await {
+            if let Err(e) = builder
+                .serve_connection(TokioIo::new(stream), service)
+                .await
+            {
                 tracing::debug!(error = %e, "echo: connection ended with an error");
             }
         });
     }
 }
 
-async fn answer(request: Request<Incoming>, peer: SocketAddr, name: Arc<String>) -> Result<Response<ResponseBody>, Infallible> {
+async fn answer(
+    request: Request<Incoming>,
+    peer: SocketAddr,
+    name: Arc<String>,
+) -> Result<Response<ResponseBody>, Infallible> {
     let (parts, mut body) = request.into_parts();
     let mut body_bytes = 0u64;
     while let Some(frame) = body.frame().await {
@@ -61,7 +68,12 @@ async fn answer(request: Request<Incoming>, peer: SocketAddr, name: Arc<String>)
     }
     let mut headers = serde_json::Map::new();
     for name in parts.headers.keys() {
-        let values: Vec<&str> = parts.headers.get_all(name).iter().filter_map(|v| v.to_str().ok()).collect();
+        let values: Vec<&str> = parts
+            .headers
+            .get_all(name)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .collect();
         headers.insert(name.to_string(), json!(values.join(", ")));
     }
     let report = json!({
@@ -78,7 +90,9 @@ async fn answer(request: Request<Incoming>, peer: SocketAddr, name: Arc<String>)
     let mut text = report.to_string();
     text.push('\n');
     let mut response = Response::new(ResponseBody::local(text));
-    response.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    response
+        .headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
     if let Ok(v) = HeaderValue::from_str(&name) {
         response.headers_mut().insert("x-backend", v);
     }

@@ -13,7 +13,11 @@ use corral::config::{Config, ConfigError};
 use tokio_util::sync::CancellationToken;
 
 #[derive(Debug, Parser)]
-#[command(name = "corral", version, about = "A clustered HTTP reverse proxy and load balancer")]
+#[command(
+    name = "corral",
+    version,
+    about = "A clustered HTTP reverse proxy and load balancer"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -96,7 +100,9 @@ fn check(path: &std::path::Path) -> ExitCode {
 }
 
 fn current_thread() -> anyhow::Result<tokio::runtime::Runtime> {
-    Ok(tokio::runtime::Builder::new_current_thread().enable_all().build()?)
+    Ok(tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?)
 }
 
 fn reload(admin: SocketAddr) -> anyhow::Result<()> {

@@ -51,7 +51,9 @@ impl RouteTable {
             });
             let list = match &r.host {
                 Some(HostPattern::Exact(h)) => table.exact.entry(h.as_str().into()).or_default(),
-                Some(HostPattern::Wildcard(s)) => table.wildcard.entry(s.as_str().into()).or_default(),
+                Some(HostPattern::Wildcard(s)) => {
+                    table.wildcard.entry(s.as_str().into()).or_default()
+                }
                 None => &mut table.any,
             };
             list.push(i);
@@ -87,7 +89,11 @@ impl RouteTable {
                     if dot == 0 {
                         continue;
                     }
-                    if let Some(r) = self.wildcard.get(&host[dot..]).and_then(|l| self.first_match(l, path)) {
+                    if let Some(r) = self
+                        .wildcard
+                        .get(&host[dot..])
+                        .and_then(|l| self.first_match(l, path))
+                    {
                         return Some(r);
                     }
                 }
@@ -173,7 +179,10 @@ mod tests {
             route(Some("*.eu.example.com"), "/", "e"),
         ]);
         assert_eq!(upstream_for(&t, Some("api.example.com"), "/v2/x"), Some(3));
-        assert_eq!(upstream_for(&t, Some("API.Example.COM:8080"), "/v1"), Some(2));
+        assert_eq!(
+            upstream_for(&t, Some("API.Example.COM:8080"), "/v1"),
+            Some(2)
+        );
         assert_eq!(upstream_for(&t, Some("www.example.com"), "/"), Some(1));
         assert_eq!(upstream_for(&t, Some("x.eu.example.com"), "/"), Some(4));
         assert_eq!(upstream_for(&t, Some("example.com"), "/"), Some(0));
@@ -183,7 +192,10 @@ mod tests {
 
     #[test]
     fn a_host_without_a_matching_prefix_falls_back_to_less_specific_routes() {
-        let t = table(&[route(Some("api.example.com"), "/api/", "a"), route(None, "/", "b")]);
+        let t = table(&[
+            route(Some("api.example.com"), "/api/", "a"),
+            route(None, "/", "b"),
+        ]);
         assert_eq!(upstream_for(&t, Some("api.example.com"), "/other"), Some(1));
     }
 
@@ -203,11 +215,25 @@ mod tests {
 
     #[test]
     fn strip_prefix_keeps_a_leading_slash_and_the_query() {
-        let r = |prefix: &str| Route { name: String::new(), upstream: 0, path_prefix: prefix.into(), strip_prefix: true };
-        assert_eq!(rewrite_path(&r("/api/"), "/api/users?id=7").as_deref(), Some("/users?id=7"));
-        assert_eq!(rewrite_path(&r("/api"), "/api/users?id=7").as_deref(), Some("/users?id=7"));
+        let r = |prefix: &str| Route {
+            name: String::new(),
+            upstream: 0,
+            path_prefix: prefix.into(),
+            strip_prefix: true,
+        };
+        assert_eq!(
+            rewrite_path(&r("/api/"), "/api/users?id=7").as_deref(),
+            Some("/users?id=7")
+        );
+        assert_eq!(
+            rewrite_path(&r("/api"), "/api/users?id=7").as_deref(),
+            Some("/users?id=7")
+        );
         assert_eq!(rewrite_path(&r("/api"), "/api").as_deref(), Some("/"));
-        assert_eq!(rewrite_path(&r("/api"), "/api?x=1").as_deref(), Some("/?x=1"));
+        assert_eq!(
+            rewrite_path(&r("/api"), "/api?x=1").as_deref(),
+            Some("/?x=1")
+        );
         assert_eq!(rewrite_path(&r("/"), "/x"), None);
     }
 

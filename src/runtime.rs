@@ -38,11 +38,17 @@ pub struct ListenerRuntime {
 impl Runtime {
     /// Compiles `config`. Servers that `previous` already has (same upstream
     /// name, address and settings) keep their state: pools, health, latency.
-    pub fn build(config: Config, generation: u64, previous: Option<&Runtime>) -> Result<Self, TlsError> {
+    pub fn build(
+        config: Config,
+        generation: u64,
+        previous: Option<&Runtime>,
+    ) -> Result<Self, TlsError> {
         let mut reusable: HashMap<(&str, SocketAddr), &Arc<Server>> = HashMap::new();
         if let Some(prev) = previous {
             for u in &prev.upstreams {
-                let same_settings = config.upstream(u.name()).is_some_and(|c| keeps_servers(c, &u.config));
+                let same_settings = config
+                    .upstream(u.name())
+                    .is_some_and(|c| keeps_servers(c, &u.config));
                 if same_settings {
                     for s in &u.servers {
                         reusable.insert((u.name(), s.addr), s);
@@ -55,7 +61,11 @@ impl Runtime {
             .iter()
             .map(|u| {
                 Arc::new(Upstream::new(u, |addr| {
-                    let weight = u.servers.iter().find(|s| s.addr == addr).map(|s| s.weight.get());
+                    let weight = u
+                        .servers
+                        .iter()
+                        .find(|s| s.addr == addr)
+                        .map(|s| s.weight.get());
                     reusable
                         .get(&(u.name.as_str(), addr))
                         .filter(|s| Some(s.weight) == weight)
@@ -63,17 +73,30 @@ impl Runtime {
                 }))
             })
             .collect();
-        let index: HashMap<&str, usize> = upstreams.iter().enumerate().map(|(i, u)| (u.name(), i)).collect();
+        let index: HashMap<&str, usize> = upstreams
+            .iter()
+            .enumerate()
+            .map(|(i, u)| (u.name(), i))
+            .collect();
         let routes = RouteTable::new(&config.routes, |name| index.get(name).copied());
         let listeners = config
             .listeners
             .iter()
             .map(|l| {
                 let tls = l.tls.as_ref().map(tls::server_config).transpose()?;
-                Ok(Arc::new(ListenerRuntime { config: l.clone(), tls }))
+                Ok(Arc::new(ListenerRuntime {
+                    config: l.clone(),
+                    tls,
+                }))
             })
             .collect::<Result<_, TlsError>>()?;
-        Ok(Self { generation, config: Arc::new(config), routes, upstreams, listeners })
+        Ok(Self {
+            generation,
+            config: Arc::new(config),
+            routes,
+            upstreams,
+            listeners,
+        })
     }
 
     pub fn listener(&self, name: &str) -> Option<&Arc<ListenerRuntime>> {

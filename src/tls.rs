@@ -63,9 +63,14 @@ pub fn load_certified_key(cert: &Path, key: &Path) -> Result<CertifiedKey, TlsEr
                 Ok(chain)
             }
         })
-        .map_err(|source| TlsError::Cert { path: cert.to_path_buf(), source })?;
-    let private = PrivateKeyDer::from_pem_file(key)
-        .map_err(|source| TlsError::Key { path: key.to_path_buf(), source })?;
+        .map_err(|source| TlsError::Cert {
+            path: cert.to_path_buf(),
+            source,
+        })?;
+    let private = PrivateKeyDer::from_pem_file(key).map_err(|source| TlsError::Key {
+        path: key.to_path_buf(),
+        source,
+    })?;
     CertifiedKey::from_der(chain, private, &provider()).map_err(|source| TlsError::Mismatch {
         cert: cert.to_path_buf(),
         key: key.to_path_buf(),
@@ -138,10 +143,15 @@ mod tests {
     use super::*;
 
     fn certified(names: &[&str]) -> Arc<CertifiedKey> {
-        let cert = rcgen::generate_simple_self_signed(names.iter().map(|n| n.to_string()).collect::<Vec<_>>())
-            .expect("generate certificate");
+        let cert = rcgen::generate_simple_self_signed(
+            names.iter().map(|n| n.to_string()).collect::<Vec<_>>(),
+        )
+        .expect("generate certificate");
         let key = PrivateKeyDer::try_from(cert.signing_key.serialize_der()).expect("key");
-        Arc::new(CertifiedKey::from_der(vec![cert.cert.der().clone()], key, &provider()).expect("certified key"))
+        Arc::new(
+            CertifiedKey::from_der(vec![cert.cert.der().clone()], key, &provider())
+                .expect("certified key"),
+        )
     }
 
     #[test]
@@ -152,7 +162,10 @@ mod tests {
         r.add(a.clone());
         r.add(wild.clone());
         assert!(Arc::ptr_eq(r.find("A.example.com").expect("exact"), &a));
-        assert!(Arc::ptr_eq(r.find("b.example.com").expect("wildcard"), &wild));
+        assert!(Arc::ptr_eq(
+            r.find("b.example.com").expect("wildcard"),
+            &wild
+        ));
         assert!(r.find("x.b.example.com").is_none());
         assert!(r.find("other.org").is_none());
         assert!(Arc::ptr_eq(r.default.as_ref().expect("default"), &a));

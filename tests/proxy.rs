@@ -31,7 +31,10 @@ async fn weights_shape_the_split() {
     let (a, b) = (echo("a").await, echo("b").await);
     let config = simple_config(&[], "").replace(
         "servers = []",
-        &format!("servers = [{{ addr = \"{}\", weight = 3 }}, {{ addr = \"{}\" }}]", a.addr, b.addr),
+        &format!(
+            "servers = [{{ addr = \"{}\", weight = 3 }}, {{ addr = \"{}\" }}]",
+            a.addr, b.addr
+        ),
     );
     let corral = Corral::start(&config);
     let mut client = H1::connect(corral.addr("public")).await;
@@ -44,7 +47,12 @@ async fn weights_shape_the_split() {
 
 #[tokio::test]
 async fn host_and_prefix_routing_with_strip_prefix() {
-    let (api, web, wild, fallback) = (echo("api").await, echo("web").await, echo("wild").await, echo("any").await);
+    let (api, web, wild, fallback) = (
+        echo("api").await,
+        echo("web").await,
+        echo("wild").await,
+        echo("any").await,
+    );
     let config = format!(
         r#"
 [[listeners]]
@@ -88,15 +96,33 @@ servers = [{{ addr = "{}" }}]
     let reply = get(addr, "/api/users?id=7", &[("host", "API.example.com:8080")]).await;
     assert_eq!(reply.backend(), "api");
     assert_eq!(reply.json()["uri"], "/users?id=7");
-    assert_eq!(get(addr, "/other", &[("host", "api.example.com")]).await.backend(), "web");
-    assert_eq!(get(addr, "/api/x", &[("host", "www.example.com")]).await.backend(), "wild");
-    assert_eq!(get(addr, "/api/x", &[("host", "example.org")]).await.backend(), "any");
+    assert_eq!(
+        get(addr, "/other", &[("host", "api.example.com")])
+            .await
+            .backend(),
+        "web"
+    );
+    assert_eq!(
+        get(addr, "/api/x", &[("host", "www.example.com")])
+            .await
+            .backend(),
+        "wild"
+    );
+    assert_eq!(
+        get(addr, "/api/x", &[("host", "example.org")])
+            .await
+            .backend(),
+        "any"
+    );
 }
 
 #[tokio::test]
 async fn unmatched_requests_get_404_and_reach_nobody() {
     let app = echo("app").await;
-    let config = simple_config(&[app.addr], "").replace("[[routes]]\nupstream = \"app\"", "[[routes]]\nhost = \"only.example.com\"\nupstream = \"app\"");
+    let config = simple_config(&[app.addr], "").replace(
+        "[[routes]]\nupstream = \"app\"",
+        "[[routes]]\nhost = \"only.example.com\"\nupstream = \"app\"",
+    );
     let corral = Corral::start(&config);
     let reply = get(corral.addr("public"), "/", &[]).await;
     assert_eq!(reply.status, StatusCode::NOT_FOUND);
@@ -151,7 +177,10 @@ async fn forwarded_headers_and_hop_by_hop_rules() {
 #[tokio::test]
 async fn unreachable_upstream_is_a_quick_502() {
     // Bind and drop a socket to get a port nobody listens on.
-    let dead = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
+    let dead = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
     let corral = Corral::start(&simple_config(&[dead], ""));
     let started = std::time::Instant::now();
     let reply = get(corral.addr("public"), "/", &[]).await;
@@ -162,12 +191,18 @@ async fn unreachable_upstream_is_a_quick_502() {
 
 #[tokio::test]
 async fn a_refused_connect_is_retried_on_another_server() {
-    let dead = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
+    let dead = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
     let live = echo("live").await;
     let corral = Corral::start(&simple_config(&[dead, live.addr], ""));
     for _ in 0..6 {
         let reply = get(corral.addr("public"), "/", &[]).await;
-        assert_eq!((reply.status, reply.backend().as_str()), (StatusCode::OK, "live"));
+        assert_eq!(
+            (reply.status, reply.backend().as_str()),
+            (StatusCode::OK, "live")
+        );
     }
 }
 
@@ -180,23 +215,37 @@ async fn server_sent_events_arrive_as_they_are_sent() {
         async move {
             let (tx, rx) = tokio::sync::mpsc::channel::<Result<Frame<Bytes>, std::io::Error>>(4);
             tokio::spawn(async move {
-                tx.send(Ok(Frame::data(Bytes::from("data: first\n\n")))).await.unwrap();
+                tx.send(Ok(Frame::data(Bytes::from("data: first\n\n"))))
+                    .await
+                    .unwrap();
                 // The stream goes on only once the client has seen the first event.
                 if let Some(release) = release {
                     let _ = release.await;
                 }
-                tx.send(Ok(Frame::data(Bytes::from("data: last\n\n")))).await.unwrap();
+                tx.send(Ok(Frame::data(Bytes::from("data: last\n\n"))))
+                    .await
+                    .unwrap();
             });
             let body = StreamBody::new(tokio_stream_from(rx));
-            Response::builder().header("content-type", "text/event-stream").body(body.boxed()).unwrap()
+            Response::builder()
+                .header("content-type", "text/event-stream")
+                .body(body.boxed())
+                .unwrap()
         }
     })
     .await;
     let corral = Corral::start(&simple_config(&[app.addr], ""));
     let mut client = H1::connect(corral.addr("public")).await;
-    let request = Request::get("/events").header("host", "x").body(empty()).unwrap();
+    let request = Request::get("/events")
+        .header("host", "x")
+        .body(empty())
+        .unwrap();
     let mut body = client.send(request).await.unwrap().into_body();
-    let first = tokio::time::timeout(PATIENCE, body.frame()).await.unwrap().unwrap().unwrap();
+    let first = tokio::time::timeout(PATIENCE, body.frame())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
     assert_eq!(first.into_data().unwrap(), "data: first\n\n");
     release_tx.send(()).unwrap();
     let rest = body.collect().await.unwrap().to_bytes();
@@ -204,8 +253,12 @@ async fn server_sent_events_arrive_as_they_are_sent() {
 }
 
 /// A `Stream` over an mpsc receiver, without pulling in tokio-stream.
-fn tokio_stream_from<T: Send + 'static>(rx: tokio::sync::mpsc::Receiver<T>) -> impl futures_util::Stream<Item = T> + Send {
-    futures_util::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|item| (item, rx)) })
+fn tokio_stream_from<T: Send + 'static>(
+    rx: tokio::sync::mpsc::Receiver<T>,
+) -> impl futures_util::Stream<Item = T> + Send {
+    futures_util::stream::unfold(rx, |mut rx| async move {
+        rx.recv().await.map(|item| (item, rx))
+    })
 }
 
 #[tokio::test]
@@ -253,7 +306,9 @@ async fn large_bodies_stream_both_ways_in_constant_memory() {
             }
             return Response::new(full(n.to_string()));
         }
-        let chunks = futures_util::stream::iter((0..SIZE / CHUNK).map(|_| Ok(Frame::data(Bytes::from(vec![7u8; CHUNK])))));
+        let chunks = futures_util::stream::iter(
+            (0..SIZE / CHUNK).map(|_| Ok(Frame::data(Bytes::from(vec![7u8; CHUNK])))),
+        );
         Response::new(StreamBody::new(chunks).boxed())
     })
     .await;
@@ -261,12 +316,21 @@ async fn large_bodies_stream_both_ways_in_constant_memory() {
     let before = corral.peak_rss_kib();
     let mut client = H1::connect(corral.addr("public")).await;
 
-    let chunks = futures_util::stream::iter((0..SIZE / CHUNK).map(|_| Ok::<_, std::io::Error>(Frame::data(Bytes::from(vec![1u8; CHUNK])))));
-    let upload = Request::post("/upload").header("host", "x").body(StreamBody::new(chunks).boxed()).unwrap();
+    let chunks = futures_util::stream::iter(
+        (0..SIZE / CHUNK)
+            .map(|_| Ok::<_, std::io::Error>(Frame::data(Bytes::from(vec![1u8; CHUNK])))),
+    );
+    let upload = Request::post("/upload")
+        .header("host", "x")
+        .body(StreamBody::new(chunks).boxed())
+        .unwrap();
     let reply = read(client.send(upload).await.unwrap()).await;
     assert_eq!(reply.text(), SIZE.to_string());
 
-    let download = Request::get("/download").header("host", "x").body(empty()).unwrap();
+    let download = Request::get("/download")
+        .header("host", "x")
+        .body(empty())
+        .unwrap();
     let mut body = client.send(download).await.unwrap().into_body();
     let mut received = 0usize;
     while let Some(frame) = body.frame().await {
@@ -274,7 +338,11 @@ async fn large_bodies_stream_both_ways_in_constant_memory() {
     }
     assert_eq!(received, SIZE);
     let grown = corral.peak_rss_kib().saturating_sub(before);
-    assert!(grown < 32 * 1024, "corral grew by {grown} KiB moving {} MiB", SIZE >> 20);
+    assert!(
+        grown < 32 * 1024,
+        "corral grew by {grown} KiB moving {} MiB",
+        SIZE >> 20
+    );
 }
 
 #[tokio::test]
@@ -282,8 +350,11 @@ async fn h2c_prior_knowledge_is_answered_over_http2() {
     let app = echo("app").await;
     let corral = Corral::start(&simple_config(&[app.addr], ""));
     let mut client = h2c(corral.addr("public")).await;
-    let uri = format!("http://h2.example.com/path?q=1");
-    let response = client.send_request(Request::get(uri).body(empty()).unwrap()).await.unwrap();
+    let uri = "http://h2.example.com/path?q=1";
+    let response = client
+        .send_request(Request::get(uri).body(empty()).unwrap())
+        .await
+        .unwrap();
     let reply = read(response).await;
     assert_eq!(reply.version, http::Version::HTTP_2);
     let seen = reply.json();
@@ -297,11 +368,17 @@ async fn h2c_prior_knowledge_is_answered_over_http2() {
 async fn h2_upstreams_carry_grpc_style_trailers() {
     let app = upstream(|req: Request<hyper::body::Incoming>| async move {
         assert_eq!(req.version(), http::Version::HTTP_2);
-        let te = req.headers().get("te").map(|v| v.to_str().unwrap().to_owned());
+        let te = req
+            .headers()
+            .get("te")
+            .map(|v| v.to_str().unwrap().to_owned());
         let mut trailers = http::HeaderMap::new();
         trailers.insert("grpc-status", "0".parse().unwrap());
         let frames = vec![
-            Ok(Frame::data(Bytes::from(format!("te={}", te.unwrap_or_default())))),
+            Ok(Frame::data(Bytes::from(format!(
+                "te={}",
+                te.unwrap_or_default()
+            )))),
             Ok(Frame::trailers(trailers)),
         ];
         Response::builder()
@@ -337,14 +414,26 @@ async fn request_bodies_over_the_limit_get_413_and_are_not_forwarded() {
         }
     })
     .await;
-    let config = simple_config(&[app.addr], "").replace("listen = \"127.0.0.1:0\"", "listen = \"127.0.0.1:0\"\nmax_request_body = \"1 KiB\"");
+    let config = simple_config(&[app.addr], "").replace(
+        "listen = \"127.0.0.1:0\"",
+        "listen = \"127.0.0.1:0\"\nmax_request_body = \"1 KiB\"",
+    );
     let corral = Corral::start(&config);
     let mut client = H1::connect(corral.addr("public")).await;
-    let request = Request::post("/").header("host", "x").body(full(vec![0u8; 4096])).unwrap();
-    assert_eq!(client.send(request).await.unwrap().status(), StatusCode::PAYLOAD_TOO_LARGE);
+    let request = Request::post("/")
+        .header("host", "x")
+        .body(full(vec![0u8; 4096]))
+        .unwrap();
+    assert_eq!(
+        client.send(request).await.unwrap().status(),
+        StatusCode::PAYLOAD_TOO_LARGE
+    );
     assert_eq!(hits.load(std::sync::atomic::Ordering::SeqCst), 0);
     let mut client = H1::connect(corral.addr("public")).await;
-    let request = Request::post("/").header("host", "x").body(full(vec![0u8; 512])).unwrap();
+    let request = Request::post("/")
+        .header("host", "x")
+        .body(full(vec![0u8; 512]))
+        .unwrap();
     assert_eq!(client.send(request).await.unwrap().status(), StatusCode::OK);
 }
 
@@ -353,11 +442,17 @@ async fn http11_without_host_is_a_400() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let app = echo("app").await;
     let corral = Corral::start(&simple_config(&[app.addr], ""));
-    let mut stream = tokio::net::TcpStream::connect(corral.addr("public")).await.unwrap();
+    let mut stream = tokio::net::TcpStream::connect(corral.addr("public"))
+        .await
+        .unwrap();
     stream.write_all(b"GET / HTTP/1.1\r\n\r\n").await.unwrap();
     let mut buf = vec![0; 256];
     let n = stream.read(&mut buf).await.unwrap();
-    assert!(buf[..n].starts_with(b"HTTP/1.1 400"), "{}", String::from_utf8_lossy(&buf[..n]));
+    assert!(
+        buf[..n].starts_with(b"HTTP/1.1 400"),
+        "{}",
+        String::from_utf8_lossy(&buf[..n])
+    );
 }
 
 #[tokio::test]
@@ -384,7 +479,13 @@ async fn sigterm_finishes_in_flight_requests_then_exits() {
     corral.wait_for_log("stopping gracefully");
     finish_tx.send(()).unwrap();
     let reply = in_flight.await.unwrap();
-    assert_eq!((reply.status, reply.text().as_str()), (StatusCode::OK, "done"));
+    assert_eq!(
+        (reply.status, reply.text().as_str()),
+        (StatusCode::OK, "done")
+    );
     assert_eq!(corral.wait_exit(), Some(0));
-    assert!(std::net::TcpStream::connect(addr).is_err(), "port still open after exit");
+    assert!(
+        std::net::TcpStream::connect(addr).is_err(),
+        "port still open after exit"
+    );
 }

@@ -61,7 +61,9 @@ mod tests {
         let mut counts = vec![0usize; n];
         let keys = 50_000;
         for k in 0..keys {
-            counts[ring.pick(&s, hash_key(format!("user-{k}").as_bytes())).unwrap()] += 1;
+            counts[ring
+                .pick(&s, hash_key(format!("user-{k}").as_bytes()))
+                .unwrap()] += 1;
         }
         for c in counts {
             let share = c as f64 / keys as f64;

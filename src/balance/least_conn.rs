@@ -12,7 +12,10 @@ pub fn pick(servers: &impl Servers, rng: &mut fastrand::Rng) -> Option<usize> {
     let start = rng.usize(..n);
     let mut best: Option<usize> = None;
     let mut ties = 0u32;
-    for i in (0..n).map(|k| (start + k) % n).filter(|&i| servers.available(i)) {
+    for i in (0..n)
+        .map(|k| (start + k) % n)
+        .filter(|&i| servers.available(i))
+    {
         match best {
             None => {
                 best = Some(i);
@@ -39,7 +42,10 @@ pub fn pick(servers: &impl Servers, rng: &mut fastrand::Rng) -> Option<usize> {
 
 /// in_flight / weight, compared exactly as a fraction.
 fn load(servers: &impl Servers, i: usize) -> Load {
-    Load { num: u64::from(servers.in_flight(i)), den: u64::from(servers.weight(i).max(1)) }
+    Load {
+        num: u64::from(servers.in_flight(i)),
+        den: u64::from(servers.weight(i).max(1)),
+    }
 }
 
 #[derive(Clone, Copy)]

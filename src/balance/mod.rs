@@ -21,6 +21,9 @@ use crate::config::Balance;
 /// What a policy may know about the servers of an upstream, by index.
 pub trait Servers {
     fn len(&self) -> usize;
+    fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
     fn weight(&self, i: usize) -> u32;
     /// Healthy, not recently failed, and not excluded for this attempt.
     fn available(&self, i: usize) -> bool;
@@ -55,7 +58,12 @@ impl Balancer {
 
     /// Picks an available server. `key` is the request's hash key for
     /// `consistent_hash` (when missing, that policy falls back to random).
-    pub fn pick(&self, servers: &impl Servers, key: Option<u64>, rng: &mut fastrand::Rng) -> Option<usize> {
+    pub fn pick(
+        &self,
+        servers: &impl Servers,
+        key: Option<u64>,
+        rng: &mut fastrand::Rng,
+    ) -> Option<usize> {
         match self {
             Self::RoundRobin(rr) => rr.pick(servers),
             Self::LeastConn => least_conn::pick(servers, rng),
@@ -95,7 +103,12 @@ pub(crate) mod testing {
     impl Fixed {
         pub fn new(weights: Vec<u32>) -> Self {
             let n = weights.len();
-            Self { weights, up: vec![true; n], in_flight: vec![0; n], latency: vec![0.0; n] }
+            Self {
+                weights,
+                up: vec![true; n],
+                in_flight: vec![0; n],
+                latency: vec![0.0; n],
+            }
         }
     }
 

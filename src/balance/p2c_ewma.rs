@@ -27,7 +27,11 @@ pub fn pick(servers: &impl Servers, rng: &mut fastrand::Rng) -> Option<usize> {
                 b += 1;
             }
             let (a, b) = (nth_available(a)?, nth_available(b)?);
-            Some(if cost(servers, b) < cost(servers, a) { b } else { a })
+            Some(if cost(servers, b) < cost(servers, a) {
+                b
+            } else {
+                a
+            })
         }
     }
 }
@@ -57,7 +61,10 @@ impl Default for PeakEwma {
 
 impl PeakEwma {
     pub const fn new() -> Self {
-        Self { value: 0.0, at: None }
+        Self {
+            value: 0.0,
+            at: None,
+        }
     }
 
     /// Seconds; 0 until the first sample.

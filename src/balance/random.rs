@@ -4,7 +4,10 @@ use super::Servers;
 
 pub fn pick(servers: &impl Servers, rng: &mut fastrand::Rng) -> Option<usize> {
     let available = |i: &usize| servers.available(*i);
-    let total: u64 = (0..servers.len()).filter(available).map(|i| u64::from(servers.weight(i))).sum();
+    let total: u64 = (0..servers.len())
+        .filter(available)
+        .map(|i| u64::from(servers.weight(i)))
+        .sum();
     if total == 0 {
         return None;
     }

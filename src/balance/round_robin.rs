@@ -41,7 +41,9 @@ impl SmoothRoundRobin {
             // Hand the down server's turn to the available ones in rotation,
             // rather than always to its neighbour.
             let up = (0..n).filter(|&i| servers.available(i)).count();
-            return (0..n).filter(|&i| servers.available(i)).nth(turn % up.max(1));
+            return (0..n)
+                .filter(|&i| servers.available(i))
+                .nth(turn % up.max(1));
         }
         // A poisoned lock only means another pick panicked mid-update; the
         // scores are still usable numbers.

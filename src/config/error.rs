@@ -101,7 +101,9 @@ mod tests {
     #[test]
     fn lines_and_columns_are_one_based_and_count_characters() {
         let text = "a = 1\nbé = \"x\"\n";
-        let at = |offset| Diagnostic::locate(Path::new("f.toml"), text, Problem::new(offset..offset, "m"));
+        let at = |offset| {
+            Diagnostic::locate(Path::new("f.toml"), text, Problem::new(offset..offset, "m"))
+        };
         assert_eq!((at(0).line, at(0).col), (1, 1));
         assert_eq!((at(6).line, at(6).col), (2, 1));
         // `=` on line 2 sits after "bé " (3 characters, 4 bytes).

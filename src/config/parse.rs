@@ -44,11 +44,31 @@ pub fn parse(text: &str, problems: &mut Vec<Problem>) -> Option<RawConfig> {
     Some(raw)
 }
 
-fn one<T: DeserializeOwned>(value: Spanned<DeValue<'_>>, problems: &mut Vec<Problem>) -> Option<T> {
+/// Deserializes one table. When a key is at fault (unknown, or a value of the
+/// wrong kind) it is reported, dropped, and the table tried again, so every
+/// bad key in the table is reported, not just the first.
+fn one<T: DeserializeOwned>(
+    mut value: Spanned<DeValue<'_>>,
+    problems: &mut Vec<Problem>,
+) -> Option<T> {
     let span = value.span();
-    T::deserialize(ValueDeserializer::from(value))
-        .map_err(|e| problems.push(from_toml(&e, span)))
-        .ok()
+    loop {
+        match T::deserialize(ValueDeserializer::from(value.clone())) {
+            Ok(v) => return Some(v),
+            Err(e) => {
+                problems.push(from_toml(&e, span.clone()));
+                let at = e.span()?.start;
+                let DeValue::Table(table) = value.get_mut() else {
+                    return None;
+                };
+                let key = table
+                    .iter()
+                    .find(|(k, v)| k.span().contains(&at) || v.span().contains(&at))
+                    .map(|(k, _)| k.clone())?;
+                table.remove(&key);
+            }
+        }
+    }
 }
 
 fn many<T: DeserializeOwned>(

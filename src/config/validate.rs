@@ -49,7 +49,10 @@ pub fn validate(path: &Path, raw: RawConfig, problems: &mut Vec<Problem>) -> Opt
     });
     let listeners = v.listeners(raw.listeners);
     if listeners.is_empty() && v.problems.is_empty() {
-        v.problem(0..0, "no listeners: add a [[listeners]] table with a name and a listen address");
+        v.problem(
+            0..0,
+            "no listeners: add a [[listeners]] table with a name and a listen address",
+        );
     }
     let upstreams = v.upstreams(raw.upstreams);
     let routes = v.routes(raw.routes, &upstreams);
@@ -109,9 +112,14 @@ impl Validator<'_> {
         for item in raw {
             let l = item.into_inner();
             names.check(self, &l.name);
-            let Some(addr) = self.socket_addr(&l.listen, "listeners.listen") else { continue };
+            let Some(addr) = self.socket_addr(&l.listen, "listeners.listen") else {
+                continue;
+            };
             if let Some(other) = addrs.insert(addr, l.name.get_ref().clone()) {
-                self.problem(l.listen.span(), format!("listeners.listen: {addr} is already used by listener `{other}`"));
+                self.problem(
+                    l.listen.span(),
+                    format!("listeners.listen: {addr} is already used by listener `{other}`"),
+                );
             }
             let tls = l.tls.map(|t| self.tls(t));
             let backlog = l
@@ -119,10 +127,19 @@ impl Validator<'_> {
                 .and_then(|b| self.int_in(&b, 1, 65535, "listeners.backlog"))
                 .and_then(|b| u32::try_from(b).ok())
                 .unwrap_or(DEFAULT_BACKLOG);
-            let max_request_body = l.max_request_body.and_then(|s| self.size(&s, 1, u64::MAX, "listeners.max_request_body"));
+            let max_request_body = l
+                .max_request_body
+                .and_then(|s| self.size(&s, 1, u64::MAX, "listeners.max_request_body"));
             let max_header_bytes = l
                 .max_header_bytes
-                .and_then(|s| self.size(&s, MIN_HEADER_BYTES, MAX_HEADER_BYTES, "listeners.max_header_bytes"))
+                .and_then(|s| {
+                    self.size(
+                        &s,
+                        MIN_HEADER_BYTES,
+                        MAX_HEADER_BYTES,
+                        "listeners.max_header_bytes",
+                    )
+                })
                 .and_then(|n| usize::try_from(n).ok())
                 .unwrap_or(DEFAULT_MAX_HEADER_BYTES);
             out.push(ListenerConfig {
@@ -130,9 +147,21 @@ impl Validator<'_> {
                 addr,
                 tls: tls.flatten(),
                 backlog,
-                header_timeout: self.timeout(l.header_timeout.as_ref(), "listeners.header_timeout", DEFAULT_HEADER_TIMEOUT),
-                keepalive_timeout: self.timeout(l.keepalive_timeout.as_ref(), "listeners.keepalive_timeout", DEFAULT_KEEPALIVE_TIMEOUT),
-                body_timeout: self.timeout(l.body_timeout.as_ref(), "listeners.body_timeout", DEFAULT_BODY_TIMEOUT),
+                header_timeout: self.timeout(
+                    l.header_timeout.as_ref(),
+                    "listeners.header_timeout",
+                    DEFAULT_HEADER_TIMEOUT,
+                ),
+                keepalive_timeout: self.timeout(
+                    l.keepalive_timeout.as_ref(),
+                    "listeners.keepalive_timeout",
+                    DEFAULT_KEEPALIVE_TIMEOUT,
+                ),
+                body_timeout: self.timeout(
+                    l.body_timeout.as_ref(),
+                    "listeners.body_timeout",
+                    DEFAULT_BODY_TIMEOUT,
+                ),
                 max_request_body,
                 max_header_bytes,
             });
@@ -143,7 +172,10 @@ impl Validator<'_> {
     fn tls(&mut self, raw: Spanned<RawTls>) -> Option<TlsConfig> {
         let certs = raw.into_inner().certificates;
         if certs.get_ref().is_empty() {
-            self.problem(certs.span(), "listeners.tls.certificates: at least one { cert, key } pair is needed");
+            self.problem(
+                certs.span(),
+                "listeners.tls.certificates: at least one { cert, key } pair is needed",
+            );
             return None;
         }
         let mut certificates = Vec::new();
@@ -151,7 +183,11 @@ impl Validator<'_> {
             let cert = self.base.join(c.cert.get_ref());
             let key = self.base.join(c.key.get_ref());
             if let Err(e) = crate::tls::load_certified_key(&cert, &key) {
-                let at = if e.is_about_key() { c.key.span() } else { c.cert.span() };
+                let at = if e.is_about_key() {
+                    c.key.span()
+                } else {
+                    c.cert.span()
+                };
                 self.problem(at, format!("listeners.tls: {e}"));
                 continue;
             }
@@ -177,14 +213,30 @@ impl Validator<'_> {
                     Some(RawProtocol::H2) => Protocol::H2,
                 },
                 servers,
-                connect_timeout: self.timeout(u.connect_timeout.as_ref(), "upstreams.connect_timeout", DEFAULT_CONNECT_TIMEOUT),
-                response_timeout: self.timeout(u.response_timeout.as_ref(), "upstreams.response_timeout", DEFAULT_RESPONSE_TIMEOUT),
-                idle_timeout: self.timeout(u.idle_timeout.as_ref(), "upstreams.idle_timeout", DEFAULT_IDLE_TIMEOUT),
+                connect_timeout: self.timeout(
+                    u.connect_timeout.as_ref(),
+                    "upstreams.connect_timeout",
+                    DEFAULT_CONNECT_TIMEOUT,
+                ),
+                response_timeout: self.timeout(
+                    u.response_timeout.as_ref(),
+                    "upstreams.response_timeout",
+                    DEFAULT_RESPONSE_TIMEOUT,
+                ),
+                idle_timeout: self.timeout(
+                    u.idle_timeout.as_ref(),
+                    "upstreams.idle_timeout",
+                    DEFAULT_IDLE_TIMEOUT,
+                ),
                 max_idle_per_server: u
                     .max_idle_per_server
                     .and_then(|n| self.int_in(&n, 0, 65535, "upstreams.max_idle_per_server"))
                     .map_or(DEFAULT_MAX_IDLE_PER_SERVER, |n| n as usize),
-                fail_timeout: self.timeout(u.fail_timeout.as_ref(), "upstreams.fail_timeout", DEFAULT_FAIL_TIMEOUT),
+                fail_timeout: self.timeout(
+                    u.fail_timeout.as_ref(),
+                    "upstreams.fail_timeout",
+                    DEFAULT_FAIL_TIMEOUT,
+                ),
                 health_check,
             });
         }
@@ -198,9 +250,14 @@ impl Validator<'_> {
         let mut seen: HashMap<SocketAddr, ()> = HashMap::new();
         let mut out = Vec::new();
         for s in raw.get_ref() {
-            let Some(addr) = self.socket_addr(&s.addr, "upstreams.servers.addr") else { continue };
+            let Some(addr) = self.socket_addr(&s.addr, "upstreams.servers.addr") else {
+                continue;
+            };
             if seen.insert(addr, ()).is_some() {
-                self.problem(s.addr.span(), format!("upstreams.servers.addr: {addr} is listed twice in this upstream"));
+                self.problem(
+                    s.addr.span(),
+                    format!("upstreams.servers.addr: {addr} is listed twice in this upstream"),
+                );
             }
             let weight = match &s.weight {
                 None => NonZeroU32::MIN,
@@ -219,7 +276,10 @@ impl Validator<'_> {
         let kind = raw.map_or(RawBalance::RoundRobin, |b| *b.get_ref());
         if kind != RawBalance::ConsistentHash {
             if let Some(k) = hash_key {
-                self.problem(k.span(), "upstreams.hash_key: only used with balance = \"consistent_hash\"");
+                self.problem(
+                    k.span(),
+                    "upstreams.hash_key: only used with balance = \"consistent_hash\"",
+                );
             }
         }
         match kind {
@@ -239,7 +299,9 @@ impl Validator<'_> {
         let key = match text.split_once(':') {
             None if text == "client_ip" => Some(HashKey::ClientIp),
             None if text == "path" => Some(HashKey::Path),
-            Some(("header", name)) => HeaderName::from_bytes(name.as_bytes()).ok().map(HashKey::Header),
+            Some(("header", name)) => HeaderName::from_bytes(name.as_bytes())
+                .ok()
+                .map(HashKey::Header),
             Some(("cookie", name)) if !name.is_empty() && !name.contains([';', '=', ' ']) => {
                 Some(HashKey::Cookie(name.to_owned()))
             }
@@ -254,7 +316,12 @@ impl Validator<'_> {
     fn health_check(&mut self, raw: RawHealthCheck) -> HealthCheckConfig {
         let path = match raw.path {
             None => DEFAULT_HEALTH_PATH.to_owned(),
-            Some(p) if p.get_ref().starts_with('/') && p.get_ref().parse::<http::uri::PathAndQuery>().is_ok() => p.into_inner(),
+            Some(p)
+                if p.get_ref().starts_with('/')
+                    && p.get_ref().parse::<http::uri::PathAndQuery>().is_ok() =>
+            {
+                p.into_inner()
+            }
             Some(p) => {
                 self.problem(p.span(), format!("upstreams.health_check.path: `{}` is not a request path, expected one starting with /", p.get_ref()));
                 DEFAULT_HEALTH_PATH.to_owned()
@@ -268,14 +335,36 @@ impl Validator<'_> {
         };
         HealthCheckConfig {
             path,
-            interval: self.timeout(raw.interval.as_ref(), "upstreams.health_check.interval", DEFAULT_HEALTH_INTERVAL),
-            timeout: self.timeout(raw.timeout.as_ref(), "upstreams.health_check.timeout", DEFAULT_HEALTH_TIMEOUT),
-            healthy_threshold: threshold(self, raw.healthy_threshold, "upstreams.health_check.healthy_threshold", DEFAULT_HEALTHY_THRESHOLD),
-            unhealthy_threshold: threshold(self, raw.unhealthy_threshold, "upstreams.health_check.unhealthy_threshold", DEFAULT_UNHEALTHY_THRESHOLD),
+            interval: self.timeout(
+                raw.interval.as_ref(),
+                "upstreams.health_check.interval",
+                DEFAULT_HEALTH_INTERVAL,
+            ),
+            timeout: self.timeout(
+                raw.timeout.as_ref(),
+                "upstreams.health_check.timeout",
+                DEFAULT_HEALTH_TIMEOUT,
+            ),
+            healthy_threshold: threshold(
+                self,
+                raw.healthy_threshold,
+                "upstreams.health_check.healthy_threshold",
+                DEFAULT_HEALTHY_THRESHOLD,
+            ),
+            unhealthy_threshold: threshold(
+                self,
+                raw.unhealthy_threshold,
+                "upstreams.health_check.unhealthy_threshold",
+                DEFAULT_UNHEALTHY_THRESHOLD,
+            ),
         }
     }
 
-    fn routes(&mut self, raw: Vec<Spanned<RawRoute>>, upstreams: &[UpstreamConfig]) -> Vec<RouteConfig> {
+    fn routes(
+        &mut self,
+        raw: Vec<Spanned<RawRoute>>,
+        upstreams: &[UpstreamConfig],
+    ) -> Vec<RouteConfig> {
         let mut seen: HashMap<(Option<HostPattern>, String), usize> = HashMap::new();
         let mut names = Names::new("route");
         let mut out = Vec::new();
@@ -285,21 +374,41 @@ impl Validator<'_> {
             let host = r.host.as_ref().and_then(|h| self.host(h));
             let path_prefix = match &r.path_prefix {
                 None => "/".to_owned(),
-                Some(p) if p.get_ref().starts_with('/') && !p.get_ref().contains(['?', '#', ' ']) => p.get_ref().clone(),
+                Some(p)
+                    if p.get_ref().starts_with('/') && !p.get_ref().contains(['?', '#', ' ']) =>
+                {
+                    p.get_ref().clone()
+                }
                 Some(p) => {
                     self.problem(p.span(), format!("routes.path_prefix: `{}` is not a path prefix, expected one starting with / and without ? or #", p.get_ref()));
                     continue;
                 }
             };
             if !upstreams.iter().any(|u| &u.name == r.upstream.get_ref()) {
-                let known = upstreams.iter().map(|u| format!("`{}`", u.name)).collect::<Vec<_>>();
-                let hint = if known.is_empty() { "no upstreams are defined".to_owned() } else { format!("defined: {}", known.join(", ")) };
-                self.problem(r.upstream.span(), format!("routes.upstream: unknown upstream `{}` ({hint})", r.upstream.get_ref()));
+                let known = upstreams
+                    .iter()
+                    .map(|u| format!("`{}`", u.name))
+                    .collect::<Vec<_>>();
+                let hint = if known.is_empty() {
+                    "no upstreams are defined".to_owned()
+                } else {
+                    format!("defined: {}", known.join(", "))
+                };
+                self.problem(
+                    r.upstream.span(),
+                    format!(
+                        "routes.upstream: unknown upstream `{}` ({hint})",
+                        r.upstream.get_ref()
+                    ),
+                );
             }
             if r.host.is_some() && host.is_none() {
                 continue;
             }
-            if seen.insert((host.clone(), path_prefix.clone()), span.start).is_some() {
+            if seen
+                .insert((host.clone(), path_prefix.clone()), span.start)
+                .is_some()
+            {
                 self.problem(span, format!(
                     "routes: a route for host {} and path_prefix `{path_prefix}` is already defined above; it would never match",
                     host.as_ref().map_or("(any)".to_owned(), |h| format!("`{h}`"))
@@ -310,7 +419,10 @@ impl Validator<'_> {
                     names.check(self, n);
                     n.get_ref().clone()
                 }
-                None => format!("{}{path_prefix}", host.as_ref().map_or("*".to_owned(), ToString::to_string)),
+                None => format!(
+                    "{}{path_prefix}",
+                    host.as_ref().map_or("*".to_owned(), ToString::to_string)
+                ),
             };
             out.push(RouteConfig {
                 name,
@@ -330,7 +442,10 @@ impl Validator<'_> {
             None => (false, text.as_str()),
         };
         let label_ok = |l: &str| {
-            !l.is_empty() && l.len() <= 63 && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+            !l.is_empty()
+                && l.len() <= 63
+                && l.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
         };
         if name.is_empty() || name.len() > 253 || !name.split('.').all(label_ok) {
             self.problem(raw.span(), format!(
@@ -339,7 +454,11 @@ impl Validator<'_> {
             ));
             return None;
         }
-        Some(if wildcard { HostPattern::Wildcard(format!(".{name}")) } else { HostPattern::Exact(name.to_owned()) })
+        Some(if wildcard {
+            HostPattern::Wildcard(format!(".{name}"))
+        } else {
+            HostPattern::Exact(name.to_owned())
+        })
     }
 
     fn socket_addr(&mut self, raw: &Text, key: &str) -> Option<SocketAddr> {
@@ -382,7 +501,10 @@ impl Validator<'_> {
         if (min..=max).contains(&n) {
             Some(n)
         } else {
-            self.problem(raw.span(), format!("{key}: {n} is out of range, expected {min} to {max}"));
+            self.problem(
+                raw.span(),
+                format!("{key}: {n} is out of range, expected {min} to {max}"),
+            );
             None
         }
     }
@@ -396,7 +518,10 @@ impl Validator<'_> {
         match n {
             Some(n) if (min..=max).contains(&n) => Some(n),
             Some(n) => {
-                self.problem(raw.span(), format!("{key}: {n} bytes is out of range, expected {min} to {max}"));
+                self.problem(
+                    raw.span(),
+                    format!("{key}: {n} bytes is out of range, expected {min} to {max}"),
+                );
                 None
             }
             None => {
@@ -415,15 +540,31 @@ struct Names {
 
 impl Names {
     fn new(what: &'static str) -> Self {
-        Self { what, seen: HashMap::new() }
+        Self {
+            what,
+            seen: HashMap::new(),
+        }
     }
 
     fn check(&mut self, v: &mut Validator<'_>, name: &Text) {
         let n = name.get_ref();
-        if n.is_empty() || !n.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b)) {
-            v.problem(name.span(), format!("{}: name `{n}` must be non-empty and use only letters, digits, -, _ and .", self.what));
+        if n.is_empty()
+            || !n
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
+        {
+            v.problem(
+                name.span(),
+                format!(
+                    "{}: name `{n}` must be non-empty and use only letters, digits, -, _ and .",
+                    self.what
+                ),
+            );
         } else if self.seen.insert(n.clone(), ()).is_some() {
-            v.problem(name.span(), format!("{}: the name `{n}` is defined twice", self.what));
+            v.problem(
+                name.span(),
+                format!("{}: the name `{n}` is defined twice", self.what),
+            );
         }
     }
 }

@@ -48,12 +48,19 @@ pub fn run(path: &Path) -> Result<(), RunError> {
 async fn serve(config: Config) -> Result<(), RunError> {
     let mut listeners = Vec::new();
     for l in &config.listeners {
-        let bind_error = |source| RunError::Bind { name: l.name.clone(), addr: l.addr, source };
+        let bind_error = |source| RunError::Bind {
+            name: l.name.clone(),
+            addr: l.addr,
+            source,
+        };
         let socket = sockets::bind(l.addr, l.backlog).map_err(bind_error)?;
         let socket = tokio::net::TcpListener::from_std(socket).map_err(bind_error)?;
         let addr = socket.local_addr()?;
         tracing::info!(listener = %l.name, %addr, tls = l.tls.is_some(), "listening");
-        listeners.push(Listener { name: l.name.clone(), socket });
+        listeners.push(Listener {
+            name: l.name.clone(),
+            socket,
+        });
     }
     let shutdown_timeout = config.runtime.shutdown_timeout;
     let snapshot = Runtime::build(config, 1, None)?;
@@ -74,7 +81,10 @@ async fn serve(config: Config) -> Result<(), RunError> {
     });
     match worker::serve(listeners, shared, shutdown, shutdown_timeout).await {
         Drained::Clean => tracing::info!("stopped"),
-        Drained::TimedOut { open } => tracing::warn!(open, "shutdown timeout passed; closed remaining connections"),
+        Drained::TimedOut { open } => tracing::warn!(
+            open,
+            "shutdown timeout passed; closed remaining connections"
+        ),
     }
     Ok(())
 }

@@ -42,7 +42,10 @@ impl ProxyError {
     /// Sorts a failed upstream exchange: when the client's body broke it,
     /// that is the client's fault, not the upstream's.
     pub fn from_send(error: hyper::Error) -> Self {
-        let cause = std::iter::successors(Some(&error as &(dyn std::error::Error + 'static)), |e| e.source())
+        let cause =
+            std::iter::successors(Some(&error as &(dyn std::error::Error + 'static)), |e| {
+                e.source()
+            })
             .find_map(|e| e.downcast_ref::<BodyError>())
             .map(|b| match b {
                 BodyError::TooLarge { limit } => Some(BodyError::TooLarge { limit: *limit }),
@@ -66,7 +69,9 @@ impl ProxyError {
             Self::ClientBody(BodyError::Client(_)) => StatusCode::BAD_REQUEST,
             Self::NoServer { .. } => StatusCode::SERVICE_UNAVAILABLE,
             Self::Connect(ConnectError::Timeout { .. }) => StatusCode::GATEWAY_TIMEOUT,
-            Self::Connect(ConnectError::Io { .. } | ConnectError::Handshake { .. }) => StatusCode::BAD_GATEWAY,
+            Self::Connect(ConnectError::Io { .. } | ConnectError::Handshake { .. }) => {
+                StatusCode::BAD_GATEWAY
+            }
             Self::ResponseTimeout(_) => StatusCode::GATEWAY_TIMEOUT,
             Self::Upstream(_) => StatusCode::BAD_GATEWAY,
         }
@@ -83,12 +88,18 @@ impl ProxyError {
     /// The `kind` label for upstream errors; `None` when the upstream is not at fault.
     pub fn upstream_kind(&self) -> Option<&'static str> {
         match self {
-            Self::Connect(ConnectError::Timeout { .. }) | Self::ResponseTimeout(_) => Some("timeout"),
+            Self::Connect(ConnectError::Timeout { .. }) | Self::ResponseTimeout(_) => {
+                Some("timeout")
+            }
             Self::Connect(ConnectError::Io { .. }) => Some("connect"),
             Self::Connect(ConnectError::Handshake { .. }) => Some("protocol"),
             Self::Upstream(e) if e.is_parse() || e.is_parse_status() => Some("protocol"),
             Self::Upstream(_) => Some("reset"),
-            Self::MissingHost | Self::NoRoute | Self::BodyTooLarge { .. } | Self::ClientBody(_) | Self::NoServer { .. } => None,
+            Self::MissingHost
+            | Self::NoRoute
+            | Self::BodyTooLarge { .. }
+            | Self::ClientBody(_)
+            | Self::NoServer { .. } => None,
         }
     }
 
@@ -98,11 +109,15 @@ impl ProxyError {
         let detail = match self {
             Self::MissingHost => "missing Host header",
             Self::NoRoute => "no route for this request",
-            Self::BodyTooLarge { .. } | Self::ClientBody(BodyError::TooLarge { .. }) => "request body too large",
+            Self::BodyTooLarge { .. } | Self::ClientBody(BodyError::TooLarge { .. }) => {
+                "request body too large"
+            }
             Self::ClientBody(BodyError::Timeout(_)) => "request body timed out",
             Self::ClientBody(BodyError::Client(_)) => "request body incomplete",
             Self::NoServer { .. } => "no healthy upstream server",
-            Self::Connect(ConnectError::Timeout { .. }) | Self::ResponseTimeout(_) => "upstream timed out",
+            Self::Connect(ConnectError::Timeout { .. }) | Self::ResponseTimeout(_) => {
+                "upstream timed out"
+            }
             Self::Connect(_) => "upstream unreachable",
             Self::Upstream(_) => "invalid response from upstream",
         };
@@ -113,10 +128,14 @@ impl ProxyError {
 /// A short plain-text response, e.g. `502 Bad Gateway: upstream unreachable`.
 pub fn local_response(status: StatusCode, detail: &str) -> Response<ResponseBody> {
     let reason = status.canonical_reason().unwrap_or("");
-    let mut response = Response::new(ResponseBody::local(format!("{} {reason}: {detail}\n", status.as_u16())));
+    let mut response = Response::new(ResponseBody::local(format!(
+        "{} {reason}: {detail}\n",
+        status.as_u16()
+    )));
     *response.status_mut() = status;
-    response
-        .headers_mut()
-        .insert(header::CONTENT_TYPE, header::HeaderValue::from_static("text/plain; charset=utf-8"));
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        header::HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
     response
 }

@@ -53,7 +53,10 @@ pub fn remove_hop_by_hop(headers: &mut HeaderMap, upgrading: bool) {
     headers.remove(&KEEP_ALIVE);
     headers.remove(&PROXY_CONNECTION);
     headers.remove(header::TRANSFER_ENCODING);
-    if headers.get(header::TE).is_some_and(|te| te.as_bytes().eq_ignore_ascii_case(b"trailers")) {
+    if headers
+        .get(header::TE)
+        .is_some_and(|te| te.as_bytes().eq_ignore_ascii_case(b"trailers"))
+    {
         headers.insert(header::TE, HeaderValue::from_static("trailers"));
     } else {
         headers.remove(header::TE);
@@ -68,7 +71,12 @@ pub fn remove_hop_by_hop(headers: &mut HeaderMap, upgrading: bool) {
 /// Appends the client to `X-Forwarded-For` and sets `X-Forwarded-Proto` and
 /// `X-Forwarded-Host`. Several `X-Forwarded-For` lines are joined into one,
 /// in order, as RFC 9110 §5.3 allows.
-pub fn add_forwarded(headers: &mut HeaderMap, client: IpAddr, tls: bool, host: Option<&HeaderValue>) {
+pub fn add_forwarded(
+    headers: &mut HeaderMap,
+    client: IpAddr,
+    tls: bool,
+    host: Option<&HeaderValue>,
+) {
     let client = client.to_canonical();
     let mut chain = String::new();
     for v in headers.get_all(&X_FORWARDED_FOR) {
@@ -107,7 +115,10 @@ mod tests {
     fn map(pairs: &[(&str, &str)]) -> HeaderMap {
         let mut m = HeaderMap::new();
         for (k, v) in pairs {
-            m.append(HeaderName::from_bytes(k.as_bytes()).unwrap(), HeaderValue::from_str(v).unwrap());
+            m.append(
+                HeaderName::from_bytes(k.as_bytes()).unwrap(),
+                HeaderValue::from_str(v).unwrap(),
+            );
         }
         m
     }
@@ -138,7 +149,11 @@ mod tests {
 
     #[test]
     fn upgrading_keeps_upgrade_and_connection_upgrade() {
-        let mut h = map(&[("connection", "Upgrade, x-other"), ("upgrade", "websocket"), ("x-other", "1")]);
+        let mut h = map(&[
+            ("connection", "Upgrade, x-other"),
+            ("upgrade", "websocket"),
+            ("x-other", "1"),
+        ]);
         assert!(wants_upgrade(&h));
         remove_hop_by_hop(&mut h, true);
         assert_eq!(h["upgrade"], "websocket");
@@ -148,7 +163,10 @@ mod tests {
 
     #[test]
     fn forwarded_for_appends_to_every_earlier_hop() {
-        let mut h = map(&[("x-forwarded-for", "1.1.1.1"), ("x-forwarded-for", "2.2.2.2, 3.3.3.3")]);
+        let mut h = map(&[
+            ("x-forwarded-for", "1.1.1.1"),
+            ("x-forwarded-for", "2.2.2.2, 3.3.3.3"),
+        ]);
         let host = HeaderValue::from_static("example.com");
         add_forwarded(&mut h, "10.0.0.9".parse().unwrap(), true, Some(&host));
         assert_eq!(h["x-forwarded-for"], "1.1.1.1, 2.2.2.2, 3.3.3.3, 10.0.0.9");

@@ -39,7 +39,11 @@ pub struct Client {
 }
 
 /// Serves one request from the snapshot `rt`.
-pub async fn handle(rt: Arc<Runtime>, client: &Client, request: Request<Incoming>) -> Response<ResponseBody> {
+pub async fn handle(
+    rt: Arc<Runtime>,
+    client: &Client,
+    request: Request<Incoming>,
+) -> Response<ResponseBody> {
     match forward(&rt, client, request).await {
         Ok(response) => response,
         Err(e) => {
@@ -52,14 +56,21 @@ pub async fn handle(rt: Arc<Runtime>, client: &Client, request: Request<Incoming
     }
 }
 
-async fn forward(rt: &Runtime, client: &Client, mut request: Request<Incoming>) -> Result<Response<ResponseBody>, ProxyError> {
+async fn forward(
+    rt: &Runtime,
+    client: &Client,
+    mut request: Request<Incoming>,
+) -> Result<Response<ResponseBody>, ProxyError> {
     let host = request_host(&request);
     if host.is_none() && request.version() == Version::HTTP_11 {
         return Err(ProxyError::MissingHost);
     }
     let route = rt
         .routes
-        .find(host.as_ref().and_then(|h| h.to_str().ok()), request.uri().path())
+        .find(
+            host.as_ref().and_then(|h| h.to_str().ok()),
+            request.uri().path(),
+        )
         .ok_or(ProxyError::NoRoute)?;
     let upstream = &rt.upstreams[route.upstream];
     let listener = &client.listener.config;
@@ -73,15 +84,23 @@ async fn forward(rt: &Runtime, client: &Client, mut request: Request<Incoming>) 
         && request.version() == Version::HTTP_11
         && headers::wants_upgrade(request.headers());
     let client_upgrade = upgrading.then(|| hyper::upgrade::on(&mut request));
-    let key = upstream.hash_key().and_then(|k| request_key(k, &request, client.addr.ip()));
+    let key = upstream
+        .hash_key()
+        .and_then(|k| request_key(k, &request, client.addr.ip()));
 
     let (mut parts, body) = request.into_parts();
     headers::remove_hop_by_hop(&mut parts.headers, upgrading);
     // corral answers `Expect: 100-continue` itself when it starts reading the body.
     parts.headers.remove(header::EXPECT);
-    headers::add_forwarded(&mut parts.headers, client.addr.ip(), client.tls, host.as_ref());
+    headers::add_forwarded(
+        &mut parts.headers,
+        client.addr.ip(),
+        client.tls,
+        host.as_ref(),
+    );
     set_target(&mut parts, route, protocol, host.as_ref());
-    let (body, body_sent) = RequestBody::new(body, listener.max_request_body, listener.body_timeout);
+    let (body, body_sent) =
+        RequestBody::new(body, listener.max_request_body, listener.body_timeout);
     let request = Request::from_parts(parts, body);
 
     let (response, lease) = exchange(upstream, request, body_sent, key).await?;
@@ -96,7 +115,9 @@ async fn exchange(
     key: Option<u64>,
 ) -> Result<(Response<Incoming>, Lease), ProxyError> {
     let config = &upstream.config;
-    let no_server = || ProxyError::NoServer { upstream: config.name.clone() };
+    let no_server = || ProxyError::NoServer {
+        upstream: config.name.clone(),
+    };
     let mut rng = fastrand::Rng::new();
     let mut index = upstream.pick(key, None, &mut rng).ok_or_else(no_server)?;
     let mut may_retry_connect = true;
@@ -112,7 +133,9 @@ async fn exchange(
                 server.mark_failed();
                 let e = ProxyError::from(e);
                 log_failure(upstream, server, &e);
-                let next = may_retry_connect.then(|| upstream.pick(key, Some(index), &mut rng)).flatten();
+                let next = may_retry_connect
+                    .then(|| upstream.pick(key, Some(index), &mut rng))
+                    .flatten();
                 match next {
                     Some(next) => {
                         may_retry_connect = false;
@@ -139,7 +162,10 @@ async fn exchange(
                     r = sender.try_send_request(request) => r,
                     e = deadline => return Err(e),
                 };
-                if result.as_ref().is_ok_and(|r| r.status() != StatusCode::SWITCHING_PROTOCOLS) {
+                if result
+                    .as_ref()
+                    .is_ok_and(|r| r.status() != StatusCode::SWITCHING_PROTOCOLS)
+                {
                     lease.hold(sender);
                 }
                 result
@@ -184,7 +210,10 @@ fn respond(
     if response.status() == StatusCode::SWITCHING_PROTOCOLS {
         let Some(client_upgrade) = client_upgrade else {
             // A 101 nobody asked for cannot be relayed.
-            return Ok(local_response(StatusCode::BAD_GATEWAY, "invalid response from upstream"));
+            return Ok(local_response(
+                StatusCode::BAD_GATEWAY,
+                "invalid response from upstream",
+            ));
         };
         let upstream_upgrade = hyper::upgrade::on(&mut response);
         let (mut parts, _) = response.into_parts();
@@ -194,7 +223,10 @@ fn respond(
     }
     let (mut parts, body) = response.into_parts();
     headers::remove_hop_by_hop(&mut parts.headers, false);
-    Ok(Response::from_parts(parts, ResponseBody::upstream(body, lease)))
+    Ok(Response::from_parts(
+        parts,
+        ResponseBody::upstream(body, lease),
+    ))
 }
 
 /// The request's host: the URI authority (HTTP/2, absolute-form) or the
@@ -207,13 +239,24 @@ fn request_host<B>(request: &Request<B>) -> Option<HeaderValue> {
 }
 
 fn content_length<B>(request: &Request<B>) -> Option<u64> {
-    request.headers().get(header::CONTENT_LENGTH)?.to_str().ok()?.parse().ok()
+    request
+        .headers()
+        .get(header::CONTENT_LENGTH)?
+        .to_str()
+        .ok()?
+        .parse()
+        .ok()
 }
 
 /// Points the request at the upstream: origin-form with a `Host` header for
 /// HTTP/1.1, an absolute URI (whose authority becomes `:authority`) for h2.
 /// The path loses the route's prefix when the route strips it.
-fn set_target(parts: &mut http::request::Parts, route: &Route, protocol: Protocol, host: Option<&HeaderValue>) {
+fn set_target(
+    parts: &mut http::request::Parts,
+    route: &Route,
+    protocol: Protocol,
+    host: Option<&HeaderValue>,
+) {
     let original = parts.uri.path_and_query().map_or("/", PathAndQuery::as_str);
     let rewritten = rewrite_path(route, original);
     let needs_origin_form = parts.uri.scheme().is_some() || parts.uri.authority().is_some();

@@ -20,8 +20,12 @@ pub fn spawn_tunnel(client: OnUpgrade, upstream: OnUpgrade, lease: Lease) {
         };
         let (mut client, mut upstream) = (TokioIo::new(client), TokioIo::new(upstream));
         match tokio::io::copy_bidirectional(&mut client, &mut upstream).await {
-            Ok((up, down)) => tracing::debug!(up, down, server = %lease.server().addr, "tunnel closed"),
-            Err(e) => tracing::debug!(error = %e, server = %lease.server().addr, "tunnel ended with an error"),
+            Ok((up, down)) => {
+                tracing::debug!(up, down, server = %lease.server().addr, "tunnel closed")
+            }
+            Err(e) => {
+                tracing::debug!(error = %e, server = %lease.server().addr, "tunnel ended with an error")
+            }
         }
         lease.release(false);
     });

@@ -34,9 +34,16 @@ impl HealthChecker {
     pub fn start(upstreams: &[Arc<Upstream>], on_change: OnChange) -> Self {
         let cancel = CancellationToken::new();
         for upstream in upstreams {
-            let Some(check) = upstream.config.health_check.clone() else { continue };
+            let Some(check) = upstream.config.health_check.clone() else {
+                continue;
+            };
             for server in &upstream.servers {
-                let task = watch(upstream.name().to_owned(), server.clone(), check.clone(), on_change.clone());
+                let task = watch(
+                    upstream.name().to_owned(),
+                    server.clone(),
+                    check.clone(),
+                    on_change.clone(),
+                );
                 let cancel = cancel.clone();
                 tokio::spawn(async move { cancel.run_until_cancelled(task).await });
             }
@@ -51,7 +58,12 @@ impl Drop for HealthChecker {
     }
 }
 
-async fn watch(upstream: String, server: Arc<Server>, check: HealthCheckConfig, on_change: OnChange) {
+async fn watch(
+    upstream: String,
+    server: Arc<Server>,
+    check: HealthCheckConfig,
+    on_change: OnChange,
+) {
     let mut interval = tokio::time::interval(check.interval);
     interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut first = true;
@@ -62,13 +74,19 @@ async fn watch(upstream: String, server: Arc<Server>, check: HealthCheckConfig, 
         let passed = result.is_ok();
         let was = server.is_healthy();
         streak = if passed == was { 0 } else { streak + 1 };
-        let needed = if was { check.unhealthy_threshold } else { check.healthy_threshold };
+        let needed = if was {
+            check.unhealthy_threshold
+        } else {
+            check.healthy_threshold
+        };
         if (first && passed != was) || streak >= needed.get() {
             streak = 0;
             server.set_healthy(passed);
             match &result {
                 Ok(()) => tracing::info!(upstream, server = %server.addr, "server is healthy"),
-                Err(e) => tracing::warn!(upstream, server = %server.addr, reason = %e, "server is unhealthy"),
+                Err(e) => {
+                    tracing::warn!(upstream, server = %server.addr, reason = %e, "server is unhealthy")
+                }
             }
             on_change(&upstream, &server, passed);
         }
@@ -91,15 +109,25 @@ pub enum ProbeError {
 /// One health probe: `GET path` on a fresh connection.
 pub async fn probe(addr: SocketAddr, path: &str, timeout: Duration) -> Result<(), ProbeError> {
     let attempt = async {
-        let stream = TcpStream::connect(addr).await.map_err(ProbeError::Connect)?;
-        let (mut sender, conn) = http1::handshake(TokioIo::new(stream)).await.map_err(ProbeError::Http)?;
+        let stream = TcpStream::connect(addr)
+            .await
+            .map_err(ProbeError::Connect)?;
+        let (mut sender, conn) = http1::handshake(TokioIo::new(stream))
+            .await
+            .map_err(ProbeError::Http)?;
         tokio::spawn(conn);
         let request = http::Request::get(path)
             .header(http::header::HOST, addr.to_string())
-            .header(http::header::USER_AGENT, concat!("corral-health/", env!("CARGO_PKG_VERSION")))
+            .header(
+                http::header::USER_AGENT,
+                concat!("corral-health/", env!("CARGO_PKG_VERSION")),
+            )
             .body(Empty::<Bytes>::new())
             .map_err(|_| ProbeError::Status(http::StatusCode::BAD_REQUEST))?;
-        let response = sender.send_request(request).await.map_err(ProbeError::Http)?;
+        let response = sender
+            .send_request(request)
+            .await
+            .map_err(ProbeError::Http)?;
         let status = response.status();
         if status.is_success() || status.is_redirection() {
             Ok(())
@@ -107,5 +135,7 @@ pub async fn probe(addr: SocketAddr, path: &str, timeout: Duration) -> Result<()
             Err(ProbeError::Status(status))
         }
     };
-    tokio::time::timeout(timeout, attempt).await.map_err(|_| ProbeError::Timeout(timeout))?
+    tokio::time::timeout(timeout, attempt)
+        .await
+        .map_err(|_| ProbeError::Timeout(timeout))?
 }

@@ -38,7 +38,10 @@ impl Upstream {
         let servers: Vec<Arc<Server>> = config
             .servers
             .iter()
-            .map(|s| reuse(s.addr).unwrap_or_else(|| Arc::new(Server::new(s.addr, s.weight.get(), config))))
+            .map(|s| {
+                reuse(s.addr)
+                    .unwrap_or_else(|| Arc::new(Server::new(s.addr, s.weight.get(), config)))
+            })
             .collect();
         let weights: Vec<u32> = servers.iter().map(|s| s.weight).collect();
         let ids: Vec<String> = servers.iter().map(|s| s.label.clone()).collect();
@@ -61,8 +64,17 @@ impl Upstream {
     }
 
     /// Picks a server, never `exclude` (the one a retry is moving away from).
-    pub fn pick(&self, key: Option<u64>, exclude: Option<usize>, rng: &mut fastrand::Rng) -> Option<usize> {
-        let view = View { servers: &self.servers, exclude, now: Instant::now() };
+    pub fn pick(
+        &self,
+        key: Option<u64>,
+        exclude: Option<usize>,
+        rng: &mut fastrand::Rng,
+    ) -> Option<usize> {
+        let view = View {
+            servers: &self.servers,
+            exclude,
+            now: Instant::now(),
+        };
         self.balancer.pick(&view, key, rng)
     }
 }
@@ -165,12 +177,18 @@ impl Server {
     /// Counts a request against this server until the lease is released.
     pub fn lease(self: &Arc<Self>) -> Lease {
         self.in_flight.fetch_add(1, Ordering::Relaxed);
-        Lease { server: self.clone(), conn: None }
+        Lease {
+            server: self.clone(),
+            conn: None,
+        }
     }
 
     /// A connection to this server: a pooled one if any is idle, else a new one.
     /// The flag says whether it was reused.
-    pub async fn connection(&self, connect_timeout: Duration) -> Result<(Conn, bool), ConnectError> {
+    pub async fn connection(
+        &self,
+        connect_timeout: Duration,
+    ) -> Result<(Conn, bool), ConnectError> {
         self.pool.get(self.addr, connect_timeout).await
     }
 
@@ -194,7 +212,10 @@ impl Lease {
     }
 
     /// Keeps `conn` to give back to the pool on a clean release.
-    pub fn hold(&mut self, conn: hyper::client::conn::http1::SendRequest<crate::body::RequestBody>) {
+    pub fn hold(
+        &mut self,
+        conn: hyper::client::conn::http1::SendRequest<crate::body::RequestBody>,
+    ) {
         self.conn = Some(conn);
     }
 

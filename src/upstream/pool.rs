@@ -79,7 +79,11 @@ impl Pool {
         self.protocol
     }
 
-    pub(super) async fn get(&self, addr: SocketAddr, timeout: Duration) -> Result<(Conn, bool), ConnectError> {
+    pub(super) async fn get(
+        &self,
+        addr: SocketAddr,
+        timeout: Duration,
+    ) -> Result<(Conn, bool), ConnectError> {
         match self.protocol {
             Protocol::Http1 => {
                 if let Some(conn) = self.take_idle() {
@@ -138,7 +142,10 @@ impl Pool {
     fn put_idle(&self, conn: http1::SendRequest<RequestBody>) {
         let mut idle = lock(&self.idle);
         if idle.len() < self.max_idle {
-            idle.push(Idle { conn, since: Instant::now() });
+            idle.push(Idle {
+                conn,
+                since: Instant::now(),
+            });
         }
     }
 }
@@ -170,6 +177,8 @@ async fn connect(addr: SocketAddr, timeout: Duration) -> Result<TcpStream, Conne
         .map_err(|_| ConnectError::Timeout { addr, timeout })?
         .map_err(|source| ConnectError::Io { addr, source })?;
     // Requests and responses are written whole; Nagle would only delay them.
-    stream.set_nodelay(true).map_err(|source| ConnectError::Io { addr, source })?;
+    stream
+        .set_nodelay(true)
+        .map_err(|source| ConnectError::Io { addr, source })?;
     Ok(stream)
 }

@@ -69,7 +69,9 @@ impl Activity {
     }
 
     fn saw_bytes(&self) {
-        if self.in_flight.load(Ordering::Relaxed) == 0 && self.head_since.load(Ordering::Relaxed) == NONE {
+        if self.in_flight.load(Ordering::Relaxed) == 0
+            && self.head_since.load(Ordering::Relaxed) == NONE
+        {
             self.head_since.store(self.now_ms(), Ordering::Relaxed);
         }
     }
@@ -85,7 +87,11 @@ impl Activity {
     }
 
     /// When the connection's current wait runs out, and why.
-    pub fn deadline(&self, header_timeout: Duration, keepalive_timeout: Duration) -> (Instant, Option<Expired>) {
+    pub fn deadline(
+        &self,
+        header_timeout: Duration,
+        keepalive_timeout: Duration,
+    ) -> (Instant, Option<Expired>) {
         if self.in_flight.load(Ordering::Relaxed) > 0 {
             // Busy: look again later.
             return (Instant::now() + keepalive_timeout, None);
@@ -98,7 +104,10 @@ impl Activity {
             // An HTTP/2 connection that has not made a request yet.
             return (self.at(head) + header_timeout, Some(Expired::Header));
         }
-        (self.at(self.idle_since.load(Ordering::Relaxed)) + keepalive_timeout, Some(Expired::Idle))
+        (
+            self.at(self.idle_since.load(Ordering::Relaxed)) + keepalive_timeout,
+            Some(Expired::Idle),
+        )
     }
 }
 
@@ -110,7 +119,9 @@ impl Drop for RequestGuard {
     fn drop(&mut self) {
         if self.0.in_flight.fetch_sub(1, Ordering::Relaxed) == 1 {
             // `max(1)`: 0 means "never idle yet" to `deadline`.
-            self.0.idle_since.store(self.0.now_ms().max(1), Ordering::Relaxed);
+            self.0
+                .idle_since
+                .store(self.0.now_ms().max(1), Ordering::Relaxed);
         }
     }
 }
@@ -129,7 +140,11 @@ impl<S> Watched<S> {
 }
 
 impl<S: AsyncRead + Unpin> AsyncRead for Watched<S> {
-    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
         let before = buf.filled().len();
         let polled = Pin::new(&mut self.inner).poll_read(cx, buf);
         if buf.filled().len() > before {
@@ -140,7 +155,11 @@ impl<S: AsyncRead + Unpin> AsyncRead for Watched<S> {
 }
 
 impl<S: AsyncWrite + Unpin> AsyncWrite for Watched<S> {
-    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
         Pin::new(&mut self.inner).poll_write(cx, buf)
     }
 

@@ -48,9 +48,21 @@ pub async fn serve(
     let activity = Activity::new();
     let stream = Watched::new(stream, activity.clone());
     let Some(tls) = listener.tls.clone() else {
-        return serve_http(stream, Protocols::Sniff, peer, listener, runtime, activity, shutdown).await;
+        return serve_http(
+            stream,
+            Protocols::Sniff,
+            peer,
+            listener,
+            runtime,
+            activity,
+            shutdown,
+        )
+        .await;
     };
-    let handshake = tokio::time::timeout(listener.config.header_timeout, tokio_rustls::TlsAcceptor::from(tls).accept(stream));
+    let handshake = tokio::time::timeout(
+        listener.config.header_timeout,
+        tokio_rustls::TlsAcceptor::from(tls).accept(stream),
+    );
     let stream = match handshake.await {
         Ok(Ok(stream)) => stream,
         Ok(Err(e)) => return tracing::debug!(client = %peer, error = %e, "TLS handshake failed"),
@@ -60,7 +72,10 @@ pub async fn serve(
         Some(b"h2") => Protocols::Http2,
         _ => Protocols::Http1,
     };
-    serve_http(stream, protocols, peer, listener, runtime, activity, shutdown).await;
+    serve_http(
+        stream, protocols, peer, listener, runtime, activity, shutdown,
+    )
+    .await;
 }
 
 async fn serve_http<S>(
@@ -90,7 +105,11 @@ async fn serve_http<S>(
         Protocols::Http2 => builder.http2_only(),
         Protocols::Sniff => builder,
     };
-    let client = Client { addr: peer, tls: listener.tls.is_some(), listener: listener.clone() };
+    let client = Client {
+        addr: peer,
+        tls: listener.tls.is_some(),
+        listener: listener.clone(),
+    };
     let service = {
         let activity = activity.clone();
         service_fn(move |request: Request<Incoming>| {
@@ -99,7 +118,10 @@ async fn serve_http<S>(
             let client = client.clone();
             async move {
                 let response = proxy::handle(snapshot, &client, request).await;
-                Ok::<_, Infallible>(response.map(|body| Tracked { body, _guard: guard }))
+                Ok::<_, Infallible>(response.map(|body| Tracked {
+                    body,
+                    _guard: guard,
+                }))
             }
         })
     };
@@ -146,7 +168,10 @@ impl Body for Tracked {
     type Data = Bytes;
     type Error = hyper::Error;
 
-    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
         Pin::new(&mut self.body).poll_frame(cx)
     }
 

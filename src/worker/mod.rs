@@ -46,18 +46,30 @@ pub async fn serve(
     let connections = TaskTracker::new();
     let accepting = TaskTracker::new();
     for listener in listeners {
-        accepting.spawn(accept_loop(listener, runtime.clone(), shutdown.clone(), connections.clone()));
+        accepting.spawn(accept_loop(
+            listener,
+            runtime.clone(),
+            shutdown.clone(),
+            connections.clone(),
+        ));
     }
     accepting.close();
     accepting.wait().await;
     connections.close();
     match tokio::time::timeout(drain_timeout, connections.wait()).await {
         Ok(()) => Drained::Clean,
-        Err(_) => Drained::TimedOut { open: connections.len() },
+        Err(_) => Drained::TimedOut {
+            open: connections.len(),
+        },
     }
 }
 
-async fn accept_loop(listener: Listener, runtime: SharedRuntime, shutdown: CancellationToken, connections: TaskTracker) {
+async fn accept_loop(
+    listener: Listener,
+    runtime: SharedRuntime,
+    shutdown: CancellationToken,
+    connections: TaskTracker,
+) {
     let mut backoff = Duration::ZERO;
     loop {
         let accepted = tokio::select! {
@@ -73,7 +85,13 @@ async fn accept_loop(listener: Listener, runtime: SharedRuntime, shutdown: Cance
                     tracing::debug!(listener = %listener.name, "listener is no longer configured; refusing");
                     continue;
                 };
-                connections.spawn(conn::serve(stream, peer, settings, runtime.clone(), shutdown.clone()));
+                connections.spawn(conn::serve(
+                    stream,
+                    peer,
+                    settings,
+                    runtime.clone(),
+                    shutdown.clone(),
+                ));
             }
             Err(e) if is_per_connection(&e) => {}
             Err(e) => {
@@ -94,6 +112,8 @@ async fn accept_loop(listener: Listener, runtime: SharedRuntime, shutdown: Cance
 fn is_per_connection(e: &io::Error) -> bool {
     matches!(
         e.kind(),
-        io::ErrorKind::ConnectionAborted | io::ErrorKind::ConnectionReset | io::ErrorKind::Interrupted
+        io::ErrorKind::ConnectionAborted
+            | io::ErrorKind::ConnectionReset
+            | io::ErrorKind::Interrupted
     )
 }

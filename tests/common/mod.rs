@@ -71,9 +71,18 @@ impl Corral {
                 }
             });
         }
-        let mut corral = Self { child, listeners: HashMap::new(), config_path, lines, new_line: rx, _dir: dir };
+        let mut corral = Self {
+            child,
+            listeners: HashMap::new(),
+            config_path,
+            lines,
+            new_line: rx,
+            _dir: dir,
+        };
         loop {
-            let line = corral.next_line().unwrap_or_else(|| panic!("corral did not become ready"));
+            let line = corral
+                .next_line()
+                .unwrap_or_else(|| panic!("corral did not become ready"));
             if line.contains(" listening ") {
                 let name = field(&line, "listener").unwrap();
                 let addr = field(&line, "addr").unwrap().parse().unwrap();
@@ -100,11 +109,19 @@ impl Corral {
 
     /// Waits for a log line containing `needle` (seen before or after now).
     pub fn wait_for_log(&self, needle: &str) -> String {
-        if let Some(l) = self.lines.lock().unwrap().iter().find(|l| l.contains(needle)) {
+        if let Some(l) = self
+            .lines
+            .lock()
+            .unwrap()
+            .iter()
+            .find(|l| l.contains(needle))
+        {
             return l.clone();
         }
         loop {
-            let line = self.next_line().unwrap_or_else(|| panic!("no log line with {needle:?}"));
+            let line = self
+                .next_line()
+                .unwrap_or_else(|| panic!("no log line with {needle:?}"));
             if line.contains(needle) {
                 return line;
             }
@@ -148,7 +165,13 @@ impl Drop for Corral {
 /// `key=value` out of a tracing log line.
 fn field(line: &str, key: &str) -> Option<String> {
     let start = line.find(&format!(" {key}="))? + key.len() + 2;
-    Some(line[start..].split_whitespace().next()?.trim_matches('"').to_owned())
+    Some(
+        line[start..]
+            .split_whitespace()
+            .next()?
+            .trim_matches('"')
+            .to_owned(),
+    )
 }
 
 /// Runs `corral check` on `config`; returns (success, stdout + stderr, path).
@@ -156,8 +179,16 @@ pub fn check(config: &str) -> (bool, String, PathBuf) {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("corral.toml");
     std::fs::write(&path, config).unwrap();
-    let out = Command::new(BIN).args(["check", "--config"]).arg(&path).output().unwrap();
-    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    let out = Command::new(BIN)
+        .args(["check", "--config"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
     // Keep the path printable after the temp dir is gone.
     (out.status.success(), text, path)
 }
@@ -165,7 +196,9 @@ pub fn check(config: &str) -> (bool, String, PathBuf) {
 pub type TestBody = BoxBody<Bytes, std::io::Error>;
 
 pub fn full(bytes: impl Into<Bytes>) -> TestBody {
-    Full::new(bytes.into()).map_err(|never| match never {}).boxed()
+    Full::new(bytes.into())
+        .map_err(|never| match never {})
+        .boxed()
 }
 
 pub fn empty() -> TestBody {
@@ -235,7 +268,8 @@ pub struct Reply {
 
 impl Reply {
     pub fn json(&self) -> serde_json::Value {
-        serde_json::from_slice(&self.body).unwrap_or_else(|e| panic!("not JSON ({e}): {:?}", self.body))
+        serde_json::from_slice(&self.body)
+            .unwrap_or_else(|e| panic!("not JSON ({e}): {:?}", self.body))
     }
 
     pub fn text(&self) -> String {
@@ -244,7 +278,10 @@ impl Reply {
 
     /// The echo server's name, from `x-backend`.
     pub fn backend(&self) -> String {
-        self.headers.get("x-backend").map(|v| v.to_str().unwrap().to_owned()).unwrap_or_default()
+        self.headers
+            .get("x-backend")
+            .map(|v| v.to_str().unwrap().to_owned())
+            .unwrap_or_default()
     }
 }
 
@@ -257,12 +294,20 @@ pub struct H1 {
 impl H1 {
     pub async fn connect(addr: SocketAddr) -> Self {
         let stream = TcpStream::connect(addr).await.unwrap();
-        let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await.unwrap();
+        let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+            .await
+            .unwrap();
         tokio::spawn(conn.with_upgrades());
-        Self { sender, host: addr.to_string() }
+        Self {
+            sender,
+            host: addr.to_string(),
+        }
     }
 
-    pub async fn send(&mut self, request: Request<TestBody>) -> Result<Response<Incoming>, hyper::Error> {
+    pub async fn send(
+        &mut self,
+        request: Request<TestBody>,
+    ) -> Result<Response<Incoming>, hyper::Error> {
         self.sender.ready().await?;
         self.sender.send_request(request).await
     }
@@ -283,7 +328,12 @@ impl H1 {
 pub async fn read(response: Response<Incoming>) -> Reply {
     let (parts, body) = response.into_parts();
     let body = body.collect().await.unwrap().to_bytes();
-    Reply { status: parts.status, headers: parts.headers, body, version: parts.version }
+    Reply {
+        status: parts.status,
+        headers: parts.headers,
+        body,
+        version: parts.version,
+    }
 }
 
 /// One GET on a fresh connection.
@@ -294,7 +344,10 @@ pub async fn get(addr: SocketAddr, path: &str, headers: &[(&str, &str)]) -> Repl
 /// An HTTP/2 (prior knowledge) client connection.
 pub async fn h2c(addr: SocketAddr) -> hyper::client::conn::http2::SendRequest<TestBody> {
     let stream = TcpStream::connect(addr).await.unwrap();
-    let (sender, conn) = hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(stream)).await.unwrap();
+    let (sender, conn) =
+        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(stream))
+            .await
+            .unwrap();
     tokio::spawn(conn);
     sender
 }
@@ -302,7 +355,10 @@ pub async fn h2c(addr: SocketAddr) -> hyper::client::conn::http2::SendRequest<Te
 /// A config with one listener `public` on port 0 routing everything to one
 /// upstream `app` with `servers`, plus `extra` TOML appended.
 pub fn simple_config(servers: &[SocketAddr], extra: &str) -> String {
-    let servers: Vec<String> = servers.iter().map(|s| format!("{{ addr = \"{s}\" }}")).collect();
+    let servers: Vec<String> = servers
+        .iter()
+        .map(|s| format!("{{ addr = \"{s}\" }}"))
+        .collect();
     format!(
         r#"
 [runtime]
@@ -327,4 +383,51 @@ servers = [{}]
 
 pub fn path_of(p: &Path) -> String {
     p.display().to_string()
+}
+
+/// The proxy served in-process (so tests can run it on tokio's paused clock).
+pub struct InProcess {
+    pub addr: SocketAddr,
+    pub runtime: corral::runtime::SharedRuntime,
+    stop: CancellationToken,
+    _health: corral::upstream::HealthChecker,
+}
+
+impl Drop for InProcess {
+    fn drop(&mut self) {
+        self.stop.cancel();
+    }
+}
+
+pub async fn in_process(config: &str) -> InProcess {
+    let config = corral::config::Config::from_str(Path::new("test.toml"), config)
+        .unwrap_or_else(|e| panic!("{e}"));
+    let mut listeners = Vec::new();
+    let mut addr = None;
+    for l in &config.listeners {
+        let socket = corral::master::sockets::bind(l.addr, l.backlog).unwrap();
+        let socket = TcpListener::from_std(socket).unwrap();
+        addr.get_or_insert(socket.local_addr().unwrap());
+        listeners.push(corral::worker::Listener {
+            name: l.name.clone(),
+            socket,
+        });
+    }
+    let snapshot = corral::runtime::Runtime::build(config, 1, None).unwrap();
+    let health =
+        corral::upstream::HealthChecker::start(&snapshot.upstreams, Arc::new(|_, _, _| {}));
+    let runtime = Arc::new(arc_swap::ArcSwap::from_pointee(snapshot));
+    let stop = CancellationToken::new();
+    tokio::spawn(corral::worker::serve(
+        listeners,
+        runtime.clone(),
+        stop.clone(),
+        Duration::from_secs(1),
+    ));
+    InProcess {
+        addr: addr.unwrap(),
+        runtime,
+        stop,
+        _health: health,
+    }
 }

@@ -1,0 +1,121 @@
+//! Upstreams that misbehave: what the client gets, and what is never retried.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use bytes::Bytes;
+use common::*;
+use http::{Request, Response, StatusCode};
+use http_body_util::{BodyExt, StreamBody};
+use hyper::body::Frame;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpListener;
+
+/// A raw TCP upstream that reads `bytes` bytes, answers `reply`, and closes.
+async fn raw_upstream(bytes: usize, reply: &'static [u8]) -> std::net::SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut buf = vec![0; bytes];
+                let _ = stream.read_exact(&mut buf).await;
+                let _ = stream.write_all(reply).await;
+                // Dropping with unread data resets the connection.
+            });
+        }
+    });
+    addr
+}
+
+#[tokio::test]
+async fn a_request_whose_body_started_streaming_is_never_retried() {
+    let breaks_midway = raw_upstream(2048, b"").await;
+    let hits = Arc::new(AtomicUsize::new(0));
+    let counter = hits.clone();
+    let healthy = upstream(move |req: Request<hyper::body::Incoming>| {
+        let counter = counter.clone();
+        async move {
+            counter.fetch_add(1, Ordering::SeqCst);
+            let _ = req.into_body().collect().await;
+            Response::new(empty())
+        }
+    })
+    .await;
+    // Round robin sends the first request to the first server.
+    let corral = Corral::start(&simple_config(&[breaks_midway, healthy.addr], ""));
+    let mut client = H1::connect(corral.addr("public")).await;
+    let chunks =
+        (0..64).map(|_| Ok::<_, std::io::Error>(Frame::data(Bytes::from(vec![b'x'; 16 * 1024]))));
+    let request = Request::post("/upload")
+        .header("host", "x")
+        .body(StreamBody::new(futures_util::stream::iter(chunks)).boxed())
+        .unwrap();
+    let status = match client.send(request).await {
+        Ok(response) => response.status(),
+        // corral may close the connection while the client is still sending.
+        Err(_) => StatusCode::BAD_GATEWAY,
+    };
+    assert_eq!(status, StatusCode::BAD_GATEWAY);
+    assert_eq!(
+        hits.load(Ordering::SeqCst),
+        0,
+        "the upload was replayed on another server"
+    );
+}
+
+#[tokio::test]
+async fn garbage_from_the_upstream_is_a_502() {
+    let liar = raw_upstream(16, b"HELLO THERE\r\n\r\n").await;
+    let corral = Corral::start(&simple_config(&[liar], ""));
+    let reply = get(corral.addr("public"), "/", &[]).await;
+    assert_eq!(reply.status, StatusCode::BAD_GATEWAY);
+    assert_eq!(
+        reply.text(),
+        "502 Bad Gateway: invalid response from upstream\n"
+    );
+}
+
+#[tokio::test]
+async fn an_upstream_that_hangs_up_without_answering_is_a_502() {
+    let rude = raw_upstream(16, b"").await;
+    let corral = Corral::start(&simple_config(&[rude], ""));
+    assert_eq!(
+        get(corral.addr("public"), "/", &[]).await.status,
+        StatusCode::BAD_GATEWAY
+    );
+}
+
+#[tokio::test]
+async fn pooled_connections_are_reused_across_requests() {
+    let peers = Arc::new(std::sync::Mutex::new(std::collections::HashSet::new()));
+    let seen = peers.clone();
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((stream, peer)) = listener.accept().await {
+            seen.lock().unwrap().insert(peer);
+            tokio::spawn(async move {
+                let service = hyper::service::service_fn(|_req| async {
+                    Ok::<_, std::convert::Infallible>(Response::new(full("ok")))
+                });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
+                    .await;
+            });
+        }
+    });
+    let corral = Corral::start(&simple_config(&[addr], "").replace("workers = 2", "workers = 1"));
+    let mut client = H1::connect(corral.addr("public")).await;
+    for _ in 0..20 {
+        assert_eq!(client.get("/", &[]).await.status, StatusCode::OK);
+    }
+    let connections = peers.lock().unwrap().len();
+    assert!(
+        connections <= 2,
+        "{connections} upstream connections for 20 sequential requests"
+    );
+}

@@ -1,0 +1,234 @@
+//! Every timeout, on tokio's paused clock: the proxy runs in-process over real
+//! loopback sockets, and time only moves when everything is waiting.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+use http::{Request, Response, StatusCode};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::time::Instant;
+
+/// Reads until the peer closes; returns what arrived.
+async fn read_to_close(stream: &mut TcpStream) -> Vec<u8> {
+    let mut out = Vec::new();
+    let _ = stream.read_to_end(&mut out).await;
+    out
+}
+
+fn listener_with(extra: &str) -> String {
+    format!("listen = \"127.0.0.1:0\"\n{extra}")
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_silent_connection_is_closed_after_the_header_timeout() {
+    let app = echo("app").await;
+    let config = simple_config(&[app.addr], "").replace(
+        "listen = \"127.0.0.1:0\"",
+        &listener_with("header_timeout = \"3s\"\nkeepalive_timeout = \"60s\""),
+    );
+    let proxy = in_process(&config).await;
+    let started = Instant::now();
+    let mut stream = TcpStream::connect(proxy.addr).await.unwrap();
+    assert!(read_to_close(&mut stream).await.is_empty());
+    let waited = started.elapsed();
+    assert!(
+        waited >= Duration::from_secs(3) && waited < Duration::from_secs(4),
+        "{waited:?}"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_slow_request_head_is_cut_at_the_header_timeout() {
+    let app = echo("app").await;
+    let config = simple_config(&[app.addr], "").replace(
+        "listen = \"127.0.0.1:0\"",
+        &listener_with("header_timeout = \"3s\""),
+    );
+    let proxy = in_process(&config).await;
+    let mut stream = TcpStream::connect(proxy.addr).await.unwrap();
+    stream
+        .write_all(b"GET / HTTP/1.1\r\nHost: x\r\n")
+        .await
+        .unwrap();
+    let started = Instant::now();
+    read_to_close(&mut stream).await;
+    assert!(started.elapsed() < Duration::from_secs(4));
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_idle_keepalive_connection_lasts_the_keepalive_timeout_not_the_header_timeout() {
+    let app = echo("app").await;
+    let config = simple_config(&[app.addr], "").replace(
+        "listen = \"127.0.0.1:0\"",
+        &listener_with("header_timeout = \"3s\"\nkeepalive_timeout = \"20s\""),
+    );
+    let proxy = in_process(&config).await;
+    let mut stream = TcpStream::connect(proxy.addr).await.unwrap();
+    stream
+        .write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let mut buf = vec![0; 4096];
+    let n = stream.read(&mut buf).await.unwrap();
+    assert!(buf[..n].starts_with(b"HTTP/1.1 200"));
+    // Still open well past the header timeout: a second request works.
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    stream
+        .write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let n = stream.read(&mut buf).await.unwrap();
+    assert!(buf[..n].starts_with(b"HTTP/1.1 200"));
+    let idle_from_2 = Instant::now();
+    read_to_close(&mut stream).await;
+    let idle = idle_from_2.elapsed();
+    assert!(
+        idle >= Duration::from_secs(20) && idle < Duration::from_secs(21),
+        "{idle:?}"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_stalled_request_body_gets_408() {
+    let app = upstream(|req: Request<hyper::body::Incoming>| async move {
+        let _ = http_body_util::BodyExt::collect(req.into_body()).await;
+        Response::new(empty())
+    })
+    .await;
+    let config = simple_config(&[app.addr], "").replace(
+        "listen = \"127.0.0.1:0\"",
+        &listener_with("body_timeout = \"5s\""),
+    );
+    let proxy = in_process(&config).await;
+    let mut stream = TcpStream::connect(proxy.addr).await.unwrap();
+    stream
+        .write_all(b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\nonly ten..")
+        .await
+        .unwrap();
+    let started = Instant::now();
+    let reply = read_to_close(&mut stream).await;
+    assert!(
+        reply.starts_with(b"HTTP/1.1 408"),
+        "{}",
+        String::from_utf8_lossy(&reply)
+    );
+    let waited = started.elapsed();
+    assert!(
+        waited >= Duration::from_secs(5) && waited < Duration::from_secs(6),
+        "{waited:?}"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_upstream_that_never_answers_gets_504_at_the_response_timeout() {
+    let app = upstream(|_req| async move {
+        std::future::pending::<()>().await;
+        Response::new(empty())
+    })
+    .await;
+    let proxy = in_process(&simple_config(&[app.addr], "response_timeout = \"7s\"")).await;
+    let started = Instant::now();
+    let reply = get(proxy.addr, "/", &[]).await;
+    assert_eq!(reply.status, StatusCode::GATEWAY_TIMEOUT);
+    assert_eq!(reply.text(), "504 Gateway Timeout: upstream timed out\n");
+    let waited = started.elapsed();
+    assert!(
+        waited >= Duration::from_secs(7) && waited < Duration::from_secs(8),
+        "{waited:?}"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_connect_that_hangs_gets_504_at_the_connect_timeout() {
+    // A listener with a full accept queue drops further SYNs: connects hang.
+    let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    socket
+        .bind(
+            &"127.0.0.1:0"
+                .parse::<std::net::SocketAddr>()
+                .unwrap()
+                .into(),
+        )
+        .unwrap();
+    socket.listen(0).unwrap();
+    let full = socket.local_addr().unwrap().as_socket().unwrap();
+    let _filler = std::net::TcpStream::connect(full).unwrap();
+    let proxy = in_process(&simple_config(&[full], "connect_timeout = \"2s\"")).await;
+    let started = Instant::now();
+    let reply = get(proxy.addr, "/", &[]).await;
+    assert_eq!(reply.status, StatusCode::GATEWAY_TIMEOUT);
+    let waited = started.elapsed();
+    assert!(
+        waited >= Duration::from_secs(2) && waited < Duration::from_secs(3),
+        "{waited:?}"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn health_checks_take_a_failing_server_out_and_bring_it_back() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let sick = Arc::new(AtomicBool::new(false));
+    let flag = sick.clone();
+    let a = upstream(move |req: Request<hyper::body::Incoming>| {
+        let sick = flag.load(Ordering::SeqCst);
+        async move {
+            let status = if req.uri().path() == "/healthz" && sick {
+                500
+            } else {
+                200
+            };
+            Response::builder()
+                .status(status)
+                .header("x-backend", "a")
+                .body(empty())
+                .unwrap()
+        }
+    })
+    .await;
+    let b = echo("b").await;
+    let check = "[upstreams.health_check]\npath = \"/healthz\"\ninterval = \"1s\"\nunhealthy_threshold = 2\nhealthy_threshold = 2";
+    let proxy = in_process(&simple_config(&[a.addr, b.addr], check)).await;
+    let spread = |addr| async move {
+        let mut a_count = 0;
+        for _ in 0..10 {
+            a_count += usize::from(get(addr, "/", &[]).await.backend() == "a");
+        }
+        a_count
+    };
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(spread(proxy.addr).await, 5);
+    sick.store(true, Ordering::SeqCst);
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(
+        spread(proxy.addr).await,
+        0,
+        "a failing server still gets traffic"
+    );
+    sick.store(false, Ordering::SeqCst);
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(
+        spread(proxy.addr).await,
+        5,
+        "a recovered server gets no traffic"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn no_healthy_server_is_a_503() {
+    let a = upstream(|_req| async move { Response::builder().status(503).body(empty()).unwrap() })
+        .await;
+    let check = "[upstreams.health_check]\ninterval = \"1s\"";
+    let proxy = in_process(&simple_config(&[a.addr], check)).await;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let reply = get(proxy.addr, "/", &[]).await;
+    assert_eq!(reply.status, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(
+        reply.text(),
+        "503 Service Unavailable: no healthy upstream server\n"
+    );
+}
