@@ -15,6 +15,13 @@ fn position(text: &str, needle: &str) -> (usize, usize) {
     (line, col)
 }
 
+/// Checks `text` and expects it rejected with `reason` at `needle`.
+fn expect_rejected(text: &str, needle: &str, reason: &str) {
+    let (ok, out, path) = check(text);
+    assert!(!ok, "accepted:\n{text}");
+    expect_error(text, &out, &path, needle, reason);
+}
+
 fn expect_error(text: &str, output: &str, path: &std::path::Path, needle: &str, reason: &str) {
     let (line, col) = position(text, needle);
     let prefix = format!("{}:{line}:{col}: ", path.display());
@@ -58,15 +65,7 @@ upstream = "nope"
 name = "api"
 servers = [{ addr = "127.0.0.1:9001" }]
 "#;
-    let (ok, out, path) = check(text);
-    assert!(!ok);
-    expect_error(
-        text,
-        &out,
-        &path,
-        "\"nope\"",
-        "unknown upstream `nope` (defined: `api`)",
-    );
+    expect_rejected(text, "\"nope\"", "unknown upstream `nope` (defined: `api`)");
 }
 
 #[test]
@@ -169,9 +168,7 @@ servers = [{ addr = "127.0.0.1:9001", weight = 0 }, { addr = "localhost" }, { ad
 #[test]
 fn an_unknown_section_is_an_error() {
     let text = "[[listeners]]\nname = \"p\"\nlisten = \"127.0.0.1:1\"\n\n[[server]]\nlisten = 80\n";
-    let (ok, out, path) = check(text);
-    assert!(!ok);
-    expect_error(text, &out, &path, "server]]", "unknown section `server`");
+    expect_rejected(text, "server]]", "unknown section `server`");
 }
 
 #[test]
@@ -183,13 +180,5 @@ listen = "127.0.0.1:8443"
 [listeners.tls]
 certificates = [{ cert = "missing.pem", key = "missing.key" }]
 "#;
-    let (ok, out, path) = check(text);
-    assert!(!ok);
-    expect_error(
-        text,
-        &out,
-        &path,
-        "\"missing.pem\"",
-        "cannot read certificate",
-    );
+    expect_rejected(text, "\"missing.pem\"", "cannot read certificate");
 }

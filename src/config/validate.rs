@@ -3,7 +3,7 @@
 //! Each check records a [`Problem`] at the span of the value at fault and
 //! carries on, so one run reports everything wrong with the file.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
 use std::num::{NonZeroU32, NonZeroUsize};
 use std::ops::Range;
@@ -247,13 +247,13 @@ impl Validator<'_> {
         if raw.get_ref().is_empty() {
             self.problem(raw.span(), "upstreams.servers: the list is empty, expected at least one { addr = \"IP:PORT\" }");
         }
-        let mut seen: HashMap<SocketAddr, ()> = HashMap::new();
+        let mut seen = HashSet::new();
         let mut out = Vec::new();
         for s in raw.get_ref() {
             let Some(addr) = self.socket_addr(&s.addr, "upstreams.servers.addr") else {
                 continue;
             };
-            if seen.insert(addr, ()).is_some() {
+            if !seen.insert(addr) {
                 self.problem(
                     s.addr.span(),
                     format!("upstreams.servers.addr: {addr} is listed twice in this upstream"),
@@ -365,7 +365,7 @@ impl Validator<'_> {
         raw: Vec<Spanned<RawRoute>>,
         upstreams: &[UpstreamConfig],
     ) -> Vec<RouteConfig> {
-        let mut seen: HashMap<(Option<HostPattern>, String), usize> = HashMap::new();
+        let mut seen = HashSet::new();
         let mut names = Names::new("route");
         let mut out = Vec::new();
         for item in raw {
@@ -405,10 +405,7 @@ impl Validator<'_> {
             if r.host.is_some() && host.is_none() {
                 continue;
             }
-            if seen
-                .insert((host.clone(), path_prefix.clone()), span.start)
-                .is_some()
-            {
+            if !seen.insert((host.clone(), path_prefix.clone())) {
                 self.problem(span, format!(
                     "routes: a route for host {} and path_prefix `{path_prefix}` is already defined above; it would never match",
                     host.as_ref().map_or("(any)".to_owned(), |h| format!("`{h}`"))
@@ -535,14 +532,14 @@ impl Validator<'_> {
 /// Reports a name defined twice in one section.
 struct Names {
     what: &'static str,
-    seen: HashMap<String, ()>,
+    seen: HashSet<String>,
 }
 
 impl Names {
     fn new(what: &'static str) -> Self {
         Self {
             what,
-            seen: HashMap::new(),
+            seen: HashSet::new(),
         }
     }
 
@@ -560,7 +557,7 @@ impl Names {
                     self.what
                 ),
             );
-        } else if self.seen.insert(n.clone(), ()).is_some() {
+        } else if !self.seen.insert(n.clone()) {
             v.problem(
                 name.span(),
                 format!("{}: the name `{n}` is defined twice", self.what),
