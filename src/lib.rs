@@ -4,6 +4,7 @@ pub mod balance;
 pub mod body;
 pub mod config;
 pub mod echo;
+pub mod ipc;
 pub mod master;
 pub mod proxy;
 pub mod routing;

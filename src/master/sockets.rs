@@ -1,23 +1,89 @@
-//! Listening sockets: bound here, once, with the options the data path relies on.
+//! Listening sockets, owned by the master for as long as it lives.
+//!
+//! For every listener the master binds one `SO_REUSEPORT` socket per worker
+//! slot and hands slot i's sockets to worker i. Because the master keeps its
+//! own descriptor for each, a worker that dies never closes its socket:
+//! connections the kernel queued on it wait for the replacement instead of
+//! being reset. A binary upgrade passes the same sockets to the new master.
 
+use std::collections::HashMap;
 use std::io;
-use std::net::SocketAddr;
+use std::net::{SocketAddr, TcpListener};
 
 use socket2::{Domain, Protocol, Socket, Type};
+
+use crate::config::Config;
 
 /// Binds a non-blocking TCP listener with `SO_REUSEPORT`, so that several
 /// sockets (one per worker slot) can share `addr` and the kernel spreads new
 /// connections across them.
-pub fn bind(addr: SocketAddr, backlog: u32) -> io::Result<std::net::TcpListener> {
+pub fn bind(addr: SocketAddr, backlog: u32) -> io::Result<TcpListener> {
     let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
     socket.set_reuse_address(true)?;
     socket.set_reuse_port(true)?;
     if addr.is_ipv6() {
         socket.set_only_v6(true)?;
     }
+    // Accepted sockets inherit TCP_NODELAY on Linux, saving a call per connection.
     socket.set_tcp_nodelay(true)?;
     socket.set_nonblocking(true)?;
     socket.bind(&addr.into())?;
     socket.listen(i32::try_from(backlog).unwrap_or(i32::MAX))?;
     Ok(socket.into())
+}
+
+/// One listener's sockets, one per worker slot.
+#[derive(Debug)]
+pub struct ListenerSockets {
+    pub name: String,
+    /// The address in the config.
+    pub addr: SocketAddr,
+    /// The address actually bound (differs from `addr` when its port is 0).
+    pub bound: SocketAddr,
+    pub slots: Vec<TcpListener>,
+}
+
+/// Sockets received from the previous master in a binary upgrade, keyed by
+/// (listener name, configured address, slot).
+pub type Inherited = HashMap<(String, SocketAddr, usize), TcpListener>;
+
+#[derive(Debug, thiserror::Error)]
+#[error("cannot listen on {addr} (listener `{name}`): {source}")]
+pub struct BindError {
+    pub name: String,
+    pub addr: SocketAddr,
+    #[source]
+    pub source: io::Error,
+}
+
+/// Binds (or takes over from `inherited`) `slots` sockets for every listener.
+pub fn bind_all(config: &Config, slots: usize, inherited: &mut Inherited) -> Result<Vec<ListenerSockets>, BindError> {
+    config
+        .listeners
+        .iter()
+        .map(|l| {
+            let error = |source| BindError { name: l.name.clone(), addr: l.addr, source };
+            let mut sockets = Vec::with_capacity(slots);
+            let mut bound = l.addr;
+            for slot in 0..slots {
+                let socket = match inherited.remove(&(l.name.clone(), l.addr, slot)) {
+                    Some(socket) => socket,
+                    // Port 0 asks the kernel for a free port; every further
+                    // slot must join that same port.
+                    None => bind(bound, l.backlog).map_err(error)?,
+                };
+                bound = socket.local_addr().map_err(error)?;
+                sockets.push(socket);
+            }
+            Ok(ListenerSockets { name: l.name.clone(), addr: l.addr, bound, slots: sockets })
+        })
+        .collect()
+}
+
+/// What the kernel does with connections queued on a socket that closes:
+/// with `net.ipv4.tcp_migrate_req = 1` (Linux 5.14+) it moves them to another
+/// socket of the same port; otherwise it resets them.
+pub fn migrate_req_enabled() -> Option<bool> {
+    let value = std::fs::read_to_string("/proc/sys/net/ipv4/tcp_migrate_req").ok()?;
+    Some(value.trim() == "1")
 }

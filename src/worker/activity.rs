@@ -86,6 +86,11 @@ impl Activity {
         RequestGuard(self.clone())
     }
 
+    /// Whether the connection has carried HTTP/2 requests.
+    pub fn is_multiplexed(&self) -> bool {
+        self.multiplexed.load(Ordering::Relaxed)
+    }
+
     /// When the connection's current wait runs out, and why.
     pub fn deadline(
         &self,

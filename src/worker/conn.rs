@@ -9,6 +9,7 @@ use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
+use std::time::Duration;
 
 use bytes::Bytes;
 use http::{Request, Version};
@@ -25,6 +26,9 @@ use super::activity::{Activity, Expired, RequestGuard, Watched};
 use crate::body::ResponseBody;
 use crate::proxy::{self, Client};
 use crate::runtime::{ListenerRuntime, SharedRuntime};
+
+/// While draining, an HTTP/1.1 connection idle this long is closed.
+const DRAIN_IDLE: Duration = Duration::from_secs(1);
 
 /// Which protocols a connection may speak.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -112,24 +116,32 @@ async fn serve_http<S>(
     };
     let service = {
         let activity = activity.clone();
+        let draining = shutdown.clone();
         service_fn(move |request: Request<Incoming>| {
-            let guard = activity.begin(request.version() == Version::HTTP_2);
+            let multiplexed = request.version() == Version::HTTP_2;
+            let guard = activity.begin(multiplexed);
             let snapshot = runtime.load_full();
             let client = client.clone();
+            let draining = draining.clone();
             async move {
-                let response = proxy::handle(snapshot, &client, request).await;
-                Ok::<_, Infallible>(response.map(|body| Tracked {
-                    body,
-                    _guard: guard,
-                }))
+                let mut response = proxy::handle(snapshot, &client, request).await;
+                if draining.is_cancelled() && !multiplexed {
+                    // Tell the client, before it sends another request on
+                    // this connection, that the connection is closing.
+                    let close = http::HeaderValue::from_static("close");
+                    response.headers_mut().insert(http::header::CONNECTION, close);
+                }
+                Ok::<_, Infallible>(response.map(|body| Tracked { body, _guard: guard }))
             }
         })
     };
     let conn = builder.serve_connection_with_upgrades(TokioIo::new(io), service);
     tokio::pin!(conn);
+    let mut draining = false;
     let mut closing = false;
+    let mut keepalive = keepalive_timeout;
     loop {
-        let (deadline, why) = activity.deadline(header_timeout, keepalive_timeout);
+        let (deadline, why) = activity.deadline(header_timeout, keepalive);
         tokio::select! {
             result = conn.as_mut() => {
                 if let Err(e) = result {
@@ -137,13 +149,24 @@ async fn serve_http<S>(
                 }
                 return;
             }
-            () = shutdown.cancelled(), if !closing => {
-                conn.as_mut().graceful_shutdown();
-                closing = true;
+            () = shutdown.cancelled(), if !draining => {
+                draining = true;
+                if protocols == Protocols::Http2 || activity.is_multiplexed() {
+                    // GOAWAY: the client finishes its streams and opens new
+                    // ones elsewhere, with no race.
+                    conn.as_mut().graceful_shutdown();
+                    closing = true;
+                } else {
+                    // Closing an idle HTTP/1.1 connection races with a request
+                    // the client may be sending right now. Busy connections
+                    // get `Connection: close` on their next response instead;
+                    // only those idle for a moment are closed.
+                    keepalive = keepalive.min(DRAIN_IDLE);
+                }
             }
             () = tokio::time::sleep_until(deadline) => match why {
                 // Re-read: a request may have started while the timer ran.
-                _ if activity.deadline(header_timeout, keepalive_timeout).0 > tokio::time::Instant::now() => {}
+                _ if activity.deadline(header_timeout, keepalive).0 > tokio::time::Instant::now() => {}
                 Some(Expired::Header) => {
                     return tracing::debug!(client = %peer, "request head not received in time; closing");
                 }

@@ -9,6 +9,7 @@
 
 mod activity;
 mod conn;
+pub mod process;
 
 use std::io;
 use std::time::Duration;

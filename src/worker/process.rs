@@ -1,0 +1,177 @@
+//! `corral worker`: one worker process, started by the master.
+//!
+//! The master re-executes its own binary with the control channel as stdin.
+//! The worker reads its `Start` message (slot, config text, listening
+//! sockets), serves on a single-threaded runtime, answers heartbeats, applies
+//! health updates, and drains when told to, when the master's end of the
+//! channel closes, or on SIGTERM/SIGINT (also sent by the kernel if the master
+//! dies, as a backstop).
+
+use std::net::SocketAddr;
+use std::os::fd::{AsFd, OwnedFd};
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use arc_swap::ArcSwap;
+use nix::sys::signal::Signal;
+use tokio::signal::unix::{SignalKind, signal};
+use tokio_util::sync::CancellationToken;
+
+use super::{Drained, Listener};
+use crate::config::{Config, ConfigError};
+use crate::ipc::{self, IpcError, ServerHealth, ToMaster, ToWorker};
+use crate::runtime::Runtime;
+use crate::tls::TlsError;
+
+/// Environment variables the master sets for its workers.
+pub const ENV_MASTER_PID: &str = "CORRAL_MASTER_PID";
+pub const ENV_SLOT: &str = "CORRAL_WORKER_SLOT";
+pub const ENV_CPU_AFFINITY: &str = "CORRAL_CPU_AFFINITY";
+
+#[derive(Debug, thiserror::Error)]
+pub enum WorkerError {
+    #[error("the master is gone")]
+    MasterGone,
+    #[error("expected a start message from the master")]
+    NoStart,
+    #[error(transparent)]
+    Ipc(#[from] IpcError),
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error(transparent)]
+    Tls(#[from] TlsError),
+    #[error("{0}")]
+    Io(#[from] std::io::Error),
+    #[error("{0}")]
+    Sys(#[from] nix::Error),
+}
+
+/// Runs the worker; returns when it has drained.
+pub fn run() -> Result<(), WorkerError> {
+    // If the master dies, the kernel sends SIGTERM: drain and exit.
+    nix::sys::prctl::set_pdeathsig(Signal::SIGTERM)?;
+    let master = std::env::var(ENV_MASTER_PID).ok().and_then(|p| p.parse::<i32>().ok());
+    if master.is_some_and(|pid| nix::unistd::getppid().as_raw() != pid) {
+        // It died before the death signal was armed.
+        return Err(WorkerError::MasterGone);
+    }
+    if std::env::var(ENV_CPU_AFFINITY).is_ok() {
+        let slot = std::env::var(ENV_SLOT).ok().and_then(|s| s.parse().ok()).unwrap_or(0);
+        pin_to_cpu(slot)?;
+    }
+    let control = std::io::stdin().as_fd().try_clone_to_owned()?;
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    runtime.block_on(serve(control))
+}
+
+async fn serve(control: OwnedFd) -> Result<(), WorkerError> {
+    let (mut tx, mut rx) = ipc::channel(control)?;
+    let start = rx.recv::<ToWorker>().await?.ok_or(WorkerError::MasterGone)?;
+    let ToWorker::Start { generation, config_path, config, listeners, health, .. } = start.message else {
+        return Err(WorkerError::NoStart);
+    };
+    let started = build(generation, config_path, &config, listeners, start.fds, &health);
+    let (runtime, listeners) = match started {
+        Ok(ok) => ok,
+        Err(e) => {
+            tx.send(&ToMaster::Failed { error: e.to_string() }).await?;
+            return Err(e);
+        }
+    };
+    let drain_timeout = runtime.config.runtime.shutdown_timeout;
+    let shared = Arc::new(ArcSwap::from_pointee(runtime));
+    let shutdown = CancellationToken::new();
+    let mut serving = tokio::spawn(super::serve(listeners, shared.clone(), shutdown.clone(), drain_timeout));
+    tx.send(&ToMaster::Ready { generation }).await?;
+    tracing::info!(generation, "worker serving");
+
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    let mut control_open = true;
+    loop {
+        tokio::select! {
+            drained = &mut serving => {
+                match drained {
+                    Ok(Drained::Clean) => tracing::info!("worker drained"),
+                    Ok(Drained::TimedOut { open }) => tracing::warn!(open, "drain timeout passed; closed remaining connections"),
+                    Err(e) => tracing::error!(error = %e, "serving task failed"),
+                }
+                return Ok(());
+            }
+            message = rx.recv::<ToWorker>(), if control_open => match message {
+                Ok(Some(received)) => match received.message {
+                    ToWorker::Ping { seq } => tx.send(&ToMaster::Pong { seq }).await?,
+                    ToWorker::Health { servers } => apply_health(&shared.load(), &servers),
+                    ToWorker::Drain => {
+                        tracing::info!("draining on the master's request");
+                        shutdown.cancel();
+                    }
+                    ToWorker::Start { .. } => tracing::warn!("ignoring a second start message"),
+                },
+                Ok(None) => {
+                    tracing::warn!("the master closed the control channel; draining");
+                    control_open = false;
+                    shutdown.cancel();
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, "control channel failed; draining");
+                    control_open = false;
+                    shutdown.cancel();
+                }
+            },
+            _ = term.recv() => shutdown.cancel(),
+            _ = int.recv() => shutdown.cancel(),
+        }
+    }
+}
+
+/// Builds the snapshot and the listeners from the start message.
+fn build(
+    generation: u64,
+    path: PathBuf,
+    text: &str,
+    names: Vec<String>,
+    fds: Vec<OwnedFd>,
+    health: &[ServerHealth],
+) -> Result<(Runtime, Vec<Listener>), WorkerError> {
+    let config = Config::from_str(&path, text)?;
+    let runtime = Runtime::build(config, generation, None)?;
+    apply_health(&runtime, health);
+    let listeners = names
+        .into_iter()
+        .zip(fds)
+        .map(|(name, fd)| {
+            let socket = std::net::TcpListener::from(fd);
+            socket.set_nonblocking(true)?;
+            Ok(Listener { name, socket: tokio::net::TcpListener::from_std(socket)? })
+        })
+        .collect::<Result<_, std::io::Error>>()?;
+    Ok((runtime, listeners))
+}
+
+pub fn apply_health(runtime: &Runtime, servers: &[ServerHealth]) {
+    for s in servers {
+        if let Some(server) = runtime.upstream(&s.upstream).and_then(|u| find(&u.servers, s.server)) {
+            server.set_healthy(s.healthy);
+        }
+    }
+}
+
+fn find(servers: &[Arc<crate::upstream::Server>], addr: SocketAddr) -> Option<&Arc<crate::upstream::Server>> {
+    servers.iter().find(|s| s.addr == addr)
+}
+
+/// Pins this process to the slot's CPU among those it may run on.
+fn pin_to_cpu(slot: usize) -> Result<(), nix::Error> {
+    use nix::sched::{CpuSet, sched_getaffinity, sched_setaffinity};
+    use nix::unistd::Pid;
+    let allowed = sched_getaffinity(Pid::from_raw(0))?;
+    let cpus: Vec<usize> = (0..CpuSet::count()).filter(|&c| allowed.is_set(c).unwrap_or(false)).collect();
+    if let Some(&cpu) = cpus.get(slot % cpus.len().max(1)) {
+        let mut set = CpuSet::new();
+        set.set(cpu)?;
+        sched_setaffinity(Pid::from_raw(0), &set)?;
+        tracing::info!(cpu, "pinned to CPU");
+    }
+    Ok(())
+}
