@@ -1,5 +1,82 @@
-//! The admin endpoint (`admin.listen`): its HTTP client side, used by
-//! `corral reload` and the tests.
+//! The admin endpoint (`admin.listen`), served by the master: `/status`
+//! and `/healthz`; and the small client `corral reload` uses to reach it.
+//!
+//! The endpoint knows nothing of workers or configs itself: it asks a
+//! [`Backend`] (the master) and renders the answer.
+
+use std::convert::Infallible;
+use std::sync::Arc;
+
+use http::{Method, Request, Response, StatusCode, header};
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::TokioIo;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+use crate::body::ResponseBody;
+use crate::proxy::local_response;
+
+/// What the admin endpoint reports on.
+pub trait Backend: Send + Sync + 'static {
+    /// The `/status` document.
+    fn status(&self) -> serde_json::Value;
+    /// `Ok` when the master and every worker slot are up, else why not.
+    fn healthz(&self) -> Result<(), String>;
+}
+
+/// Serves the admin endpoint until `stop` is cancelled.
+pub async fn serve(listener: TcpListener, backend: Arc<dyn Backend>, stop: CancellationToken) {
+    loop {
+        let stream = tokio::select! {
+            () = stop.cancelled() => return,
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => stream,
+                Err(e) => {
+                    tracing::warn!(error = %e, "admin: accept failed");
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+        };
+        let backend = backend.clone();
+        let stop = stop.clone();
+        tokio::spawn(async move {
+            let service = service_fn(move |request| {
+                let backend = backend.clone();
+                async move { Ok::<_, Infallible>(answer(&*backend, &request)) }
+            });
+            let conn = hyper::server::conn::http1::Builder::new()
+                .serve_connection(TokioIo::new(stream), service);
+            tokio::pin!(conn);
+            tokio::select! {
+                _ = conn.as_mut() => {}
+                () = stop.cancelled() => conn.as_mut().graceful_shutdown(),
+            }
+        });
+    }
+}
+
+fn answer(backend: &dyn Backend, request: &Request<Incoming>) -> Response<ResponseBody> {
+    match (request.method(), request.uri().path()) {
+        (&Method::GET, "/status") => {
+            let mut text = serde_json::to_string_pretty(&backend.status()).unwrap_or_default();
+            text.push('\n');
+            let mut response = Response::new(ResponseBody::local(text));
+            response.headers_mut().insert(
+                header::CONTENT_TYPE,
+                header::HeaderValue::from_static("application/json"),
+            );
+            response
+        }
+        (&Method::GET, "/healthz") => match backend.healthz() {
+            Ok(()) => local_response(StatusCode::OK, "healthy"),
+            Err(why) => local_response(StatusCode::SERVICE_UNAVAILABLE, &why),
+        },
+        (_, "/status" | "/healthz") => local_response(StatusCode::METHOD_NOT_ALLOWED, "use GET"),
+        _ => local_response(StatusCode::NOT_FOUND, "unknown admin path"),
+    }
+}
 
 pub mod client {
     //! A minimal HTTP/1.1 client for the admin endpoint.

@@ -16,7 +16,8 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use nix::sys::socket::{
-    AddressFamily, ControlMessage, ControlMessageOwned, MsgFlags, SockFlag, SockType, recvmsg, sendmsg, socketpair,
+    AddressFamily, ControlMessage, ControlMessageOwned, MsgFlags, SockFlag, SockType, recvmsg,
+    sendmsg, socketpair,
 };
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
@@ -72,10 +73,16 @@ pub enum ToWorker {
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum ToMaster {
     /// Serving `generation`.
-    Ready { generation: u64 },
-    Pong { seq: u64 },
+    Ready {
+        generation: u64,
+    },
+    Pong {
+        seq: u64,
+    },
     /// Could not start; the worker exits after sending this.
-    Failed { error: String },
+    Failed {
+        error: String,
+    },
 }
 
 /// Between an old and a new master during a binary upgrade.
@@ -91,8 +98,14 @@ pub enum Upgrade {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum HandedSocket {
-    Listener { name: String, addr: SocketAddr, slot: usize },
-    Admin { addr: SocketAddr },
+    Listener {
+        name: String,
+        addr: SocketAddr,
+        slot: usize,
+    },
+    Admin {
+        addr: SocketAddr,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -112,7 +125,12 @@ pub struct Received<T> {
 /// Creates a connected pair: our end, and the end to hand to a child process
 /// (as its stdin).
 pub fn pair() -> io::Result<(OwnedFd, OwnedFd)> {
-    Ok(socketpair(AddressFamily::Unix, SockType::Stream, None, SockFlag::SOCK_CLOEXEC)?)
+    Ok(socketpair(
+        AddressFamily::Unix,
+        SockType::Stream,
+        None,
+        SockFlag::SOCK_CLOEXEC,
+    )?)
 }
 
 /// Wraps one end of a pair; must be called inside a tokio runtime.
@@ -121,8 +139,14 @@ pub fn channel(fd: OwnedFd) -> io::Result<(Sender, Receiver)> {
     std.set_nonblocking(true)?;
     let stream = Arc::new(UnixStream::from_std(std)?);
     Ok((
-        Sender { stream: stream.clone() },
-        Receiver { stream, buf: Vec::new(), fds: VecDeque::new() },
+        Sender {
+            stream: stream.clone(),
+        },
+        Receiver {
+            stream,
+            buf: Vec::new(),
+            fds: VecDeque::new(),
+        },
     ))
 }
 
@@ -138,13 +162,19 @@ impl Sender {
         self.send_with_fds(message, &[]).await
     }
 
-    pub async fn send_with_fds<T: Serialize>(&mut self, message: &T, fds: &[BorrowedFd<'_>]) -> Result<(), IpcError> {
+    pub async fn send_with_fds<T: Serialize>(
+        &mut self,
+        message: &T,
+        fds: &[BorrowedFd<'_>],
+    ) -> Result<(), IpcError> {
         let body = serde_json::to_vec(message)?;
         if body.len() > MAX_BODY {
             return Err(IpcError::TooLarge(body.len()));
         }
         if fds.len() > MAX_FDS {
-            return Err(IpcError::Io(io::Error::other("too many descriptors for one message")));
+            return Err(IpcError::Io(io::Error::other(
+                "too many descriptors for one message",
+            )));
         }
         let mut frame = Vec::with_capacity(HEADER + body.len());
         frame.extend_from_slice(&VERSION.to_be_bytes());
@@ -155,12 +185,22 @@ impl Sender {
         let mut sent = 0;
         while sent < frame.len() {
             // Descriptors ride on the first byte of the frame only.
-            let rights = if sent == 0 && !raw.is_empty() { vec![ControlMessage::ScmRights(&raw)] } else { Vec::new() };
+            let rights = if sent == 0 && !raw.is_empty() {
+                vec![ControlMessage::ScmRights(&raw)]
+            } else {
+                Vec::new()
+            };
             let n = self
                 .stream
                 .async_io(Interest::WRITABLE, || {
-                    sendmsg::<()>(self.stream.as_raw_fd(), &[IoSlice::new(&frame[sent..])], &rights, MsgFlags::MSG_NOSIGNAL, None)
-                        .map_err(io::Error::from)
+                    sendmsg::<()>(
+                        self.stream.as_raw_fd(),
+                        &[IoSlice::new(&frame[sent..])],
+                        &rights,
+                        MsgFlags::MSG_NOSIGNAL,
+                        None,
+                    )
+                    .map_err(io::Error::from)
                 })
                 .await?;
             sent += n;
@@ -208,7 +248,10 @@ impl Receiver {
             return Ok(None);
         }
         if self.fds.len() < fd_count {
-            return Err(IpcError::MissingFds { expected: fd_count, got: self.fds.len() });
+            return Err(IpcError::MissingFds {
+                expected: fd_count,
+                got: self.fds.len(),
+            });
         }
         let message = serde_json::from_slice(&self.buf[HEADER..HEADER + len])?;
         self.buf.drain(..HEADER + len);
@@ -223,8 +266,13 @@ impl Receiver {
             .stream
             .async_io(Interest::READABLE, || {
                 let mut iov = [IoSliceMut::new(&mut chunk)];
-                let msg = recvmsg::<()>(self.stream.as_raw_fd(), &mut iov, Some(&mut space), MsgFlags::MSG_CMSG_CLOEXEC)
-                    .map_err(io::Error::from)?;
+                let msg = recvmsg::<()>(
+                    self.stream.as_raw_fd(),
+                    &mut iov,
+                    Some(&mut space),
+                    MsgFlags::MSG_CMSG_CLOEXEC,
+                )
+                .map_err(io::Error::from)?;
                 let mut fds = Vec::new();
                 for cmsg in msg.cmsgs().map_err(io::Error::from)? {
                     if let ControlMessageOwned::ScmRights(raw) = cmsg {
@@ -266,7 +314,9 @@ mod tests {
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let addr = listener.local_addr().unwrap();
         tx.send(&ToMaster::Pong { seq: 1 }).await.unwrap();
-        tx.send_with_fds(&ToWorker::Drain, &[listener.as_fd()]).await.unwrap();
+        tx.send_with_fds(&ToWorker::Drain, &[listener.as_fd()])
+            .await
+            .unwrap();
         tx.send(&ToMaster::Ready { generation: 7 }).await.unwrap();
 
         let first = rx.recv::<ToMaster>().await.unwrap().unwrap();
@@ -286,9 +336,13 @@ mod tests {
         use std::io::Write;
         let (a, b) = pair().unwrap();
         let mut raw = std::os::unix::net::UnixStream::from(a);
-        raw.write_all(&[0, 9, 0, 0, 0, 0, 0, 2, b'{', b'}']).unwrap();
+        raw.write_all(&[0, 9, 0, 0, 0, 0, 0, 2, b'{', b'}'])
+            .unwrap();
         let (_, mut rx) = channel(b).unwrap();
         let err = rx.recv::<ToMaster>().await.unwrap_err();
-        assert_eq!(err.to_string(), "peer speaks control protocol v9, this corral speaks v1");
+        assert_eq!(
+            err.to_string(),
+            "peer speaks control protocol v9, this corral speaks v1"
+        );
     }
 }

@@ -41,6 +41,9 @@ enum Command {
         #[arg(long, default_value = "127.0.0.1:9901")]
         admin: SocketAddr,
     },
+    /// A worker process; started by `corral run`, never by hand.
+    #[command(hide = true)]
+    Worker,
     /// A tiny upstream for demos and tests: answers 200 with JSON of the request.
     Echo {
         #[arg(long)]
@@ -54,10 +57,18 @@ fn main() -> ExitCode {
     init_logging();
     let cli = Cli::parse();
     let result = match cli.command {
-        Command::Run { config } => corral::master::run(&config).map_err(anyhow::Error::from),
+        Command::Run { config } => {
+            let _span = tracing::info_span!("master", pid = std::process::id()).entered();
+            corral::master::run(&config).map_err(anyhow::Error::from)
+        }
         Command::Check { config } => return check(&config),
         Command::Reload { admin } => reload(admin),
         Command::Echo { listen, name } => echo(listen, name),
+        Command::Worker => {
+            let slot = std::env::var(corral::worker::process::ENV_SLOT).unwrap_or_default();
+            let _span = tracing::info_span!("worker", %slot).entered();
+            corral::worker::process::run().map_err(anyhow::Error::from)
+        }
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

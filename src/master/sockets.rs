@@ -57,12 +57,20 @@ pub struct BindError {
 }
 
 /// Binds (or takes over from `inherited`) `slots` sockets for every listener.
-pub fn bind_all(config: &Config, slots: usize, inherited: &mut Inherited) -> Result<Vec<ListenerSockets>, BindError> {
+pub fn bind_all(
+    config: &Config,
+    slots: usize,
+    inherited: &mut Inherited,
+) -> Result<Vec<ListenerSockets>, BindError> {
     config
         .listeners
         .iter()
         .map(|l| {
-            let error = |source| BindError { name: l.name.clone(), addr: l.addr, source };
+            let error = |source| BindError {
+                name: l.name.clone(),
+                addr: l.addr,
+                source,
+            };
             let mut sockets = Vec::with_capacity(slots);
             let mut bound = l.addr;
             for slot in 0..slots {
@@ -75,7 +83,12 @@ pub fn bind_all(config: &Config, slots: usize, inherited: &mut Inherited) -> Res
                 bound = socket.local_addr().map_err(error)?;
                 sockets.push(socket);
             }
-            Ok(ListenerSockets { name: l.name.clone(), addr: l.addr, bound, slots: sockets })
+            Ok(ListenerSockets {
+                name: l.name.clone(),
+                addr: l.addr,
+                bound,
+                slots: sockets,
+            })
         })
         .collect()
 }

@@ -129,9 +129,14 @@ async fn serve_http<S>(
                     // Tell the client, before it sends another request on
                     // this connection, that the connection is closing.
                     let close = http::HeaderValue::from_static("close");
-                    response.headers_mut().insert(http::header::CONNECTION, close);
+                    response
+                        .headers_mut()
+                        .insert(http::header::CONNECTION, close);
                 }
-                Ok::<_, Infallible>(response.map(|body| Tracked { body, _guard: guard }))
+                Ok::<_, Infallible>(response.map(|body| Tracked {
+                    body,
+                    _guard: guard,
+                }))
             }
         })
     };

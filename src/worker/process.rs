@@ -50,38 +50,71 @@ pub enum WorkerError {
 pub fn run() -> Result<(), WorkerError> {
     // If the master dies, the kernel sends SIGTERM: drain and exit.
     nix::sys::prctl::set_pdeathsig(Signal::SIGTERM)?;
-    let master = std::env::var(ENV_MASTER_PID).ok().and_then(|p| p.parse::<i32>().ok());
+    let master = std::env::var(ENV_MASTER_PID)
+        .ok()
+        .and_then(|p| p.parse::<i32>().ok());
     if master.is_some_and(|pid| nix::unistd::getppid().as_raw() != pid) {
         // It died before the death signal was armed.
         return Err(WorkerError::MasterGone);
     }
     if std::env::var(ENV_CPU_AFFINITY).is_ok() {
-        let slot = std::env::var(ENV_SLOT).ok().and_then(|s| s.parse().ok()).unwrap_or(0);
+        let slot = std::env::var(ENV_SLOT)
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(0);
         pin_to_cpu(slot)?;
     }
     let control = std::io::stdin().as_fd().try_clone_to_owned()?;
-    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
     runtime.block_on(serve(control))
 }
 
 async fn serve(control: OwnedFd) -> Result<(), WorkerError> {
     let (mut tx, mut rx) = ipc::channel(control)?;
-    let start = rx.recv::<ToWorker>().await?.ok_or(WorkerError::MasterGone)?;
-    let ToWorker::Start { generation, config_path, config, listeners, health, .. } = start.message else {
+    let start = rx
+        .recv::<ToWorker>()
+        .await?
+        .ok_or(WorkerError::MasterGone)?;
+    let ToWorker::Start {
+        generation,
+        config_path,
+        config,
+        listeners,
+        health,
+        ..
+    } = start.message
+    else {
         return Err(WorkerError::NoStart);
     };
-    let started = build(generation, config_path, &config, listeners, start.fds, &health);
+    let started = build(
+        generation,
+        config_path,
+        &config,
+        listeners,
+        start.fds,
+        &health,
+    );
     let (runtime, listeners) = match started {
         Ok(ok) => ok,
         Err(e) => {
-            tx.send(&ToMaster::Failed { error: e.to_string() }).await?;
+            tx.send(&ToMaster::Failed {
+                error: e.to_string(),
+            })
+            .await?;
             return Err(e);
         }
     };
     let drain_timeout = runtime.config.runtime.shutdown_timeout;
     let shared = Arc::new(ArcSwap::from_pointee(runtime));
     let shutdown = CancellationToken::new();
-    let mut serving = tokio::spawn(super::serve(listeners, shared.clone(), shutdown.clone(), drain_timeout));
+    let mut serving = tokio::spawn(super::serve(
+        listeners,
+        shared.clone(),
+        shutdown.clone(),
+        drain_timeout,
+    ));
     tx.send(&ToMaster::Ready { generation }).await?;
     tracing::info!(generation, "worker serving");
 
@@ -143,7 +176,10 @@ fn build(
         .map(|(name, fd)| {
             let socket = std::net::TcpListener::from(fd);
             socket.set_nonblocking(true)?;
-            Ok(Listener { name, socket: tokio::net::TcpListener::from_std(socket)? })
+            Ok(Listener {
+                name,
+                socket: tokio::net::TcpListener::from_std(socket)?,
+            })
         })
         .collect::<Result<_, std::io::Error>>()?;
     Ok((runtime, listeners))
@@ -151,13 +187,19 @@ fn build(
 
 pub fn apply_health(runtime: &Runtime, servers: &[ServerHealth]) {
     for s in servers {
-        if let Some(server) = runtime.upstream(&s.upstream).and_then(|u| find(&u.servers, s.server)) {
+        if let Some(server) = runtime
+            .upstream(&s.upstream)
+            .and_then(|u| find(&u.servers, s.server))
+        {
             server.set_healthy(s.healthy);
         }
     }
 }
 
-fn find(servers: &[Arc<crate::upstream::Server>], addr: SocketAddr) -> Option<&Arc<crate::upstream::Server>> {
+fn find(
+    servers: &[Arc<crate::upstream::Server>],
+    addr: SocketAddr,
+) -> Option<&Arc<crate::upstream::Server>> {
     servers.iter().find(|s| s.addr == addr)
 }
 
@@ -166,7 +208,9 @@ fn pin_to_cpu(slot: usize) -> Result<(), nix::Error> {
     use nix::sched::{CpuSet, sched_getaffinity, sched_setaffinity};
     use nix::unistd::Pid;
     let allowed = sched_getaffinity(Pid::from_raw(0))?;
-    let cpus: Vec<usize> = (0..CpuSet::count()).filter(|&c| allowed.is_set(c).unwrap_or(false)).collect();
+    let cpus: Vec<usize> = (0..CpuSet::count())
+        .filter(|&c| allowed.is_set(c).unwrap_or(false))
+        .collect();
     if let Some(&cpu) = cpus.get(slot % cpus.len().max(1)) {
         let mut set = CpuSet::new();
         set.set(cpu)?;

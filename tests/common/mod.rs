@@ -8,6 +8,7 @@ use std::convert::Infallible;
 use std::future::Future;
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
@@ -34,6 +35,7 @@ pub const PATIENCE: Duration = Duration::from_secs(20);
 pub struct Corral {
     pub child: Child,
     pub listeners: HashMap<String, SocketAddr>,
+    pub admin: Option<SocketAddr>,
     pub config_path: PathBuf,
     lines: Arc<Mutex<Vec<String>>>,
     new_line: mpsc::Receiver<String>,
@@ -50,10 +52,13 @@ impl Corral {
     }
 
     fn start_at(dir: tempfile::TempDir, config_path: PathBuf) -> Self {
+        // Its own process group, so that dropping the fixture also ends
+        // masters started by an upgrade and every worker.
         let mut child = Command::new(BIN)
             .args(["run", "--config"])
             .arg(&config_path)
             .env("CORRAL_LOG", "info,corral=debug")
+            .process_group(0)
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
             .spawn()
@@ -74,6 +79,7 @@ impl Corral {
         let mut corral = Self {
             child,
             listeners: HashMap::new(),
+            admin: None,
             config_path,
             lines,
             new_line: rx,
@@ -83,12 +89,14 @@ impl Corral {
             let line = corral
                 .next_line()
                 .unwrap_or_else(|| panic!("corral did not become ready"));
-            if line.contains(" listening ") {
+            if line.contains(" admin endpoint listening ") {
+                corral.admin = Some(field(&line, "addr").unwrap().parse().unwrap());
+            } else if line.contains(" listening ") {
                 let name = field(&line, "listener").unwrap();
                 let addr = field(&line, "addr").unwrap().parse().unwrap();
                 corral.listeners.insert(name, addr);
             }
-            if line.contains(" ready") {
+            if line.contains("corral::master: ready") {
                 break;
             }
         }
@@ -157,7 +165,8 @@ impl Corral {
 
 impl Drop for Corral {
     fn drop(&mut self) {
-        let _ = self.child.kill();
+        let group = nix::unistd::Pid::from_raw(self.child.id() as i32);
+        let _ = nix::sys::signal::killpg(group, nix::sys::signal::Signal::SIGKILL);
         let _ = self.child.wait();
     }
 }
@@ -429,5 +438,188 @@ pub async fn in_process(config: &str) -> InProcess {
         runtime,
         stop,
         _health: health,
+    }
+}
+
+impl Corral {
+    /// `GET /status` from the admin endpoint.
+    pub async fn status(&self) -> serde_json::Value {
+        let (status, body) = admin_call(
+            self.admin.expect("no admin endpoint"),
+            http::Method::GET,
+            "/status",
+        )
+        .await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+        serde_json::from_str(&body).unwrap()
+    }
+
+    /// Worker pids by slot, from `/status`.
+    pub async fn worker_pids(&self) -> Vec<Option<u64>> {
+        self.status().await["workers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|w| w["pid"].as_u64())
+            .collect()
+    }
+
+    /// Polls `/status` until `ready` holds (a guard against hanging, with a
+    /// deadline; the condition is what the test waits for).
+    pub async fn wait_status(
+        &self,
+        mut ready: impl FnMut(&serde_json::Value) -> bool,
+    ) -> serde_json::Value {
+        let deadline = std::time::Instant::now() + PATIENCE;
+        loop {
+            let status = self.status().await;
+            if ready(&status) {
+                return status;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "status never matched: {status:#}"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
+
+pub async fn admin_call(
+    addr: SocketAddr,
+    method: http::Method,
+    path: &str,
+) -> (StatusCode, String) {
+    corral::admin::client::call(addr, method, path)
+        .await
+        .unwrap()
+}
+
+/// Whether every worker slot in a `/status` document is serving.
+pub fn all_ready(status: &serde_json::Value) -> bool {
+    status["workers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .all(|w| w["state"] == "ready")
+}
+
+/// One request's outcome under load.
+#[derive(Debug, Clone)]
+pub struct Outcome {
+    pub at: std::time::Instant,
+    pub ok: bool,
+    pub fresh: bool,
+    pub error: String,
+}
+
+/// Clients sending requests back to back: `keepalive` of them over reused
+/// connections, `fresh` of them on a new connection per request.
+pub struct Load {
+    stop: CancellationToken,
+    outcomes: Arc<Mutex<Vec<Outcome>>>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl Load {
+    pub fn start(addr: SocketAddr, keepalive: usize, fresh: usize) -> Self {
+        let stop = CancellationToken::new();
+        let outcomes = Arc::new(Mutex::new(Vec::new()));
+        let mut tasks = Vec::new();
+        for i in 0..keepalive + fresh {
+            let (stop, outcomes) = (stop.clone(), outcomes.clone());
+            let fresh = i >= keepalive;
+            tasks.push(tokio::spawn(async move {
+                let mut conn: Option<H1> = None;
+                while !stop.is_cancelled() {
+                    let result = async {
+                        if fresh || conn.is_none() {
+                            let stream = TcpStream::connect(addr)
+                                .await
+                                .map_err(|e| format!("connect: {e}"))?;
+                            let (sender, driver) =
+                                hyper::client::conn::http1::handshake(TokioIo::new(stream))
+                                    .await
+                                    .map_err(|e| format!("handshake: {e}"))?;
+                            tokio::spawn(driver);
+                            conn = Some(H1 {
+                                sender,
+                                host: addr.to_string(),
+                            });
+                        }
+                        let c = conn.as_mut().unwrap();
+                        let request = Request::get("/load")
+                            .header("host", "load.test")
+                            .body(empty())
+                            .unwrap();
+                        let response =
+                            c.send(request).await.map_err(|e| format!("request: {e}"))?;
+                        let status = response.status();
+                        let keep = response
+                            .headers()
+                            .get("connection")
+                            .is_none_or(|v| v != "close");
+                        response
+                            .into_body()
+                            .collect()
+                            .await
+                            .map_err(|e| format!("body: {e}"))?;
+                        if !keep {
+                            conn = None;
+                        }
+                        if status == StatusCode::OK {
+                            Ok(())
+                        } else {
+                            Err(format!("status {status}"))
+                        }
+                    }
+                    .await;
+                    if result.is_err() || fresh {
+                        conn = None;
+                    }
+                    let outcome = Outcome {
+                        at: std::time::Instant::now(),
+                        ok: result.is_ok(),
+                        fresh,
+                        error: result.err().unwrap_or_default(),
+                    };
+                    outcomes.lock().unwrap().push(outcome);
+                }
+            }));
+        }
+        Self {
+            stop,
+            outcomes,
+            tasks,
+        }
+    }
+
+    pub fn successes(&self) -> usize {
+        self.outcomes
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|o| o.ok)
+            .count()
+    }
+
+    /// Waits until `n` more requests have succeeded.
+    pub async fn wait_successes(&self, n: usize) {
+        let target = self.successes() + n;
+        let deadline = std::time::Instant::now() + PATIENCE;
+        while self.successes() < target {
+            assert!(std::time::Instant::now() < deadline, "load stalled");
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+
+    pub async fn finish(self) -> Vec<Outcome> {
+        self.stop.cancel();
+        for t in self.tasks {
+            let _ = t.await;
+        }
+        Arc::try_unwrap(self.outcomes)
+            .map(|m| m.into_inner().unwrap())
+            .unwrap_or_default()
     }
 }

@@ -1,0 +1,151 @@
+//! Binary upgrade (SIGUSR2): hand every listening socket to a new master.
+//!
+//! The old master starts the binary at its own path as `corral run` with
+//! `CORRAL_UPGRADE=1` and a control channel as stdin, and sends it every
+//! listening socket (each listener's slots, and the admin socket) over that
+//! channel. The new master binds nothing it was given, spawns its workers on
+//! those same sockets, and once they all serve it says `Ready`; only then do
+//! the old workers drain and the old master exit. Connections queued on the
+//! shared sockets are accepted by whichever generation is accepting, so none
+//! is refused or reset. If the new master exits or is not ready in time, the
+//! old one kills it and keeps serving.
+
+use std::net::TcpListener;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::path::Path;
+use std::process::Stdio;
+use std::time::Duration;
+
+use tokio::process::Command;
+
+use super::sockets::{Inherited, ListenerSockets};
+use crate::ipc::{self, HandedSocket, IpcError, Upgrade};
+
+/// Set for the new master; its stdin is then the channel to the old one.
+pub const ENV_UPGRADE: &str = "CORRAL_UPGRADE";
+/// How long the old master waits for the new one to serve.
+const READY_TIMEOUT: Duration = Duration::from_secs(60);
+
+#[derive(Debug, thiserror::Error)]
+pub enum UpgradeError {
+    #[error("could not start the new master: {0}")]
+    Spawn(#[source] std::io::Error),
+    #[error(transparent)]
+    Ipc(#[from] IpcError),
+    #[error("the new master {0} before it was ready")]
+    Exited(String),
+    #[error("the new master was not ready within {0:?}")]
+    Timeout(Duration),
+    #[error("expected the old master's sockets first")]
+    NoSockets,
+    #[error("the old master sent {sockets} sockets but {fds} descriptors")]
+    Mismatch { sockets: usize, fds: usize },
+}
+
+/// Old master: starts the successor and waits until it serves. Returns its pid.
+pub async fn start_successor(
+    exe: &Path,
+    config: &Path,
+    listeners: &[ListenerSockets],
+    admin: Option<&TcpListener>,
+) -> Result<u32, UpgradeError> {
+    let (ours, theirs) = ipc::pair().map_err(UpgradeError::Spawn)?;
+    let mut child = Command::new(exe)
+        .arg("run")
+        .arg("--config")
+        .arg(config)
+        .env(ENV_UPGRADE, "1")
+        .stdin(Stdio::from(theirs))
+        .spawn()
+        .map_err(UpgradeError::Spawn)?;
+    let (mut tx, mut rx) = ipc::channel(ours).map_err(UpgradeError::Spawn)?;
+    let mut sockets = Vec::new();
+    let mut fds: Vec<BorrowedFd<'_>> = Vec::new();
+    for l in listeners {
+        for (slot, socket) in l.slots.iter().enumerate() {
+            sockets.push(HandedSocket::Listener {
+                name: l.name.clone(),
+                addr: l.addr,
+                slot,
+            });
+            fds.push(socket.as_fd());
+        }
+    }
+    if let Some(admin) = admin {
+        if let Ok(addr) = admin.local_addr() {
+            sockets.push(HandedSocket::Admin { addr });
+            fds.push(admin.as_fd());
+        }
+    }
+    let handed = tx.send_with_fds(&Upgrade::Sockets { sockets }, &fds).await;
+    let outcome = match handed {
+        Err(e) => Err(UpgradeError::Ipc(e)),
+        Ok(()) => tokio::select! {
+            message = rx.recv::<Upgrade>() => match message {
+                Ok(Some(ipc::Received { message: Upgrade::Ready { pid }, .. })) => Ok(pid),
+                Ok(_) => Err(UpgradeError::Exited("closed the channel".into())),
+                Err(e) => Err(UpgradeError::Ipc(e)),
+            },
+            status = child.wait() => Err(UpgradeError::Exited(status.map_or_else(|e| e.to_string(), |s| s.to_string()))),
+            () = tokio::time::sleep(READY_TIMEOUT) => Err(UpgradeError::Timeout(READY_TIMEOUT)),
+        },
+    };
+    if outcome.is_err() {
+        // Its workers see their channel close and drain on their own.
+        let _ = child.start_kill();
+        let _ = child.wait().await;
+    }
+    outcome
+}
+
+/// What a new master receives from the old one.
+#[derive(Debug)]
+pub struct Handover {
+    pub listeners: Inherited,
+    pub admin: Option<TcpListener>,
+    /// Where to say `Ready`.
+    pub reply: ipc::Sender,
+}
+
+/// New master: reads the old master's sockets from stdin.
+pub async fn receive() -> Result<Handover, UpgradeError> {
+    let stdin: OwnedFd = std::io::stdin()
+        .as_fd()
+        .try_clone_to_owned()
+        .map_err(UpgradeError::Spawn)?;
+    let (reply, mut rx) = ipc::channel(stdin).map_err(UpgradeError::Spawn)?;
+    let received = rx.recv::<Upgrade>().await?.ok_or(UpgradeError::NoSockets)?;
+    let Upgrade::Sockets { sockets } = received.message else {
+        return Err(UpgradeError::NoSockets);
+    };
+    if sockets.len() != received.fds.len() {
+        return Err(UpgradeError::Mismatch {
+            sockets: sockets.len(),
+            fds: received.fds.len(),
+        });
+    }
+    let mut handover = Handover {
+        listeners: Inherited::new(),
+        admin: None,
+        reply,
+    };
+    for (socket, fd) in sockets.into_iter().zip(received.fds) {
+        let listener = TcpListener::from(fd);
+        match socket {
+            HandedSocket::Listener { name, addr, slot } => {
+                handover.listeners.insert((name, addr, slot), listener);
+            }
+            HandedSocket::Admin { .. } => handover.admin = Some(listener),
+        }
+    }
+    Ok(handover)
+}
+
+/// New master: tells the old one it can go.
+pub async fn announce_ready(mut reply: ipc::Sender) -> Result<(), IpcError> {
+    reply
+        .send(&Upgrade::Ready {
+            pid: std::process::id(),
+        })
+        .await
+}

@@ -1,0 +1,280 @@
+//! The master and its workers, under load: shared sockets, supervision,
+//! crash-loop backoff, binary upgrade, and stopping.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::collections::HashSet;
+use std::time::{Duration, Instant};
+
+use common::*;
+use http::StatusCode;
+use nix::sys::signal::Signal;
+
+fn cluster_config(servers: &[std::net::SocketAddr], extra: &str) -> String {
+    simple_config(servers, extra).replace(
+        "[[listeners]]",
+        "[admin]\nlisten = \"127.0.0.1:0\"\n\n[[listeners]]",
+    )
+}
+
+fn kill(pid: u64, signal: Signal) {
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), signal).unwrap();
+}
+
+fn alive(pid: u64) -> bool {
+    // Zombies count as gone.
+    std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| !s.contains(") Z "))
+}
+
+/// Socket inodes a process holds.
+fn socket_inodes(pid: u64) -> HashSet<u64> {
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .unwrap()
+        .filter_map(|e| std::fs::read_link(e.unwrap().path()).ok())
+        .filter_map(|l| {
+            l.to_str()?
+                .strip_prefix("socket:[")?
+                .strip_suffix(']')?
+                .parse()
+                .ok()
+        })
+        .collect()
+}
+
+/// Inodes of TCP sockets listening on `port`.
+fn listening_inodes(port: u16) -> HashSet<u64> {
+    std::fs::read_to_string("/proc/net/tcp")
+        .unwrap()
+        .lines()
+        .skip(1)
+        .filter_map(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            let local_port = u16::from_str_radix(f[1].rsplit(':').next()?, 16).ok()?;
+            (local_port == port && f[3] == "0A")
+                .then(|| f[9].parse().ok())
+                .flatten()
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn workers_share_per_slot_reuseport_sockets_held_by_the_master() {
+    let app = echo("app").await;
+    let corral = Corral::start(&cluster_config(&[app.addr], ""));
+    let status = corral.wait_status(all_ready).await;
+    let workers: Vec<u64> = status["workers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|w| w["pid"].as_u64().unwrap())
+        .collect();
+    assert_eq!(workers.len(), 2);
+    assert_eq!(status["pid"].as_u64(), Some(u64::from(corral.pid())));
+    let children =
+        std::fs::read_to_string(format!("/proc/{0}/task/{0}/children", corral.pid())).unwrap();
+    let children: HashSet<u64> = children
+        .split_whitespace()
+        .map(|p| p.parse().unwrap())
+        .collect();
+    assert_eq!(children, workers.iter().copied().collect());
+
+    let listening = listening_inodes(corral.addr("public").port());
+    assert_eq!(listening.len(), 2, "one listening socket per slot");
+    let master: HashSet<u64> = socket_inodes(u64::from(corral.pid()))
+        .intersection(&listening)
+        .copied()
+        .collect();
+    assert_eq!(master, listening, "the master holds every slot's socket");
+    let held: Vec<HashSet<u64>> = workers
+        .iter()
+        .map(|&w| socket_inodes(w).intersection(&listening).copied().collect())
+        .collect();
+    assert!(
+        held.iter().all(|h| h.len() == 1) && held[0] != held[1],
+        "each worker holds its own slot's socket: {held:?}"
+    );
+
+    let (code, body) = admin_call(corral.admin.unwrap(), http::Method::GET, "/healthz").await;
+    assert_eq!(code, StatusCode::OK, "{body}");
+}
+
+#[tokio::test]
+async fn a_killed_worker_is_replaced_at_once_and_costs_only_its_own_connections() {
+    let app = echo("app").await;
+    let corral = Corral::start(&cluster_config(&[app.addr], ""));
+    corral.wait_status(all_ready).await;
+    let load = Load::start(corral.addr("public"), 16, 4);
+    load.wait_successes(500).await;
+
+    let victim = corral.worker_pids().await[0].unwrap();
+    let killed_at = Instant::now();
+    kill(victim, Signal::SIGKILL);
+    let status = corral
+        .wait_status(|s| {
+            all_ready(s) && s["workers"][0]["pid"].as_u64().is_some_and(|p| p != victim)
+        })
+        .await;
+    let replaced_in = killed_at.elapsed();
+    assert!(
+        replaced_in < Duration::from_secs(1),
+        "replaced after {replaced_in:?}"
+    );
+    assert_eq!(status["workers"][0]["restarts"], 1);
+    assert_eq!(status["workers"][0]["last_exit"], "killed by SIGKILL");
+
+    load.wait_successes(2000).await;
+    let outcomes = load.finish().await;
+    let failures: Vec<&Outcome> = outcomes.iter().filter(|o| !o.ok).collect();
+    eprintln!(
+        "{} requests, {} failed, worker replaced in {replaced_in:?}",
+        outcomes.len(),
+        failures.len()
+    );
+    // At most the requests in flight on the killed worker's connections.
+    assert!(
+        failures.len() <= 20,
+        "{} failures: {failures:?}",
+        failures.len()
+    );
+    for f in &failures {
+        assert!(
+            f.at.duration_since(killed_at) < Duration::from_secs(1),
+            "late failure: {f:?}"
+        );
+        assert!(
+            !f.error.starts_with("connect"),
+            "a fresh connection was refused: {f:?}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_hung_worker_is_detected_by_heartbeat_and_replaced() {
+    let app = echo("app").await;
+    let corral = Corral::start(&cluster_config(&[app.addr], ""));
+    corral.wait_status(all_ready).await;
+    let victim = corral.worker_pids().await[1].unwrap();
+    kill(victim, Signal::SIGSTOP);
+    let status = corral
+        .wait_status(|s| {
+            all_ready(s) && s["workers"][1]["pid"].as_u64().is_some_and(|p| p != victim)
+        })
+        .await;
+    assert_eq!(status["workers"][1]["last_exit"], "killed by SIGKILL");
+    corral.wait_for_log("stopped answering heartbeats");
+    assert!(!alive(victim));
+}
+
+#[tokio::test]
+async fn a_crash_looping_slot_backs_off_and_says_so() {
+    let app = echo("app").await;
+    let dir = tempfile::tempdir().unwrap();
+    let cert = rcgen::generate_simple_self_signed(vec!["localhost".to_owned()]).unwrap();
+    let (cert_path, key_path) = (dir.path().join("c.pem"), dir.path().join("c.key"));
+    std::fs::write(&cert_path, cert.cert.pem()).unwrap();
+    std::fs::write(&key_path, cert.signing_key.serialize_pem()).unwrap();
+    let tls = format!(
+        "listen = \"127.0.0.1:0\"\n[listeners.tls]\ncertificates = [{{ cert = \"{}\", key = \"{}\" }}]",
+        cert_path.display(),
+        key_path.display()
+    );
+    let corral = Corral::start(
+        &cluster_config(&[app.addr], "")
+            .replacen("listen = \"127.0.0.1:0\"", &tls, 2)
+            .replacen(&tls, "listen = \"127.0.0.1:0\"", 1),
+    );
+    corral.wait_status(all_ready).await;
+    // New workers can no longer load the certificate; the running ones are unaffected.
+    std::fs::remove_file(&key_path).unwrap();
+    kill(corral.worker_pids().await[0].unwrap(), Signal::SIGKILL);
+    let status = corral
+        .wait_status(|s| s["workers"][0]["crash_loop"].as_u64() >= Some(3))
+        .await;
+    assert_eq!(status["workers"][0]["state"], "backoff");
+    assert!(status["workers"][0]["next_start_in_ms"].as_u64().unwrap() >= 500);
+    corral.wait_for_log("worker keeps exiting; backing off");
+    corral.wait_for_log("cannot read private key");
+    let (code, _) = admin_call(corral.admin.unwrap(), http::Method::GET, "/healthz").await;
+    assert_eq!(code, StatusCode::SERVICE_UNAVAILABLE);
+    // The other slot still serves.
+    assert_eq!(status["workers"][1]["state"], "ready");
+    assert!(alive(status["workers"][1]["pid"].as_u64().unwrap()));
+}
+
+#[tokio::test]
+async fn a_binary_upgrade_under_load_loses_nothing() {
+    let app = echo("app").await;
+    let mut corral = Corral::start(&cluster_config(&[app.addr], ""));
+    let before = corral.wait_status(all_ready).await;
+    let old_workers: Vec<u64> = before["workers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|w| w["pid"].as_u64().unwrap())
+        .collect();
+    let load = Load::start(corral.addr("public"), 16, 4);
+    load.wait_successes(500).await;
+
+    corral.signal(Signal::SIGUSR2);
+    let old_pid = u64::from(corral.pid());
+    let after = corral
+        .wait_status(|s| s["pid"].as_u64() != Some(old_pid) && all_ready(s))
+        .await;
+    assert_eq!(corral.wait_exit(), Some(0), "the old master exits cleanly");
+    for w in &old_workers {
+        assert!(!alive(*w), "old worker {w} still running");
+    }
+    let new_master = after["pid"].as_u64().unwrap();
+    assert!(alive(new_master));
+    load.wait_successes(2000).await;
+    let outcomes = load.finish().await;
+    let failures: Vec<&Outcome> = outcomes.iter().filter(|o| !o.ok).collect();
+    eprintln!(
+        "{} requests across the upgrade, {} failed",
+        outcomes.len(),
+        failures.len()
+    );
+    assert!(
+        failures.is_empty(),
+        "{} of {} requests failed: {:?}",
+        failures.len(),
+        outcomes.len(),
+        &failures[..failures.len().min(5)]
+    );
+}
+
+#[tokio::test]
+async fn a_failed_upgrade_leaves_the_old_master_serving() {
+    let app = echo("app").await;
+    let corral = Corral::start(&cluster_config(&[app.addr], ""));
+    corral.wait_status(all_ready).await;
+    std::fs::write(&corral.config_path, "this is not [valid toml").unwrap();
+    corral.signal(Signal::SIGUSR2);
+    corral.wait_for_log("binary upgrade failed; this master keeps serving");
+    let status = corral.status().await;
+    assert_eq!(status["pid"].as_u64(), Some(u64::from(corral.pid())));
+    assert_eq!(
+        get(corral.addr("public"), "/", &[]).await.status,
+        StatusCode::OK
+    );
+}
+
+#[tokio::test]
+async fn workers_leave_when_the_master_is_killed() {
+    let app = echo("app").await;
+    let corral = Corral::start(
+        &cluster_config(&[app.addr], "")
+            .replace("shutdown_timeout = \"5s\"", "shutdown_timeout = \"1s\""),
+    );
+    let workers: Vec<u64> = corral.worker_pids().await.into_iter().flatten().collect();
+    corral.signal(Signal::SIGKILL);
+    let killed_at = Instant::now();
+    while workers.iter().any(|w| alive(*w)) {
+        assert!(
+            killed_at.elapsed() < Duration::from_secs(2),
+            "workers outlived the master"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
