@@ -40,18 +40,21 @@ pub async fn serve(listener: TcpListener, backend: Arc<dyn Backend>, stop: Cance
             },
         };
         let backend = backend.clone();
-        let stop = stop.clone();
+        // One request per connection, and no cut-off at stop: during a
+        // binary upgrade a request the old master accepted is still answered.
         tokio::spawn(async move {
             let service = service_fn(move |request| {
                 let backend = backend.clone();
                 async move { Ok::<_, Infallible>(answer(&*backend, &request)) }
             });
-            let conn = hyper::server::conn::http1::Builder::new()
-                .serve_connection(TokioIo::new(stream), service);
-            tokio::pin!(conn);
-            tokio::select! {
-                _ = conn.as_mut() => {}
-                () = stop.cancelled() => conn.as_mut().graceful_shutdown(),
+            let served = hyper::server::conn::http1::Builder::new()
+                .keep_alive(false)
+                .timer(hyper_util::rt::TokioTimer::new())
+                .header_read_timeout(std::time::Duration::from_secs(5))
+                .serve_connection(TokioIo::new(stream), service)
+                .await;
+            if let Err(e) = served {
+                tracing::debug!(error = %e, "admin connection failed");
             }
         });
     }

@@ -61,7 +61,7 @@ fn listening_inodes(port: u16) -> HashSet<u64> {
 #[tokio::test]
 async fn workers_share_per_slot_reuseport_sockets_held_by_the_master() {
     let app = echo("app").await;
-    let corral = Corral::start(&cluster_config(&[app.addr], ""));
+    let corral = Corral::start(&cluster_config(&[app.addr], "")).await;
     let status = corral.wait_status(all_ready).await;
     let workers: Vec<u64> = status["workers"]
         .as_array()
@@ -102,7 +102,7 @@ async fn workers_share_per_slot_reuseport_sockets_held_by_the_master() {
 #[tokio::test]
 async fn a_killed_worker_is_replaced_at_once_and_costs_only_its_own_connections() {
     let app = echo("app").await;
-    let corral = Corral::start(&cluster_config(&[app.addr], ""));
+    let corral = Corral::start(&cluster_config(&[app.addr], "")).await;
     corral.wait_status(all_ready).await;
     let load = Load::start(corral.addr("public"), 16, 4);
     load.wait_successes(500).await;
@@ -152,7 +152,7 @@ async fn a_killed_worker_is_replaced_at_once_and_costs_only_its_own_connections(
 #[tokio::test]
 async fn a_hung_worker_is_detected_by_heartbeat_and_replaced() {
     let app = echo("app").await;
-    let corral = Corral::start(&cluster_config(&[app.addr], ""));
+    let corral = Corral::start(&cluster_config(&[app.addr], "")).await;
     corral.wait_status(all_ready).await;
     let victim = corral.worker_pids().await[1].unwrap();
     kill(victim, Signal::SIGSTOP);
@@ -162,7 +162,7 @@ async fn a_hung_worker_is_detected_by_heartbeat_and_replaced() {
         })
         .await;
     assert_eq!(status["workers"][1]["last_exit"], "killed by SIGKILL");
-    corral.wait_for_log("stopped answering heartbeats");
+    corral.wait_for_log("stopped answering heartbeats").await;
     assert!(!alive(victim));
 }
 
@@ -183,7 +183,8 @@ async fn a_crash_looping_slot_backs_off_and_says_so() {
         &cluster_config(&[app.addr], "")
             .replacen("listen = \"127.0.0.1:0\"", &tls, 2)
             .replacen(&tls, "listen = \"127.0.0.1:0\"", 1),
-    );
+    )
+    .await;
     corral.wait_status(all_ready).await;
     // New workers can no longer load the certificate; the running ones are unaffected.
     std::fs::remove_file(&key_path).unwrap();
@@ -193,8 +194,10 @@ async fn a_crash_looping_slot_backs_off_and_says_so() {
         .await;
     assert_eq!(status["workers"][0]["state"], "backoff");
     assert!(status["workers"][0]["next_start_in_ms"].as_u64().unwrap() >= 500);
-    corral.wait_for_log("worker keeps exiting; backing off");
-    corral.wait_for_log("cannot read private key");
+    corral
+        .wait_for_log("worker keeps exiting; backing off")
+        .await;
+    corral.wait_for_log("cannot read private key").await;
     let (code, _) = admin_call(corral.admin.unwrap(), http::Method::GET, "/healthz").await;
     assert_eq!(code, StatusCode::SERVICE_UNAVAILABLE);
     // The other slot still serves.
@@ -205,7 +208,7 @@ async fn a_crash_looping_slot_backs_off_and_says_so() {
 #[tokio::test]
 async fn a_binary_upgrade_under_load_loses_nothing() {
     let app = echo("app").await;
-    let mut corral = Corral::start(&cluster_config(&[app.addr], ""));
+    let mut corral = Corral::start(&cluster_config(&[app.addr], "")).await;
     let before = corral.wait_status(all_ready).await;
     let old_workers: Vec<u64> = before["workers"]
         .as_array()
@@ -221,7 +224,11 @@ async fn a_binary_upgrade_under_load_loses_nothing() {
     let after = corral
         .wait_status(|s| s["pid"].as_u64() != Some(old_pid) && all_ready(s))
         .await;
-    assert_eq!(corral.wait_exit(), Some(0), "the old master exits cleanly");
+    assert_eq!(
+        corral.wait_exit().await,
+        Some(0),
+        "the old master exits cleanly"
+    );
     for w in &old_workers {
         assert!(!alive(*w), "old worker {w} still running");
     }
@@ -247,11 +254,13 @@ async fn a_binary_upgrade_under_load_loses_nothing() {
 #[tokio::test]
 async fn a_failed_upgrade_leaves_the_old_master_serving() {
     let app = echo("app").await;
-    let corral = Corral::start(&cluster_config(&[app.addr], ""));
+    let corral = Corral::start(&cluster_config(&[app.addr], "")).await;
     corral.wait_status(all_ready).await;
     std::fs::write(&corral.config_path, "this is not [valid toml").unwrap();
     corral.signal(Signal::SIGUSR2);
-    corral.wait_for_log("binary upgrade failed; this master keeps serving");
+    corral
+        .wait_for_log("binary upgrade failed; this master keeps serving")
+        .await;
     let status = corral.status().await;
     assert_eq!(status["pid"].as_u64(), Some(u64::from(corral.pid())));
     assert_eq!(
@@ -266,7 +275,8 @@ async fn workers_leave_when_the_master_is_killed() {
     let corral = Corral::start(
         &cluster_config(&[app.addr], "")
             .replace("shutdown_timeout = \"5s\"", "shutdown_timeout = \"1s\""),
-    );
+    )
+    .await;
     let workers: Vec<u64> = corral.worker_pids().await.into_iter().flatten().collect();
     corral.signal(Signal::SIGKILL);
     let killed_at = Instant::now();
@@ -276,5 +286,111 @@ async fn workers_leave_when_the_master_is_killed() {
             "workers outlived the master"
         );
         tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+#[tokio::test]
+async fn sigterm_finishes_in_flight_requests_then_everything_exits() {
+    let (started_tx, started_rx) = tokio::sync::oneshot::channel::<()>();
+    let (finish_tx, finish_rx) = tokio::sync::oneshot::channel::<()>();
+    let hooks = std::sync::Arc::new(std::sync::Mutex::new(Some((started_tx, finish_rx))));
+    let app = upstream(move |_req| {
+        let hooks = hooks.lock().unwrap().take();
+        async move {
+            if let Some((started, finish)) = hooks {
+                started.send(()).unwrap();
+                let _ = finish.await;
+            }
+            http::Response::new(full("done"))
+        }
+    })
+    .await;
+    let mut corral = Corral::start(&cluster_config(&[app.addr], "")).await;
+    let workers: Vec<u64> = corral.worker_pids().await.into_iter().flatten().collect();
+    let addr = corral.addr("public");
+    let in_flight = tokio::spawn(async move { get(addr, "/slow", &[]).await });
+    started_rx.await.unwrap();
+    corral.signal(Signal::SIGTERM);
+    corral.wait_for_log("SIGTERM: stopping gracefully").await;
+    // Nothing accepts new connections any more.
+    corral
+        .wait_for_log("draining on the master's request")
+        .await;
+    finish_tx.send(()).unwrap();
+    let reply = in_flight.await.unwrap();
+    assert_eq!(
+        (reply.status, reply.text().as_str()),
+        (StatusCode::OK, "done")
+    );
+    assert_eq!(corral.wait_exit().await, Some(0));
+    for w in &workers {
+        assert!(!alive(*w), "worker {w} outlived the master");
+    }
+    assert!(
+        std::net::TcpStream::connect(addr).is_err(),
+        "port still open after exit"
+    );
+}
+
+#[tokio::test]
+async fn health_checks_run_in_the_master_and_steer_every_worker() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let sick = Arc::new(AtomicBool::new(false));
+    let flag = sick.clone();
+    let a = upstream(move |req: http::Request<hyper::body::Incoming>| {
+        let status = if req.uri().path() == "/healthz" && flag.load(Ordering::SeqCst) {
+            500
+        } else {
+            200
+        };
+        async move {
+            http::Response::builder()
+                .status(status)
+                .header("x-backend", "a")
+                .body(empty())
+                .unwrap()
+        }
+    })
+    .await;
+    let b = echo("b").await;
+    let check = "[upstreams.health_check]\npath = \"/healthz\"\ninterval = \"100ms\"\nunhealthy_threshold = 1";
+    let corral = Corral::start(&cluster_config(&[a.addr, b.addr], check)).await;
+    sick.store(true, Ordering::SeqCst);
+    corral
+        .wait_status(|s| s["upstreams"][0]["servers"][0]["state"] == "unhealthy")
+        .await;
+    corral.wait_for_log("server is unhealthy").await;
+    // Fresh connections land on both workers; none reaches the sick server.
+    for _ in 0..20 {
+        assert_eq!(get(corral.addr("public"), "/", &[]).await.backend(), "b");
+    }
+}
+
+#[tokio::test]
+async fn cpu_affinity_pins_each_worker_to_its_own_cpu() {
+    let app = echo("app").await;
+    let corral = Corral::start(
+        &cluster_config(&[app.addr], "").replace("workers = 2", "workers = 2\ncpu_affinity = true"),
+    )
+    .await;
+    let mut cpus = Vec::new();
+    for pid in corral.worker_pids().await.into_iter().flatten() {
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+        let allowed = status
+            .lines()
+            .find_map(|l| l.strip_prefix("Cpus_allowed_list:"))
+            .unwrap()
+            .trim()
+            .to_owned();
+        assert!(
+            allowed.parse::<usize>().is_ok(),
+            "worker {pid} may run on {allowed}"
+        );
+        cpus.push(allowed);
+    }
+    let available = std::thread::available_parallelism().unwrap().get();
+    if available > 1 {
+        assert_ne!(cpus[0], cpus[1]);
     }
 }

@@ -46,7 +46,7 @@ async fn a_request_whose_body_started_streaming_is_never_retried() {
     })
     .await;
     // Round robin sends the first request to the first server.
-    let corral = Corral::start(&simple_config(&[breaks_midway, healthy.addr], ""));
+    let corral = Corral::start(&simple_config(&[breaks_midway, healthy.addr], "")).await;
     let mut client = H1::connect(corral.addr("public")).await;
     let chunks =
         (0..64).map(|_| Ok::<_, std::io::Error>(Frame::data(Bytes::from(vec![b'x'; 16 * 1024]))));
@@ -70,7 +70,7 @@ async fn a_request_whose_body_started_streaming_is_never_retried() {
 #[tokio::test]
 async fn garbage_from_the_upstream_is_a_502() {
     let liar = raw_upstream(16, b"HELLO THERE\r\n\r\n").await;
-    let corral = Corral::start(&simple_config(&[liar], ""));
+    let corral = Corral::start(&simple_config(&[liar], "")).await;
     let reply = get(corral.addr("public"), "/", &[]).await;
     assert_eq!(reply.status, StatusCode::BAD_GATEWAY);
     assert_eq!(
@@ -82,7 +82,7 @@ async fn garbage_from_the_upstream_is_a_502() {
 #[tokio::test]
 async fn an_upstream_that_hangs_up_without_answering_is_a_502() {
     let rude = raw_upstream(16, b"").await;
-    let corral = Corral::start(&simple_config(&[rude], ""));
+    let corral = Corral::start(&simple_config(&[rude], "")).await;
     assert_eq!(
         get(corral.addr("public"), "/", &[]).await.status,
         StatusCode::BAD_GATEWAY
@@ -108,7 +108,8 @@ async fn pooled_connections_are_reused_across_requests() {
             });
         }
     });
-    let corral = Corral::start(&simple_config(&[addr], "").replace("workers = 2", "workers = 1"));
+    let corral =
+        Corral::start(&simple_config(&[addr], "").replace("workers = 2", "workers = 1")).await;
     let mut client = H1::connect(corral.addr("public")).await;
     for _ in 0..20 {
         assert_eq!(client.get("/", &[]).await.status, StatusCode::OK);

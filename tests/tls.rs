@@ -70,7 +70,7 @@ async fn sni_picks_the_certificate_and_alpn_the_protocol() {
             "listen = \"127.0.0.1:0\"\n[listeners.tls]\ncertificates = [{{ cert = \"{d}/a.pem\", key = \"{d}/a.key\" }}, {{ cert = \"{d}/wild.pem\", key = \"{d}/wild.key\" }}]"
         ),
     );
-    let corral = Corral::start(&config);
+    let corral = Corral::start(&config).await;
     let addr = corral.addr("public");
 
     let tls = connect(addr, &certs.roots, "a.example.com", &[b"h2", b"http/1.1"]).await;

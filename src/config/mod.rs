@@ -40,6 +40,9 @@ pub struct RuntimeConfig {
     pub shutdown_timeout: Duration,
     /// Pin worker i to CPU i (mod the CPU count).
     pub cpu_affinity: bool,
+    /// A worker that answers no heartbeat for this long is declared hung
+    /// and replaced.
+    pub heartbeat_timeout: Duration,
 }
 
 #[derive(Debug, Clone, PartialEq)]

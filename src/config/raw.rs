@@ -51,6 +51,7 @@ pub struct RawRuntime {
     pub workers: Option<Spanned<IntOrString>>,
     pub shutdown_timeout: Option<Text>,
     pub cpu_affinity: Option<bool>,
+    pub heartbeat_timeout: Option<Text>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -18,6 +18,9 @@ use super::raw::*;
 use super::*;
 
 pub const DEFAULT_SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(30);
+/// Short enough that a hung worker is replaced within a second (checks run
+/// every quarter of it), long enough that a busy one is never mistaken for hung.
+pub const DEFAULT_HEARTBEAT_TIMEOUT: Duration = Duration::from_millis(750);
 pub const DEFAULT_BACKLOG: u32 = 1024;
 pub const DEFAULT_HEADER_TIMEOUT: Duration = Duration::from_secs(10);
 pub const DEFAULT_KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(60);
@@ -102,6 +105,11 @@ impl Validator<'_> {
                 .duration_allow_zero(raw.shutdown_timeout.as_ref(), "runtime.shutdown_timeout")
                 .unwrap_or(DEFAULT_SHUTDOWN_TIMEOUT),
             cpu_affinity: raw.cpu_affinity.unwrap_or(false),
+            heartbeat_timeout: self.timeout(
+                raw.heartbeat_timeout.as_ref(),
+                "runtime.heartbeat_timeout",
+                DEFAULT_HEARTBEAT_TIMEOUT,
+            ),
         }
     }
 

@@ -16,7 +16,7 @@ pub mod upgrade;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::{Duration, SystemTime};
+use std::time::SystemTime;
 
 use serde_json::json;
 use tokio::signal::unix::{Signal, SignalKind, signal};
@@ -32,10 +32,6 @@ use slot::{ConfigText, SlotContext};
 use sockets::{BindError, Inherited, ListenerSockets};
 use status::StatusBoard;
 use upgrade::{ENV_UPGRADE, UpgradeError};
-
-/// How long the master waits for a worker to answer a heartbeat before
-/// declaring it hung and replacing it.
-const HEARTBEAT_TIMEOUT: Duration = Duration::from_secs(2);
 
 #[derive(Debug, thiserror::Error)]
 pub enum RunError {
@@ -154,7 +150,7 @@ impl Master {
         let ctx = Arc::new(SlotContext {
             exe: exe.clone(),
             cpu_affinity: config.runtime.cpu_affinity,
-            heartbeat_timeout: HEARTBEAT_TIMEOUT,
+            heartbeat_timeout: config.runtime.heartbeat_timeout,
             shutdown_timeout: config.runtime.shutdown_timeout,
             config: config_rx,
             health: health_rx,

@@ -22,8 +22,6 @@ use super::status::StatusBoard;
 use crate::ipc::{self, ServerHealth, ToMaster, ToWorker};
 use crate::worker::process::{ENV_CPU_AFFINITY, ENV_MASTER_PID, ENV_SLOT};
 
-/// How often the master pings each worker.
-const HEARTBEAT_INTERVAL: Duration = Duration::from_millis(250);
 /// A worker that lived this long was not crash-looping.
 const STABLE: Duration = Duration::from_secs(10);
 const FIRST_BACKOFF: Duration = Duration::from_millis(250);
@@ -156,7 +154,8 @@ async fn run_worker(
 
     let mut health = ctx.health.clone();
     health.mark_unchanged();
-    let mut heartbeat = tokio::time::interval(HEARTBEAT_INTERVAL);
+    // Four pings per timeout: one lost to scheduling noise never kills a worker.
+    let mut heartbeat = tokio::time::interval(ctx.heartbeat_timeout / 4);
     heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut last_pong = Instant::now();
     let (mut seq, mut control_open, mut draining, mut killed) = (0u64, true, false, false);

@@ -27,8 +27,11 @@ use crate::body::ResponseBody;
 use crate::proxy::{self, Client};
 use crate::runtime::{ListenerRuntime, SharedRuntime};
 
-/// While draining, an HTTP/1.1 connection idle this long is closed.
-const DRAIN_IDLE: Duration = Duration::from_secs(1);
+/// While draining, an HTTP/1.1 connection idle this long is closed. Until
+/// then it stays open so that the client's next request is answered (with
+/// `Connection: close`) rather than racing the close; a client that pauses
+/// longer than this between requests is taken to be done.
+const DRAIN_IDLE: Duration = Duration::from_secs(5);
 
 /// Which protocols a connection may speak.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -165,7 +168,7 @@ async fn serve_http<S>(
                     // Closing an idle HTTP/1.1 connection races with a request
                     // the client may be sending right now. Busy connections
                     // get `Connection: close` on their next response instead;
-                    // only those idle for a moment are closed.
+                    // only those idle for a while are closed.
                     keepalive = keepalive.min(DRAIN_IDLE);
                 }
             }

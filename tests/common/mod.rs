@@ -11,7 +11,6 @@ use std::net::SocketAddr;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -31,27 +30,26 @@ pub const BIN: &str = env!("CARGO_BIN_EXE_corral");
 /// a guard against hanging forever, never a synchronisation.
 pub const PATIENCE: Duration = Duration::from_secs(20);
 
-/// The corral binary, running `corral run` on a config.
+/// The corral binary, running `corral run` on a config. Every wait is
+/// async: tests serve their upstreams on their own runtime, which a blocking
+/// wait would freeze.
 pub struct Corral {
     pub child: Child,
     pub listeners: HashMap<String, SocketAddr>,
     pub admin: Option<SocketAddr>,
     pub config_path: PathBuf,
     lines: Arc<Mutex<Vec<String>>>,
-    new_line: mpsc::Receiver<String>,
+    /// Bumped by the log reader for every line.
+    line_count: tokio::sync::watch::Receiver<usize>,
     _dir: tempfile::TempDir,
 }
 
 impl Corral {
     /// Starts corral on `config` and waits until it reports ready.
-    pub fn start(config: &str) -> Self {
+    pub async fn start(config: &str) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let config_path = dir.path().join("corral.toml");
         std::fs::write(&config_path, config).unwrap();
-        Self::start_at(dir, config_path)
-    }
-
-    fn start_at(dir: tempfile::TempDir, config_path: PathBuf) -> Self {
         // Its own process group, so that dropping the fixture also ends
         // masters started by an upgrade and every worker.
         let mut child = Command::new(BIN)
@@ -65,14 +63,15 @@ impl Corral {
             .unwrap();
         let stderr = child.stderr.take().unwrap();
         let lines = Arc::new(Mutex::new(Vec::new()));
-        let (tx, rx) = mpsc::channel();
+        let (count_tx, line_count) = tokio::sync::watch::channel(0);
         {
             let lines = lines.clone();
             std::thread::spawn(move || {
                 for line in BufReader::new(stderr).lines().map_while(Result::ok) {
                     eprintln!("[corral] {line}");
-                    lines.lock().unwrap().push(line.clone());
-                    let _ = tx.send(line);
+                    let mut lines = lines.lock().unwrap();
+                    lines.push(line);
+                    count_tx.send_replace(lines.len());
                 }
             });
         }
@@ -82,22 +81,17 @@ impl Corral {
             admin: None,
             config_path,
             lines,
-            new_line: rx,
+            line_count,
             _dir: dir,
         };
-        loop {
-            let line = corral
-                .next_line()
-                .unwrap_or_else(|| panic!("corral did not become ready"));
+        corral.wait_for_log("corral::master: ready").await;
+        for line in corral.lines.lock().unwrap().iter() {
             if line.contains(" admin endpoint listening ") {
-                corral.admin = Some(field(&line, "addr").unwrap().parse().unwrap());
+                corral.admin = Some(field(line, "addr").unwrap().parse().unwrap());
             } else if line.contains(" listening ") {
-                let name = field(&line, "listener").unwrap();
-                let addr = field(&line, "addr").unwrap().parse().unwrap();
+                let name = field(line, "listener").unwrap();
+                let addr = field(line, "addr").unwrap().parse().unwrap();
                 corral.listeners.insert(name, addr);
-            }
-            if line.contains("corral::master: ready") {
-                break;
             }
         }
         corral
@@ -111,27 +105,23 @@ impl Corral {
         self.child.id()
     }
 
-    fn next_line(&self) -> Option<String> {
-        self.new_line.recv_timeout(PATIENCE).ok()
-    }
-
     /// Waits for a log line containing `needle` (seen before or after now).
-    pub fn wait_for_log(&self, needle: &str) -> String {
-        if let Some(l) = self
-            .lines
-            .lock()
-            .unwrap()
-            .iter()
-            .find(|l| l.contains(needle))
-        {
-            return l.clone();
-        }
+    pub async fn wait_for_log(&self, needle: &str) -> String {
+        let mut count = self.line_count.clone();
+        let deadline = tokio::time::Instant::now() + PATIENCE;
         loop {
-            let line = self
-                .next_line()
-                .unwrap_or_else(|| panic!("no log line with {needle:?}"));
-            if line.contains(needle) {
-                return line;
+            if let Some(l) = self
+                .lines
+                .lock()
+                .unwrap()
+                .iter()
+                .find(|l| l.contains(needle))
+            {
+                return l.clone();
+            }
+            match tokio::time::timeout_at(deadline, count.changed()).await {
+                Ok(Ok(())) => {}
+                _ => panic!("no log line with {needle:?}"),
             }
         }
     }
@@ -141,25 +131,37 @@ impl Corral {
     }
 
     /// Waits for the process to exit and returns its exit code.
-    pub fn wait_exit(&mut self) -> Option<i32> {
+    pub async fn wait_exit(&mut self) -> Option<i32> {
         let deadline = std::time::Instant::now() + PATIENCE;
         while std::time::Instant::now() < deadline {
             if let Some(status) = self.child.try_wait().unwrap() {
                 return status.code();
             }
-            std::thread::sleep(Duration::from_millis(10));
+            tokio::time::sleep(Duration::from_millis(10)).await;
         }
         panic!("corral did not exit");
     }
 
-    /// Peak resident memory so far, in KiB (VmHWM).
+    /// Peak resident memory so far (VmHWM) of the master and its workers
+    /// together, in KiB.
     pub fn peak_rss_kib(&self) -> u64 {
-        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid())).unwrap();
-        status
-            .lines()
-            .find_map(|l| l.strip_prefix("VmHWM:"))
-            .and_then(|v| v.trim().trim_end_matches(" kB").trim().parse().ok())
-            .unwrap()
+        let pid = self.pid();
+        let children =
+            std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children")).unwrap_or_default();
+        std::iter::once(pid.to_string())
+            .chain(children.split_whitespace().map(str::to_owned))
+            .filter_map(|p| std::fs::read_to_string(format!("/proc/{p}/status")).ok())
+            .filter_map(|status| {
+                status
+                    .lines()
+                    .find_map(|l| l.strip_prefix("VmHWM:"))?
+                    .trim()
+                    .trim_end_matches("kB")
+                    .trim()
+                    .parse::<u64>()
+                    .ok()
+            })
+            .sum()
     }
 }
 
