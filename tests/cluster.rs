@@ -394,3 +394,28 @@ async fn cpu_affinity_pins_each_worker_to_its_own_cpu() {
         assert_ne!(cpus[0], cpus[1]);
     }
 }
+
+#[tokio::test]
+async fn sigquit_stops_at_once() {
+    let app = echo("app").await;
+    let mut corral = Corral::start(
+        &cluster_config(&[app.addr], "")
+            .replace("shutdown_timeout = \"5s\"", "shutdown_timeout = \"60s\""),
+    )
+    .await;
+    let workers: Vec<u64> = corral.worker_pids().await.into_iter().flatten().collect();
+    // A keep-alive connection that would hold a graceful stop for a while.
+    let mut idle = H1::connect(corral.addr("public")).await;
+    assert_eq!(idle.get("/", &[]).await.status, StatusCode::OK);
+    let started = Instant::now();
+    corral.signal(Signal::SIGQUIT);
+    assert_eq!(corral.wait_exit().await, Some(0));
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "took {:?}",
+        started.elapsed()
+    );
+    for w in &workers {
+        assert!(!alive(*w), "worker {w} survived a fast stop");
+    }
+}
