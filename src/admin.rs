@@ -1,10 +1,13 @@
-//! The admin endpoint (`admin.listen`), served by the master: `/status`
-//! and `/healthz`; and the small client `corral reload` uses to reach it.
+//! The admin endpoint (`admin.listen`), served by the master: `/status`,
+//! `/healthz`, `/config` and `POST /reload`; and the small client that
+//! `corral reload` and `corral check --diff` use to reach it.
 //!
 //! The endpoint knows nothing of workers or configs itself: it asks a
 //! [`Backend`] (the master) and renders the answer.
 
 use std::convert::Infallible;
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
 
 use http::{Method, Request, Response, StatusCode, header};
@@ -23,6 +26,19 @@ pub trait Backend: Send + Sync + 'static {
     fn status(&self) -> serde_json::Value;
     /// `Ok` when the master and every worker slot are up, else why not.
     fn healthz(&self) -> Result<(), String>;
+    /// The running config: `generation`, `path` and `text`.
+    fn config(&self) -> serde_json::Value;
+    /// Reloads the config file.
+    fn reload(&self) -> Pin<Box<dyn Future<Output = ReloadAnswer> + Send>>;
+}
+
+/// How a `POST /reload` ended.
+#[derive(Debug)]
+pub enum ReloadAnswer {
+    Done { generation: u64, changes: Vec<String> },
+    /// Still serving the previous generation; `lines` say why (config
+    /// errors as `FILE:LINE:COL: reason`).
+    Refused { status: StatusCode, lines: Vec<String> },
 }
 
 /// Serves the admin endpoint until `stop` is cancelled.
@@ -45,7 +61,7 @@ pub async fn serve(listener: TcpListener, backend: Arc<dyn Backend>, stop: Cance
         tokio::spawn(async move {
             let service = service_fn(move |request| {
                 let backend = backend.clone();
-                async move { Ok::<_, Infallible>(answer(&*backend, &request)) }
+                async move { Ok::<_, Infallible>(answer(&*backend, &request).await) }
             });
             let served = hyper::server::conn::http1::Builder::new()
                 .keep_alive(false)
@@ -60,25 +76,40 @@ pub async fn serve(listener: TcpListener, backend: Arc<dyn Backend>, stop: Cance
     }
 }
 
-fn answer(backend: &dyn Backend, request: &Request<Incoming>) -> Response<ResponseBody> {
+async fn answer(backend: &dyn Backend, request: &Request<Incoming>) -> Response<ResponseBody> {
     match (request.method(), request.uri().path()) {
-        (&Method::GET, "/status") => {
-            let mut text = serde_json::to_string_pretty(&backend.status()).unwrap_or_default();
-            text.push('\n');
-            let mut response = Response::new(ResponseBody::local(text));
-            response.headers_mut().insert(
-                header::CONTENT_TYPE,
-                header::HeaderValue::from_static("application/json"),
-            );
-            response
-        }
+        (&Method::GET, "/status") => json(StatusCode::OK, &backend.status()),
+        (&Method::GET, "/config") => json(StatusCode::OK, &backend.config()),
         (&Method::GET, "/healthz") => match backend.healthz() {
             Ok(()) => local_response(StatusCode::OK, "healthy"),
             Err(why) => local_response(StatusCode::SERVICE_UNAVAILABLE, &why),
         },
-        (_, "/status" | "/healthz") => local_response(StatusCode::METHOD_NOT_ALLOWED, "use GET"),
+        (&Method::POST, "/reload") => match backend.reload().await {
+            ReloadAnswer::Done { generation, changes } => {
+                json(StatusCode::OK, &serde_json::json!({ "generation": generation, "changes": changes }))
+            }
+            ReloadAnswer::Refused { status, lines } => {
+                let mut response = Response::new(ResponseBody::local(lines.join("\n") + "\n"));
+                *response.status_mut() = status;
+                let text = header::HeaderValue::from_static("text/plain; charset=utf-8");
+                response.headers_mut().insert(header::CONTENT_TYPE, text);
+                response
+            }
+        },
+        (_, "/status" | "/config" | "/healthz") => local_response(StatusCode::METHOD_NOT_ALLOWED, "use GET"),
+        (_, "/reload") => local_response(StatusCode::METHOD_NOT_ALLOWED, "use POST"),
         _ => local_response(StatusCode::NOT_FOUND, "unknown admin path"),
     }
+}
+
+fn json(status: StatusCode, value: &serde_json::Value) -> Response<ResponseBody> {
+    let mut text = serde_json::to_string_pretty(value).unwrap_or_default();
+    text.push('\n');
+    let mut response = Response::new(ResponseBody::local(text));
+    *response.status_mut() = status;
+    let json = header::HeaderValue::from_static("application/json");
+    response.headers_mut().insert(header::CONTENT_TYPE, json);
+    response
 }
 
 pub mod client {

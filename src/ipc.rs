@@ -60,6 +60,17 @@ pub enum ToWorker {
         listeners: Vec<String>,
         health: Vec<ServerHealth>,
     },
+    /// Switch to a new config generation. `listeners` names every listener
+    /// to accept on from now on (stop the others); the message's descriptors
+    /// are new sockets for the names in `sockets`, in order, replacing any
+    /// socket the worker has under that name.
+    Reload {
+        generation: u64,
+        config_path: PathBuf,
+        config: String,
+        listeners: Vec<String>,
+        sockets: Vec<String>,
+    },
     /// Answer with `Pong` carrying the same number.
     Ping { seq: u64 },
     /// The health of every checked server.
@@ -81,6 +92,15 @@ pub enum ToMaster {
     },
     /// Could not start; the worker exits after sending this.
     Failed {
+        error: String,
+    },
+    /// Now serving `generation`.
+    Reloaded {
+        generation: u64,
+    },
+    /// Still serving the previous generation.
+    ReloadFailed {
+        generation: u64,
         error: String,
     },
 }

@@ -34,6 +34,12 @@ enum Command {
     Check {
         #[arg(long, short, default_value = "config/corral.toml")]
         config: PathBuf,
+        /// Also print what reloading FILE would change in the running corral.
+        #[arg(long)]
+        diff: bool,
+        /// The running corral's admin endpoint (for --diff).
+        #[arg(long, default_value = "127.0.0.1:9901")]
+        admin: SocketAddr,
     },
     /// Ask a running corral to reload its config file.
     Reload {
@@ -61,7 +67,7 @@ fn main() -> ExitCode {
             let _span = tracing::info_span!("master", pid = std::process::id()).entered();
             corral::master::run(&config).map_err(anyhow::Error::from)
         }
-        Command::Check { config } => return check(&config),
+        Command::Check { config, diff, admin } => return check(&config, diff.then_some(admin)),
         Command::Reload { admin } => reload(admin),
         Command::Echo { listen, name } => echo(listen, name),
         Command::Worker => {
@@ -89,25 +95,57 @@ fn init_logging() {
         .init();
 }
 
-fn check(path: &std::path::Path) -> ExitCode {
-    match Config::load(path) {
-        Ok(config) => {
-            println!(
-                "{}: ok ({} listeners, {} routes, {} upstreams)",
-                path.display(),
-                config.listeners.len(),
-                config.routes.len(),
-                config.upstreams.len()
-            );
-            ExitCode::SUCCESS
-        }
+fn check(path: &std::path::Path, diff_against: Option<SocketAddr>) -> ExitCode {
+    let config = match Config::load(path) {
+        Ok(config) => config,
         Err(e @ (ConfigError::Invalid { .. } | ConfigError::Read { .. })) => {
             for line in e.lines() {
                 eprintln!("{line}");
             }
+            return ExitCode::FAILURE;
+        }
+    };
+    println!(
+        "{}: ok ({} listeners, {} routes, {} upstreams)",
+        path.display(),
+        config.listeners.len(),
+        config.routes.len(),
+        config.upstreams.len()
+    );
+    let Some(admin) = diff_against else { return ExitCode::SUCCESS };
+    match running_config(admin) {
+        Ok((generation, running)) => {
+            let changes = corral::config::diff::diff(&running, &config);
+            if changes.is_empty() {
+                println!("no changes against the running generation {generation}");
+            } else {
+                println!("changes against the running generation {generation}:");
+                for line in changes {
+                    println!("  {line}");
+                }
+            }
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("corral: {e:#}");
             ExitCode::FAILURE
         }
     }
+}
+
+/// The config the corral at `admin` runs, from `GET /config`.
+fn running_config(admin: SocketAddr) -> anyhow::Result<(u64, Config)> {
+    let (status, body) = current_thread()?
+        .block_on(corral::admin::client::call(admin, http::Method::GET, "/config"))
+        .with_context(|| format!("cannot reach the admin endpoint at {admin}"))?;
+    anyhow::ensure!(status.is_success(), "the admin endpoint answered {status}: {body}");
+    let answer: serde_json::Value = serde_json::from_str(&body)?;
+    let (Some(path), Some(text)) = (answer["path"].as_str(), answer["text"].as_str()) else {
+        anyhow::bail!("the admin endpoint sent no config");
+    };
+    let config = Config::from_str(std::path::Path::new(path), text)
+        .map_err(|e| anyhow::anyhow!("the running config no longer validates here:\n{e}"))?;
+    Ok((answer["generation"].as_u64().unwrap_or(0), config))
 }
 
 fn current_thread() -> anyhow::Result<tokio::runtime::Runtime> {

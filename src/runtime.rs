@@ -6,7 +6,6 @@
 //! request keeps the snapshot it started with until it ends.
 
 use std::collections::HashMap;
-use std::net::SocketAddr;
 use std::sync::Arc;
 
 use arc_swap::ArcSwap;
@@ -14,7 +13,7 @@ use arc_swap::ArcSwap;
 use crate::config::{Config, ListenerConfig};
 use crate::routing::RouteTable;
 use crate::tls::{self, TlsError};
-use crate::upstream::{Server, Upstream};
+use crate::upstream::Upstream;
 
 /// The live snapshot, shared by every connection of a worker.
 pub type SharedRuntime = Arc<ArcSwap<Runtime>>;
@@ -43,36 +42,8 @@ impl Runtime {
         generation: u64,
         previous: Option<&Runtime>,
     ) -> Result<Self, TlsError> {
-        let mut reusable: HashMap<(&str, SocketAddr), &Arc<Server>> = HashMap::new();
-        if let Some(prev) = previous {
-            for u in &prev.upstreams {
-                let same_settings = config
-                    .upstream(u.name())
-                    .is_some_and(|c| keeps_servers(c, &u.config));
-                if same_settings {
-                    for s in &u.servers {
-                        reusable.insert((u.name(), s.addr), s);
-                    }
-                }
-            }
-        }
-        let upstreams: Vec<Arc<Upstream>> = config
-            .upstreams
-            .iter()
-            .map(|u| {
-                Arc::new(Upstream::new(u, |addr| {
-                    let weight = u
-                        .servers
-                        .iter()
-                        .find(|s| s.addr == addr)
-                        .map(|s| s.weight.get());
-                    reusable
-                        .get(&(u.name.as_str(), addr))
-                        .filter(|s| Some(s.weight) == weight)
-                        .map(|s| Arc::clone(s))
-                }))
-            })
-            .collect();
+        let previous = previous.map_or(&[][..], |p| &p.upstreams[..]);
+        let upstreams = crate::upstream::rebuild(&config.upstreams, previous);
         let index: HashMap<&str, usize> = upstreams
             .iter()
             .enumerate()
@@ -106,13 +77,4 @@ impl Runtime {
     pub fn upstream(&self, name: &str) -> Option<&Arc<Upstream>> {
         self.upstreams.iter().find(|u| u.name() == name)
     }
-}
-
-/// Whether servers built for `old` can serve `new` unchanged: everything a
-/// server or its pool was built from is the same.
-fn keeps_servers(new: &crate::config::UpstreamConfig, old: &crate::config::UpstreamConfig) -> bool {
-    new.protocol == old.protocol
-        && new.idle_timeout == old.idle_timeout
-        && new.max_idle_per_server == old.max_idle_per_server
-        && new.fail_timeout == old.fail_timeout
 }

@@ -6,6 +6,7 @@
 //! resolved references. Every problem is reported as `FILE:LINE:COL: reason`,
 //! all of them at once. Nothing here opens sockets or touches the data path.
 
+pub mod diff;
 mod error;
 mod parse;
 mod raw;

@@ -3,35 +3,44 @@
 //! It validates the config, owns every listening socket (one `SO_REUSEPORT`
 //! socket per listener and worker slot, see [`sockets`]), spawns one worker
 //! process per slot by re-executing its own binary, supervises them
-//! ([`slot`]), runs the active health checks once for the whole cluster and
-//! sends the results to every worker, serves the admin endpoint, and handles
-//! signals: SIGTERM/SIGINT graceful stop, SIGQUIT fast stop, SIGUSR2 binary
-//! upgrade ([`upgrade`]). It never serves client traffic itself.
+//! ([`slot`]), applies config reloads ([`reload`]) from SIGHUP, the admin
+//! endpoint and a file watcher ([`filewatch`]), runs the active health
+//! checks once for the whole cluster and sends the results to every worker,
+//! serves the admin endpoint ([`view`]), and handles signals: SIGTERM/SIGINT
+//! graceful stop, SIGQUIT fast stop, SIGUSR2 binary upgrade ([`upgrade`]).
+//! It never serves client traffic itself.
 
-mod slot;
+mod filewatch;
+mod reload;
 pub mod sockets;
+mod slot;
 mod status;
 pub mod upgrade;
+mod view;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::SystemTime;
 
-use serde_json::json;
+use arc_swap::ArcSwap;
 use tokio::signal::unix::{Signal, SignalKind, signal};
-use tokio::sync::watch;
+use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use crate::admin;
 use crate::config::{Config, ConfigError};
 use crate::ipc::{self, ServerHealth};
 use crate::upstream::{HealthChecker, Upstream};
-use slot::{ConfigText, SlotContext};
-use sockets::{BindError, Inherited, ListenerSockets};
+use reload::{ReloadRequest, Trigger};
+use slot::{Generation, SlotContext};
+use sockets::{BindError, Inherited};
 use status::StatusBoard;
 use upgrade::{ENV_UPGRADE, UpgradeError};
+use view::View;
+
+pub use reload::ReloadError;
 
 #[derive(Debug, thiserror::Error)]
 pub enum RunError {
@@ -56,9 +65,7 @@ pub fn run(path: &Path) -> Result<(), RunError> {
     // Resolved now: after an upgrade replaces the file, this path names the
     // new binary, while /proc/self/exe would still name the old one.
     let exe = std::env::current_exe()?;
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()?;
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     runtime.block_on(async {
         let handover = match std::env::var_os(ENV_UPGRADE) {
             Some(_) => Some(upgrade::receive().await?),
@@ -68,31 +75,36 @@ pub fn run(path: &Path) -> Result<(), RunError> {
     })
 }
 
+struct SlotHandle {
+    /// Stops this slot alone (retirement) or with all others (a stop).
+    stop: CancellationToken,
+    task: JoinHandle<()>,
+}
+
 struct Master {
     exe: PathBuf,
     path: PathBuf,
-    /// The master's own hold on every listening socket.
-    listeners: Option<Arc<Vec<ListenerSockets>>>,
+    /// The current generation; every slot supervisor follows it.
+    generation: watch::Sender<Arc<Generation>>,
+    ctx: Arc<SlotContext>,
+    slots: Vec<SlotHandle>,
+    status: Arc<StatusBoard>,
+    /// The master's own copies of the upstreams, for health checks and `/status`.
+    checked: Arc<ArcSwap<Vec<Arc<Upstream>>>>,
+    health: watch::Sender<Arc<Vec<ServerHealth>>>,
+    checker: HealthChecker,
+    view: Arc<View>,
     admin: Option<std::net::TcpListener>,
     admin_stop: CancellationToken,
-    ctx: Arc<SlotContext>,
-    supervisors: Vec<JoinHandle<()>>,
-    status: Arc<StatusBoard>,
+    reloads: mpsc::Receiver<ReloadRequest>,
     /// Where to say `Ready` when this master took over from another.
     predecessor: Option<ipc::Sender>,
-    _health: HealthChecker,
 }
 
 impl Master {
-    async fn start(
-        exe: PathBuf,
-        path: &Path,
-        handover: Option<upgrade::Handover>,
-    ) -> Result<Self, RunError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
-            path: path.to_path_buf(),
-            source,
-        })?;
+    async fn start(exe: PathBuf, path: &Path, handover: Option<upgrade::Handover>) -> Result<Self, RunError> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|source| ConfigError::Read { path: path.to_path_buf(), source })?;
         let config = Config::from_str(path, &text)?;
         let (mut inherited, inherited_admin, predecessor) = match handover {
             Some(h) => (h.listeners, h.admin, Some(h.reply)),
@@ -102,108 +114,126 @@ impl Master {
         // the same config fails here instead of silently sharing the ports.
         let admin = match &config.admin {
             None => None,
-            Some(a) => Some(
-                match inherited_admin
-                    .filter(|s| s.local_addr().is_ok_and(|l| same_addr(l, a.listen)))
-                {
-                    Some(socket) => socket,
-                    None => {
-                        std::net::TcpListener::bind(a.listen).map_err(|source| RunError::Admin {
-                            addr: a.listen,
-                            source,
-                        })?
-                    }
-                },
-            ),
+            Some(a) => Some(match inherited_admin.filter(|s| s.local_addr().is_ok_and(|l| same_addr(l, a.listen))) {
+                Some(socket) => socket,
+                None => std::net::TcpListener::bind(a.listen).map_err(|source| RunError::Admin { addr: a.listen, source })?,
+            }),
         };
         let slots = config.runtime.workers.get();
-        let listeners = Arc::new(sockets::bind_all(&config, slots, &mut inherited)?);
+        let listeners = sockets::bind_all(&config, slots, &mut inherited)?;
         drop(inherited);
-        for l in listeners.iter() {
+        for l in &listeners {
             tracing::info!(listener = %l.name, addr = %l.bound, sockets = l.slots.len(), "listening");
         }
         log_slot_retirement();
 
-        let checked: Arc<Vec<Arc<Upstream>>> = Arc::new(
-            config
-                .upstreams
-                .iter()
-                .map(|u| Arc::new(Upstream::new(u, |_| None)))
-                .collect(),
-        );
-        let (health_tx, health_rx) = watch::channel(Arc::new(health_of(&checked)));
-        let on_change = {
-            let checked = checked.clone();
-            Arc::new(move |_: &str, _: &crate::upstream::Server, _: bool| {
-                health_tx.send_replace(Arc::new(health_of(&checked)));
-            })
-        };
-        let health = HealthChecker::start(&checked, on_change);
+        let checked = Arc::new(ArcSwap::from_pointee(crate::upstream::rebuild(&config.upstreams, &[])));
+        let (health, health_rx) = watch::channel(Arc::new(health_of(&checked.load())));
+        let checker = HealthChecker::start(&checked.load(), on_health_change(checked.clone(), health.clone()));
 
-        let status = Arc::new(StatusBoard::new(slots));
-        let loaded_at = SystemTime::now();
-        let (_, config_rx) = watch::channel(Arc::new(ConfigText {
-            generation: 1,
+        let generation = Arc::new(Generation {
+            number: 1,
             path: path.to_path_buf(),
             text,
-        }));
+            config: Arc::new(config),
+            sockets: Arc::new(listeners),
+            loaded_at: SystemTime::now(),
+        });
+        let (generation_tx, generation_rx) = watch::channel(generation);
+        let status = Arc::new(StatusBoard::new(slots));
         let ctx = Arc::new(SlotContext {
             exe: exe.clone(),
-            cpu_affinity: config.runtime.cpu_affinity,
-            heartbeat_timeout: config.runtime.heartbeat_timeout,
-            shutdown_timeout: config.runtime.shutdown_timeout,
-            config: config_rx,
+            generation: generation_rx.clone(),
             health: health_rx,
             status: status.clone(),
-            stop: CancellationToken::new(),
             kill: CancellationToken::new(),
         });
-        let supervisors = (0..slots)
-            .map(|i| tokio::spawn(slot::supervise(i, listeners.clone(), ctx.clone())))
-            .collect();
-
+        let (reload_tx, reloads) = mpsc::channel(8);
+        let view = Arc::new(View::new(generation_rx, status.clone(), checked.clone(), reload_tx));
         let admin_stop = CancellationToken::new();
         if let Some(socket) = &admin {
             let socket = socket.try_clone()?;
             socket.set_nonblocking(true)?;
             let socket = tokio::net::TcpListener::from_std(socket)?;
             tracing::info!(addr = %socket.local_addr()?, "admin endpoint listening");
-            let view = Arc::new(View {
-                pid: std::process::id(),
-                path: path.to_path_buf(),
-                generation: 1,
-                loaded_at,
-                status: status.clone(),
-                upstreams: checked,
-            });
-            tokio::spawn(admin::serve(socket, view, admin_stop.clone()));
+            tokio::spawn(crate::admin::serve(socket, view.clone(), admin_stop.clone()));
         }
-        Ok(Self {
+        let mut master = Self {
             exe,
             path: path.to_path_buf(),
-            listeners: Some(listeners),
+            generation: generation_tx,
+            ctx,
+            slots: Vec::new(),
+            status,
+            checked,
+            health,
+            checker,
+            view,
             admin,
             admin_stop,
-            ctx,
-            supervisors,
-            status,
+            reloads,
             predecessor,
-            _health: health,
-        })
+        };
+        master.resize_slots(slots);
+        Ok(master)
+    }
+
+    /// Starts supervisors for new slots, or retires the highest ones.
+    fn resize_slots(&mut self, slots: usize) {
+        self.status.resize(slots);
+        while self.slots.len() > slots {
+            if let Some(retired) = self.slots.pop() {
+                tracing::info!(slot = self.slots.len(), "retiring worker slot");
+                retired.stop.cancel();
+                // The supervisor drains its worker on its own.
+                drop(retired.task);
+            }
+        }
+        for slot in self.slots.len()..slots {
+            let stop = CancellationToken::new();
+            let task = tokio::spawn(slot::supervise(slot, self.ctx.clone(), stop.clone()));
+            self.slots.push(SlotHandle { stop, task });
+        }
     }
 
     async fn run(mut self) -> Result<(), RunError> {
         let mut signals = Signals::new()?;
+        let (_watcher, mut file_events) = match filewatch::watch(&self.path) {
+            Ok((watcher, events)) => (Some(watcher), Some(events)),
+            Err(e) => {
+                tracing::warn!(error = %e, path = %self.path.display(), "cannot watch the config file; reload with SIGHUP or POST /reload");
+                (None, None)
+            }
+        };
+        let mut settle_at: Option<Instant> = None;
         let mut announced = false;
         loop {
             tokio::select! {
                 () = self.status.all_ready(), if !announced => {
                     announced = true;
-                    tracing::info!(workers = self.supervisors.len(), "ready");
+                    tracing::info!(workers = self.slots.len(), "ready");
                     if let Some(reply) = self.predecessor.take() {
                         if let Err(e) = upgrade::announce_ready(reply).await {
                             tracing::warn!(error = %e, "could not tell the previous master we are ready");
                         }
+                    }
+                }
+                _ = signals.hup.recv() => {
+                    let _ = self.reload(Trigger::Signal).await;
+                }
+                Some(request) = self.reloads.recv() => {
+                    let result = self.reload(Trigger::Admin).await;
+                    let _ = request.reply.send(result);
+                }
+                Some(()) = recv(&mut file_events) => {
+                    // Editors and ConfigMap updates change several files in a
+                    // burst; act once it has settled.
+                    settle_at = Some(Instant::now() + filewatch::SETTLE);
+                }
+                () = sleep_until(settle_at) => {
+                    settle_at = None;
+                    if filewatch::changed(&self.path, &self.generation.borrow().text) {
+                        let _ = self.reload(Trigger::File).await;
                     }
                 }
                 _ = signals.term.recv() => {
@@ -220,17 +250,14 @@ impl Master {
                 }
                 _ = signals.usr2.recv() => {
                     tracing::info!(exe = %self.exe.display(), "SIGUSR2: starting a new master");
-                    let Some(listeners) = &self.listeners else { continue };
-                    match upgrade::start_successor(&self.exe, &self.path, listeners, self.admin.as_ref()).await {
+                    let sockets = self.generation.borrow().sockets.clone();
+                    match upgrade::start_successor(&self.exe, &self.path, &sockets, self.admin.as_ref()).await {
                         Ok(pid) => {
                             tracing::info!(new_master = pid, "the new master is serving; draining and exiting");
                             return self.stop(false).await;
                         }
                         Err(e) => tracing::error!(error = %e, "binary upgrade failed; this master keeps serving"),
                     }
-                }
-                _ = signals.hup.recv() => {
-                    tracing::warn!("SIGHUP: configuration reload is not available in this version; ignoring");
                 }
             }
         }
@@ -242,13 +269,36 @@ impl Master {
         if fast {
             self.ctx.kill.cancel();
         }
-        self.ctx.stop.cancel();
-        self.listeners = None;
-        for supervisor in self.supervisors.drain(..) {
-            let _ = supervisor.await;
+        // Let go of every listening socket: each closes as soon as its
+        // worker stops accepting, so new connections are refused rather
+        // than queued and then reset (unless a new master holds them).
+        self.generation.send_modify(|g| {
+            let mut last = Generation::clone(g);
+            last.sockets = Arc::new(Vec::new());
+            *g = Arc::new(last);
+        });
+        for slot in &self.slots {
+            slot.stop.cancel();
+        }
+        for slot in self.slots.drain(..) {
+            let _ = slot.task.await;
         }
         tracing::info!("stopped");
         Ok(())
+    }
+}
+
+async fn recv(events: &mut Option<mpsc::UnboundedReceiver<()>>) -> Option<()> {
+    match events {
+        Some(events) => events.recv().await,
+        None => std::future::pending().await,
+    }
+}
+
+async fn sleep_until(at: Option<Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
     }
 }
 
@@ -289,6 +339,16 @@ fn log_slot_retirement() {
     }
 }
 
+/// Republishes every checked server's health when one changes.
+fn on_health_change(
+    checked: Arc<ArcSwap<Vec<Arc<Upstream>>>>,
+    health: watch::Sender<Arc<Vec<ServerHealth>>>,
+) -> crate::upstream::OnChange {
+    Arc::new(move |_, _, _| {
+        health.send_replace(Arc::new(health_of(&checked.load())));
+    })
+}
+
 /// The health of every server that has active checks.
 fn health_of(upstreams: &[Arc<Upstream>]) -> Vec<ServerHealth> {
     upstreams
@@ -302,54 +362,4 @@ fn health_of(upstreams: &[Arc<Upstream>]) -> Vec<ServerHealth> {
             })
         })
         .collect()
-}
-
-/// The master as the admin endpoint sees it.
-struct View {
-    pid: u32,
-    path: PathBuf,
-    generation: u64,
-    loaded_at: SystemTime,
-    status: Arc<StatusBoard>,
-    upstreams: Arc<Vec<Arc<Upstream>>>,
-}
-
-impl admin::Backend for View {
-    fn status(&self) -> serde_json::Value {
-        let upstreams: Vec<_> = self
-            .upstreams
-            .iter()
-            .map(|u| {
-                let servers: Vec<_> = u
-                    .servers
-                    .iter()
-                    .map(|s| {
-                        json!({
-                            "addr": s.addr.to_string(),
-                            "weight": s.weight,
-                            "state": if s.is_healthy() { "healthy" } else { "unhealthy" },
-                            "health_checked": u.config.health_check.is_some(),
-                        })
-                    })
-                    .collect();
-                json!({ "name": u.name(), "servers": servers })
-            })
-            .collect();
-        json!({
-            "pid": self.pid,
-            "version": env!("CARGO_PKG_VERSION"),
-            "generation": self.generation,
-            "config": { "path": self.path.display().to_string(), "loaded_at": status::timestamp(self.loaded_at) },
-            "last_reload": null,
-            "workers": self.status.workers(),
-            "upstreams": upstreams,
-        })
-    }
-
-    fn healthz(&self) -> Result<(), String> {
-        match self.status.not_ready().as_slice() {
-            [] => Ok(()),
-            slots => Err(format!("worker slots not serving: {slots:?}")),
-        }
-    }
 }

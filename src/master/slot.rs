@@ -1,16 +1,19 @@
 //! Supervision of one worker slot: spawn the worker, hand it its sockets,
-//! watch its heartbeats, and replace it when it exits or hangs.
+//! keep it on the current config generation, watch its heartbeats, and
+//! replace it when it exits or hangs.
 //!
 //! A first replacement starts at once; a slot whose workers keep dying
 //! within `STABLE` of starting backs off exponentially (250 ms doubling to
 //! 30 s), which shows in `/status` and the log. The master never dies
 //! because a worker did.
 
-use std::os::fd::AsFd;
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::os::fd::{AsFd, BorrowedFd};
 use std::path::PathBuf;
 use std::process::{ExitStatus, Stdio};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use tokio::process::{Child, Command};
 use tokio::sync::watch;
@@ -19,6 +22,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::sockets::ListenerSockets;
 use super::status::StatusBoard;
+use crate::config::Config;
 use crate::ipc::{self, ServerHealth, ToMaster, ToWorker};
 use crate::worker::process::{ENV_CPU_AFFINITY, ENV_MASTER_PID, ENV_SLOT};
 
@@ -27,27 +31,33 @@ const STABLE: Duration = Duration::from_secs(10);
 const FIRST_BACKOFF: Duration = Duration::from_millis(250);
 const MAX_BACKOFF: Duration = Duration::from_secs(30);
 
-/// The config every new worker starts with.
-#[derive(Debug)]
-pub struct ConfigText {
-    pub generation: u64,
+/// One config generation as workers receive it: the validated config, its
+/// text (which workers parse again), and its listening sockets.
+#[derive(Debug, Clone)]
+pub struct Generation {
+    pub number: u64,
     pub path: PathBuf,
     pub text: String,
+    pub config: Arc<Config>,
+    pub sockets: Arc<Vec<ListenerSockets>>,
+    pub loaded_at: SystemTime,
+}
+
+impl Generation {
+    /// Slot `slot`'s socket of every listener, by name.
+    fn slot_sockets(&self, slot: usize) -> impl Iterator<Item = (&str, &std::net::TcpListener, SocketAddr)> {
+        self.sockets.iter().filter_map(move |l| Some((l.name.as_str(), l.slots.get(slot)?, l.bound)))
+    }
 }
 
 /// What every slot's supervisor shares.
 #[derive(Debug)]
 pub struct SlotContext {
     pub exe: PathBuf,
-    pub cpu_affinity: bool,
-    pub heartbeat_timeout: Duration,
-    pub shutdown_timeout: Duration,
-    pub config: watch::Receiver<Arc<ConfigText>>,
+    pub generation: watch::Receiver<Arc<Generation>>,
     pub health: watch::Receiver<Arc<Vec<ServerHealth>>>,
     pub status: Arc<StatusBoard>,
-    /// Graceful stop: drain the worker, do not replace it.
-    pub stop: CancellationToken,
-    /// Fast stop: kill the worker.
+    /// Fast stop: kill every worker.
     pub kill: CancellationToken,
 }
 
@@ -57,12 +67,12 @@ enum End {
     Stopped,
 }
 
-/// Keeps slot `slot` served until a stop.
-pub async fn supervise(slot: usize, sockets: Arc<Vec<ListenerSockets>>, ctx: Arc<SlotContext>) {
-    let mut sockets = Some(sockets);
+/// Keeps slot `slot` served until `stop` (a graceful stop or the slot's
+/// retirement): then its worker drains and is not replaced.
+pub async fn supervise(slot: usize, ctx: Arc<SlotContext>, stop: CancellationToken) {
     let mut quick_exits = 0u32;
-    while !ctx.stop.is_cancelled() {
-        match run_worker(slot, &mut sockets, &ctx).await {
+    while !stop.is_cancelled() {
+        match run_worker(slot, &ctx, &stop).await {
             End::Stopped => break,
             End::Exited { how, lived } => {
                 quick_exits = if lived < STABLE { quick_exits + 1 } else { 0 };
@@ -70,18 +80,12 @@ pub async fn supervise(slot: usize, sockets: Arc<Vec<ListenerSockets>>, ctx: Arc
                 if delay.is_zero() {
                     tracing::warn!(slot, how, "worker exited; replacing it");
                 } else {
-                    tracing::error!(
-                        slot,
-                        how,
-                        crash_loop = quick_exits,
-                        ?delay,
-                        "worker keeps exiting; backing off"
-                    );
+                    tracing::error!(slot, how, crash_loop = quick_exits, ?delay, "worker keeps exiting; backing off");
                 }
                 ctx.status.exited(slot, how, quick_exits, Some(delay));
                 tokio::select! {
                     () = tokio::time::sleep(delay) => {}
-                    () = ctx.stop.cancelled() => break,
+                    () = stop.cancelled() => break,
                 }
             }
         }
@@ -93,25 +97,20 @@ pub async fn supervise(slot: usize, sockets: Arc<Vec<ListenerSockets>>, ctx: Arc
 fn backoff(quick_exits: u32) -> Duration {
     match quick_exits {
         0 | 1 => Duration::ZERO,
-        n => FIRST_BACKOFF
-            .saturating_mul(1 << (n - 2).min(16))
-            .min(MAX_BACKOFF),
+        n => FIRST_BACKOFF.saturating_mul(1 << (n - 2).min(16)).min(MAX_BACKOFF),
     }
 }
 
-async fn run_worker(
-    slot: usize,
-    sockets: &mut Option<Arc<Vec<ListenerSockets>>>,
-    ctx: &SlotContext,
-) -> End {
+/// The sockets a worker has, by listener name: what it was last sent.
+type Held = HashMap<String, SocketAddr>;
+
+async fn run_worker(slot: usize, ctx: &SlotContext, stop: &CancellationToken) -> End {
     let born = Instant::now();
-    let exited = |how: String| End::Exited {
-        how,
-        lived: born.elapsed(),
-    };
-    let Some(held) = sockets.as_ref() else {
-        return End::Stopped;
-    };
+    let exited = |how: String| End::Exited { how, lived: born.elapsed() };
+    let mut generation = ctx.generation.clone();
+    let current = generation.borrow_and_update().clone();
+    let runtime = &current.config.runtime;
+    let (heartbeat_timeout, cpu_affinity) = (runtime.heartbeat_timeout, runtime.cpu_affinity);
     let (ours, theirs) = match ipc::pair() {
         Ok(pair) => pair,
         Err(e) => return exited(format!("could not create a control channel: {e}")),
@@ -124,7 +123,7 @@ async fn run_worker(
         .env(ENV_SLOT, slot.to_string())
         .env_remove(super::upgrade::ENV_UPGRADE)
         .kill_on_drop(true);
-    if ctx.cpu_affinity {
+    if cpu_affinity {
         command.env(ENV_CPU_AFFINITY, "1");
     }
     let mut child = match command.spawn() {
@@ -136,26 +135,26 @@ async fn run_worker(
         Ok(halves) => halves,
         Err(e) => return exited(format!("control channel failed: {e}")),
     };
-    let start = {
-        let config = ctx.config.borrow().clone();
-        ToWorker::Start {
-            slot,
-            generation: config.generation,
-            config_path: config.path.clone(),
-            config: config.text.clone(),
-            listeners: held.iter().map(|l| l.name.clone()).collect(),
-            health: ctx.health.borrow().to_vec(),
-        }
+    let mut held = Held::new();
+    let (listeners, fds) = sockets_to_send(&current, slot, &mut held);
+    let start = ToWorker::Start {
+        slot,
+        generation: current.number,
+        config_path: current.path.clone(),
+        config: current.text.clone(),
+        listeners,
+        health: ctx.health.borrow().to_vec(),
     };
-    let fds: Vec<_> = held.iter().map(|l| l.slots[slot].as_fd()).collect();
     if let Err(e) = tx.send_with_fds(&start, &fds).await {
         return exited(reap(&mut child, format!("could not be started: {e}")).await);
     }
+    drop(fds);
+    drop(current);
 
     let mut health = ctx.health.clone();
     health.mark_unchanged();
     // Four pings per timeout: one lost to scheduling noise never kills a worker.
-    let mut heartbeat = tokio::time::interval(ctx.heartbeat_timeout / 4);
+    let mut heartbeat = tokio::time::interval(heartbeat_timeout / 4);
     heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut last_pong = Instant::now();
     let (mut seq, mut control_open, mut draining, mut killed) = (0u64, true, false, false);
@@ -168,7 +167,7 @@ async fn run_worker(
             }
             message = rx.recv::<ToMaster>(), if control_open => match message {
                 Ok(Some(received)) => match received.message {
-                    ToMaster::Ready { generation } => {
+                    ToMaster::Ready { generation } | ToMaster::Reloaded { generation } => {
                         last_pong = Instant::now();
                         if !draining {
                             ctx.status.ready(slot, generation);
@@ -177,6 +176,12 @@ async fn run_worker(
                     }
                     ToMaster::Pong { .. } => last_pong = Instant::now(),
                     ToMaster::Failed { error } => tracing::error!(slot, error, "worker could not start"),
+                    ToMaster::ReloadFailed { generation, error } => {
+                        // The master validated this config; a worker that cannot
+                        // apply it is replaced by one that starts on it.
+                        tracing::error!(slot, generation, error, "worker could not reload; replacing it");
+                        let _ = child.start_kill();
+                    }
                 },
                 // The worker is on its way out; its exit is seen above.
                 Ok(None) => control_open = false,
@@ -187,8 +192,8 @@ async fn run_worker(
                 }
             },
             _ = heartbeat.tick(), if !draining && !killed => {
-                if last_pong.elapsed() > ctx.heartbeat_timeout {
-                    tracing::error!(slot, pid = child.id(), timeout = ?ctx.heartbeat_timeout, "worker stopped answering heartbeats; killing it");
+                if last_pong.elapsed() > heartbeat_timeout {
+                    tracing::error!(slot, pid = child.id(), timeout = ?heartbeat_timeout, "worker stopped answering heartbeats; killing it");
                     let _ = child.start_kill();
                     killed = true;
                 } else if control_open {
@@ -200,15 +205,26 @@ async fn run_worker(
                 let servers = health.borrow_and_update().to_vec();
                 let _ = tx.send(&ToWorker::Health { servers }).await;
             }
-            () = ctx.stop.cancelled(), if !draining => {
+            Ok(()) = generation.changed(), if !draining => {
+                let next = generation.borrow_and_update().clone();
+                let (listeners, fds) = sockets_to_send(&next, slot, &mut held);
+                let reload = ToWorker::Reload {
+                    generation: next.number,
+                    config_path: next.path.clone(),
+                    config: next.text.clone(),
+                    listeners: next.slot_sockets(slot).map(|(name, ..)| name.to_owned()).collect(),
+                    sockets: listeners,
+                };
+                if tx.send_with_fds(&reload, &fds).await.is_err() {
+                    let _ = child.start_kill();
+                }
+            }
+            () = stop.cancelled(), if !draining => {
                 draining = true;
                 ctx.status.draining(slot);
-                // Let go of the slot's sockets now, so the port closes as
-                // soon as the worker stops accepting (no queue left to reset
-                // later) -- unless another master holds them.
-                *sockets = None;
                 let _ = tx.send(&ToWorker::Drain).await;
-                drain_deadline = Some(Instant::now() + ctx.shutdown_timeout + Duration::from_secs(1));
+                let grace = ctx.generation.borrow().config.runtime.shutdown_timeout;
+                drain_deadline = Some(Instant::now() + grace + Duration::from_secs(1));
             }
             () = sleep_until(drain_deadline) => {
                 tracing::warn!(slot, "worker did not finish draining in time; killing it");
@@ -222,6 +238,22 @@ async fn run_worker(
             }
         }
     }
+}
+
+/// The sockets of `generation` for `slot` that the worker does not have
+/// yet (new listeners, changed addresses), recording them in `held`.
+fn sockets_to_send<'g>(generation: &'g Generation, slot: usize, held: &mut Held) -> (Vec<String>, Vec<BorrowedFd<'g>>) {
+    let mut names = Vec::new();
+    let mut fds = Vec::new();
+    for (name, socket, bound) in generation.slot_sockets(slot) {
+        if held.get(name) != Some(&bound) {
+            held.insert(name.to_owned(), bound);
+            names.push(name.to_owned());
+            fds.push(socket.as_fd());
+        }
+    }
+    held.retain(|name, _| generation.slot_sockets(slot).any(|(n, ..)| n == name));
+    (names, fds)
 }
 
 async fn sleep_until(deadline: Option<Instant>) {

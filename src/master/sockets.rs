@@ -12,7 +12,7 @@ use std::net::{SocketAddr, TcpListener};
 
 use socket2::{Domain, Protocol, Socket, Type};
 
-use crate::config::Config;
+use crate::config::{Config, ListenerConfig};
 
 /// Binds a non-blocking TCP listener with `SO_REUSEPORT`, so that several
 /// sockets (one per worker slot) can share `addr` and the kernel spreads new
@@ -40,6 +40,7 @@ pub struct ListenerSockets {
     pub addr: SocketAddr,
     /// The address actually bound (differs from `addr` when its port is 0).
     pub bound: SocketAddr,
+    pub backlog: u32,
     pub slots: Vec<TcpListener>,
 }
 
@@ -57,40 +58,57 @@ pub struct BindError {
 }
 
 /// Binds (or takes over from `inherited`) `slots` sockets for every listener.
-pub fn bind_all(
-    config: &Config,
-    slots: usize,
-    inherited: &mut Inherited,
-) -> Result<Vec<ListenerSockets>, BindError> {
+pub fn bind_all(config: &Config, slots: usize, inherited: &mut Inherited) -> Result<Vec<ListenerSockets>, BindError> {
+    config
+        .listeners
+        .iter()
+        .map(|l| bind_listener(l, slots, |slot| inherited.remove(&(l.name.clone(), l.addr, slot))))
+        .collect()
+}
+
+/// The sockets for a reloaded config: a listener whose address is unchanged
+/// keeps its sockets (whatever its name now), so nothing queued on them is
+/// lost; new addresses get new sockets; extra slots get new sockets on the
+/// same port. Sockets no longer wanted close when the last holder lets go.
+pub fn rebind(previous: &[ListenerSockets], config: &Config, slots: usize) -> Result<Vec<ListenerSockets>, BindError> {
     config
         .listeners
         .iter()
         .map(|l| {
-            let error = |source| BindError {
-                name: l.name.clone(),
-                addr: l.addr,
-                source,
-            };
-            let mut sockets = Vec::with_capacity(slots);
-            let mut bound = l.addr;
-            for slot in 0..slots {
-                let socket = match inherited.remove(&(l.name.clone(), l.addr, slot)) {
-                    Some(socket) => socket,
-                    // Port 0 asks the kernel for a free port; every further
-                    // slot must join that same port.
-                    None => bind(bound, l.backlog).map_err(error)?,
-                };
-                bound = socket.local_addr().map_err(error)?;
-                sockets.push(socket);
+            let old = previous.iter().find(|p| p.addr == l.addr);
+            let sockets = bind_listener(l, slots, |slot| old?.slots.get(slot)?.try_clone().ok())?;
+            if old.is_some_and(|o| o.backlog != l.backlog) {
+                // listen(2) on a listening socket just resizes its queue.
+                for s in &sockets.slots {
+                    socket2::SockRef::from(s)
+                        .listen(i32::try_from(l.backlog).unwrap_or(i32::MAX))
+                        .map_err(|source| BindError { name: l.name.clone(), addr: l.addr, source })?;
+                }
             }
-            Ok(ListenerSockets {
-                name: l.name.clone(),
-                addr: l.addr,
-                bound,
-                slots: sockets,
-            })
+            Ok(sockets)
         })
         .collect()
+}
+
+fn bind_listener(
+    l: &ListenerConfig,
+    slots: usize,
+    mut reuse: impl FnMut(usize) -> Option<TcpListener>,
+) -> Result<ListenerSockets, BindError> {
+    let error = |source| BindError { name: l.name.clone(), addr: l.addr, source };
+    let mut sockets = Vec::with_capacity(slots);
+    let mut bound = l.addr;
+    for slot in 0..slots {
+        let socket = match reuse(slot) {
+            Some(socket) => socket,
+            // Port 0 asks the kernel for a free port; every further slot
+            // must join that same port.
+            None => bind(bound, l.backlog).map_err(error)?,
+        };
+        bound = socket.local_addr().map_err(error)?;
+        sockets.push(socket);
+    }
+    Ok(ListenerSockets { name: l.name.clone(), addr: l.addr, bound, backlog: l.backlog, slots: sockets })
 }
 
 /// What the kernel does with connections queued on a socket that closes:

@@ -47,22 +47,24 @@ pub fn timestamp(at: SystemTime) -> String {
 
 impl StatusBoard {
     pub fn new(slots: usize) -> Self {
-        let workers = (0..slots)
-            .map(|slot| WorkerStatus {
-                slot,
-                pid: None,
-                state: WorkerState::Starting,
-                started_at: None,
-                restarts: 0,
-                generation: None,
-                last_exit: None,
-                crash_loop: 0,
-                next_start_in_ms: None,
-            })
-            .collect();
+        let workers = (0..slots).map(Self::fresh).collect();
         Self {
             workers: Mutex::new(workers),
             version: watch::Sender::new(0),
+        }
+    }
+
+    fn fresh(slot: usize) -> WorkerStatus {
+        WorkerStatus {
+            slot,
+            pid: None,
+            state: WorkerState::Starting,
+            started_at: None,
+            restarts: 0,
+            generation: None,
+            last_exit: None,
+            crash_loop: 0,
+            next_start_in_ms: None,
         }
     }
 
@@ -122,6 +124,18 @@ impl StatusBoard {
         });
     }
 
+    /// Follows a change of `runtime.workers`: new slots start out as
+    /// starting, retired ones leave the board.
+    pub fn resize(&self, slots: usize) {
+        let mut workers = self.workers.lock().unwrap_or_else(|e| e.into_inner());
+        workers.truncate(slots);
+        for slot in workers.len()..slots {
+            workers.push(Self::fresh(slot));
+        }
+        drop(workers);
+        self.version.send_modify(|v| *v += 1);
+    }
+
     pub fn workers(&self) -> Vec<WorkerStatus> {
         self.workers
             .lock()
@@ -140,8 +154,17 @@ impl StatusBoard {
 
     /// Resolves once every slot has a serving worker.
     pub async fn all_ready(&self) {
+        self.wait_for(|w| w.state == WorkerState::Ready).await;
+    }
+
+    /// Resolves once every slot's worker serves `generation` or later.
+    pub async fn all_at(&self, generation: u64) {
+        self.wait_for(|w| w.state == WorkerState::Ready && w.generation >= Some(generation)).await;
+    }
+
+    async fn wait_for(&self, done: impl Fn(&WorkerStatus) -> bool) {
         let mut changes = self.version.subscribe();
-        while !self.not_ready().is_empty() {
+        while !self.workers().iter().all(&done) {
             if changes.changed().await.is_err() {
                 return;
             }

@@ -7,6 +7,7 @@
 //! back, so one slow answer does not flap it. Probes use their own short-lived
 //! connections, never the request pools.
 
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -24,37 +25,63 @@ use crate::config::HealthCheckConfig;
 /// Called when a server's health changes: (upstream name, server, healthy).
 pub type OnChange = Arc<dyn Fn(&str, &Server, bool) + Send + Sync>;
 
-/// Runs the checks until dropped.
-#[derive(Debug)]
+/// Runs one check task per checked server; tasks stop when dropped.
 pub struct HealthChecker {
-    cancel: CancellationToken,
+    on_change: OnChange,
+    /// By (upstream, server address): the check, the server it runs
+    /// against, and its task's stop token.
+    tasks: HashMap<(String, SocketAddr), (HealthCheckConfig, Arc<Server>, CancellationToken)>,
+}
+
+impl std::fmt::Debug for HealthChecker {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("HealthChecker").field("checks", &self.tasks.len()).finish()
+    }
 }
 
 impl HealthChecker {
     pub fn start(upstreams: &[Arc<Upstream>], on_change: OnChange) -> Self {
-        let cancel = CancellationToken::new();
+        let mut checker = Self { on_change, tasks: HashMap::new() };
+        checker.update(upstreams);
+        checker
+    }
+
+    /// Follows a config reload: checks for servers that are gone stop, new
+    /// ones start, and those whose server and check are unchanged keep
+    /// running undisturbed (no re-probe, no lost streak).
+    pub fn update(&mut self, upstreams: &[Arc<Upstream>]) {
+        let mut wanted = HashMap::new();
         for upstream in upstreams {
-            let Some(check) = upstream.config.health_check.clone() else {
-                continue;
-            };
+            let Some(check) = &upstream.config.health_check else { continue };
             for server in &upstream.servers {
-                let task = watch(
-                    upstream.name().to_owned(),
-                    server.clone(),
-                    check.clone(),
-                    on_change.clone(),
-                );
-                let cancel = cancel.clone();
-                tokio::spawn(async move { cancel.run_until_cancelled(task).await });
+                wanted.insert((upstream.name().to_owned(), server.addr), (check.clone(), server.clone()));
             }
         }
-        Self { cancel }
+        self.tasks.retain(|key, (check, server, stop)| {
+            let keep = wanted.get(key).is_some_and(|(c, s)| c == check && Arc::ptr_eq(s, server));
+            if !keep {
+                stop.cancel();
+            }
+            keep
+        });
+        for (key, (check, server)) in wanted {
+            if self.tasks.contains_key(&key) {
+                continue;
+            }
+            let stop = CancellationToken::new();
+            let task = watch(key.0.clone(), server.clone(), check.clone(), self.on_change.clone());
+            let token = stop.clone();
+            tokio::spawn(async move { token.run_until_cancelled(task).await });
+            self.tasks.insert(key, (check, server, stop));
+        }
     }
 }
 
 impl Drop for HealthChecker {
     fn drop(&mut self) {
-        self.cancel.cancel();
+        for (_, _, stop) in self.tasks.values() {
+            stop.cancel();
+        }
     }
 }
 

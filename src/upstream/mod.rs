@@ -17,7 +17,7 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
-pub use health::{HealthChecker, probe};
+pub use health::{HealthChecker, OnChange, probe};
 pub use pool::{Conn, ConnectError};
 
 use crate::balance::{Balancer, PeakEwma, Servers};
@@ -77,6 +77,31 @@ impl Upstream {
         };
         self.balancer.pick(&view, key, rng)
     }
+}
+
+/// Builds the upstreams of a new config generation. A server whose upstream
+/// name, address, weight and connection settings are unchanged from
+/// `previous` is carried over as is: its pool, health and latency survive.
+pub fn rebuild(configs: &[UpstreamConfig], previous: &[Arc<Upstream>]) -> Vec<Arc<Upstream>> {
+    configs
+        .iter()
+        .map(|config| {
+            let old = previous.iter().find(|u| u.name() == config.name && keeps_servers(config, &u.config));
+            Arc::new(Upstream::new(config, |addr| {
+                let weight = config.servers.iter().find(|s| s.addr == addr).map(|s| s.weight.get());
+                old?.servers.iter().find(|s| s.addr == addr && Some(s.weight) == weight).cloned()
+            }))
+        })
+        .collect()
+}
+
+/// Whether servers built for `old` can serve `new` unchanged: everything a
+/// server or its pool was built from is the same.
+fn keeps_servers(new: &UpstreamConfig, old: &UpstreamConfig) -> bool {
+    new.protocol == old.protocol
+        && new.idle_timeout == old.idle_timeout
+        && new.max_idle_per_server == old.max_idle_per_server
+        && new.fail_timeout == old.fail_timeout
 }
 
 /// The balancer's view of the servers at one instant.

@@ -1,16 +1,18 @@
 //! The serving loop: accept connections on already-bound listeners and serve
 //! each on its own task until shutdown.
 //!
-//! [`serve`] takes its listeners and a shutdown token from the caller, so the
-//! same code runs in a worker process on inherited sockets and in tests on
-//! sockets bound to port 0. On shutdown it stops accepting, asks every
-//! connection to finish its in-flight requests and close, and waits for them
-//! up to the drain timeout.
+//! A [`Server`] takes its listeners and a shutdown token from the caller, so
+//! the same code runs in a worker process on sockets from the master and in
+//! tests on sockets bound to port 0. Listeners can be added and removed while
+//! it serves (a reload); connections already accepted are never affected. On
+//! shutdown it stops accepting, asks every connection to finish its in-flight
+//! requests and close, and waits for them up to the drain timeout.
 
 mod activity;
 mod conn;
 pub mod process;
 
+use std::collections::HashMap;
 use std::io;
 use std::time::Duration;
 
@@ -27,13 +29,60 @@ pub struct Listener {
     pub socket: TcpListener,
 }
 
-/// How a [`serve`] call ended.
+/// How a drain ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Drained {
     /// Every connection finished.
     Clean,
     /// The drain timeout passed with connections still open; they were cut.
     TimedOut { open: usize },
+}
+
+/// The accept loops and connections of one worker.
+#[derive(Debug)]
+pub struct Server {
+    runtime: SharedRuntime,
+    shutdown: CancellationToken,
+    connections: TaskTracker,
+    /// Accept loops by listener name; cancelling one stops that loop only.
+    accepting: HashMap<String, CancellationToken>,
+}
+
+impl Server {
+    pub fn new(runtime: SharedRuntime, shutdown: CancellationToken) -> Self {
+        Self { runtime, shutdown, connections: TaskTracker::new(), accepting: HashMap::new() }
+    }
+
+    /// Starts accepting on `listener`, replacing any listener of that name.
+    pub fn listen(&mut self, listener: Listener) {
+        let stop = self.shutdown.child_token();
+        if let Some(old) = self.accepting.insert(listener.name.clone(), stop.clone()) {
+            old.cancel();
+        }
+        tokio::spawn(accept_loop(listener, self.runtime.clone(), stop, self.shutdown.clone(), self.connections.clone()));
+    }
+
+    /// Stops accepting on `name`; its open connections carry on.
+    pub fn stop_listening(&mut self, name: &str) {
+        if let Some(stop) = self.accepting.remove(name) {
+            stop.cancel();
+        }
+    }
+
+    pub fn listening(&self) -> impl Iterator<Item = &str> {
+        self.accepting.keys().map(String::as_str)
+    }
+
+    /// Stops accepting everywhere and waits at most `timeout` for open
+    /// connections (which see the shutdown token) to finish.
+    pub async fn drain(self, timeout: Duration) -> Drained {
+        self.shutdown.cancel();
+        self.connections.close();
+        match tokio::time::timeout(timeout, self.connections.wait()).await {
+            Ok(()) => Drained::Clean,
+            Err(_) => Drained::TimedOut { open: self.connections.len() },
+        }
+    }
 }
 
 /// Serves `listeners` until `shutdown` is cancelled, then drains for at most
@@ -44,37 +93,25 @@ pub async fn serve(
     shutdown: CancellationToken,
     drain_timeout: Duration,
 ) -> Drained {
-    let connections = TaskTracker::new();
-    let accepting = TaskTracker::new();
+    let mut server = Server::new(runtime, shutdown.clone());
     for listener in listeners {
-        accepting.spawn(accept_loop(
-            listener,
-            runtime.clone(),
-            shutdown.clone(),
-            connections.clone(),
-        ));
+        server.listen(listener);
     }
-    accepting.close();
-    accepting.wait().await;
-    connections.close();
-    match tokio::time::timeout(drain_timeout, connections.wait()).await {
-        Ok(()) => Drained::Clean,
-        Err(_) => Drained::TimedOut {
-            open: connections.len(),
-        },
-    }
+    shutdown.cancelled().await;
+    server.drain(drain_timeout).await
 }
 
 async fn accept_loop(
     listener: Listener,
     runtime: SharedRuntime,
+    stop: CancellationToken,
     shutdown: CancellationToken,
     connections: TaskTracker,
 ) {
     let mut backoff = Duration::ZERO;
     loop {
         let accepted = tokio::select! {
-            () = shutdown.cancelled() => return,
+            () = stop.cancelled() => return,
             accepted = listener.socket.accept() => accepted,
         };
         match accepted {
@@ -101,7 +138,7 @@ async fn accept_loop(
                 backoff = (backoff * 2).clamp(Duration::from_millis(5), Duration::from_secs(1));
                 tracing::warn!(listener = %listener.name, error = %e, ?backoff, "accept failed");
                 tokio::select! {
-                    () = shutdown.cancelled() => return,
+                    () = stop.cancelled() => return,
                     () = tokio::time::sleep(backoff) => {}
                 }
             }

@@ -17,10 +17,10 @@ use nix::sys::signal::Signal;
 use tokio::signal::unix::{SignalKind, signal};
 use tokio_util::sync::CancellationToken;
 
-use super::{Drained, Listener};
+use super::{Drained, Listener, Server};
 use crate::config::{Config, ConfigError};
 use crate::ipc::{self, IpcError, ServerHealth, ToMaster, ToWorker};
-use crate::runtime::Runtime;
+use crate::runtime::{Runtime, SharedRuntime};
 use crate::tls::TlsError;
 
 /// Environment variables the master sets for its workers.
@@ -73,68 +73,53 @@ pub fn run() -> Result<(), WorkerError> {
 
 async fn serve(control: OwnedFd) -> Result<(), WorkerError> {
     let (mut tx, mut rx) = ipc::channel(control)?;
-    let start = rx
-        .recv::<ToWorker>()
-        .await?
-        .ok_or(WorkerError::MasterGone)?;
-    let ToWorker::Start {
-        generation,
-        config_path,
-        config,
-        listeners,
-        health,
-        ..
-    } = start.message
-    else {
+    let start = rx.recv::<ToWorker>().await?.ok_or(WorkerError::MasterGone)?;
+    let ToWorker::Start { generation, config_path, config, listeners, health, .. } = start.message else {
         return Err(WorkerError::NoStart);
     };
-    let started = build(
-        generation,
-        config_path,
-        &config,
-        listeners,
-        start.fds,
-        &health,
-    );
+    let started = Config::from_str(&config_path, &config)
+        .map_err(WorkerError::from)
+        .and_then(|config| Ok(Runtime::build(config, generation, None)?))
+        .and_then(|runtime| Ok((runtime, sockets(listeners, start.fds)?)));
     let (runtime, listeners) = match started {
         Ok(ok) => ok,
         Err(e) => {
-            tx.send(&ToMaster::Failed {
-                error: e.to_string(),
-            })
-            .await?;
+            tx.send(&ToMaster::Failed { error: e.to_string() }).await?;
             return Err(e);
         }
     };
-    let drain_timeout = runtime.config.runtime.shutdown_timeout;
+    apply_health(&runtime, &health);
     let shared = Arc::new(ArcSwap::from_pointee(runtime));
     let shutdown = CancellationToken::new();
-    let mut serving = tokio::spawn(super::serve(
-        listeners,
-        shared.clone(),
-        shutdown.clone(),
-        drain_timeout,
-    ));
+    let mut server = Server::new(shared.clone(), shutdown.clone());
+    for listener in listeners {
+        server.listen(listener);
+    }
     tx.send(&ToMaster::Ready { generation }).await?;
     tracing::info!(generation, "worker serving");
 
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;
-    let mut control_open = true;
-    loop {
+    while !shutdown.is_cancelled() {
         tokio::select! {
-            drained = &mut serving => {
-                match drained {
-                    Ok(Drained::Clean) => tracing::info!("worker drained"),
-                    Ok(Drained::TimedOut { open }) => tracing::warn!(open, "drain timeout passed; closed remaining connections"),
-                    Err(e) => tracing::error!(error = %e, "serving task failed"),
-                }
-                return Ok(());
-            }
-            message = rx.recv::<ToWorker>(), if control_open => match message {
-                Ok(Some(received)) => match received.message {
+            message = rx.recv::<ToWorker>() => match message {
+                Ok(Some(ipc::Received { message, fds })) => match message {
                     ToWorker::Ping { seq } => tx.send(&ToMaster::Pong { seq }).await?,
                     ToWorker::Health { servers } => apply_health(&shared.load(), &servers),
+                    ToWorker::Reload { generation, config_path, config, listeners, sockets: names } => {
+                        let reply = match reload(&shared, generation, config_path, config).await {
+                            Ok(()) => {
+                                adopt_listeners(&mut server, &listeners, names, fds)?;
+                                tracing::info!(generation, "worker reloaded");
+                                ToMaster::Reloaded { generation }
+                            }
+                            Err(e) => {
+                                tracing::error!(generation, error = %e, "reload failed; still serving the previous config");
+                                ToMaster::ReloadFailed { generation, error: e.to_string() }
+                            }
+                        };
+                        tx.send(&reply).await?;
+                    }
                     ToWorker::Drain => {
                         tracing::info!("draining on the master's request");
                         shutdown.cancel();
@@ -143,12 +128,10 @@ async fn serve(control: OwnedFd) -> Result<(), WorkerError> {
                 },
                 Ok(None) => {
                     tracing::warn!("the master closed the control channel; draining");
-                    control_open = false;
                     shutdown.cancel();
                 }
                 Err(e) => {
                     tracing::error!(error = %e, "control channel failed; draining");
-                    control_open = false;
                     shutdown.cancel();
                 }
             },
@@ -156,33 +139,62 @@ async fn serve(control: OwnedFd) -> Result<(), WorkerError> {
             _ = int.recv() => shutdown.cancel(),
         }
     }
+    let drain_timeout = shared.load().config.runtime.shutdown_timeout;
+    match server.drain(drain_timeout).await {
+        Drained::Clean => tracing::info!("worker drained"),
+        Drained::TimedOut { open } => tracing::warn!(open, "drain timeout passed; closed remaining connections"),
+    }
+    Ok(())
 }
 
-/// Builds the snapshot and the listeners from the start message.
-fn build(
-    generation: u64,
-    path: PathBuf,
-    text: &str,
-    names: Vec<String>,
-    fds: Vec<OwnedFd>,
-    health: &[ServerHealth],
-) -> Result<(Runtime, Vec<Listener>), WorkerError> {
-    let config = Config::from_str(&path, text)?;
-    let runtime = Runtime::build(config, generation, None)?;
-    apply_health(&runtime, health);
+/// Builds the next snapshot on a blocking thread (parsing and certificate
+/// loading stay off the event loop), keeping the state of unchanged
+/// servers, and swaps it in. Requests in flight finish on the old one.
+async fn reload(shared: &SharedRuntime, generation: u64, path: PathBuf, text: String) -> Result<(), WorkerError> {
+    let previous = shared.load_full();
+    let next = tokio::task::spawn_blocking(move || -> Result<Runtime, WorkerError> {
+        let config = Config::from_str(&path, &text)?;
+        Ok(Runtime::build(config, generation, Some(&previous))?)
+    })
+    .await
+    .map_err(|e| WorkerError::Io(std::io::Error::other(e)))??;
+    shared.store(Arc::new(next));
+    Ok(())
+}
+
+/// Accepts on exactly `keep` from now on; `names` are new sockets, in the
+/// order of `fds`.
+fn adopt_listeners(server: &mut Server, keep: &[String], names: Vec<String>, fds: Vec<OwnedFd>) -> Result<(), WorkerError> {
+    let gone: Vec<String> = server.listening().filter(|l| !keep.iter().any(|k| k == l)).map(str::to_owned).collect();
+    for name in gone {
+        tracing::info!(listener = %name, "listener removed; no longer accepting on it");
+        server.stop_listening(&name);
+    }
+    for listener in sockets(names, fds)? {
+        server.listen(listener);
+    }
+    Ok(())
+}
+
+/// Listening sockets received from the master, named.
+fn sockets(names: Vec<String>, fds: Vec<OwnedFd>) -> Result<Vec<Listener>, WorkerError> {
+    if names.len() != fds.len() {
+        return Err(WorkerError::Io(std::io::Error::other(format!(
+            "{} listener names but {} sockets from the master",
+            names.len(),
+            fds.len()
+        ))));
+    }
     let listeners = names
         .into_iter()
         .zip(fds)
         .map(|(name, fd)| {
             let socket = std::net::TcpListener::from(fd);
             socket.set_nonblocking(true)?;
-            Ok(Listener {
-                name,
-                socket: tokio::net::TcpListener::from_std(socket)?,
-            })
+            Ok(Listener { name, socket: tokio::net::TcpListener::from_std(socket)? })
         })
         .collect::<Result<_, std::io::Error>>()?;
-    Ok((runtime, listeners))
+    Ok(listeners)
 }
 
 pub fn apply_health(runtime: &Runtime, servers: &[ServerHealth]) {
