@@ -35,10 +35,16 @@ pub trait Backend: Send + Sync + 'static {
 /// How a `POST /reload` ended.
 #[derive(Debug)]
 pub enum ReloadAnswer {
-    Done { generation: u64, changes: Vec<String> },
+    Done {
+        generation: u64,
+        changes: Vec<String>,
+    },
     /// Still serving the previous generation; `lines` say why (config
     /// errors as `FILE:LINE:COL: reason`).
-    Refused { status: StatusCode, lines: Vec<String> },
+    Refused {
+        status: StatusCode,
+        lines: Vec<String>,
+    },
 }
 
 /// Serves the admin endpoint until `stop` is cancelled.
@@ -85,9 +91,13 @@ async fn answer(backend: &dyn Backend, request: &Request<Incoming>) -> Response<
             Err(why) => local_response(StatusCode::SERVICE_UNAVAILABLE, &why),
         },
         (&Method::POST, "/reload") => match backend.reload().await {
-            ReloadAnswer::Done { generation, changes } => {
-                json(StatusCode::OK, &serde_json::json!({ "generation": generation, "changes": changes }))
-            }
+            ReloadAnswer::Done {
+                generation,
+                changes,
+            } => json(
+                StatusCode::OK,
+                &serde_json::json!({ "generation": generation, "changes": changes }),
+            ),
             ReloadAnswer::Refused { status, lines } => {
                 let mut response = Response::new(ResponseBody::local(lines.join("\n") + "\n"));
                 *response.status_mut() = status;
@@ -96,7 +106,9 @@ async fn answer(backend: &dyn Backend, request: &Request<Incoming>) -> Response<
                 response
             }
         },
-        (_, "/status" | "/config" | "/healthz") => local_response(StatusCode::METHOD_NOT_ALLOWED, "use GET"),
+        (_, "/status" | "/config" | "/healthz") => {
+            local_response(StatusCode::METHOD_NOT_ALLOWED, "use GET")
+        }
         (_, "/reload") => local_response(StatusCode::METHOD_NOT_ALLOWED, "use POST"),
         _ => local_response(StatusCode::NOT_FOUND, "unknown admin path"),
     }

@@ -67,7 +67,11 @@ fn main() -> ExitCode {
             let _span = tracing::info_span!("master", pid = std::process::id()).entered();
             corral::master::run(&config).map_err(anyhow::Error::from)
         }
-        Command::Check { config, diff, admin } => return check(&config, diff.then_some(admin)),
+        Command::Check {
+            config,
+            diff,
+            admin,
+        } => return check(&config, diff.then_some(admin)),
         Command::Reload { admin } => reload(admin),
         Command::Echo { listen, name } => echo(listen, name),
         Command::Worker => {
@@ -112,7 +116,9 @@ fn check(path: &std::path::Path, diff_against: Option<SocketAddr>) -> ExitCode {
         config.routes.len(),
         config.upstreams.len()
     );
-    let Some(admin) = diff_against else { return ExitCode::SUCCESS };
+    let Some(admin) = diff_against else {
+        return ExitCode::SUCCESS;
+    };
     match running_config(admin) {
         Ok((generation, running)) => {
             let changes = corral::config::diff::diff(&running, &config);
@@ -136,9 +142,16 @@ fn check(path: &std::path::Path, diff_against: Option<SocketAddr>) -> ExitCode {
 /// The config the corral at `admin` runs, from `GET /config`.
 fn running_config(admin: SocketAddr) -> anyhow::Result<(u64, Config)> {
     let (status, body) = current_thread()?
-        .block_on(corral::admin::client::call(admin, http::Method::GET, "/config"))
+        .block_on(corral::admin::client::call(
+            admin,
+            http::Method::GET,
+            "/config",
+        ))
         .with_context(|| format!("cannot reach the admin endpoint at {admin}"))?;
-    anyhow::ensure!(status.is_success(), "the admin endpoint answered {status}: {body}");
+    anyhow::ensure!(
+        status.is_success(),
+        "the admin endpoint answered {status}: {body}"
+    );
     let answer: serde_json::Value = serde_json::from_str(&body)?;
     let (Some(path), Some(text)) = (answer["path"].as_str(), answer["text"].as_str()) else {
         anyhow::bail!("the admin endpoint sent no config");

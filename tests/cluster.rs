@@ -42,22 +42,6 @@ fn socket_inodes(pid: u64) -> HashSet<u64> {
         .collect()
 }
 
-/// Inodes of TCP sockets listening on `port`.
-fn listening_inodes(port: u16) -> HashSet<u64> {
-    std::fs::read_to_string("/proc/net/tcp")
-        .unwrap()
-        .lines()
-        .skip(1)
-        .filter_map(|l| {
-            let f: Vec<&str> = l.split_whitespace().collect();
-            let local_port = u16::from_str_radix(f[1].rsplit(':').next()?, 16).ok()?;
-            (local_port == port && f[3] == "0A")
-                .then(|| f[9].parse().ok())
-                .flatten()
-        })
-        .collect()
-}
-
 #[tokio::test]
 async fn workers_share_per_slot_reuseport_sockets_held_by_the_master() {
     let app = echo("app").await;

@@ -14,11 +14,40 @@ use super::{Config, ListenerConfig, RouteConfig, UpstreamConfig};
 pub fn diff(old: &Config, new: &Config) -> Vec<String> {
     let mut out = Vec::new();
     changed(&mut out, "runtime".into(), &runtime(old), &runtime(new));
-    let admin = |c: &Config| vec![("admin.listen", c.admin.as_ref().map(|a| a.listen.to_string()).unwrap_or_else(|| "none".into()))];
+    let admin = |c: &Config| {
+        vec![(
+            "admin.listen",
+            c.admin
+                .as_ref()
+                .map(|a| a.listen.to_string())
+                .unwrap_or_else(|| "none".into()),
+        )]
+    };
     changed(&mut out, "admin".into(), &admin(old), &admin(new));
-    section(&mut out, "listener", &old.listeners, &new.listeners, |l| &l.name, listener);
-    section(&mut out, "route", &old.routes, &new.routes, |r| &r.name, route);
-    section(&mut out, "upstream", &old.upstreams, &new.upstreams, |u| &u.name, upstream);
+    section(
+        &mut out,
+        "listener",
+        &old.listeners,
+        &new.listeners,
+        |l| &l.name,
+        listener,
+    );
+    section(
+        &mut out,
+        "route",
+        &old.routes,
+        &new.routes,
+        |r| &r.name,
+        route,
+    );
+    section(
+        &mut out,
+        "upstream",
+        &old.upstreams,
+        &new.upstreams,
+        |u| &u.name,
+        upstream,
+    );
     for u in new.upstreams.iter() {
         if let Some(before) = old.upstreams.iter().find(|o| o.name == u.name) {
             servers(&mut out, before, u);
@@ -29,14 +58,24 @@ pub fn diff(old: &Config, new: &Config) -> Vec<String> {
 
 type Fields = Vec<(&'static str, String)>;
 
-fn section<T>(out: &mut Vec<String>, what: &str, old: &[T], new: &[T], name: impl Fn(&T) -> &String, fields: impl Fn(&T) -> Fields) {
+fn section<T>(
+    out: &mut Vec<String>,
+    what: &str,
+    old: &[T],
+    new: &[T],
+    name: impl Fn(&T) -> &String,
+    fields: impl Fn(&T) -> Fields,
+) {
     for n in new {
         match old.iter().find(|o| name(o) == name(n)) {
             None => out.push(format!("+ {what} `{}` ({})", name(n), summary(&fields(n)))),
             Some(o) => changed(out, format!("{what} `{}`", name(n)), &fields(o), &fields(n)),
         }
     }
-    for o in old.iter().filter(|o| !new.iter().any(|n| name(n) == name(o))) {
+    for o in old
+        .iter()
+        .filter(|o| !new.iter().any(|n| name(n) == name(o)))
+    {
         out.push(format!("- {what} `{}`", name(o)));
     }
 }
@@ -56,20 +95,34 @@ fn changed(out: &mut Vec<String>, what: String, old: &Fields, new: &Fields) {
 fn servers(out: &mut Vec<String>, old: &UpstreamConfig, new: &UpstreamConfig) {
     for s in &new.servers {
         match old.servers.iter().find(|o| o.addr == s.addr) {
-            None => out.push(format!("+ server {} in upstream `{}` (weight {})", s.addr, new.name, s.weight)),
+            None => out.push(format!(
+                "+ server {} in upstream `{}` (weight {})",
+                s.addr, new.name, s.weight
+            )),
             Some(o) if o.weight != s.weight => {
-                out.push(format!("~ server {} in upstream `{}`: weight {} -> {}", s.addr, new.name, o.weight, s.weight));
+                out.push(format!(
+                    "~ server {} in upstream `{}`: weight {} -> {}",
+                    s.addr, new.name, o.weight, s.weight
+                ));
             }
             Some(_) => {}
         }
     }
-    for o in old.servers.iter().filter(|o| !new.servers.iter().any(|s| s.addr == o.addr)) {
+    for o in old
+        .servers
+        .iter()
+        .filter(|o| !new.servers.iter().any(|s| s.addr == o.addr))
+    {
         out.push(format!("- server {} in upstream `{}`", o.addr, new.name));
     }
 }
 
 fn summary(fields: &Fields) -> String {
-    fields.iter().map(|(k, v)| format!("{k} {v}")).collect::<Vec<_>>().join(", ")
+    fields
+        .iter()
+        .map(|(k, v)| format!("{k} {v}"))
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 fn text(d: &impl Debug) -> String {
@@ -93,19 +146,31 @@ fn runtime(c: &Config) -> Fields {
 fn listener(l: &ListenerConfig) -> Fields {
     vec![
         ("listen", l.addr.to_string()),
-        ("tls", l.tls.as_ref().map_or("none".into(), |t| text(&t.certificates))),
+        (
+            "tls",
+            l.tls
+                .as_ref()
+                .map_or("none".into(), |t| text(&t.certificates)),
+        ),
         ("backlog", l.backlog.to_string()),
         ("header_timeout", duration(l.header_timeout)),
         ("keepalive_timeout", duration(l.keepalive_timeout)),
         ("body_timeout", duration(l.body_timeout)),
-        ("max_request_body", l.max_request_body.map_or("unlimited".into(), |b| b.to_string())),
+        (
+            "max_request_body",
+            l.max_request_body
+                .map_or("unlimited".into(), |b| b.to_string()),
+        ),
         ("max_header_bytes", l.max_header_bytes.to_string()),
     ]
 }
 
 fn route(r: &RouteConfig) -> Fields {
     vec![
-        ("host", r.host.as_ref().map_or("any".into(), ToString::to_string)),
+        (
+            "host",
+            r.host.as_ref().map_or("any".into(), ToString::to_string),
+        ),
         ("path_prefix", r.path_prefix.clone()),
         ("upstream", r.upstream.clone()),
         ("strip_prefix", r.strip_prefix.to_string()),
@@ -122,7 +187,10 @@ fn upstream(u: &UpstreamConfig) -> Fields {
         ("idle_timeout", duration(u.idle_timeout)),
         ("max_idle_per_server", u.max_idle_per_server.to_string()),
         ("fail_timeout", duration(u.fail_timeout)),
-        ("health_check", u.health_check.as_ref().map_or("none".into(), text)),
+        (
+            "health_check",
+            u.health_check.as_ref().map_or("none".into(), text),
+        ),
     ]
 }
 
@@ -160,7 +228,10 @@ servers = [{ addr = "127.0.0.1:9001" }, { addr = "127.0.0.1:9002" }]
         let new = BASE
             .replace("workers = 2", "workers = 4")
             .replace("127.0.0.1:8080", "127.0.0.1:8081")
-            .replace("{ addr = \"127.0.0.1:9002\" }", "{ addr = \"127.0.0.1:9003\", weight = 2 }")
+            .replace(
+                "{ addr = \"127.0.0.1:9002\" }",
+                "{ addr = \"127.0.0.1:9003\", weight = 2 }",
+            )
             + "[[listeners]]\nname = \"internal\"\nlisten = \"127.0.0.1:9000\"\n"
             + "[[routes]]\nname = \"v2\"\npath_prefix = \"/v2/\"\nupstream = \"api\"\n";
         let lines = diff(&config(BASE), &config(&new));
@@ -176,7 +247,10 @@ servers = [{ addr = "127.0.0.1:9001" }, { addr = "127.0.0.1:9002" }]
             ]
         );
         let back = diff(&config(&new), &config(BASE));
-        assert!(back.contains(&"- listener `internal`".to_owned()), "{back:?}");
+        assert!(
+            back.contains(&"- listener `internal`".to_owned()),
+            "{back:?}"
+        );
         assert!(back.contains(&"- route `v2`".to_owned()), "{back:?}");
     }
 }

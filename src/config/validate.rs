@@ -123,7 +123,13 @@ impl Validator<'_> {
             let Some(addr) = self.socket_addr(&l.listen, "listeners.listen") else {
                 continue;
             };
-            if let Some(other) = addrs.insert(addr, l.name.get_ref().clone()) {
+            // Port 0 asks for any free port, so two such listeners never clash.
+            let taken = if addr.port() == 0 {
+                None
+            } else {
+                addrs.insert(addr, l.name.get_ref().clone())
+            };
+            if let Some(other) = taken {
                 self.problem(
                     l.listen.span(),
                     format!("listeners.listen: {addr} is already used by listener `{other}`"),

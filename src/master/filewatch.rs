@@ -40,7 +40,10 @@ fn folders(path: &Path) -> Vec<PathBuf> {
     let mut out = vec![parent(path)];
     if let Ok(target) = std::fs::canonicalize(path) {
         let dir = parent(&target);
-        if !out.iter().any(|d| std::fs::canonicalize(d).ok().as_deref() == Some(dir.as_path())) {
+        if !out
+            .iter()
+            .any(|d| std::fs::canonicalize(d).ok().as_deref() == Some(dir.as_path()))
+        {
             out.push(dir);
         }
     }

@@ -12,8 +12,8 @@
 
 mod filewatch;
 mod reload;
-pub mod sockets;
 mod slot;
+pub mod sockets;
 mod status;
 pub mod upgrade;
 mod view;
@@ -65,7 +65,9 @@ pub fn run(path: &Path) -> Result<(), RunError> {
     // Resolved now: after an upgrade replaces the file, this path names the
     // new binary, while /proc/self/exe would still name the old one.
     let exe = std::env::current_exe()?;
-    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
     runtime.block_on(async {
         let handover = match std::env::var_os(ENV_UPGRADE) {
             Some(_) => Some(upgrade::receive().await?),
@@ -102,9 +104,15 @@ struct Master {
 }
 
 impl Master {
-    async fn start(exe: PathBuf, path: &Path, handover: Option<upgrade::Handover>) -> Result<Self, RunError> {
-        let text = std::fs::read_to_string(path)
-            .map_err(|source| ConfigError::Read { path: path.to_path_buf(), source })?;
+    async fn start(
+        exe: PathBuf,
+        path: &Path,
+        handover: Option<upgrade::Handover>,
+    ) -> Result<Self, RunError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
         let config = Config::from_str(path, &text)?;
         let (mut inherited, inherited_admin, predecessor) = match handover {
             Some(h) => (h.listeners, h.admin, Some(h.reply)),
@@ -114,10 +122,19 @@ impl Master {
         // the same config fails here instead of silently sharing the ports.
         let admin = match &config.admin {
             None => None,
-            Some(a) => Some(match inherited_admin.filter(|s| s.local_addr().is_ok_and(|l| same_addr(l, a.listen))) {
-                Some(socket) => socket,
-                None => std::net::TcpListener::bind(a.listen).map_err(|source| RunError::Admin { addr: a.listen, source })?,
-            }),
+            Some(a) => Some(
+                match inherited_admin
+                    .filter(|s| s.local_addr().is_ok_and(|l| same_addr(l, a.listen)))
+                {
+                    Some(socket) => socket,
+                    None => {
+                        std::net::TcpListener::bind(a.listen).map_err(|source| RunError::Admin {
+                            addr: a.listen,
+                            source,
+                        })?
+                    }
+                },
+            ),
         };
         let slots = config.runtime.workers.get();
         let listeners = sockets::bind_all(&config, slots, &mut inherited)?;
@@ -127,9 +144,15 @@ impl Master {
         }
         log_slot_retirement();
 
-        let checked = Arc::new(ArcSwap::from_pointee(crate::upstream::rebuild(&config.upstreams, &[])));
+        let checked = Arc::new(ArcSwap::from_pointee(crate::upstream::rebuild(
+            &config.upstreams,
+            &[],
+        )));
         let (health, health_rx) = watch::channel(Arc::new(health_of(&checked.load())));
-        let checker = HealthChecker::start(&checked.load(), on_health_change(checked.clone(), health.clone()));
+        let checker = HealthChecker::start(
+            &checked.load(),
+            on_health_change(checked.clone(), health.clone()),
+        );
 
         let generation = Arc::new(Generation {
             number: 1,
@@ -149,14 +172,23 @@ impl Master {
             kill: CancellationToken::new(),
         });
         let (reload_tx, reloads) = mpsc::channel(8);
-        let view = Arc::new(View::new(generation_rx, status.clone(), checked.clone(), reload_tx));
+        let view = Arc::new(View::new(
+            generation_rx,
+            status.clone(),
+            checked.clone(),
+            reload_tx,
+        ));
         let admin_stop = CancellationToken::new();
         if let Some(socket) = &admin {
             let socket = socket.try_clone()?;
             socket.set_nonblocking(true)?;
             let socket = tokio::net::TcpListener::from_std(socket)?;
             tracing::info!(addr = %socket.local_addr()?, "admin endpoint listening");
-            tokio::spawn(crate::admin::serve(socket, view.clone(), admin_stop.clone()));
+            tokio::spawn(crate::admin::serve(
+                socket,
+                view.clone(),
+                admin_stop.clone(),
+            ));
         }
         let mut master = Self {
             exe,

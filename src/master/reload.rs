@@ -63,8 +63,14 @@ pub enum ReloadError {
     Invalid(#[from] ConfigError),
     #[error(transparent)]
     Bind(#[from] BindError),
-    #[error("workers did not confirm generation {generation} within {timeout:?}; slots not serving it: {slots:?}")]
-    NotConfirmed { generation: u64, timeout: Duration, slots: Vec<usize> },
+    #[error(
+        "workers did not confirm generation {generation} within {timeout:?}; slots not serving it: {slots:?}"
+    )]
+    NotConfirmed {
+        generation: u64,
+        timeout: Duration,
+        slots: Vec<usize>,
+    },
     #[error("the master is stopping")]
     Stopping,
 }
@@ -121,8 +127,13 @@ impl Master {
             }
             Err(e) => {
                 let error = e.lines().join("\n");
-                tracing::error!(trigger = trigger.as_str(), generation = current, "config reload failed; still serving generation {current}:\n{error}");
-                self.view.record_reload(record("failure", Some(error)), elapsed);
+                tracing::error!(
+                    trigger = trigger.as_str(),
+                    generation = current,
+                    "config reload failed; still serving generation {current}:\n{error}"
+                );
+                self.view
+                    .record_reload(record("failure", Some(error)), elapsed);
             }
         }
         result
@@ -130,15 +141,25 @@ impl Master {
 
     async fn apply(&mut self) -> Result<Reloaded, ReloadError> {
         let current = self.generation.borrow().clone();
-        let text = std::fs::read_to_string(&self.path)
-            .map_err(|source| ConfigError::Read { path: self.path.clone(), source })?;
+        let text = std::fs::read_to_string(&self.path).map_err(|source| ConfigError::Read {
+            path: self.path.clone(),
+            source,
+        })?;
         let config = Config::from_str(&self.path, &text)?;
         // Even an unchanged file makes a new generation: certificate files
         // renewed on disk are read again.
         let changes = diff::diff(&current.config, &config);
+        if config.admin != current.config.admin {
+            tracing::warn!(
+                "admin.listen changed; the admin endpoint moves on the next restart or binary upgrade"
+            );
+        }
         let slots = config.runtime.workers.get();
         let listeners = sockets::rebind(&current.sockets, &config, slots)?;
-        for l in listeners.iter().filter(|l| !current.sockets.iter().any(|c| c.addr == l.addr)) {
+        for l in listeners
+            .iter()
+            .filter(|l| !current.sockets.iter().any(|c| c.bound == l.bound))
+        {
             tracing::info!(listener = %l.name, addr = %l.bound, sockets = l.slots.len(), "listening");
         }
         let next = Arc::new(Generation {
@@ -152,12 +173,14 @@ impl Master {
         let upstreams = crate::upstream::rebuild(&next.config.upstreams, &self.checked.load());
         self.checked.store(Arc::new(upstreams));
         self.checker.update(&self.checked.load());
-        self.health.send_replace(Arc::new(super::health_of(&self.checked.load())));
+        self.health
+            .send_replace(Arc::new(super::health_of(&self.checked.load())));
         self.generation.send_replace(next.clone());
         self.resize_slots(slots);
         drop(current);
 
-        let confirmed = tokio::time::timeout(CONFIRM_TIMEOUT, self.status.all_at(next.number)).await;
+        let confirmed =
+            tokio::time::timeout(CONFIRM_TIMEOUT, self.status.all_at(next.number)).await;
         if confirmed.is_err() {
             let slots = self
                 .status
@@ -166,8 +189,15 @@ impl Master {
                 .filter(|w| w.generation < Some(next.number))
                 .map(|w| w.slot)
                 .collect();
-            return Err(ReloadError::NotConfirmed { generation: next.number, timeout: CONFIRM_TIMEOUT, slots });
+            return Err(ReloadError::NotConfirmed {
+                generation: next.number,
+                timeout: CONFIRM_TIMEOUT,
+                slots,
+            });
         }
-        Ok(Reloaded { generation: next.number, changes })
+        Ok(Reloaded {
+            generation: next.number,
+            changes,
+        })
     }
 }

@@ -45,8 +45,13 @@ pub struct Generation {
 
 impl Generation {
     /// Slot `slot`'s socket of every listener, by name.
-    fn slot_sockets(&self, slot: usize) -> impl Iterator<Item = (&str, &std::net::TcpListener, SocketAddr)> {
-        self.sockets.iter().filter_map(move |l| Some((l.name.as_str(), l.slots.get(slot)?, l.bound)))
+    fn slot_sockets(
+        &self,
+        slot: usize,
+    ) -> impl Iterator<Item = (&str, &std::net::TcpListener, SocketAddr)> {
+        self.sockets
+            .iter()
+            .filter_map(move |l| Some((l.name.as_str(), l.slots.get(slot)?, l.bound)))
     }
 }
 
@@ -80,7 +85,13 @@ pub async fn supervise(slot: usize, ctx: Arc<SlotContext>, stop: CancellationTok
                 if delay.is_zero() {
                     tracing::warn!(slot, how, "worker exited; replacing it");
                 } else {
-                    tracing::error!(slot, how, crash_loop = quick_exits, ?delay, "worker keeps exiting; backing off");
+                    tracing::error!(
+                        slot,
+                        how,
+                        crash_loop = quick_exits,
+                        ?delay,
+                        "worker keeps exiting; backing off"
+                    );
                 }
                 ctx.status.exited(slot, how, quick_exits, Some(delay));
                 tokio::select! {
@@ -97,7 +108,9 @@ pub async fn supervise(slot: usize, ctx: Arc<SlotContext>, stop: CancellationTok
 fn backoff(quick_exits: u32) -> Duration {
     match quick_exits {
         0 | 1 => Duration::ZERO,
-        n => FIRST_BACKOFF.saturating_mul(1 << (n - 2).min(16)).min(MAX_BACKOFF),
+        n => FIRST_BACKOFF
+            .saturating_mul(1 << (n - 2).min(16))
+            .min(MAX_BACKOFF),
     }
 }
 
@@ -106,7 +119,10 @@ type Held = HashMap<String, SocketAddr>;
 
 async fn run_worker(slot: usize, ctx: &SlotContext, stop: &CancellationToken) -> End {
     let born = Instant::now();
-    let exited = |how: String| End::Exited { how, lived: born.elapsed() };
+    let exited = |how: String| End::Exited {
+        how,
+        lived: born.elapsed(),
+    };
     let mut generation = ctx.generation.clone();
     let current = generation.borrow_and_update().clone();
     let runtime = &current.config.runtime;
@@ -242,7 +258,11 @@ async fn run_worker(slot: usize, ctx: &SlotContext, stop: &CancellationToken) ->
 
 /// The sockets of `generation` for `slot` that the worker does not have
 /// yet (new listeners, changed addresses), recording them in `held`.
-fn sockets_to_send<'g>(generation: &'g Generation, slot: usize, held: &mut Held) -> (Vec<String>, Vec<BorrowedFd<'g>>) {
+fn sockets_to_send<'g>(
+    generation: &'g Generation,
+    slot: usize,
+    held: &mut Held,
+) -> (Vec<String>, Vec<BorrowedFd<'g>>) {
     let mut names = Vec::new();
     let mut fds = Vec::new();
     for (name, socket, bound) in generation.slot_sockets(slot) {

@@ -44,6 +44,14 @@ pub struct ListenerSockets {
     pub slots: Vec<TcpListener>,
 }
 
+impl ListenerSockets {
+    /// Whether these sockets can serve `listener`: same address, or, for
+    /// port 0 (any free port), same name too.
+    pub fn serves(&self, listener: &ListenerConfig) -> bool {
+        self.addr == listener.addr && (listener.addr.port() != 0 || self.name == listener.name)
+    }
+}
+
 /// Sockets received from the previous master in a binary upgrade, keyed by
 /// (listener name, configured address, slot).
 pub type Inherited = HashMap<(String, SocketAddr, usize), TcpListener>;
@@ -58,11 +66,19 @@ pub struct BindError {
 }
 
 /// Binds (or takes over from `inherited`) `slots` sockets for every listener.
-pub fn bind_all(config: &Config, slots: usize, inherited: &mut Inherited) -> Result<Vec<ListenerSockets>, BindError> {
+pub fn bind_all(
+    config: &Config,
+    slots: usize,
+    inherited: &mut Inherited,
+) -> Result<Vec<ListenerSockets>, BindError> {
     config
         .listeners
         .iter()
-        .map(|l| bind_listener(l, slots, |slot| inherited.remove(&(l.name.clone(), l.addr, slot))))
+        .map(|l| {
+            bind_listener(l, slots, |slot| {
+                inherited.remove(&(l.name.clone(), l.addr, slot))
+            })
+        })
         .collect()
 }
 
@@ -70,19 +86,27 @@ pub fn bind_all(config: &Config, slots: usize, inherited: &mut Inherited) -> Res
 /// keeps its sockets (whatever its name now), so nothing queued on them is
 /// lost; new addresses get new sockets; extra slots get new sockets on the
 /// same port. Sockets no longer wanted close when the last holder lets go.
-pub fn rebind(previous: &[ListenerSockets], config: &Config, slots: usize) -> Result<Vec<ListenerSockets>, BindError> {
+pub fn rebind(
+    previous: &[ListenerSockets],
+    config: &Config,
+    slots: usize,
+) -> Result<Vec<ListenerSockets>, BindError> {
     config
         .listeners
         .iter()
         .map(|l| {
-            let old = previous.iter().find(|p| p.addr == l.addr);
+            let old = previous.iter().find(|p| p.serves(l));
             let sockets = bind_listener(l, slots, |slot| old?.slots.get(slot)?.try_clone().ok())?;
             if old.is_some_and(|o| o.backlog != l.backlog) {
                 // listen(2) on a listening socket just resizes its queue.
                 for s in &sockets.slots {
                     socket2::SockRef::from(s)
                         .listen(i32::try_from(l.backlog).unwrap_or(i32::MAX))
-                        .map_err(|source| BindError { name: l.name.clone(), addr: l.addr, source })?;
+                        .map_err(|source| BindError {
+                            name: l.name.clone(),
+                            addr: l.addr,
+                            source,
+                        })?;
                 }
             }
             Ok(sockets)
@@ -95,7 +119,11 @@ fn bind_listener(
     slots: usize,
     mut reuse: impl FnMut(usize) -> Option<TcpListener>,
 ) -> Result<ListenerSockets, BindError> {
-    let error = |source| BindError { name: l.name.clone(), addr: l.addr, source };
+    let error = |source| BindError {
+        name: l.name.clone(),
+        addr: l.addr,
+        source,
+    };
     let mut sockets = Vec::with_capacity(slots);
     let mut bound = l.addr;
     for slot in 0..slots {
@@ -108,7 +136,13 @@ fn bind_listener(
         bound = socket.local_addr().map_err(error)?;
         sockets.push(socket);
     }
-    Ok(ListenerSockets { name: l.name.clone(), addr: l.addr, bound, backlog: l.backlog, slots: sockets })
+    Ok(ListenerSockets {
+        name: l.name.clone(),
+        addr: l.addr,
+        bound,
+        backlog: l.backlog,
+        slots: sockets,
+    })
 }
 
 /// What the kernel does with connections queued on a socket that closes:

@@ -159,7 +159,8 @@ impl StatusBoard {
 
     /// Resolves once every slot's worker serves `generation` or later.
     pub async fn all_at(&self, generation: u64) {
-        self.wait_for(|w| w.state == WorkerState::Ready && w.generation >= Some(generation)).await;
+        self.wait_for(|w| w.state == WorkerState::Ready && w.generation >= Some(generation))
+            .await;
     }
 
     async fn wait_for(&self, done: impl Fn(&WorkerStatus) -> bool) {

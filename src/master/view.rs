@@ -126,8 +126,17 @@ impl Backend for View {
                 Err(_) => Err(ReloadError::Stopping),
             };
             match outcome {
-                Ok(Reloaded { generation, changes }) => ReloadAnswer::Done { generation, changes },
-                Err(e) => ReloadAnswer::Refused { status: e.status(), lines: e.lines() },
+                Ok(Reloaded {
+                    generation,
+                    changes,
+                }) => ReloadAnswer::Done {
+                    generation,
+                    changes,
+                },
+                Err(e) => ReloadAnswer::Refused {
+                    status: e.status(),
+                    lines: e.lines(),
+                },
             }
         })
     }

@@ -35,13 +35,18 @@ pub struct HealthChecker {
 
 impl std::fmt::Debug for HealthChecker {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("HealthChecker").field("checks", &self.tasks.len()).finish()
+        f.debug_struct("HealthChecker")
+            .field("checks", &self.tasks.len())
+            .finish()
     }
 }
 
 impl HealthChecker {
     pub fn start(upstreams: &[Arc<Upstream>], on_change: OnChange) -> Self {
-        let mut checker = Self { on_change, tasks: HashMap::new() };
+        let mut checker = Self {
+            on_change,
+            tasks: HashMap::new(),
+        };
         checker.update(upstreams);
         checker
     }
@@ -52,13 +57,20 @@ impl HealthChecker {
     pub fn update(&mut self, upstreams: &[Arc<Upstream>]) {
         let mut wanted = HashMap::new();
         for upstream in upstreams {
-            let Some(check) = &upstream.config.health_check else { continue };
+            let Some(check) = &upstream.config.health_check else {
+                continue;
+            };
             for server in &upstream.servers {
-                wanted.insert((upstream.name().to_owned(), server.addr), (check.clone(), server.clone()));
+                wanted.insert(
+                    (upstream.name().to_owned(), server.addr),
+                    (check.clone(), server.clone()),
+                );
             }
         }
         self.tasks.retain(|key, (check, server, stop)| {
-            let keep = wanted.get(key).is_some_and(|(c, s)| c == check && Arc::ptr_eq(s, server));
+            let keep = wanted
+                .get(key)
+                .is_some_and(|(c, s)| c == check && Arc::ptr_eq(s, server));
             if !keep {
                 stop.cancel();
             }
@@ -69,7 +81,12 @@ impl HealthChecker {
                 continue;
             }
             let stop = CancellationToken::new();
-            let task = watch(key.0.clone(), server.clone(), check.clone(), self.on_change.clone());
+            let task = watch(
+                key.0.clone(),
+                server.clone(),
+                check.clone(),
+                self.on_change.clone(),
+            );
             let token = stop.clone();
             tokio::spawn(async move { token.run_until_cancelled(task).await });
             self.tasks.insert(key, (check, server, stop));

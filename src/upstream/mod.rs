@@ -86,10 +86,19 @@ pub fn rebuild(configs: &[UpstreamConfig], previous: &[Arc<Upstream>]) -> Vec<Ar
     configs
         .iter()
         .map(|config| {
-            let old = previous.iter().find(|u| u.name() == config.name && keeps_servers(config, &u.config));
+            let old = previous
+                .iter()
+                .find(|u| u.name() == config.name && keeps_servers(config, &u.config));
             Arc::new(Upstream::new(config, |addr| {
-                let weight = config.servers.iter().find(|s| s.addr == addr).map(|s| s.weight.get());
-                old?.servers.iter().find(|s| s.addr == addr && Some(s.weight) == weight).cloned()
+                let weight = config
+                    .servers
+                    .iter()
+                    .find(|s| s.addr == addr)
+                    .map(|s| s.weight.get());
+                old?.servers
+                    .iter()
+                    .find(|s| s.addr == addr && Some(s.weight) == weight)
+                    .cloned()
             }))
         })
         .collect()

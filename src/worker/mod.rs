@@ -50,7 +50,12 @@ pub struct Server {
 
 impl Server {
     pub fn new(runtime: SharedRuntime, shutdown: CancellationToken) -> Self {
-        Self { runtime, shutdown, connections: TaskTracker::new(), accepting: HashMap::new() }
+        Self {
+            runtime,
+            shutdown,
+            connections: TaskTracker::new(),
+            accepting: HashMap::new(),
+        }
     }
 
     /// Starts accepting on `listener`, replacing any listener of that name.
@@ -59,7 +64,13 @@ impl Server {
         if let Some(old) = self.accepting.insert(listener.name.clone(), stop.clone()) {
             old.cancel();
         }
-        tokio::spawn(accept_loop(listener, self.runtime.clone(), stop, self.shutdown.clone(), self.connections.clone()));
+        tokio::spawn(accept_loop(
+            listener,
+            self.runtime.clone(),
+            stop,
+            self.shutdown.clone(),
+            self.connections.clone(),
+        ));
     }
 
     /// Stops accepting on `name`; its open connections carry on.
@@ -80,7 +91,9 @@ impl Server {
         self.connections.close();
         match tokio::time::timeout(timeout, self.connections.wait()).await {
             Ok(()) => Drained::Clean,
-            Err(_) => Drained::TimedOut { open: self.connections.len() },
+            Err(_) => Drained::TimedOut {
+                open: self.connections.len(),
+            },
         }
     }
 }

@@ -73,8 +73,19 @@ pub fn run() -> Result<(), WorkerError> {
 
 async fn serve(control: OwnedFd) -> Result<(), WorkerError> {
     let (mut tx, mut rx) = ipc::channel(control)?;
-    let start = rx.recv::<ToWorker>().await?.ok_or(WorkerError::MasterGone)?;
-    let ToWorker::Start { generation, config_path, config, listeners, health, .. } = start.message else {
+    let start = rx
+        .recv::<ToWorker>()
+        .await?
+        .ok_or(WorkerError::MasterGone)?;
+    let ToWorker::Start {
+        generation,
+        config_path,
+        config,
+        listeners,
+        health,
+        ..
+    } = start.message
+    else {
         return Err(WorkerError::NoStart);
     };
     let started = Config::from_str(&config_path, &config)
@@ -84,7 +95,10 @@ async fn serve(control: OwnedFd) -> Result<(), WorkerError> {
     let (runtime, listeners) = match started {
         Ok(ok) => ok,
         Err(e) => {
-            tx.send(&ToMaster::Failed { error: e.to_string() }).await?;
+            tx.send(&ToMaster::Failed {
+                error: e.to_string(),
+            })
+            .await?;
             return Err(e);
         }
     };
@@ -142,7 +156,9 @@ async fn serve(control: OwnedFd) -> Result<(), WorkerError> {
     let drain_timeout = shared.load().config.runtime.shutdown_timeout;
     match server.drain(drain_timeout).await {
         Drained::Clean => tracing::info!("worker drained"),
-        Drained::TimedOut { open } => tracing::warn!(open, "drain timeout passed; closed remaining connections"),
+        Drained::TimedOut { open } => {
+            tracing::warn!(open, "drain timeout passed; closed remaining connections")
+        }
     }
     Ok(())
 }
@@ -150,7 +166,12 @@ async fn serve(control: OwnedFd) -> Result<(), WorkerError> {
 /// Builds the next snapshot on a blocking thread (parsing and certificate
 /// loading stay off the event loop), keeping the state of unchanged
 /// servers, and swaps it in. Requests in flight finish on the old one.
-async fn reload(shared: &SharedRuntime, generation: u64, path: PathBuf, text: String) -> Result<(), WorkerError> {
+async fn reload(
+    shared: &SharedRuntime,
+    generation: u64,
+    path: PathBuf,
+    text: String,
+) -> Result<(), WorkerError> {
     let previous = shared.load_full();
     let next = tokio::task::spawn_blocking(move || -> Result<Runtime, WorkerError> {
         let config = Config::from_str(&path, &text)?;
@@ -164,8 +185,17 @@ async fn reload(shared: &SharedRuntime, generation: u64, path: PathBuf, text: St
 
 /// Accepts on exactly `keep` from now on; `names` are new sockets, in the
 /// order of `fds`.
-fn adopt_listeners(server: &mut Server, keep: &[String], names: Vec<String>, fds: Vec<OwnedFd>) -> Result<(), WorkerError> {
-    let gone: Vec<String> = server.listening().filter(|l| !keep.iter().any(|k| k == l)).map(str::to_owned).collect();
+fn adopt_listeners(
+    server: &mut Server,
+    keep: &[String],
+    names: Vec<String>,
+    fds: Vec<OwnedFd>,
+) -> Result<(), WorkerError> {
+    let gone: Vec<String> = server
+        .listening()
+        .filter(|l| !keep.iter().any(|k| k == l))
+        .map(str::to_owned)
+        .collect();
     for name in gone {
         tracing::info!(listener = %name, "listener removed; no longer accepting on it");
         server.stop_listening(&name);
@@ -191,7 +221,10 @@ fn sockets(names: Vec<String>, fds: Vec<OwnedFd>) -> Result<Vec<Listener>, Worke
         .map(|(name, fd)| {
             let socket = std::net::TcpListener::from(fd);
             socket.set_nonblocking(true)?;
-            Ok(Listener { name, socket: tokio::net::TcpListener::from_std(socket)? })
+            Ok(Listener {
+                name,
+                socket: tokio::net::TcpListener::from_std(socket)?,
+            })
         })
         .collect::<Result<_, std::io::Error>>()?;
     Ok(listeners)

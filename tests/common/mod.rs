@@ -50,6 +50,11 @@ impl Corral {
         let dir = tempfile::tempdir().unwrap();
         let config_path = dir.path().join("corral.toml");
         std::fs::write(&config_path, config).unwrap();
+        Self::start_at(dir, config_path).await
+    }
+
+    /// Starts corral on a config file the test laid out in `dir`.
+    pub async fn start_at(dir: tempfile::TempDir, config_path: PathBuf) -> Self {
         // Its own process group, so that dropping the fixture also ends
         // masters started by an upgrade and every worker.
         let mut child = Command::new(BIN)
@@ -124,6 +129,12 @@ impl Corral {
                 _ => panic!("no log line with {needle:?}"),
             }
         }
+    }
+
+    /// Replaces the config file's content (as an editor that writes in
+    /// place would).
+    pub fn write_config(&self, text: &str) {
+        std::fs::write(&self.config_path, text).unwrap();
     }
 
     pub fn signal(&self, signal: nix::sys::signal::Signal) {
@@ -624,4 +635,20 @@ impl Load {
             .map(|m| m.into_inner().unwrap())
             .unwrap_or_default()
     }
+}
+
+/// Inodes of TCP sockets listening on `port`.
+pub fn listening_inodes(port: u16) -> std::collections::HashSet<u64> {
+    std::fs::read_to_string("/proc/net/tcp")
+        .unwrap()
+        .lines()
+        .skip(1)
+        .filter_map(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            let local_port = u16::from_str_radix(f[1].rsplit(':').next()?, 16).ok()?;
+            (local_port == port && f[3] == "0A")
+                .then(|| f[9].parse().ok())
+                .flatten()
+        })
+        .collect()
 }

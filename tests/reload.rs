@@ -1,0 +1,461 @@
+//! Hot reload: every trigger, under load, with broken files, listener and
+//! slot changes, state that must survive, and connections that must not be cut.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use common::*;
+use http::{Method, StatusCode};
+use nix::sys::signal::Signal;
+
+/// A cluster config: `/ws` to a fixed WebSocket upstream, everything else
+/// to the `app` upstream on `app`.
+fn config(app: SocketAddr, ws: SocketAddr, extra_listener: &str, workers: usize) -> String {
+    format!(
+        r#"
+[runtime]
+workers = {workers}
+shutdown_timeout = "5s"
+
+[admin]
+listen = "127.0.0.1:0"
+
+[[listeners]]
+name = "public"
+listen = "127.0.0.1:0"
+{extra_listener}
+[[routes]]
+path_prefix = "/ws"
+upstream = "ws"
+
+[[routes]]
+upstream = "app"
+
+[[upstreams]]
+name = "app"
+servers = [{{ addr = "{app}" }}]
+
+[[upstreams]]
+name = "ws"
+servers = [{{ addr = "{ws}" }}]
+"#
+    )
+}
+
+async fn ws_upstream() -> SocketAddr {
+    use futures_util::{SinkExt, StreamExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let Ok(mut ws) = tokio_tungstenite::accept_async(stream).await else {
+                    return;
+                };
+                while let Some(Ok(msg)) = ws.next().await {
+                    if msg.is_text() && ws.send(msg).await.is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    addr
+}
+
+async fn generation(corral: &Corral) -> u64 {
+    corral.status().await["generation"].as_u64().unwrap()
+}
+
+/// Fresh requests until one reaches `backend`; returns how long that took.
+async fn wait_for_backend(addr: SocketAddr, backend: &str) -> Duration {
+    let started = Instant::now();
+    while get(addr, "/", &[]).await.backend() != backend {
+        assert!(started.elapsed() < PATIENCE, "{backend} never got traffic");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    started.elapsed()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn twenty_reloads_under_load_by_every_trigger_fail_no_request() {
+    use futures_util::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::Message;
+
+    let (a, b, ws) = (echo("a").await, echo("b").await, ws_upstream().await);
+    let corral = Corral::start(&config(a.addr, ws, "", 2)).await;
+    let master = corral.status().await["pid"].clone();
+    let public = corral.addr("public");
+    let (mut socket, _) = tokio_tungstenite::connect_async(format!("ws://{public}/ws"))
+        .await
+        .unwrap();
+    let load = Load::start(public, 12, 4);
+    load.wait_successes(200).await;
+
+    for i in 0..20 {
+        let (target, name) = if i % 2 == 0 {
+            (b.addr, "b")
+        } else {
+            (a.addr, "a")
+        };
+        let before = generation(&corral).await;
+        corral.write_config(&config(target, ws, "", 2));
+        let trigger = match i % 3 {
+            0 => {
+                corral.signal(Signal::SIGHUP);
+                "SIGHUP"
+            }
+            1 => {
+                let (code, body) = admin_call(corral.admin.unwrap(), Method::POST, "/reload").await;
+                assert_eq!(code, StatusCode::OK, "{body}");
+                let answer: serde_json::Value = serde_json::from_str(&body).unwrap();
+                assert!(answer["generation"].as_u64().unwrap() > before);
+                "POST /reload"
+            }
+            _ => "file change",
+        };
+        corral
+            .wait_status(|s| {
+                s["generation"].as_u64() > Some(before) && s["last_reload"]["trigger"] == trigger
+            })
+            .await;
+        let visible = wait_for_backend(public, name).await;
+        assert!(
+            visible < Duration::from_secs(2),
+            "switch {i} took {visible:?}"
+        );
+        load.wait_successes(50).await;
+        socket
+            .send(Message::text(format!("ping {i}")))
+            .await
+            .unwrap();
+        assert_eq!(
+            socket.next().await.unwrap().unwrap().into_text().unwrap(),
+            format!("ping {i}")
+        );
+    }
+    let outcomes = load.finish().await;
+    let failures: Vec<&Outcome> = outcomes.iter().filter(|o| !o.ok).collect();
+    eprintln!(
+        "{} requests across 20 reloads, {} failed",
+        outcomes.len(),
+        failures.len()
+    );
+    assert!(
+        failures.is_empty(),
+        "{:?}",
+        &failures[..failures.len().min(5)]
+    );
+    let status = corral.status().await;
+    assert_eq!(status["pid"], master, "the master was restarted");
+    assert!(
+        status["workers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|w| w["restarts"] == 0)
+    );
+}
+
+#[tokio::test]
+async fn a_broken_file_is_rejected_whole_and_the_old_config_keeps_serving() {
+    let (a, ws) = (echo("a").await, ws_upstream().await);
+    let good = config(a.addr, ws, "", 2);
+    let corral = Corral::start(&good).await;
+    let broken = [
+        (
+            "syntax",
+            good.replace(
+                "[[routes]]\nupstream = \"app\"",
+                "[[routes]\nupstream = \"app\"",
+            ),
+            "[[routes]",
+        ),
+        (
+            "unknown upstream",
+            good.replace("upstream = \"app\"", "upstream = \"nope\""),
+            "\"nope\"",
+        ),
+        (
+            "bad address",
+            good.replace(&a.addr.to_string(), "127.0.0.1:99999"),
+            "\"127.0.0.1:99999\"",
+        ),
+        (
+            "unknown key",
+            good.replace("name = \"app\"", "name = \"app\"\ncolour = \"red\""),
+            "colour",
+        ),
+    ];
+    for (i, (kind, text, needle)) in broken.iter().enumerate() {
+        corral.write_config(text);
+        let (code, body) = admin_call(corral.admin.unwrap(), Method::POST, "/reload").await;
+        assert_eq!(code, StatusCode::BAD_REQUEST, "{kind}: {body}");
+        let offset = text.rfind(needle).unwrap();
+        let line = text[..offset].matches('\n').count() + 1;
+        let prefix = format!("{}:{line}:", corral.config_path.display());
+        assert!(
+            body.lines().any(|l| l.starts_with(&prefix)),
+            "{kind}: expected {prefix} in {body}"
+        );
+        let status = corral.status().await;
+        assert_eq!(status["generation"], 1, "{kind}");
+        assert_eq!(status["last_reload"]["result"], "failure");
+        assert!(
+            status["last_reload"]["error"]
+                .as_str()
+                .unwrap()
+                .contains(&prefix)
+        );
+        assert!(status["reloads"]["failure"].as_u64().unwrap() > i as u64);
+        assert_eq!(
+            get(corral.addr("public"), "/", &[]).await.backend(),
+            "a",
+            "{kind}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn corral_reload_reports_success_and_failure() {
+    let (a, b, ws) = (echo("a").await, echo("b").await, ws_upstream().await);
+    let corral = Corral::start(&config(a.addr, ws, "", 1)).await;
+    let admin = corral.admin.unwrap().to_string();
+    corral.write_config(&config(b.addr, ws, "", 1));
+    let out = std::process::Command::new(BIN)
+        .args(["reload", "--admin", &admin])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("\"generation\""));
+    assert_eq!(get(corral.addr("public"), "/", &[]).await.backend(), "b");
+
+    corral.write_config("[[listeners]]\nname = 7\n");
+    let out = std::process::Command::new(BIN)
+        .args(["reload", "--admin", &admin])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains(&format!("{}:2:", corral.config_path.display())),
+        "{stderr}"
+    );
+}
+
+#[tokio::test]
+async fn a_configmap_style_symlink_swap_is_picked_up_without_a_signal() {
+    use std::os::unix::fs::symlink;
+    let (a, b, ws) = (echo("a").await, echo("b").await, ws_upstream().await);
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path();
+    std::fs::create_dir(root.join("..v1")).unwrap();
+    std::fs::write(root.join("..v1/corral.toml"), config(a.addr, ws, "", 2)).unwrap();
+    symlink("..v1", root.join("..data")).unwrap();
+    symlink("..data/corral.toml", root.join("corral.toml")).unwrap();
+    let path = root.join("corral.toml");
+    let corral = Corral::start_at(dir, path.clone()).await;
+    assert_eq!(get(corral.addr("public"), "/", &[]).await.backend(), "a");
+
+    // What kubelet does: a new folder, then one atomic rename of `..data`.
+    let root = path.parent().unwrap();
+    std::fs::create_dir(root.join("..v2")).unwrap();
+    std::fs::write(root.join("..v2/corral.toml"), config(b.addr, ws, "", 2)).unwrap();
+    symlink("..v2", root.join("..data_tmp")).unwrap();
+    std::fs::rename(root.join("..data_tmp"), root.join("..data")).unwrap();
+    std::fs::remove_dir_all(root.join("..v1")).unwrap();
+
+    corral
+        .wait_status(|s| s["generation"] == 2 && s["last_reload"]["trigger"] == "file change")
+        .await;
+    assert!(wait_for_backend(corral.addr("public"), "b").await < Duration::from_secs(2));
+}
+
+#[tokio::test]
+async fn listeners_added_by_reload_serve_and_removed_ones_stop_accepting() {
+    let (a, ws) = (echo("a").await, ws_upstream().await);
+    let corral = Corral::start(&config(a.addr, ws, "", 2)).await;
+    let second = "[[listeners]]\nname = \"second\"\nlisten = \"127.0.0.1:0\"\n";
+    corral.write_config(&config(a.addr, ws, second, 2));
+    let (code, body) = admin_call(corral.admin.unwrap(), Method::POST, "/reload").await;
+    assert_eq!(code, StatusCode::OK, "{body}");
+    assert!(body.contains("+ listener `second`"), "{body}");
+    let line = corral.wait_for_log("listening listener=second").await;
+    let added: SocketAddr = line
+        .split(" addr=")
+        .nth(1)
+        .unwrap()
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap();
+    for _ in 0..10 {
+        assert_eq!(get(added, "/", &[]).await.backend(), "a");
+    }
+    // An open connection on the listener outlives its removal.
+    let mut open = H1::connect(added).await;
+    assert_eq!(open.get("/", &[]).await.status, StatusCode::OK);
+
+    corral.write_config(&config(a.addr, ws, "", 2));
+    let (code, body) = admin_call(corral.admin.unwrap(), Method::POST, "/reload").await;
+    assert_eq!(code, StatusCode::OK, "{body}");
+    assert!(body.contains("- listener `second`"), "{body}");
+    let started = Instant::now();
+    while tokio::net::TcpStream::connect(added).await.is_ok() {
+        assert!(
+            started.elapsed() < PATIENCE,
+            "the removed listener still accepts"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(open.get("/", &[]).await.status, StatusCode::OK);
+    assert_eq!(
+        get(corral.addr("public"), "/", &[]).await.status,
+        StatusCode::OK
+    );
+}
+
+#[tokio::test]
+async fn changing_the_worker_count_adds_and_retires_slots() {
+    let (a, ws) = (echo("a").await, ws_upstream().await);
+    let corral = Corral::start(&config(a.addr, ws, "", 2)).await;
+    for (workers, generation) in [(3, 2), (1, 3)] {
+        corral.write_config(&config(a.addr, ws, "", workers));
+        let (code, body) = admin_call(corral.admin.unwrap(), Method::POST, "/reload").await;
+        assert_eq!(code, StatusCode::OK, "{body}");
+        let status = corral.status().await;
+        let slots = status["workers"].as_array().unwrap();
+        assert_eq!(slots.len(), workers);
+        assert!(
+            slots
+                .iter()
+                .all(|w| w["state"] == "ready" && w["generation"] == generation),
+            "{status:#}"
+        );
+        // A retired slot's socket closes once its worker lets go of it;
+        // connections queued on it in that moment would be reset (unless the
+        // kernel migrates them), so traffic resumes after.
+        let port = corral.addr("public").port();
+        let started = Instant::now();
+        while listening_inodes(port).len() != workers {
+            assert!(
+                started.elapsed() < PATIENCE,
+                "sockets on the port: {:?}",
+                listening_inodes(port)
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        for _ in 0..6 {
+            assert_eq!(
+                get(corral.addr("public"), "/", &[]).await.status,
+                StatusCode::OK
+            );
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_worker_started_after_a_reload_runs_the_current_generation() {
+    let (a, b, ws) = (echo("a").await, echo("b").await, ws_upstream().await);
+    let corral = Corral::start(&config(a.addr, ws, "", 1)).await;
+    corral.write_config(&config(b.addr, ws, "", 1));
+    corral.signal(Signal::SIGHUP);
+    corral
+        .wait_status(|s| s["generation"] == 2 && all_ready(s))
+        .await;
+    let victim = corral.worker_pids().await[0].unwrap();
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(victim as i32), Signal::SIGKILL).unwrap();
+    let status = corral
+        .wait_status(|s| all_ready(s) && s["workers"][0]["pid"].as_u64() != Some(victim))
+        .await;
+    assert_eq!(status["workers"][0]["generation"], 2);
+    assert_eq!(get(corral.addr("public"), "/", &[]).await.backend(), "b");
+}
+
+#[tokio::test]
+async fn unchanged_servers_keep_their_pooled_connections_across_a_reload() {
+    use std::collections::HashSet;
+    use std::sync::{Arc, Mutex};
+    let peers = Arc::new(Mutex::new(HashSet::new()));
+    let seen = peers.clone();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let app = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((stream, peer)) = listener.accept().await {
+            seen.lock().unwrap().insert(peer);
+            tokio::spawn(async move {
+                let service = hyper::service::service_fn(|_req| async {
+                    Ok::<_, std::convert::Infallible>(http::Response::new(full("ok")))
+                });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
+                    .await;
+            });
+        }
+    });
+    let ws = ws_upstream().await;
+    let corral = Corral::start(&config(app, ws, "", 1)).await;
+    let mut client = H1::connect(corral.addr("public")).await;
+    for _ in 0..5 {
+        assert_eq!(client.get("/", &[]).await.status, StatusCode::OK);
+    }
+    let before = peers.lock().unwrap().len();
+    // A change elsewhere in the file: a new route.
+    let changed = config(app, ws, "", 1).replace(
+        "[[routes]]\nupstream = \"app\"",
+        "[[routes]]\npath_prefix = \"/v2/\"\nupstream = \"app\"\n\n[[routes]]\nupstream = \"app\"",
+    );
+    corral.write_config(&changed);
+    let (code, body) = admin_call(corral.admin.unwrap(), Method::POST, "/reload").await;
+    assert_eq!(code, StatusCode::OK, "{body}");
+    for _ in 0..5 {
+        assert_eq!(client.get("/", &[]).await.status, StatusCode::OK);
+    }
+    assert_eq!(
+        peers.lock().unwrap().len(),
+        before,
+        "the reload opened new upstream connections"
+    );
+}
+
+#[tokio::test]
+async fn check_diff_shows_what_a_reload_would_change() {
+    let (a, b, ws) = (echo("a").await, echo("b").await, ws_upstream().await);
+    let corral = Corral::start(&config(a.addr, ws, "", 2)).await;
+    let next = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(next.path(), config(b.addr, ws, "", 3)).unwrap();
+    let out = std::process::Command::new(BIN)
+        .args([
+            "check",
+            "--diff",
+            "--admin",
+            &corral.admin.unwrap().to_string(),
+            "--config",
+        ])
+        .arg(next.path())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains("~ runtime: workers 2 -> 3"), "{stdout}");
+    assert!(
+        stdout.contains(&format!("+ server {} in upstream `app`", b.addr)),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains(&format!("- server {} in upstream `app`", a.addr)),
+        "{stdout}"
+    );
+}
