@@ -26,6 +26,8 @@ pub trait Backend: Send + Sync + 'static {
     fn status(&self) -> serde_json::Value;
     /// `Ok` when the master and every worker slot are up, else why not.
     fn healthz(&self) -> Result<(), String>;
+    /// The Prometheus text page for the whole cluster.
+    fn metrics(&self) -> String;
     /// The running config: `generation`, `path` and `text`.
     fn config(&self) -> serde_json::Value;
     /// Reloads the config file.
@@ -86,6 +88,12 @@ async fn answer(backend: &dyn Backend, request: &Request<Incoming>) -> Response<
     match (request.method(), request.uri().path()) {
         (&Method::GET, "/status") => json(StatusCode::OK, &backend.status()),
         (&Method::GET, "/config") => json(StatusCode::OK, &backend.config()),
+        (&Method::GET, "/metrics") => {
+            let mut response = Response::new(ResponseBody::local(backend.metrics()));
+            let text = header::HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8");
+            response.headers_mut().insert(header::CONTENT_TYPE, text);
+            response
+        }
         (&Method::GET, "/healthz") => match backend.healthz() {
             Ok(()) => local_response(StatusCode::OK, "healthy"),
             Err(why) => local_response(StatusCode::SERVICE_UNAVAILABLE, &why),
@@ -106,7 +114,7 @@ async fn answer(backend: &dyn Backend, request: &Request<Incoming>) -> Response<
                 response
             }
         },
-        (_, "/status" | "/config" | "/healthz") => {
+        (_, "/status" | "/config" | "/healthz" | "/metrics") => {
             local_response(StatusCode::METHOD_NOT_ALLOWED, "use GET")
         }
         (_, "/reload") => local_response(StatusCode::METHOD_NOT_ALLOWED, "use POST"),

@@ -3,11 +3,13 @@
 //! [`RequestBody`] carries a client's request body upstream and enforces the
 //! listener's limits on it (size, pause between reads) without buffering.
 //! [`ResponseBody`] carries an upstream's response (or a short local answer)
-//! back to the client and releases the upstream lease when it ends: the
-//! server's in-flight count drops and an HTTP/1.1 connection that finished
-//! cleanly goes back to its pool.
+//! back to the client. When it is dropped, the request is over: the upstream
+//! lease is released (the server's in-flight count drops and an HTTP/1.1
+//! connection that finished cleanly goes back to its pool) and the request is
+//! counted and logged.
 
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
@@ -17,6 +19,8 @@ use hyper::body::Incoming;
 use tokio::sync::oneshot;
 use tokio::time::{Instant, Sleep};
 
+use crate::access_log::Entry;
+use crate::metrics::RouteSeries;
 use crate::upstream::Lease;
 
 /// Why a client's request body was cut off.
@@ -44,6 +48,8 @@ pub struct RequestBody {
     /// Dropped (or fired) once the body has been sent in full, which is
     /// when the wait for the upstream's answer starts to count.
     sent: Option<oneshot::Sender<()>>,
+    /// Where the bytes read are counted.
+    series: Arc<RouteSeries>,
 }
 
 impl RequestBody {
@@ -52,17 +58,11 @@ impl RequestBody {
         inner: Incoming,
         limit: Option<u64>,
         idle_timeout: Duration,
+        series: Arc<RouteSeries>,
     ) -> (Self, oneshot::Receiver<()>) {
         let (tx, rx) = oneshot::channel();
-        let body = Self {
-            inner,
-            limit,
-            seen: 0,
-            idle_timeout,
-            idle: None,
-            idle_armed: false,
-            sent: Some(tx),
-        };
+        let body =
+            Self { inner, limit, seen: 0, idle_timeout, idle: None, idle_armed: false, sent: Some(tx), series };
         (body, rx)
     }
 
@@ -73,14 +73,17 @@ impl RequestBody {
     }
 }
 
+impl Drop for RequestBody {
+    fn drop(&mut self) {
+        self.series.add_request_bytes(self.seen);
+    }
+}
+
 impl Body for RequestBody {
     type Data = Bytes;
     type Error = BodyError;
 
-    fn poll_frame(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
+    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
         let this = &mut *self;
         match Pin::new(&mut this.inner).poll_frame(cx) {
             Poll::Ready(Some(Ok(frame))) => {
@@ -103,9 +106,7 @@ impl Body for RequestBody {
             }
             Poll::Pending => {
                 let deadline = Instant::now() + this.idle_timeout;
-                let idle = this
-                    .idle
-                    .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline)));
+                let idle = this.idle.get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline)));
                 if !this.idle_armed {
                     idle.as_mut().reset(deadline);
                     this.idle_armed = true;
@@ -125,12 +126,35 @@ impl Body for RequestBody {
     }
 }
 
+/// What to count (and log) when a request is over.
+#[derive(Debug)]
+pub struct Completion {
+    pub series: Arc<RouteSeries>,
+    pub status: u16,
+    pub started: Instant,
+    /// Present when access logging is on.
+    pub log: Option<Entry>,
+}
+
+impl Completion {
+    fn finish(self, sent: u64, server: Option<&str>) {
+        let elapsed = self.started.elapsed();
+        self.series.record(self.status, elapsed, sent);
+        if let Some(entry) = self.log {
+            entry.write(self.status, sent, elapsed, server);
+        }
+    }
+}
+
 /// A response on its way to the client.
 #[derive(Debug)]
 pub struct ResponseBody {
     inner: Inner,
+    /// Body bytes handed to the client so far.
+    sent: u64,
     /// Released when the body is dropped.
     lease: Option<Lease>,
+    completion: Option<Completion>,
 }
 
 #[derive(Debug)]
@@ -142,31 +166,31 @@ enum Inner {
 impl ResponseBody {
     /// An upstream's body; `lease` is released when it ends.
     pub fn upstream(inner: Incoming, lease: Lease) -> Self {
-        Self {
-            inner: Inner::Upstream(inner),
-            lease: Some(lease),
-        }
+        Self { inner: Inner::Upstream(inner), sent: 0, lease: Some(lease), completion: None }
     }
 
-    /// A body corral writes itself (error pages, and the echo server).
+    /// A body corral writes itself (error pages, the admin endpoint, echo).
     pub fn local(bytes: impl Into<Bytes>) -> Self {
         let bytes = bytes.into();
-        Self {
-            inner: Inner::Local((!bytes.is_empty()).then_some(bytes)),
-            lease: None,
-        }
+        Self { inner: Inner::Local((!bytes.is_empty()).then_some(bytes)), sent: 0, lease: None, completion: None }
     }
 
     pub fn empty() -> Self {
-        Self {
-            inner: Inner::Local(None),
-            lease: None,
-        }
+        Self::local(Bytes::new())
+    }
+
+    /// Counts (and logs) the request when the body is done.
+    pub fn complete_with(mut self, completion: Completion) -> Self {
+        self.completion = Some(completion);
+        self
     }
 }
 
 impl Drop for ResponseBody {
     fn drop(&mut self) {
+        if let Some(completion) = self.completion.take() {
+            completion.finish(self.sent, self.lease.as_ref().map(|l| l.server().label.as_str()));
+        }
         if let Some(lease) = self.lease.take() {
             // Read to the end: the connection is clean and can serve again.
             // Dropped early (client gone, upstream error): it cannot.
@@ -180,14 +204,16 @@ impl Body for ResponseBody {
     type Data = Bytes;
     type Error = hyper::Error;
 
-    fn poll_frame(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
-        match &mut self.inner {
+    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        let this = &mut *self;
+        let polled = match &mut this.inner {
             Inner::Local(bytes) => Poll::Ready(bytes.take().map(|b| Ok(Frame::data(b)))),
             Inner::Upstream(body) => Pin::new(body).poll_frame(cx),
+        };
+        if let Poll::Ready(Some(Ok(frame))) = &polled {
+            this.sent += frame.data_ref().map_or(0, |d| d.len() as u64);
         }
+        polled
     }
 
     fn is_end_stream(&self) -> bool {
@@ -199,9 +225,7 @@ impl Body for ResponseBody {
 
     fn size_hint(&self) -> SizeHint {
         match &self.inner {
-            Inner::Local(bytes) => {
-                SizeHint::with_exact(bytes.as_ref().map_or(0, |b| b.len() as u64))
-            }
+            Inner::Local(bytes) => SizeHint::with_exact(bytes.as_ref().map_or(0, |b| b.len() as u64)),
             Inner::Upstream(body) => body.size_hint(),
         }
     }

@@ -50,8 +50,9 @@ pub enum IpcError {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum ToWorker {
-    /// The first message. Its descriptors are the worker's listening
-    /// sockets, one per name in `listeners`, in order.
+    /// The first message. Its descriptors are the worker's metrics region
+    /// (see `metrics::shm`), then its listening sockets, one per name in
+    /// `listeners`, in order.
     Start {
         slot: usize,
         generation: u64,
@@ -75,6 +76,8 @@ pub enum ToWorker {
     Ping { seq: u64 },
     /// The health of every checked server.
     Health { servers: Vec<ServerHealth> },
+    /// Reopen log files (after logrotate moved them).
+    ReopenLogs,
     /// Stop accepting, finish in-flight work, exit.
     Drain,
 }

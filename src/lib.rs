@@ -1,4 +1,5 @@
 //! corral: a clustered HTTP reverse proxy and load balancer.
+pub mod access_log;
 pub mod admin;
 pub mod balance;
 pub mod body;
@@ -6,6 +7,7 @@ pub mod config;
 pub mod echo;
 pub mod ipc;
 pub mod master;
+pub mod metrics;
 pub mod proxy;
 pub mod routing;
 pub mod runtime;

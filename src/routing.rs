@@ -13,6 +13,8 @@ use crate::config::{HostPattern, RouteConfig};
 /// A compiled route.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Route {
+    /// Position in [`RouteTable::routes`].
+    pub index: usize,
     pub name: String,
     /// Index into the upstreams of the same snapshot.
     pub upstream: usize,
@@ -44,6 +46,7 @@ impl RouteTable {
             };
             let i = table.routes.len();
             table.routes.push(Route {
+                index: i,
                 name: r.name.clone(),
                 upstream,
                 path_prefix: r.path_prefix.clone(),
@@ -216,6 +219,7 @@ mod tests {
     #[test]
     fn strip_prefix_keeps_a_leading_slash_and_the_query() {
         let r = |prefix: &str| Route {
+            index: 0,
             name: String::new(),
             upstream: 0,
             path_prefix: prefix.into(),

@@ -1,16 +1,19 @@
 //! The snapshot the data path serves from: one config generation, compiled.
 //!
-//! Routes, upstreams (with their servers' live state) and listener settings
-//! (with TLS) live together in one immutable [`Runtime`], swapped as a whole
-//! through an `ArcSwap`, so no request can see new routes with old servers. A
-//! request keeps the snapshot it started with until it ends.
+//! Routes, upstreams (with their servers' live state), listener settings
+//! (with TLS) and the metric series they count into live together in one
+//! immutable [`Runtime`], swapped as a whole through an `ArcSwap`, so no
+//! request can see new routes with old servers. A request keeps the snapshot
+//! it started with until it ends.
 
 use std::collections::HashMap;
 use std::sync::Arc;
 
 use arc_swap::ArcSwap;
 
+use crate::access_log::AccessLog;
 use crate::config::{Config, ListenerConfig};
+use crate::metrics::{Counter, Family, Gauge, NONE, Recorder, RouteSeries};
 use crate::routing::RouteTable;
 use crate::tls::{self, TlsError};
 use crate::upstream::Upstream;
@@ -18,13 +21,30 @@ use crate::upstream::Upstream;
 /// The live snapshot, shared by every connection of a worker.
 pub type SharedRuntime = Arc<ArcSwap<Runtime>>;
 
+/// The `kind` label values of `corral_upstream_errors_total`.
+pub const UPSTREAM_ERROR_KINDS: [&str; 4] = ["connect", "timeout", "reset", "protocol"];
+
 #[derive(Debug)]
 pub struct Runtime {
     pub generation: u64,
     pub config: Arc<Config>,
     pub routes: RouteTable,
+    /// Metric series per route, by [`crate::routing::Route::index`].
+    pub route_series: Vec<Arc<RouteSeries>>,
+    /// Metric series of requests that matched no route.
+    pub unrouted: Arc<RouteSeries>,
     pub upstreams: Vec<Arc<Upstream>>,
     pub listeners: Vec<Arc<ListenerRuntime>>,
+    pub recorder: Arc<Recorder>,
+    pub access_log: Option<Arc<AccessLog>>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum BuildError {
+    #[error(transparent)]
+    Tls(#[from] TlsError),
+    #[error("cannot open the access log: {0}")]
+    AccessLog(#[source] std::io::Error),
 }
 
 /// A listener's settings as connections see them.
@@ -32,6 +52,8 @@ pub struct Runtime {
 pub struct ListenerRuntime {
     pub config: ListenerConfig,
     pub tls: Option<Arc<rustls::ServerConfig>>,
+    pub connections: Counter,
+    pub connections_active: Gauge,
 }
 
 impl Runtime {
@@ -41,15 +63,32 @@ impl Runtime {
         config: Config,
         generation: u64,
         previous: Option<&Runtime>,
-    ) -> Result<Self, TlsError> {
+        recorder: &Arc<Recorder>,
+    ) -> Result<Self, BuildError> {
+        // An unchanged access log keeps its file and writer thread.
+        let access_log = match (&config.access_log, previous.and_then(|p| p.access_log.as_ref())) {
+            (None, _) => None,
+            (Some(wanted), Some(running)) if running.config() == wanted => Some(running.clone()),
+            (Some(wanted), _) => Some(AccessLog::start(wanted).map_err(BuildError::AccessLog)?),
+        };
         let previous = previous.map_or(&[][..], |p| &p.upstreams[..]);
         let upstreams = crate::upstream::rebuild(&config.upstreams, previous);
-        let index: HashMap<&str, usize> = upstreams
-            .iter()
-            .enumerate()
-            .map(|(i, u)| (u.name(), i))
-            .collect();
+        let index: HashMap<&str, usize> = upstreams.iter().enumerate().map(|(i, u)| (u.name(), i)).collect();
         let routes = RouteTable::new(&config.routes, |name| index.get(name).copied());
+        let route_series = routes
+            .routes()
+            .iter()
+            .map(|r| Arc::new(RouteSeries::new(recorder, &r.name, upstreams[r.upstream].name())))
+            .collect();
+        // Every known error series exists from the start, at zero, so that
+        // dashboards and alerts see them before the first error.
+        for u in &upstreams {
+            for s in &u.servers {
+                for kind in UPSTREAM_ERROR_KINDS {
+                    recorder.counter(Family::UpstreamErrors, &[u.name(), &s.label, kind]);
+                }
+            }
+        }
         let listeners = config
             .listeners
             .iter()
@@ -58,6 +97,8 @@ impl Runtime {
                 Ok(Arc::new(ListenerRuntime {
                     config: l.clone(),
                     tls,
+                    connections: recorder.counter(Family::Connections, &[&l.name]),
+                    connections_active: recorder.gauge(Family::ConnectionsActive, &[&l.name, recorder.worker()]),
                 }))
             })
             .collect::<Result<_, TlsError>>()?;
@@ -65,8 +106,12 @@ impl Runtime {
             generation,
             config: Arc::new(config),
             routes,
+            route_series,
+            unrouted: Arc::new(RouteSeries::new(recorder, NONE, NONE)),
             upstreams,
             listeners,
+            recorder: recorder.clone(),
+            access_log,
         })
     }
 
@@ -76,5 +121,10 @@ impl Runtime {
 
     pub fn upstream(&self, name: &str) -> Option<&Arc<Upstream>> {
         self.upstreams.iter().find(|u| u.name() == name)
+    }
+
+    /// Counts one failed exchange with `server` of `upstream`.
+    pub fn count_upstream_error(&self, upstream: &str, server: &str, kind: &str) {
+        self.recorder.counter(Family::UpstreamErrors, &[upstream, server, kind]).add(1);
     }
 }

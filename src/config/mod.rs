@@ -28,6 +28,8 @@ pub struct Config {
     pub path: PathBuf,
     pub runtime: RuntimeConfig,
     pub admin: Option<AdminConfig>,
+    /// `None`: no access log.
+    pub access_log: Option<AccessLogConfig>,
     pub listeners: Vec<ListenerConfig>,
     pub routes: Vec<RouteConfig>,
     pub upstreams: Vec<UpstreamConfig>,
@@ -49,6 +51,26 @@ pub struct RuntimeConfig {
 #[derive(Debug, Clone, PartialEq)]
 pub struct AdminConfig {
     pub listen: SocketAddr,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AccessLogConfig {
+    pub target: LogTarget,
+    pub format: LogFormat,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LogTarget {
+    Stderr,
+    /// Opened for appending; relative paths resolve against the config's folder.
+    File(PathBuf),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    Json,
+    /// Apache's combined format, plus duration, route, upstream and server.
+    Combined,
 }
 
 #[derive(Debug, Clone, PartialEq)]

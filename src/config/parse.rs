@@ -12,7 +12,7 @@ use toml::de::{DeTable, DeValue, ValueDeserializer};
 use super::error::Problem;
 use super::raw::RawConfig;
 
-const SECTIONS: &str = "`runtime`, `admin`, `listeners`, `routes` or `upstreams`";
+const SECTIONS: &str = "`runtime`, `admin`, `access_log`, `listeners`, `routes` or `upstreams`";
 
 /// Parses `text`; `None` when the TOML itself is broken (nothing else can be
 /// trusted then). Problems found in sections that parse are appended to `problems`.
@@ -32,6 +32,7 @@ pub fn parse(text: &str, problems: &mut Vec<Problem>) -> Option<RawConfig> {
                 }
             }
             "admin" => raw.admin = one(value, problems),
+            "access_log" => raw.access_log = one(value, problems),
             "listeners" => raw.listeners = many(value, "listeners", problems),
             "routes" => raw.routes = many(value, "routes", problems),
             "upstreams" => raw.upstreams = many(value, "upstreams", problems),

@@ -148,12 +148,27 @@ pub struct RawHealthCheck {
     pub unhealthy_threshold: Option<Int>,
 }
 
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RawLogFormat {
+    Json,
+    Combined,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawAccessLog {
+    pub path: Text,
+    pub format: Option<RawLogFormat>,
+}
+
 /// The whole file. Built section by section (see `parse.rs`) so that one bad
 /// route does not hide the errors in the next.
 #[derive(Debug, Default)]
 pub struct RawConfig {
     pub runtime: RawRuntime,
     pub admin: Option<RawAdmin>,
+    pub access_log: Option<RawAccessLog>,
     pub listeners: Vec<Spanned<RawListener>>,
     pub routes: Vec<Spanned<RawRoute>>,
     pub upstreams: Vec<Spanned<RawUpstream>>,

@@ -50,6 +50,16 @@ pub fn validate(path: &Path, raw: RawConfig, problems: &mut Vec<Problem>) -> Opt
         v.socket_addr(&a.listen, "admin.listen")
             .map(|listen| AdminConfig { listen })
     });
+    let access_log = raw.access_log.map(|a| AccessLogConfig {
+        target: match a.path.get_ref().as_str() {
+            "stderr" => LogTarget::Stderr,
+            path => LogTarget::File(v.base.join(path)),
+        },
+        format: match a.format {
+            None | Some(RawLogFormat::Json) => LogFormat::Json,
+            Some(RawLogFormat::Combined) => LogFormat::Combined,
+        },
+    });
     let listeners = v.listeners(raw.listeners);
     if listeners.is_empty() && v.problems.is_empty() {
         v.problem(
@@ -63,6 +73,7 @@ pub fn validate(path: &Path, raw: RawConfig, problems: &mut Vec<Problem>) -> Opt
         path: path.to_path_buf(),
         runtime,
         admin,
+        access_log,
         listeners,
         routes,
         upstreams,

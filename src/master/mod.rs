@@ -32,6 +32,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::{Config, ConfigError};
 use crate::ipc::{self, ServerHealth};
+use crate::metrics::cluster::ClusterMetrics;
 use crate::upstream::{HealthChecker, Upstream};
 use reload::{ReloadRequest, Trigger};
 use slot::{Generation, SlotContext};
@@ -95,6 +96,9 @@ struct Master {
     checked: Arc<ArcSwap<Vec<Arc<Upstream>>>>,
     health: watch::Sender<Arc<Vec<ServerHealth>>>,
     checker: HealthChecker,
+    metrics: Arc<ClusterMetrics>,
+    /// Bumped on SIGUSR1; workers reopen their log files.
+    reopen_logs: watch::Sender<u64>,
     view: Arc<View>,
     admin: Option<std::net::TcpListener>,
     admin_stop: CancellationToken,
@@ -163,21 +167,21 @@ impl Master {
             loaded_at: SystemTime::now(),
         });
         let (generation_tx, generation_rx) = watch::channel(generation);
-        let status = Arc::new(StatusBoard::new(slots));
+                let status = Arc::new(StatusBoard::new(slots));
+        let metrics = Arc::new(ClusterMetrics::new().map_err(|e| std::io::Error::other(e.to_string()))?);
+        metrics.generation.set(1);
+        let (reopen_logs, reopen_rx) = watch::channel(0);
         let ctx = Arc::new(SlotContext {
             exe: exe.clone(),
             generation: generation_rx.clone(),
             health: health_rx,
             status: status.clone(),
+            metrics: metrics.clone(),
+            reopen_logs: reopen_rx,
             kill: CancellationToken::new(),
         });
         let (reload_tx, reloads) = mpsc::channel(8);
-        let view = Arc::new(View::new(
-            generation_rx,
-            status.clone(),
-            checked.clone(),
-            reload_tx,
-        ));
+        let view = Arc::new(View::new(generation_rx, status.clone(), checked.clone(), metrics.clone(), reload_tx));
         let admin_stop = CancellationToken::new();
         if let Some(socket) = &admin {
             let socket = socket.try_clone()?;
@@ -200,6 +204,8 @@ impl Master {
             checked,
             health,
             checker,
+            metrics,
+            reopen_logs,
             view,
             admin,
             admin_stop,
@@ -252,6 +258,10 @@ impl Master {
                 }
                 _ = signals.hup.recv() => {
                     let _ = self.reload(Trigger::Signal).await;
+                }
+                _ = signals.usr1.recv() => {
+                    tracing::info!("SIGUSR1: workers reopen their log files");
+                    self.reopen_logs.send_modify(|n| *n += 1);
                 }
                 Some(request) = self.reloads.recv() => {
                     let result = self.reload(Trigger::Admin).await;
@@ -338,6 +348,7 @@ struct Signals {
     term: Signal,
     int: Signal,
     quit: Signal,
+    usr1: Signal,
     usr2: Signal,
     hup: Signal,
 }
@@ -348,6 +359,7 @@ impl Signals {
             term: signal(SignalKind::terminate())?,
             int: signal(SignalKind::interrupt())?,
             quit: signal(SignalKind::quit())?,
+            usr1: signal(SignalKind::user_defined1())?,
             usr2: signal(SignalKind::user_defined2())?,
             hup: signal(SignalKind::hangup())?,
         })

@@ -9,7 +9,7 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::os::fd::{AsFd, BorrowedFd};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::path::PathBuf;
 use std::process::{ExitStatus, Stdio};
 use std::sync::Arc;
@@ -23,6 +23,7 @@ use tokio_util::sync::CancellationToken;
 use super::sockets::ListenerSockets;
 use super::status::StatusBoard;
 use crate::config::Config;
+use crate::metrics::cluster::ClusterMetrics;
 use crate::ipc::{self, ServerHealth, ToMaster, ToWorker};
 use crate::worker::process::{ENV_CPU_AFFINITY, ENV_MASTER_PID, ENV_SLOT};
 
@@ -62,6 +63,9 @@ pub struct SlotContext {
     pub generation: watch::Receiver<Arc<Generation>>,
     pub health: watch::Receiver<Arc<Vec<ServerHealth>>>,
     pub status: Arc<StatusBoard>,
+    pub metrics: Arc<ClusterMetrics>,
+    /// Bumped when log files should be reopened (SIGUSR1).
+    pub reopen_logs: watch::Receiver<u64>,
     /// Fast stop: kill every worker.
     pub kill: CancellationToken,
 }
@@ -77,9 +81,24 @@ enum End {
 pub async fn supervise(slot: usize, ctx: Arc<SlotContext>, stop: CancellationToken) {
     let mut quick_exits = 0u32;
     while !stop.is_cancelled() {
-        match run_worker(slot, &ctx, &stop).await {
+        // The worker counts into memory this master owns; whatever it
+        // counted stays in the cluster's totals after it ends.
+        let (region, region_fd) = match ctx.metrics.workers.add() {
+            Ok(region) => region,
+            Err(e) => {
+                tracing::error!(slot, error = %e, "cannot create the worker's metrics memory; retrying");
+                tokio::select! {
+                    () = tokio::time::sleep(Duration::from_secs(1)) => continue,
+                    () = stop.cancelled() => break,
+                }
+            }
+        };
+        let end = run_worker(slot, &ctx, &stop, region_fd).await;
+        ctx.metrics.workers.retire(region);
+        match end {
             End::Stopped => break,
             End::Exited { how, lived } => {
+                ctx.metrics.restarts.inc();
                 quick_exits = if lived < STABLE { quick_exits + 1 } else { 0 };
                 let delay = backoff(quick_exits);
                 if delay.is_zero() {
@@ -117,7 +136,7 @@ fn backoff(quick_exits: u32) -> Duration {
 /// The sockets a worker has, by listener name: what it was last sent.
 type Held = HashMap<String, SocketAddr>;
 
-async fn run_worker(slot: usize, ctx: &SlotContext, stop: &CancellationToken) -> End {
+async fn run_worker(slot: usize, ctx: &SlotContext, stop: &CancellationToken, region: OwnedFd) -> End {
     let born = Instant::now();
     let exited = |how: String| End::Exited {
         how,
@@ -152,7 +171,8 @@ async fn run_worker(slot: usize, ctx: &SlotContext, stop: &CancellationToken) ->
         Err(e) => return exited(format!("control channel failed: {e}")),
     };
     let mut held = Held::new();
-    let (listeners, fds) = sockets_to_send(&current, slot, &mut held);
+    let (listeners, mut fds) = sockets_to_send(&current, slot, &mut held);
+    fds.insert(0, region.as_fd());
     let start = ToWorker::Start {
         slot,
         generation: current.number,
@@ -166,9 +186,12 @@ async fn run_worker(slot: usize, ctx: &SlotContext, stop: &CancellationToken) ->
     }
     drop(fds);
     drop(current);
+    drop(region);
 
     let mut health = ctx.health.clone();
     health.mark_unchanged();
+    let mut reopen_logs = ctx.reopen_logs.clone();
+    reopen_logs.mark_unchanged();
     // Four pings per timeout: one lost to scheduling noise never kills a worker.
     let mut heartbeat = tokio::time::interval(heartbeat_timeout / 4);
     heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -220,6 +243,10 @@ async fn run_worker(slot: usize, ctx: &SlotContext, stop: &CancellationToken) ->
             Ok(()) = health.changed() => {
                 let servers = health.borrow_and_update().to_vec();
                 let _ = tx.send(&ToWorker::Health { servers }).await;
+            }
+            Ok(()) = reopen_logs.changed() => {
+                reopen_logs.mark_unchanged();
+                let _ = tx.send(&ToWorker::ReopenLogs).await;
             }
             Ok(()) = generation.changed(), if !draining => {
                 let next = generation.borrow_and_update().clone();

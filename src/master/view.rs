@@ -12,7 +12,8 @@ use tokio::sync::{mpsc, oneshot, watch};
 
 use super::reload::{ReloadError, ReloadRecord, ReloadRequest, Reloaded};
 use super::slot::Generation;
-use super::status::{StatusBoard, timestamp};
+use super::status::{StatusBoard, WorkerState, timestamp};
+use crate::metrics::cluster::ClusterMetrics;
 use crate::admin::{Backend, ReloadAnswer};
 use crate::upstream::Upstream;
 
@@ -21,6 +22,7 @@ pub struct View {
     generation: watch::Receiver<Arc<Generation>>,
     status: Arc<StatusBoard>,
     upstreams: Arc<ArcSwap<Vec<Arc<Upstream>>>>,
+    metrics: Arc<ClusterMetrics>,
     reloads: mpsc::Sender<ReloadRequest>,
     history: Mutex<ReloadHistory>,
 }
@@ -39,6 +41,7 @@ impl View {
         generation: watch::Receiver<Arc<Generation>>,
         status: Arc<StatusBoard>,
         upstreams: Arc<ArcSwap<Vec<Arc<Upstream>>>>,
+        metrics: Arc<ClusterMetrics>,
         reloads: mpsc::Sender<ReloadRequest>,
     ) -> Self {
         Self {
@@ -46,6 +49,7 @@ impl View {
             generation,
             status,
             upstreams,
+            metrics,
             reloads,
             history: Mutex::new(ReloadHistory::default()),
         }
@@ -106,6 +110,18 @@ impl Backend for View {
             [] => Ok(()),
             slots => Err(format!("worker slots not serving: {slots:?}")),
         }
+    }
+
+    fn metrics(&self) -> String {
+        let ready = self.status.workers().iter().filter(|w| w.state == WorkerState::Ready).count();
+        self.metrics.ready_workers.set(i64::try_from(ready).unwrap_or(i64::MAX));
+        self.metrics.healthy.reset();
+        for u in self.upstreams.load().iter() {
+            for s in &u.servers {
+                self.metrics.healthy.with_label_values(&[u.name(), &s.label]).set(i64::from(s.is_healthy()));
+            }
+        }
+        self.metrics.render()
     }
 
     fn config(&self) -> serde_json::Value {

@@ -24,7 +24,8 @@ use tokio::time::Instant;
 pub use error::{Fault, ProxyError, local_response};
 
 use crate::balance::hash_key;
-use crate::body::{RequestBody, ResponseBody};
+use crate::body::{Completion, RequestBody, ResponseBody};
+use crate::metrics::RouteSeries;
 use crate::config::{HashKey, Protocol};
 use crate::routing::{Route, rewrite_path};
 use crate::runtime::{ListenerRuntime, Runtime};
@@ -39,12 +40,15 @@ pub struct Client {
 }
 
 /// Serves one request from the snapshot `rt`.
-pub async fn handle(
-    rt: Arc<Runtime>,
-    client: &Client,
-    request: Request<Incoming>,
-) -> Response<ResponseBody> {
-    match forward(&rt, client, request).await {
+pub async fn handle(rt: Arc<Runtime>, client: &Client, request: Request<Incoming>) -> Response<ResponseBody> {
+    let started = Instant::now();
+    let mut log = rt.access_log.as_ref().map(|l| l.entry(&request, client.addr.ip()));
+    let route = route_of(&rt, &request);
+    let series = route.map_or(&rt.unrouted, |r| &rt.route_series[r.index]).clone();
+    if let Some(entry) = log.as_mut() {
+        entry.routed(series.route(), series.upstream());
+    }
+    let response = match forward(&rt, client, request, route, &series).await {
         Ok(response) => response,
         Err(e) => {
             // Upstream failures were logged where the server is known.
@@ -53,25 +57,31 @@ pub async fn handle(
             }
             e.response()
         }
+    };
+    let status = response.status().as_u16();
+    response.map(|body| body.complete_with(Completion { series, status, started, log }))
+}
+
+/// The route for a request, if any (none also when HTTP/1.1 lacks a Host).
+fn route_of<'r, B>(rt: &'r Runtime, request: &Request<B>) -> Option<&'r Route> {
+    let host = request_host(request);
+    if host.is_none() && request.version() == Version::HTTP_11 {
+        return None;
     }
+    rt.routes.find(host.as_ref().and_then(|h| h.to_str().ok()), request.uri().path())
 }
 
 async fn forward(
     rt: &Runtime,
     client: &Client,
     mut request: Request<Incoming>,
+    route: Option<&Route>,
+    series: &Arc<RouteSeries>,
 ) -> Result<Response<ResponseBody>, ProxyError> {
     let host = request_host(&request);
-    if host.is_none() && request.version() == Version::HTTP_11 {
-        return Err(ProxyError::MissingHost);
-    }
-    let route = rt
-        .routes
-        .find(
-            host.as_ref().and_then(|h| h.to_str().ok()),
-            request.uri().path(),
-        )
-        .ok_or(ProxyError::NoRoute)?;
+    let Some(route) = route else {
+        return Err(if host.is_none() { ProxyError::MissingHost } else { ProxyError::NoRoute });
+    };
     let upstream = &rt.upstreams[route.upstream];
     let listener = &client.listener.config;
     if let (Some(limit), Some(length)) = (listener.max_request_body, content_length(&request)) {
@@ -99,16 +109,16 @@ async fn forward(
         host.as_ref(),
     );
     set_target(&mut parts, route, protocol, host.as_ref());
-    let (body, body_sent) =
-        RequestBody::new(body, listener.max_request_body, listener.body_timeout);
+    let (body, body_sent) = RequestBody::new(body, listener.max_request_body, listener.body_timeout, series.clone());
     let request = Request::from_parts(parts, body);
 
-    let (response, lease) = exchange(upstream, request, body_sent, key).await?;
+    let (response, lease) = exchange(rt, upstream, request, body_sent, key).await?;
     respond(response, lease, client_upgrade)
 }
 
 /// Picks a server, sends the request and waits for the response head.
 async fn exchange(
+    rt: &Runtime,
     upstream: &Upstream,
     mut request: Request<RequestBody>,
     mut body_sent: oneshot::Receiver<()>,
@@ -132,7 +142,7 @@ async fn exchange(
             Err(e) => {
                 server.mark_failed();
                 let e = ProxyError::from(e);
-                log_failure(upstream, server, &e);
+                log_failure(rt, upstream, server, &e);
                 let next = may_retry_connect
                     .then(|| upstream.pick(key, Some(index), &mut rng))
                     .flatten();
@@ -153,7 +163,7 @@ async fn exchange(
             let _ = (&mut body_sent).await;
             tokio::time::sleep(config.response_timeout).await;
             let e = ProxyError::ResponseTimeout(config.response_timeout);
-            log_failure(upstream, server, &e);
+            log_failure(rt, upstream, server, &e);
             e
         };
         let sent = match conn {
@@ -187,7 +197,7 @@ async fn exchange(
                 }
                 _ => {
                     let e = ProxyError::from_send(e.into_error());
-                    log_failure(upstream, server, &e);
+                    log_failure(rt, upstream, server, &e);
                     return Err(e);
                 }
             },
@@ -195,7 +205,10 @@ async fn exchange(
     }
 }
 
-fn log_failure(upstream: &Upstream, server: &crate::upstream::Server, e: &ProxyError) {
+fn log_failure(rt: &Runtime, upstream: &Upstream, server: &crate::upstream::Server, e: &ProxyError) {
+    if let Some(kind) = e.upstream_kind() {
+        rt.count_upstream_error(upstream.name(), &server.label, kind);
+    }
     if e.fault() == Fault::Upstream {
         tracing::warn!(upstream = %upstream.name(), server = %server.addr, error = %e, "upstream failure");
     }

@@ -48,6 +48,9 @@ pub async fn serve(
     runtime: SharedRuntime,
     shutdown: CancellationToken,
 ) {
+    listener.connections.add(1);
+    listener.connections_active.inc();
+    let _open = Open(listener.clone());
     // Responses are written whole; Nagle would only hold back their tails.
     if let Err(e) = stream.set_nodelay(true) {
         tracing::debug!(client = %peer, error = %e, "setting TCP_NODELAY failed");
@@ -185,6 +188,15 @@ async fn serve_http<S>(
                 Some(Expired::Idle) | None => {}
             },
         }
+    }
+}
+
+/// Counts the connection as closed however its task ends.
+struct Open(Arc<ListenerRuntime>);
+
+impl Drop for Open {
+    fn drop(&mut self) {
+        self.0.connections_active.dec();
     }
 }
 

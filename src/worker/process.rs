@@ -20,8 +20,9 @@ use tokio_util::sync::CancellationToken;
 use super::{Drained, Listener, Server};
 use crate::config::{Config, ConfigError};
 use crate::ipc::{self, IpcError, ServerHealth, ToMaster, ToWorker};
-use crate::runtime::{Runtime, SharedRuntime};
-use crate::tls::TlsError;
+use crate::runtime::{BuildError, Runtime, SharedRuntime};
+use crate::metrics::Recorder;
+use crate::metrics::shm::ShmError;
 
 /// Environment variables the master sets for its workers.
 pub const ENV_MASTER_PID: &str = "CORRAL_MASTER_PID";
@@ -39,7 +40,9 @@ pub enum WorkerError {
     #[error(transparent)]
     Config(#[from] ConfigError),
     #[error(transparent)]
-    Tls(#[from] TlsError),
+    Build(#[from] BuildError),
+    #[error(transparent)]
+    Metrics(#[from] ShmError),
     #[error("{0}")]
     Io(#[from] std::io::Error),
     #[error("{0}")]
@@ -78,20 +81,23 @@ async fn serve(control: OwnedFd) -> Result<(), WorkerError> {
         .await?
         .ok_or(WorkerError::MasterGone)?;
     let ToWorker::Start {
+        slot,
         generation,
         config_path,
         config,
         listeners,
         health,
-        ..
     } = start.message
     else {
         return Err(WorkerError::NoStart);
     };
-    let started = Config::from_str(&config_path, &config)
+    let mut fds = start.fds.into_iter();
+    let region = fds.next().ok_or(WorkerError::NoStart)?;
+    let started = Recorder::open(&region, slot)
         .map_err(WorkerError::from)
-        .and_then(|config| Ok(Runtime::build(config, generation, None)?))
-        .and_then(|runtime| Ok((runtime, sockets(listeners, start.fds)?)));
+        .and_then(|recorder| Ok((Config::from_str(&config_path, &config)?, recorder)))
+        .and_then(|(config, recorder)| Ok(Runtime::build(config, generation, None, &recorder)?))
+        .and_then(|runtime| Ok((runtime, sockets(listeners, fds.collect())?)));
     let (runtime, listeners) = match started {
         Ok(ok) => ok,
         Err(e) => {
@@ -134,6 +140,11 @@ async fn serve(control: OwnedFd) -> Result<(), WorkerError> {
                         };
                         tx.send(&reply).await?;
                     }
+                    ToWorker::ReopenLogs => {
+                        if let Some(log) = &shared.load().access_log {
+                            log.reopen();
+                        }
+                    }
                     ToWorker::Drain => {
                         tracing::info!("draining on the master's request");
                         shutdown.cancel();
@@ -175,7 +186,7 @@ async fn reload(
     let previous = shared.load_full();
     let next = tokio::task::spawn_blocking(move || -> Result<Runtime, WorkerError> {
         let config = Config::from_str(&path, &text)?;
-        Ok(Runtime::build(config, generation, Some(&previous))?)
+        Ok(Runtime::build(config, generation, Some(&previous), &previous.recorder)?)
     })
     .await
     .map_err(|e| WorkerError::Io(std::io::Error::other(e)))??;

@@ -435,7 +435,8 @@ pub async fn in_process(config: &str) -> InProcess {
             socket,
         });
     }
-    let snapshot = corral::runtime::Runtime::build(config, 1, None).unwrap();
+    let recorder = corral::metrics::Recorder::private().unwrap();
+    let snapshot = corral::runtime::Runtime::build(config, 1, None, &recorder).unwrap();
     let health =
         corral::upstream::HealthChecker::start(&snapshot.upstreams, Arc::new(|_, _, _| {}));
     let runtime = Arc::new(arc_swap::ArcSwap::from_pointee(snapshot));

@@ -1,0 +1,243 @@
+//! Access logs: one line per request, as JSON or in the combined log format,
+//! to stderr or a file.
+//!
+//! Off by default. The request path never waits for the log: a finished
+//! request formats its line and hands it to a bounded queue; a writer thread
+//! drains the queue through a buffer and flushes whenever the queue runs dry.
+//! If the disk cannot keep up and the queue is full, lines are dropped and
+//! counted (and the count is logged) rather than slowing requests. The file
+//! is opened for appending and reopened on request (SIGUSR1 to the master),
+//! for logrotate.
+
+use std::fs::{File, OpenOptions};
+use std::io::{self, BufWriter, Write};
+use std::net::IpAddr;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc::{self, Receiver, SyncSender, TrySendError};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use http::{Method, Version, header};
+use serde_json::json;
+
+use crate::config::{AccessLogConfig, LogFormat, LogTarget};
+
+/// Lines that may wait for the writer before new ones are dropped.
+const QUEUE: usize = 64 * 1024;
+
+enum Message {
+    Line(String),
+    Reopen,
+}
+
+/// A running access log; the writer thread ends when this is dropped.
+#[derive(Debug)]
+pub struct AccessLog {
+    config: AccessLogConfig,
+    queue: SyncSender<Message>,
+    dropped: AtomicU64,
+}
+
+impl std::fmt::Debug for Message {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::Line(_) => "Line",
+            Self::Reopen => "Reopen",
+        })
+    }
+}
+
+impl AccessLog {
+    pub fn start(config: &AccessLogConfig) -> io::Result<Arc<Self>> {
+        let sink = Sink::open(&config.target)?;
+        let (queue, lines) = mpsc::sync_channel(QUEUE);
+        let target = config.target.clone();
+        std::thread::Builder::new()
+            .name("corral-access-log".into())
+            .spawn(move || write_loop(sink, target, lines))?;
+        Ok(Arc::new(Self { config: config.clone(), queue, dropped: AtomicU64::new(0) }))
+    }
+
+    pub fn config(&self) -> &AccessLogConfig {
+        &self.config
+    }
+
+    /// Reopens the file (after logrotate moved it).
+    pub fn reopen(&self) {
+        let _ = self.queue.try_send(Message::Reopen);
+    }
+
+    fn push(&self, line: String) {
+        match self.queue.try_send(Message::Line(line)) {
+            Ok(()) => {}
+            Err(TrySendError::Full(_)) => {
+                let dropped = self.dropped.fetch_add(1, Ordering::Relaxed) + 1;
+                if dropped.is_power_of_two() {
+                    tracing::warn!(dropped, "access log cannot keep up; dropping lines");
+                }
+            }
+            Err(TrySendError::Disconnected(_)) => {}
+        }
+    }
+
+    /// What a request looks like to the log, taken when it arrives.
+    pub fn entry<B>(self: &Arc<Self>, request: &http::Request<B>, client: IpAddr) -> Entry {
+        let text = |name| request.headers().get(name).and_then(|v| v.to_str().ok()).map(str::to_owned);
+        Entry {
+            log: self.clone(),
+            at: SystemTime::now(),
+            client,
+            method: request.method().clone(),
+            uri: request.uri().path_and_query().map_or_else(|| request.uri().to_string(), |p| p.as_str().to_owned()),
+            version: request.version(),
+            host: request.uri().host().map(str::to_owned).or_else(|| text(header::HOST)),
+            referer: text(header::REFERER),
+            user_agent: text(header::USER_AGENT),
+            route: None,
+        }
+    }
+}
+
+/// One request's line, filled in as the request goes.
+#[derive(Debug)]
+pub struct Entry {
+    log: Arc<AccessLog>,
+    at: SystemTime,
+    client: IpAddr,
+    method: Method,
+    uri: String,
+    version: Version,
+    host: Option<String>,
+    referer: Option<String>,
+    user_agent: Option<String>,
+    /// Route and upstream names, once routed.
+    route: Option<(String, String)>,
+}
+
+impl Entry {
+    pub fn routed(&mut self, route: &str, upstream: &str) {
+        self.route = Some((route.to_owned(), upstream.to_owned()));
+    }
+
+    /// Formats the line and queues it.
+    pub fn write(self, status: u16, bytes: u64, elapsed: Duration, server: Option<&str>) {
+        let (route, upstream) = self.route.as_ref().map_or(("-", "-"), |(r, u)| (r.as_str(), u.as_str()));
+        let line = match self.log.config.format {
+            LogFormat::Json => json!({
+                "time": humantime::format_rfc3339_millis(self.at).to_string(),
+                "client": self.client.to_canonical().to_string(),
+                "method": self.method.as_str(),
+                "uri": self.uri,
+                "version": format!("{:?}", self.version),
+                "host": self.host,
+                "status": status,
+                "bytes": bytes,
+                "duration_ms": elapsed.as_secs_f64() * 1000.0,
+                "route": route,
+                "upstream": upstream,
+                "server": server,
+                "referer": self.referer,
+                "user_agent": self.user_agent,
+            })
+            .to_string(),
+            LogFormat::Combined => format!(
+                "{} - - [{}] \"{} {} {:?}\" {status} {bytes} \"{}\" \"{}\" {:.3} {route} {upstream} {}",
+                self.client.to_canonical(),
+                clf_time(self.at),
+                self.method,
+                self.uri,
+                self.version,
+                quoted(self.referer.as_deref()),
+                quoted(self.user_agent.as_deref()),
+                elapsed.as_secs_f64(),
+                server.unwrap_or("-"),
+            ),
+        };
+        self.log.push(line);
+    }
+}
+
+/// `26/Nov/2026:14:00:00 +0000`, the combined log format's time.
+fn clf_time(at: SystemTime) -> String {
+    const MONTHS: [&str; 12] = ["Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec"];
+    // 2026-11-26T14:00:00Z
+    let iso = humantime::format_rfc3339_seconds(at).to_string();
+    let month = iso.get(5..7).and_then(|m| m.parse::<usize>().ok()).and_then(|m| MONTHS.get(m.wrapping_sub(1)));
+    match (iso.get(0..4), month, iso.get(8..10), iso.get(11..19)) {
+        (Some(year), Some(month), Some(day), Some(time)) => format!("{day}/{month}/{year}:{time} +0000"),
+        _ => iso,
+    }
+}
+
+/// A header value inside double quotes, with quotes and backslashes escaped.
+fn quoted(value: Option<&str>) -> String {
+    value.map_or_else(|| "-".to_owned(), |v| v.replace('\\', "\\\\").replace('"', "\\\""))
+}
+
+enum Sink {
+    Stderr(BufWriter<io::Stderr>),
+    File(BufWriter<File>),
+}
+
+impl Sink {
+    fn open(target: &LogTarget) -> io::Result<Self> {
+        Ok(match target {
+            LogTarget::Stderr => Self::Stderr(BufWriter::new(io::stderr())),
+            LogTarget::File(path) => Self::File(BufWriter::new(open(path)?)),
+        })
+    }
+
+    fn writer(&mut self) -> &mut dyn Write {
+        match self {
+            Self::Stderr(w) => w,
+            Self::File(w) => w,
+        }
+    }
+}
+
+fn open(path: &PathBuf) -> io::Result<File> {
+    OpenOptions::new().create(true).append(true).open(path)
+}
+
+fn write_loop(mut sink: Sink, target: LogTarget, lines: Receiver<Message>) {
+    // Block for the first message, then take whatever else is queued before
+    // flushing: one write per burst, not per line.
+    while let Ok(first) = lines.recv() {
+        for message in std::iter::once(first).chain(lines.try_iter()) {
+            match message {
+                Message::Line(line) => {
+                    let w = sink.writer();
+                    let _ = w.write_all(line.as_bytes()).and_then(|()| w.write_all(b"\n"));
+                }
+                Message::Reopen => {
+                    let _ = sink.writer().flush();
+                    match Sink::open(&target) {
+                        Ok(reopened) => sink = reopened,
+                        Err(e) => tracing::error!(error = %e, "reopening the access log failed; keeping the old file"),
+                    }
+                }
+            }
+        }
+        if let Err(e) = sink.writer().flush() {
+            tracing::warn!(error = %e, "writing the access log failed");
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn combined_time_reads_like_apache() {
+        let at = SystemTime::UNIX_EPOCH + Duration::from_secs(1_795_701_600);
+        assert_eq!(clf_time(at), "26/Nov/2026:14:00:00 +0000");
+    }
+
+    #[test]
+    fn quoted_values_escape_quotes() {
+        assert_eq!(quoted(Some("a \"b\"")), "a \\\"b\\\"");
+        assert_eq!(quoted(None), "-");
+    }
+}

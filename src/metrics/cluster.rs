@@ -1,0 +1,271 @@
+//! The master side of metrics: one page for the whole cluster.
+//!
+//! Every worker counts into its own shared region; at scrape time the
+//! master sums them all, plus the totals of workers that have exited (folded
+//! in when they went, so counters never go backwards while the master
+//! lives), plus its own metrics (reloads, generation, workers, restarts,
+//! server health), and renders them through one explicit `prometheus`
+//! registry. Gauges of exited workers are dropped, not kept: their
+//! connections are gone.
+
+use std::collections::{BTreeMap, HashMap};
+use std::os::fd::OwnedFd;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use prometheus::core::{Collector, Desc};
+use prometheus::proto::{self, MetricFamily, MetricType};
+use prometheus::{Encoder, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder};
+
+use super::shm::{Region, SeriesKey, ShmError, VALUES};
+use super::{Family, Kind, LATENCY_BUCKETS, split_labels};
+
+type Values = [u64; VALUES];
+
+/// The workers' regions, live and folded.
+#[derive(Debug)]
+pub struct Workers {
+    live: Mutex<HashMap<u64, Region>>,
+    /// Counters and histograms of workers that exited, by series.
+    retired: Mutex<BTreeMap<SeriesKey, Values>>,
+    next: AtomicU64,
+    descs: Vec<Desc>,
+}
+
+impl Workers {
+    fn new() -> Result<Self, prometheus::Error> {
+        let descs = Family::ALL
+            .iter()
+            .map(|f| {
+                let labels = f.labels().iter().map(|l| (*l).to_owned()).collect();
+                Desc::new(f.name().to_owned(), f.help().to_owned(), labels, HashMap::new())
+            })
+            .collect::<Result<_, _>>()?;
+        Ok(Self { live: Mutex::default(), retired: Mutex::default(), next: AtomicU64::new(1), descs })
+    }
+
+    /// A region for a worker about to start: its id, and the descriptor to
+    /// send the worker.
+    pub fn add(&self) -> Result<(u64, OwnedFd), ShmError> {
+        let (region, fd) = Region::create()?;
+        let id = self.next.fetch_add(1, Ordering::Relaxed);
+        lock(&self.live).insert(id, region);
+        Ok((id, fd))
+    }
+
+    /// Folds an exited worker's counters into the retained totals.
+    pub fn retire(&self, id: u64) {
+        let Some(region) = lock(&self.live).remove(&id) else { return };
+        let mut retired = lock(&self.retired);
+        for (key, values) in read(&region) {
+            if Family::from_id(key.family).is_some_and(|f| f.kind() != Kind::Gauge) {
+                let total = retired.entry(key).or_insert([0; VALUES]);
+                for (t, v) in total.iter_mut().zip(values) {
+                    *t = t.wrapping_add(v);
+                }
+            }
+        }
+    }
+
+    /// Every series summed over the cluster.
+    fn totals(&self) -> BTreeMap<SeriesKey, Values> {
+        let mut totals = lock(&self.retired).clone();
+        for region in lock(&self.live).values() {
+            for (key, values) in read(region) {
+                let total = totals.entry(key).or_insert([0; VALUES]);
+                for (t, v) in total.iter_mut().zip(values) {
+                    *t = t.wrapping_add(v);
+                }
+            }
+        }
+        totals
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+fn read(region: &Region) -> Vec<(SeriesKey, Values)> {
+    region
+        .series()
+        .into_iter()
+        .map(|(key, slot)| {
+            let mut values = [0; VALUES];
+            for (v, cell) in values.iter_mut().zip(region.values(slot)) {
+                *v = cell.load(Ordering::Relaxed);
+            }
+            (key, values)
+        })
+        .collect()
+}
+
+impl Collector for Workers {
+    fn desc(&self) -> Vec<&Desc> {
+        self.descs.iter().collect()
+    }
+
+    fn collect(&self) -> Vec<MetricFamily> {
+        let totals = self.totals();
+        Family::ALL
+            .iter()
+            .map(|&family| {
+                let mut mf = MetricFamily::default();
+                mf.set_name(family.name().to_owned());
+                mf.set_help(family.help().to_owned());
+                mf.set_field_type(match family.kind() {
+                    Kind::Counter => MetricType::COUNTER,
+                    Kind::Gauge => MetricType::GAUGE,
+                    Kind::Histogram => MetricType::HISTOGRAM,
+                });
+                let metrics = totals
+                    .iter()
+                    .filter(|(key, _)| key.family == family.id())
+                    .map(|(key, values)| metric(family, &key.labels, values))
+                    .collect();
+                mf.set_metric(metrics);
+                mf
+            })
+            .collect()
+    }
+}
+
+fn metric(family: Family, labels: &str, values: &Values) -> proto::Metric {
+    let mut m = proto::Metric::default();
+    let pairs = family
+        .labels()
+        .iter()
+        .zip(split_labels(labels))
+        .map(|(name, value)| {
+            let mut pair = proto::LabelPair::default();
+            pair.set_name((*name).to_owned());
+            pair.set_value(value.to_owned());
+            pair
+        })
+        .collect();
+    m.set_label(pairs);
+    match family.kind() {
+        Kind::Counter => {
+            let mut c = proto::Counter::default();
+            c.set_value(values[0] as f64);
+            m.set_counter(c);
+        }
+        Kind::Gauge => {
+            let mut g = proto::Gauge::default();
+            g.set_value(values[0] as i64 as f64);
+            m.set_gauge(g);
+        }
+        Kind::Histogram => {
+            let mut h = proto::Histogram::default();
+            let mut cumulative = 0;
+            let buckets = LATENCY_BUCKETS
+                .iter()
+                .zip(values)
+                .map(|(bound, count)| {
+                    cumulative += count;
+                    let mut b = proto::Bucket::default();
+                    b.set_upper_bound(*bound);
+                    b.set_cumulative_count(cumulative);
+                    b
+                })
+                .collect();
+            h.set_bucket(buckets);
+            h.set_sample_count(values[16]);
+            h.set_sample_sum(values[17] as f64 / 1e9);
+            m.set_histogram(h);
+        }
+    }
+    m
+}
+
+/// All of the cluster's metrics and the registry that renders them.
+#[derive(Debug)]
+pub struct ClusterMetrics {
+    registry: Registry,
+    pub workers: Arc<Workers>,
+    pub reloads: IntCounterVec,
+    pub reload_duration: prometheus::Histogram,
+    pub generation: IntGauge,
+    pub ready_workers: IntGauge,
+    pub restarts: IntCounter,
+    pub healthy: IntGaugeVec,
+}
+
+impl ClusterMetrics {
+    pub fn new() -> Result<Self, prometheus::Error> {
+        let registry = Registry::new();
+        let workers = Arc::new(Workers::new()?);
+        let reloads = IntCounterVec::new(
+            Opts::new("corral_config_reloads_total", "Config reloads, by result: success or failure."),
+            &["result"],
+        )?;
+        for result in ["success", "failure"] {
+            reloads.with_label_values(&[result]);
+        }
+        let reload_duration = prometheus::Histogram::with_opts(
+            HistogramOpts::new("corral_config_reload_duration_seconds", "Time from reading the config file to every worker serving it.")
+                .buckets(LATENCY_BUCKETS.to_vec()),
+        )?;
+        let generation = IntGauge::new("corral_config_generation", "The config generation being served.")?;
+        let ready_workers = IntGauge::new("corral_workers", "Worker processes serving now.")?;
+        let restarts = IntCounter::new("corral_worker_restarts_total", "Worker processes replaced after they exited or hung.")?;
+        let healthy = IntGaugeVec::new(
+            Opts::new("corral_upstream_server_healthy", "1 when a server passes its health checks (or has none), else 0."),
+            &["upstream", "server"],
+        )?;
+        registry.register(Box::new(WorkersCollector(workers.clone())))?;
+        registry.register(Box::new(reloads.clone()))?;
+        registry.register(Box::new(reload_duration.clone()))?;
+        registry.register(Box::new(generation.clone()))?;
+        registry.register(Box::new(ready_workers.clone()))?;
+        registry.register(Box::new(restarts.clone()))?;
+        registry.register(Box::new(healthy.clone()))?;
+        Ok(Self { registry, workers, reloads, reload_duration, generation, ready_workers, restarts, healthy })
+    }
+
+    /// The Prometheus text page.
+    pub fn render(&self) -> String {
+        let mut out = Vec::new();
+        if let Err(e) = TextEncoder::new().encode(&self.registry.gather(), &mut out) {
+            tracing::error!(error = %e, "rendering metrics failed");
+        }
+        String::from_utf8(out).unwrap_or_default()
+    }
+}
+
+/// Registers the shared `Workers` (the registry wants to own its collectors).
+struct WorkersCollector(Arc<Workers>);
+
+impl Collector for WorkersCollector {
+    fn desc(&self) -> Vec<&Desc> {
+        self.0.desc()
+    }
+
+    fn collect(&self) -> Vec<MetricFamily> {
+        self.0.collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::metrics::Recorder;
+
+    #[test]
+    fn totals_survive_a_worker_and_gauges_do_not() {
+        let metrics = ClusterMetrics::new().unwrap();
+        let (id, fd) = metrics.workers.add().unwrap();
+        let recorder = Recorder::open(&fd, 0).unwrap();
+        recorder.counter(Family::Requests, &["r", "u", "200"]).add(3);
+        recorder.gauge(Family::ConnectionsActive, &["public", "0"]).inc();
+        let page = metrics.render();
+        assert!(page.contains("corral_requests_total{route=\"r\",upstream=\"u\",code=\"200\"} 3"), "{page}");
+        assert!(page.contains("corral_connections_active{listener=\"public\",worker=\"0\"} 1"), "{page}");
+        metrics.workers.retire(id);
+        let (_, fd) = metrics.workers.add().unwrap();
+        Recorder::open(&fd, 0).unwrap().counter(Family::Requests, &["r", "u", "200"]).add(1);
+        let page = metrics.render();
+        assert!(page.contains("corral_requests_total{route=\"r\",upstream=\"u\",code=\"200\"} 4"), "{page}");
+        assert!(!page.contains("corral_connections_active{"), "{page}");
+    }
+}
