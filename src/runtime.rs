@@ -87,6 +87,7 @@ impl Runtime {
                 for kind in UPSTREAM_ERROR_KINDS {
                     recorder.counter(Family::UpstreamErrors, &[u.name(), &s.label, kind]);
                 }
+                s.report_in_flight(|| recorder.gauge(Family::UpstreamInFlight, &[u.name(), &s.label, recorder.worker()]));
             }
         }
         let listeners = config

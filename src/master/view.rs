@@ -69,6 +69,7 @@ impl View {
 impl Backend for View {
     fn status(&self) -> serde_json::Value {
         let generation = self.generation.borrow().clone();
+        let in_flight = self.metrics.workers.in_flight();
         let upstreams: Vec<_> = self
             .upstreams
             .load()
@@ -83,6 +84,7 @@ impl Backend for View {
                             "weight": s.weight,
                             "state": if s.is_healthy() { "healthy" } else { "unhealthy" },
                             "health_checked": u.config.health_check.is_some(),
+                            "in_flight": in_flight.get(&(u.name().to_owned(), s.label.clone())).copied().unwrap_or(0),
                         })
                     })
                     .collect();

@@ -67,6 +67,21 @@ impl Workers {
         }
     }
 
+    /// Requests in flight per (upstream, server), over all live workers.
+    pub fn in_flight(&self) -> HashMap<(String, String), i64> {
+        let mut out = HashMap::new();
+        for region in lock(&self.live).values() {
+            for (key, values) in read(region) {
+                if key.family == Family::UpstreamInFlight.id() {
+                    if let [upstream, server, _worker] = split_labels(&key.labels)[..] {
+                        *out.entry((upstream.to_owned(), server.to_owned())).or_insert(0) += values[0] as i64;
+                    }
+                }
+            }
+        }
+        out
+    }
+
     /// Every series summed over the cluster.
     fn totals(&self) -> BTreeMap<SeriesKey, Values> {
         let mut totals = lock(&self.retired).clone();

@@ -41,10 +41,11 @@ pub enum Family {
     UpstreamErrors,
     ConnectionsActive,
     Connections,
+    UpstreamInFlight,
 }
 
 impl Family {
-    pub const ALL: [Family; 7] = [
+    pub const ALL: [Family; 8] = [
         Family::Requests,
         Family::RequestDuration,
         Family::RequestBytes,
@@ -52,6 +53,7 @@ impl Family {
         Family::UpstreamErrors,
         Family::ConnectionsActive,
         Family::Connections,
+        Family::UpstreamInFlight,
     ];
 
     pub fn id(self) -> u64 {
@@ -71,6 +73,7 @@ impl Family {
             Self::UpstreamErrors => "corral_upstream_errors_total",
             Self::ConnectionsActive => "corral_connections_active",
             Self::Connections => "corral_connections_total",
+            Self::UpstreamInFlight => "corral_upstream_in_flight",
         }
     }
 
@@ -83,13 +86,14 @@ impl Family {
             Self::UpstreamErrors => "Failed upstream exchanges, by kind: connect, timeout, reset, protocol.",
             Self::ConnectionsActive => "Client connections open now, per listener and worker.",
             Self::Connections => "Client connections accepted, per listener.",
+            Self::UpstreamInFlight => "Requests being served by each upstream server now, per worker.",
         }
     }
 
     pub fn kind(self) -> Kind {
         match self {
             Self::RequestDuration => Kind::Histogram,
-            Self::ConnectionsActive => Kind::Gauge,
+            Self::ConnectionsActive | Self::UpstreamInFlight => Kind::Gauge,
             _ => Kind::Counter,
         }
     }
@@ -101,6 +105,7 @@ impl Family {
             Self::UpstreamErrors => &["upstream", "server", "kind"],
             Self::ConnectionsActive => &["listener", "worker"],
             Self::Connections => &["listener"],
+            Self::UpstreamInFlight => &["upstream", "server", "worker"],
         }
     }
 }

@@ -12,7 +12,7 @@ mod pool;
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use tokio::time::Instant;
@@ -22,6 +22,7 @@ pub use pool::{Conn, ConnectError};
 
 use crate::balance::{Balancer, PeakEwma, Servers};
 use crate::config::{HashKey, Protocol, UpstreamConfig};
+use crate::metrics::Gauge;
 use pool::Pool;
 
 #[derive(Debug)]
@@ -64,18 +65,20 @@ impl Upstream {
     }
 
     /// Picks a server, never `exclude` (the one a retry is moving away from).
+    /// When every healthy server recently refused a connection, they are
+    /// tried anyway (as nginx does): skipping them all would turn a blip
+    /// into `fail_timeout` of errors.
     pub fn pick(
         &self,
         key: Option<u64>,
         exclude: Option<usize>,
         rng: &mut fastrand::Rng,
     ) -> Option<usize> {
-        let view = View {
-            servers: &self.servers,
-            exclude,
-            now: Instant::now(),
-        };
-        self.balancer.pick(&view, key, rng)
+        let mut view = View { servers: &self.servers, exclude, now: Instant::now(), forgive: false };
+        self.balancer.pick(&view, key, rng).or_else(|| {
+            view.forgive = true;
+            self.balancer.pick(&view, key, rng)
+        })
     }
 }
 
@@ -118,6 +121,8 @@ struct View<'a> {
     servers: &'a [Arc<Server>],
     exclude: Option<usize>,
     now: Instant,
+    /// Ignore recent connect failures (health checks still count).
+    forgive: bool,
 }
 
 impl Servers for View<'_> {
@@ -128,7 +133,8 @@ impl Servers for View<'_> {
         self.servers[i].weight
     }
     fn available(&self, i: usize) -> bool {
-        self.exclude != Some(i) && self.servers[i].is_available(self.now)
+        let s = &self.servers[i];
+        self.exclude != Some(i) && s.is_healthy() && (self.forgive || !s.recently_failed(self.now))
     }
     fn in_flight(&self, i: usize) -> u32 {
         self.servers[i].in_flight()
@@ -154,6 +160,8 @@ pub struct Server {
     fail_timeout: Duration,
     ewma: Mutex<PeakEwma>,
     pool: Pool,
+    /// The in-flight count where the master can read it (workers only).
+    shared_in_flight: OnceLock<Gauge>,
 }
 
 impl Server {
@@ -169,6 +177,7 @@ impl Server {
             fail_timeout: upstream.fail_timeout,
             ewma: Mutex::new(PeakEwma::new()),
             pool: Pool::new(upstream),
+            shared_in_flight: OnceLock::new(),
         }
     }
 
@@ -192,8 +201,8 @@ impl Server {
         u64::try_from(at.saturating_duration_since(self.born).as_millis()).unwrap_or(u64::MAX)
     }
 
-    fn is_available(&self, now: Instant) -> bool {
-        self.is_healthy() && self.millis(now) >= self.failed_until.load(Ordering::Relaxed)
+    fn recently_failed(&self, now: Instant) -> bool {
+        self.millis(now) < self.failed_until.load(Ordering::Relaxed)
     }
 
     /// Skips this server for `fail_timeout` after a failed connect.
@@ -208,9 +217,18 @@ impl Server {
         }
     }
 
+    /// Also reports the in-flight count through `gauge` (once; a server
+    /// carried into a new generation keeps its gauge).
+    pub fn report_in_flight(&self, gauge: impl FnOnce() -> Gauge) {
+        self.shared_in_flight.get_or_init(gauge);
+    }
+
     /// Counts a request against this server until the lease is released.
     pub fn lease(self: &Arc<Self>) -> Lease {
         self.in_flight.fetch_add(1, Ordering::Relaxed);
+        if let Some(g) = self.shared_in_flight.get() {
+            g.inc();
+        }
         Lease {
             server: self.clone(),
             conn: None,
@@ -265,5 +283,8 @@ impl Lease {
 impl Drop for Lease {
     fn drop(&mut self) {
         self.server.in_flight.fetch_sub(1, Ordering::Relaxed);
+        if let Some(g) = self.server.shared_in_flight.get() {
+            g.dec();
+        }
     }
 }

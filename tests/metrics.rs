@@ -1,0 +1,286 @@
+//! `/metrics` for the whole cluster: exact, never going backwards, bounded
+//! labels, valid for promtool; `/status` in-flight counts; access logs.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::collections::{BTreeMap, HashSet};
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use common::*;
+use http::{Method, Request, Response, StatusCode};
+use nix::sys::signal::Signal;
+
+fn config(app: SocketAddr, extra: &str) -> String {
+    format!(
+        r#"
+[runtime]
+workers = 2
+shutdown_timeout = "5s"
+
+[admin]
+listen = "127.0.0.1:0"
+{extra}
+[[listeners]]
+name = "public"
+listen = "127.0.0.1:0"
+
+[[routes]]
+name = "app"
+path_prefix = "/app/"
+upstream = "app"
+
+[[upstreams]]
+name = "app"
+servers = [{{ addr = "{app}" }}]
+"#
+    )
+}
+
+/// One sample of the text format: name, labels, value.
+#[derive(Debug)]
+struct Sample {
+    name: String,
+    labels: BTreeMap<String, String>,
+    value: f64,
+}
+
+fn parse(page: &str) -> Vec<Sample> {
+    page.lines()
+        .filter(|l| !l.starts_with('#') && !l.is_empty())
+        .map(|l| {
+            let (series, value) = l.rsplit_once(' ').unwrap();
+            let (name, labels) = match series.split_once('{') {
+                None => (series, BTreeMap::new()),
+                Some((name, rest)) => {
+                    let labels = rest
+                        .trim_end_matches('}')
+                        .split("\",")
+                        .filter(|p| !p.is_empty())
+                        .map(|p| {
+                            let (k, v) = p.split_once("=\"").unwrap();
+                            (k.to_owned(), v.trim_end_matches('"').to_owned())
+                        })
+                        .collect();
+                    (name, labels)
+                }
+            };
+            Sample { name: name.to_owned(), labels, value: value.parse().unwrap() }
+        })
+        .collect()
+}
+
+fn sum(samples: &[Sample], name: &str, filter: impl Fn(&BTreeMap<String, String>) -> bool) -> f64 {
+    samples.iter().filter(|s| s.name == name && filter(&s.labels)).map(|s| s.value).sum()
+}
+
+async fn scrape(corral: &Corral) -> String {
+    let (code, page) = admin_call(corral.admin.unwrap(), Method::GET, "/metrics").await;
+    assert_eq!(code, StatusCode::OK);
+    page
+}
+
+/// Sends `n` GETs of `path` over `connections` parallel keep-alive connections.
+async fn requests(addr: SocketAddr, path: &str, n: usize, connections: usize) {
+    let mut tasks = Vec::new();
+    for c in 0..connections {
+        let path = path.to_owned();
+        let share = n / connections + usize::from(c < n % connections);
+        tasks.push(tokio::spawn(async move {
+            let mut client = H1::connect(addr).await;
+            for _ in 0..share {
+                client.get(&path, &[]).await;
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+}
+
+async fn app() -> Upstream {
+    upstream(|req: Request<hyper::body::Incoming>| async move {
+        let status = if req.uri().path().ends_with("/fail") { 500 } else { 200 };
+        Response::builder().status(status).body(full("answer")).unwrap()
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn counts_are_exact_across_workers_and_never_go_back() {
+    let app = app().await;
+    let corral = Corral::start(&config(app.addr, "")).await;
+    corral.wait_status(all_ready).await;
+    let public = corral.addr("public");
+    requests(public, "/app/ok", 850, 10).await;
+    requests(public, "/nothing/here", 100, 10).await;
+    requests(public, "/app/fail", 50, 10).await;
+
+    let page = scrape(&corral).await;
+    let samples = parse(&page);
+    let code = |c: &'static str| move |l: &BTreeMap<String, String>| l["code"] == c;
+    assert_eq!(sum(&samples, "corral_requests_total", |_| true), 1000.0, "{page}");
+    assert_eq!(sum(&samples, "corral_requests_total", code("200")), 850.0);
+    assert_eq!(sum(&samples, "corral_requests_total", code("404")), 100.0);
+    assert_eq!(sum(&samples, "corral_requests_total", code("500")), 50.0);
+    assert_eq!(sum(&samples, "corral_request_duration_seconds_count", |_| true), 1000.0);
+    assert_eq!(sum(&samples, "corral_workers", |_| true), 2.0);
+    // Both workers served: each has its own connection gauge series.
+    let workers: HashSet<&String> = samples.iter().filter(|s| s.name == "corral_connections_active").map(|s| &s.labels["worker"]).collect();
+    assert_eq!(workers.len(), 2);
+    for name in [
+        "corral_requests_total",
+        "corral_request_duration_seconds_bucket",
+        "corral_upstream_errors_total",
+        "corral_upstream_server_healthy",
+        "corral_connections_active",
+        "corral_config_reloads_total",
+        "corral_config_generation",
+        "corral_workers",
+        "corral_worker_restarts_total",
+        "corral_request_bytes_total",
+        "corral_response_bytes_total",
+        "corral_config_reload_duration_seconds_count",
+    ] {
+        assert!(samples.iter().any(|s| s.name == name), "{name} missing from\n{page}");
+    }
+    promtool_accepts(&page);
+
+    let victim = corral.worker_pids().await[0].unwrap();
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(victim as i32), Signal::SIGKILL).unwrap();
+    let after_kill = parse(&scrape(&corral).await);
+    assert_eq!(sum(&after_kill, "corral_requests_total", |_| true), 1000.0);
+    corral.wait_status(|s| all_ready(s) && s["workers"][0]["pid"].as_u64() != Some(victim)).await;
+    requests(public, "/app/ok", 100, 10).await;
+    let page = scrape(&corral).await;
+    let samples = parse(&page);
+    assert_eq!(sum(&samples, "corral_requests_total", |_| true), 1100.0, "{page}");
+    assert_eq!(sum(&samples, "corral_request_duration_seconds_count", |_| true), 1100.0);
+    assert_eq!(sum(&samples, "corral_worker_restarts_total", |_| true), 1.0);
+    promtool_accepts(&page);
+}
+
+/// `promtool check metrics` (Debian's prometheus package; `.ci/run` installs it).
+fn promtool_accepts(page: &str) {
+    use std::io::Write;
+    let mut child = std::process::Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("promtool is needed (Debian package `prometheus`)");
+    child.stdin.take().unwrap().write_all(page.as_bytes()).unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "promtool rejected the page: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[tokio::test]
+async fn upstream_errors_are_counted_by_kind() {
+    let dead = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
+    let corral = Corral::start(&config(dead, "")).await;
+    for _ in 0..3 {
+        assert_eq!(get(corral.addr("public"), "/app/x", &[]).await.status, StatusCode::BAD_GATEWAY);
+    }
+    let samples = parse(&scrape(&corral).await);
+    let kind = |k: &'static str| move |l: &BTreeMap<String, String>| l["kind"] == k && l["upstream"] == "app";
+    assert_eq!(sum(&samples, "corral_upstream_errors_total", kind("connect")), 3.0);
+    assert_eq!(sum(&samples, "corral_upstream_errors_total", kind("timeout")), 0.0);
+    assert_eq!(sum(&samples, "corral_requests_total", |l| l["code"] == "502"), 3.0);
+}
+
+#[tokio::test]
+async fn labels_never_come_from_request_data() {
+    let app = app().await;
+    let corral = Corral::start(&config(app.addr, "")).await;
+    let public = corral.addr("public");
+    get(public, "/app/a", &[]).await;
+    get(public, "/elsewhere", &[]).await;
+    let series = |page: &str| parse(page).into_iter().map(|s| format!("{}{:?}", s.name, s.labels)).collect::<HashSet<_>>();
+    let before = series(&scrape(&corral).await);
+    for i in 0..50 {
+        get(public, &format!("/app/{i}?q={i}"), &[("host", &format!("h{i}.example.com"))]).await;
+        get(public, &format!("/other/{i}"), &[("host", &format!("x{i}.test"))]).await;
+    }
+    let after = series(&scrape(&corral).await);
+    assert_eq!(before, after, "new series from request data");
+}
+
+#[tokio::test]
+async fn status_counts_requests_in_flight_per_server() {
+    let (release_tx, release_rx) = tokio::sync::oneshot::channel::<()>();
+    let release = std::sync::Arc::new(std::sync::Mutex::new(Some(release_rx)));
+    let slow = upstream(move |_req| {
+        let release = release.lock().unwrap().take();
+        async move {
+            if let Some(r) = release {
+                let _ = r.await;
+            }
+            Response::new(full("done"))
+        }
+    })
+    .await;
+    let corral = Corral::start(&config(slow.addr, "")).await;
+    let public = corral.addr("public");
+    let pending = tokio::spawn(async move { get(public, "/app/slow", &[]).await });
+    corral.wait_status(|s| s["upstreams"][0]["servers"][0]["in_flight"] == 1).await;
+    release_tx.send(()).unwrap();
+    assert_eq!(pending.await.unwrap().status, StatusCode::OK);
+    corral.wait_status(|s| s["upstreams"][0]["servers"][0]["in_flight"] == 0).await;
+}
+
+#[tokio::test]
+async fn access_log_lines_are_written_and_the_file_reopens_on_sigusr1() {
+    let app = app().await;
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("access.log");
+    let section = format!("[access_log]\npath = \"{}\"\nformat = \"json\"\n", log.display());
+    let corral = Corral::start(&config(app.addr, &section)).await;
+    let public = corral.addr("public");
+    for i in 0..5 {
+        get(public, &format!("/app/{i}"), &[("user-agent", "tester/1")]).await;
+    }
+    let lines = wait_for_lines(&log, 5).await;
+    let first: serde_json::Value = serde_json::from_str(&lines[0]).unwrap();
+    assert_eq!(first["status"], 200);
+    assert_eq!(first["route"], "app");
+    assert_eq!(first["upstream"], "app");
+    assert_eq!(first["server"], app.addr.to_string());
+    assert_eq!(first["user_agent"], "tester/1");
+    assert!(first["uri"].as_str().unwrap().starts_with("/app/"));
+
+    // What logrotate does: move the file, then signal.
+    let rotated = dir.path().join("access.log.1");
+    std::fs::rename(&log, &rotated).unwrap();
+    corral.signal(Signal::SIGUSR1);
+    corral.wait_for_log("workers reopen their log files").await;
+    // Each worker reopens when its master tells it; keep asking until both have.
+    let started = Instant::now();
+    loop {
+        get(public, "/app/after", &[]).await;
+        if std::fs::read_to_string(&log).is_ok_and(|t| t.contains("/app/after")) {
+            break;
+        }
+        assert!(started.elapsed() < PATIENCE, "no new access log after SIGUSR1");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(wait_for_lines(&rotated, 5).await.len(), 5);
+}
+
+async fn wait_for_lines(path: &std::path::Path, n: usize) -> Vec<String> {
+    let started = Instant::now();
+    loop {
+        let lines: Vec<String> = std::fs::read_to_string(path).unwrap_or_default().lines().map(str::to_owned).collect();
+        if lines.len() >= n {
+            return lines;
+        }
+        assert!(started.elapsed() < PATIENCE, "{} of {n} lines in {}", lines.len(), path.display());
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
