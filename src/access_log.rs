@@ -13,9 +13,9 @@ use std::fs::{File, OpenOptions};
 use std::io::{self, BufWriter, Write};
 use std::net::IpAddr;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{self, Receiver, SyncSender, TrySendError};
-use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use http::{Method, Version, header};
@@ -56,7 +56,11 @@ impl AccessLog {
         std::thread::Builder::new()
             .name("corral-access-log".into())
             .spawn(move || write_loop(sink, target, lines))?;
-        Ok(Arc::new(Self { config: config.clone(), queue, dropped: AtomicU64::new(0) }))
+        Ok(Arc::new(Self {
+            config: config.clone(),
+            queue,
+            dropped: AtomicU64::new(0),
+        }))
     }
 
     pub fn config(&self) -> &AccessLogConfig {
@@ -83,15 +87,28 @@ impl AccessLog {
 
     /// What a request looks like to the log, taken when it arrives.
     pub fn entry<B>(self: &Arc<Self>, request: &http::Request<B>, client: IpAddr) -> Entry {
-        let text = |name| request.headers().get(name).and_then(|v| v.to_str().ok()).map(str::to_owned);
+        let text = |name| {
+            request
+                .headers()
+                .get(name)
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_owned)
+        };
         Entry {
             log: self.clone(),
             at: SystemTime::now(),
             client,
             method: request.method().clone(),
-            uri: request.uri().path_and_query().map_or_else(|| request.uri().to_string(), |p| p.as_str().to_owned()),
+            uri: request
+                .uri()
+                .path_and_query()
+                .map_or_else(|| request.uri().to_string(), |p| p.as_str().to_owned()),
             version: request.version(),
-            host: request.uri().host().map(str::to_owned).or_else(|| text(header::HOST)),
+            host: request
+                .uri()
+                .host()
+                .map(str::to_owned)
+                .or_else(|| text(header::HOST)),
             referer: text(header::REFERER),
             user_agent: text(header::USER_AGENT),
             route: None,
@@ -122,7 +139,10 @@ impl Entry {
 
     /// Formats the line and queues it.
     pub fn write(self, status: u16, bytes: u64, elapsed: Duration, server: Option<&str>) {
-        let (route, upstream) = self.route.as_ref().map_or(("-", "-"), |(r, u)| (r.as_str(), u.as_str()));
+        let (route, upstream) = self
+            .route
+            .as_ref()
+            .map_or(("-", "-"), |(r, u)| (r.as_str(), u.as_str()));
         let line = match self.log.config.format {
             LogFormat::Json => json!({
                 "time": humantime::format_rfc3339_millis(self.at).to_string(),
@@ -160,19 +180,29 @@ impl Entry {
 
 /// `26/Nov/2026:14:00:00 +0000`, the combined log format's time.
 fn clf_time(at: SystemTime) -> String {
-    const MONTHS: [&str; 12] = ["Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec"];
+    const MONTHS: [&str; 12] = [
+        "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
+    ];
     // 2026-11-26T14:00:00Z
     let iso = humantime::format_rfc3339_seconds(at).to_string();
-    let month = iso.get(5..7).and_then(|m| m.parse::<usize>().ok()).and_then(|m| MONTHS.get(m.wrapping_sub(1)));
+    let month = iso
+        .get(5..7)
+        .and_then(|m| m.parse::<usize>().ok())
+        .and_then(|m| MONTHS.get(m.wrapping_sub(1)));
     match (iso.get(0..4), month, iso.get(8..10), iso.get(11..19)) {
-        (Some(year), Some(month), Some(day), Some(time)) => format!("{day}/{month}/{year}:{time} +0000"),
+        (Some(year), Some(month), Some(day), Some(time)) => {
+            format!("{day}/{month}/{year}:{time} +0000")
+        }
         _ => iso,
     }
 }
 
 /// A header value inside double quotes, with quotes and backslashes escaped.
 fn quoted(value: Option<&str>) -> String {
-    value.map_or_else(|| "-".to_owned(), |v| v.replace('\\', "\\\\").replace('"', "\\\""))
+    value.map_or_else(
+        || "-".to_owned(),
+        |v| v.replace('\\', "\\\\").replace('"', "\\\""),
+    )
 }
 
 enum Sink {
@@ -208,13 +238,17 @@ fn write_loop(mut sink: Sink, target: LogTarget, lines: Receiver<Message>) {
             match message {
                 Message::Line(line) => {
                     let w = sink.writer();
-                    let _ = w.write_all(line.as_bytes()).and_then(|()| w.write_all(b"\n"));
+                    let _ = w
+                        .write_all(line.as_bytes())
+                        .and_then(|()| w.write_all(b"\n"));
                 }
                 Message::Reopen => {
                     let _ = sink.writer().flush();
                     match Sink::open(&target) {
                         Ok(reopened) => sink = reopened,
-                        Err(e) => tracing::error!(error = %e, "reopening the access log failed; keeping the old file"),
+                        Err(e) => {
+                            tracing::error!(error = %e, "reopening the access log failed; keeping the old file")
+                        }
                     }
                 }
             }

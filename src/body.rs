@@ -61,8 +61,16 @@ impl RequestBody {
         series: Arc<RouteSeries>,
     ) -> (Self, oneshot::Receiver<()>) {
         let (tx, rx) = oneshot::channel();
-        let body =
-            Self { inner, limit, seen: 0, idle_timeout, idle: None, idle_armed: false, sent: Some(tx), series };
+        let body = Self {
+            inner,
+            limit,
+            seen: 0,
+            idle_timeout,
+            idle: None,
+            idle_armed: false,
+            sent: Some(tx),
+            series,
+        };
         (body, rx)
     }
 
@@ -83,7 +91,10 @@ impl Body for RequestBody {
     type Data = Bytes;
     type Error = BodyError;
 
-    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
         let this = &mut *self;
         match Pin::new(&mut this.inner).poll_frame(cx) {
             Poll::Ready(Some(Ok(frame))) => {
@@ -106,7 +117,9 @@ impl Body for RequestBody {
             }
             Poll::Pending => {
                 let deadline = Instant::now() + this.idle_timeout;
-                let idle = this.idle.get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline)));
+                let idle = this
+                    .idle
+                    .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline)));
                 if !this.idle_armed {
                     idle.as_mut().reset(deadline);
                     this.idle_armed = true;
@@ -166,13 +179,23 @@ enum Inner {
 impl ResponseBody {
     /// An upstream's body; `lease` is released when it ends.
     pub fn upstream(inner: Incoming, lease: Lease) -> Self {
-        Self { inner: Inner::Upstream(inner), sent: 0, lease: Some(lease), completion: None }
+        Self {
+            inner: Inner::Upstream(inner),
+            sent: 0,
+            lease: Some(lease),
+            completion: None,
+        }
     }
 
     /// A body corral writes itself (error pages, the admin endpoint, echo).
     pub fn local(bytes: impl Into<Bytes>) -> Self {
         let bytes = bytes.into();
-        Self { inner: Inner::Local((!bytes.is_empty()).then_some(bytes)), sent: 0, lease: None, completion: None }
+        Self {
+            inner: Inner::Local((!bytes.is_empty()).then_some(bytes)),
+            sent: 0,
+            lease: None,
+            completion: None,
+        }
     }
 
     pub fn empty() -> Self {
@@ -189,7 +212,10 @@ impl ResponseBody {
 impl Drop for ResponseBody {
     fn drop(&mut self) {
         if let Some(completion) = self.completion.take() {
-            completion.finish(self.sent, self.lease.as_ref().map(|l| l.server().label.as_str()));
+            completion.finish(
+                self.sent,
+                self.lease.as_ref().map(|l| l.server().label.as_str()),
+            );
         }
         if let Some(lease) = self.lease.take() {
             // Read to the end: the connection is clean and can serve again.
@@ -204,7 +230,10 @@ impl Body for ResponseBody {
     type Data = Bytes;
     type Error = hyper::Error;
 
-    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
         let this = &mut *self;
         let polled = match &mut this.inner {
             Inner::Local(bytes) => Poll::Ready(bytes.take().map(|b| Ok(Frame::data(b)))),
@@ -225,7 +254,9 @@ impl Body for ResponseBody {
 
     fn size_hint(&self) -> SizeHint {
         match &self.inner {
-            Inner::Local(bytes) => SizeHint::with_exact(bytes.as_ref().map_or(0, |b| b.len() as u64)),
+            Inner::Local(bytes) => {
+                SizeHint::with_exact(bytes.as_ref().map_or(0, |b| b.len() as u64))
+            }
             Inner::Upstream(body) => body.size_hint(),
         }
     }

@@ -66,19 +66,32 @@ impl Runtime {
         recorder: &Arc<Recorder>,
     ) -> Result<Self, BuildError> {
         // An unchanged access log keeps its file and writer thread.
-        let access_log = match (&config.access_log, previous.and_then(|p| p.access_log.as_ref())) {
+        let access_log = match (
+            &config.access_log,
+            previous.and_then(|p| p.access_log.as_ref()),
+        ) {
             (None, _) => None,
             (Some(wanted), Some(running)) if running.config() == wanted => Some(running.clone()),
             (Some(wanted), _) => Some(AccessLog::start(wanted).map_err(BuildError::AccessLog)?),
         };
         let previous = previous.map_or(&[][..], |p| &p.upstreams[..]);
         let upstreams = crate::upstream::rebuild(&config.upstreams, previous);
-        let index: HashMap<&str, usize> = upstreams.iter().enumerate().map(|(i, u)| (u.name(), i)).collect();
+        let index: HashMap<&str, usize> = upstreams
+            .iter()
+            .enumerate()
+            .map(|(i, u)| (u.name(), i))
+            .collect();
         let routes = RouteTable::new(&config.routes, |name| index.get(name).copied());
         let route_series = routes
             .routes()
             .iter()
-            .map(|r| Arc::new(RouteSeries::new(recorder, &r.name, upstreams[r.upstream].name())))
+            .map(|r| {
+                Arc::new(RouteSeries::new(
+                    recorder,
+                    &r.name,
+                    upstreams[r.upstream].name(),
+                ))
+            })
             .collect();
         // Every known error series exists from the start, at zero, so that
         // dashboards and alerts see them before the first error.
@@ -87,7 +100,12 @@ impl Runtime {
                 for kind in UPSTREAM_ERROR_KINDS {
                     recorder.counter(Family::UpstreamErrors, &[u.name(), &s.label, kind]);
                 }
-                s.report_in_flight(|| recorder.gauge(Family::UpstreamInFlight, &[u.name(), &s.label, recorder.worker()]));
+                s.report_in_flight(|| {
+                    recorder.gauge(
+                        Family::UpstreamInFlight,
+                        &[u.name(), &s.label, recorder.worker()],
+                    )
+                });
             }
         }
         let listeners = config
@@ -99,7 +117,8 @@ impl Runtime {
                     config: l.clone(),
                     tls,
                     connections: recorder.counter(Family::Connections, &[&l.name]),
-                    connections_active: recorder.gauge(Family::ConnectionsActive, &[&l.name, recorder.worker()]),
+                    connections_active: recorder
+                        .gauge(Family::ConnectionsActive, &[&l.name, recorder.worker()]),
                 }))
             })
             .collect::<Result<_, TlsError>>()?;
@@ -126,6 +145,8 @@ impl Runtime {
 
     /// Counts one failed exchange with `server` of `upstream`.
     pub fn count_upstream_error(&self, upstream: &str, server: &str, kind: &str) {
-        self.recorder.counter(Family::UpstreamErrors, &[upstream, server, kind]).add(1);
+        self.recorder
+            .counter(Family::UpstreamErrors, &[upstream, server, kind])
+            .add(1);
     }
 }

@@ -66,13 +66,21 @@ fn parse(page: &str) -> Vec<Sample> {
                     (name, labels)
                 }
             };
-            Sample { name: name.to_owned(), labels, value: value.parse().unwrap() }
+            Sample {
+                name: name.to_owned(),
+                labels,
+                value: value.parse().unwrap(),
+            }
         })
         .collect()
 }
 
 fn sum(samples: &[Sample], name: &str, filter: impl Fn(&BTreeMap<String, String>) -> bool) -> f64 {
-    samples.iter().filter(|s| s.name == name && filter(&s.labels)).map(|s| s.value).sum()
+    samples
+        .iter()
+        .filter(|s| s.name == name && filter(&s.labels))
+        .map(|s| s.value)
+        .sum()
 }
 
 async fn scrape(corral: &Corral) -> String {
@@ -101,8 +109,15 @@ async fn requests(addr: SocketAddr, path: &str, n: usize, connections: usize) {
 
 async fn app() -> Upstream {
     upstream(|req: Request<hyper::body::Incoming>| async move {
-        let status = if req.uri().path().ends_with("/fail") { 500 } else { 200 };
-        Response::builder().status(status).body(full("answer")).unwrap()
+        let status = if req.uri().path().ends_with("/fail") {
+            500
+        } else {
+            200
+        };
+        Response::builder()
+            .status(status)
+            .body(full("answer"))
+            .unwrap()
     })
     .await
 }
@@ -120,14 +135,25 @@ async fn counts_are_exact_across_workers_and_never_go_back() {
     let page = scrape(&corral).await;
     let samples = parse(&page);
     let code = |c: &'static str| move |l: &BTreeMap<String, String>| l["code"] == c;
-    assert_eq!(sum(&samples, "corral_requests_total", |_| true), 1000.0, "{page}");
+    assert_eq!(
+        sum(&samples, "corral_requests_total", |_| true),
+        1000.0,
+        "{page}"
+    );
     assert_eq!(sum(&samples, "corral_requests_total", code("200")), 850.0);
     assert_eq!(sum(&samples, "corral_requests_total", code("404")), 100.0);
     assert_eq!(sum(&samples, "corral_requests_total", code("500")), 50.0);
-    assert_eq!(sum(&samples, "corral_request_duration_seconds_count", |_| true), 1000.0);
+    assert_eq!(
+        sum(&samples, "corral_request_duration_seconds_count", |_| true),
+        1000.0
+    );
     assert_eq!(sum(&samples, "corral_workers", |_| true), 2.0);
     // Both workers served: each has its own connection gauge series.
-    let workers: HashSet<&String> = samples.iter().filter(|s| s.name == "corral_connections_active").map(|s| &s.labels["worker"]).collect();
+    let workers: HashSet<&String> = samples
+        .iter()
+        .filter(|s| s.name == "corral_connections_active")
+        .map(|s| &s.labels["worker"])
+        .collect();
     assert_eq!(workers.len(), 2);
     for name in [
         "corral_requests_total",
@@ -143,7 +169,10 @@ async fn counts_are_exact_across_workers_and_never_go_back() {
         "corral_response_bytes_total",
         "corral_config_reload_duration_seconds_count",
     ] {
-        assert!(samples.iter().any(|s| s.name == name), "{name} missing from\n{page}");
+        assert!(
+            samples.iter().any(|s| s.name == name),
+            "{name} missing from\n{page}"
+        );
     }
     promtool_accepts(&page);
 
@@ -151,12 +180,21 @@ async fn counts_are_exact_across_workers_and_never_go_back() {
     nix::sys::signal::kill(nix::unistd::Pid::from_raw(victim as i32), Signal::SIGKILL).unwrap();
     let after_kill = parse(&scrape(&corral).await);
     assert_eq!(sum(&after_kill, "corral_requests_total", |_| true), 1000.0);
-    corral.wait_status(|s| all_ready(s) && s["workers"][0]["pid"].as_u64() != Some(victim)).await;
+    corral
+        .wait_status(|s| all_ready(s) && s["workers"][0]["pid"].as_u64() != Some(victim))
+        .await;
     requests(public, "/app/ok", 100, 10).await;
     let page = scrape(&corral).await;
     let samples = parse(&page);
-    assert_eq!(sum(&samples, "corral_requests_total", |_| true), 1100.0, "{page}");
-    assert_eq!(sum(&samples, "corral_request_duration_seconds_count", |_| true), 1100.0);
+    assert_eq!(
+        sum(&samples, "corral_requests_total", |_| true),
+        1100.0,
+        "{page}"
+    );
+    assert_eq!(
+        sum(&samples, "corral_request_duration_seconds_count", |_| true),
+        1100.0
+    );
     assert_eq!(sum(&samples, "corral_worker_restarts_total", |_| true), 1.0);
     promtool_accepts(&page);
 }
@@ -171,7 +209,12 @@ fn promtool_accepts(page: &str) {
         .stderr(std::process::Stdio::piped())
         .spawn()
         .expect("promtool is needed (Debian package `prometheus`)");
-    child.stdin.take().unwrap().write_all(page.as_bytes()).unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(page.as_bytes())
+        .unwrap();
     let out = child.wait_with_output().unwrap();
     assert!(
         out.status.success(),
@@ -183,16 +226,33 @@ fn promtool_accepts(page: &str) {
 
 #[tokio::test]
 async fn upstream_errors_are_counted_by_kind() {
-    let dead = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
+    let dead = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
     let corral = Corral::start(&config(dead, "")).await;
     for _ in 0..3 {
-        assert_eq!(get(corral.addr("public"), "/app/x", &[]).await.status, StatusCode::BAD_GATEWAY);
+        assert_eq!(
+            get(corral.addr("public"), "/app/x", &[]).await.status,
+            StatusCode::BAD_GATEWAY
+        );
     }
     let samples = parse(&scrape(&corral).await);
-    let kind = |k: &'static str| move |l: &BTreeMap<String, String>| l["kind"] == k && l["upstream"] == "app";
-    assert_eq!(sum(&samples, "corral_upstream_errors_total", kind("connect")), 3.0);
-    assert_eq!(sum(&samples, "corral_upstream_errors_total", kind("timeout")), 0.0);
-    assert_eq!(sum(&samples, "corral_requests_total", |l| l["code"] == "502"), 3.0);
+    let kind = |k: &'static str| {
+        move |l: &BTreeMap<String, String>| l["kind"] == k && l["upstream"] == "app"
+    };
+    assert_eq!(
+        sum(&samples, "corral_upstream_errors_total", kind("connect")),
+        3.0
+    );
+    assert_eq!(
+        sum(&samples, "corral_upstream_errors_total", kind("timeout")),
+        0.0
+    );
+    assert_eq!(
+        sum(&samples, "corral_requests_total", |l| l["code"] == "502"),
+        3.0
+    );
 }
 
 #[tokio::test]
@@ -202,11 +262,26 @@ async fn labels_never_come_from_request_data() {
     let public = corral.addr("public");
     get(public, "/app/a", &[]).await;
     get(public, "/elsewhere", &[]).await;
-    let series = |page: &str| parse(page).into_iter().map(|s| format!("{}{:?}", s.name, s.labels)).collect::<HashSet<_>>();
+    let series = |page: &str| {
+        parse(page)
+            .into_iter()
+            .map(|s| format!("{}{:?}", s.name, s.labels))
+            .collect::<HashSet<_>>()
+    };
     let before = series(&scrape(&corral).await);
     for i in 0..50 {
-        get(public, &format!("/app/{i}?q={i}"), &[("host", &format!("h{i}.example.com"))]).await;
-        get(public, &format!("/other/{i}"), &[("host", &format!("x{i}.test"))]).await;
+        get(
+            public,
+            &format!("/app/{i}?q={i}"),
+            &[("host", &format!("h{i}.example.com"))],
+        )
+        .await;
+        get(
+            public,
+            &format!("/other/{i}"),
+            &[("host", &format!("x{i}.test"))],
+        )
+        .await;
     }
     let after = series(&scrape(&corral).await);
     assert_eq!(before, after, "new series from request data");
@@ -229,10 +304,14 @@ async fn status_counts_requests_in_flight_per_server() {
     let corral = Corral::start(&config(slow.addr, "")).await;
     let public = corral.addr("public");
     let pending = tokio::spawn(async move { get(public, "/app/slow", &[]).await });
-    corral.wait_status(|s| s["upstreams"][0]["servers"][0]["in_flight"] == 1).await;
+    corral
+        .wait_status(|s| s["upstreams"][0]["servers"][0]["in_flight"] == 1)
+        .await;
     release_tx.send(()).unwrap();
     assert_eq!(pending.await.unwrap().status, StatusCode::OK);
-    corral.wait_status(|s| s["upstreams"][0]["servers"][0]["in_flight"] == 0).await;
+    corral
+        .wait_status(|s| s["upstreams"][0]["servers"][0]["in_flight"] == 0)
+        .await;
 }
 
 #[tokio::test]
@@ -240,7 +319,10 @@ async fn access_log_lines_are_written_and_the_file_reopens_on_sigusr1() {
     let app = app().await;
     let dir = tempfile::tempdir().unwrap();
     let log = dir.path().join("access.log");
-    let section = format!("[access_log]\npath = \"{}\"\nformat = \"json\"\n", log.display());
+    let section = format!(
+        "[access_log]\npath = \"{}\"\nformat = \"json\"\n",
+        log.display()
+    );
     let corral = Corral::start(&config(app.addr, &section)).await;
     let public = corral.addr("public");
     for i in 0..5 {
@@ -267,7 +349,10 @@ async fn access_log_lines_are_written_and_the_file_reopens_on_sigusr1() {
         if std::fs::read_to_string(&log).is_ok_and(|t| t.contains("/app/after")) {
             break;
         }
-        assert!(started.elapsed() < PATIENCE, "no new access log after SIGUSR1");
+        assert!(
+            started.elapsed() < PATIENCE,
+            "no new access log after SIGUSR1"
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     assert_eq!(wait_for_lines(&rotated, 5).await.len(), 5);
@@ -276,11 +361,20 @@ async fn access_log_lines_are_written_and_the_file_reopens_on_sigusr1() {
 async fn wait_for_lines(path: &std::path::Path, n: usize) -> Vec<String> {
     let started = Instant::now();
     loop {
-        let lines: Vec<String> = std::fs::read_to_string(path).unwrap_or_default().lines().map(str::to_owned).collect();
+        let lines: Vec<String> = std::fs::read_to_string(path)
+            .unwrap_or_default()
+            .lines()
+            .map(str::to_owned)
+            .collect();
         if lines.len() >= n {
             return lines;
         }
-        assert!(started.elapsed() < PATIENCE, "{} of {n} lines in {}", lines.len(), path.display());
+        assert!(
+            started.elapsed() < PATIENCE,
+            "{} of {n} lines in {}",
+            lines.len(),
+            path.display()
+        );
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
 }

@@ -24,7 +24,12 @@ pub fn diff(old: &Config, new: &Config) -> Vec<String> {
         )]
     };
     changed(&mut out, "admin".into(), &admin(old), &admin(new));
-    let log = |c: &Config| vec![("access_log", c.access_log.as_ref().map_or("off".into(), text))];
+    let log = |c: &Config| {
+        vec![(
+            "access_log",
+            c.access_log.as_ref().map_or("off".into(), text),
+        )]
+    };
     changed(&mut out, "access_log".into(), &log(old), &log(new));
     section(
         &mut out,

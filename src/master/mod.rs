@@ -167,8 +167,9 @@ impl Master {
             loaded_at: SystemTime::now(),
         });
         let (generation_tx, generation_rx) = watch::channel(generation);
-                let status = Arc::new(StatusBoard::new(slots));
-        let metrics = Arc::new(ClusterMetrics::new().map_err(|e| std::io::Error::other(e.to_string()))?);
+        let status = Arc::new(StatusBoard::new(slots));
+        let metrics =
+            Arc::new(ClusterMetrics::new().map_err(|e| std::io::Error::other(e.to_string()))?);
         metrics.generation.set(1);
         let (reopen_logs, reopen_rx) = watch::channel(0);
         let ctx = Arc::new(SlotContext {
@@ -181,7 +182,13 @@ impl Master {
             kill: CancellationToken::new(),
         });
         let (reload_tx, reloads) = mpsc::channel(8);
-        let view = Arc::new(View::new(generation_rx, status.clone(), checked.clone(), metrics.clone(), reload_tx));
+        let view = Arc::new(View::new(
+            generation_rx,
+            status.clone(),
+            checked.clone(),
+            metrics.clone(),
+            reload_tx,
+        ));
         let admin_stop = CancellationToken::new();
         if let Some(socket) = &admin {
             let socket = socket.try_clone()?;
@@ -219,6 +226,9 @@ impl Master {
     /// Starts supervisors for new slots, or retires the highest ones.
     fn resize_slots(&mut self, slots: usize) {
         self.status.resize(slots);
+        self.metrics
+            .slots
+            .set(i64::try_from(slots).unwrap_or(i64::MAX));
         while self.slots.len() > slots {
             if let Some(retired) = self.slots.pop() {
                 tracing::info!(slot = self.slots.len(), "retiring worker slot");

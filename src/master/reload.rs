@@ -124,13 +124,17 @@ impl Master {
             Ok(done) => {
                 self.metrics.reloads.with_label_values(&["success"]).inc();
                 self.metrics.reload_duration.observe(elapsed.as_secs_f64());
-                self.metrics.generation.set(i64::try_from(done.generation).unwrap_or(i64::MAX));
+                self.metrics
+                    .generation
+                    .set(i64::try_from(done.generation).unwrap_or(i64::MAX));
                 tracing::info!(trigger = trigger.as_str(), generation = done.generation, ?elapsed, changes = ?done.changes, "config reloaded");
                 self.view.record_reload(record("success", None), elapsed);
             }
             Err(e) => {
                 self.metrics.reloads.with_label_values(&["failure"]).inc();
-                self.metrics.generation.set(i64::try_from(current).unwrap_or(i64::MAX));
+                self.metrics
+                    .generation
+                    .set(i64::try_from(current).unwrap_or(i64::MAX));
                 let error = e.lines().join("\n");
                 tracing::error!(
                     trigger = trigger.as_str(),

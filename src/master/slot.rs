@@ -23,8 +23,8 @@ use tokio_util::sync::CancellationToken;
 use super::sockets::ListenerSockets;
 use super::status::StatusBoard;
 use crate::config::Config;
-use crate::metrics::cluster::ClusterMetrics;
 use crate::ipc::{self, ServerHealth, ToMaster, ToWorker};
+use crate::metrics::cluster::ClusterMetrics;
 use crate::worker::process::{ENV_CPU_AFFINITY, ENV_MASTER_PID, ENV_SLOT};
 
 /// A worker that lived this long was not crash-looping.
@@ -136,7 +136,12 @@ fn backoff(quick_exits: u32) -> Duration {
 /// The sockets a worker has, by listener name: what it was last sent.
 type Held = HashMap<String, SocketAddr>;
 
-async fn run_worker(slot: usize, ctx: &SlotContext, stop: &CancellationToken, region: OwnedFd) -> End {
+async fn run_worker(
+    slot: usize,
+    ctx: &SlotContext,
+    stop: &CancellationToken,
+    region: OwnedFd,
+) -> End {
     let born = Instant::now();
     let exited = |how: String| End::Exited {
         how,

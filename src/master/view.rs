@@ -13,8 +13,8 @@ use tokio::sync::{mpsc, oneshot, watch};
 use super::reload::{ReloadError, ReloadRecord, ReloadRequest, Reloaded};
 use super::slot::Generation;
 use super::status::{StatusBoard, WorkerState, timestamp};
-use crate::metrics::cluster::ClusterMetrics;
 use crate::admin::{Backend, ReloadAnswer};
+use crate::metrics::cluster::ClusterMetrics;
 use crate::upstream::Upstream;
 
 pub struct View {
@@ -115,12 +115,22 @@ impl Backend for View {
     }
 
     fn metrics(&self) -> String {
-        let ready = self.status.workers().iter().filter(|w| w.state == WorkerState::Ready).count();
-        self.metrics.ready_workers.set(i64::try_from(ready).unwrap_or(i64::MAX));
+        let ready = self
+            .status
+            .workers()
+            .iter()
+            .filter(|w| w.state == WorkerState::Ready)
+            .count();
+        self.metrics
+            .ready_workers
+            .set(i64::try_from(ready).unwrap_or(i64::MAX));
         self.metrics.healthy.reset();
         for u in self.upstreams.load().iter() {
             for s in &u.servers {
-                self.metrics.healthy.with_label_values(&[u.name(), &s.label]).set(i64::from(s.is_healthy()));
+                self.metrics
+                    .healthy
+                    .with_label_values(&[u.name(), &s.label])
+                    .set(i64::from(s.is_healthy()));
             }
         }
         self.metrics.render()

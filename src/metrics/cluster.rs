@@ -15,7 +15,10 @@ use std::sync::{Arc, Mutex};
 
 use prometheus::core::{Collector, Desc};
 use prometheus::proto::{self, MetricFamily, MetricType};
-use prometheus::{Encoder, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder};
+use prometheus::{
+    Encoder, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
+    TextEncoder,
+};
 
 use super::shm::{Region, SeriesKey, ShmError, VALUES};
 use super::{Family, Kind, LATENCY_BUCKETS, split_labels};
@@ -38,10 +41,20 @@ impl Workers {
             .iter()
             .map(|f| {
                 let labels = f.labels().iter().map(|l| (*l).to_owned()).collect();
-                Desc::new(f.name().to_owned(), f.help().to_owned(), labels, HashMap::new())
+                Desc::new(
+                    f.name().to_owned(),
+                    f.help().to_owned(),
+                    labels,
+                    HashMap::new(),
+                )
             })
             .collect::<Result<_, _>>()?;
-        Ok(Self { live: Mutex::default(), retired: Mutex::default(), next: AtomicU64::new(1), descs })
+        Ok(Self {
+            live: Mutex::default(),
+            retired: Mutex::default(),
+            next: AtomicU64::new(1),
+            descs,
+        })
     }
 
     /// A region for a worker about to start: its id, and the descriptor to
@@ -55,7 +68,9 @@ impl Workers {
 
     /// Folds an exited worker's counters into the retained totals.
     pub fn retire(&self, id: u64) {
-        let Some(region) = lock(&self.live).remove(&id) else { return };
+        let Some(region) = lock(&self.live).remove(&id) else {
+            return;
+        };
         let mut retired = lock(&self.retired);
         for (key, values) in read(&region) {
             if Family::from_id(key.family).is_some_and(|f| f.kind() != Kind::Gauge) {
@@ -74,7 +89,8 @@ impl Workers {
             for (key, values) in read(region) {
                 if key.family == Family::UpstreamInFlight.id() {
                     if let [upstream, server, _worker] = split_labels(&key.labels)[..] {
-                        *out.entry((upstream.to_owned(), server.to_owned())).or_insert(0) += values[0] as i64;
+                        *out.entry((upstream.to_owned(), server.to_owned()))
+                            .or_insert(0) += values[0] as i64;
                     }
                 }
             }
@@ -202,6 +218,7 @@ pub struct ClusterMetrics {
     pub reload_duration: prometheus::Histogram,
     pub generation: IntGauge,
     pub ready_workers: IntGauge,
+    pub slots: IntGauge,
     pub restarts: IntCounter,
     pub healthy: IntGaugeVec,
 }
@@ -211,21 +228,40 @@ impl ClusterMetrics {
         let registry = Registry::new();
         let workers = Arc::new(Workers::new()?);
         let reloads = IntCounterVec::new(
-            Opts::new("corral_config_reloads_total", "Config reloads, by result: success or failure."),
+            Opts::new(
+                "corral_config_reloads_total",
+                "Config reloads, by result: success or failure.",
+            ),
             &["result"],
         )?;
         for result in ["success", "failure"] {
             reloads.with_label_values(&[result]);
         }
         let reload_duration = prometheus::Histogram::with_opts(
-            HistogramOpts::new("corral_config_reload_duration_seconds", "Time from reading the config file to every worker serving it.")
-                .buckets(LATENCY_BUCKETS.to_vec()),
+            HistogramOpts::new(
+                "corral_config_reload_duration_seconds",
+                "Time from reading the config file to every worker serving it.",
+            )
+            .buckets(LATENCY_BUCKETS.to_vec()),
         )?;
-        let generation = IntGauge::new("corral_config_generation", "The config generation being served.")?;
+        let generation = IntGauge::new(
+            "corral_config_generation",
+            "The config generation being served.",
+        )?;
         let ready_workers = IntGauge::new("corral_workers", "Worker processes serving now.")?;
-        let restarts = IntCounter::new("corral_worker_restarts_total", "Worker processes replaced after they exited or hung.")?;
+        let slots = IntGauge::new(
+            "corral_worker_slots",
+            "Worker processes configured (runtime.workers).",
+        )?;
+        let restarts = IntCounter::new(
+            "corral_worker_restarts_total",
+            "Worker processes replaced after they exited or hung.",
+        )?;
         let healthy = IntGaugeVec::new(
-            Opts::new("corral_upstream_server_healthy", "1 when a server passes its health checks (or has none), else 0."),
+            Opts::new(
+                "corral_upstream_server_healthy",
+                "1 when a server passes its health checks (or has none), else 0.",
+            ),
             &["upstream", "server"],
         )?;
         registry.register(Box::new(WorkersCollector(workers.clone())))?;
@@ -233,9 +269,20 @@ impl ClusterMetrics {
         registry.register(Box::new(reload_duration.clone()))?;
         registry.register(Box::new(generation.clone()))?;
         registry.register(Box::new(ready_workers.clone()))?;
+        registry.register(Box::new(slots.clone()))?;
         registry.register(Box::new(restarts.clone()))?;
         registry.register(Box::new(healthy.clone()))?;
-        Ok(Self { registry, workers, reloads, reload_duration, generation, ready_workers, restarts, healthy })
+        Ok(Self {
+            registry,
+            workers,
+            reloads,
+            reload_duration,
+            generation,
+            ready_workers,
+            slots,
+            restarts,
+            healthy,
+        })
     }
 
     /// The Prometheus text page.
@@ -271,16 +318,32 @@ mod tests {
         let metrics = ClusterMetrics::new().unwrap();
         let (id, fd) = metrics.workers.add().unwrap();
         let recorder = Recorder::open(&fd, 0).unwrap();
-        recorder.counter(Family::Requests, &["r", "u", "200"]).add(3);
-        recorder.gauge(Family::ConnectionsActive, &["public", "0"]).inc();
+        recorder
+            .counter(Family::Requests, &["r", "u", "200"])
+            .add(3);
+        recorder
+            .gauge(Family::ConnectionsActive, &["public", "0"])
+            .inc();
         let page = metrics.render();
-        assert!(page.contains("corral_requests_total{route=\"r\",upstream=\"u\",code=\"200\"} 3"), "{page}");
-        assert!(page.contains("corral_connections_active{listener=\"public\",worker=\"0\"} 1"), "{page}");
+        assert!(
+            page.contains("corral_requests_total{route=\"r\",upstream=\"u\",code=\"200\"} 3"),
+            "{page}"
+        );
+        assert!(
+            page.contains("corral_connections_active{listener=\"public\",worker=\"0\"} 1"),
+            "{page}"
+        );
         metrics.workers.retire(id);
         let (_, fd) = metrics.workers.add().unwrap();
-        Recorder::open(&fd, 0).unwrap().counter(Family::Requests, &["r", "u", "200"]).add(1);
+        Recorder::open(&fd, 0)
+            .unwrap()
+            .counter(Family::Requests, &["r", "u", "200"])
+            .add(1);
         let page = metrics.render();
-        assert!(page.contains("corral_requests_total{route=\"r\",upstream=\"u\",code=\"200\"} 4"), "{page}");
+        assert!(
+            page.contains("corral_requests_total{route=\"r\",upstream=\"u\",code=\"200\"} 4"),
+            "{page}"
+        );
         assert!(!page.contains("corral_connections_active{"), "{page}");
     }
 }

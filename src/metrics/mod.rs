@@ -83,10 +83,14 @@ impl Family {
             Self::RequestDuration => "Time from a request's arrival to the end of its response.",
             Self::RequestBytes => "Request body bytes received from clients.",
             Self::ResponseBytes => "Response body bytes sent to clients.",
-            Self::UpstreamErrors => "Failed upstream exchanges, by kind: connect, timeout, reset, protocol.",
+            Self::UpstreamErrors => {
+                "Failed upstream exchanges, by kind: connect, timeout, reset, protocol."
+            }
             Self::ConnectionsActive => "Client connections open now, per listener and worker.",
             Self::Connections => "Client connections accepted, per listener.",
-            Self::UpstreamInFlight => "Requests being served by each upstream server now, per worker.",
+            Self::UpstreamInFlight => {
+                "Requests being served by each upstream server now, per worker."
+            }
         }
     }
 
@@ -101,7 +105,9 @@ impl Family {
     pub fn labels(self) -> &'static [&'static str] {
         match self {
             Self::Requests => &["route", "upstream", "code"],
-            Self::RequestDuration | Self::RequestBytes | Self::ResponseBytes => &["route", "upstream"],
+            Self::RequestDuration | Self::RequestBytes | Self::ResponseBytes => {
+                &["route", "upstream"]
+            }
             Self::UpstreamErrors => &["upstream", "server", "kind"],
             Self::ConnectionsActive => &["listener", "worker"],
             Self::Connections => &["listener"],

@@ -38,7 +38,12 @@ impl Recorder {
     }
 
     fn new(region: Region, worker: String) -> Arc<Self> {
-        Arc::new(Self { region, worker, index: Mutex::new(HashMap::new()), full: AtomicBool::new(false) })
+        Arc::new(Self {
+            region,
+            worker,
+            index: Mutex::new(HashMap::new()),
+            full: AtomicBool::new(false),
+        })
     }
 
     pub fn worker(&self) -> &str {
@@ -67,15 +72,24 @@ impl Recorder {
     }
 
     pub fn counter(self: &Arc<Self>, family: Family, labels: &[&str]) -> Counter {
-        Counter(Handle { recorder: self.clone(), slot: self.slot(family, labels) })
+        Counter(Handle {
+            recorder: self.clone(),
+            slot: self.slot(family, labels),
+        })
     }
 
     pub fn gauge(self: &Arc<Self>, family: Family, labels: &[&str]) -> Gauge {
-        Gauge(Handle { recorder: self.clone(), slot: self.slot(family, labels) })
+        Gauge(Handle {
+            recorder: self.clone(),
+            slot: self.slot(family, labels),
+        })
     }
 
     pub fn histogram(self: &Arc<Self>, family: Family, labels: &[&str]) -> Histogram {
-        Histogram(Handle { recorder: self.clone(), slot: self.slot(family, labels) })
+        Histogram(Handle {
+            recorder: self.clone(),
+            slot: self.slot(family, labels),
+        })
     }
 }
 
@@ -127,10 +141,14 @@ pub struct Histogram(Handle);
 impl Histogram {
     pub fn observe(&self, d: Duration) {
         let seconds = d.as_secs_f64();
-        let bucket = LATENCY_BUCKETS.iter().position(|&b| seconds <= b).unwrap_or(LATENCY_BUCKETS.len());
+        let bucket = LATENCY_BUCKETS
+            .iter()
+            .position(|&b| seconds <= b)
+            .unwrap_or(LATENCY_BUCKETS.len());
         self.0.add(bucket, 1);
         self.0.add(16, 1);
-        self.0.add(17, u64::try_from(d.as_nanos()).unwrap_or(u64::MAX));
+        self.0
+            .add(17, u64::try_from(d.as_nanos()).unwrap_or(u64::MAX));
     }
 }
 
@@ -176,7 +194,9 @@ impl RouteSeries {
             Some((_, counter)) => counter.add(1),
             None => {
                 let text = code.to_string();
-                let counter = self.recorder.counter(Family::Requests, &[&self.route, &self.upstream, &text]);
+                let counter = self
+                    .recorder
+                    .counter(Family::Requests, &[&self.route, &self.upstream, &text]);
                 counter.add(1);
                 codes.push((code, counter));
             }

@@ -112,14 +112,21 @@ impl Region {
         // SAFETY: the mapping is `LEN` bytes, page-aligned, lives as long as
         // `self`, and is only ever accessed atomically (by this process and
         // the peer), so viewing its word part as atomics is sound.
-        unsafe { std::slice::from_raw_parts(self.base.as_ptr().cast::<AtomicU64>(), HEADER_WORDS + SLOTS * SLOT_WORDS) }
+        unsafe {
+            std::slice::from_raw_parts(
+                self.base.as_ptr().cast::<AtomicU64>(),
+                HEADER_WORDS + SLOTS * SLOT_WORDS,
+            )
+        }
     }
 
     #[allow(unsafe_code)]
     fn arena(&self) -> &[AtomicU8] {
         let offset = (HEADER_WORDS + SLOTS * SLOT_WORDS) * 8;
         // SAFETY: as for `words`; the arena is the mapping's tail.
-        unsafe { std::slice::from_raw_parts(self.base.as_ptr().add(offset).cast::<AtomicU8>(), ARENA) }
+        unsafe {
+            std::slice::from_raw_parts(self.base.as_ptr().add(offset).cast::<AtomicU8>(), ARENA)
+        }
     }
 
     fn slot(&self, i: usize) -> &[AtomicU64] {
@@ -141,7 +148,10 @@ impl Region {
         if i >= SLOTS || off + labels.len() > ARENA {
             return None;
         }
-        for (dst, b) in self.arena()[off..off + labels.len()].iter().zip(labels.bytes()) {
+        for (dst, b) in self.arena()[off..off + labels.len()]
+            .iter()
+            .zip(labels.bytes())
+        {
             dst.store(b, Ordering::Relaxed);
         }
         let slot = self.slot(i);
@@ -166,9 +176,20 @@ impl Region {
                 }
                 let off = slot[2].load(Ordering::Relaxed) as usize;
                 let len = slot[3].load(Ordering::Relaxed) as usize;
-                let bytes: Vec<u8> = self.arena().get(off..off + len)?.iter().map(|b| b.load(Ordering::Relaxed)).collect();
+                let bytes: Vec<u8> = self
+                    .arena()
+                    .get(off..off + len)?
+                    .iter()
+                    .map(|b| b.load(Ordering::Relaxed))
+                    .collect();
                 let labels = String::from_utf8(bytes).ok()?;
-                Some((SeriesKey { family: slot[1].load(Ordering::Relaxed), labels }, i))
+                Some((
+                    SeriesKey {
+                        family: slot[1].load(Ordering::Relaxed),
+                        labels,
+                    },
+                    i,
+                ))
             })
             .collect()
     }
@@ -200,7 +221,13 @@ mod tests {
         drop(worker);
         let series = master.series();
         assert_eq!(series.len(), 2);
-        assert_eq!(series[1].0, SeriesKey { family: 2, labels: "route=b\u{1f}code=200".into() });
+        assert_eq!(
+            series[1].0,
+            SeriesKey {
+                family: 2,
+                labels: "route=b\u{1f}code=200".into()
+            }
+        );
         assert_eq!(master.values(series[0].1)[0].load(Ordering::Relaxed), 3);
         assert_eq!(master.values(series[1].1)[17].load(Ordering::Relaxed), 9);
     }

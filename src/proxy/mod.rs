@@ -25,8 +25,8 @@ pub use error::{Fault, ProxyError, local_response};
 
 use crate::balance::hash_key;
 use crate::body::{Completion, RequestBody, ResponseBody};
-use crate::metrics::RouteSeries;
 use crate::config::{HashKey, Protocol};
+use crate::metrics::RouteSeries;
 use crate::routing::{Route, rewrite_path};
 use crate::runtime::{ListenerRuntime, Runtime};
 use crate::upstream::{Conn, Lease, Upstream};
@@ -40,11 +40,20 @@ pub struct Client {
 }
 
 /// Serves one request from the snapshot `rt`.
-pub async fn handle(rt: Arc<Runtime>, client: &Client, request: Request<Incoming>) -> Response<ResponseBody> {
+pub async fn handle(
+    rt: Arc<Runtime>,
+    client: &Client,
+    request: Request<Incoming>,
+) -> Response<ResponseBody> {
     let started = Instant::now();
-    let mut log = rt.access_log.as_ref().map(|l| l.entry(&request, client.addr.ip()));
+    let mut log = rt
+        .access_log
+        .as_ref()
+        .map(|l| l.entry(&request, client.addr.ip()));
     let route = route_of(&rt, &request);
-    let series = route.map_or(&rt.unrouted, |r| &rt.route_series[r.index]).clone();
+    let series = route
+        .map_or(&rt.unrouted, |r| &rt.route_series[r.index])
+        .clone();
     if let Some(entry) = log.as_mut() {
         entry.routed(series.route(), series.upstream());
     }
@@ -59,7 +68,14 @@ pub async fn handle(rt: Arc<Runtime>, client: &Client, request: Request<Incoming
         }
     };
     let status = response.status().as_u16();
-    response.map(|body| body.complete_with(Completion { series, status, started, log }))
+    response.map(|body| {
+        body.complete_with(Completion {
+            series,
+            status,
+            started,
+            log,
+        })
+    })
 }
 
 /// The route for a request, if any (none also when HTTP/1.1 lacks a Host).
@@ -68,7 +84,10 @@ fn route_of<'r, B>(rt: &'r Runtime, request: &Request<B>) -> Option<&'r Route> {
     if host.is_none() && request.version() == Version::HTTP_11 {
         return None;
     }
-    rt.routes.find(host.as_ref().and_then(|h| h.to_str().ok()), request.uri().path())
+    rt.routes.find(
+        host.as_ref().and_then(|h| h.to_str().ok()),
+        request.uri().path(),
+    )
 }
 
 async fn forward(
@@ -80,7 +99,11 @@ async fn forward(
 ) -> Result<Response<ResponseBody>, ProxyError> {
     let host = request_host(&request);
     let Some(route) = route else {
-        return Err(if host.is_none() { ProxyError::MissingHost } else { ProxyError::NoRoute });
+        return Err(if host.is_none() {
+            ProxyError::MissingHost
+        } else {
+            ProxyError::NoRoute
+        });
     };
     let upstream = &rt.upstreams[route.upstream];
     let listener = &client.listener.config;
@@ -109,7 +132,12 @@ async fn forward(
         host.as_ref(),
     );
     set_target(&mut parts, route, protocol, host.as_ref());
-    let (body, body_sent) = RequestBody::new(body, listener.max_request_body, listener.body_timeout, series.clone());
+    let (body, body_sent) = RequestBody::new(
+        body,
+        listener.max_request_body,
+        listener.body_timeout,
+        series.clone(),
+    );
     let request = Request::from_parts(parts, body);
 
     let (response, lease) = exchange(rt, upstream, request, body_sent, key).await?;
@@ -205,7 +233,12 @@ async fn exchange(
     }
 }
 
-fn log_failure(rt: &Runtime, upstream: &Upstream, server: &crate::upstream::Server, e: &ProxyError) {
+fn log_failure(
+    rt: &Runtime,
+    upstream: &Upstream,
+    server: &crate::upstream::Server,
+    e: &ProxyError,
+) {
     if let Some(kind) = e.upstream_kind() {
         rt.count_upstream_error(upstream.name(), &server.label, kind);
     }

@@ -74,7 +74,12 @@ impl Upstream {
         exclude: Option<usize>,
         rng: &mut fastrand::Rng,
     ) -> Option<usize> {
-        let mut view = View { servers: &self.servers, exclude, now: Instant::now(), forgive: false };
+        let mut view = View {
+            servers: &self.servers,
+            exclude,
+            now: Instant::now(),
+            forgive: false,
+        };
         self.balancer.pick(&view, key, rng).or_else(|| {
             view.forgive = true;
             self.balancer.pick(&view, key, rng)

@@ -20,9 +20,9 @@ use tokio_util::sync::CancellationToken;
 use super::{Drained, Listener, Server};
 use crate::config::{Config, ConfigError};
 use crate::ipc::{self, IpcError, ServerHealth, ToMaster, ToWorker};
-use crate::runtime::{BuildError, Runtime, SharedRuntime};
 use crate::metrics::Recorder;
 use crate::metrics::shm::ShmError;
+use crate::runtime::{BuildError, Runtime, SharedRuntime};
 
 /// Environment variables the master sets for its workers.
 pub const ENV_MASTER_PID: &str = "CORRAL_MASTER_PID";
@@ -186,7 +186,12 @@ async fn reload(
     let previous = shared.load_full();
     let next = tokio::task::spawn_blocking(move || -> Result<Runtime, WorkerError> {
         let config = Config::from_str(&path, &text)?;
-        Ok(Runtime::build(config, generation, Some(&previous), &previous.recorder)?)
+        Ok(Runtime::build(
+            config,
+            generation,
+            Some(&previous),
+            &previous.recorder,
+        )?)
     })
     .await
     .map_err(|e| WorkerError::Io(std::io::Error::other(e)))??;
