@@ -459,3 +459,49 @@ async fn check_diff_shows_what_a_reload_would_change() {
         "{stdout}"
     );
 }
+
+#[tokio::test]
+async fn a_long_download_is_not_cut_by_reloads() {
+    use bytes::Bytes;
+    use http_body_util::{BodyExt, StreamBody};
+    use hyper::body::Frame;
+    let (more_tx, more_rx) = tokio::sync::mpsc::channel::<()>(1);
+    let more = std::sync::Arc::new(tokio::sync::Mutex::new(Some(more_rx)));
+    let app = upstream(move |_req| {
+        let more = more.clone();
+        async move {
+            let more = more.lock().await.take().unwrap();
+            let stream = futures_util::stream::unfold((0, more), |(sent, mut more)| async move {
+                if sent == 3 || (sent > 0 && more.recv().await.is_none()) {
+                    return None;
+                }
+                let part = Frame::data(Bytes::from(format!("part {sent}\n")));
+                Some((Ok::<_, std::io::Error>(part), (sent + 1, more)))
+            });
+            http::Response::new(StreamBody::new(stream).boxed())
+        }
+    })
+    .await;
+    let (b, ws) = (echo("b").await, ws_upstream().await);
+    let corral = Corral::start(&config(app.addr, ws, "", 2)).await;
+    let mut client = H1::connect(corral.addr("public")).await;
+    let request = http::Request::get("/download")
+        .header("host", "x")
+        .body(empty())
+        .unwrap();
+    let mut body = client.send(request).await.unwrap().into_body();
+    let mut received = String::new();
+    let first = body.frame().await.unwrap().unwrap().into_data().unwrap();
+    received.push_str(std::str::from_utf8(&first).unwrap());
+    for part in 0..2 {
+        // Each reload moves new requests to `b`; the download goes on.
+        let target = if part == 0 { b.addr } else { app.addr };
+        corral.write_config(&config(target, ws, "", 2));
+        let (code, body_text) = admin_call(corral.admin.unwrap(), Method::POST, "/reload").await;
+        assert_eq!(code, StatusCode::OK, "{body_text}");
+        more_tx.send(()).await.unwrap();
+        let chunk = body.frame().await.unwrap().unwrap().into_data().unwrap();
+        received.push_str(std::str::from_utf8(&chunk).unwrap());
+    }
+    assert_eq!(received, "part 0\npart 1\npart 2\n");
+}
