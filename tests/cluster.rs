@@ -318,25 +318,8 @@ async fn sigterm_finishes_in_flight_requests_then_everything_exits() {
 
 #[tokio::test]
 async fn health_checks_run_in_the_master_and_steer_every_worker() {
-    use std::sync::Arc;
-    use std::sync::atomic::{AtomicBool, Ordering};
-    let sick = Arc::new(AtomicBool::new(false));
-    let flag = sick.clone();
-    let a = upstream(move |req: http::Request<hyper::body::Incoming>| {
-        let status = if req.uri().path() == "/healthz" && flag.load(Ordering::SeqCst) {
-            500
-        } else {
-            200
-        };
-        async move {
-            http::Response::builder()
-                .status(status)
-                .header("x-backend", "a")
-                .body(empty())
-                .unwrap()
-        }
-    })
-    .await;
+    use std::sync::atomic::Ordering;
+    let (a, sick) = sickly().await;
     let b = echo("b").await;
     let check = "[upstreams.health_check]\npath = \"/healthz\"\ninterval = \"100ms\"\nunhealthy_threshold = 1";
     let corral = Corral::start(&cluster_config(&[a.addr, b.addr], check)).await;

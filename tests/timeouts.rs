@@ -170,26 +170,8 @@ async fn a_connect_that_hangs_gets_504_at_the_connect_timeout() {
 
 #[tokio::test(start_paused = true)]
 async fn health_checks_take_a_failing_server_out_and_bring_it_back() {
-    use std::sync::Arc;
-    use std::sync::atomic::{AtomicBool, Ordering};
-    let sick = Arc::new(AtomicBool::new(false));
-    let flag = sick.clone();
-    let a = upstream(move |req: Request<hyper::body::Incoming>| {
-        let sick = flag.load(Ordering::SeqCst);
-        async move {
-            let status = if req.uri().path() == "/healthz" && sick {
-                500
-            } else {
-                200
-            };
-            Response::builder()
-                .status(status)
-                .header("x-backend", "a")
-                .body(empty())
-                .unwrap()
-        }
-    })
-    .await;
+    use std::sync::atomic::Ordering;
+    let (a, sick) = sickly().await;
     let b = echo("b").await;
     let check = "[upstreams.health_check]\npath = \"/healthz\"\ninterval = \"1s\"\nunhealthy_threshold = 2\nhealthy_threshold = 2";
     let proxy = in_process(&simple_config(&[a.addr, b.addr], check)).await;

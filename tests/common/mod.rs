@@ -653,3 +653,24 @@ pub fn listening_inodes(port: u16) -> std::collections::HashSet<u64> {
         })
         .collect()
 }
+
+/// An upstream named `a` (in `x-backend`) whose `/healthz` fails while the
+/// returned flag is set.
+pub async fn sickly() -> (Upstream, Arc<std::sync::atomic::AtomicBool>) {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let sick = Arc::new(AtomicBool::new(false));
+    let flag = sick.clone();
+    let up = upstream(move |req: Request<Incoming>| {
+        let failing = req.uri().path() == "/healthz" && flag.load(Ordering::SeqCst);
+        async move {
+            let status = if failing { 500 } else { 200 };
+            Response::builder()
+                .status(status)
+                .header("x-backend", "a")
+                .body(empty())
+                .unwrap()
+        }
+    })
+    .await;
+    (up, sick)
+}
