@@ -76,6 +76,11 @@ impl Balancer {
         }
     }
 
+    /// Whether the policy reads latency (so the request path measures it).
+    pub fn wants_latency(&self) -> bool {
+        matches!(self, Self::P2cEwma)
+    }
+
     /// Whether [`pick`](Self::pick) wants a hash key.
     pub fn wants_key(&self) -> bool {
         matches!(self, Self::ConsistentHash(_))

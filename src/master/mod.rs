@@ -66,6 +66,7 @@ pub fn run(path: &Path) -> Result<(), RunError> {
     // Resolved now: after an upgrade replaces the file, this path names the
     // new binary, while /proc/self/exe would still name the old one.
     let exe = std::env::current_exe()?;
+    raise_open_files_limit();
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
@@ -373,6 +374,22 @@ impl Signals {
             usr2: signal(SignalKind::user_defined2())?,
             hup: signal(SignalKind::hangup())?,
         })
+    }
+}
+
+/// Each connection costs a descriptor (two when proxied); the usual soft
+/// limit of 1024 would cap a worker at a few hundred. Raise it to the hard
+/// limit, as the workers inherit it.
+fn raise_open_files_limit() {
+    use nix::sys::resource::{Resource, getrlimit, setrlimit};
+    match getrlimit(Resource::RLIMIT_NOFILE) {
+        Ok((soft, hard)) if soft < hard => {
+            if let Err(e) = setrlimit(Resource::RLIMIT_NOFILE, hard, hard) {
+                tracing::warn!(soft, hard, error = %e, "cannot raise the open files limit");
+            }
+        }
+        Ok(_) => {}
+        Err(e) => tracing::warn!(error = %e, "cannot read the open files limit"),
     }
 }
 

@@ -68,16 +68,23 @@ pub fn remove_hop_by_hop(headers: &mut HeaderMap, upgrading: bool) {
     }
 }
 
-/// Appends the client to `X-Forwarded-For` and sets `X-Forwarded-Proto` and
-/// `X-Forwarded-Host`. Several `X-Forwarded-For` lines are joined into one,
-/// in order, as RFC 9110 §5.3 allows.
+/// The client's address as a header value, made once per connection (IPv4
+/// clients on an IPv6 socket are written as IPv4).
+pub fn client_value(client: IpAddr) -> HeaderValue {
+    let text = client.to_canonical().to_string();
+    // An IP address is always a valid header value.
+    HeaderValue::from_str(&text).unwrap_or_else(|_| HeaderValue::from_static("unknown"))
+}
+
+/// Appends the client (see [`client_value`]) to `X-Forwarded-For` and sets
+/// `X-Forwarded-Proto` and `X-Forwarded-Host`. Several `X-Forwarded-For`
+/// lines are joined into one, in order, as RFC 9110 §5.3 allows.
 pub fn add_forwarded(
     headers: &mut HeaderMap,
-    client: IpAddr,
+    client: &HeaderValue,
     tls: bool,
     host: Option<&HeaderValue>,
 ) {
-    let client = client.to_canonical();
     let mut chain = String::new();
     for v in headers.get_all(&X_FORWARDED_FOR) {
         if let Ok(v) = v.to_str() {
@@ -88,16 +95,14 @@ pub fn add_forwarded(
             }
         }
     }
-    let value = if chain.is_empty() {
-        HeaderValue::from_str(&client.to_string())
+    if chain.is_empty() {
+        headers.insert(&X_FORWARDED_FOR, client.clone());
     } else {
-        chain.push_str(&client.to_string());
-        HeaderValue::from_str(&chain)
-    };
-    // An IP address and the client's own visible-ASCII header text are
-    // always valid header values.
-    if let Ok(value) = value {
-        headers.insert(&X_FORWARDED_FOR, value);
+        chain.push_str(client.to_str().unwrap_or_default());
+        // The client's own visible-ASCII header text plus an address.
+        if let Ok(value) = HeaderValue::from_str(&chain) {
+            headers.insert(&X_FORWARDED_FOR, value);
+        }
     }
     let proto = if tls { "https" } else { "http" };
     headers.insert(&X_FORWARDED_PROTO, HeaderValue::from_static(proto));
@@ -168,7 +173,12 @@ mod tests {
             ("x-forwarded-for", "2.2.2.2, 3.3.3.3"),
         ]);
         let host = HeaderValue::from_static("example.com");
-        add_forwarded(&mut h, "10.0.0.9".parse().unwrap(), true, Some(&host));
+        add_forwarded(
+            &mut h,
+            &client_value("10.0.0.9".parse().unwrap()),
+            true,
+            Some(&host),
+        );
         assert_eq!(h["x-forwarded-for"], "1.1.1.1, 2.2.2.2, 3.3.3.3, 10.0.0.9");
         assert_eq!(h["x-forwarded-proto"], "https");
         assert_eq!(h["x-forwarded-host"], "example.com");
@@ -177,7 +187,12 @@ mod tests {
     #[test]
     fn ipv4_mapped_clients_are_written_as_ipv4() {
         let mut h = HeaderMap::new();
-        add_forwarded(&mut h, "::ffff:127.0.0.1".parse().unwrap(), false, None);
+        add_forwarded(
+            &mut h,
+            &client_value("::ffff:127.0.0.1".parse().unwrap()),
+            false,
+            None,
+        );
         assert_eq!(h["x-forwarded-for"], "127.0.0.1");
         assert_eq!(h["x-forwarded-proto"], "http");
     }

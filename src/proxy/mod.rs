@@ -35,6 +35,8 @@ use crate::upstream::{Conn, Lease, Upstream};
 #[derive(Debug, Clone)]
 pub struct Client {
     pub addr: SocketAddr,
+    /// `addr`'s IP as it goes into `X-Forwarded-For`.
+    pub forwarded_for: HeaderValue,
     pub tls: bool,
     pub listener: Arc<ListenerRuntime>,
 }
@@ -127,7 +129,7 @@ async fn forward(
     parts.headers.remove(header::EXPECT);
     headers::add_forwarded(
         &mut parts.headers,
-        client.addr.ip(),
+        &client.forwarded_for,
         client.tls,
         host.as_ref(),
     );
@@ -194,28 +196,33 @@ async fn exchange(
             log_failure(rt, upstream, server, &e);
             e
         };
-        let sent = match conn {
+        let (sent, reusable) = match conn {
             Conn::Http1(mut sender) => {
                 let result = tokio::select! {
                     r = sender.try_send_request(request) => r,
                     e = deadline => return Err(e),
                 };
-                if result
-                    .as_ref()
-                    .is_ok_and(|r| r.status() != StatusCode::SWITCHING_PROTOCOLS)
-                {
-                    lease.hold(sender);
-                }
-                result
+                (result, Some(sender))
             }
-            Conn::Http2(mut sender) => tokio::select! {
-                r = sender.try_send_request(request) => r,
-                e = deadline => return Err(e),
-            },
+            Conn::Http2(mut sender) => {
+                let result = tokio::select! {
+                    r = sender.try_send_request(request) => r,
+                    e = deadline => return Err(e),
+                };
+                (result, None)
+            }
         };
         match sent {
             Ok(response) => {
-                server.observe_latency(started.elapsed());
+                if upstream.balancer.wants_latency() {
+                    server.observe_latency(started.elapsed());
+                }
+                // An upgraded connection belongs to its tunnel.
+                if let Some(sender) =
+                    reusable.filter(|_| response.status() != StatusCode::SWITCHING_PROTOCOLS)
+                {
+                    lease.hold(sender, body_sent);
+                }
                 return Ok((response, lease));
             }
             Err(mut e) => match e.take_message() {

@@ -237,6 +237,7 @@ impl Server {
         Lease {
             server: self.clone(),
             conn: None,
+            body_sent: None,
         }
     }
 
@@ -261,6 +262,8 @@ impl Server {
 pub struct Lease {
     server: Arc<Server>,
     conn: Option<hyper::client::conn::http1::SendRequest<crate::body::RequestBody>>,
+    /// Completes when the request body has been sent in full (or dropped).
+    body_sent: Option<tokio::sync::oneshot::Receiver<()>>,
 }
 
 impl Lease {
@@ -268,18 +271,27 @@ impl Lease {
         &self.server
     }
 
-    /// Keeps `conn` to give back to the pool on a clean release.
+    /// Keeps `conn` to give back to the pool on a clean release, once
+    /// `body_sent` says the request body is through too.
     pub fn hold(
         &mut self,
         conn: hyper::client::conn::http1::SendRequest<crate::body::RequestBody>,
+        body_sent: tokio::sync::oneshot::Receiver<()>,
     ) {
         self.conn = Some(conn);
+        self.body_sent = Some(body_sent);
     }
 
-    /// Ends the lease; `clean` when the response was read to its end, so the
-    /// connection can serve another request.
+    /// Ends the lease; `clean` when the response was read to its end. The
+    /// connection then serves another request, unless its request body is
+    /// still being sent (an upstream may answer before reading it all).
     pub fn release(mut self, clean: bool) {
-        if let Some(conn) = self.conn.take().filter(|_| clean) {
+        use tokio::sync::oneshot::error::TryRecvError;
+        let body_done = self
+            .body_sent
+            .as_mut()
+            .is_some_and(|rx| !matches!(rx.try_recv(), Err(TryRecvError::Empty)));
+        if let Some(conn) = self.conn.take().filter(|_| clean && body_done) {
             pool::checkin(&self.server, conn);
         }
     }

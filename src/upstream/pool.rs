@@ -6,7 +6,7 @@
 //! server gets one shared, multiplexed connection, replaced when it closes.
 
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Mutex, MutexGuard};
 use std::time::Duration;
 
 use hyper::client::conn::{http1, http2};
@@ -86,37 +86,25 @@ impl Pool {
     ) -> Result<(Conn, bool), ConnectError> {
         match self.protocol {
             Protocol::Http1 => {
-                if let Some(conn) = self.take_idle() {
-                    return Ok((Conn::Http1(conn), true));
-                }
-                let stream = connect(addr, timeout).await?;
-                let (conn, driver) = http1::Builder::new()
-                    .handshake(TokioIo::new(stream))
-                    .await
-                    .map_err(|source| ConnectError::Handshake { addr, source })?;
-                tokio::spawn(async move {
-                    if let Err(e) = driver.with_upgrades().await {
-                        tracing::debug!(%addr, error = %e, "upstream connection ended");
+                while let Some(mut conn) = self.take_idle() {
+                    // hyper marks a connection ready once its driver task has
+                    // seen the previous exchange end, which may not have run
+                    // yet; only connections whose request and response both
+                    // ended are pooled, so this takes a moment at most.
+                    if conn.ready().await.is_ok() {
+                        return Ok((Conn::Http1(conn), true));
                     }
-                });
+                }
+                // Boxed: the handshake's state is large and rarely needed, and
+                // every request's future would otherwise carry room for it.
+                let conn = Box::pin(open_http1(addr, timeout)).await?;
                 Ok((Conn::Http1(conn), false))
             }
             Protocol::H2 => {
                 if let Some(conn) = lock(&self.shared).as_ref().filter(|c| !c.is_closed()) {
                     return Ok((Conn::Http2(conn.clone()), true));
                 }
-                let stream = connect(addr, timeout).await?;
-                let (conn, driver) = http2::Builder::new(TokioExecutor::new())
-                    .timer(hyper_util::rt::TokioTimer::new())
-                    .keep_alive_interval(Duration::from_secs(30))
-                    .handshake(TokioIo::new(stream))
-                    .await
-                    .map_err(|source| ConnectError::Handshake { addr, source })?;
-                tokio::spawn(async move {
-                    if let Err(e) = driver.await {
-                        tracing::debug!(%addr, error = %e, "upstream h2 connection ended");
-                    }
-                });
+                let conn = Box::pin(open_http2(addr, timeout)).await?;
                 *lock(&self.shared) = Some(conn.clone());
                 Ok((Conn::Http2(conn), false))
             }
@@ -132,7 +120,7 @@ impl Pool {
                 idle.clear();
                 return None;
             }
-            if entry.conn.is_ready() {
+            if !entry.conn.is_closed() {
                 return Some(entry.conn);
             }
         }
@@ -150,25 +138,47 @@ impl Pool {
     }
 }
 
-/// Returns an HTTP/1.1 connection whose response was read to the end. hyper
-/// marks it ready once its driver task has seen the exchange finish, which
-/// may be a moment later (or never, if the server closes it), so a connection
-/// not yet ready is watched by a small task instead of being parked unready.
-pub(super) fn checkin(server: &Arc<Server>, mut conn: http1::SendRequest<RequestBody>) {
-    if conn.is_ready() {
+/// Returns an HTTP/1.1 connection whose request and response both ended.
+pub(super) fn checkin(server: &Server, conn: http1::SendRequest<RequestBody>) {
+    if !conn.is_closed() {
         server.pool.put_idle(conn);
-        return;
     }
-    if conn.is_closed() {
-        return;
-    }
-    let server = server.clone();
+}
+
+async fn open_http1(
+    addr: SocketAddr,
+    timeout: Duration,
+) -> Result<http1::SendRequest<RequestBody>, ConnectError> {
+    let stream = connect(addr, timeout).await?;
+    let (conn, driver) = http1::Builder::new()
+        .handshake(TokioIo::new(stream))
+        .await
+        .map_err(|source| ConnectError::Handshake { addr, source })?;
     tokio::spawn(async move {
-        let wait = tokio::time::timeout(server.pool.idle_timeout, conn.ready());
-        if let Ok(Ok(())) = wait.await {
-            server.pool.put_idle(conn);
+        if let Err(e) = driver.with_upgrades().await {
+            tracing::debug!(%addr, error = %e, "upstream connection ended");
         }
     });
+    Ok(conn)
+}
+
+async fn open_http2(
+    addr: SocketAddr,
+    timeout: Duration,
+) -> Result<http2::SendRequest<RequestBody>, ConnectError> {
+    let stream = connect(addr, timeout).await?;
+    let (conn, driver) = http2::Builder::new(TokioExecutor::new())
+        .timer(hyper_util::rt::TokioTimer::new())
+        .keep_alive_interval(Duration::from_secs(30))
+        .handshake(TokioIo::new(stream))
+        .await
+        .map_err(|source| ConnectError::Handshake { addr, source })?;
+    tokio::spawn(async move {
+        if let Err(e) = driver.await {
+            tracing::debug!(%addr, error = %e, "upstream h2 connection ended");
+        }
+    });
+    Ok(conn)
 }
 
 async fn connect(addr: SocketAddr, timeout: Duration) -> Result<TcpStream, ConnectError> {

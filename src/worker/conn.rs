@@ -51,29 +51,45 @@ pub async fn serve(
     listener.connections.add(1);
     listener.connections_active.inc();
     let _open = Open(listener.clone());
-    // Responses are written whole; Nagle would only hold back their tails.
-    if let Err(e) = stream.set_nodelay(true) {
-        tracing::debug!(client = %peer, error = %e, "setting TCP_NODELAY failed");
-    }
+    // No TCP_NODELAY call here: accepted sockets inherit it from the
+    // listening socket (see `master::sockets::bind`).
     let activity = Activity::new();
     let stream = Watched::new(stream, activity.clone());
-    let Some(tls) = listener.tls.clone() else {
-        return serve_http(
-            stream,
-            Protocols::Sniff,
-            peer,
-            listener,
-            runtime,
-            activity,
-            shutdown,
-        )
-        .await;
-    };
-    let handshake = tokio::time::timeout(
-        listener.config.header_timeout,
-        tokio_rustls::TlsAcceptor::from(tls).accept(stream),
-    );
-    let stream = match handshake.await {
+    match listener.tls.clone() {
+        None => {
+            serve_http(
+                stream,
+                Protocols::Sniff,
+                peer,
+                listener,
+                runtime,
+                activity,
+                shutdown,
+            )
+            .await
+        }
+        // Boxed: the handshake's state is large, and plain connections
+        // should not carry room for it.
+        Some(tls) => {
+            Box::pin(serve_tls(
+                stream, tls, peer, listener, runtime, activity, shutdown,
+            ))
+            .await
+        }
+    }
+}
+
+async fn serve_tls(
+    stream: Watched<TcpStream>,
+    tls: Arc<rustls::ServerConfig>,
+    peer: SocketAddr,
+    listener: Arc<ListenerRuntime>,
+    runtime: SharedRuntime,
+    activity: Arc<Activity>,
+    shutdown: CancellationToken,
+) {
+    let accept = tokio_rustls::TlsAcceptor::from(tls).accept(stream);
+    let stream = match tokio::time::timeout(listener.config.header_timeout, accept).await {
         Ok(Ok(stream)) => stream,
         Ok(Err(e)) => return tracing::debug!(client = %peer, error = %e, "TLS handshake failed"),
         Err(_) => return tracing::debug!(client = %peer, "TLS handshake timed out"),
@@ -115,11 +131,12 @@ async fn serve_http<S>(
         Protocols::Http2 => builder.http2_only(),
         Protocols::Sniff => builder,
     };
-    let client = Client {
+    let client = Arc::new(Client {
         addr: peer,
+        forwarded_for: crate::proxy::headers::client_value(peer.ip()),
         tls: listener.tls.is_some(),
         listener: listener.clone(),
-    };
+    });
     let service = {
         let activity = activity.clone();
         let draining = shutdown.clone();

@@ -1,0 +1,383 @@
+"""The end-to-end benchmark driver (run it through run.sh).
+
+Starts two upstreams (one nginx answering a fixed 200 of about 100 bytes on
+two ports), then for each scenario and round starts corral, nginx and HAProxy
+in turn, with the same worker count, in a rotating order, drives load at each
+with wrk or h2load, and measures from /proc: the proxy's CPU time (master and
+workers together) per request, and its peak resident memory. Prints medians
+over the rounds and each as a ratio to nginx.
+
+Scenarios:
+  keepalive  HTTP/1.1, 50 keep-alive connections (wrk)
+  fresh      HTTP/1.1, a new connection per request (wrk, Connection: close)
+  h2c        HTTP/2 with prior knowledge, 10 connections x 10 streams (h2load)
+  idle       10 000 idle keep-alive connections: memory per connection
+"""
+
+import argparse
+import json
+import os
+import resource
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+
+BODY = "hello from the benchmark upstream, a fixed body of about one hundred bytes, same for all...\n"
+CONTENDERS = ["corral", "nginx", "haproxy"]
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_port(port, timeout=10.0):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.2):
+                return
+        except OSError:
+            time.sleep(0.05)
+    raise RuntimeError(f"nothing listens on {port}")
+
+
+def tree(pid):
+    """pid and its descendants."""
+    out, todo = [], [pid]
+    while todo:
+        p = todo.pop()
+        out.append(p)
+        try:
+            with open(f"/proc/{p}/task/{p}/children") as f:
+                todo.extend(int(c) for c in f.read().split())
+        except OSError:
+            pass
+    return out
+
+
+def cpu_ticks(pid):
+    total = 0
+    for p in tree(pid):
+        try:
+            with open(f"/proc/{p}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+            total += int(fields[11]) + int(fields[12])  # utime, stime
+        except OSError:
+            pass
+    return total
+
+
+def rss_kib(pid):
+    total = 0
+    for p in tree(pid):
+        try:
+            with open(f"/proc/{p}/status") as f:
+                for line in f:
+                    if line.startswith("VmRSS:"):
+                        total += int(line.split()[1])
+        except OSError:
+            pass
+    return total
+
+
+class Sampler(threading.Thread):
+    """Peak resident memory of a process tree while a run lasts."""
+
+    def __init__(self, pid):
+        super().__init__(daemon=True)
+        self.pid, self.peak, self.stop = pid, 0, threading.Event()
+
+    def run(self):
+        while not self.stop.is_set():
+            self.peak = max(self.peak, rss_kib(self.pid))
+            self.stop.wait(0.1)
+
+
+class Bench:
+    def __init__(self, args):
+        self.args = args
+        self.dir = tempfile.mkdtemp(prefix="corral-bench-")
+        self.up = [free_port(), free_port()]
+        self.procs = []
+
+    def write(self, name, text):
+        path = os.path.join(self.dir, name)
+        with open(path, "w") as f:
+            f.write(text)
+        return path
+
+    def spawn(self, argv, port):
+        log = open(os.path.join(self.dir, os.path.basename(argv[0]) + ".log"), "a")
+        p = subprocess.Popen(argv, stdout=log, stderr=log, start_new_session=True)
+        self.procs.append(p)
+        wait_port(port)
+        return p
+
+    def stop(self, p):
+        try:
+            os.killpg(p.pid, 9)
+        except ProcessLookupError:
+            pass
+        p.wait()
+
+    def start_upstreams(self):
+        servers = "\n".join(
+            f'  server {{ listen 127.0.0.1:{port}; location / {{ return 200 "{BODY}"; }} }}' for port in self.up
+        )
+        conf = self.write("upstream.conf", f"""
+daemon off; worker_processes 1; pid {self.dir}/upstream.pid; error_log {self.dir}/upstream.err warn;
+events {{ worker_connections 65536; }}
+http {{ access_log off; keepalive_requests 10000000; keepalive_timeout 300s;
+{servers}
+}}
+""")
+        self.upstream = self.spawn(["nginx", "-c", conf, "-p", self.dir], self.up[0])
+
+    def start(self, who, h2=False):
+        port = free_port()
+        w = self.args.workers
+        if who.startswith("corral"):
+            binary = self.args.corral if who == "corral" else self.args.variants[who]
+            conf = self.write("corral.toml", f"""
+[runtime]
+workers = {w}
+[[listeners]]
+name = "bench"
+listen = "127.0.0.1:{port}"
+keepalive_timeout = "300s"
+[[routes]]
+upstream = "app"
+[[upstreams]]
+name = "app"
+servers = [{{ addr = "127.0.0.1:{self.up[0]}" }}, {{ addr = "127.0.0.1:{self.up[1]}" }}]
+""")
+            env = dict(os.environ, CORRAL_LOG="warn")
+            log = open(os.path.join(self.dir, "corral.log"), "a")
+            p = subprocess.Popen([binary, "run", "--config", conf], stdout=log, stderr=log,
+                                 start_new_session=True, env=env)
+            self.procs.append(p)
+            wait_port(port)
+        elif who == "nginx":
+            listen = f"127.0.0.1:{port} http2" if h2 else f"127.0.0.1:{port}"
+            conf = self.write("nginx.conf", f"""
+daemon off; worker_processes {w}; worker_rlimit_nofile 65536; pid {self.dir}/nginx.pid; error_log {self.dir}/nginx.err warn;
+events {{ worker_connections 30000; }}
+http {{ access_log off; keepalive_requests 10000000; keepalive_timeout 300s;
+  upstream app {{ server 127.0.0.1:{self.up[0]}; server 127.0.0.1:{self.up[1]}; keepalive 256; }}
+  server {{ listen {listen};
+    location / {{ proxy_pass http://app; proxy_http_version 1.1; proxy_set_header Connection ""; }} }}
+}}
+""")
+            p = self.spawn(["nginx", "-c", conf, "-p", self.dir], port)
+        else:
+            proto = " proto h2" if h2 else ""
+            conf = self.write("haproxy.cfg", f"""
+global
+  nbthread {w}
+  maxconn {self.args.idle + 50}
+defaults
+  mode http
+  timeout connect 5s
+  timeout client 300s
+  timeout server 60s
+  timeout http-keep-alive 300s
+  http-reuse always
+frontend bench
+  bind 127.0.0.1:{port}{proto}
+  default_backend app
+backend app
+  balance roundrobin
+  server a 127.0.0.1:{self.up[0]}
+  server b 127.0.0.1:{self.up[1]}
+""")
+            p = self.spawn(["haproxy", "-f", conf], port)
+        return p, port
+
+    def load(self, scenario, port):
+        d = str(self.args.duration)
+        url = f"http://127.0.0.1:{port}/"
+        if scenario == "h2c":
+            log = os.path.join(self.dir, "h2load.log")
+            out = subprocess.run(["h2load", "-t2", "-c10", "-m10", "-D", d, f"--log-file={log}", url],
+                                 capture_output=True, text=True).stdout
+            done = failed = 0
+            for line in out.splitlines():
+                if line.startswith("requests:"):
+                    parts = line.replace(",", "").split()
+                    done, failed = int(parts[7]), int(parts[9])
+            with open(log) as f:
+                lat = sorted(int(l.split()[2]) / 1000.0 for l in f if l.strip())
+            os.unlink(log)
+            rps = done / float(d)
+            pct = lambda q: lat[min(len(lat) - 1, int(q * len(lat)))] if lat else float("nan")
+            return dict(rps=rps, requests=done, errors=failed, p50=pct(0.5), p99=pct(0.99))
+        argv = ["wrk", "-t2", "-c50", f"-d{d}s", "--latency", url]
+        if scenario == "fresh":
+            argv[1:1] = ["-H", "Connection: close"]
+        out = subprocess.run(argv, capture_output=True, text=True).stdout
+        res = dict(errors=0)
+        for line in out.splitlines():
+            s = line.split()
+            if line.strip().startswith("50%"):
+                res["p50"] = ms(s[1])
+            elif line.strip().startswith("99%"):
+                res["p99"] = ms(s[1])
+            elif "requests in" in line:
+                res["requests"] = int(s[0])
+            elif line.startswith("Requests/sec"):
+                res["rps"] = float(s[1])
+            elif "Non-2xx" in line or "Socket errors" in line:
+                res["errors"] += sum(int(x.strip(",")) for x in s if x.strip(",").isdigit())
+        return res
+
+    def idle(self, who):
+        p, port = self.start(who)
+        n = self.args.idle
+        time.sleep(0.5)
+        before = rss_kib(p.pid)
+        socks = []
+        request = b"GET / HTTP/1.1\r\nHost: bench\r\n\r\n"
+        for start in range(0, n, 500):
+            batch = [socket.create_connection(("127.0.0.1", port)) for _ in range(min(500, n - start))]
+            for s in batch:
+                s.sendall(request)
+            drain(batch)
+            socks.extend(batch)
+        time.sleep(1.0)
+        after = rss_kib(p.pid)
+        alive = sum(1 for s in socks if still_open(s))
+        for s in socks:
+            s.close()
+        self.stop(p)
+        return dict(per_conn_kib=(after - before) / n, rss_mib=after / 1024, open=alive)
+
+    def run(self):
+        self.start_upstreams()
+        scenarios = self.args.only or ["keepalive", "fresh", "h2c", "idle"]
+        contenders = self.args.contenders
+        results = {s: {c: [] for c in contenders} for s in scenarios}
+        try:
+            for r in range(self.args.rounds):
+                k = r % len(contenders)
+                order = contenders[k:] + contenders[:k]
+                for scenario in scenarios:
+                    for who in order:
+                        if scenario == "idle":
+                            res = self.idle(who)
+                        else:
+                            p, port = self.start(who, h2=scenario == "h2c")
+                            self.load("keepalive" if scenario != "h2c" else "h2c", port) if self.args.warmup else None
+                            sampler = Sampler(p.pid)
+                            sampler.start()
+                            t0 = cpu_ticks(p.pid)
+                            res = self.load(scenario, port)
+                            t1 = cpu_ticks(p.pid)
+                            sampler.stop.set()
+                            sampler.join()
+                            self.stop(p)
+                            tick = os.sysconf("SC_CLK_TCK")
+                            res["cpu_us"] = (t1 - t0) / tick * 1e6 / max(res.get("requests", 0), 1)
+                            res["rss_mib"] = sampler.peak / 1024
+                        results[scenario][who].append(res)
+                        print(f"round {r + 1} {scenario:9} {who:8} {fmt(res)}", file=sys.stderr, flush=True)
+        finally:
+            for p in self.procs:
+                self.stop(p)
+        return results
+
+
+def ms(text):
+    if text.endswith("us"):
+        return float(text[:-2]) / 1000
+    if text.endswith("ms"):
+        return float(text[:-2])
+    return float(text[:-1]) * 1000
+
+
+def drain(socks):
+    for s in socks:
+        s.settimeout(5)
+        data = b""
+        while b"\r\n\r\n" not in data or not data.endswith(b"\n"):
+            chunk = s.recv(4096)
+            if not chunk:
+                break
+            data += chunk
+
+
+def still_open(s):
+    s.setblocking(False)
+    try:
+        return s.recv(1) != b""
+    except BlockingIOError:
+        return True
+    except OSError:
+        return False
+
+
+def fmt(res):
+    return " ".join(f"{k}={v:.2f}" if isinstance(v, float) else f"{k}={v}" for k, v in res.items())
+
+
+def table(results):
+    contenders = list(next(iter(results.values())))
+    rows = []
+    metrics = {
+        "keepalive": [("rps", "req/s"), ("p50", "p50 ms"), ("p99", "p99 ms"), ("cpu_us", "CPU µs/req"), ("rss_mib", "peak RSS MiB")],
+        "fresh": [("rps", "req/s"), ("p50", "p50 ms"), ("p99", "p99 ms"), ("cpu_us", "CPU µs/req"), ("rss_mib", "peak RSS MiB")],
+        "h2c": [("rps", "req/s"), ("p50", "p50 ms"), ("p99", "p99 ms"), ("cpu_us", "CPU µs/req"), ("rss_mib", "peak RSS MiB")],
+        "idle": [("per_conn_kib", "KiB per idle conn"), ("rss_mib", "RSS MiB")],
+    }
+    for scenario, by in results.items():
+        rows.append(f"\n### {scenario}\n")
+        others = [c for c in contenders if c != "corral"]
+        rows.append("| metric | " + " | ".join(contenders) + " | " + " | ".join(f"corral / {o}" for o in others) + " |")
+        rows.append("| --- " * (len(contenders) + len(others) + 1) + "|")
+        for key, label in metrics[scenario]:
+            med = {c: statistics.median(r[key] for r in by[c]) if by[c] else float("nan") for c in contenders}
+            ratio = lambda a, b: f"{a / b:.2f}x" if b else "-"
+            cells = [f"{med[c]:.2f}" for c in contenders] + [ratio(med["corral"], med[o]) for o in others]
+            rows.append(f"| {label} | " + " | ".join(cells) + " |")
+    return "\n".join(rows)
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--corral", required=True)
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--duration", type=int, default=10)
+    ap.add_argument("--workers", type=int, default=2)
+    ap.add_argument("--idle", type=int, default=10000)
+    ap.add_argument("--warmup", action="store_true", help="drive load once before measuring")
+    ap.add_argument("--only", action="append", choices=["keepalive", "fresh", "h2c", "idle"])
+    ap.add_argument("--json", help="also write the raw results here")
+    ap.add_argument("--only-contenders", nargs="+", choices=CONTENDERS, help="measure only these")
+    ap.add_argument("--variant", action="append", default=[], metavar="NAME=PATH",
+                    help="another corral build to compare, e.g. corral-b=/tmp/corral (for A/B work)")
+    args = ap.parse_args()
+    args.variants = dict(v.split("=", 1) for v in args.variant)
+    args.contenders = (args.only_contenders or CONTENDERS) + list(args.variants)
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    # HAProxy wants two descriptors per connection it may hold.
+    fits = (hard - 256) // 2
+    if args.idle > fits:
+        print(f"note: the open files limit ({hard}) allows {fits} idle connections per contender, not {args.idle}",
+              file=sys.stderr)
+        args.idle = fits
+    results = Bench(args).run()
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(results, f, indent=1)
+    print(f"\n{args.rounds} rounds of {args.duration}s, {args.workers} workers each, medians:")
+    print(table(results))
+
+
+if __name__ == "__main__":
+    main()
