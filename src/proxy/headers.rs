@@ -40,7 +40,10 @@ fn connection_tokens(headers: &HeaderMap) -> impl Iterator<Item = &str> {
 /// `Upgrade` and `Connection: upgrade` stay so the next hop can switch too.
 pub fn remove_hop_by_hop(headers: &mut HeaderMap, upgrading: bool) {
     if headers.contains_key(header::CONNECTION) {
+        // Most requests say only `keep-alive` or `close`, which name no
+        // header left to remove, so this allocates nothing for them.
         let named: Vec<HeaderName> = connection_tokens(headers)
+            .filter(|t| !t.eq_ignore_ascii_case("keep-alive") && !t.eq_ignore_ascii_case("close"))
             .filter_map(|t| HeaderName::from_bytes(t.as_bytes()).ok())
             .collect();
         for name in named {
