@@ -43,7 +43,10 @@ fn bench(c: &mut Criterion) {
         ("least_conn", Balance::LeastConn),
         ("random", Balance::Random),
         ("p2c_ewma", Balance::P2cEwma),
-        ("consistent_hash", Balance::ConsistentHash(HashKey::ClientIp)),
+        (
+            "consistent_hash",
+            Balance::ConsistentHash(HashKey::ClientIp),
+        ),
     ];
     let mut g = c.benchmark_group("pick one of 16 servers");
     for (name, policy) in policies {
@@ -53,7 +56,11 @@ fn bench(c: &mut Criterion) {
         g.bench_function(name, |b| {
             b.iter(|| {
                 k = k.wrapping_add(1);
-                balancer.pick(black_box(&servers), Some(hash_key(&k.to_le_bytes())), &mut rng)
+                balancer.pick(
+                    black_box(&servers),
+                    Some(hash_key(&k.to_le_bytes())),
+                    &mut rng,
+                )
             })
         });
     }

@@ -12,8 +12,14 @@ fn browser_request() -> HeaderMap {
     let mut h = HeaderMap::new();
     for (k, v) in [
         ("host", "shop.example.com"),
-        ("user-agent", "Mozilla/5.0 (X11; Linux x86_64) Gecko/20100101 Firefox/128.0"),
-        ("accept", "text/html,application/xhtml+xml,application/xml;q=0.9,*/*;q=0.8"),
+        (
+            "user-agent",
+            "Mozilla/5.0 (X11; Linux x86_64) Gecko/20100101 Firefox/128.0",
+        ),
+        (
+            "accept",
+            "text/html,application/xhtml+xml,application/xml;q=0.9,*/*;q=0.8",
+        ),
         ("accept-language", "en-GB,en;q=0.5"),
         ("accept-encoding", "gzip, deflate, br"),
         ("connection", "keep-alive"),
@@ -41,16 +47,27 @@ fn bench(c: &mut Criterion) {
         )
     });
     g.bench_function("hop-by-hop removal only", |b| {
-        b.iter_batched_ref(browser_request, |h| remove_hop_by_hop(h, false), BatchSize::SmallInput)
+        b.iter_batched_ref(
+            browser_request,
+            |h| remove_hop_by_hop(h, false),
+            BatchSize::SmallInput,
+        )
     });
     g.bench_function("X-Forwarded-* only", |b| {
-        b.iter_batched_ref(browser_request, |h| add_forwarded(h, black_box(&client), false, Some(&host)), BatchSize::SmallInput)
+        b.iter_batched_ref(
+            browser_request,
+            |h| add_forwarded(h, black_box(&client), false, Some(&host)),
+            BatchSize::SmallInput,
+        )
     });
     g.bench_function("behind another proxy (X-Forwarded-For present)", |b| {
         b.iter_batched_ref(
             || {
                 let mut h = browser_request();
-                h.insert("x-forwarded-for", HeaderValue::from_static("198.51.100.1, 192.0.2.9"));
+                h.insert(
+                    "x-forwarded-for",
+                    HeaderValue::from_static("198.51.100.1, 192.0.2.9"),
+                );
                 h
             },
             |h| {

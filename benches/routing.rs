@@ -46,13 +46,27 @@ fn bench(c: &mut Criterion) {
     let t = table();
     let mut g = c.benchmark_group("route lookup, 1000 routes");
     g.bench_function("exact host, longest prefix", |b| {
-        b.iter(|| t.find(black_box(Some("Service42.example.com:8080")), black_box("/api/v7/users/7")))
+        b.iter(|| {
+            t.find(
+                black_box(Some("Service42.example.com:8080")),
+                black_box("/api/v7/users/7"),
+            )
+        })
     });
     g.bench_function("wildcard host", |b| {
-        b.iter(|| t.find(black_box(Some("shop.tenant99.example.org")), black_box("/cart")))
+        b.iter(|| {
+            t.find(
+                black_box(Some("shop.tenant99.example.org")),
+                black_box("/cart"),
+            )
+        })
     });
-    g.bench_function("no host route, prefix", |b| b.iter(|| t.find(black_box(Some("other.net")), black_box("/static/49/app.js"))));
-    g.bench_function("miss", |b| b.iter(|| t.find(black_box(Some("other.net")), black_box("/nothing"))));
+    g.bench_function("no host route, prefix", |b| {
+        b.iter(|| t.find(black_box(Some("other.net")), black_box("/static/49/app.js")))
+    });
+    g.bench_function("miss", |b| {
+        b.iter(|| t.find(black_box(Some("other.net")), black_box("/nothing")))
+    });
     g.finish();
 }
 

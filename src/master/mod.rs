@@ -322,17 +322,18 @@ impl Master {
         if fast {
             self.ctx.kill.cancel();
         }
+        for slot in &self.slots {
+            slot.stop.cancel();
+        }
         // Let go of every listening socket: each closes as soon as its
         // worker stops accepting, so new connections are refused rather
         // than queued and then reset (unless a new master holds them).
+        // Supervisors, already stopping, do not pass this on as a reload.
         self.generation.send_modify(|g| {
             let mut last = Generation::clone(g);
             last.sockets = Arc::new(Vec::new());
             *g = Arc::new(last);
         });
-        for slot in &self.slots {
-            slot.stop.cancel();
-        }
         for slot in self.slots.drain(..) {
             let _ = slot.task.await;
         }

@@ -253,7 +253,7 @@ async fn run_worker(
                 reopen_logs.mark_unchanged();
                 let _ = tx.send(&ToWorker::ReopenLogs).await;
             }
-            Ok(()) = generation.changed(), if !draining => {
+            Ok(()) = generation.changed(), if !draining && !stop.is_cancelled() => {
                 let next = generation.borrow_and_update().clone();
                 let (listeners, fds) = sockets_to_send(&next, slot, &mut held);
                 let reload = ToWorker::Reload {

@@ -11,6 +11,8 @@ mod error;
 pub mod headers;
 mod upgrade;
 
+pub use upgrade::Tunnel;
+
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 
@@ -32,13 +34,36 @@ use crate::runtime::{ListenerRuntime, Runtime};
 use crate::upstream::{Conn, Lease, Upstream};
 
 /// What the proxy knows about the client connection a request came on.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct Client {
     pub addr: SocketAddr,
     /// `addr`'s IP as it goes into `X-Forwarded-For`.
     pub forwarded_for: HeaderValue,
     pub tls: bool,
     pub listener: Arc<ListenerRuntime>,
+    /// The tunnel to start once this connection has switched protocols.
+    pub tunnel: std::sync::Mutex<Option<Tunnel>>,
+}
+
+impl Client {
+    pub fn new(addr: SocketAddr, tls: bool, listener: Arc<ListenerRuntime>) -> Self {
+        Self {
+            addr,
+            forwarded_for: headers::client_value(addr.ip()),
+            tls,
+            listener,
+            tunnel: std::sync::Mutex::new(None),
+        }
+    }
+
+    fn upgrade(&self, tunnel: Tunnel) {
+        *self.tunnel.lock().unwrap_or_else(|e| e.into_inner()) = Some(tunnel);
+    }
+
+    /// The tunnel a 101 response set up, if any.
+    pub fn take_tunnel(&self) -> Option<Tunnel> {
+        self.tunnel.lock().unwrap_or_else(|e| e.into_inner()).take()
+    }
 }
 
 /// Serves one request from the snapshot `rt`.
@@ -95,7 +120,7 @@ fn route_of<'r, B>(rt: &'r Runtime, request: &Request<B>) -> Option<&'r Route> {
 async fn forward(
     rt: &Runtime,
     client: &Client,
-    mut request: Request<Incoming>,
+    request: Request<Incoming>,
     route: Option<&Route>,
     series: &Arc<RouteSeries>,
 ) -> Result<Response<ResponseBody>, ProxyError> {
@@ -118,7 +143,7 @@ async fn forward(
     let upgrading = protocol == Protocol::Http1
         && request.version() == Version::HTTP_11
         && headers::wants_upgrade(request.headers());
-    let client_upgrade = upgrading.then(|| hyper::upgrade::on(&mut request));
+
     let key = upstream
         .hash_key()
         .and_then(|k| request_key(k, &request, client.addr.ip()));
@@ -143,7 +168,7 @@ async fn forward(
     let request = Request::from_parts(parts, body);
 
     let (response, lease) = exchange(rt, upstream, request, body_sent, key).await?;
-    respond(response, lease, client_upgrade)
+    respond(response, lease, upgrading.then_some(client))
 }
 
 /// Picks a server, sends the request and waits for the response head.
@@ -255,23 +280,27 @@ fn log_failure(
 }
 
 /// Turns the upstream's response into the client's.
+/// Turns the upstream's response into the client's. `upgrading` is the
+/// client when it asked to switch protocols.
 fn respond(
     mut response: Response<Incoming>,
     lease: Lease,
-    client_upgrade: Option<hyper::upgrade::OnUpgrade>,
+    upgrading: Option<&Client>,
 ) -> Result<Response<ResponseBody>, ProxyError> {
     if response.status() == StatusCode::SWITCHING_PROTOCOLS {
-        let Some(client_upgrade) = client_upgrade else {
+        let Some(client) = upgrading else {
             // A 101 nobody asked for cannot be relayed.
             return Ok(local_response(
                 StatusCode::BAD_GATEWAY,
                 "invalid response from upstream",
             ));
         };
-        let upstream_upgrade = hyper::upgrade::on(&mut response);
+        let upstream = hyper::upgrade::on(&mut response);
         let (mut parts, _) = response.into_parts();
         headers::remove_hop_by_hop(&mut parts.headers, true);
-        upgrade::spawn_tunnel(client_upgrade, upstream_upgrade, lease);
+        // The client's connection switches once the 101 is written; its
+        // serving loop takes the tunnel from here then.
+        client.upgrade(Tunnel { upstream, lease });
         return Ok(Response::from_parts(parts, ResponseBody::empty()));
     }
     let (mut parts, body) = response.into_parts();

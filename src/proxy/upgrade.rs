@@ -4,29 +4,36 @@
 
 use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::TokioIo;
+use tokio::io::{AsyncRead, AsyncWrite};
 
 use crate::upstream::Lease;
 
-/// Joins the client's and the upstream's upgraded streams. The lease keeps
-/// the server's in-flight count up for as long as the tunnel lives.
-pub fn spawn_tunnel(client: OnUpgrade, upstream: OnUpgrade, lease: Lease) {
-    tokio::spawn(async move {
-        let (client, upstream) = match tokio::try_join!(client, upstream) {
-            Ok(pair) => pair,
-            Err(e) => {
-                tracing::debug!(error = %e, "upgrade did not complete");
-                return;
+/// An upstream that answered 101, waiting for the client's side.
+#[derive(Debug)]
+pub struct Tunnel {
+    pub(super) upstream: OnUpgrade,
+    /// Keeps the server's in-flight count up for as long as the tunnel lives.
+    pub(super) lease: Lease,
+}
+
+impl Tunnel {
+    /// Copies bytes between `client` (the switched client connection) and
+    /// the upstream's, until either side closes.
+    pub fn spawn<C>(self, mut client: C)
+    where
+        C: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    {
+        tokio::spawn(async move {
+            let upstream = match self.upstream.await {
+                Ok(upstream) => upstream,
+                Err(e) => return tracing::debug!(error = %e, "upstream upgrade did not complete"),
+            };
+            let server = self.lease.server().addr;
+            match tokio::io::copy_bidirectional(&mut client, &mut TokioIo::new(upstream)).await {
+                Ok((up, down)) => tracing::debug!(up, down, %server, "tunnel closed"),
+                Err(e) => tracing::debug!(error = %e, %server, "tunnel ended with an error"),
             }
-        };
-        let (mut client, mut upstream) = (TokioIo::new(client), TokioIo::new(upstream));
-        match tokio::io::copy_bidirectional(&mut client, &mut upstream).await {
-            Ok((up, down)) => {
-                tracing::debug!(up, down, server = %lease.server().addr, "tunnel closed")
-            }
-            Err(e) => {
-                tracing::debug!(error = %e, server = %lease.server().addr, "tunnel ended with an error")
-            }
-        }
-        lease.release(false);
-    });
+            self.lease.release(false);
+        });
+    }
 }

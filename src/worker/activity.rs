@@ -20,6 +20,7 @@ use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
+use bytes::Bytes;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::time::Instant;
 
@@ -37,6 +38,9 @@ pub struct Activity {
     /// HTTP/2 multiplexes control frames with requests, so bytes between
     /// requests say nothing about a request head.
     multiplexed: AtomicBool,
+    /// Set to end an idle HTTP/1.1 connection's hyper state at its next read
+    /// (see [`Prefixed`]).
+    park: AtomicBool,
 }
 
 /// Why a connection's wait is over.
@@ -57,6 +61,7 @@ impl Activity {
             // The connection is open: its first request head is due.
             head_since: AtomicU64::new(0),
             multiplexed: AtomicBool::new(false),
+            park: AtomicBool::new(false),
         })
     }
 
@@ -86,9 +91,36 @@ impl Activity {
         RequestGuard(self.clone())
     }
 
-    /// Whether the connection has carried HTTP/2 requests.
-    pub fn is_multiplexed(&self) -> bool {
-        self.multiplexed.load(Ordering::Relaxed)
+    /// How long the connection has been idle between requests (`None`
+    /// while a request is in flight or a head is arriving).
+    pub fn idle_for(&self) -> Option<Duration> {
+        let idle = self.idle_since.load(Ordering::Relaxed);
+        let quiet = self.in_flight.load(Ordering::Relaxed) == 0
+            && self.head_since.load(Ordering::Relaxed) == NONE;
+        (quiet && idle != 0)
+            .then(|| self.now_ms().saturating_sub(idle))
+            .map(Duration::from_millis)
+    }
+
+    /// Ends the HTTP/1.1 state of an idle connection at its next read.
+    pub fn request_park(&self) {
+        self.park.store(true, Ordering::Relaxed);
+    }
+
+    /// Whether a park was requested (and clears the request).
+    pub fn take_park(&self) -> bool {
+        self.park.swap(false, Ordering::Relaxed)
+    }
+
+    /// Why the connection's wait is over now, if it is (a request may have
+    /// started since the timer was set).
+    pub fn expired(
+        &self,
+        header_timeout: Duration,
+        keepalive_timeout: Duration,
+    ) -> Option<Expired> {
+        let (deadline, why) = self.deadline(header_timeout, keepalive_timeout);
+        if deadline > Instant::now() { None } else { why }
     }
 
     /// When the connection's current wait runs out, and why.
@@ -128,6 +160,93 @@ impl Drop for RequestGuard {
                 .idle_since
                 .store(self.0.now_ms().max(1), Ordering::Relaxed);
         }
+    }
+}
+
+/// The top of a client connection's IO, under the HTTP/1.1 server: first
+/// the bytes already read from the socket (sniffed, or left over by an
+/// earlier hyper connection), then the socket. When a park is requested it
+/// reads as end-of-file, which ends hyper's connection cleanly while idle
+/// and hands the socket back (`without_shutdown`), nothing lost: any bytes
+/// the client sent meanwhile are still in the socket.
+#[derive(Debug)]
+pub struct Prefixed<S> {
+    prefix: Bytes,
+    inner: S,
+    activity: Arc<Activity>,
+}
+
+impl<S> Prefixed<S> {
+    pub fn new(prefix: Bytes, inner: S, activity: Arc<Activity>) -> Self {
+        Self {
+            prefix,
+            inner,
+            activity,
+        }
+    }
+
+    pub fn has_prefix(&self) -> bool {
+        !self.prefix.is_empty()
+    }
+
+    /// Puts `bytes` back in front of whatever is still unread.
+    pub fn unread(&mut self, bytes: Bytes) {
+        if self.prefix.is_empty() {
+            self.prefix = bytes;
+        } else {
+            let mut joined = bytes.to_vec();
+            joined.extend_from_slice(&self.prefix);
+            self.prefix = joined.into();
+        }
+    }
+}
+
+impl<S: AsyncRead + Unpin> AsyncRead for Prefixed<S> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        if !self.prefix.is_empty() {
+            let n = self.prefix.len().min(buf.remaining());
+            let head = self.prefix.split_to(n);
+            buf.put_slice(&head);
+            return Poll::Ready(Ok(()));
+        }
+        if self.activity.park.load(Ordering::Relaxed) {
+            return Poll::Ready(Ok(()));
+        }
+        Pin::new(&mut self.inner).poll_read(cx, buf)
+    }
+}
+
+impl<S: AsyncWrite + Unpin> AsyncWrite for Prefixed<S> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
     }
 }
 

@@ -1,8 +1,16 @@
-//! One client connection: TLS, HTTP/1.1 or HTTP/2, timeouts, and drain.
+//! One client connection: TLS, HTTP/1.1 or HTTP/2, timeouts, drain, and
+//! parking idle connections.
 //!
-//! A TLS connection speaks what ALPN chose; a plain one is sniffed by
-//! hyper-util (HTTP/1.1, or HTTP/2 with prior knowledge). Each request goes to
+//! A TLS connection speaks what ALPN chose; a plain one is sniffed (HTTP/2
+//! with prior knowledge starts with a fixed preface). Each request goes to
 //! [`proxy::handle`] with the snapshot current when it arrived.
+//!
+//! An HTTP/1.1 connection idle for [`PARK_AFTER`] is parked: its hyper
+//! state (two 8 KiB buffers) is dropped and only the socket is kept, until
+//! the client's next request arrives and a fresh hyper connection picks it
+//! up. So ten thousand idle keep-alive connections cost their sockets, not
+//! 160 MiB of buffers. The same mechanism hands the socket to the tunnel
+//! after a protocol switch (WebSocket).
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -17,12 +25,12 @@ use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use hyper_util::server::conn::auto;
-use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite};
 use tokio::net::TcpStream;
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use super::activity::{Activity, Expired, RequestGuard, Watched};
+use super::activity::{Activity, Expired, Prefixed, RequestGuard, Watched};
 use crate::body::ResponseBody;
 use crate::proxy::{self, Client};
 use crate::runtime::{ListenerRuntime, SharedRuntime};
@@ -33,12 +41,18 @@ use crate::runtime::{ListenerRuntime, SharedRuntime};
 /// longer than this between requests is taken to be done.
 const DRAIN_IDLE: Duration = Duration::from_secs(5);
 
-/// Which protocols a connection may speak.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Protocols {
-    Http1,
-    Http2,
-    Sniff,
+/// An HTTP/1.1 connection idle this long gives up its buffers. Clients that
+/// send requests back to back never pay for re-creating them.
+const PARK_AFTER: Duration = Duration::from_secs(1);
+
+/// What every request of a connection shares.
+struct Conn {
+    peer: SocketAddr,
+    listener: Arc<ListenerRuntime>,
+    runtime: SharedRuntime,
+    activity: Arc<Activity>,
+    shutdown: CancellationToken,
+    client: Arc<Client>,
 }
 
 pub async fn serve(
@@ -55,154 +69,257 @@ pub async fn serve(
     // listening socket (see `master::sockets::bind`).
     let activity = Activity::new();
     let stream = Watched::new(stream, activity.clone());
-    match listener.tls.clone() {
-        None => {
-            serve_http(
-                stream,
-                Protocols::Sniff,
-                peer,
-                listener,
-                runtime,
-                activity,
-                shutdown,
-            )
-            .await
-        }
+    let client = Arc::new(Client::new(peer, listener.tls.is_some(), listener.clone()));
+    let conn = Conn {
+        peer,
+        listener,
+        runtime,
+        activity,
+        shutdown,
+        client,
+    };
+    match conn.listener.tls.clone() {
+        None => serve_plain(stream, &conn).await,
         // Boxed: the handshake's state is large, and plain connections
         // should not carry room for it.
-        Some(tls) => {
-            Box::pin(serve_tls(
-                stream, tls, peer, listener, runtime, activity, shutdown,
-            ))
-            .await
+        Some(tls) => Box::pin(serve_tls(stream, tls, &conn)).await,
+    }
+}
+
+/// The first bytes of an HTTP/2 connection with prior knowledge.
+const H2_PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
+async fn serve_plain(mut stream: Watched<TcpStream>, conn: &Conn) {
+    let sniffed =
+        tokio::time::timeout(conn.listener.config.header_timeout, sniff(&mut stream)).await;
+    let (prefix, h2) = match sniffed {
+        Ok(Ok(sniffed)) => sniffed,
+        Ok(Err(e)) => {
+            return tracing::debug!(client = %conn.peer, error = %e, "reading the connection failed");
+        }
+        Err(_) => {
+            return tracing::debug!(client = %conn.peer, "request head not received in time; closing");
+        }
+    };
+    let io = Prefixed::new(prefix, stream, conn.activity.clone());
+    if h2 {
+        serve_h2(io, conn).await
+    } else {
+        serve_h1(io, conn).await
+    }
+}
+
+/// Reads until the bytes are, or cannot be, the HTTP/2 preface.
+async fn sniff(stream: &mut Watched<TcpStream>) -> std::io::Result<(Bytes, bool)> {
+    let mut buf = [0u8; 24];
+    let mut n = 0;
+    loop {
+        let read = stream.read(&mut buf[n..]).await?;
+        n += read;
+        let seen = Bytes::copy_from_slice(&buf[..n]);
+        if read == 0 || buf[..n] != H2_PREFACE[..n] {
+            return Ok((seen, false));
+        }
+        if n == H2_PREFACE.len() {
+            return Ok((seen, true));
         }
     }
 }
 
-async fn serve_tls(
-    stream: Watched<TcpStream>,
-    tls: Arc<rustls::ServerConfig>,
-    peer: SocketAddr,
-    listener: Arc<ListenerRuntime>,
-    runtime: SharedRuntime,
-    activity: Arc<Activity>,
-    shutdown: CancellationToken,
-) {
+async fn serve_tls(stream: Watched<TcpStream>, tls: Arc<rustls::ServerConfig>, conn: &Conn) {
     let accept = tokio_rustls::TlsAcceptor::from(tls).accept(stream);
-    let stream = match tokio::time::timeout(listener.config.header_timeout, accept).await {
+    let stream = match tokio::time::timeout(conn.listener.config.header_timeout, accept).await {
         Ok(Ok(stream)) => stream,
-        Ok(Err(e)) => return tracing::debug!(client = %peer, error = %e, "TLS handshake failed"),
-        Err(_) => return tracing::debug!(client = %peer, "TLS handshake timed out"),
+        Ok(Err(e)) => {
+            return tracing::debug!(client = %conn.peer, error = %e, "TLS handshake failed");
+        }
+        Err(_) => return tracing::debug!(client = %conn.peer, "TLS handshake timed out"),
     };
-    let protocols = match stream.get_ref().1.alpn_protocol() {
-        Some(b"h2") => Protocols::Http2,
-        _ => Protocols::Http1,
-    };
-    serve_http(
-        stream, protocols, peer, listener, runtime, activity, shutdown,
-    )
-    .await;
+    let h2 = stream.get_ref().1.alpn_protocol() == Some(b"h2");
+    let io = Prefixed::new(Bytes::new(), stream, conn.activity.clone());
+    if h2 {
+        serve_h2(io, conn).await
+    } else {
+        serve_h1(io, conn).await
+    }
 }
 
-async fn serve_http<S>(
-    io: S,
-    protocols: Protocols,
-    peer: SocketAddr,
-    listener: Arc<ListenerRuntime>,
-    runtime: SharedRuntime,
+/// The service every request of a connection goes through (it owns what
+/// it needs, so HTTP/2 can run each stream on its own task).
+fn service(
     activity: Arc<Activity>,
-    shutdown: CancellationToken,
-) where
+    runtime: SharedRuntime,
+    client: Arc<Client>,
+    draining: CancellationToken,
+) -> impl hyper::service::Service<
+    Request<Incoming>,
+    Response = http::Response<Tracked>,
+    Error = Infallible,
+    Future = impl Future<Output = Result<http::Response<Tracked>, Infallible>> + Send,
+> + Clone
++ Send {
+    service_fn(move |request: Request<Incoming>| {
+        let multiplexed = request.version() == Version::HTTP_2;
+        let guard = activity.begin(multiplexed);
+        let snapshot = runtime.load_full();
+        let client = client.clone();
+        let draining = draining.clone();
+        async move {
+            let mut response = proxy::handle(snapshot, &client, request).await;
+            if draining.is_cancelled() && !multiplexed {
+                // Tell the client, before it sends another request on this
+                // connection, that the connection is closing.
+                let close = http::HeaderValue::from_static("close");
+                response
+                    .headers_mut()
+                    .insert(http::header::CONNECTION, close);
+            }
+            Ok::<_, Infallible>(response.map(|body| Tracked {
+                body,
+                _guard: guard,
+            }))
+        }
+    })
+}
+
+async fn serve_h1<S>(mut io: Prefixed<S>, conn: &Conn)
+where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    let settings = &listener.config;
-    let (header_timeout, keepalive_timeout) = (settings.header_timeout, settings.keepalive_timeout);
-    let mut builder = auto::Builder::new(TokioExecutor::new());
+    let settings = &conn.listener.config;
+    let mut builder = hyper::server::conn::http1::Builder::new();
     builder
-        .http1()
         .timer(TokioTimer::new())
         // `Activity` enforces the header and keep-alive timeouts (see there).
         .header_read_timeout(None)
         .max_buf_size(settings.max_header_bytes)
         .keep_alive(true);
-    builder.http2().timer(TokioTimer::new());
-    let builder = match protocols {
-        Protocols::Http1 => builder.http1_only(),
-        Protocols::Http2 => builder.http2_only(),
-        Protocols::Sniff => builder,
-    };
-    let client = Arc::new(Client {
-        addr: peer,
-        forwarded_for: crate::proxy::headers::client_value(peer.ip()),
-        tls: listener.tls.is_some(),
-        listener: listener.clone(),
-    });
-    let service = {
-        let activity = activity.clone();
-        let draining = shutdown.clone();
-        service_fn(move |request: Request<Incoming>| {
-            let multiplexed = request.version() == Version::HTTP_2;
-            let guard = activity.begin(multiplexed);
-            let snapshot = runtime.load_full();
-            let client = client.clone();
-            let draining = draining.clone();
-            async move {
-                let mut response = proxy::handle(snapshot, &client, request).await;
-                if draining.is_cancelled() && !multiplexed {
-                    // Tell the client, before it sends another request on
-                    // this connection, that the connection is closing.
-                    let close = http::HeaderValue::from_static("close");
-                    response
-                        .headers_mut()
-                        .insert(http::header::CONNECTION, close);
-                }
-                Ok::<_, Infallible>(response.map(|body| Tracked {
-                    body,
-                    _guard: guard,
-                }))
-            }
-        })
-    };
-    let conn = builder.serve_connection_with_upgrades(TokioIo::new(io), service);
-    tokio::pin!(conn);
+    let service = service(
+        conn.activity.clone(),
+        conn.runtime.clone(),
+        conn.client.clone(),
+        conn.shutdown.clone(),
+    );
     let mut draining = false;
-    let mut closing = false;
-    let mut keepalive = keepalive_timeout;
     loop {
-        let (deadline, why) = activity.deadline(header_timeout, keepalive);
+        if !io.has_prefix() {
+            // Parked: wait for the next request with nothing but the socket.
+            match park(&mut io, conn, &mut draining).await {
+                Some(first) => io.unread(first),
+                None => return,
+            }
+        }
+        let serving = builder
+            .serve_connection(TokioIo::new(io), service.clone())
+            .without_shutdown();
+        tokio::pin!(serving);
+        let mut keepalive = settings.keepalive_timeout;
+        let mut parking = false;
+        let parts = loop {
+            if draining {
+                keepalive = keepalive.min(DRAIN_IDLE);
+            }
+            let (header, idle) = (settings.header_timeout, keepalive.min(PARK_AFTER));
+            let (deadline, _) = conn.activity.deadline(header, idle);
+            tokio::select! {
+                ended = serving.as_mut() => match ended {
+                    Ok(parts) => break parts,
+                    Err(e) => return tracing::debug!(client = %conn.peer, error = %e, "connection ended with an error"),
+                },
+                () = conn.shutdown.cancelled(), if !draining => draining = true,
+                () = tokio::time::sleep_until(deadline), if !parking => match conn.activity.expired(header, idle) {
+                    Some(Expired::Header) => {
+                        return tracing::debug!(client = %conn.peer, "request head not received in time; closing");
+                    }
+                    // Idle: end hyper's connection at its next read (which
+                    // now reads as end-of-file) and keep the socket.
+                    Some(Expired::Idle) => {
+                        conn.activity.request_park();
+                        parking = true;
+                    }
+                    None => {}
+                },
+            }
+        };
+        let parked = conn.activity.take_park();
+        let mut rest = parts.io.into_inner();
+        rest.unread(parts.read_buf);
+        if let Some(tunnel) = conn.client.take_tunnel() {
+            return tunnel.spawn(rest);
+        }
+        if !parked {
+            // hyper ended the connection itself: the client closed it, or
+            // asked for `Connection: close`.
+            return;
+        }
+        io = rest;
+    }
+}
+
+/// Waits, with no HTTP state, for the first byte of the next request;
+/// `None` when the connection should close instead (keep-alive timeout,
+/// client gone, drain).
+async fn park<S>(io: &mut Prefixed<S>, conn: &Conn, draining: &mut bool) -> Option<Bytes>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let settings = &conn.listener.config;
+    let mut byte = [0u8; 1];
+    loop {
+        let keepalive = if *draining {
+            settings.keepalive_timeout.min(DRAIN_IDLE)
+        } else {
+            settings.keepalive_timeout
+        };
+        let idle = conn.activity.idle_for().unwrap_or_default();
+        let deadline = Instant::now() + keepalive.saturating_sub(idle);
         tokio::select! {
-            result = conn.as_mut() => {
-                if let Err(e) = result {
-                    tracing::debug!(client = %peer, error = %e, "connection ended with an error");
+            read = io.read(&mut byte) => return match read {
+                Ok(1) => Some(Bytes::copy_from_slice(&byte)),
+                _ => None,
+            },
+            () = conn.shutdown.cancelled(), if !*draining => *draining = true,
+            () = tokio::time::sleep_until(deadline) => return None,
+        }
+    }
+}
+
+async fn serve_h2<S>(io: Prefixed<S>, conn: &Conn)
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let settings = &conn.listener.config;
+    let serving = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+        .timer(TokioTimer::new())
+        .serve_connection(
+            TokioIo::new(io),
+            service(
+                conn.activity.clone(),
+                conn.runtime.clone(),
+                conn.client.clone(),
+                conn.shutdown.clone(),
+            ),
+        );
+    tokio::pin!(serving);
+    loop {
+        let (header, idle) = (settings.header_timeout, settings.keepalive_timeout);
+        let (deadline, _) = conn.activity.deadline(header, idle);
+        tokio::select! {
+            ended = serving.as_mut() => {
+                if let Err(e) = ended {
+                    tracing::debug!(client = %conn.peer, error = %e, "connection ended with an error");
                 }
                 return;
             }
-            () = shutdown.cancelled(), if !draining => {
-                draining = true;
-                if protocols == Protocols::Http2 || activity.is_multiplexed() {
-                    // GOAWAY: the client finishes its streams and opens new
-                    // ones elsewhere, with no race.
-                    conn.as_mut().graceful_shutdown();
-                    closing = true;
-                } else {
-                    // Closing an idle HTTP/1.1 connection races with a request
-                    // the client may be sending right now. Busy connections
-                    // get `Connection: close` on their next response instead;
-                    // only those idle for a while are closed.
-                    keepalive = keepalive.min(DRAIN_IDLE);
-                }
-            }
-            () = tokio::time::sleep_until(deadline) => match why {
-                // Re-read: a request may have started while the timer ran.
-                _ if activity.deadline(header_timeout, keepalive).0 > tokio::time::Instant::now() => {}
+            // GOAWAY: the client finishes its streams and opens new ones
+            // elsewhere, with no race.
+            () = conn.shutdown.cancelled() => serving.as_mut().graceful_shutdown(),
+            () = tokio::time::sleep_until(deadline) => match conn.activity.expired(header, idle) {
                 Some(Expired::Header) => {
-                    return tracing::debug!(client = %peer, "request head not received in time; closing");
+                    return tracing::debug!(client = %conn.peer, "no request in time; closing");
                 }
-                Some(Expired::Idle) if !closing => {
-                    conn.as_mut().graceful_shutdown();
-                    closing = true;
-                }
-                Some(Expired::Idle) | None => {}
+                Some(Expired::Idle) => serving.as_mut().graceful_shutdown(),
+                None => {}
             },
         }
     }
