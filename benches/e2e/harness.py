@@ -249,7 +249,8 @@ backend app
                 s.sendall(request)
             drain(batch)
             socks.extend(batch)
-        time.sleep(1.0)
+        # Idle means quiet for a while: long enough for any proxy to settle.
+        time.sleep(3.0)
         after = rss_kib(p.pid)
         alive = sum(1 for s in socks if still_open(s))
         for s in socks:

@@ -22,6 +22,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::sync::Notify;
 use tokio::time::Instant;
 
 const NONE: u64 = u64::MAX;
@@ -41,6 +42,8 @@ pub struct Activity {
     /// Set to end an idle HTTP/1.1 connection's hyper state at its next read
     /// (see [`Prefixed`]).
     park: AtomicBool,
+    /// Wakes the connection's timer when the deadline moves.
+    changed: Notify,
 }
 
 /// Why a connection's wait is over.
@@ -62,6 +65,7 @@ impl Activity {
             head_since: AtomicU64::new(0),
             multiplexed: AtomicBool::new(false),
             park: AtomicBool::new(false),
+            changed: Notify::new(),
         })
     }
 
@@ -78,7 +82,14 @@ impl Activity {
             && self.head_since.load(Ordering::Relaxed) == NONE
         {
             self.head_since.store(self.now_ms(), Ordering::Relaxed);
+            self.changed.notify_one();
         }
+    }
+
+    /// Resolves when the deadline may have moved (a request ended, or a head
+    /// started), so the connection's timer is set again.
+    pub async fn changed(&self) {
+        self.changed.notified().await;
     }
 
     /// A request arrived; the guard marks its end when dropped.
@@ -159,6 +170,7 @@ impl Drop for RequestGuard {
             self.0
                 .idle_since
                 .store(self.0.now_ms().max(1), Ordering::Relaxed);
+            self.0.changed.notify_one();
         }
     }
 }
@@ -187,6 +199,10 @@ impl<S> Prefixed<S> {
 
     pub fn has_prefix(&self) -> bool {
         !self.prefix.is_empty()
+    }
+
+    pub fn get_mut(&mut self) -> &mut S {
+        &mut self.inner
     }
 
     /// Puts `bytes` back in front of whatever is still unread.
@@ -247,6 +263,35 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Prefixed<S> {
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+/// Waiting, without buffers, for a parked connection's next request.
+pub trait WaitReadable {
+    /// Resolves once the client has sent something (or closed), with
+    /// whatever had to be read to find out.
+    fn wait_readable(&mut self) -> impl Future<Output = io::Result<Bytes>> + Send;
+}
+
+impl WaitReadable for Watched<tokio::net::TcpStream> {
+    async fn wait_readable(&mut self) -> io::Result<Bytes> {
+        // Readiness alone: the bytes stay in the socket for hyper to read
+        // in one go.
+        self.inner.readable().await?;
+        Ok(Bytes::new())
+    }
+}
+
+impl<S: AsyncRead + AsyncWrite + Unpin + Send> WaitReadable for tokio_rustls::server::TlsStream<S> {
+    async fn wait_readable(&mut self) -> io::Result<Bytes> {
+        // The socket being readable says nothing about decrypted bytes, so
+        // read one.
+        use tokio::io::AsyncReadExt;
+        let mut byte = [0u8; 1];
+        match self.read(&mut byte).await? {
+            0 => Err(io::ErrorKind::UnexpectedEof.into()),
+            _ => Ok(Bytes::copy_from_slice(&byte)),
+        }
     }
 }
 

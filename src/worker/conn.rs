@@ -30,7 +30,7 @@ use tokio::net::TcpStream;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use super::activity::{Activity, Expired, Prefixed, RequestGuard, Watched};
+use super::activity::{Activity, Expired, Prefixed, RequestGuard, WaitReadable, Watched};
 use crate::body::ResponseBody;
 use crate::proxy::{self, Client};
 use crate::runtime::{ListenerRuntime, SharedRuntime};
@@ -184,7 +184,7 @@ fn service(
 
 async fn serve_h1<S>(mut io: Prefixed<S>, conn: &Conn)
 where
-    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    S: AsyncRead + AsyncWrite + WaitReadable + Unpin + Send + 'static,
 {
     let settings = &conn.listener.config;
     let mut builder = hyper::server::conn::http1::Builder::new();
@@ -201,8 +201,9 @@ where
         conn.shutdown.clone(),
     );
     let mut draining = false;
+    let mut parked = false;
     loop {
-        if !io.has_prefix() {
+        if parked && !io.has_prefix() {
             // Parked: wait for the next request with nothing but the socket.
             match park(&mut io, conn, &mut draining).await {
                 Some(first) => io.unread(first),
@@ -227,6 +228,7 @@ where
                     Err(e) => return tracing::debug!(client = %conn.peer, error = %e, "connection ended with an error"),
                 },
                 () = conn.shutdown.cancelled(), if !draining => draining = true,
+                () = conn.activity.changed() => {}
                 () = tokio::time::sleep_until(deadline), if !parking => match conn.activity.expired(header, idle) {
                     Some(Expired::Header) => {
                         return tracing::debug!(client = %conn.peer, "request head not received in time; closing");
@@ -241,7 +243,7 @@ where
                 },
             }
         };
-        let parked = conn.activity.take_park();
+        parked = conn.activity.take_park();
         let mut rest = parts.io.into_inner();
         rest.unread(parts.read_buf);
         if let Some(tunnel) = conn.client.take_tunnel() {
@@ -256,15 +258,14 @@ where
     }
 }
 
-/// Waits, with no HTTP state, for the first byte of the next request;
-/// `None` when the connection should close instead (keep-alive timeout,
-/// client gone, drain).
-async fn park<S>(io: &mut Prefixed<S>, conn: &Conn, draining: &mut bool) -> Option<Bytes>
-where
-    S: AsyncRead + AsyncWrite + Unpin,
-{
+/// Waits, with no HTTP state, for the next request; `None` when the
+/// connection should close instead (keep-alive timeout, client gone, drain).
+async fn park<S: WaitReadable>(
+    io: &mut Prefixed<S>,
+    conn: &Conn,
+    draining: &mut bool,
+) -> Option<Bytes> {
     let settings = &conn.listener.config;
-    let mut byte = [0u8; 1];
     loop {
         let keepalive = if *draining {
             settings.keepalive_timeout.min(DRAIN_IDLE)
@@ -274,10 +275,7 @@ where
         let idle = conn.activity.idle_for().unwrap_or_default();
         let deadline = Instant::now() + keepalive.saturating_sub(idle);
         tokio::select! {
-            read = io.read(&mut byte) => return match read {
-                Ok(1) => Some(Bytes::copy_from_slice(&byte)),
-                _ => None,
-            },
+            read = io.get_mut().wait_readable() => return read.ok(),
             () = conn.shutdown.cancelled(), if !*draining => *draining = true,
             () = tokio::time::sleep_until(deadline) => return None,
         }
@@ -314,6 +312,7 @@ where
             // GOAWAY: the client finishes its streams and opens new ones
             // elsewhere, with no race.
             () = conn.shutdown.cancelled() => serving.as_mut().graceful_shutdown(),
+            () = conn.activity.changed() => {}
             () = tokio::time::sleep_until(deadline) => match conn.activity.expired(header, idle) {
                 Some(Expired::Header) => {
                     return tracing::debug!(client = %conn.peer, "no request in time; closing");
