@@ -22,7 +22,6 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio::sync::Notify;
 use tokio::time::Instant;
 
 const NONE: u64 = u64::MAX;
@@ -42,8 +41,6 @@ pub struct Activity {
     /// Set to end an idle HTTP/1.1 connection's hyper state at its next read
     /// (see [`Prefixed`]).
     park: AtomicBool,
-    /// Wakes the connection's timer when the deadline moves.
-    changed: Notify,
 }
 
 /// Why a connection's wait is over.
@@ -65,7 +62,6 @@ impl Activity {
             head_since: AtomicU64::new(0),
             multiplexed: AtomicBool::new(false),
             park: AtomicBool::new(false),
-            changed: Notify::new(),
         })
     }
 
@@ -82,14 +78,7 @@ impl Activity {
             && self.head_since.load(Ordering::Relaxed) == NONE
         {
             self.head_since.store(self.now_ms(), Ordering::Relaxed);
-            self.changed.notify_one();
         }
-    }
-
-    /// Resolves when the deadline may have moved (a request ended, or a head
-    /// started), so the connection's timer is set again.
-    pub async fn changed(&self) {
-        self.changed.notified().await;
     }
 
     /// A request arrived; the guard marks its end when dropped.
@@ -170,9 +159,46 @@ impl Drop for RequestGuard {
             self.0
                 .idle_since
                 .store(self.0.now_ms().max(1), Ordering::Relaxed);
-            self.0.changed.notify_one();
         }
     }
+}
+
+/// Both socket layers write straight through to the socket below.
+macro_rules! forward_write {
+    ($layer:ident) => {
+        impl<S: AsyncWrite + Unpin> AsyncWrite for $layer<S> {
+            fn poll_write(
+                mut self: Pin<&mut Self>,
+                cx: &mut Context<'_>,
+                buf: &[u8],
+            ) -> Poll<io::Result<usize>> {
+                Pin::new(&mut self.inner).poll_write(cx, buf)
+            }
+
+            fn poll_write_vectored(
+                mut self: Pin<&mut Self>,
+                cx: &mut Context<'_>,
+                bufs: &[io::IoSlice<'_>],
+            ) -> Poll<io::Result<usize>> {
+                Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+            }
+
+            fn is_write_vectored(&self) -> bool {
+                self.inner.is_write_vectored()
+            }
+
+            fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+                Pin::new(&mut self.inner).poll_flush(cx)
+            }
+
+            fn poll_shutdown(
+                mut self: Pin<&mut Self>,
+                cx: &mut Context<'_>,
+            ) -> Poll<io::Result<()>> {
+                Pin::new(&mut self.inner).poll_shutdown(cx)
+            }
+        }
+    };
 }
 
 /// The top of a client connection's IO, under the HTTP/1.1 server: first
@@ -236,35 +262,7 @@ impl<S: AsyncRead + Unpin> AsyncRead for Prefixed<S> {
     }
 }
 
-impl<S: AsyncWrite + Unpin> AsyncWrite for Prefixed<S> {
-    fn poll_write(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.inner).poll_write(cx, buf)
-    }
-
-    fn poll_write_vectored(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        bufs: &[io::IoSlice<'_>],
-    ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
-    }
-
-    fn is_write_vectored(&self) -> bool {
-        self.inner.is_write_vectored()
-    }
-
-    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.inner).poll_flush(cx)
-    }
-
-    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.inner).poll_shutdown(cx)
-    }
-}
+forward_write!(Prefixed);
 
 /// Waiting, without buffers, for a parked connection's next request.
 pub trait WaitReadable {
@@ -275,10 +273,13 @@ pub trait WaitReadable {
 
 impl WaitReadable for Watched<tokio::net::TcpStream> {
     async fn wait_readable(&mut self) -> io::Result<Bytes> {
-        // Readiness alone: the bytes stay in the socket for hyper to read
-        // in one go.
-        self.inner.readable().await?;
-        Ok(Bytes::new())
+        // Peek, not read: the bytes stay in the socket for hyper to read in
+        // one go. (Readiness alone is not enough: tokio may still hold it
+        // from before the socket was drained.)
+        match self.inner.peek(&mut [0u8; 1]).await? {
+            0 => Err(io::ErrorKind::UnexpectedEof.into()),
+            _ => Ok(Bytes::new()),
+        }
     }
 }
 
@@ -323,35 +324,7 @@ impl<S: AsyncRead + Unpin> AsyncRead for Watched<S> {
     }
 }
 
-impl<S: AsyncWrite + Unpin> AsyncWrite for Watched<S> {
-    fn poll_write(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.inner).poll_write(cx, buf)
-    }
-
-    fn poll_write_vectored(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        bufs: &[io::IoSlice<'_>],
-    ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
-    }
-
-    fn is_write_vectored(&self) -> bool {
-        self.inner.is_write_vectored()
-    }
-
-    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.inner).poll_flush(cx)
-    }
-
-    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.inner).poll_shutdown(cx)
-    }
-}
+forward_write!(Watched);
 
 #[cfg(test)]
 mod tests {

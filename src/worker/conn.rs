@@ -216,20 +216,31 @@ where
         tokio::pin!(serving);
         let mut keepalive = settings.keepalive_timeout;
         let mut parking = false;
+        // One timer, moved rather than re-created: it runs at least every
+        // PARK_AFTER, which is how an idle connection gets parked without
+        // waking its task on every request.
+        let timer = tokio::time::sleep(PARK_AFTER);
+        tokio::pin!(timer);
         let parts = loop {
             if draining {
                 keepalive = keepalive.min(DRAIN_IDLE);
             }
             let (header, idle) = (settings.header_timeout, keepalive.min(PARK_AFTER));
-            let (deadline, _) = conn.activity.deadline(header, idle);
+            let deadline = conn
+                .activity
+                .deadline(header, idle)
+                .0
+                .min(Instant::now() + PARK_AFTER);
+            if timer.deadline() != deadline {
+                timer.as_mut().reset(deadline);
+            }
             tokio::select! {
                 ended = serving.as_mut() => match ended {
                     Ok(parts) => break parts,
                     Err(e) => return tracing::debug!(client = %conn.peer, error = %e, "connection ended with an error"),
                 },
                 () = conn.shutdown.cancelled(), if !draining => draining = true,
-                () = conn.activity.changed() => {}
-                () = tokio::time::sleep_until(deadline), if !parking => match conn.activity.expired(header, idle) {
+                () = timer.as_mut(), if !parking => match conn.activity.expired(header, idle) {
                     Some(Expired::Header) => {
                         return tracing::debug!(client = %conn.peer, "request head not received in time; closing");
                     }
@@ -312,7 +323,6 @@ where
             // GOAWAY: the client finishes its streams and opens new ones
             // elsewhere, with no race.
             () = conn.shutdown.cancelled() => serving.as_mut().graceful_shutdown(),
-            () = conn.activity.changed() => {}
             () = tokio::time::sleep_until(deadline) => match conn.activity.expired(header, idle) {
                 Some(Expired::Header) => {
                     return tracing::debug!(client = %conn.peer, "no request in time; closing");
