@@ -126,18 +126,22 @@ class Bench:
             pass
         p.wait()
 
+    def temp_paths(self):
+        # Keep nginx out of system folders it may not be able to create.
+        return " ".join(f"{k}_temp_path {self.dir}/{k};" for k in ["client_body", "proxy", "fastcgi", "uwsgi", "scgi"])
+
     def start_upstreams(self):
         servers = "\n".join(
             f'  server {{ listen 127.0.0.1:{port}; location / {{ return 200 "{BODY}"; }} }}' for port in self.up
         )
         conf = self.write("upstream.conf", f"""
-daemon off; worker_processes 1; pid {self.dir}/upstream.pid; error_log {self.dir}/upstream.err warn;
+daemon off; worker_processes {self.args.upstream_workers}; pid {self.dir}/upstream.pid; error_log {self.dir}/upstream.err warn;
 events {{ worker_connections 65536; }}
-http {{ access_log off; keepalive_requests 10000000; keepalive_timeout 300s;
+http {{ access_log off; keepalive_requests 10000000; keepalive_timeout 300s; {self.temp_paths()}
 {servers}
 }}
 """)
-        self.upstream = self.spawn(["nginx", "-c", conf, "-p", self.dir], self.up[0])
+        self.upstream = self.spawn(["nginx", "-e", f"{self.dir}/upstream.err", "-c", conf, "-p", self.dir], self.up[0])
 
     def start(self, who, h2=False):
         port = free_port()
@@ -168,13 +172,13 @@ servers = [{{ addr = "127.0.0.1:{self.up[0]}" }}, {{ addr = "127.0.0.1:{self.up[
             conf = self.write("nginx.conf", f"""
 daemon off; worker_processes {w}; worker_rlimit_nofile 65536; pid {self.dir}/nginx.pid; error_log {self.dir}/nginx.err warn;
 events {{ worker_connections 30000; }}
-http {{ access_log off; keepalive_requests 10000000; keepalive_timeout 300s;
+http {{ access_log off; keepalive_requests 10000000; keepalive_timeout 300s; {self.temp_paths()}
   upstream app {{ server 127.0.0.1:{self.up[0]}; server 127.0.0.1:{self.up[1]}; keepalive 256; }}
   server {{ listen {listen};
     location / {{ proxy_pass http://app; proxy_http_version 1.1; proxy_set_header Connection ""; }} }}
 }}
 """)
-            p = self.spawn(["nginx", "-c", conf, "-p", self.dir], port)
+            p = self.spawn(["nginx", "-e", f"{self.dir}/nginx.err", "-c", conf, "-p", self.dir], port)
         else:
             proto = " proto h2" if h2 else ""
             conf = self.write("haproxy.cfg", f"""
@@ -204,7 +208,8 @@ backend app
         url = f"http://127.0.0.1:{port}/"
         if scenario == "h2c":
             log = os.path.join(self.dir, "h2load.log")
-            out = subprocess.run(["h2load", "-t2", "-c10", "-m10", "-D", d, f"--log-file={log}", url],
+            out = subprocess.run(["h2load", f"-t{self.args.threads}", f"-c{self.args.h2_connections}", "-m10", "-D", d,
+                                  f"--log-file={log}", url],
                                  capture_output=True, text=True).stdout
             done = failed = 0
             for line in out.splitlines():
@@ -217,7 +222,7 @@ backend app
             rps = done / float(d)
             pct = lambda q: lat[min(len(lat) - 1, int(q * len(lat)))] if lat else float("nan")
             return dict(rps=rps, requests=done, errors=failed, p50=pct(0.5), p99=pct(0.99))
-        argv = ["wrk", "-t2", "-c50", f"-d{d}s", "--latency", url]
+        argv = ["wrk", f"-t{self.args.threads}", f"-c{self.args.connections}", f"-d{d}s", "--latency", url]
         if scenario == "fresh":
             argv[1:1] = ["-H", "Connection: close"]
         out = subprocess.run(argv, capture_output=True, text=True).stdout
@@ -355,6 +360,10 @@ def main():
     ap.add_argument("--duration", type=int, default=10)
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--idle", type=int, default=10000)
+    ap.add_argument("--threads", type=int, default=2, help="load generator threads")
+    ap.add_argument("--upstream-workers", type=int, default=1, help="worker processes of the upstream nginx")
+    ap.add_argument("--connections", type=int, default=50, help="HTTP/1.1 client connections")
+    ap.add_argument("--h2-connections", type=int, default=10, help="HTTP/2 client connections (10 streams each)")
     ap.add_argument("--warmup", action="store_true", help="drive load once before measuring")
     ap.add_argument("--only", action="append", choices=["keepalive", "fresh", "h2c", "idle"])
     ap.add_argument("--json", help="also write the raw results here")
