@@ -245,7 +245,10 @@ fn write_loop(mut sink: Sink, target: LogTarget, lines: Receiver<Message>) {
                 Message::Reopen => {
                     let _ = sink.writer().flush();
                     match Sink::open(&target) {
-                        Ok(reopened) => sink = reopened,
+                        Ok(reopened) => {
+                            sink = reopened;
+                            tracing::info!(log = ?target, "access log reopened");
+                        }
                         Err(e) => {
                             tracing::error!(error = %e, "reopening the access log failed; keeping the old file")
                         }

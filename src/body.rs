@@ -211,17 +211,18 @@ impl ResponseBody {
 
 impl Drop for ResponseBody {
     fn drop(&mut self) {
-        if let Some(completion) = self.completion.take() {
-            completion.finish(
-                self.sent,
-                self.lease.as_ref().map(|l| l.server().label.as_str()),
-            );
-        }
-        if let Some(lease) = self.lease.take() {
+        // The lease goes first, so a request that is counted or logged is
+        // no longer in flight anywhere.
+        let server = self.lease.take().map(|lease| {
+            let server = lease.server().clone();
             // Read to the end: the connection is clean and can serve again.
             // Dropped early (client gone, upstream error): it cannot.
             let clean = matches!(&self.inner, Inner::Upstream(b) if b.is_end_stream());
             lease.release(clean);
+            server
+        });
+        if let Some(completion) = self.completion.take() {
+            completion.finish(self.sent, server.as_ref().map(|s| s.label.as_str()));
         }
     }
 }

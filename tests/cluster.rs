@@ -27,6 +27,28 @@ fn alive(pid: u64) -> bool {
     std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| !s.contains(") Z "))
 }
 
+/// Waits until process `pid` (any process, not only a child) has exited:
+/// its pidfd turns readable then.
+async fn wait_gone(pid: u64) {
+    use rustix::event::{PollFd, PollFlags, poll};
+    use rustix::process::{Pid, PidfdFlags, pidfd_open};
+    let target = Pid::from_raw(i32::try_from(pid).unwrap()).unwrap();
+    let pidfd = match pidfd_open(target, PidfdFlags::empty()) {
+        Ok(fd) => fd,
+        // Exited and already reaped.
+        Err(rustix::io::Errno::SRCH) => return,
+        Err(e) => panic!("pidfd_open({pid}): {e}"),
+    };
+    let patience = PATIENCE.try_into().unwrap();
+    let ready = tokio::task::spawn_blocking(move || {
+        poll(&mut [PollFd::new(&pidfd, PollFlags::IN)], Some(&patience))
+    })
+    .await
+    .unwrap()
+    .unwrap();
+    assert_eq!(ready, 1, "process {pid} is still running");
+}
+
 /// Socket inodes a process holds.
 fn socket_inodes(pid: u64) -> HashSet<u64> {
     std::fs::read_dir(format!("/proc/{pid}/fd"))
@@ -205,9 +227,7 @@ async fn a_binary_upgrade_under_load_loses_nothing() {
 
     corral.signal(Signal::SIGUSR2);
     let old_pid = u64::from(corral.pid());
-    let after = corral
-        .wait_status(|s| s["pid"].as_u64() != Some(old_pid) && all_ready(s))
-        .await;
+    corral.wait_for_log("the new master is serving").await;
     assert_eq!(
         corral.wait_exit().await,
         Some(0),
@@ -216,7 +236,11 @@ async fn a_binary_upgrade_under_load_loses_nothing() {
     for w in &old_workers {
         assert!(!alive(*w), "old worker {w} still running");
     }
+    // Only the new master holds the admin socket now.
+    let after = corral.status().await;
     let new_master = after["pid"].as_u64().unwrap();
+    assert_ne!(new_master, old_pid);
+    assert!(all_ready(&after), "{after:#}");
     assert!(alive(new_master));
     load.wait_successes(2000).await;
     let outcomes = load.finish().await;
@@ -264,13 +288,14 @@ async fn workers_leave_when_the_master_is_killed() {
     let workers: Vec<u64> = corral.worker_pids().await.into_iter().flatten().collect();
     corral.signal(Signal::SIGKILL);
     let killed_at = Instant::now();
-    while workers.iter().any(|w| alive(*w)) {
-        assert!(
-            killed_at.elapsed() < Duration::from_secs(2),
-            "workers outlived the master"
-        );
-        tokio::time::sleep(Duration::from_millis(10)).await;
+    for w in &workers {
+        wait_gone(*w).await;
     }
+    let took = killed_at.elapsed();
+    assert!(
+        took < Duration::from_secs(2),
+        "workers outlived the master by {took:?}"
+    );
 }
 
 #[tokio::test]

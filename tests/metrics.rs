@@ -6,7 +6,6 @@ mod common;
 
 use std::collections::{BTreeMap, HashSet};
 use std::net::SocketAddr;
-use std::time::{Duration, Instant};
 
 use common::*;
 use http::{Method, Request, Response, StatusCode};
@@ -289,29 +288,34 @@ async fn labels_never_come_from_request_data() {
 
 #[tokio::test]
 async fn status_counts_requests_in_flight_per_server() {
+    let (arrived_tx, arrived_rx) = tokio::sync::oneshot::channel::<()>();
     let (release_tx, release_rx) = tokio::sync::oneshot::channel::<()>();
-    let release = std::sync::Arc::new(std::sync::Mutex::new(Some(release_rx)));
+    let hooks = std::sync::Arc::new(std::sync::Mutex::new(Some((arrived_tx, release_rx))));
     let slow = upstream(move |_req| {
-        let release = release.lock().unwrap().take();
+        let hooks = hooks.lock().unwrap().take();
         async move {
-            if let Some(r) = release {
-                let _ = r.await;
+            if let Some((arrived, release)) = hooks {
+                arrived.send(()).unwrap();
+                let _ = release.await;
             }
             Response::new(full("done"))
         }
     })
     .await;
-    let corral = Corral::start(&config(slow.addr, "")).await;
+    // The access log on stderr says when the request is over; corral
+    // releases the server before it logs.
+    let log = "[access_log]\npath = \"stderr\"\n";
+    let corral = Corral::start(&config(slow.addr, log)).await;
     let public = corral.addr("public");
     let pending = tokio::spawn(async move { get(public, "/app/slow", &[]).await });
-    corral
-        .wait_status(|s| s["upstreams"][0]["servers"][0]["in_flight"] == 1)
-        .await;
+    arrived_rx.await.unwrap();
+    let status = corral.status().await;
+    assert_eq!(status["upstreams"][0]["servers"][0]["in_flight"], 1);
     release_tx.send(()).unwrap();
     assert_eq!(pending.await.unwrap().status, StatusCode::OK);
-    corral
-        .wait_status(|s| s["upstreams"][0]["servers"][0]["in_flight"] == 0)
-        .await;
+    corral.wait_for_log("\"uri\":\"/app/slow\"").await;
+    let status = corral.status().await;
+    assert_eq!(status["upstreams"][0]["servers"][0]["in_flight"], 0);
 }
 
 #[tokio::test]
@@ -341,40 +345,46 @@ async fn access_log_lines_are_written_and_the_file_reopens_on_sigusr1() {
     let rotated = dir.path().join("access.log.1");
     std::fs::rename(&log, &rotated).unwrap();
     corral.signal(Signal::SIGUSR1);
-    corral.wait_for_log("workers reopen their log files").await;
-    // Each worker reopens when its master tells it; keep asking until both have.
-    let started = Instant::now();
-    loop {
-        get(public, "/app/after", &[]).await;
-        if std::fs::read_to_string(&log).is_ok_and(|t| t.contains("/app/after")) {
-            break;
-        }
-        assert!(
-            started.elapsed() < PATIENCE,
-            "no new access log after SIGUSR1"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    assert_eq!(wait_for_lines(&rotated, 5).await.len(), 5);
+    // Both workers flush what they had to the moved file and reopen.
+    corral.wait_for_logs("access log reopened", 2).await;
+    assert_eq!(read_lines(&rotated).len(), 5);
+    get(public, "/app/after", &[]).await;
+    let lines = wait_for_lines(&log, 1).await;
+    assert!(lines[0].contains("/app/after"), "{lines:?}");
 }
 
+fn read_lines(path: &std::path::Path) -> Vec<String> {
+    std::fs::read_to_string(path)
+        .unwrap_or_default()
+        .lines()
+        .map(str::to_owned)
+        .collect()
+}
+
+/// Waits until `path` has `n` lines, looking again whenever its folder
+/// changes (a worker writes its lines off the request path).
 async fn wait_for_lines(path: &std::path::Path, n: usize) -> Vec<String> {
-    let started = Instant::now();
+    use notify::Watcher;
+    let (changed_tx, mut changed) = tokio::sync::mpsc::unbounded_channel();
+    let mut watcher = notify::recommended_watcher(move |_| {
+        let _ = changed_tx.send(());
+    })
+    .unwrap();
+    watcher
+        .watch(path.parent().unwrap(), notify::RecursiveMode::NonRecursive)
+        .unwrap();
+    let deadline = tokio::time::Instant::now() + PATIENCE;
     loop {
-        let lines: Vec<String> = std::fs::read_to_string(path)
-            .unwrap_or_default()
-            .lines()
-            .map(str::to_owned)
-            .collect();
+        let lines = read_lines(path);
         if lines.len() >= n {
             return lines;
         }
+        let event = tokio::time::timeout_at(deadline, changed.recv()).await;
         assert!(
-            started.elapsed() < PATIENCE,
+            event.is_ok(),
             "{} of {n} lines in {}",
             lines.len(),
             path.display()
         );
-        tokio::time::sleep(Duration::from_millis(10)).await;
     }
 }

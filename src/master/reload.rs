@@ -127,8 +127,9 @@ impl Master {
                 self.metrics
                     .generation
                     .set(i64::try_from(done.generation).unwrap_or(i64::MAX));
-                tracing::info!(trigger = trigger.as_str(), generation = done.generation, ?elapsed, changes = ?done.changes, "config reloaded");
+                // `/status` first, then the log, so a log reader finds it updated.
                 self.view.record_reload(record("success", None), elapsed);
+                tracing::info!(trigger = trigger.as_str(), generation = done.generation, ?elapsed, changes = ?done.changes, "config reloaded");
             }
             Err(e) => {
                 self.metrics.reloads.with_label_values(&["failure"]).inc();
@@ -136,13 +137,13 @@ impl Master {
                     .generation
                     .set(i64::try_from(current).unwrap_or(i64::MAX));
                 let error = e.lines().join("\n");
+                self.view
+                    .record_reload(record("failure", Some(error.clone())), elapsed);
                 tracing::error!(
                     trigger = trigger.as_str(),
                     generation = current,
                     "config reload failed; still serving generation {current}:\n{error}"
                 );
-                self.view
-                    .record_reload(record("failure", Some(error)), elapsed);
             }
         }
         result

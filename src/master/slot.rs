@@ -101,6 +101,10 @@ pub async fn supervise(slot: usize, ctx: Arc<SlotContext>, stop: CancellationTok
                 ctx.metrics.restarts.inc();
                 quick_exits = if lived < STABLE { quick_exits + 1 } else { 0 };
                 let delay = backoff(quick_exits);
+                // The board first, then the log: whoever reads the log
+                // line finds `/status` already saying so.
+                ctx.status
+                    .exited(slot, how.clone(), quick_exits, Some(delay));
                 if delay.is_zero() {
                     tracing::warn!(slot, how, "worker exited; replacing it");
                 } else {
@@ -112,7 +116,6 @@ pub async fn supervise(slot: usize, ctx: Arc<SlotContext>, stop: CancellationTok
                         "worker keeps exiting; backing off"
                     );
                 }
-                ctx.status.exited(slot, how, quick_exits, Some(delay));
                 tokio::select! {
                     () = tokio::time::sleep(delay) => {}
                     () = stop.cancelled() => break,
@@ -121,6 +124,7 @@ pub async fn supervise(slot: usize, ctx: Arc<SlotContext>, stop: CancellationTok
         }
     }
     ctx.status.stopped(slot);
+    tracing::info!(slot, "worker slot stopped");
 }
 
 /// No wait for the first quick exit, then 250 ms doubling up to 30 s.

@@ -17,6 +17,7 @@ use std::io;
 use std::time::Duration;
 
 use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -45,7 +46,14 @@ pub struct Server {
     shutdown: CancellationToken,
     connections: TaskTracker,
     /// Accept loops by listener name; cancelling one stops that loop only.
-    accepting: HashMap<String, CancellationToken>,
+    accepting: HashMap<String, AcceptLoop>,
+}
+
+#[derive(Debug)]
+struct AcceptLoop {
+    stop: CancellationToken,
+    /// Ends once the loop has dropped its socket.
+    task: JoinHandle<()>,
 }
 
 impl Server {
@@ -59,24 +67,27 @@ impl Server {
     }
 
     /// Starts accepting on `listener`, replacing any listener of that name.
-    pub fn listen(&mut self, listener: Listener) {
+    pub async fn listen(&mut self, listener: Listener) {
+        self.stop_listening(&listener.name).await;
         let stop = self.shutdown.child_token();
-        if let Some(old) = self.accepting.insert(listener.name.clone(), stop.clone()) {
-            old.cancel();
-        }
-        tokio::spawn(accept_loop(
+        let name = listener.name.clone();
+        let task = tokio::spawn(accept_loop(
             listener,
             self.runtime.clone(),
-            stop,
+            stop.clone(),
             self.shutdown.clone(),
             self.connections.clone(),
         ));
+        self.accepting.insert(name, AcceptLoop { stop, task });
     }
 
-    /// Stops accepting on `name`; its open connections carry on.
-    pub fn stop_listening(&mut self, name: &str) {
-        if let Some(stop) = self.accepting.remove(name) {
-            stop.cancel();
+    /// Stops accepting on `name` and returns once its socket is closed (so
+    /// the master can report a removed listener gone); its open connections
+    /// carry on.
+    pub async fn stop_listening(&mut self, name: &str) {
+        if let Some(accepting) = self.accepting.remove(name) {
+            accepting.stop.cancel();
+            let _ = accepting.task.await;
         }
     }
 
@@ -108,7 +119,7 @@ pub async fn serve(
 ) -> Drained {
     let mut server = Server::new(runtime, shutdown.clone());
     for listener in listeners {
-        server.listen(listener);
+        server.listen(listener).await;
     }
     shutdown.cancelled().await;
     server.drain(drain_timeout).await

@@ -114,7 +114,7 @@ async fn serve(control: OwnedFd) -> Result<(), WorkerError> {
     let shutdown = CancellationToken::new();
     let mut server = Server::new(shared.clone(), shutdown.clone());
     for listener in listeners {
-        server.listen(listener);
+        server.listen(listener).await;
     }
     tx.send(&ToMaster::Ready { generation }).await?;
     tracing::info!(generation, "worker serving");
@@ -132,7 +132,7 @@ async fn serve(control: OwnedFd) -> Result<(), WorkerError> {
                     ToWorker::Reload { generation, config_path, config, listeners, sockets: names } => {
                         let reply = match reload(&shared, generation, config_path, config).await {
                             Ok(()) => {
-                                adopt_listeners(&mut server, &listeners, names, fds)?;
+                                adopt_listeners(&mut server, &listeners, names, fds).await?;
                                 tracing::info!(generation, "worker reloaded");
                                 ToMaster::Reloaded { generation }
                             }
@@ -220,7 +220,7 @@ async fn reload(
 
 /// Accepts on exactly `keep` from now on; `names` are new sockets, in the
 /// order of `fds`.
-fn adopt_listeners(
+async fn adopt_listeners(
     server: &mut Server,
     keep: &[String],
     names: Vec<String>,
@@ -233,10 +233,10 @@ fn adopt_listeners(
         .collect();
     for name in gone {
         tracing::info!(listener = %name, "listener removed; no longer accepting on it");
-        server.stop_listening(&name);
+        server.stop_listening(&name).await;
     }
     for listener in sockets(names, fds)? {
-        server.listen(listener);
+        server.listen(listener).await;
     }
     Ok(())
 }

@@ -8,9 +8,8 @@ use std::convert::Infallible;
 use std::future::Future;
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
-use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -22,6 +21,7 @@ use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_corral");
@@ -33,14 +33,18 @@ pub const PATIENCE: Duration = Duration::from_secs(20);
 /// The corral binary, running `corral run` on a config. Every wait is
 /// async: tests serve their upstreams on their own runtime, which a blocking
 /// wait would freeze.
+///
+/// Waits are woken by what corral writes to stderr: corral updates its
+/// state (`/status`, sockets, files) before it logs the change, so each new
+/// line is the moment to look again.
 pub struct Corral {
-    pub child: Child,
+    child: tokio::process::Child,
+    pid: u32,
     pub listeners: HashMap<String, SocketAddr>,
     pub admin: Option<SocketAddr>,
     pub config_path: PathBuf,
-    lines: Arc<Mutex<Vec<String>>>,
-    /// Bumped by the log reader for every line.
-    line_count: tokio::sync::watch::Receiver<usize>,
+    /// Every stderr line of every corral process so far.
+    log: watch::Receiver<Vec<String>>,
     _dir: tempfile::TempDir,
 }
 
@@ -57,7 +61,7 @@ impl Corral {
     pub async fn start_at(dir: tempfile::TempDir, config_path: PathBuf) -> Self {
         // Its own process group, so that dropping the fixture also ends
         // masters started by an upgrade and every worker.
-        let mut child = Command::new(BIN)
+        let mut child = tokio::process::Command::new(BIN)
             .args(["run", "--config"])
             .arg(&config_path)
             .env("CORRAL_LOG", "info,corral=debug")
@@ -66,31 +70,26 @@ impl Corral {
             .stderr(Stdio::piped())
             .spawn()
             .unwrap();
-        let stderr = child.stderr.take().unwrap();
-        let lines = Arc::new(Mutex::new(Vec::new()));
-        let (count_tx, line_count) = tokio::sync::watch::channel(0);
-        {
-            let lines = lines.clone();
-            std::thread::spawn(move || {
-                for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                    eprintln!("[corral] {line}");
-                    let mut lines = lines.lock().unwrap();
-                    lines.push(line);
-                    count_tx.send_replace(lines.len());
-                }
-            });
-        }
+        let pid = child.id().unwrap();
+        let stderr = std::fs::File::from(child.stderr.take().unwrap().into_owned_fd().unwrap());
+        let (lines, log) = watch::channel(Vec::new());
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                eprintln!("[corral] {line}");
+                lines.send_modify(|lines| lines.push(line));
+            }
+        });
         let mut corral = Self {
             child,
+            pid,
             listeners: HashMap::new(),
             admin: None,
             config_path,
-            lines,
-            line_count,
+            log,
             _dir: dir,
         };
         corral.wait_for_log("corral::master: ready").await;
-        for line in corral.lines.lock().unwrap().iter() {
+        for line in corral.log.borrow().iter() {
             if line.contains(" admin endpoint listening ") {
                 corral.admin = Some(field(line, "addr").unwrap().parse().unwrap());
             } else if line.contains(" listening ") {
@@ -107,27 +106,22 @@ impl Corral {
     }
 
     pub fn pid(&self) -> u32 {
-        self.child.id()
+        self.pid
     }
 
     /// Waits for a log line containing `needle` (seen before or after now).
     pub async fn wait_for_log(&self, needle: &str) -> String {
-        let mut count = self.line_count.clone();
-        let deadline = tokio::time::Instant::now() + PATIENCE;
-        loop {
-            if let Some(l) = self
-                .lines
-                .lock()
-                .unwrap()
-                .iter()
-                .find(|l| l.contains(needle))
-            {
-                return l.clone();
-            }
-            match tokio::time::timeout_at(deadline, count.changed()).await {
-                Ok(Ok(())) => {}
-                _ => panic!("no log line with {needle:?}"),
-            }
+        self.wait_for_logs(needle, 1).await.remove(0)
+    }
+
+    /// Waits for `n` log lines containing `needle` and returns them.
+    pub async fn wait_for_logs(&self, needle: &str, n: usize) -> Vec<String> {
+        let matching = |line: &&String| line.contains(needle);
+        let mut log = self.log.clone();
+        let enough = |lines: &Vec<String>| lines.iter().filter(matching).count() >= n;
+        match tokio::time::timeout(PATIENCE, log.wait_for(enough)).await {
+            Ok(Ok(lines)) => lines.iter().filter(matching).cloned().collect(),
+            _ => panic!("fewer than {n} log lines with {needle:?}"),
         }
     }
 
@@ -138,19 +132,16 @@ impl Corral {
     }
 
     pub fn signal(&self, signal: nix::sys::signal::Signal) {
-        nix::sys::signal::kill(nix::unistd::Pid::from_raw(self.child.id() as i32), signal).unwrap();
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(self.pid as i32), signal).unwrap();
     }
 
-    /// Waits for the process to exit and returns its exit code.
+    /// Waits for the process started (the first master) to exit and
+    /// returns its exit code.
     pub async fn wait_exit(&mut self) -> Option<i32> {
-        let deadline = std::time::Instant::now() + PATIENCE;
-        while std::time::Instant::now() < deadline {
-            if let Some(status) = self.child.try_wait().unwrap() {
-                return status.code();
-            }
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-        panic!("corral did not exit");
+        let status = tokio::time::timeout(PATIENCE, self.child.wait())
+            .await
+            .expect("corral did not exit");
+        status.unwrap().code()
     }
 
     /// Peak resident memory so far (VmHWM) of the master and its workers
@@ -178,9 +169,9 @@ impl Corral {
 
 impl Drop for Corral {
     fn drop(&mut self) {
-        let group = nix::unistd::Pid::from_raw(self.child.id() as i32);
+        // tokio reaps the first master in the background.
+        let group = nix::unistd::Pid::from_raw(self.pid as i32);
         let _ = nix::sys::signal::killpg(group, nix::sys::signal::Signal::SIGKILL);
-        let _ = self.child.wait();
     }
 }
 
@@ -478,23 +469,25 @@ impl Corral {
             .collect()
     }
 
-    /// Polls `/status` until `ready` holds (a guard against hanging, with a
-    /// deadline; the condition is what the test waits for).
+    /// Waits until `/status` satisfies `ready`, reading it again after each
+    /// new log line (the master logs a change after `/status` shows it).
     pub async fn wait_status(
         &self,
         mut ready: impl FnMut(&serde_json::Value) -> bool,
     ) -> serde_json::Value {
-        let deadline = std::time::Instant::now() + PATIENCE;
+        let mut log = self.log.clone();
+        let deadline = tokio::time::Instant::now() + PATIENCE;
         loop {
+            log.mark_unchanged();
             let status = self.status().await;
             if ready(&status) {
                 return status;
             }
+            let logged = tokio::time::timeout_at(deadline, log.changed()).await;
             assert!(
-                std::time::Instant::now() < deadline,
+                matches!(logged, Ok(Ok(()))),
                 "status never matched: {status:#}"
             );
-            tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }
 }
@@ -532,6 +525,7 @@ pub struct Outcome {
 pub struct Load {
     stop: CancellationToken,
     outcomes: Arc<Mutex<Vec<Outcome>>>,
+    successes: watch::Sender<usize>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
 }
 
@@ -539,9 +533,10 @@ impl Load {
     pub fn start(addr: SocketAddr, keepalive: usize, fresh: usize) -> Self {
         let stop = CancellationToken::new();
         let outcomes = Arc::new(Mutex::new(Vec::new()));
+        let successes = watch::Sender::new(0);
         let mut tasks = Vec::new();
         for i in 0..keepalive + fresh {
-            let (stop, outcomes) = (stop.clone(), outcomes.clone());
+            let (stop, outcomes, successes) = (stop.clone(), outcomes.clone(), successes.clone());
             let fresh = i >= keepalive;
             tasks.push(tokio::spawn(async move {
                 let mut conn: Option<H1> = None;
@@ -591,6 +586,9 @@ impl Load {
                     if result.is_err() || fresh {
                         conn = None;
                     }
+                    if result.is_ok() {
+                        successes.send_modify(|n| *n += 1);
+                    }
                     let outcome = Outcome {
                         at: std::time::Instant::now(),
                         ok: result.is_ok(),
@@ -604,27 +602,17 @@ impl Load {
         Self {
             stop,
             outcomes,
+            successes,
             tasks,
         }
     }
 
-    pub fn successes(&self) -> usize {
-        self.outcomes
-            .lock()
-            .unwrap()
-            .iter()
-            .filter(|o| o.ok)
-            .count()
-    }
-
     /// Waits until `n` more requests have succeeded.
     pub async fn wait_successes(&self, n: usize) {
-        let target = self.successes() + n;
-        let deadline = std::time::Instant::now() + PATIENCE;
-        while self.successes() < target {
-            assert!(std::time::Instant::now() < deadline, "load stalled");
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
+        let mut successes = self.successes.subscribe();
+        let target = *successes.borrow_and_update() + n;
+        let reached = tokio::time::timeout(PATIENCE, successes.wait_for(|&s| s >= target)).await;
+        assert!(matches!(reached, Ok(Ok(_))), "load stalled");
     }
 
     pub async fn finish(self) -> Vec<Outcome> {
