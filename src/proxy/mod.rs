@@ -77,14 +77,15 @@ pub async fn handle(
         .access_log
         .as_ref()
         .map(|l| l.entry(&request, client.addr.ip()));
-    let route = route_of(&rt, &request);
+    let host = request_host(&request);
+    let route = route_of(&rt, &request, host.as_ref());
     let series = route
         .map_or(&rt.unrouted, |r| &rt.route_series[r.index])
         .clone();
     if let Some(entry) = log.as_mut() {
         entry.routed(series.route(), series.upstream());
     }
-    let response = match forward(&rt, client, request, route, &series).await {
+    let response = match forward(&rt, client, request, host, route, &series).await {
         Ok(response) => response,
         Err(e) => {
             // Upstream failures were logged where the server is known.
@@ -105,26 +106,28 @@ pub async fn handle(
     })
 }
 
-/// The route for a request, if any (none also when HTTP/1.1 lacks a Host).
-fn route_of<'r, B>(rt: &'r Runtime, request: &Request<B>) -> Option<&'r Route> {
-    let host = request_host(request);
+/// The route for a request with `host`, if any (none also when HTTP/1.1
+/// lacks a Host).
+fn route_of<'r, B>(
+    rt: &'r Runtime,
+    request: &Request<B>,
+    host: Option<&HeaderValue>,
+) -> Option<&'r Route> {
     if host.is_none() && request.version() == Version::HTTP_11 {
         return None;
     }
-    rt.routes.find(
-        host.as_ref().and_then(|h| h.to_str().ok()),
-        request.uri().path(),
-    )
+    rt.routes
+        .find(host.and_then(|h| h.to_str().ok()), request.uri().path())
 }
 
 async fn forward(
     rt: &Runtime,
     client: &Client,
     request: Request<Incoming>,
+    host: Option<HeaderValue>,
     route: Option<&Route>,
     series: &Arc<RouteSeries>,
 ) -> Result<Response<ResponseBody>, ProxyError> {
-    let host = request_host(&request);
     let Some(route) = route else {
         return Err(if host.is_none() {
             ProxyError::MissingHost
@@ -279,7 +282,6 @@ fn log_failure(
     }
 }
 
-/// Turns the upstream's response into the client's.
 /// Turns the upstream's response into the client's. `upgrading` is the
 /// client when it asked to switch protocols.
 fn respond(
