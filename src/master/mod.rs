@@ -349,6 +349,8 @@ async fn recv(events: &mut Option<mpsc::UnboundedReceiver<()>>) -> Option<()> {
     }
 }
 
+/// Sleeps until `at`, or forever when there is no deadline (a `select!`
+/// branch that is off until one is set).
 async fn sleep_until(at: Option<Instant>) {
     match at {
         Some(at) => tokio::time::sleep_until(at).await,

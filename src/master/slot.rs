@@ -20,6 +20,7 @@ use tokio::sync::watch;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
+use super::sleep_until;
 use super::sockets::ListenerSockets;
 use super::status::StatusBoard;
 use crate::config::Config;
@@ -310,13 +311,6 @@ fn sockets_to_send<'g>(
     }
     held.retain(|name, _| generation.slot_sockets(slot).any(|(n, ..)| n == name));
     (names, fds)
-}
-
-async fn sleep_until(deadline: Option<Instant>) {
-    match deadline {
-        Some(at) => tokio::time::sleep_until(at).await,
-        None => std::future::pending().await,
-    }
 }
 
 async fn reap(child: &mut Child, why: String) -> String {
