@@ -17,6 +17,7 @@ use hyper_util::rt::TokioIo;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
+use crate::accept;
 use crate::body::ResponseBody;
 use crate::proxy::local_response;
 
@@ -51,18 +52,7 @@ pub enum ReloadAnswer {
 
 /// Serves the admin endpoint until `stop` is cancelled.
 pub async fn serve(listener: TcpListener, backend: Arc<dyn Backend>, stop: CancellationToken) {
-    loop {
-        let stream = tokio::select! {
-            () = stop.cancelled() => return,
-            accepted = listener.accept() => match accepted {
-                Ok((stream, _)) => stream,
-                Err(e) => {
-                    tracing::warn!(error = %e, "admin: accept failed");
-                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
-        };
+    while let Some((stream, _)) = accept::next(&listener, "admin", &stop).await {
         let backend = backend.clone();
         // One request per connection, and no cut-off at stop: during a
         // binary upgrade a request the old master accepted is still answered.

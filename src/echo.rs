@@ -21,23 +21,13 @@ use serde_json::json;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
+use crate::accept;
 use crate::body::ResponseBody;
 
 /// Serves until `shutdown` is cancelled.
 pub async fn serve(listener: TcpListener, name: String, shutdown: CancellationToken) {
     let name = Arc::new(name);
-    loop {
-        let (stream, peer) = tokio::select! {
-            () = shutdown.cancelled() => return,
-            accepted = listener.accept() => match accepted {
-                Ok(a) => a,
-                Err(e) => {
-                    tracing::warn!(error = %e, "echo: accept failed");
-                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
-        };
+    while let Some((stream, peer)) = accept::next(&listener, "echo", &shutdown).await {
         let _ = stream.set_nodelay(true);
         let name = name.clone();
         tokio::spawn(async move {

@@ -1,4 +1,5 @@
 //! corral: a clustered HTTP reverse proxy and load balancer.
+pub mod accept;
 pub mod access_log;
 pub mod admin;
 pub mod balance;

@@ -13,7 +13,6 @@ mod conn;
 pub mod process;
 
 use std::collections::HashMap;
-use std::io;
 use std::time::Duration;
 
 use tokio::net::TcpListener;
@@ -21,6 +20,7 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::accept;
 use crate::runtime::SharedRuntime;
 
 /// A bound listening socket and the name of its `[[listeners]]` entry.
@@ -132,50 +132,19 @@ async fn accept_loop(
     shutdown: CancellationToken,
     connections: TaskTracker,
 ) {
-    let mut backoff = Duration::ZERO;
-    loop {
-        let accepted = tokio::select! {
-            () = stop.cancelled() => return,
-            accepted = listener.socket.accept() => accepted,
+    while let Some((stream, peer)) = accept::next(&listener.socket, &listener.name, &stop).await {
+        // Each connection reads its listener's settings (timeouts,
+        // certificates) from the snapshot current when it arrives.
+        let Some(settings) = runtime.load().listener(&listener.name).cloned() else {
+            tracing::debug!(listener = %listener.name, "listener is no longer configured; refusing");
+            continue;
         };
-        match accepted {
-            Ok((stream, peer)) => {
-                backoff = Duration::ZERO;
-                // Each connection reads its listener's settings (timeouts,
-                // certificates) from the snapshot current when it arrives.
-                let Some(settings) = runtime.load().listener(&listener.name).cloned() else {
-                    tracing::debug!(listener = %listener.name, "listener is no longer configured; refusing");
-                    continue;
-                };
-                connections.spawn(conn::serve(
-                    stream,
-                    peer,
-                    settings,
-                    runtime.clone(),
-                    shutdown.clone(),
-                ));
-            }
-            Err(e) if is_per_connection(&e) => {}
-            Err(e) => {
-                // Out of file descriptors or memory: wait for some to be
-                // released instead of spinning, then go on accepting.
-                backoff = (backoff * 2).clamp(Duration::from_millis(5), Duration::from_secs(1));
-                tracing::warn!(listener = %listener.name, error = %e, ?backoff, "accept failed");
-                tokio::select! {
-                    () = stop.cancelled() => return,
-                    () = tokio::time::sleep(backoff) => {}
-                }
-            }
-        }
+        connections.spawn(conn::serve(
+            stream,
+            peer,
+            settings,
+            runtime.clone(),
+            shutdown.clone(),
+        ));
     }
-}
-
-/// Errors that concern only the connection being accepted.
-fn is_per_connection(e: &io::Error) -> bool {
-    matches!(
-        e.kind(),
-        io::ErrorKind::ConnectionAborted
-            | io::ErrorKind::ConnectionReset
-            | io::ErrorKind::Interrupted
-    )
 }
