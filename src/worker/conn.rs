@@ -32,6 +32,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::activity::{Activity, Expired, Prefixed, RequestGuard, WaitReadable, Watched};
 use crate::body::ResponseBody;
+use crate::config::ListenerConfig;
 use crate::proxy::{self, Client};
 use crate::runtime::{ListenerRuntime, SharedRuntime};
 
@@ -214,7 +215,6 @@ where
             .serve_connection(TokioIo::new(io), service.clone())
             .without_shutdown();
         tokio::pin!(serving);
-        let mut keepalive = settings.keepalive_timeout;
         let mut parking = false;
         // One timer, moved rather than re-created: it runs at least every
         // PARK_AFTER, which is how an idle connection gets parked without
@@ -222,10 +222,8 @@ where
         let timer = tokio::time::sleep(PARK_AFTER);
         tokio::pin!(timer);
         let parts = loop {
-            if draining {
-                keepalive = keepalive.min(DRAIN_IDLE);
-            }
-            let (header, idle) = (settings.header_timeout, keepalive.min(PARK_AFTER));
+            let idle = keepalive(settings, draining).min(PARK_AFTER);
+            let header = settings.header_timeout;
             let deadline = conn
                 .activity
                 .deadline(header, idle)
@@ -276,20 +274,24 @@ async fn park<S: WaitReadable>(
     conn: &Conn,
     draining: &mut bool,
 ) -> Option<Bytes> {
-    let settings = &conn.listener.config;
     loop {
-        let keepalive = if *draining {
-            settings.keepalive_timeout.min(DRAIN_IDLE)
-        } else {
-            settings.keepalive_timeout
-        };
         let idle = conn.activity.idle_for().unwrap_or_default();
-        let deadline = Instant::now() + keepalive.saturating_sub(idle);
+        let limit = keepalive(&conn.listener.config, *draining);
+        let deadline = Instant::now() + limit.saturating_sub(idle);
         tokio::select! {
             read = io.get_mut().wait_readable() => return read.ok(),
             () = conn.shutdown.cancelled(), if !*draining => *draining = true,
             () = tokio::time::sleep_until(deadline) => return None,
         }
+    }
+}
+
+/// How long an HTTP/1.1 connection may stay idle between requests.
+fn keepalive(settings: &ListenerConfig, draining: bool) -> Duration {
+    if draining {
+        settings.keepalive_timeout.min(DRAIN_IDLE)
+    } else {
+        settings.keepalive_timeout
     }
 }
 
