@@ -134,17 +134,13 @@ impl Activity {
             return (Instant::now() + keepalive_timeout, None);
         }
         let head = self.head_since.load(Ordering::Relaxed);
-        if head != NONE && !self.multiplexed.load(Ordering::Relaxed) {
+        let idle_since = self.idle_since.load(Ordering::Relaxed);
+        // A request head is arriving, or (HTTP/2, where bytes between
+        // requests may be control frames) no request has been made yet.
+        if head != NONE && (!self.multiplexed.load(Ordering::Relaxed) || idle_since == 0) {
             return (self.at(head) + header_timeout, Some(Expired::Header));
         }
-        if head != NONE && self.idle_since.load(Ordering::Relaxed) == 0 {
-            // An HTTP/2 connection that has not made a request yet.
-            return (self.at(head) + header_timeout, Some(Expired::Header));
-        }
-        (
-            self.at(self.idle_since.load(Ordering::Relaxed)) + keepalive_timeout,
-            Some(Expired::Idle),
-        )
+        (self.at(idle_since) + keepalive_timeout, Some(Expired::Idle))
     }
 }
 
