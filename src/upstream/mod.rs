@@ -21,7 +21,7 @@ pub use health::{HealthChecker, OnChange, probe};
 pub use pool::{Conn, ConnectError};
 
 use crate::balance::{Balancer, PeakEwma, Servers};
-use crate::config::{HashKey, Protocol, UpstreamConfig};
+use crate::config::{HashKey, Protocol, ServerConfig, UpstreamConfig};
 use crate::metrics::Gauge;
 use pool::Pool;
 
@@ -35,13 +35,15 @@ pub struct Upstream {
 impl Upstream {
     /// Builds the upstream, taking each server from `reuse` when it offers one
     /// (a reload keeps the state of servers that did not change).
-    pub fn new(config: &UpstreamConfig, reuse: impl Fn(SocketAddr) -> Option<Arc<Server>>) -> Self {
+    pub fn new(
+        config: &UpstreamConfig,
+        reuse: impl Fn(&ServerConfig) -> Option<Arc<Server>>,
+    ) -> Self {
         let servers: Vec<Arc<Server>> = config
             .servers
             .iter()
             .map(|s| {
-                reuse(s.addr)
-                    .unwrap_or_else(|| Arc::new(Server::new(s.addr, s.weight.get(), config)))
+                reuse(s).unwrap_or_else(|| Arc::new(Server::new(s.addr, s.weight.get(), config)))
             })
             .collect();
         let weights: Vec<u32> = servers.iter().map(|s| s.weight).collect();
@@ -97,15 +99,10 @@ pub fn rebuild(configs: &[UpstreamConfig], previous: &[Arc<Upstream>]) -> Vec<Ar
             let old = previous
                 .iter()
                 .find(|u| u.name() == config.name && keeps_servers(config, &u.config));
-            Arc::new(Upstream::new(config, |addr| {
-                let weight = config
-                    .servers
-                    .iter()
-                    .find(|s| s.addr == addr)
-                    .map(|s| s.weight.get());
+            Arc::new(Upstream::new(config, |wanted| {
                 old?.servers
                     .iter()
-                    .find(|s| s.addr == addr && Some(s.weight) == weight)
+                    .find(|s| s.addr == wanted.addr && s.weight == wanted.weight.get())
                     .cloned()
             }))
         })
