@@ -27,7 +27,7 @@ use tokio::net::UnixStream;
 /// Bumped whenever a message changes shape.
 pub const VERSION: u16 = 1;
 const HEADER: usize = 8;
-/// Metrics snapshots are the largest messages; this bounds a broken peer.
+/// Config texts are the largest messages; this bounds a broken peer.
 const MAX_BODY: usize = 64 << 20;
 /// The kernel's limit on descriptors in one `SCM_RIGHTS` message.
 const MAX_FDS: usize = 253;

@@ -21,7 +21,7 @@ use prometheus::{
 };
 
 use super::shm::{Region, SeriesKey, ShmError, VALUES};
-use super::{Family, Kind, LATENCY_BUCKETS, split_labels};
+use super::{Family, HISTOGRAM_COUNT, HISTOGRAM_SUM, Kind, LATENCY_BUCKETS, split_labels};
 
 type Values = [u64; VALUES];
 
@@ -74,10 +74,7 @@ impl Workers {
         let mut retired = lock(&self.retired);
         for (key, values) in read(&region) {
             if Family::from_id(key.family).is_some_and(|f| f.kind() != Kind::Gauge) {
-                let total = retired.entry(key).or_insert([0; VALUES]);
-                for (t, v) in total.iter_mut().zip(values) {
-                    *t = t.wrapping_add(v);
-                }
+                add_into(&mut retired, key, &values);
             }
         }
     }
@@ -103,13 +100,18 @@ impl Workers {
         let mut totals = lock(&self.retired).clone();
         for region in lock(&self.live).values() {
             for (key, values) in read(region) {
-                let total = totals.entry(key).or_insert([0; VALUES]);
-                for (t, v) in total.iter_mut().zip(values) {
-                    *t = t.wrapping_add(v);
-                }
+                add_into(&mut totals, key, &values);
             }
         }
         totals
+    }
+}
+
+/// Adds one series' values into `totals` (gauges wrap, as they are stored).
+fn add_into(totals: &mut BTreeMap<SeriesKey, Values>, key: SeriesKey, values: &Values) {
+    let total = totals.entry(key).or_insert([0; VALUES]);
+    for (t, v) in total.iter_mut().zip(values) {
+        *t = t.wrapping_add(*v);
     }
 }
 
@@ -201,8 +203,8 @@ fn metric(family: Family, labels: &str, values: &Values) -> proto::Metric {
                 })
                 .collect();
             h.set_bucket(buckets);
-            h.set_sample_count(values[16]);
-            h.set_sample_sum(values[17] as f64 / 1e9);
+            h.set_sample_count(values[HISTOGRAM_COUNT]);
+            h.set_sample_sum(values[HISTOGRAM_SUM] as f64 / 1e9);
             m.set_histogram(h);
         }
     }

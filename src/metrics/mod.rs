@@ -20,6 +20,11 @@ pub const LATENCY_BUCKETS: [f64; 15] = [
     0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
 ];
 
+/// Where a histogram's count and sum sit among its series' values: after
+/// its buckets, one per bound plus `+Inf`.
+pub const HISTOGRAM_COUNT: usize = LATENCY_BUCKETS.len() + 1;
+pub const HISTOGRAM_SUM: usize = HISTOGRAM_COUNT + 1;
+
 /// The label value for requests that matched no route (and so no upstream);
 /// config names cannot contain parentheses, so it never collides.
 pub const NONE: &str = "(none)";

@@ -13,7 +13,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use super::shm::{Region, ShmError};
-use super::{Family, LATENCY_BUCKETS, join_labels};
+use super::{Family, HISTOGRAM_COUNT, HISTOGRAM_SUM, LATENCY_BUCKETS, join_labels};
 
 /// Where this process counts.
 #[derive(Debug)]
@@ -146,9 +146,11 @@ impl Histogram {
             .position(|&b| seconds <= b)
             .unwrap_or(LATENCY_BUCKETS.len());
         self.0.add(bucket, 1);
-        self.0.add(16, 1);
-        self.0
-            .add(17, u64::try_from(d.as_nanos()).unwrap_or(u64::MAX));
+        self.0.add(HISTOGRAM_COUNT, 1);
+        self.0.add(
+            HISTOGRAM_SUM,
+            u64::try_from(d.as_nanos()).unwrap_or(u64::MAX),
+        );
     }
 }
 
@@ -211,7 +213,4 @@ impl RouteSeries {
         &self.upstream
     }
 
-    pub fn recorder(&self) -> &Arc<Recorder> {
-        &self.recorder
-    }
 }

@@ -24,8 +24,8 @@ use nix::sys::mman::{MapFlags, ProtFlags, mmap, munmap};
 const MAGIC: u64 = u64::from_be_bytes(*b"corralm1");
 const VERSION: u64 = 1;
 const HEADER_WORDS: usize = 8;
-/// Values per slot: a histogram's 16 buckets, its count and its sum.
-pub const VALUES: usize = 18;
+/// Values per slot: room for a histogram's buckets, count and sum.
+pub const VALUES: usize = super::HISTOGRAM_SUM + 1;
 const SLOT_WORDS: usize = 4 + VALUES;
 /// Series per worker; the memfd is sparse, so unused slots cost no memory.
 pub const SLOTS: usize = 16 * 1024;
@@ -217,7 +217,7 @@ mod tests {
         let a = worker.allocate(1, "route=a").unwrap();
         let b = worker.allocate(2, "route=b\u{1f}code=200").unwrap();
         worker.values(a)[0].fetch_add(3, Ordering::Relaxed);
-        worker.values(b)[17].fetch_add(9, Ordering::Relaxed);
+        worker.values(b)[VALUES - 1].fetch_add(9, Ordering::Relaxed);
         drop(worker);
         let series = master.series();
         assert_eq!(series.len(), 2);
@@ -229,6 +229,9 @@ mod tests {
             }
         );
         assert_eq!(master.values(series[0].1)[0].load(Ordering::Relaxed), 3);
-        assert_eq!(master.values(series[1].1)[17].load(Ordering::Relaxed), 9);
+        assert_eq!(
+            master.values(series[1].1)[VALUES - 1].load(Ordering::Relaxed),
+            9
+        );
     }
 }
