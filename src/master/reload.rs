@@ -128,7 +128,7 @@ impl Master {
                     .generation
                     .set(i64::try_from(done.generation).unwrap_or(i64::MAX));
                 // `/status` first, then the log, so a log reader finds it updated.
-                self.view.record_reload(record("success", None), elapsed);
+                self.view.record_reload(record("success", None));
                 tracing::info!(trigger = trigger.as_str(), generation = done.generation, ?elapsed, changes = ?done.changes, "config reloaded");
             }
             Err(e) => {
@@ -138,7 +138,7 @@ impl Master {
                     .set(i64::try_from(current).unwrap_or(i64::MAX));
                 let error = e.lines().join("\n");
                 self.view
-                    .record_reload(record("failure", Some(error.clone())), elapsed);
+                    .record_reload(record("failure", Some(error.clone())));
                 tracing::error!(
                     trigger = trigger.as_str(),
                     generation = current,

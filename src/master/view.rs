@@ -4,7 +4,6 @@
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use serde_json::json;
@@ -24,16 +23,8 @@ pub struct View {
     upstreams: Arc<ArcSwap<Vec<Arc<Upstream>>>>,
     metrics: Arc<ClusterMetrics>,
     reloads: mpsc::Sender<ReloadRequest>,
-    history: Mutex<ReloadHistory>,
-}
-
-/// Reload outcomes since the master started.
-#[derive(Debug, Default)]
-pub struct ReloadHistory {
-    pub last: Option<ReloadRecord>,
-    pub successes: u64,
-    pub failures: u64,
-    pub last_duration: Duration,
+    /// The latest reload's outcome (their counts are in `metrics`).
+    last_reload: Mutex<Option<ReloadRecord>>,
 }
 
 impl View {
@@ -51,18 +42,12 @@ impl View {
             upstreams,
             metrics,
             reloads,
-            history: Mutex::new(ReloadHistory::default()),
+            last_reload: Mutex::new(None),
         }
     }
 
-    pub fn record_reload(&self, record: ReloadRecord, took: Duration) {
-        let mut history = self.history.lock().unwrap_or_else(|e| e.into_inner());
-        match record.result {
-            "success" => history.successes += 1,
-            _ => history.failures += 1,
-        }
-        history.last_duration = took;
-        history.last = Some(record);
+    pub fn record_reload(&self, record: ReloadRecord) {
+        *self.last_reload.lock().unwrap_or_else(|e| e.into_inner()) = Some(record);
     }
 }
 
@@ -91,7 +76,12 @@ impl Backend for View {
                 json!({ "name": u.name(), "servers": servers })
             })
             .collect();
-        let history = self.history.lock().unwrap_or_else(|e| e.into_inner());
+        let last_reload = self
+            .last_reload
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        let reloads = |result| self.metrics.reloads.with_label_values(&[result]).get();
         json!({
             "pid": self.pid,
             "version": env!("CARGO_PKG_VERSION"),
@@ -100,8 +90,8 @@ impl Backend for View {
                 "path": generation.path.display().to_string(),
                 "loaded_at": timestamp(generation.loaded_at),
             },
-            "last_reload": history.last,
-            "reloads": { "success": history.successes, "failure": history.failures },
+            "last_reload": last_reload,
+            "reloads": { "success": reloads("success"), "failure": reloads("failure") },
             "workers": self.status.workers(),
             "upstreams": upstreams,
         })

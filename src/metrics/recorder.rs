@@ -212,5 +212,4 @@ impl RouteSeries {
     pub fn upstream(&self) -> &str {
         &self.upstream
     }
-
 }
