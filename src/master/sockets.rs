@@ -65,6 +65,17 @@ pub struct BindError {
     pub source: io::Error,
 }
 
+impl BindError {
+    /// Wraps an error of listener `l`'s sockets.
+    fn of(l: &ListenerConfig) -> impl Fn(io::Error) -> Self + '_ {
+        move |source| Self {
+            name: l.name.clone(),
+            addr: l.addr,
+            source,
+        }
+    }
+}
+
 /// Binds (or takes over from `inherited`) `slots` sockets for every listener.
 pub fn bind_all(
     config: &Config,
@@ -102,11 +113,7 @@ pub fn rebind(
                 for s in &sockets.slots {
                     socket2::SockRef::from(s)
                         .listen(i32::try_from(l.backlog).unwrap_or(i32::MAX))
-                        .map_err(|source| BindError {
-                            name: l.name.clone(),
-                            addr: l.addr,
-                            source,
-                        })?;
+                        .map_err(BindError::of(l))?;
                 }
             }
             Ok(sockets)
@@ -119,11 +126,7 @@ fn bind_listener(
     slots: usize,
     mut reuse: impl FnMut(usize) -> Option<TcpListener>,
 ) -> Result<ListenerSockets, BindError> {
-    let error = |source| BindError {
-        name: l.name.clone(),
-        addr: l.addr,
-        source,
-    };
+    let error = BindError::of(l);
     let mut sockets = Vec::with_capacity(slots);
     let mut bound = l.addr;
     for slot in 0..slots {
@@ -131,9 +134,9 @@ fn bind_listener(
             Some(socket) => socket,
             // Port 0 asks the kernel for a free port; every further slot
             // must join that same port.
-            None => bind(bound, l.backlog).map_err(error)?,
+            None => bind(bound, l.backlog).map_err(&error)?,
         };
-        bound = socket.local_addr().map_err(error)?;
+        bound = socket.local_addr().map_err(&error)?;
         sockets.push(socket);
     }
     Ok(ListenerSockets {
