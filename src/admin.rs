@@ -78,12 +78,11 @@ async fn answer(backend: &dyn Backend, request: &Request<Incoming>) -> Response<
     match (request.method(), request.uri().path()) {
         (&Method::GET, "/status") => json(StatusCode::OK, &backend.status()),
         (&Method::GET, "/config") => json(StatusCode::OK, &backend.config()),
-        (&Method::GET, "/metrics") => {
-            let mut response = Response::new(ResponseBody::local(backend.metrics()));
-            let text = header::HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8");
-            response.headers_mut().insert(header::CONTENT_TYPE, text);
-            response
-        }
+        (&Method::GET, "/metrics") => typed(
+            StatusCode::OK,
+            "text/plain; version=0.0.4; charset=utf-8",
+            backend.metrics(),
+        ),
         (&Method::GET, "/healthz") => match backend.healthz() {
             Ok(()) => local_response(StatusCode::OK, "healthy"),
             Err(why) => local_response(StatusCode::SERVICE_UNAVAILABLE, &why),
@@ -97,11 +96,7 @@ async fn answer(backend: &dyn Backend, request: &Request<Incoming>) -> Response<
                 &serde_json::json!({ "generation": generation, "changes": changes }),
             ),
             ReloadAnswer::Refused { status, lines } => {
-                let mut response = Response::new(ResponseBody::local(lines.join("\n") + "\n"));
-                *response.status_mut() = status;
-                let text = header::HeaderValue::from_static("text/plain; charset=utf-8");
-                response.headers_mut().insert(header::CONTENT_TYPE, text);
-                response
+                typed(status, "text/plain; charset=utf-8", lines.join("\n") + "\n")
             }
         },
         (_, "/status" | "/config" | "/healthz" | "/metrics") => {
@@ -115,10 +110,16 @@ async fn answer(backend: &dyn Backend, request: &Request<Incoming>) -> Response<
 fn json(status: StatusCode, value: &serde_json::Value) -> Response<ResponseBody> {
     let mut text = serde_json::to_string_pretty(value).unwrap_or_default();
     text.push('\n');
-    let mut response = Response::new(ResponseBody::local(text));
+    typed(status, "application/json", text)
+}
+
+fn typed(status: StatusCode, content_type: &'static str, body: String) -> Response<ResponseBody> {
+    let mut response = Response::new(ResponseBody::local(body));
     *response.status_mut() = status;
-    let json = header::HeaderValue::from_static("application/json");
-    response.headers_mut().insert(header::CONTENT_TYPE, json);
+    let content_type = header::HeaderValue::from_static(content_type);
+    response
+        .headers_mut()
+        .insert(header::CONTENT_TYPE, content_type);
     response
 }
 
@@ -164,9 +165,5 @@ pub mod client {
         let status = response.status();
         let body = response.into_body().collect().await?.to_bytes();
         Ok((status, String::from_utf8_lossy(&body).into_owned()))
-    }
-
-    pub async fn post(addr: SocketAddr, path: &str) -> Result<(StatusCode, String), AdminError> {
-        call(addr, Method::POST, path).await
     }
 }

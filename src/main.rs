@@ -169,7 +169,7 @@ fn current_thread() -> anyhow::Result<tokio::runtime::Runtime> {
 
 fn reload(admin: SocketAddr) -> anyhow::Result<()> {
     current_thread()?.block_on(async {
-        let (status, body) = corral::admin::client::post(admin, "/reload")
+        let (status, body) = corral::admin::client::call(admin, http::Method::POST, "/reload")
             .await
             .with_context(|| format!("cannot reach the admin endpoint at {admin}"))?;
         if status.is_success() {
