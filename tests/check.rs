@@ -35,19 +35,11 @@ fn expect_error(text: &str, output: &str, path: &std::path::Path, needle: &str, 
 
 #[test]
 fn the_shipped_config_is_valid() {
-    let out = std::process::Command::new(BIN)
-        .args([
-            "check",
-            "--config",
-            concat!(env!("CARGO_MANIFEST_DIR"), "/config/corral.toml"),
-        ])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    cli_ok(&[
+        "check",
+        "--config",
+        concat!(env!("CARGO_MANIFEST_DIR"), "/config/corral.toml"),
+    ]);
 }
 
 #[test]

@@ -211,16 +211,8 @@ async fn corral_reload_reports_success_and_failure() {
     let corral = Corral::start(&config(a.addr, ws, "", 1)).await;
     let admin = corral.admin.unwrap().to_string();
     corral.write_config(&config(b.addr, ws, "", 1));
-    let out = std::process::Command::new(BIN)
-        .args(["reload", "--admin", &admin])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(String::from_utf8_lossy(&out.stdout).contains("\"generation\""));
+    let stdout = cli_ok(&["reload", "--admin", &admin]);
+    assert!(stdout.contains("\"generation\""), "{stdout}");
     assert_eq!(get(corral.addr("public"), "/", &[]).await.backend(), "b");
 
     corral.write_config("[[listeners]]\nname = 7\n");
@@ -412,23 +404,9 @@ async fn check_diff_shows_what_a_reload_would_change() {
     let corral = Corral::start(&config(a.addr, ws, "", 2)).await;
     let next = tempfile::NamedTempFile::new().unwrap();
     std::fs::write(next.path(), config(b.addr, ws, "", 3)).unwrap();
-    let out = std::process::Command::new(BIN)
-        .args([
-            "check",
-            "--diff",
-            "--admin",
-            &corral.admin.unwrap().to_string(),
-            "--config",
-        ])
-        .arg(next.path())
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let stdout = String::from_utf8_lossy(&out.stdout);
+    let admin = corral.admin.unwrap().to_string();
+    let path = path_of(next.path());
+    let stdout = cli_ok(&["check", "--diff", "--admin", &admin, "--config", &path]);
     assert!(stdout.contains("~ runtime: workers 2 -> 3"), "{stdout}");
     assert!(
         stdout.contains(&format!("+ server {} in upstream `app`", b.addr)),

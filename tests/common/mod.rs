@@ -187,6 +187,18 @@ fn field(line: &str, key: &str) -> Option<String> {
     )
 }
 
+/// Runs the corral binary with `args` to its end, asserts that it succeeded,
+/// and returns its stdout.
+pub fn cli_ok<S: AsRef<std::ffi::OsStr>>(args: &[S]) -> String {
+    let out = Command::new(BIN).args(args).output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
 /// Runs `corral check` on `config`; returns (success, stdout + stderr, path).
 pub fn check(config: &str) -> (bool, String, PathBuf) {
     let dir = tempfile::tempdir().unwrap();
