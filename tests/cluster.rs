@@ -130,13 +130,9 @@ async fn a_killed_worker_is_replaced_at_once_and_costs_only_its_own_connections(
     assert_eq!(status["workers"][0]["last_exit"], "killed by SIGKILL");
 
     load.wait_successes(2000).await;
-    let outcomes = load.finish().await;
-    let failures: Vec<&Outcome> = outcomes.iter().filter(|o| !o.ok).collect();
-    eprintln!(
-        "{} requests, {} failed, worker replaced in {replaced_in:?}",
-        outcomes.len(),
-        failures.len()
-    );
+    let failures = load
+        .finish(&format!("with a worker replaced in {replaced_in:?}"))
+        .await;
     // At most the requests in flight on the killed worker's connections.
     assert!(
         failures.len() <= 20,
@@ -243,18 +239,11 @@ async fn a_binary_upgrade_under_load_loses_nothing() {
     assert!(all_ready(&after), "{after:#}");
     assert!(alive(new_master));
     load.wait_successes(2000).await;
-    let outcomes = load.finish().await;
-    let failures: Vec<&Outcome> = outcomes.iter().filter(|o| !o.ok).collect();
-    eprintln!(
-        "{} requests across the upgrade, {} failed",
-        outcomes.len(),
-        failures.len()
-    );
+    let failures = load.finish("across the upgrade").await;
     assert!(
         failures.is_empty(),
-        "{} of {} requests failed: {:?}",
+        "{} requests failed: {:?}",
         failures.len(),
-        outcomes.len(),
         &failures[..failures.len().min(5)]
     );
 }
@@ -300,20 +289,7 @@ async fn workers_leave_when_the_master_is_killed() {
 
 #[tokio::test]
 async fn sigterm_finishes_in_flight_requests_then_everything_exits() {
-    let (started_tx, started_rx) = tokio::sync::oneshot::channel::<()>();
-    let (finish_tx, finish_rx) = tokio::sync::oneshot::channel::<()>();
-    let hooks = std::sync::Arc::new(std::sync::Mutex::new(Some((started_tx, finish_rx))));
-    let app = upstream(move |_req| {
-        let hooks = hooks.lock().unwrap().take();
-        async move {
-            if let Some((started, finish)) = hooks {
-                started.send(()).unwrap();
-                let _ = finish.await;
-            }
-            http::Response::new(full("done"))
-        }
-    })
-    .await;
+    let (app, started_rx, finish_tx) = holding().await;
     let mut corral = Corral::start(&cluster_config(&[app.addr], "")).await;
     let workers: Vec<u64> = corral.worker_pids().await.into_iter().flatten().collect();
     let addr = corral.addr("public");

@@ -288,20 +288,7 @@ async fn labels_never_come_from_request_data() {
 
 #[tokio::test]
 async fn status_counts_requests_in_flight_per_server() {
-    let (arrived_tx, arrived_rx) = tokio::sync::oneshot::channel::<()>();
-    let (release_tx, release_rx) = tokio::sync::oneshot::channel::<()>();
-    let hooks = std::sync::Arc::new(std::sync::Mutex::new(Some((arrived_tx, release_rx))));
-    let slow = upstream(move |_req| {
-        let hooks = hooks.lock().unwrap().take();
-        async move {
-            if let Some((arrived, release)) = hooks {
-                arrived.send(()).unwrap();
-                let _ = release.await;
-            }
-            Response::new(full("done"))
-        }
-    })
-    .await;
+    let (slow, arrived_rx, release_tx) = holding().await;
     // The access log on stderr says when the request is over; corral
     // releases the server before it logs.
     let log = "[access_log]\npath = \"stderr\"\n";

@@ -123,13 +123,7 @@ async fn twenty_reloads_under_load_by_every_trigger_fail_no_request() {
             format!("ping {i}")
         );
     }
-    let outcomes = load.finish().await;
-    let failures: Vec<&Outcome> = outcomes.iter().filter(|o| !o.ok).collect();
-    eprintln!(
-        "{} requests across 20 reloads, {} failed",
-        outcomes.len(),
-        failures.len()
-    );
+    let failures = load.finish("across 20 reloads").await;
     assert!(
         failures.is_empty(),
         "{:?}",

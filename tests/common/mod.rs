@@ -282,6 +282,31 @@ where
     Upstream { addr, stop }
 }
 
+/// An upstream that holds its first request: the receiver completes when
+/// that request arrives, and it is answered `done` once the sender fires.
+/// Later requests are answered `done` at once.
+pub async fn holding() -> (
+    Upstream,
+    tokio::sync::oneshot::Receiver<()>,
+    tokio::sync::oneshot::Sender<()>,
+) {
+    let (arrived_tx, arrived_rx) = tokio::sync::oneshot::channel();
+    let (release_tx, release_rx) = tokio::sync::oneshot::channel::<()>();
+    let hooks = Arc::new(Mutex::new(Some((arrived_tx, release_rx))));
+    let up = upstream(move |_req| {
+        let hooks = hooks.lock().unwrap().take();
+        async move {
+            if let Some((arrived, release)) = hooks {
+                arrived.send(()).unwrap();
+                let _ = release.await;
+            }
+            Response::new(full("done"))
+        }
+    })
+    .await;
+    (up, arrived_rx, release_tx)
+}
+
 /// A response as the client saw it.
 #[derive(Debug)]
 pub struct Reply {
@@ -627,14 +652,18 @@ impl Load {
         assert!(matches!(reached, Ok(Ok(_))), "load stalled");
     }
 
-    pub async fn finish(self) -> Vec<Outcome> {
+    /// Stops the clients and returns the requests that failed, after
+    /// printing how many were sent `during` what the test did.
+    pub async fn finish(self, during: &str) -> Vec<Outcome> {
         self.stop.cancel();
         for t in self.tasks {
             let _ = t.await;
         }
-        Arc::try_unwrap(self.outcomes)
-            .map(|m| m.into_inner().unwrap())
-            .unwrap_or_default()
+        let outcomes = std::mem::take(&mut *self.outcomes.lock().unwrap());
+        let total = outcomes.len();
+        let failures: Vec<Outcome> = outcomes.into_iter().filter(|o| !o.ok).collect();
+        eprintln!("{total} requests {during}, {} failed", failures.len());
+        failures
     }
 }
 
