@@ -61,29 +61,37 @@ def tree(pid):
     return out
 
 
-def cpu_ticks(pid):
+def tree_sum(pid, measure):
+    """measure(p) summed over pid's tree; a process gone meanwhile counts 0."""
     total = 0
     for p in tree(pid):
         try:
-            with open(f"/proc/{p}/stat") as f:
-                fields = f.read().rsplit(")", 1)[1].split()
-            total += int(fields[11]) + int(fields[12])  # utime, stime
+            total += measure(p)
         except OSError:
             pass
     return total
+
+
+def own_cpu_ticks(p):
+    with open(f"/proc/{p}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return int(fields[11]) + int(fields[12])  # utime, stime
+
+
+def own_rss_kib(p):
+    with open(f"/proc/{p}/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    return 0
+
+
+def cpu_ticks(pid):
+    return tree_sum(pid, own_cpu_ticks)
 
 
 def rss_kib(pid):
-    total = 0
-    for p in tree(pid):
-        try:
-            with open(f"/proc/{p}/status") as f:
-                for line in f:
-                    if line.startswith("VmRSS:"):
-                        total += int(line.split()[1])
-        except OSError:
-            pass
-    return total
+    return tree_sum(pid, own_rss_kib)
 
 
 class Sampler(threading.Thread):
