@@ -3,37 +3,16 @@
 
 use std::hint::black_box;
 
-use corral::balance::{Balancer, Servers, hash_key};
+use corral::balance::testing::Fixed;
+use corral::balance::{Balancer, hash_key};
 use corral::config::{Balance, HashKey};
 use criterion::{Criterion, criterion_group, criterion_main};
 
-struct Sixteen {
-    weights: Vec<u32>,
-    in_flight: Vec<u32>,
-    latency: Vec<f64>,
-}
-
-impl Servers for Sixteen {
-    fn len(&self) -> usize {
-        self.weights.len()
-    }
-    fn weight(&self, i: usize) -> u32 {
-        self.weights[i]
-    }
-    fn available(&self, i: usize) -> bool {
-        i != 3
-    }
-    fn in_flight(&self, i: usize) -> u32 {
-        self.in_flight[i]
-    }
-    fn latency(&self, i: usize) -> f64 {
-        self.latency[i]
-    }
-}
-
 fn bench(c: &mut Criterion) {
-    let servers = Sixteen {
+    let servers = Fixed {
         weights: (0..16).map(|i| 1 + i % 3).collect(),
+        // One server down, as the policies must skip it.
+        up: (0..16).map(|i| i != 3).collect(),
         in_flight: (0..16).map(|i| (i * 7) % 5).collect(),
         latency: (0..16).map(|i| 0.001 * f64::from(1 + i % 4)).collect(),
     };

@@ -92,9 +92,9 @@ pub fn hash_key(bytes: &[u8]) -> u64 {
     xxhash_rust::xxh3::xxh3_64(bytes)
 }
 
-#[cfg(test)]
-pub(crate) mod testing {
-    //! A plain in-memory [`Servers`] for the policies' tests.
+#[doc(hidden)]
+pub mod testing {
+    //! A plain in-memory [`Servers`] for the policies' tests and benchmarks.
     use super::Servers;
 
     #[derive(Debug, Clone)]
