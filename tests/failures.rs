@@ -91,25 +91,9 @@ async fn an_upstream_that_hangs_up_without_answering_is_a_502() {
 
 #[tokio::test]
 async fn pooled_connections_are_reused_across_requests() {
-    let peers = Arc::new(std::sync::Mutex::new(std::collections::HashSet::new()));
-    let seen = peers.clone();
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move {
-        while let Ok((stream, peer)) = listener.accept().await {
-            seen.lock().unwrap().insert(peer);
-            tokio::spawn(async move {
-                let service = hyper::service::service_fn(|_req| async {
-                    Ok::<_, std::convert::Infallible>(Response::new(full("ok")))
-                });
-                let _ = hyper::server::conn::http1::Builder::new()
-                    .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
-                    .await;
-            });
-        }
-    });
+    let (app, peers) = connection_counting().await;
     let corral =
-        Corral::start(&simple_config(&[addr], "").replace("workers = 2", "workers = 1")).await;
+        Corral::start(&simple_config(&[app.addr], "").replace("workers = 2", "workers = 1")).await;
     let mut client = H1::connect(corral.addr("public")).await;
     for _ in 0..20 {
         assert_eq!(client.get("/", &[]).await.status, StatusCode::OK);

@@ -348,25 +348,8 @@ async fn a_worker_started_after_a_reload_runs_the_current_generation() {
 
 #[tokio::test]
 async fn unchanged_servers_keep_their_pooled_connections_across_a_reload() {
-    use std::collections::HashSet;
-    use std::sync::{Arc, Mutex};
-    let peers = Arc::new(Mutex::new(HashSet::new()));
-    let seen = peers.clone();
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let app = listener.local_addr().unwrap();
-    tokio::spawn(async move {
-        while let Ok((stream, peer)) = listener.accept().await {
-            seen.lock().unwrap().insert(peer);
-            tokio::spawn(async move {
-                let service = hyper::service::service_fn(|_req| async {
-                    Ok::<_, std::convert::Infallible>(http::Response::new(full("ok")))
-                });
-                let _ = hyper::server::conn::http1::Builder::new()
-                    .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
-                    .await;
-            });
-        }
-    });
+    let (upstream, peers) = connection_counting().await;
+    let app = upstream.addr;
     let ws = ws_upstream().await;
     let corral = Corral::start(&config(app, ws, "", 1)).await;
     let mut client = H1::connect(corral.addr("public")).await;

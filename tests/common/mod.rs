@@ -282,6 +282,35 @@ where
     Upstream { addr, stop }
 }
 
+/// An HTTP/1.1 upstream answering `ok`, and the client address of every
+/// connection it accepted: one per connection corral opened to it.
+pub async fn connection_counting() -> (Upstream, Arc<Mutex<std::collections::HashSet<SocketAddr>>>)
+{
+    let peers = Arc::new(Mutex::new(std::collections::HashSet::new()));
+    let seen = peers.clone();
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let stop = CancellationToken::new();
+    let token = stop.clone();
+    tokio::spawn(async move {
+        loop {
+            let (stream, peer) = tokio::select! {
+                () = token.cancelled() => return,
+                a = listener.accept() => a.unwrap(),
+            };
+            seen.lock().unwrap().insert(peer);
+            tokio::spawn(async move {
+                let service =
+                    service_fn(|_req| async { Ok::<_, Infallible>(Response::new(full("ok"))) });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(stream), service)
+                    .await;
+            });
+        }
+    });
+    (Upstream { addr, stop }, peers)
+}
+
 /// An upstream that holds its first request: the receiver completes when
 /// that request arrives, and it is answered `done` once the sender fires.
 /// Later requests are answered `done` at once.
