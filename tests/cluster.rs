@@ -69,12 +69,7 @@ async fn workers_share_per_slot_reuseport_sockets_held_by_the_master() {
     let app = echo("app").await;
     let corral = Corral::start(&cluster_config(&[app.addr], "")).await;
     let status = corral.wait_status(all_ready).await;
-    let workers: Vec<u64> = status["workers"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|w| w["pid"].as_u64().unwrap())
-        .collect();
+    let workers = pids_of(&status);
     assert_eq!(workers.len(), 2);
     assert_eq!(status["pid"].as_u64(), Some(u64::from(corral.pid())));
     let children =
@@ -113,7 +108,7 @@ async fn a_killed_worker_is_replaced_at_once_and_costs_only_its_own_connections(
     let load = Load::start(corral.addr("public"), 16, 4);
     load.wait_successes(500).await;
 
-    let victim = corral.worker_pids().await[0].unwrap();
+    let victim = corral.worker_pids().await[0];
     let killed_at = Instant::now();
     kill(victim, Signal::SIGKILL);
     let status = corral
@@ -156,7 +151,7 @@ async fn a_hung_worker_is_detected_by_heartbeat_and_replaced() {
     let app = echo("app").await;
     let corral = Corral::start(&cluster_config(&[app.addr], "")).await;
     corral.wait_status(all_ready).await;
-    let victim = corral.worker_pids().await[1].unwrap();
+    let victim = corral.worker_pids().await[1];
     kill(victim, Signal::SIGSTOP);
     let status = corral
         .wait_status(|s| {
@@ -190,7 +185,7 @@ async fn a_crash_looping_slot_backs_off_and_says_so() {
     corral.wait_status(all_ready).await;
     // New workers can no longer load the certificate; the running ones are unaffected.
     std::fs::remove_file(&key_path).unwrap();
-    kill(corral.worker_pids().await[0].unwrap(), Signal::SIGKILL);
+    kill(corral.worker_pids().await[0], Signal::SIGKILL);
     let status = corral
         .wait_status(|s| s["workers"][0]["crash_loop"].as_u64() >= Some(3))
         .await;
@@ -211,13 +206,7 @@ async fn a_crash_looping_slot_backs_off_and_says_so() {
 async fn a_binary_upgrade_under_load_loses_nothing() {
     let app = echo("app").await;
     let mut corral = Corral::start(&cluster_config(&[app.addr], "")).await;
-    let before = corral.wait_status(all_ready).await;
-    let old_workers: Vec<u64> = before["workers"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|w| w["pid"].as_u64().unwrap())
-        .collect();
+    let old_workers = pids_of(&corral.wait_status(all_ready).await);
     let load = Load::start(corral.addr("public"), 16, 4);
     load.wait_successes(500).await;
 
@@ -274,7 +263,7 @@ async fn workers_leave_when_the_master_is_killed() {
             .replace("shutdown_timeout = \"5s\"", "shutdown_timeout = \"1s\""),
     )
     .await;
-    let workers: Vec<u64> = corral.worker_pids().await.into_iter().flatten().collect();
+    let workers = corral.worker_pids().await;
     corral.signal(Signal::SIGKILL);
     let killed_at = Instant::now();
     for w in &workers {
@@ -291,7 +280,7 @@ async fn workers_leave_when_the_master_is_killed() {
 async fn sigterm_finishes_in_flight_requests_then_everything_exits() {
     let (app, started_rx, finish_tx) = holding().await;
     let mut corral = Corral::start(&cluster_config(&[app.addr], "")).await;
-    let workers: Vec<u64> = corral.worker_pids().await.into_iter().flatten().collect();
+    let workers = corral.worker_pids().await;
     let addr = corral.addr("public");
     let in_flight = tokio::spawn(async move { get(addr, "/slow", &[]).await });
     started_rx.await.unwrap();
@@ -343,7 +332,7 @@ async fn cpu_affinity_pins_each_worker_to_its_own_cpu() {
     )
     .await;
     let mut cpus = Vec::new();
-    for pid in corral.worker_pids().await.into_iter().flatten() {
+    for pid in corral.worker_pids().await {
         let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
         let allowed = status
             .lines()
@@ -371,7 +360,7 @@ async fn sigquit_stops_at_once() {
             .replace("shutdown_timeout = \"5s\"", "shutdown_timeout = \"60s\""),
     )
     .await;
-    let workers: Vec<u64> = corral.worker_pids().await.into_iter().flatten().collect();
+    let workers = corral.worker_pids().await;
     // A keep-alive connection that would hold a graceful stop for a while.
     let mut idle = H1::connect(corral.addr("public")).await;
     assert_eq!(idle.get("/", &[]).await.status, StatusCode::OK);

@@ -175,7 +175,7 @@ async fn counts_are_exact_across_workers_and_never_go_back() {
     }
     promtool_accepts(&page);
 
-    let victim = corral.worker_pids().await[0].unwrap();
+    let victim = corral.worker_pids().await[0];
     nix::sys::signal::kill(nix::unistd::Pid::from_raw(victim as i32), Signal::SIGKILL).unwrap();
     let after_kill = parse(&scrape(&corral).await);
     assert_eq!(sum(&after_kill, "corral_requests_total", |_| true), 1000.0);

@@ -337,7 +337,7 @@ async fn a_worker_started_after_a_reload_runs_the_current_generation() {
     corral
         .wait_status(|s| s["generation"] == 2 && all_ready(s))
         .await;
-    let victim = corral.worker_pids().await[0].unwrap();
+    let victim = corral.worker_pids().await[0];
     nix::sys::signal::kill(nix::unistd::Pid::from_raw(victim as i32), Signal::SIGKILL).unwrap();
     let status = corral
         .wait_status(|s| all_ready(s) && s["workers"][0]["pid"].as_u64() != Some(victim))

@@ -525,14 +525,9 @@ impl Corral {
         serde_json::from_str(&body).unwrap()
     }
 
-    /// Worker pids by slot, from `/status`.
-    pub async fn worker_pids(&self) -> Vec<Option<u64>> {
-        self.status().await["workers"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|w| w["pid"].as_u64())
-            .collect()
+    /// Worker pids by slot, from `/status` (every slot must have a worker).
+    pub async fn worker_pids(&self) -> Vec<u64> {
+        pids_of(&self.status().await)
     }
 
     /// Waits until `/status` satisfies `ready`, reading it again after each
@@ -566,6 +561,20 @@ pub async fn admin_call(
     corral::admin::client::call(addr, method, path)
         .await
         .unwrap()
+}
+
+/// Worker pids by slot in a `/status` document; every slot must have one.
+pub fn pids_of(status: &serde_json::Value) -> Vec<u64> {
+    status["workers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|w| {
+            w["pid"]
+                .as_u64()
+                .unwrap_or_else(|| panic!("no worker: {w}"))
+        })
+        .collect()
 }
 
 /// Whether every worker slot in a `/status` document is serving.
