@@ -11,13 +11,6 @@ use common::*;
 use http::StatusCode;
 use nix::sys::signal::Signal;
 
-fn cluster_config(servers: &[std::net::SocketAddr], extra: &str) -> String {
-    simple_config(servers, extra).replace(
-        "[[listeners]]",
-        "[admin]\nlisten = \"127.0.0.1:0\"\n\n[[listeners]]",
-    )
-}
-
 fn kill(pid: u64, signal: Signal) {
     nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), signal).unwrap();
 }

@@ -61,11 +61,7 @@ fn metric_names(text: &str) -> BTreeSet<String> {
 #[tokio::test]
 async fn dashboards_and_alerts_use_only_exported_metrics() {
     let app = echo("app").await;
-    let config = simple_config(&[app.addr], "").replace(
-        "[[listeners]]",
-        "[admin]\nlisten = \"127.0.0.1:0\"\n\n[[listeners]]",
-    );
-    let corral = Corral::start(&config).await;
+    let corral = Corral::start(&cluster_config(&[app.addr], "")).await;
     get(corral.addr("public"), "/", &[]).await;
     let (_, page) = admin_call(corral.admin.unwrap(), http::Method::GET, "/metrics").await;
     let exported = metric_names(&page);

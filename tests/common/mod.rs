@@ -460,6 +460,14 @@ servers = [{}]
     )
 }
 
+/// [`simple_config`] plus the admin endpoint on a free port.
+pub fn cluster_config(servers: &[SocketAddr], extra: &str) -> String {
+    simple_config(servers, extra).replace(
+        "[[listeners]]",
+        "[admin]\nlisten = \"127.0.0.1:0\"\n\n[[listeners]]",
+    )
+}
+
 pub fn path_of(p: &Path) -> String {
     p.display().to_string()
 }
