@@ -91,7 +91,7 @@ async fn an_upstream_that_hangs_up_without_answering_is_a_502() {
 
 #[tokio::test]
 async fn pooled_connections_are_reused_across_requests() {
-    let (app, peers) = connection_counting().await;
+    let (app, peers) = upstream_with_peers(|_| async { Response::new(full("ok")) }).await;
     let corral =
         Corral::start(&simple_config(&[app.addr], "").replace("workers = 2", "workers = 1")).await;
     let mut client = H1::connect(corral.addr("public")).await;

@@ -348,7 +348,8 @@ async fn a_worker_started_after_a_reload_runs_the_current_generation() {
 
 #[tokio::test]
 async fn unchanged_servers_keep_their_pooled_connections_across_a_reload() {
-    let (upstream, peers) = connection_counting().await;
+    let (upstream, peers) =
+        upstream_with_peers(|_| async { http::Response::new(full("ok")) }).await;
     let app = upstream.addr;
     let ws = ws_upstream().await;
     let corral = Corral::start(&config(app, ws, "", 1)).await;

@@ -257,16 +257,32 @@ where
     F: Fn(Request<Incoming>) -> Fut + Clone + Send + Sync + 'static,
     Fut: Future<Output = Response<TestBody>> + Send + 'static,
 {
+    upstream_with_peers(handler).await.0
+}
+
+/// The client addresses of the connections an upstream accepted: one per
+/// connection corral opened to it.
+pub type Peers = Arc<Mutex<std::collections::HashSet<SocketAddr>>>;
+
+/// [`upstream`], noting where each of its connections came from.
+pub async fn upstream_with_peers<F, Fut>(handler: F) -> (Upstream, Peers)
+where
+    F: Fn(Request<Incoming>) -> Fut + Clone + Send + Sync + 'static,
+    Fut: Future<Output = Response<TestBody>> + Send + 'static,
+{
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let stop = CancellationToken::new();
     let token = stop.clone();
+    let peers = Peers::default();
+    let seen = peers.clone();
     tokio::spawn(async move {
         loop {
-            let (stream, _) = tokio::select! {
+            let (stream, peer) = tokio::select! {
                 () = token.cancelled() => return,
                 a = listener.accept() => a.unwrap(),
             };
+            seen.lock().unwrap().insert(peer);
             let handler = handler.clone();
             tokio::spawn(async move {
                 let service = service_fn(move |req| {
@@ -275,35 +291,6 @@ where
                 });
                 let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
                     .serve_connection_with_upgrades(TokioIo::new(stream), service)
-                    .await;
-            });
-        }
-    });
-    Upstream { addr, stop }
-}
-
-/// An HTTP/1.1 upstream answering `ok`, and the client address of every
-/// connection it accepted: one per connection corral opened to it.
-pub async fn connection_counting() -> (Upstream, Arc<Mutex<std::collections::HashSet<SocketAddr>>>)
-{
-    let peers = Arc::new(Mutex::new(std::collections::HashSet::new()));
-    let seen = peers.clone();
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let stop = CancellationToken::new();
-    let token = stop.clone();
-    tokio::spawn(async move {
-        loop {
-            let (stream, peer) = tokio::select! {
-                () = token.cancelled() => return,
-                a = listener.accept() => a.unwrap(),
-            };
-            seen.lock().unwrap().insert(peer);
-            tokio::spawn(async move {
-                let service =
-                    service_fn(|_req| async { Ok::<_, Infallible>(Response::new(full("ok"))) });
-                let _ = hyper::server::conn::http1::Builder::new()
-                    .serve_connection(TokioIo::new(stream), service)
                     .await;
             });
         }
