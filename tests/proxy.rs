@@ -414,11 +414,7 @@ async fn request_bodies_over_the_limit_get_413_and_are_not_forwarded() {
         }
     })
     .await;
-    let config = simple_config(&[app.addr], "").replace(
-        "listen = \"127.0.0.1:0\"",
-        "listen = \"127.0.0.1:0\"\nmax_request_body = \"1 KiB\"",
-    );
-    let corral = Corral::start(&config).await;
+    let corral = Corral::start(&listener_config(app.addr, "max_request_body = \"1 KiB\"")).await;
     let mut client = H1::connect(corral.addr("public")).await;
     let request = Request::post("/")
         .header("host", "x")

@@ -19,18 +19,14 @@ async fn read_to_close(stream: &mut TcpStream) -> Vec<u8> {
     out
 }
 
-fn listener_with(extra: &str) -> String {
-    format!("listen = \"127.0.0.1:0\"\n{extra}")
-}
-
 #[tokio::test(start_paused = true)]
 async fn a_silent_connection_is_closed_after_the_header_timeout() {
     let app = echo("app").await;
-    let config = simple_config(&[app.addr], "").replace(
-        "listen = \"127.0.0.1:0\"",
-        &listener_with("header_timeout = \"3s\"\nkeepalive_timeout = \"60s\""),
-    );
-    let proxy = in_process(&config).await;
+    let proxy = in_process(&listener_config(
+        app.addr,
+        "header_timeout = \"3s\"\nkeepalive_timeout = \"60s\"",
+    ))
+    .await;
     let started = Instant::now();
     let mut stream = TcpStream::connect(proxy.addr).await.unwrap();
     assert!(read_to_close(&mut stream).await.is_empty());
@@ -44,11 +40,7 @@ async fn a_silent_connection_is_closed_after_the_header_timeout() {
 #[tokio::test(start_paused = true)]
 async fn a_slow_request_head_is_cut_at_the_header_timeout() {
     let app = echo("app").await;
-    let config = simple_config(&[app.addr], "").replace(
-        "listen = \"127.0.0.1:0\"",
-        &listener_with("header_timeout = \"3s\""),
-    );
-    let proxy = in_process(&config).await;
+    let proxy = in_process(&listener_config(app.addr, "header_timeout = \"3s\"")).await;
     let mut stream = TcpStream::connect(proxy.addr).await.unwrap();
     stream
         .write_all(b"GET / HTTP/1.1\r\nHost: x\r\n")
@@ -62,11 +54,11 @@ async fn a_slow_request_head_is_cut_at_the_header_timeout() {
 #[tokio::test(start_paused = true)]
 async fn an_idle_keepalive_connection_lasts_the_keepalive_timeout_not_the_header_timeout() {
     let app = echo("app").await;
-    let config = simple_config(&[app.addr], "").replace(
-        "listen = \"127.0.0.1:0\"",
-        &listener_with("header_timeout = \"3s\"\nkeepalive_timeout = \"20s\""),
-    );
-    let proxy = in_process(&config).await;
+    let proxy = in_process(&listener_config(
+        app.addr,
+        "header_timeout = \"3s\"\nkeepalive_timeout = \"20s\"",
+    ))
+    .await;
     let mut stream = TcpStream::connect(proxy.addr).await.unwrap();
     stream
         .write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
@@ -104,11 +96,7 @@ async fn a_stalled_request_body_gets_408() {
         Response::new(empty())
     })
     .await;
-    let config = simple_config(&[app.addr], "").replace(
-        "listen = \"127.0.0.1:0\"",
-        &listener_with("body_timeout = \"5s\""),
-    );
-    let proxy = in_process(&config).await;
+    let proxy = in_process(&listener_config(app.addr, "body_timeout = \"5s\"")).await;
     let mut stream = TcpStream::connect(proxy.addr).await.unwrap();
     stream
         .write_all(b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\nonly ten..")

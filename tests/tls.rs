@@ -64,10 +64,10 @@ async fn sni_picks_the_certificate_and_alpn_the_protocol() {
     let app = echo("app").await;
     let certs = make_certs();
     let d = certs.dir.path().display();
-    let config = simple_config(&[app.addr], "").replace(
-        "listen = \"127.0.0.1:0\"",
+    let config = listener_config(
+        app.addr,
         &format!(
-            "listen = \"127.0.0.1:0\"\n[listeners.tls]\ncertificates = [{{ cert = \"{d}/a.pem\", key = \"{d}/a.key\" }}, {{ cert = \"{d}/wild.pem\", key = \"{d}/wild.key\" }}]"
+            "[listeners.tls]\ncertificates = [{{ cert = \"{d}/a.pem\", key = \"{d}/a.key\" }}, {{ cert = \"{d}/wild.pem\", key = \"{d}/wild.key\" }}]"
         ),
     );
     let corral = Corral::start(&config).await;

@@ -447,6 +447,14 @@ servers = [{}]
     )
 }
 
+/// [`simple_config`] to `app`, with `settings` added to its listener.
+pub fn listener_config(app: SocketAddr, settings: &str) -> String {
+    simple_config(&[app], "").replace(
+        "listen = \"127.0.0.1:0\"",
+        &format!("listen = \"127.0.0.1:0\"\n{settings}"),
+    )
+}
+
 /// [`simple_config`] plus the admin endpoint on a free port.
 pub fn cluster_config(servers: &[SocketAddr], extra: &str) -> String {
     simple_config(servers, extra).replace(
