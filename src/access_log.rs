@@ -111,7 +111,6 @@ impl AccessLog {
                 .or_else(|| text(header::HOST)),
             referer: text(header::REFERER),
             user_agent: text(header::USER_AGENT),
-            route: None,
         }
     }
 }
@@ -128,21 +127,30 @@ pub struct Entry {
     host: Option<String>,
     referer: Option<String>,
     user_agent: Option<String>,
-    /// Route and upstream names, once routed.
-    route: Option<(String, String)>,
+}
+
+/// How a request ended, for its log line.
+#[derive(Debug)]
+pub struct Outcome<'a> {
+    pub status: u16,
+    pub bytes: u64,
+    pub elapsed: Duration,
+    pub route: &'a str,
+    pub upstream: &'a str,
+    pub server: Option<&'a str>,
 }
 
 impl Entry {
-    pub fn routed(&mut self, route: &str, upstream: &str) {
-        self.route = Some((route.to_owned(), upstream.to_owned()));
-    }
-
     /// Formats the line and queues it.
-    pub fn write(self, status: u16, bytes: u64, elapsed: Duration, server: Option<&str>) {
-        let (route, upstream) = self
-            .route
-            .as_ref()
-            .map_or(("-", "-"), |(r, u)| (r.as_str(), u.as_str()));
+    pub fn write(self, outcome: Outcome<'_>) {
+        let Outcome {
+            status,
+            bytes,
+            elapsed,
+            route,
+            upstream,
+            server,
+        } = outcome;
         let line = match self.log.config.format {
             LogFormat::Json => json!({
                 "time": humantime::format_rfc3339_millis(self.at).to_string(),

@@ -19,7 +19,7 @@ use hyper::body::Incoming;
 use tokio::sync::oneshot;
 use tokio::time::{Instant, Sleep};
 
-use crate::access_log::Entry;
+use crate::access_log::{Entry, Outcome};
 use crate::metrics::RouteSeries;
 use crate::upstream::Lease;
 
@@ -154,7 +154,14 @@ impl Completion {
         let elapsed = self.started.elapsed();
         self.series.record(self.status, elapsed, sent);
         if let Some(entry) = self.log {
-            entry.write(self.status, sent, elapsed, server);
+            entry.write(Outcome {
+                status: self.status,
+                bytes: sent,
+                elapsed,
+                route: self.series.route(),
+                upstream: self.series.upstream(),
+                server,
+            });
         }
     }
 }

@@ -73,7 +73,7 @@ pub async fn handle(
     request: Request<Incoming>,
 ) -> Response<ResponseBody> {
     let started = Instant::now();
-    let mut log = rt
+    let log = rt
         .access_log
         .as_ref()
         .map(|l| l.entry(&request, client.addr.ip()));
@@ -82,9 +82,6 @@ pub async fn handle(
     let series = route
         .map_or(&rt.unrouted, |r| &rt.route_series[r.index])
         .clone();
-    if let Some(entry) = log.as_mut() {
-        entry.routed(series.route(), series.upstream());
-    }
     let response = match forward(&rt, client, request, host, route, &series).await {
         Ok(response) => response,
         Err(e) => {
