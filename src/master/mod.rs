@@ -328,7 +328,8 @@ impl Master {
         // Let go of every listening socket: each closes as soon as its
         // worker stops accepting, so new connections are refused rather
         // than queued and then reset (unless a new master holds them).
-        // Supervisors, already stopping, do not pass this on as a reload.
+        // A supervisor that sees this before its stop passes it on as a
+        // reload without sockets; either way its worker stops accepting.
         self.generation.send_modify(|g| {
             let mut last = Generation::clone(g);
             last.sockets = Arc::new(Vec::new());
