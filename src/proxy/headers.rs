@@ -6,7 +6,7 @@
 
 use std::net::IpAddr;
 
-use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::header::{self, Entry, HeaderMap, HeaderName, HeaderValue};
 
 static KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
 static PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
@@ -39,8 +39,23 @@ fn connection_tokens(headers: &HeaderMap) -> impl Iterator<Item = &str> {
 /// needs end to end), `Transfer-Encoding` and `Upgrade`. With `upgrading`,
 /// `Upgrade` and `Connection: upgrade` stay so the next hop can switch too.
 pub fn remove_hop_by_hop(headers: &mut HeaderMap, upgrading: bool) {
-    if headers.contains_key(header::CONNECTION) {
-        // Most requests say only `keep-alive` or `close`, which name no
+    // One pass over the names finds what is there: most messages carry at
+    // most `Connection`, and a lookup by name costs a hash each, so only the
+    // names present are removed.
+    let mut found = Found::default();
+    for name in headers.keys() {
+        match name {
+            n if n == header::CONNECTION => found.connection = true,
+            n if n == header::TE => found.te = true,
+            n if n == header::TRANSFER_ENCODING => found.transfer_encoding = true,
+            n if n == header::UPGRADE => found.upgrade = true,
+            n if n == KEEP_ALIVE => found.keep_alive = true,
+            n if n == PROXY_CONNECTION => found.proxy_connection = true,
+            _ => {}
+        }
+    }
+    if found.connection {
+        // Most messages say only `keep-alive` or `close`, which name no
         // header left to remove, so this allocates nothing for them.
         let named: Vec<HeaderName> = connection_tokens(headers)
             .filter(|t| !t.eq_ignore_ascii_case("keep-alive") && !t.eq_ignore_ascii_case("close"))
@@ -53,22 +68,41 @@ pub fn remove_hop_by_hop(headers: &mut HeaderMap, upgrading: bool) {
         }
         headers.remove(header::CONNECTION);
     }
-    headers.remove(&KEEP_ALIVE);
-    headers.remove(&PROXY_CONNECTION);
-    headers.remove(header::TRANSFER_ENCODING);
-    if headers
-        .get(header::TE)
-        .is_some_and(|te| te.as_bytes().eq_ignore_ascii_case(b"trailers"))
-    {
-        headers.insert(header::TE, HeaderValue::from_static("trailers"));
-    } else {
-        headers.remove(header::TE);
+    if found.keep_alive {
+        headers.remove(&KEEP_ALIVE);
+    }
+    if found.proxy_connection {
+        headers.remove(&PROXY_CONNECTION);
+    }
+    if found.transfer_encoding {
+        headers.remove(header::TRANSFER_ENCODING);
+    }
+    if found.te {
+        let trailers = headers
+            .get(header::TE)
+            .is_some_and(|te| te.as_bytes().eq_ignore_ascii_case(b"trailers"));
+        if trailers {
+            headers.insert(header::TE, HeaderValue::from_static("trailers"));
+        } else {
+            headers.remove(header::TE);
+        }
     }
     if upgrading {
         headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
-    } else {
+    } else if found.upgrade {
         headers.remove(header::UPGRADE);
     }
+}
+
+/// Which hop-by-hop headers a message carries.
+#[derive(Default)]
+struct Found {
+    connection: bool,
+    keep_alive: bool,
+    proxy_connection: bool,
+    te: bool,
+    transfer_encoding: bool,
+    upgrade: bool,
 }
 
 /// The client's address as a header value, made once per connection (IPv4
@@ -88,23 +122,27 @@ pub fn add_forwarded(
     tls: bool,
     host: Option<&HeaderValue>,
 ) {
-    let mut chain = String::new();
-    for v in headers.get_all(&X_FORWARDED_FOR) {
-        if let Ok(v) = v.to_str() {
-            let v = v.trim();
-            if !v.is_empty() {
-                chain.push_str(v);
-                chain.push_str(", ");
-            }
+    match headers.entry(&X_FORWARDED_FOR) {
+        Entry::Vacant(slot) => {
+            slot.insert(client.clone());
         }
-    }
-    if chain.is_empty() {
-        headers.insert(&X_FORWARDED_FOR, client.clone());
-    } else {
-        chain.push_str(client.to_str().unwrap_or_default());
-        // The client's own visible-ASCII header text plus an address.
-        if let Ok(value) = HeaderValue::from_str(&chain) {
-            headers.insert(&X_FORWARDED_FOR, value);
+        Entry::Occupied(mut earlier) => {
+            let mut chain = String::new();
+            for v in earlier
+                .iter()
+                .filter_map(|v| v.to_str().ok())
+                .map(str::trim)
+            {
+                if !v.is_empty() {
+                    chain.push_str(v);
+                    chain.push_str(", ");
+                }
+            }
+            chain.push_str(client.to_str().unwrap_or_default());
+            // The client's own visible-ASCII header text plus an address.
+            if let Ok(value) = HeaderValue::from_str(&chain) {
+                earlier.insert(value);
+            }
         }
     }
     let proto = if tls { "https" } else { "http" };
