@@ -82,7 +82,11 @@ pub async fn handle(
     let series = route
         .map_or(&rt.unrouted, |r| &rt.route_series[r.index])
         .clone();
-    let response = match forward(&rt, client, request, host, route, &series).await {
+    let forwarded = match prepare(&rt, client, request, host, route, &series) {
+        Ok(outgoing) => forward(&rt, client, outgoing).await,
+        Err(e) => Err(e),
+    };
+    let response = match forwarded {
         Ok(response) => response,
         Err(e) => {
             // Upstream failures were logged where the server is known.
@@ -117,14 +121,29 @@ fn route_of<'r, B>(
         .find(host.and_then(|h| h.to_str().ok()), request.uri().path())
 }
 
-async fn forward(
-    rt: &Runtime,
+/// A request rewritten for its upstream, ready to go.
+struct Outgoing<'r> {
+    upstream: &'r Upstream,
+    request: Request<RequestBody>,
+    /// Completes once the request body has been sent.
+    body_sent: oneshot::Receiver<()>,
+    /// The consistent-hashing key, if the upstream balances by one.
+    key: Option<u64>,
+    /// Whether the client asked to switch protocols.
+    upgrading: bool,
+}
+
+/// Checks the request against the route and listener, and rewrites it for
+/// the upstream. Synchronous, so that the request's future carries the
+/// rewritten request only, not the steps to it.
+fn prepare<'r>(
+    rt: &'r Runtime,
     client: &Client,
     request: Request<Incoming>,
     host: Option<HeaderValue>,
     route: Option<&Route>,
     series: &Arc<RouteSeries>,
-) -> Result<Response<ResponseBody>, ProxyError> {
+) -> Result<Outgoing<'r>, ProxyError> {
     let Some(route) = route else {
         return Err(if host.is_none() {
             ProxyError::MissingHost
@@ -165,20 +184,38 @@ async fn forward(
         listener.body_timeout,
         series.clone(),
     );
-    let request = Request::from_parts(parts, body);
+    Ok(Outgoing {
+        upstream,
+        request: Request::from_parts(parts, body),
+        body_sent,
+        key,
+        upgrading,
+    })
+}
 
-    let (response, lease) = exchange(rt, upstream, request, body_sent, key).await?;
+/// Sends the request upstream and turns the answer into the client's.
+async fn forward(
+    rt: &Runtime,
+    client: &Client,
+    outgoing: Outgoing<'_>,
+) -> Result<Response<ResponseBody>, ProxyError> {
+    let upgrading = outgoing.upgrading;
+    let (response, lease) = exchange(rt, outgoing).await?;
     respond(response, lease, upgrading.then_some(client))
 }
 
 /// Picks a server, sends the request and waits for the response head.
 async fn exchange(
     rt: &Runtime,
-    upstream: &Upstream,
-    mut request: Request<RequestBody>,
-    mut body_sent: oneshot::Receiver<()>,
-    key: Option<u64>,
+    outgoing: Outgoing<'_>,
 ) -> Result<(Response<Incoming>, Lease), ProxyError> {
+    let Outgoing {
+        upstream,
+        mut request,
+        mut body_sent,
+        key,
+        ..
+    } = outgoing;
     let config = &upstream.config;
     let no_server = || ProxyError::NoServer {
         upstream: config.name.clone(),

@@ -151,6 +151,9 @@ async fn open_http1(
 ) -> Result<http1::SendRequest<RequestBody>, ConnectError> {
     let stream = connect(addr, timeout).await?;
     let (conn, driver) = http1::Builder::new()
+        // Copy small bodies into the head's buffer and write once: cheaper
+        // than vectored writes for typical API requests (see README).
+        .writev(false)
         .handshake(TokioIo::new(stream))
         .await
         .map_err(|source| ConnectError::Handshake { addr, source })?;

@@ -194,6 +194,9 @@ where
         // `Activity` enforces the header and keep-alive timeouts (see there).
         .header_read_timeout(None)
         .max_buf_size(settings.max_header_bytes)
+        // One buffer per response (head and small body copied together)
+        // costs fewer instructions than hyper's vectored writes.
+        .writev(false)
         .keep_alive(true);
     let service = service(
         conn.activity.clone(),
