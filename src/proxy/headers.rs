@@ -44,13 +44,14 @@ pub fn remove_hop_by_hop(headers: &mut HeaderMap, upgrading: bool) {
     // names present are removed.
     let mut found = Found::default();
     for name in headers.keys() {
-        match name {
-            n if n == header::CONNECTION => found.connection = true,
-            n if n == header::TE => found.te = true,
-            n if n == header::TRANSFER_ENCODING => found.transfer_encoding = true,
-            n if n == header::UPGRADE => found.upgrade = true,
-            n if n == KEEP_ALIVE => found.keep_alive = true,
-            n if n == PROXY_CONNECTION => found.proxy_connection = true,
+        // Names are lowercase; a match on the text is one length switch.
+        match name.as_str() {
+            "connection" => found.connection = true,
+            "te" => found.te = true,
+            "transfer-encoding" => found.transfer_encoding = true,
+            "upgrade" => found.upgrade = true,
+            "keep-alive" => found.keep_alive = true,
+            "proxy-connection" => found.proxy_connection = true,
             _ => {}
         }
     }
