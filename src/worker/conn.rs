@@ -23,7 +23,7 @@ use bytes::Bytes;
 use http::{Request, Version};
 use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
-use hyper::service::service_fn;
+use hyper::service::{Service as _, service_fn};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite};
 use tokio::net::TcpStream;
@@ -303,17 +303,18 @@ where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let settings = &conn.listener.config;
+    let service = service(
+        conn.activity.clone(),
+        conn.runtime.clone(),
+        conn.client.clone(),
+        conn.shutdown.clone(),
+    );
+    // hyper spawns each stream as a task, moving its future several times
+    // on the way; boxed, each move is a pointer instead of kilobytes.
+    let service = service_fn(move |request| Box::pin(service.call(request)));
     let serving = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
         .timer(TokioTimer::new())
-        .serve_connection(
-            TokioIo::new(io),
-            service(
-                conn.activity.clone(),
-                conn.runtime.clone(),
-                conn.client.clone(),
-                conn.shutdown.clone(),
-            ),
-        );
+        .serve_connection(TokioIo::new(io), service);
     tokio::pin!(serving);
     loop {
         let (header, idle) = (settings.header_timeout, settings.keepalive_timeout);
