@@ -8,6 +8,8 @@
 
 use std::collections::HashMap;
 
+use xxhash_rust::xxh3::Xxh3DefaultBuilder;
+
 use crate::config::{HostPattern, RouteConfig};
 
 /// A compiled route.
@@ -26,12 +28,17 @@ pub struct Route {
 pub struct RouteTable {
     routes: Vec<Route>,
     /// Route indices per exact host, longest prefix first.
-    exact: HashMap<Box<str>, Vec<usize>>,
+    exact: HostMap,
     /// Route indices per wildcard suffix (`.example.com`), longest prefix first.
-    wildcard: HashMap<Box<str>, Vec<usize>>,
+    wildcard: HostMap,
     /// Routes without a host, longest prefix first.
     any: Vec<usize>,
 }
+
+/// Route indices by host. Hashed with xxh3 rather than SipHash: the keys
+/// come from the config, so a client choosing the host it looks up cannot
+/// make the table slow, and xxh3 hashes a short name several times faster.
+type HostMap = HashMap<Box<str>, Vec<usize>, Xxh3DefaultBuilder>;
 
 /// Longest host name DNS allows; longer Host headers match no host route.
 const MAX_HOST: usize = 253;
@@ -80,7 +87,11 @@ impl RouteTable {
     /// possibly with a port; `None` if the request had none) and `path`.
     pub fn find(&self, host: Option<&str>, path: &str) -> Option<&Route> {
         let mut buf = [0u8; MAX_HOST];
-        let host = host.and_then(|h| normalize_host(h, &mut buf));
+        // A table without host routes needs no host.
+        let by_host = !(self.exact.is_empty() && self.wildcard.is_empty());
+        let host = host
+            .filter(|_| by_host)
+            .and_then(|h| normalize_host(h, &mut buf));
         if let Some(host) = host {
             if let Some(r) = self.exact.get(host).and_then(|l| self.first_match(l, path)) {
                 return Some(r);

@@ -10,6 +10,7 @@
 mod health;
 mod pool;
 
+use std::cell::OnceCell;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
@@ -79,7 +80,7 @@ impl Upstream {
         let mut view = View {
             servers: &self.servers,
             exclude,
-            now: Instant::now(),
+            now: OnceCell::new(),
             forgive: false,
         };
         self.balancer.pick(&view, key, rng).or_else(|| {
@@ -122,7 +123,8 @@ fn keeps_servers(new: &UpstreamConfig, old: &UpstreamConfig) -> bool {
 struct View<'a> {
     servers: &'a [Arc<Server>],
     exclude: Option<usize>,
-    now: Instant,
+    /// Read from the clock only once a server that has failed is seen.
+    now: OnceCell<Instant>,
     /// Ignore recent connect failures (health checks still count).
     forgive: bool,
 }
@@ -136,7 +138,9 @@ impl Servers for View<'_> {
     }
     fn available(&self, i: usize) -> bool {
         let s = &self.servers[i];
-        self.exclude != Some(i) && s.is_healthy() && (self.forgive || !s.recently_failed(self.now))
+        self.exclude != Some(i)
+            && s.is_healthy()
+            && (self.forgive || !s.recently_failed(|| *self.now.get_or_init(Instant::now)))
     }
     fn in_flight(&self, i: usize) -> u32 {
         self.servers[i].in_flight()
@@ -203,8 +207,9 @@ impl Server {
         u64::try_from(at.saturating_duration_since(self.born).as_millis()).unwrap_or(u64::MAX)
     }
 
-    fn recently_failed(&self, now: Instant) -> bool {
-        self.millis(now) < self.failed_until.load(Ordering::Relaxed)
+    fn recently_failed(&self, now: impl FnOnce() -> Instant) -> bool {
+        let until = self.failed_until.load(Ordering::Relaxed);
+        until != 0 && self.millis(now()) < until
     }
 
     /// Skips this server for `fail_timeout` after a failed connect.
