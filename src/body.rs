@@ -52,15 +52,44 @@ pub struct RequestBody {
     series: Arc<RouteSeries>,
 }
 
+/// Says when a request body has been sent in full (or dropped unsent).
+#[derive(Debug)]
+pub struct BodySent(Option<oneshot::Receiver<()>>);
+
+impl BodySent {
+    /// Waits until the body is through.
+    pub async fn wait(&mut self) {
+        if let Some(rx) = &mut self.0 {
+            let _ = rx.await;
+            self.0 = None;
+        }
+    }
+
+    /// Whether the body is through.
+    pub fn is_done(&mut self) -> bool {
+        use tokio::sync::oneshot::error::TryRecvError;
+        self.0
+            .as_mut()
+            .is_none_or(|rx| !matches!(rx.try_recv(), Err(TryRecvError::Empty)))
+    }
+}
+
 impl RequestBody {
-    /// Wraps `inner`; the receiver completes once the body has been sent.
+    /// Wraps `inner`, and says when it has been sent. A request without a
+    /// body (most of them) is sent as soon as its head is, so it needs no
+    /// channel for that.
     pub fn new(
         inner: Incoming,
         limit: Option<u64>,
         idle_timeout: Duration,
         series: Arc<RouteSeries>,
-    ) -> (Self, oneshot::Receiver<()>) {
-        let (tx, rx) = oneshot::channel();
+    ) -> (Self, BodySent) {
+        let (tx, rx) = if inner.is_end_stream() {
+            (None, None)
+        } else {
+            let (tx, rx) = oneshot::channel();
+            (Some(tx), Some(rx))
+        };
         let body = Self {
             inner,
             limit,
@@ -68,10 +97,10 @@ impl RequestBody {
             idle_timeout,
             idle: None,
             idle_armed: false,
-            sent: Some(tx),
+            sent: tx,
             series,
         };
-        (body, rx)
+        (body, BodySent(rx))
     }
 
     fn mark_sent(&mut self) {

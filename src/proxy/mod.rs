@@ -20,13 +20,12 @@ use http::header::{self, HeaderValue};
 use http::uri::{Authority, PathAndQuery, Scheme, Uri};
 use http::{Request, Response, StatusCode, Version};
 use hyper::body::Incoming;
-use tokio::sync::oneshot;
 use tokio::time::Instant;
 
 pub use error::{Fault, ProxyError, local_response};
 
 use crate::balance::hash_key;
-use crate::body::{Completion, RequestBody, ResponseBody};
+use crate::body::{BodySent, Completion, RequestBody, ResponseBody};
 use crate::config::{HashKey, Protocol};
 use crate::metrics::RouteSeries;
 use crate::routing::{Route, rewrite_path};
@@ -126,7 +125,7 @@ struct Outgoing<'r> {
     upstream: &'r Upstream,
     request: Request<RequestBody>,
     /// Completes once the request body has been sent.
-    body_sent: oneshot::Receiver<()>,
+    body_sent: BodySent,
     /// The consistent-hashing key, if the upstream balances by one.
     key: Option<u64>,
     /// Whether the client asked to switch protocols.
@@ -252,7 +251,7 @@ async fn exchange(
         // The response timeout counts from the end of the request body, so a
         // long upload is not cut off; a stalled one is by the body timeout.
         let deadline = async {
-            let _ = (&mut body_sent).await;
+            body_sent.wait().await;
             tokio::time::sleep(config.response_timeout).await;
             let e = ProxyError::ResponseTimeout(config.response_timeout);
             log_failure(rt, upstream, server, &e);

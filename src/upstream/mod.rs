@@ -22,6 +22,7 @@ pub use health::{HealthChecker, OnChange, probe};
 pub use pool::{Conn, ConnectError};
 
 use crate::balance::{Balancer, PeakEwma, Servers};
+use crate::body::BodySent;
 use crate::config::{HashKey, Protocol, ServerConfig, UpstreamConfig};
 use crate::metrics::Gauge;
 use pool::Pool;
@@ -265,7 +266,7 @@ pub struct Lease {
     server: Arc<Server>,
     conn: Option<hyper::client::conn::http1::SendRequest<crate::body::RequestBody>>,
     /// Completes when the request body has been sent in full (or dropped).
-    body_sent: Option<tokio::sync::oneshot::Receiver<()>>,
+    body_sent: Option<BodySent>,
 }
 
 impl Lease {
@@ -278,7 +279,7 @@ impl Lease {
     pub fn hold(
         &mut self,
         conn: hyper::client::conn::http1::SendRequest<crate::body::RequestBody>,
-        body_sent: tokio::sync::oneshot::Receiver<()>,
+        body_sent: BodySent,
     ) {
         self.conn = Some(conn);
         self.body_sent = Some(body_sent);
@@ -288,11 +289,7 @@ impl Lease {
     /// connection then serves another request, unless its request body is
     /// still being sent (an upstream may answer before reading it all).
     pub fn release(mut self, clean: bool) {
-        use tokio::sync::oneshot::error::TryRecvError;
-        let body_done = self
-            .body_sent
-            .as_mut()
-            .is_some_and(|rx| !matches!(rx.try_recv(), Err(TryRecvError::Empty)));
+        let body_done = self.body_sent.as_mut().is_some_and(BodySent::is_done);
         if let Some(conn) = self.conn.take().filter(|_| clean && body_done) {
             pool::checkin(&self.server, conn);
         }
