@@ -21,16 +21,17 @@ pub fn wants_upgrade(headers: &HeaderMap) -> bool {
 }
 
 fn connection_has(headers: &HeaderMap, token: &str) -> bool {
-    connection_tokens(headers).any(|t| t.eq_ignore_ascii_case(token))
+    connection_tokens(headers).any(|t| t.eq_ignore_ascii_case(token.as_bytes()))
 }
 
-fn connection_tokens(headers: &HeaderMap) -> impl Iterator<Item = &str> {
+/// The comma-separated tokens of `Connection`, as bytes: a token that is
+/// not a valid header name names nothing to remove, so no text check is due.
+fn connection_tokens(headers: &HeaderMap) -> impl Iterator<Item = &[u8]> {
     headers
         .get_all(header::CONNECTION)
         .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .map(str::trim)
+        .flat_map(|v| v.as_bytes().split(|&b| b == b','))
+        .map(<[u8]>::trim_ascii)
         .filter(|t| !t.is_empty())
 }
 
@@ -59,8 +60,8 @@ pub fn remove_hop_by_hop(headers: &mut HeaderMap, upgrading: bool) {
         // Most messages say only `keep-alive` or `close`, which name no
         // header left to remove, so this allocates nothing for them.
         let named: Vec<HeaderName> = connection_tokens(headers)
-            .filter(|t| !t.eq_ignore_ascii_case("keep-alive") && !t.eq_ignore_ascii_case("close"))
-            .filter_map(|t| HeaderName::from_bytes(t.as_bytes()).ok())
+            .filter(|t| !t.eq_ignore_ascii_case(b"keep-alive") && !t.eq_ignore_ascii_case(b"close"))
+            .filter_map(|t| HeaderName::from_bytes(t).ok())
             .collect();
         for name in named {
             if !(upgrading && name == header::UPGRADE) {

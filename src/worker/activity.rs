@@ -303,6 +303,10 @@ impl<S> Watched<S> {
     pub fn new(inner: S, activity: Arc<Activity>) -> Self {
         Self { inner, activity }
     }
+
+    pub fn get_ref(&self) -> &S {
+        &self.inner
+    }
 }
 
 impl<S: AsyncRead + Unpin> AsyncRead for Watched<S> {

@@ -19,7 +19,7 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use http::{Request, Version};
 use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
@@ -110,19 +110,25 @@ async fn serve_plain(mut stream: Watched<TcpStream>, conn: &Conn) {
     }
 }
 
+/// How much the first read of a plain connection asks for: a whole typical
+/// request head, which hyper then takes from the prefix, so that sniffing
+/// the protocol costs no read of its own.
+const FIRST_READ: usize = 4096;
+
 /// Reads until the bytes are, or cannot be, the HTTP/2 preface.
 async fn sniff(stream: &mut Watched<TcpStream>) -> std::io::Result<(Bytes, bool)> {
-    let mut buf = [0u8; 24];
-    let mut n = 0;
+    // The buffer is taken only once there is something to read, so that
+    // connections that stay silent hold none.
+    stream.get_ref().readable().await?;
+    let mut buf = BytesMut::with_capacity(FIRST_READ);
     loop {
-        let read = stream.read(&mut buf[n..]).await?;
-        n += read;
-        let seen = Bytes::copy_from_slice(&buf[..n]);
+        let read = stream.read_buf(&mut buf).await?;
+        let n = buf.len().min(H2_PREFACE.len());
         if read == 0 || buf[..n] != H2_PREFACE[..n] {
-            return Ok((seen, false));
+            return Ok((buf.freeze(), false));
         }
         if n == H2_PREFACE.len() {
-            return Ok((seen, true));
+            return Ok((buf.freeze(), true));
         }
     }
 }
