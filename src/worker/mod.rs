@@ -139,12 +139,14 @@ async fn accept_loop(
             tracing::debug!(listener = %listener.name, "listener is no longer configured; refusing");
             continue;
         };
-        connections.spawn(conn::serve(
+        // Boxed: a connection's future is a few kilobytes, and spawning
+        // moves it several times on its way into the task.
+        connections.spawn(Box::pin(conn::serve(
             stream,
             peer,
             settings,
             runtime.clone(),
             shutdown.clone(),
-        ));
+        )));
     }
 }
