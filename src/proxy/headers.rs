@@ -44,10 +44,18 @@ pub fn remove_hop_by_hop(headers: &mut HeaderMap, upgrading: bool) {
     // most `Connection`, and a lookup by name costs a hash each, so only the
     // names present are removed.
     let mut found = Found::default();
-    for name in headers.keys() {
+    for (name, value) in headers.iter() {
         // Names are lowercase; a match on the text is one length switch.
         match name.as_str() {
-            "connection" => found.connection = true,
+            "connection" => {
+                found.connection = true;
+                // `keep-alive` and `close`, by far the most common, name
+                // no header to remove.
+                let plain = [b"keep-alive".as_slice(), b"close"]
+                    .iter()
+                    .any(|t| value.as_bytes().eq_ignore_ascii_case(t));
+                found.names_headers |= !plain;
+            }
             "te" => found.te = true,
             "transfer-encoding" => found.transfer_encoding = true,
             "upgrade" => found.upgrade = true,
@@ -56,9 +64,7 @@ pub fn remove_hop_by_hop(headers: &mut HeaderMap, upgrading: bool) {
             _ => {}
         }
     }
-    if found.connection {
-        // Most messages say only `keep-alive` or `close`, which name no
-        // header left to remove, so this allocates nothing for them.
+    if found.names_headers {
         let named: Vec<HeaderName> = connection_tokens(headers)
             .filter(|t| !t.eq_ignore_ascii_case(b"keep-alive") && !t.eq_ignore_ascii_case(b"close"))
             .filter_map(|t| HeaderName::from_bytes(t).ok())
@@ -68,6 +74,8 @@ pub fn remove_hop_by_hop(headers: &mut HeaderMap, upgrading: bool) {
                 headers.remove(&name);
             }
         }
+    }
+    if found.connection {
         headers.remove(header::CONNECTION);
     }
     if found.keep_alive {
@@ -100,6 +108,8 @@ pub fn remove_hop_by_hop(headers: &mut HeaderMap, upgrading: bool) {
 #[derive(Default)]
 struct Found {
     connection: bool,
+    /// `Connection` names headers (beyond `keep-alive` and `close`).
+    names_headers: bool,
     keep_alive: bool,
     proxy_connection: bool,
     te: bool,
