@@ -26,16 +26,8 @@ while [ $# -gt 0 ]; do
 done
 [ ${#scenarios[@]} -gt 0 ] || scenarios=(keepalive h2c fresh)
 
-need=()
-command -v valgrind >/dev/null || need+=(valgrind)
-command -v nginx >/dev/null || need+=(nginx-light)
-command -v h2load >/dev/null || need+=(nghttp2-client)
-if [ ${#need[@]} -gt 0 ]; then
-    sudo_if_needed() { if [ "$(id -u)" -eq 0 ]; then "$@"; else sudo "$@"; fi; }
-    export DEBIAN_FRONTEND=noninteractive
-    sudo_if_needed apt-get update -q
-    sudo_if_needed apt-get install -y -q --no-install-recommends "${need[@]}"
-fi
+. benches/e2e/packages.sh
+need_packages valgrind=valgrind nginx=nginx-light h2load=nghttp2-client
 [ "$corral" != target/release/corral ] || cargo build --release
 
 dir=$(mktemp -d /tmp/corral-instructions.XXXXXX)

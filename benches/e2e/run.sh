@@ -9,17 +9,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 
-need=()
-command -v nginx >/dev/null || need+=(nginx-light)
-command -v haproxy >/dev/null || need+=(haproxy)
-command -v wrk >/dev/null || need+=(wrk)
-command -v h2load >/dev/null || need+=(nghttp2-client)
-if [ ${#need[@]} -gt 0 ]; then
-    sudo_if_needed() { if [ "$(id -u)" -eq 0 ]; then "$@"; else sudo "$@"; fi; }
-    export DEBIAN_FRONTEND=noninteractive
-    sudo_if_needed apt-get update -q
-    sudo_if_needed apt-get install -y -q --no-install-recommends "${need[@]}"
-fi
+. benches/e2e/packages.sh
+need_packages nginx=nginx-light haproxy=haproxy wrk=wrk h2load=nghttp2-client
 # Debian starts the packaged nginx and HAProxy; the harness runs its own.
 for svc in nginx haproxy; do
     (service "$svc" stop || true) >/dev/null 2>&1
