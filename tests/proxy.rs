@@ -174,6 +174,24 @@ async fn forwarded_headers_and_hop_by_hop_rules() {
     assert_eq!(reply.headers["x-end-to-end"], "kept");
 }
 
+/// The first read of a connection takes at most 4 KiB; a longer request
+/// head continues from the socket.
+#[tokio::test]
+async fn a_request_head_longer_than_the_first_read_arrives_whole() {
+    let app = upstream(|req: Request<hyper::body::Incoming>| async move {
+        let value = req.headers()["x-long"].to_str().unwrap().to_owned();
+        Response::new(full(value))
+    })
+    .await;
+    let corral = Corral::start(&simple_config(&[app.addr], "")).await;
+    let long: String = (0..20_000)
+        .map(|i| char::from(b'a' + (i % 26) as u8))
+        .collect();
+    let reply = get(corral.addr("public"), "/", &[("x-long", &long)]).await;
+    assert_eq!(reply.status, StatusCode::OK);
+    assert_eq!(reply.text(), long);
+}
+
 #[tokio::test]
 async fn unreachable_upstream_is_a_quick_502() {
     // Bind and drop a socket to get a port nobody listens on.

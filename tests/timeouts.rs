@@ -135,6 +135,36 @@ async fn an_upstream_that_never_answers_gets_504_at_the_response_timeout() {
     );
 }
 
+/// The response timeout counts from the end of the request body: an upload
+/// that takes longer than it, but never stalls, is answered.
+#[tokio::test(start_paused = true)]
+async fn a_long_upload_is_not_cut_by_the_response_timeout() {
+    let app = upstream(|req: Request<hyper::body::Incoming>| async move {
+        let body = http_body_util::BodyExt::collect(req.into_body())
+            .await
+            .unwrap()
+            .to_bytes();
+        Response::new(full(body.len().to_string()))
+    })
+    .await;
+    let config = simple_config(&[app.addr], "response_timeout = \"3s\"");
+    let proxy = in_process(&config).await;
+    let mut stream = TcpStream::connect(proxy.addr).await.unwrap();
+    stream
+        .write_all(b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 50\r\nConnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    // 5 s of upload, a piece a second: longer than the response timeout,
+    // shorter than the body timeout between pieces.
+    for _ in 0..5 {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        stream.write_all(b"0123456789").await.unwrap();
+    }
+    let reply = String::from_utf8(read_to_close(&mut stream).await).unwrap();
+    assert!(reply.starts_with("HTTP/1.1 200"), "{reply}");
+    assert!(reply.ends_with("\r\n\r\n50"), "{reply}");
+}
+
 #[tokio::test(start_paused = true)]
 async fn a_connect_that_hangs_gets_504_at_the_connect_timeout() {
     // A listener with a full accept queue drops further SYNs: connects hang.
