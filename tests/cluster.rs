@@ -269,6 +269,32 @@ async fn workers_leave_when_the_master_is_killed() {
     );
 }
 
+/// HTTP/2 streams run inside their connection's task; a graceful stop
+/// still lets one in flight finish.
+#[tokio::test]
+async fn sigterm_finishes_an_http2_stream_in_flight() {
+    let (app, started_rx, finish_tx) = holding().await;
+    let mut corral = Corral::start(&cluster_config(&[app.addr], "")).await;
+    let mut client = h2c(corral.addr("public")).await;
+    let request = http::Request::get("http://h2.example.com/slow")
+        .body(empty())
+        .unwrap();
+    let in_flight =
+        tokio::spawn(async move { read(client.send_request(request).await.unwrap()).await });
+    started_rx.await.unwrap();
+    corral.signal(Signal::SIGTERM);
+    corral
+        .wait_for_log("draining on the master's request")
+        .await;
+    finish_tx.send(()).unwrap();
+    let reply = in_flight.await.unwrap();
+    assert_eq!(
+        (reply.version, reply.status, reply.text().as_str()),
+        (http::Version::HTTP_2, StatusCode::OK, "done")
+    );
+    assert_eq!(corral.wait_exit().await, Some(0));
+}
+
 #[tokio::test]
 async fn sigterm_finishes_in_flight_requests_then_everything_exits() {
     let (app, started_rx, finish_tx) = holding().await;

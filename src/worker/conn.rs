@@ -15,16 +15,18 @@
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::pin::Pin;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
+use futures_util::StreamExt as _;
+use futures_util::stream::FuturesUnordered;
 use http::{Request, Version};
 use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 use hyper::service::{Service as _, service_fn};
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite};
 use tokio::net::TcpStream;
 use tokio::time::Instant;
@@ -318,7 +320,8 @@ where
     // hyper spawns each stream as a task, moving its future several times
     // on the way; boxed, each move is a pointer instead of kilobytes.
     let service = service_fn(move |request| Box::pin(service.call(request)));
-    let serving = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+    let streams = Streams::default();
+    let serving = hyper::server::conn::http2::Builder::new(streams.clone())
         .timer(TokioTimer::new())
         .serve_connection(TokioIo::new(io), service);
     tokio::pin!(serving);
@@ -326,12 +329,21 @@ where
         let (header, idle) = (settings.header_timeout, settings.keepalive_timeout);
         let (deadline, _) = conn.activity.deadline(header, idle);
         tokio::select! {
+            // The connection first: it hands over new streams, which the
+            // next branch then starts in the same turn.
+            biased;
             ended = serving.as_mut() => {
                 if let Err(e) = ended {
                     tracing::debug!(client = %conn.peer, error = %e, "connection ended with an error");
                 }
-                return;
+                // Streams still answering finish first.
+                return std::future::poll_fn(|cx| streams.poll_all(cx)).await;
             }
+            // Never completes: runs the streams that were woken.
+            () = std::future::poll_fn(|cx| {
+                let _ = streams.poll_all(cx);
+                Poll::<()>::Pending
+            }) => {}
             // GOAWAY: the client finishes its streams and opens new ones
             // elsewhere, with no race.
             () = conn.shutdown.cancelled() => serving.as_mut().graceful_shutdown(),
@@ -342,6 +354,41 @@ where
                 Some(Expired::Idle) => serving.as_mut().graceful_shutdown(),
                 None => {}
             },
+        }
+    }
+}
+
+/// An HTTP/2 connection's streams, run inside the connection's own task
+/// rather than as a tokio task each: a task costs an aligned allocation and
+/// a trip through the scheduler per stream, and a connection's streams share
+/// its worker thread either way.
+#[derive(Clone, Default)]
+struct Streams(Arc<Mutex<FuturesUnordered<Stream>>>);
+
+/// One stream's work, as hyper hands it over.
+type Stream = Pin<Box<dyn Future<Output = ()> + Send>>;
+
+impl<F: Future<Output = ()> + Send + 'static> hyper::rt::Executor<F> for Streams {
+    fn execute(&self, stream: F) {
+        self.lock().push(Box::pin(stream));
+    }
+}
+
+impl Streams {
+    /// The list guards no invariant a panic could break halfway.
+    fn lock(&self) -> MutexGuard<'_, FuturesUnordered<Stream>> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Polls the streams that were woken and those not yet polled; ready
+    /// once none is left.
+    fn poll_all(&self, cx: &mut Context<'_>) -> Poll<()> {
+        let mut streams = self.lock();
+        while let Poll::Ready(Some(())) = streams.poll_next_unpin(cx) {}
+        if streams.is_empty() {
+            Poll::Ready(())
+        } else {
+            Poll::Pending
         }
     }
 }
