@@ -317,8 +317,8 @@ where
         conn.client.clone(),
         conn.shutdown.clone(),
     );
-    // hyper spawns each stream as a task, moving its future several times
-    // on the way; boxed, each move is a pointer instead of kilobytes.
+    // hyper moves each stream's future on its way to `Streams`; boxed, a
+    // move is a pointer instead of kilobytes.
     let service = service_fn(move |request| Box::pin(service.call(request)));
     let streams = Streams::default();
     let serving = hyper::server::conn::http2::Builder::new(streams.clone())
