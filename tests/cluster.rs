@@ -283,8 +283,9 @@ async fn sigterm_finishes_an_http2_stream_in_flight() {
         tokio::spawn(async move { read(client.send_request(request).await.unwrap()).await });
     started_rx.await.unwrap();
     corral.signal(Signal::SIGTERM);
+    // Both workers, so the stream's own worker is draining too.
     corral
-        .wait_for_log("draining on the master's request")
+        .wait_for_logs("draining on the master's request", 2)
         .await;
     finish_tx.send(()).unwrap();
     let reply = in_flight.await.unwrap();

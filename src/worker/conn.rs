@@ -325,6 +325,9 @@ where
         .timer(TokioTimer::new())
         .serve_connection(TokioIo::new(io), service);
     tokio::pin!(serving);
+    // Once GOAWAY is sent, the connection only finishes its streams: the
+    // shutdown and the idle timer, both still ready, must not fire again.
+    let mut closing = false;
     loop {
         let (header, idle) = (settings.header_timeout, settings.keepalive_timeout);
         let (deadline, _) = conn.activity.deadline(header, idle);
@@ -346,12 +349,18 @@ where
             }) => {}
             // GOAWAY: the client finishes its streams and opens new ones
             // elsewhere, with no race.
-            () = conn.shutdown.cancelled() => serving.as_mut().graceful_shutdown(),
-            () = tokio::time::sleep_until(deadline) => match conn.activity.expired(header, idle) {
+            () = conn.shutdown.cancelled(), if !closing => {
+                closing = true;
+                serving.as_mut().graceful_shutdown();
+            }
+            () = tokio::time::sleep_until(deadline), if !closing => match conn.activity.expired(header, idle) {
                 Some(Expired::Header) => {
                     return tracing::debug!(client = %conn.peer, "no request in time; closing");
                 }
-                Some(Expired::Idle) => serving.as_mut().graceful_shutdown(),
+                Some(Expired::Idle) => {
+                    closing = true;
+                    serving.as_mut().graceful_shutdown();
+                }
                 None => {}
             },
         }
