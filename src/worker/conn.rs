@@ -153,20 +153,22 @@ async fn serve_tls(stream: Watched<TcpStream>, tls: Arc<rustls::ServerConfig>, c
     }
 }
 
-/// The service every request of a connection goes through (it owns what
-/// it needs, so HTTP/2 can run each stream on its own task).
+/// The service every request of `conn` goes through (it owns what it
+/// needs, so each request's future stands on its own).
 fn service(
-    activity: Arc<Activity>,
-    runtime: SharedRuntime,
-    client: Arc<Client>,
-    draining: CancellationToken,
+    conn: &Conn,
 ) -> impl hyper::service::Service<
     Request<Incoming>,
     Response = http::Response<Tracked>,
     Error = Infallible,
-    Future = impl Future<Output = Result<http::Response<Tracked>, Infallible>> + Send,
+    Future = impl Future<Output = Result<http::Response<Tracked>, Infallible>> + Send + use<>,
 > + Clone
-+ Send {
++ Send
++ use<> {
+    let activity = conn.activity.clone();
+    let runtime = conn.runtime.clone();
+    let client = conn.client.clone();
+    let draining = conn.shutdown.clone();
     service_fn(move |request: Request<Incoming>| {
         let multiplexed = request.version() == Version::HTTP_2;
         let guard = activity.begin(multiplexed);
@@ -206,12 +208,7 @@ where
         // costs fewer instructions than hyper's vectored writes.
         .writev(false)
         .keep_alive(true);
-    let service = service(
-        conn.activity.clone(),
-        conn.runtime.clone(),
-        conn.client.clone(),
-        conn.shutdown.clone(),
-    );
+    let service = service(conn);
     let mut draining = false;
     let mut parked = false;
     loop {
@@ -311,12 +308,7 @@ where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let settings = &conn.listener.config;
-    let service = service(
-        conn.activity.clone(),
-        conn.runtime.clone(),
-        conn.client.clone(),
-        conn.shutdown.clone(),
-    );
+    let service = service(conn);
     // hyper moves each stream's future on its way to `Streams`; boxed, a
     // move is a pointer instead of kilobytes.
     let service = service_fn(move |request| Box::pin(service.call(request)));
