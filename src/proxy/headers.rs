@@ -49,12 +49,9 @@ pub fn remove_hop_by_hop(headers: &mut HeaderMap, upgrading: bool) {
         match name.as_str() {
             "connection" => {
                 found.connection = true;
-                // `keep-alive` and `close`, by far the most common, name
-                // no header to remove.
-                let plain = [b"keep-alive".as_slice(), b"close"]
-                    .iter()
-                    .any(|t| value.as_bytes().eq_ignore_ascii_case(t));
-                found.names_headers |= !plain;
+                // `keep-alive` or `close` alone, by far the most common,
+                // needs no splitting into tokens.
+                found.names_headers |= !names_nothing(value.as_bytes());
             }
             "te" => found.te = true,
             "transfer-encoding" => found.transfer_encoding = true,
@@ -66,7 +63,7 @@ pub fn remove_hop_by_hop(headers: &mut HeaderMap, upgrading: bool) {
     }
     if found.names_headers {
         let named: Vec<HeaderName> = connection_tokens(headers)
-            .filter(|t| !t.eq_ignore_ascii_case(b"keep-alive") && !t.eq_ignore_ascii_case(b"close"))
+            .filter(|t| !names_nothing(t))
             .filter_map(|t| HeaderName::from_bytes(t).ok())
             .collect();
         for name in named {
@@ -102,6 +99,12 @@ pub fn remove_hop_by_hop(headers: &mut HeaderMap, upgrading: bool) {
     } else if found.upgrade {
         headers.remove(header::UPGRADE);
     }
+}
+
+/// Whether a `Connection` token is `keep-alive` or `close`, which name no
+/// header to remove.
+fn names_nothing(token: &[u8]) -> bool {
+    token.eq_ignore_ascii_case(b"keep-alive") || token.eq_ignore_ascii_case(b"close")
 }
 
 /// Which hop-by-hop headers a message carries.
