@@ -154,8 +154,9 @@ async fn a_long_upload_is_not_cut_by_the_response_timeout() {
         .write_all(b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 50\r\nConnection: close\r\n\r\n")
         .await
         .unwrap();
-    // 5 s of upload, a piece a second: longer than the response timeout,
-    // shorter than the body timeout between pieces.
+    // 5 s of upload on the paused clock, a piece a second: longer than the
+    // response timeout, shorter than the body timeout between pieces. The
+    // sleeps are the slow client itself, not a wait for corral.
     for _ in 0..5 {
         tokio::time::sleep(Duration::from_secs(1)).await;
         stream.write_all(b"0123456789").await.unwrap();
