@@ -174,8 +174,9 @@ pub struct Completion {
     pub series: Arc<RouteSeries>,
     pub status: u16,
     pub started: Instant,
-    /// Present when access logging is on.
-    pub log: Option<Entry>,
+    /// Present when access logging is on. Boxed: every response carries
+    /// this, and hyper moves responses several times on their way out.
+    pub log: Option<Box<Entry>>,
 }
 
 impl Completion {

@@ -316,6 +316,8 @@ async fn sigterm_finishes_in_flight_requests_then_everything_exits() {
         (reply.status, reply.text().as_str()),
         (StatusCode::OK, "done")
     );
+    // The client learns that this connection takes no more requests.
+    assert_eq!(reply.headers["connection"], "close");
     assert_eq!(corral.wait_exit().await, Some(0));
     for w in &workers {
         assert!(!alive(*w), "worker {w} outlived the master");

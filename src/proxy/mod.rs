@@ -13,9 +13,12 @@ mod upgrade;
 
 pub use upgrade::Tunnel;
 
+use std::future::Future;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 
+use futures_util::FutureExt as _;
+use futures_util::future::Either;
 use http::header::{self, HeaderValue};
 use http::uri::{Authority, PathAndQuery, Scheme, Uri};
 use http::{Request, Response, StatusCode, Version};
@@ -24,6 +27,7 @@ use tokio::time::Instant;
 
 pub use error::{Fault, ProxyError, local_response};
 
+use crate::access_log::Entry;
 use crate::balance::hash_key;
 use crate::body::{BodySent, Completion, RequestBody, ResponseBody};
 use crate::config::{HashKey, Protocol};
@@ -66,44 +70,77 @@ impl Client {
 }
 
 /// Serves one request from the snapshot `rt`.
-pub async fn handle(
+///
+/// The checks and rewriting happen here, before the first await; only the
+/// exchange with the upstream is a future. Combinators join the steps rather
+/// than `async` blocks, which would each store their inner future's state
+/// again, and hyper moves a request's whole future at least once.
+pub fn handle(
     rt: Arc<Runtime>,
-    client: &Client,
+    client: Arc<Client>,
     request: Request<Incoming>,
-) -> Response<ResponseBody> {
+) -> impl Future<Output = Response<ResponseBody>> + Send + 'static {
     let started = Instant::now();
     let log = rt
         .access_log
         .as_ref()
-        .map(|l| l.entry(&request, client.addr.ip()));
+        .map(|l| Box::new(l.entry(&request, client.addr.ip())));
     let host = request_host(&request);
     let route = route_of(&rt, &request, host.as_ref());
     let series = route
         .map_or(&rt.unrouted, |r| &rt.route_series[r.index])
         .clone();
-    let forwarded = match prepare(&rt, client, request, host, route, &series) {
-        Ok(outgoing) => forward(&rt, client, outgoing).await,
-        Err(e) => Err(e),
+    let outgoing = prepare(&rt, &client, request, host, route, &series, started);
+    let answer = Answer {
+        client,
+        series,
+        started,
+        log,
     };
-    let response = match forwarded {
-        Ok(response) => response,
-        Err(e) => {
+    match outgoing {
+        Ok(outgoing) => {
+            let upgrading = outgoing.upgrading;
+            Either::Left(exchange(rt, outgoing).map(move |exchanged| {
+                let forwarded = exchanged.and_then(|(response, lease)| {
+                    respond(response, lease, upgrading.then_some(&answer.client))
+                });
+                answer.finish(forwarded)
+            }))
+        }
+        Err(e) => Either::Right(std::future::ready(answer.finish(Err(e)))),
+    }
+}
+
+/// What turns a request's outcome into the client's response.
+struct Answer {
+    client: Arc<Client>,
+    series: Arc<RouteSeries>,
+    started: Instant,
+    log: Option<Box<Entry>>,
+}
+
+impl Answer {
+    fn finish(
+        self,
+        forwarded: Result<Response<ResponseBody>, ProxyError>,
+    ) -> Response<ResponseBody> {
+        let response = forwarded.unwrap_or_else(|e| {
             // Upstream failures were logged where the server is known.
             if e.fault() != Fault::Upstream {
-                tracing::debug!(client = %client.addr, error = %e, "request refused");
+                tracing::debug!(client = %self.client.addr, error = %e, "request refused");
             }
             e.response()
-        }
-    };
-    let status = response.status().as_u16();
-    response.map(|body| {
-        body.complete_with(Completion {
-            series,
-            status,
-            started,
-            log,
+        });
+        let status = response.status().as_u16();
+        response.map(|body| {
+            body.complete_with(Completion {
+                series: self.series,
+                status,
+                started: self.started,
+                log: self.log,
+            })
         })
-    })
+    }
 }
 
 /// The route for a request with `host`, if any (none also when HTTP/1.1
@@ -121,8 +158,9 @@ fn route_of<'r, B>(
 }
 
 /// A request rewritten for its upstream, ready to go.
-struct Outgoing<'r> {
-    upstream: &'r Upstream,
+struct Outgoing {
+    /// The index of the route's upstream in the snapshot.
+    upstream: usize,
     request: Request<RequestBody>,
     /// Completes once the request body has been sent.
     body_sent: BodySent,
@@ -130,19 +168,22 @@ struct Outgoing<'r> {
     key: Option<u64>,
     /// Whether the client asked to switch protocols.
     upgrading: bool,
+    /// When the request arrived: the clock reading its exchange goes by.
+    started: Instant,
 }
 
 /// Checks the request against the route and listener, and rewrites it for
 /// the upstream. Synchronous, so that the request's future carries the
 /// rewritten request only, not the steps to it.
-fn prepare<'r>(
-    rt: &'r Runtime,
+fn prepare(
+    rt: &Runtime,
     client: &Client,
     request: Request<Incoming>,
     host: Option<HeaderValue>,
     route: Option<&Route>,
     series: &Arc<RouteSeries>,
-) -> Result<Outgoing<'r>, ProxyError> {
+    started: Instant,
+) -> Result<Outgoing, ProxyError> {
     let Some(route) = route else {
         return Err(if host.is_none() {
             ProxyError::MissingHost
@@ -184,37 +225,30 @@ fn prepare<'r>(
         series.clone(),
     );
     Ok(Outgoing {
-        upstream,
+        upstream: route.upstream,
         request: Request::from_parts(parts, body),
         body_sent,
         key,
         upgrading,
+        started,
     })
-}
-
-/// Sends the request upstream and turns the answer into the client's.
-async fn forward(
-    rt: &Runtime,
-    client: &Client,
-    outgoing: Outgoing<'_>,
-) -> Result<Response<ResponseBody>, ProxyError> {
-    let upgrading = outgoing.upgrading;
-    let (response, lease) = exchange(rt, outgoing).await?;
-    respond(response, lease, upgrading.then_some(client))
 }
 
 /// Picks a server, sends the request and waits for the response head.
 async fn exchange(
-    rt: &Runtime,
-    outgoing: Outgoing<'_>,
+    rt: Arc<Runtime>,
+    outgoing: Outgoing,
 ) -> Result<(Response<Incoming>, Lease), ProxyError> {
+    let rt = &*rt;
     let Outgoing {
         upstream,
         mut request,
         mut body_sent,
         key,
+        started,
         ..
     } = outgoing;
+    let upstream = &rt.upstreams[upstream];
     let config = &upstream.config;
     let no_server = || ProxyError::NoServer {
         upstream: config.name.clone(),
@@ -225,12 +259,22 @@ async fn exchange(
     // A pooled connection can close between checkout and send; hyper then
     // hands the unsent request back and it goes out on a fresh connection.
     let mut unsent_retries = 2;
+    // The latest clock reading: the request's arrival until time may have
+    // passed (a new connection, a retry). Reading the clock costs more than
+    // the rest of a pooled checkout.
+    let mut now = started;
     loop {
         let server = &upstream.servers[index];
         let mut lease = server.lease();
-        let conn = match server.connection(config.connect_timeout).await {
-            Ok((conn, _reused)) => conn,
+        let conn = match server.connection(config.connect_timeout, now).await {
+            Ok((conn, reused)) => {
+                if !reused {
+                    now = Instant::now();
+                }
+                conn
+            }
             Err(e) => {
+                now = Instant::now();
                 server.mark_failed();
                 let e = ProxyError::from(e);
                 log_failure(rt, upstream, server, &e);
@@ -247,12 +291,16 @@ async fn exchange(
                 }
             }
         };
-        let started = Instant::now();
         // The response timeout counts from the end of the request body, so a
         // long upload is not cut off; a stalled one is by the body timeout.
         let deadline = async {
-            body_sent.wait().await;
-            tokio::time::sleep(config.response_timeout).await;
+            let from = if body_sent.is_done() {
+                now
+            } else {
+                body_sent.wait().await;
+                Instant::now()
+            };
+            tokio::time::sleep_until(from + config.response_timeout).await;
             let e = ProxyError::ResponseTimeout(config.response_timeout);
             log_failure(rt, upstream, server, &e);
             e
@@ -260,6 +308,7 @@ async fn exchange(
         let (sent, reusable) = match conn {
             Conn::Http1(mut sender) => {
                 let result = tokio::select! {
+                    biased;
                     r = sender.try_send_request(request) => r,
                     e = deadline => return Err(e),
                 };
@@ -267,6 +316,7 @@ async fn exchange(
             }
             Conn::Http2(mut sender) => {
                 let result = tokio::select! {
+                    biased;
                     r = sender.try_send_request(request) => r,
                     e = deadline => return Err(e),
                 };
@@ -276,7 +326,7 @@ async fn exchange(
         match sent {
             Ok(response) => {
                 if upstream.balancer.wants_latency() {
-                    server.observe_latency(started.elapsed());
+                    server.observe_latency(now.elapsed());
                 }
                 // An upgraded connection belongs to its tunnel.
                 if let Some(sender) =
@@ -290,6 +340,7 @@ async fn exchange(
                 Some(unsent) if unsent_retries > 0 => {
                     unsent_retries -= 1;
                     request = unsent;
+                    now = Instant::now();
                 }
                 _ => {
                     let e = ProxyError::from_send(e.into_error());

@@ -245,12 +245,14 @@ impl Server {
     }
 
     /// A connection to this server: a pooled one if any is idle, else a new one.
-    /// The flag says whether it was reused.
+    /// The flag says whether it was reused. `now` is a recent clock reading,
+    /// against which pooled connections' idle time is measured.
     pub async fn connection(
         &self,
         connect_timeout: Duration,
+        now: Instant,
     ) -> Result<(Conn, bool), ConnectError> {
-        self.pool.get(self.addr, connect_timeout).await
+        self.pool.get(self.addr, connect_timeout, now).await
     }
 
     pub fn protocol(&self) -> Protocol {

@@ -83,10 +83,11 @@ impl Pool {
         &self,
         addr: SocketAddr,
         timeout: Duration,
+        now: Instant,
     ) -> Result<(Conn, bool), ConnectError> {
         match self.protocol {
             Protocol::Http1 => {
-                while let Some(mut conn) = self.take_idle() {
+                while let Some(mut conn) = self.take_idle(now) {
                     // hyper marks a connection ready once its driver task has
                     // seen the previous exchange end, which may not have run
                     // yet; only connections whose request and response both
@@ -111,9 +112,8 @@ impl Pool {
         }
     }
 
-    fn take_idle(&self) -> Option<http1::SendRequest<RequestBody>> {
+    fn take_idle(&self, now: Instant) -> Option<http1::SendRequest<RequestBody>> {
         let mut idle = lock(&self.idle);
-        let now = Instant::now();
         while let Some(entry) = idle.pop() {
             if now.saturating_duration_since(entry.since) >= self.idle_timeout {
                 // LIFO: everything below this one has waited even longer.

@@ -41,6 +41,10 @@ pub struct Activity {
     /// Set to end an idle HTTP/1.1 connection's hyper state at its next read
     /// (see [`Prefixed`]).
     park: AtomicBool,
+    /// Set once the connection has seen the worker start to drain. A flag
+    /// the request path can read for the price of a load, where the
+    /// shutdown token takes a lock.
+    draining: AtomicBool,
 }
 
 /// Why a connection's wait is over.
@@ -62,6 +66,7 @@ impl Activity {
             head_since: AtomicU64::new(0),
             multiplexed: AtomicBool::new(false),
             park: AtomicBool::new(false),
+            draining: AtomicBool::new(false),
         })
     }
 
@@ -100,6 +105,15 @@ impl Activity {
         (quiet && idle != 0)
             .then(|| self.now_ms().saturating_sub(idle))
             .map(Duration::from_millis)
+    }
+
+    /// Notes that the worker is draining.
+    pub fn drain(&self) {
+        self.draining.store(true, Ordering::Relaxed);
+    }
+
+    pub fn is_draining(&self) -> bool {
+        self.draining.load(Ordering::Relaxed)
     }
 
     /// Ends the HTTP/1.1 state of an idle connection at its next read.
@@ -147,6 +161,12 @@ impl Activity {
 /// Marks the end of a request when dropped (with its response body).
 #[derive(Debug)]
 pub struct RequestGuard(Arc<Activity>);
+
+impl RequestGuard {
+    pub fn activity(&self) -> &Activity {
+        &self.0
+    }
+}
 
 impl Drop for RequestGuard {
     fn drop(&mut self) {

@@ -20,8 +20,8 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
-use futures_util::StreamExt as _;
 use futures_util::stream::FuturesUnordered;
+use futures_util::{FutureExt as _, StreamExt as _};
 use http::{Request, Version};
 use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
@@ -34,7 +34,6 @@ use tokio_util::sync::CancellationToken;
 
 use super::activity::{Activity, Expired, Prefixed, RequestGuard, WaitReadable, Watched};
 use crate::body::ResponseBody;
-use crate::config::ListenerConfig;
 use crate::proxy::{self, Client};
 use crate::runtime::{ListenerRuntime, SharedRuntime};
 
@@ -168,16 +167,16 @@ fn service(
     let activity = conn.activity.clone();
     let runtime = conn.runtime.clone();
     let client = conn.client.clone();
-    let draining = conn.shutdown.clone();
     service_fn(move |request: Request<Incoming>| {
         let multiplexed = request.version() == Version::HTTP_2;
         let guard = activity.begin(multiplexed);
         let snapshot = runtime.load_full();
         let client = client.clone();
-        let draining = draining.clone();
-        async move {
-            let mut response = proxy::handle(snapshot, &client, request).await;
-            if draining.is_cancelled() && !multiplexed {
+        // A combinator, not an `async` block: a block awaiting `handle` would
+        // store its future twice over, and hyper moves the whole future once
+        // per request.
+        proxy::handle(snapshot, client, request).map(move |mut response| {
+            if guard.activity().is_draining() && !multiplexed {
                 // Tell the client, before it sends another request on this
                 // connection, that the connection is closing.
                 let close = http::HeaderValue::from_static("close");
@@ -189,7 +188,7 @@ fn service(
                 body,
                 _guard: guard,
             }))
-        }
+        })
     })
 }
 
@@ -209,12 +208,11 @@ where
         .writev(false)
         .keep_alive(true);
     let service = service(conn);
-    let mut draining = false;
     let mut parked = false;
     loop {
         if parked && !io.has_prefix() {
             // Parked: wait for the next request with nothing but the socket.
-            match park(&mut io, conn, &mut draining).await {
+            match park(&mut io, conn).await {
                 Some(first) => io.unread(first),
                 None => return,
             }
@@ -230,7 +228,7 @@ where
         let timer = tokio::time::sleep(PARK_AFTER);
         tokio::pin!(timer);
         let parts = loop {
-            let idle = keepalive(settings, draining).min(PARK_AFTER);
+            let idle = keepalive(conn).min(PARK_AFTER);
             let header = settings.header_timeout;
             let deadline = conn
                 .activity
@@ -241,11 +239,14 @@ where
                 timer.as_mut().reset(deadline);
             }
             tokio::select! {
+                // The drain first, so that a response finished in the same
+                // turn already asks the client to close.
+                biased;
+                () = conn.shutdown.cancelled(), if !conn.activity.is_draining() => conn.activity.drain(),
                 ended = serving.as_mut() => match ended {
                     Ok(parts) => break parts,
                     Err(e) => return tracing::debug!(client = %conn.peer, error = %e, "connection ended with an error"),
                 },
-                () = conn.shutdown.cancelled(), if !draining => draining = true,
                 () = timer.as_mut(), if !parking => match conn.activity.expired(header, idle) {
                     Some(Expired::Header) => {
                         return tracing::debug!(client = %conn.peer, "request head not received in time; closing");
@@ -277,26 +278,23 @@ where
 
 /// Waits, with no HTTP state, for the next request; `None` when the
 /// connection should close instead (keep-alive timeout, client gone, drain).
-async fn park<S: WaitReadable>(
-    io: &mut Prefixed<S>,
-    conn: &Conn,
-    draining: &mut bool,
-) -> Option<Bytes> {
+async fn park<S: WaitReadable>(io: &mut Prefixed<S>, conn: &Conn) -> Option<Bytes> {
     loop {
         let idle = conn.activity.idle_for().unwrap_or_default();
-        let limit = keepalive(&conn.listener.config, *draining);
+        let limit = keepalive(conn);
         let deadline = Instant::now() + limit.saturating_sub(idle);
         tokio::select! {
             read = io.get_mut().wait_readable() => return read.ok(),
-            () = conn.shutdown.cancelled(), if !*draining => *draining = true,
+            () = conn.shutdown.cancelled(), if !conn.activity.is_draining() => conn.activity.drain(),
             () = tokio::time::sleep_until(deadline) => return None,
         }
     }
 }
 
 /// How long an HTTP/1.1 connection may stay idle between requests.
-fn keepalive(settings: &ListenerConfig, draining: bool) -> Duration {
-    if draining {
+fn keepalive(conn: &Conn) -> Duration {
+    let settings = &conn.listener.config;
+    if conn.activity.is_draining() {
         settings.keepalive_timeout.min(DRAIN_IDLE)
     } else {
         settings.keepalive_timeout
