@@ -53,7 +53,8 @@ pub struct RequestBody {
 }
 
 /// Says when a request body has been sent in full (or dropped unsent).
-#[derive(Debug)]
+/// The default has no body to wait for.
+#[derive(Debug, Default)]
 pub struct BodySent(Option<oneshot::Receiver<()>>);
 
 impl BodySent {

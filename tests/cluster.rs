@@ -306,9 +306,9 @@ async fn sigterm_finishes_in_flight_requests_then_everything_exits() {
     started_rx.await.unwrap();
     corral.signal(Signal::SIGTERM);
     corral.wait_for_log("SIGTERM: stopping gracefully").await;
-    // Nothing accepts new connections any more.
+    // Nothing accepts new connections any more, on any worker.
     corral
-        .wait_for_log("draining on the master's request")
+        .wait_for_logs("draining on the master's request", workers.len())
         .await;
     finish_tx.send(()).unwrap();
     let reply = in_flight.await.unwrap();

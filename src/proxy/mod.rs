@@ -235,20 +235,16 @@ fn prepare(
 }
 
 /// Picks a server, sends the request and waits for the response head.
+///
+/// `outgoing` is used in place, not taken apart: the parts would be copies
+/// in the future's state, beside the original.
 async fn exchange(
     rt: Arc<Runtime>,
-    outgoing: Outgoing,
+    mut outgoing: Outgoing,
 ) -> Result<(Response<Incoming>, Lease), ProxyError> {
     let rt = &*rt;
-    let Outgoing {
-        upstream,
-        mut request,
-        mut body_sent,
-        key,
-        started,
-        ..
-    } = outgoing;
-    let upstream = &rt.upstreams[upstream];
+    let key = outgoing.key;
+    let upstream = &rt.upstreams[outgoing.upstream];
     let config = &upstream.config;
     let no_server = || ProxyError::NoServer {
         upstream: config.name.clone(),
@@ -262,7 +258,7 @@ async fn exchange(
     // The latest clock reading: the request's arrival until time may have
     // passed (a new connection, a retry). Reading the clock costs more than
     // the rest of a pooled checkout.
-    let mut now = started;
+    let mut now = outgoing.started;
     loop {
         let server = &upstream.servers[index];
         let mut lease = server.lease();
@@ -293,6 +289,7 @@ async fn exchange(
         };
         // The response timeout counts from the end of the request body, so a
         // long upload is not cut off; a stalled one is by the body timeout.
+        let body_sent = &mut outgoing.body_sent;
         let deadline = async {
             let from = if body_sent.is_done() {
                 now
@@ -309,7 +306,7 @@ async fn exchange(
             Conn::Http1(mut sender) => {
                 let result = tokio::select! {
                     biased;
-                    r = sender.try_send_request(request) => r,
+                    r = sender.try_send_request(outgoing.request) => r,
                     e = deadline => return Err(e),
                 };
                 (result, Some(sender))
@@ -317,7 +314,7 @@ async fn exchange(
             Conn::Http2(mut sender) => {
                 let result = tokio::select! {
                     biased;
-                    r = sender.try_send_request(request) => r,
+                    r = sender.try_send_request(outgoing.request) => r,
                     e = deadline => return Err(e),
                 };
                 (result, None)
@@ -332,14 +329,14 @@ async fn exchange(
                 if let Some(sender) =
                     reusable.filter(|_| response.status() != StatusCode::SWITCHING_PROTOCOLS)
                 {
-                    lease.hold(sender, body_sent);
+                    lease.hold(sender, std::mem::take(&mut outgoing.body_sent));
                 }
                 return Ok((response, lease));
             }
             Err(mut e) => match e.take_message() {
                 Some(unsent) if unsent_retries > 0 => {
                     unsent_retries -= 1;
-                    request = unsent;
+                    outgoing.request = unsent;
                     now = Instant::now();
                 }
                 _ => {
