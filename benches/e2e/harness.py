@@ -154,8 +154,8 @@ http {{ access_log off; keepalive_requests 10000000; keepalive_timeout 300s; {se
     def start(self, who, h2=False):
         port = free_port()
         w = self.args.workers
-        if who.startswith("corral"):
-            binary = self.args.corral if who == "corral" else self.args.variants[who]
+        if who == "corral" or who in self.args.variants:
+            binary = self.args.variants.get(who, self.args.corral)
             conf = self.write("corral.toml", f"""
 [runtime]
 workers = {w}
