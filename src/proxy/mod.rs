@@ -256,8 +256,8 @@ async fn exchange(
     // hands the unsent request back and it goes out on a fresh connection.
     let mut unsent_retries = 2;
     // The latest clock reading: the request's arrival until time may have
-    // passed (a new connection, a retry). Reading the clock costs more than
-    // the rest of a pooled checkout.
+    // passed (a new connection, a retry), so that a pooled exchange reads
+    // the clock no more.
     let mut now = outgoing.started;
     loop {
         let server = &upstream.servers[index];

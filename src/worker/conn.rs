@@ -172,9 +172,7 @@ fn service(
         let guard = activity.begin(multiplexed);
         let snapshot = runtime.load_full();
         let client = client.clone();
-        // A combinator, not an `async` block: a block awaiting `handle` would
-        // store its future twice over, and hyper moves the whole future once
-        // per request.
+        // A combinator, not an `async` block (see `proxy::handle`).
         proxy::handle(snapshot, client, request).map(move |mut response| {
             if guard.activity().is_draining() && !multiplexed {
                 // Tell the client, before it sends another request on this
