@@ -156,9 +156,9 @@ async fn a_long_upload_is_not_cut_by_the_response_timeout() {
         .unwrap();
     // 5 s of upload on the paused clock, a piece a second: longer than the
     // response timeout, shorter than the body timeout between pieces. The
-    // sleeps are the slow client itself, not a wait for corral.
+    // clock is moved by hand: the client is slow, corral is not waited on.
     for _ in 0..5 {
-        tokio::time::sleep(Duration::from_secs(1)).await;
+        tokio::time::advance(Duration::from_secs(1)).await;
         stream.write_all(b"0123456789").await.unwrap();
     }
     let reply = String::from_utf8(read_to_close(&mut stream).await).unwrap();
