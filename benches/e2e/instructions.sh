@@ -87,6 +87,7 @@ for scenario in "${scenarios[@]}"; do
     CORRAL_LOG=warn setsid valgrind --tool=callgrind --trace-children=yes \
         --callgrind-out-file="$dir/cg.%p" "$corral" run --config "$dir/corral.toml" \
         >"$dir/corral.log" 2>&1 &
+    master=$!
     for _ in $(seq 300); do
         curl -sf -o /dev/null "http://127.0.0.1:$port/" && break
         sleep 0.2
@@ -103,6 +104,7 @@ for scenario in "${scenarios[@]}"; do
     dump=$(ls -t "$dir/cg.$worker".* | head -1)
     total=$(awk '/^(summary|totals):/ {print $2; exit}' "$dump")
     printf '%-10s %8d instructions per request (%d requests)\n' "$scenario" $((total / requests)) "$requests"
-    pkill -f "callgrind-out-file=$dir/" || true
-    while pgrep -f "callgrind-out-file=$dir/" >/dev/null; do sleep 0.2; done
+    # The master stops once its worker has: then the port is free again.
+    kill "$master"
+    wait "$master" || true
 done

@@ -1,5 +1,5 @@
-# Sourced by the benchmark scripts: installs, from Debian's packages, the
-# tools a script needs that this machine lacks.
+# Sourced by the benchmark scripts and .ci/run: installs, from Debian's
+# packages, the tools a script needs that this machine lacks.
 #
 #   need_packages COMMAND=PACKAGE...
 need_packages() {
