@@ -4,6 +4,7 @@
 
 mod common;
 
+use std::future::Future;
 use std::time::Duration;
 
 use common::*;
@@ -192,6 +193,25 @@ async fn a_connect_that_hangs_gets_504_at_the_connect_timeout() {
     );
 }
 
+/// The health checks' interval in the tests below.
+const CHECK_INTERVAL: Duration = Duration::from_secs(1);
+
+/// Whether `holds` comes true within `rounds` health-check intervals of
+/// virtual time. The tests wait on the outcome, asked once per interval,
+/// rather than for a fixed time the checks are expected to take.
+async fn within_checks<F: Future<Output = bool>>(
+    rounds: u32,
+    mut holds: impl FnMut() -> F,
+) -> bool {
+    for _ in 0..rounds {
+        if holds().await {
+            return true;
+        }
+        tokio::time::sleep(CHECK_INTERVAL).await;
+    }
+    holds().await
+}
+
 #[tokio::test(start_paused = true)]
 async fn health_checks_take_a_failing_server_out_and_bring_it_back() {
     use std::sync::atomic::Ordering;
@@ -199,27 +219,27 @@ async fn health_checks_take_a_failing_server_out_and_bring_it_back() {
     let b = echo("b").await;
     let check = "[upstreams.health_check]\npath = \"/healthz\"\ninterval = \"1s\"\nunhealthy_threshold = 2\nhealthy_threshold = 2";
     let proxy = in_process(&simple_config(&[a.addr, b.addr], check)).await;
-    let spread = |addr| async move {
+    // Of ten requests, how many went to `a`.
+    let spread = |share: usize| async move {
         let mut a_count = 0;
         for _ in 0..10 {
-            a_count += usize::from(get(addr, "/", &[]).await.backend() == "a");
+            a_count += usize::from(get(proxy.addr, "/", &[]).await.backend() == "a");
         }
-        a_count
+        a_count == share
     };
-    tokio::time::sleep(Duration::from_millis(1500)).await;
-    assert_eq!(spread(proxy.addr).await, 5);
+    assert!(
+        within_checks(2, || spread(5)).await,
+        "a healthy server gets no traffic"
+    );
     sick.store(true, Ordering::SeqCst);
-    tokio::time::sleep(Duration::from_secs(3)).await;
-    assert_eq!(
-        spread(proxy.addr).await,
-        0,
+    // Two failed checks take it out.
+    assert!(
+        within_checks(4, || spread(0)).await,
         "a failing server still gets traffic"
     );
     sick.store(false, Ordering::SeqCst);
-    tokio::time::sleep(Duration::from_secs(3)).await;
-    assert_eq!(
-        spread(proxy.addr).await,
-        5,
+    assert!(
+        within_checks(4, || spread(5)).await,
         "a recovered server gets no traffic"
     );
 }
@@ -230,11 +250,13 @@ async fn no_healthy_server_is_a_503() {
         .await;
     let check = "[upstreams.health_check]\ninterval = \"1s\"";
     let proxy = in_process(&simple_config(&[a.addr], check)).await;
-    tokio::time::sleep(Duration::from_millis(1500)).await;
-    let reply = get(proxy.addr, "/", &[]).await;
-    assert_eq!(reply.status, StatusCode::SERVICE_UNAVAILABLE);
-    assert_eq!(
-        reply.text(),
-        "503 Service Unavailable: no healthy upstream server\n"
+    let refused = || async move {
+        let reply = get(proxy.addr, "/", &[]).await;
+        reply.status == StatusCode::SERVICE_UNAVAILABLE
+            && reply.text() == "503 Service Unavailable: no healthy upstream server\n"
+    };
+    assert!(
+        within_checks(3, refused).await,
+        "a failing server still gets traffic"
     );
 }
