@@ -1,25 +1,30 @@
 #!/usr/bin/env bash
-# Instructions per request in one corral worker, counted by callgrind while
-# the worker serves a fixed number of requests. Unlike time, the count does
-# not move with the machine's noise, so it can tell apart changes of a few
-# per cent that the side-by-side harness (run.sh) cannot. Not a test: CI
-# never runs it.
+# Instructions per request in one proxy process (one corral worker, one nginx
+# worker, one HAProxy thread), counted by callgrind while it serves a fixed
+# number of requests. Unlike time, the count does not move with the
+# machine's noise, so it can tell apart changes of a few per cent that the
+# side-by-side harness (run.sh) cannot. It counts user-space work only: the
+# kernel's share of a request (the system calls) is not in it. Not a test:
+# CI never runs it.
 #
-#   benches/e2e/instructions.sh [--corral PATH] [--requests N] [keepalive|h2c|fresh]...
+#   benches/e2e/instructions.sh [--corral PATH] [--requests N]
+#       [--contenders corral,nginx,haproxy] [keepalive|h2c|fresh]...
 #
-# Installs valgrind, nginx and h2load from Debian's packages if missing.
-# The count covers only the load: it is zeroed once corral answers and read
-# once the load generator is done, so start-up is left out.
+# Installs valgrind, nginx, HAProxy and h2load from Debian's packages if
+# missing. The count covers only the load: it is zeroed once the proxy
+# answers and read once the load generator is done, so start-up is left out.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 
 corral=target/release/corral
 requests=10000
+contenders=(corral nginx haproxy)
 scenarios=()
 while [ $# -gt 0 ]; do
     case "$1" in
         --corral) corral=$2; shift 2 ;;
         --requests) requests=$2; shift 2 ;;
+        --contenders) IFS=, read -ra contenders <<<"$2"; shift 2 ;;
         keepalive|h2c|fresh) scenarios+=("$1"); shift ;;
         *) echo "unknown argument: $1" >&2; exit 2 ;;
     esac
@@ -27,8 +32,8 @@ done
 [ ${#scenarios[@]} -gt 0 ] || scenarios=(keepalive h2c fresh)
 
 . benches/e2e/packages.sh
-need_packages valgrind=valgrind nginx=nginx-light h2load=nghttp2-client
-[ "$corral" != target/release/corral ] || cargo build --release
+need_packages valgrind=valgrind nginx=nginx-light haproxy=haproxy h2load=nghttp2-client
+[[ " ${contenders[*]} " != *" corral "* ]] || [ "$corral" != target/release/corral ] || cargo build --release
 
 dir=$(mktemp -d /tmp/corral-instructions.XXXXXX)
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
@@ -83,28 +88,101 @@ for t in threads: t.join()
 EOF
 }
 
-for scenario in "${scenarios[@]}"; do
-    CORRAL_LOG=warn setsid valgrind --tool=callgrind --trace-children=yes \
-        --callgrind-out-file="$dir/cg.%p" "$corral" run --config "$dir/corral.toml" \
-        >"$dir/corral.log" 2>&1 &
-    master=$!
+# Starts one contender under callgrind for a scenario; sets `measured`, the
+# pid whose count is read, and `stop`, the pid that ends the contender.
+start() {
+    local who=$1 scenario=$2
+    local grind=(setsid valgrind --tool=callgrind --callgrind-out-file="$dir/cg.%p")
+    case $who in
+        corral)
+            CORRAL_LOG=warn "${grind[@]}" --trace-children=yes "$corral" run \
+                --config "$dir/corral.toml" >"$dir/corral.log" 2>&1 &
+            ;;
+        nginx)
+            local http2=""
+            [ "$scenario" != h2c ] || http2=" http2"
+            cat >"$dir/nginx.conf" <<EOF
+daemon off; master_process off; worker_processes 1; pid $dir/nginx.pid; error_log $dir/nginx.err warn;
+events { worker_connections 4096; }
+http { access_log off; keepalive_requests 10000000;
+  client_body_temp_path $dir/b; proxy_temp_path $dir/p; fastcgi_temp_path $dir/f; uwsgi_temp_path $dir/u; scgi_temp_path $dir/s;
+  upstream app { server 127.0.0.1:$up; keepalive 256; }
+  server { listen 127.0.0.1:$port$http2;
+    location / { proxy_pass http://app; proxy_http_version 1.1; proxy_set_header Connection ""; } }
+}
+EOF
+            "${grind[@]}" nginx -e "$dir/nginx.err" -c "$dir/nginx.conf" -p "$dir" >"$dir/nginx.log" 2>&1 &
+            ;;
+        haproxy)
+            local proto=""
+            [ "$scenario" != h2c ] || proto=" proto h2"
+            cat >"$dir/haproxy.cfg" <<EOF
+global
+  nbthread 1
+defaults
+  mode http
+  timeout connect 5s
+  timeout client 60s
+  timeout server 60s
+  http-reuse always
+frontend bench
+  bind 127.0.0.1:$port$proto
+  default_backend app
+backend app
+  server a 127.0.0.1:$up
+EOF
+            "${grind[@]}" haproxy -db -f "$dir/haproxy.cfg" >"$dir/haproxy.log" 2>&1 &
+            ;;
+    esac
+    stop=$!
+    local curl=(curl -sf -o /dev/null)
+    [ "$scenario" != h2c ] || curl+=(--http2-prior-knowledge)
     for _ in $(seq 300); do
-        curl -sf -o /dev/null "http://127.0.0.1:$port/" && break
+        "${curl[@]}" "http://127.0.0.1:$port/" && break
         sleep 0.2
     done
-    curl -sf -o /dev/null "http://127.0.0.1:$port/" || { cat "$dir/corral.log" >&2; exit 1; }
-    worker=$(pgrep -f "callgrind-out-file=$dir/.* worker$" | head -1)
-    callgrind_control -z "$worker" >/dev/null 2>&1
-    case $scenario in
-        keepalive) h2load --h1 -c 10 -t 1 -n "$requests" "http://127.0.0.1:$port/" >/dev/null ;;
-        h2c) h2load -c 10 -m 10 -t 1 -n "$requests" "http://127.0.0.1:$port/" >/dev/null ;;
-        fresh) fresh_client "$requests" ;;
-    esac
-    callgrind_control -d "$worker" >/dev/null 2>&1
-    dump=$(ls -t "$dir/cg.$worker".* | head -1)
-    total=$(awk '/^(summary|totals):/ {print $2; exit}' "$dump")
-    printf '%-10s %8d instructions per request (%d requests)\n' "$scenario" $((total / requests)) "$requests"
-    # The master stops once its worker has: then the port is free again.
-    kill "$master"
-    wait "$master" || true
+    "${curl[@]}" "http://127.0.0.1:$port/" || { cat "$dir/$who.log" >&2; exit 1; }
+    if [ "$who" = corral ]; then
+        measured=$(pgrep -f "callgrind-out-file=$dir/.* worker$" | head -1)
+    else
+        measured=$stop
+    fi
+}
+
+declare -A count
+for scenario in "${scenarios[@]}"; do
+    for who in "${contenders[@]}"; do
+        start "$who" "$scenario"
+        callgrind_control -z "$measured" >/dev/null 2>&1
+        case $scenario in
+            keepalive) h2load --h1 -c 10 -t 1 -n "$requests" "http://127.0.0.1:$port/" >/dev/null ;;
+            h2c) h2load -c 10 -m 10 -t 1 -n "$requests" "http://127.0.0.1:$port/" >/dev/null ;;
+            fresh) fresh_client "$requests" ;;
+        esac
+        callgrind_control -d "$measured" >/dev/null 2>&1
+        dump=$(ls -t "$dir/cg.$measured".* | head -1)
+        total=$(awk '/^(summary|totals):/ {print $2; exit}' "$dump")
+        count[$scenario.$who]=$((total / requests))
+        # corral's master stops once its worker has: then the port is free again.
+        kill "$stop"
+        wait "$stop" || true
+        rm -f "$dir"/cg.*
+    done
+done
+
+# The table: a column per contender, then corral's ratio to each other one.
+others=()
+for who in "${contenders[@]}"; do [ "$who" = corral ] || others+=("$who"); done
+[[ " ${contenders[*]} " == *" corral "* ]] || others=()
+printf '%-10s' scenario
+for who in "${contenders[@]}"; do printf ' %9s' "$who"; done
+for who in "${others[@]}"; do printf ' %16s' "corral / $who"; done
+printf '   (instructions per request, %d requests)\n' "$requests"
+for scenario in "${scenarios[@]}"; do
+    printf '%-10s' "$scenario"
+    for who in "${contenders[@]}"; do printf ' %9d' "${count[$scenario.$who]}"; done
+    for who in "${others[@]}"; do
+        awk -v a="${count[$scenario.corral]}" -v b="${count[$scenario.$who]}" 'BEGIN { printf " %15.2fx", a / b }'
+    done
+    printf '\n'
 done
