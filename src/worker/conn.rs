@@ -33,6 +33,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use super::activity::{Activity, Expired, Prefixed, RequestGuard, WaitReadable, Watched};
+use super::turn::NextTurn;
 use crate::body::ResponseBody;
 use crate::proxy::{self, Client};
 use crate::runtime::{ListenerRuntime, SharedRuntime};
@@ -316,25 +317,31 @@ where
     // Once GOAWAY is sent, the connection only finishes its streams: the
     // shutdown and the idle timer, both still ready, must not fire again.
     let mut closing = false;
+    // Responses that finish wait for the worker's next turn (see `turn`).
+    let mut turn = NextTurn::default();
     loop {
         let (header, idle) = (settings.header_timeout, settings.keepalive_timeout);
         let (deadline, _) = conn.activity.deadline(header, idle);
         tokio::select! {
-            // The connection first: it hands over new streams, which the
-            // next branch then starts in the same turn.
             biased;
-            ended = serving.as_mut() => {
+            ended = std::future::poll_fn(|cx| {
+                // The streams first: those whose upstreams answered queue
+                // their responses, which the connection writes in its poll.
+                streams.run(cx, &mut turn);
+                if turn.waiting() {
+                    return Poll::Pending;
+                }
+                let ended = serving.as_mut().poll(cx);
+                // Start the streams it handed over in the same turn.
+                streams.run(cx, &mut turn);
+                ended
+            }) => {
                 if let Err(e) = ended {
                     tracing::debug!(client = %conn.peer, error = %e, "connection ended with an error");
                 }
                 // Streams still answering finish first.
                 return std::future::poll_fn(|cx| streams.poll_all(cx)).await;
             }
-            // Never completes: runs the streams that were woken.
-            () = std::future::poll_fn(|cx| {
-                let _ = streams.poll_all(cx);
-                Poll::<()>::Pending
-            }) => {}
             // GOAWAY: the client finishes its streams and opens new ones
             // elsewhere, with no race.
             () = conn.shutdown.cancelled(), if !closing => {
@@ -380,13 +387,32 @@ impl Streams {
     /// Polls the streams that were woken and those not yet polled; ready
     /// once none is left.
     fn poll_all(&self, cx: &mut Context<'_>) -> Poll<()> {
-        let mut streams = self.lock();
-        while let Poll::Ready(Some(())) = streams.poll_next_unpin(cx) {}
-        if streams.is_empty() {
+        self.poll_finished(cx);
+        if self.lock().is_empty() {
             Poll::Ready(())
         } else {
             Poll::Pending
         }
+    }
+
+    /// Polls the streams that were woken and those not yet polled. When any
+    /// finished, the connection holds its writes back until `turn` comes, so
+    /// that the responses finishing in this turn leave together.
+    fn run(&self, cx: &mut Context<'_>, turn: &mut NextTurn) {
+        if self.poll_finished(cx) > 0 {
+            turn.wait(cx);
+        }
+    }
+
+    /// Polls the streams that were woken and those not yet polled; how many
+    /// finished.
+    fn poll_finished(&self, cx: &mut Context<'_>) -> usize {
+        let mut streams = self.lock();
+        let mut finished = 0;
+        while let Poll::Ready(Some(())) = streams.poll_next_unpin(cx) {
+            finished += 1;
+        }
+        finished
     }
 }
 

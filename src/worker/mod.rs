@@ -11,6 +11,7 @@
 mod activity;
 mod conn;
 pub mod process;
+mod turn;
 
 use std::collections::HashMap;
 use std::time::Duration;
