@@ -4,24 +4,28 @@
 # number of requests. Unlike time, the count does not move with the
 # machine's noise, so it can tell apart changes of a few per cent that the
 # side-by-side harness (run.sh) cannot. It counts user-space work only: the
-# kernel's share of a request (the system calls) is not in it. Not a test:
+# kernel's share of a request is in its system calls, which `--syscalls`
+# counts instead (with strace, the proxy running at full speed). Not a test:
 # CI never runs it.
 #
-#   benches/e2e/instructions.sh [--corral PATH] [--requests N]
+#   benches/e2e/instructions.sh [--syscalls] [--corral PATH] [--requests N]
 #       [--contenders corral,nginx,haproxy] [keepalive|h2c|fresh]...
 #
-# Installs valgrind, nginx, HAProxy and h2load from Debian's packages if
-# missing. The count covers only the load: it is zeroed once the proxy
-# answers and read once the load generator is done, so start-up is left out.
+# Installs valgrind, strace, nginx, HAProxy and h2load from Debian's packages
+# if missing. The count covers only the load: it starts once the proxy
+# answers and ends once the load generator is done, so start-up is left out.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 
 corral=target/release/corral
 requests=10000
+what=instructions
+precision=0
 contenders=(corral nginx haproxy)
 scenarios=()
 while [ $# -gt 0 ]; do
     case "$1" in
+        --syscalls) what="system calls"; precision=2; shift ;;
         --corral) corral=$2; shift 2 ;;
         --requests) requests=$2; shift 2 ;;
         --contenders) IFS=, read -ra contenders <<<"$2"; shift 2 ;;
@@ -32,7 +36,7 @@ done
 [ ${#scenarios[@]} -gt 0 ] || scenarios=(keepalive h2c fresh)
 
 . benches/e2e/packages.sh
-need_packages valgrind=valgrind nginx=nginx-light haproxy=haproxy h2load=nghttp2-client
+need_packages valgrind=valgrind strace=strace nginx=nginx-light haproxy=haproxy h2load=nghttp2-client
 [[ " ${contenders[*]} " != *" corral "* ]] || [ "$corral" != target/release/corral ] || cargo build --release
 
 dir=$(mktemp -d /tmp/corral-instructions.XXXXXX)
@@ -88,14 +92,17 @@ for t in threads: t.join()
 EOF
 }
 
-# Starts one contender under callgrind for a scenario; sets `measured`, the
-# pid whose count is read, and `stop`, the pid that ends the contender.
+# Starts one contender (under callgrind, unless counting system calls) for a
+# scenario; sets `measured`, the pid whose count is read, and `stop`, the pid
+# that ends the contender.
 start() {
     local who=$1 scenario=$2
     local grind=(setsid valgrind --tool=callgrind --callgrind-out-file="$dir/cg.%p")
+    local children=(--trace-children=yes)
+    [ "$what" = instructions ] || { grind=(setsid); children=(); }
     case $who in
         corral)
-            CORRAL_LOG=warn "${grind[@]}" --trace-children=yes "$corral" run \
+            CORRAL_LOG=warn "${grind[@]}" "${children[@]}" "$corral" run \
                 --config "$dir/corral.toml" >"$dir/corral.log" 2>&1 &
             ;;
         nginx)
@@ -143,7 +150,7 @@ EOF
     done
     "${curl[@]}" "http://127.0.0.1:$port/" || { cat "$dir/$who.log" >&2; exit 1; }
     if [ "$who" = corral ]; then
-        measured=$(pgrep -f "callgrind-out-file=$dir/.* worker$" | head -1)
+        measured=$(pgrep -P "$stop" -f ' worker$' | head -1)
     else
         measured=$stop
     fi
@@ -153,16 +160,28 @@ declare -A count
 for scenario in "${scenarios[@]}"; do
     for who in "${contenders[@]}"; do
         start "$who" "$scenario"
-        callgrind_control -z "$measured" >/dev/null 2>&1
+        if [ "$what" = instructions ]; then
+            callgrind_control -z "$measured" >/dev/null 2>&1
+        else
+            strace -c -f -p "$measured" -o "$dir/strace" 2>"$dir/strace.err" &
+            tracer=$!
+            until grep -q attached "$dir/strace.err"; do sleep 0.1; done
+        fi
         case $scenario in
             keepalive) h2load --h1 -c 10 -t 1 -n "$requests" "http://127.0.0.1:$port/" >/dev/null ;;
             h2c) h2load -c 10 -m 10 -t 1 -n "$requests" "http://127.0.0.1:$port/" >/dev/null ;;
             fresh) fresh_client "$requests" ;;
         esac
-        callgrind_control -d "$measured" >/dev/null 2>&1
-        dump=$(ls -t "$dir/cg.$measured".* | head -1)
-        total=$(awk '/^(summary|totals):/ {print $2; exit}' "$dump")
-        count[$scenario.$who]=$((total / requests))
+        if [ "$what" = instructions ]; then
+            callgrind_control -d "$measured" >/dev/null 2>&1
+            dump=$(ls -t "$dir/cg.$measured".* | head -1)
+            total=$(awk '/^(summary|totals):/ {print $2; exit}' "$dump")
+        else
+            kill -INT "$tracer"
+            wait "$tracer" || true
+            total=$(awk '$NF == "total" {print $4}' "$dir/strace")
+        fi
+        count[$scenario.$who]=$(awk -v t="$total" -v n="$requests" -v p="$precision" 'BEGIN { printf "%.*f", p, t / n }')
         # corral's master stops once its worker has: then the port is free again.
         kill "$stop"
         wait "$stop" || true
@@ -175,12 +194,12 @@ others=()
 for who in "${contenders[@]}"; do [ "$who" = corral ] || others+=("$who"); done
 [[ " ${contenders[*]} " == *" corral "* ]] || others=()
 printf '%-10s' scenario
-for who in "${contenders[@]}"; do printf ' %9s' "$who"; done
+for who in "${contenders[@]}"; do printf ' %10s' "$who"; done
 for who in "${others[@]}"; do printf ' %16s' "corral / $who"; done
-printf '   (instructions per request, %d requests)\n' "$requests"
+printf '   (%s per request, %d requests)\n' "$what" "$requests"
 for scenario in "${scenarios[@]}"; do
     printf '%-10s' "$scenario"
-    for who in "${contenders[@]}"; do printf ' %9d' "${count[$scenario.$who]}"; done
+    for who in "${contenders[@]}"; do printf ' %10s' "${count[$scenario.$who]}"; done
     for who in "${others[@]}"; do
         awk -v a="${count[$scenario.corral]}" -v b="${count[$scenario.$who]}" 'BEGIN { printf " %15.2fx", a / b }'
     done
