@@ -224,8 +224,10 @@ async fn a_refused_connect_is_retried_on_another_server() {
     }
 }
 
-#[tokio::test]
-async fn server_sent_events_arrive_as_they_are_sent() {
+/// An upstream answering with an event stream: a first event, then a last
+/// one once the returned sender fires, so that the first must reach the
+/// client before the stream ends.
+async fn event_stream() -> (Upstream, tokio::sync::oneshot::Sender<()>) {
     let (release_tx, release_rx) = tokio::sync::oneshot::channel::<()>();
     let release = std::sync::Arc::new(std::sync::Mutex::new(Some(release_rx)));
     let app = upstream(move |_req| {
@@ -236,7 +238,6 @@ async fn server_sent_events_arrive_as_they_are_sent() {
                 tx.send(Ok(Frame::data(Bytes::from("data: first\n\n"))))
                     .await
                     .unwrap();
-                // The stream goes on only once the client has seen the first event.
                 if let Some(release) = release {
                     let _ = release.await;
                 }
@@ -252,22 +253,76 @@ async fn server_sent_events_arrive_as_they_are_sent() {
         }
     })
     .await;
-    let corral = Corral::start(&simple_config(&[app.addr], "")).await;
-    let mut client = H1::connect(corral.addr("public")).await;
-    let request = Request::get("/events")
-        .header("host", "x")
-        .body(empty())
-        .unwrap();
-    let mut body = client.send(request).await.unwrap().into_body();
+    (app, release_tx)
+}
+
+/// Reads the first event, lets the upstream end the stream, reads the rest.
+async fn expect_events(body: hyper::body::Incoming, release: tokio::sync::oneshot::Sender<()>) {
+    let mut body = body;
     let first = tokio::time::timeout(PATIENCE, body.frame())
         .await
         .unwrap()
         .unwrap()
         .unwrap();
     assert_eq!(first.into_data().unwrap(), "data: first\n\n");
-    release_tx.send(()).unwrap();
+    release.send(()).unwrap();
     let rest = body.collect().await.unwrap().to_bytes();
     assert_eq!(rest, "data: last\n\n");
+}
+
+#[tokio::test]
+async fn server_sent_events_arrive_as_they_are_sent() {
+    let (app, release) = event_stream().await;
+    let corral = Corral::start(&simple_config(&[app.addr], "")).await;
+    let mut client = H1::connect(corral.addr("public")).await;
+    let request = Request::get("/events")
+        .header("host", "x")
+        .body(empty())
+        .unwrap();
+    let response = client.send(request).await.unwrap();
+    expect_events(response.into_body(), release).await;
+}
+
+/// Over HTTP/2, with other streams of the connection finishing meanwhile:
+/// a connection holds its writes for a turn when streams finish, and an
+/// unfinished stream's events must still go out as they come.
+#[tokio::test]
+async fn server_sent_events_arrive_as_they_are_sent_over_http2() {
+    let (events, release) = event_stream().await;
+    let app = echo("app").await;
+    let config = format!(
+        "{}\n[[routes]]\npath_prefix = \"/events\"\nupstream = \"events\"\n[[upstreams]]\nname = \"events\"\nservers = [{{ addr = \"{}\" }}]\n",
+        simple_config(&[app.addr], ""),
+        events.addr
+    );
+    let corral = Corral::start(&config).await;
+    let mut client = h2c(corral.addr("public")).await;
+    let exchange = async move {
+        let stream = client
+            .send_request(Request::get("http://x/events").body(empty()).unwrap())
+            .await
+            .unwrap();
+        let others: Vec<_> = (0..20)
+            .map(|i| {
+                let mut client = client.clone();
+                tokio::spawn(async move {
+                    let uri = format!("http://x/other/{i}");
+                    let response = client
+                        .send_request(Request::get(uri).body(empty()).unwrap())
+                        .await
+                        .unwrap();
+                    read(response).await.json()["uri"].clone()
+                })
+            })
+            .collect();
+        expect_events(stream.into_body(), release).await;
+        for (i, other) in others.into_iter().enumerate() {
+            assert_eq!(other.await.unwrap(), format!("/other/{i}"));
+        }
+    };
+    tokio::time::timeout(PATIENCE, exchange)
+        .await
+        .expect("HTTP/2 responses stalled");
 }
 
 /// A `Stream` over an mpsc receiver, without pulling in tokio-stream.
