@@ -257,8 +257,7 @@ async fn event_stream() -> (Upstream, tokio::sync::oneshot::Sender<()>) {
 }
 
 /// Reads the first event, lets the upstream end the stream, reads the rest.
-async fn expect_events(body: hyper::body::Incoming, release: tokio::sync::oneshot::Sender<()>) {
-    let mut body = body;
+async fn expect_events(mut body: hyper::body::Incoming, release: tokio::sync::oneshot::Sender<()>) {
     let first = tokio::time::timeout(PATIENCE, body.frame())
         .await
         .unwrap()

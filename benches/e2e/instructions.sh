@@ -43,8 +43,11 @@ dir=$(mktemp -d /tmp/corral-instructions.XXXXXX)
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 up=$(free_port)
 port=$(free_port)
+# On any exit, also the contender still running (under callgrind or not).
+stop=
 cleanup() {
     [ -f "$dir/upstream.pid" ] && kill "$(cat "$dir/upstream.pid")" 2>/dev/null || true
+    [ -z "$stop" ] || kill "$stop" 2>/dev/null || true
     pkill -f "callgrind-out-file=$dir/" 2>/dev/null || true
     rm -rf "$dir"
 }
@@ -185,6 +188,7 @@ for scenario in "${scenarios[@]}"; do
         # corral's master stops once its worker has: then the port is free again.
         kill "$stop"
         wait "$stop" || true
+        stop=
         rm -f "$dir"/cg.*
     done
 done
