@@ -106,7 +106,10 @@ async fn serve_plain(mut stream: Watched<TcpStream>, conn: &Conn) {
     };
     let io = Prefixed::new(prefix, stream, conn.activity.clone());
     if h2 {
-        serve_h2(io, conn).await
+        // Boxed: an HTTP/2 connection's state is half again an HTTP/1.1
+        // one's, and every idle keep-alive connection would carry room for
+        // it.
+        Box::pin(serve_h2(io, conn)).await
     } else {
         serve_h1(io, conn).await
     }
@@ -147,7 +150,8 @@ async fn serve_tls(stream: Watched<TcpStream>, tls: Arc<rustls::ServerConfig>, c
     let h2 = stream.get_ref().1.alpn_protocol() == Some(b"h2");
     let io = Prefixed::new(Bytes::new(), stream, conn.activity.clone());
     if h2 {
-        serve_h2(io, conn).await
+        // Boxed for the same reason as in `serve_plain`.
+        Box::pin(serve_h2(io, conn)).await
     } else {
         serve_h1(io, conn).await
     }
@@ -449,5 +453,30 @@ impl Body for Tracked {
 
     fn size_hint(&self) -> SizeHint {
         self.body.size_hint()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The size of the future `make` would return; `make` never runs.
+    fn future_size<F>(_make: impl FnOnce() -> F) -> usize {
+        std::mem::size_of::<F>()
+    }
+
+    /// Idle keep-alive connections are plain HTTP/1.1 ones: their state
+    /// must not hold room for HTTP/2's, the larger of the two.
+    #[test]
+    #[allow(unreachable_code, clippy::diverging_sub_expression)]
+    fn a_plain_connection_does_not_carry_http2_state() {
+        let plain = future_size(|| serve_plain(unreachable!(), unreachable!()));
+        let h1 = future_size(|| serve_h1::<Watched<TcpStream>>(unreachable!(), unreachable!()));
+        let h2 = future_size(|| serve_h2::<Watched<TcpStream>>(unreachable!(), unreachable!()));
+        assert!(h2 > h1, "HTTP/2 state {h2} bytes, HTTP/1.1 {h1}");
+        assert!(
+            plain < h2,
+            "a plain connection holds {plain} bytes, HTTP/2 state {h2}"
+        );
     }
 }
