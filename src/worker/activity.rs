@@ -249,7 +249,10 @@ impl<S> Prefixed<S> {
 
     /// Puts `bytes` back in front of whatever is still unread.
     pub fn unread(&mut self, bytes: Bytes) {
-        if self.prefix.is_empty() {
+        if bytes.is_empty() {
+            // Kept, an empty remnant would keep its whole buffer alive
+            // (hyper's read buffer, when a connection parks).
+        } else if self.prefix.is_empty() {
             self.prefix = bytes;
         } else {
             let mut joined = bytes.to_vec();
@@ -267,8 +270,11 @@ impl<S: AsyncRead + Unpin> AsyncRead for Prefixed<S> {
     ) -> Poll<io::Result<()>> {
         if !self.prefix.is_empty() {
             let n = self.prefix.len().min(buf.remaining());
-            let head = self.prefix.split_to(n);
-            buf.put_slice(&head);
+            buf.put_slice(&self.prefix.split_to(n));
+            if self.prefix.is_empty() {
+                // Let go of the buffer the prefix was cut from.
+                self.prefix = Bytes::new();
+            }
             return Poll::Ready(Ok(()));
         }
         if self.activity.park.load(Ordering::Relaxed) {
@@ -389,5 +395,50 @@ mod tests {
         drop(a.begin(true));
         a.saw_bytes();
         assert_eq!(a.deadline(HEADER, KEEPALIVE).1, Some(Expired::Idle));
+    }
+
+    /// A buffer that says when it is freed.
+    struct Watchful(Vec<u8>, Arc<AtomicBool>);
+
+    impl AsRef<[u8]> for Watchful {
+        fn as_ref(&self) -> &[u8] {
+            &self.0
+        }
+    }
+
+    impl Drop for Watchful {
+        fn drop(&mut self) {
+            self.1.store(true, Ordering::Relaxed);
+        }
+    }
+
+    fn watched_buffer(content: &[u8]) -> (Bytes, Arc<AtomicBool>) {
+        let freed = Arc::new(AtomicBool::new(false));
+        let mut buf = content.to_vec();
+        buf.reserve(4096);
+        (Bytes::from_owner(Watchful(buf, freed.clone())), freed)
+    }
+
+    #[tokio::test]
+    async fn a_consumed_prefix_lets_go_of_its_buffer() {
+        use tokio::io::AsyncReadExt as _;
+        let (prefix, freed) = watched_buffer(b"GET / ");
+        let mut io = Prefixed::new(prefix, &b"HTTP/1.1"[..], Activity::new());
+        let mut first = [0u8; 4];
+        io.read_exact(&mut first).await.unwrap();
+        assert!(!freed.load(Ordering::Relaxed), "still two bytes to read");
+        let mut rest = Vec::new();
+        io.read_to_end(&mut rest).await.unwrap();
+        assert_eq!(rest, b"/ HTTP/1.1");
+        assert!(freed.load(Ordering::Relaxed));
+    }
+
+    #[test]
+    fn an_empty_remnant_is_not_kept() {
+        let (remnant, freed) = watched_buffer(b"");
+        let mut io = Prefixed::new(Bytes::new(), &b""[..], Activity::new());
+        io.unread(remnant);
+        assert!(freed.load(Ordering::Relaxed));
+        assert!(!io.has_prefix());
     }
 }
