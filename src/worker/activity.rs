@@ -249,10 +249,12 @@ impl<S> Prefixed<S> {
 
     /// Puts `bytes` back in front of whatever is still unread.
     pub fn unread(&mut self, bytes: Bytes) {
+        // An empty remnant is not kept: it may still hold its whole buffer
+        // (hyper's read buffer, when a connection parks).
         if bytes.is_empty() {
-            // Kept, an empty remnant would keep its whole buffer alive
-            // (hyper's read buffer, when a connection parks).
-        } else if self.prefix.is_empty() {
+            return;
+        }
+        if self.prefix.is_empty() {
             self.prefix = bytes;
         } else {
             let mut joined = bytes.to_vec();
