@@ -161,7 +161,7 @@ impl Entry {
                 "host": self.host,
                 "status": status,
                 "bytes": bytes,
-                "duration_ms": elapsed.as_secs_f64() * 1000.0,
+                "duration_ms": millis(elapsed),
                 "route": route,
                 "upstream": upstream,
                 "server": server,
@@ -184,6 +184,14 @@ impl Entry {
         };
         self.log.push(line);
     }
+}
+
+/// Milliseconds to the microsecond: `0.414`, never `0.41375500000000004`.
+/// Dividing whole microseconds once gives the double nearest to the
+/// three-decimal value, which JSON then prints as written.
+fn millis(elapsed: Duration) -> f64 {
+    let micros = u64::try_from(elapsed.as_micros()).unwrap_or(u64::MAX);
+    micros as f64 / 1000.0
 }
 
 /// `26/Nov/2026:14:00:00 +0000`, the combined log format's time.
@@ -214,6 +222,7 @@ fn quoted(value: Option<&str>) -> String {
 }
 
 enum Sink {
+    Stdout(BufWriter<io::Stdout>),
     Stderr(BufWriter<io::Stderr>),
     File(BufWriter<File>),
 }
@@ -221,6 +230,7 @@ enum Sink {
 impl Sink {
     fn open(target: &LogTarget) -> io::Result<Self> {
         Ok(match target {
+            LogTarget::Stdout => Self::Stdout(BufWriter::new(io::stdout())),
             LogTarget::Stderr => Self::Stderr(BufWriter::new(io::stderr())),
             LogTarget::File(path) => Self::File(BufWriter::new(open(path)?)),
         })
@@ -228,6 +238,7 @@ impl Sink {
 
     fn writer(&mut self) -> &mut dyn Write {
         match self {
+            Self::Stdout(w) => w,
             Self::Stderr(w) => w,
             Self::File(w) => w,
         }
@@ -278,6 +289,20 @@ mod tests {
     fn combined_time_reads_like_apache() {
         let at = SystemTime::UNIX_EPOCH + Duration::from_secs(1_795_701_600);
         assert_eq!(clf_time(at), "26/Nov/2026:14:00:00 +0000");
+    }
+
+    #[test]
+    fn json_durations_print_to_the_microsecond() {
+        let elapsed = Duration::from_nanos(413_755);
+        assert_eq!(
+            json!({ "d": millis(elapsed) }).to_string(),
+            r#"{"d":0.413}"#
+        );
+        let long = Duration::from_millis(1234) + Duration::from_micros(567);
+        assert_eq!(
+            json!({ "d": millis(long) }).to_string(),
+            r#"{"d":1234.567}"#
+        );
     }
 
     #[test]

@@ -41,6 +41,9 @@ pub enum ReloadAnswer {
     Done {
         generation: u64,
         changes: Vec<String>,
+        /// The file and the files it names read as the running generation's:
+        /// nothing was reloaded.
+        unchanged: bool,
     },
     /// Still serving the previous generation; `lines` say why (config
     /// errors as `FILE:LINE:COL: reason`).
@@ -91,9 +94,10 @@ async fn answer(backend: &dyn Backend, request: &Request<Incoming>) -> Response<
             ReloadAnswer::Done {
                 generation,
                 changes,
+                unchanged,
             } => json(
                 StatusCode::OK,
-                &serde_json::json!({ "generation": generation, "changes": changes }),
+                &serde_json::json!({ "generation": generation, "changes": changes, "unchanged": unchanged }),
             ),
             ReloadAnswer::Refused { status, lines } => {
                 typed(status, "text/plain; charset=utf-8", lines.join("\n") + "\n")
@@ -127,6 +131,7 @@ pub mod client {
     //! A minimal HTTP/1.1 client for the admin endpoint.
 
     use std::net::SocketAddr;
+    use std::time::Duration;
 
     use bytes::Bytes;
     use http::{Method, Request, StatusCode};
@@ -142,10 +147,26 @@ pub mod client {
         Http(#[from] hyper::Error),
         #[error("bad request: {0}")]
         Request(#[from] http::Error),
+        #[error("no answer within {0:?}")]
+        Timeout(Duration),
     }
+
+    /// Longer than a reload may take (workers get 10 s to confirm one), so
+    /// only a hung endpoint runs into it.
+    const TIMEOUT: Duration = Duration::from_secs(30);
 
     /// Sends `method path` and returns the status and body text.
     pub async fn call(
+        addr: SocketAddr,
+        method: Method,
+        path: &str,
+    ) -> Result<(StatusCode, String), AdminError> {
+        tokio::time::timeout(TIMEOUT, exchange(addr, method, path))
+            .await
+            .unwrap_or(Err(AdminError::Timeout(TIMEOUT)))
+    }
+
+    async fn exchange(
         addr: SocketAddr,
         method: Method,
         path: &str,

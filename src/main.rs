@@ -27,18 +27,20 @@ struct Cli {
 enum Command {
     /// Start serving (foreground; logs to stderr).
     Run {
-        #[arg(long, short, default_value = "config/corral.toml")]
+        /// The config file (TOML).
+        #[arg(long, short)]
         config: PathBuf,
     },
     /// Validate a config file: exit 0, or print every error as FILE:LINE:COL: reason.
     Check {
-        #[arg(long, short, default_value = "config/corral.toml")]
+        /// The config file (TOML).
+        #[arg(long, short)]
         config: PathBuf,
         /// Also print what reloading FILE would change in the running corral.
         #[arg(long)]
         diff: bool,
-        /// The running corral's admin endpoint (for --diff).
-        #[arg(long, default_value = "127.0.0.1:9901")]
+        /// The running corral's admin endpoint, for --diff.
+        #[arg(long, requires = "diff", default_value = "127.0.0.1:9901")]
         admin: SocketAddr,
     },
     /// Ask a running corral to reload its config file.
@@ -52,8 +54,10 @@ enum Command {
     Worker,
     /// A tiny upstream for demos and tests: answers 200 with JSON of the request.
     Echo {
+        /// The address to listen on, as IP:PORT (port 0 picks a free one).
         #[arg(long)]
         listen: SocketAddr,
+        /// The name it answers with, in the JSON and the x-backend header.
         #[arg(long, default_value = "echo")]
         name: String,
     },
@@ -71,7 +75,13 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Run { config } => {
             let _span = tracing::info_span!("master", pid = std::process::id()).entered();
-            corral::master::run(&config).map_err(anyhow::Error::from)
+            // Absolute, so that `/config` (and `check --diff` from any
+            // folder) and the successor of a binary upgrade name the same
+            // file. Not canonical: a ConfigMap's symlink must be followed
+            // anew at each reload.
+            std::path::absolute(&config)
+                .map_err(anyhow::Error::from)
+                .and_then(|config| corral::master::run(&config).map_err(anyhow::Error::from))
         }
         Command::Check {
             config,
@@ -89,10 +99,27 @@ fn main() -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("corral: {e:#}");
+            eprintln!("corral: {}", report(&e));
             ExitCode::FAILURE
         }
     }
+}
+
+/// An error and its causes on one line. corral's errors name their cause
+/// in their own message (so that a log line with `%error` is whole), so a
+/// cause the text already ends with is not repeated.
+fn report(error: &anyhow::Error) -> String {
+    let mut text = String::new();
+    for cause in error.chain() {
+        let cause = cause.to_string();
+        if !text.ends_with(&cause) {
+            if !text.is_empty() {
+                text.push_str(": ");
+            }
+            text.push_str(&cause);
+        }
+    }
+    text
 }
 
 fn init_logging() {
@@ -139,7 +166,7 @@ fn check(path: &std::path::Path, diff_against: Option<SocketAddr>) -> ExitCode {
             ExitCode::SUCCESS
         }
         Err(e) => {
-            eprintln!("corral: {e:#}");
+            eprintln!("corral: {}", report(&e));
             ExitCode::FAILURE
         }
     }
@@ -178,12 +205,19 @@ fn reload(admin: SocketAddr) -> anyhow::Result<()> {
         let (status, body) = corral::admin::client::call(admin, http::Method::POST, "/reload")
             .await
             .with_context(|| format!("cannot reach the admin endpoint at {admin}"))?;
-        if status.is_success() {
-            print!("{body}");
-            Ok(())
-        } else {
-            anyhow::bail!("reload refused ({status}):\n{body}")
+        anyhow::ensure!(status.is_success(), "reload refused ({status}):\n{body}");
+        let answer: serde_json::Value =
+            serde_json::from_str(&body).context("the admin endpoint's answer is not JSON")?;
+        let generation = answer["generation"].as_u64().unwrap_or(0);
+        if answer["unchanged"].as_bool() == Some(true) {
+            println!("unchanged: still serving generation {generation}");
+            return Ok(());
         }
+        println!("reloaded: now serving generation {generation}");
+        for change in answer["changes"].as_array().into_iter().flatten() {
+            println!("  {}", change.as_str().unwrap_or_default());
+        }
+        Ok(())
     })
 }
 

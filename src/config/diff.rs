@@ -2,13 +2,20 @@
 //!
 //! Listeners, routes and upstreams are matched by name; servers by address.
 //! Each difference is one line: `+` added, `-` removed, `~` changed with the
-//! keys that differ, old and new. Used by `corral check --diff` and by the
-//! master's reload log.
+//! keys that differ, old and new. Keys and values are written as in the
+//! config file (`balance "round_robin" -> "least_conn"`), and a key that is
+//! not set reads `unset`. Used by `corral check --diff` and by the master's
+//! reload log and answer.
 
-use std::fmt::Debug;
 use std::time::Duration;
 
-use super::{Config, ListenerConfig, RouteConfig, UpstreamConfig};
+use super::{
+    Balance, Config, HashKey, ListenerConfig, LogFormat, LogTarget, Protocol, RouteConfig,
+    UpstreamConfig,
+};
+
+/// Said of a changed `admin.listen`, which a reload cannot apply.
+pub const ADMIN_AT_RESTART: &str = "takes effect at the next restart or binary upgrade";
 
 /// The differences from `old` to `new`, one line each; empty when equal.
 pub fn diff(old: &Config, new: &Config) -> Vec<String> {
@@ -16,21 +23,21 @@ pub fn diff(old: &Config, new: &Config) -> Vec<String> {
     changed(&mut out, "runtime".into(), &runtime(old), &runtime(new));
     let admin = |c: &Config| {
         vec![(
-            "admin.listen",
-            c.admin
-                .as_ref()
-                .map(|a| a.listen.to_string())
-                .unwrap_or_else(|| "none".into()),
+            "listen",
+            c.admin.as_ref().map_or(UNSET.into(), |a| string(a.listen)),
         )]
     };
+    let before = out.len();
     changed(&mut out, "admin".into(), &admin(old), &admin(new));
-    let log = |c: &Config| {
-        vec![(
-            "access_log",
-            c.access_log.as_ref().map_or("off".into(), text),
-        )]
-    };
-    changed(&mut out, "access_log".into(), &log(old), &log(new));
+    if let Some(line) = out.get_mut(before) {
+        line.push_str(&format!(" ({ADMIN_AT_RESTART})"));
+    }
+    changed(
+        &mut out,
+        "access_log".into(),
+        &access_log(old),
+        &access_log(new),
+    );
     section(
         &mut out,
         "listener",
@@ -55,15 +62,17 @@ pub fn diff(old: &Config, new: &Config) -> Vec<String> {
         |u| &u.name,
         upstream,
     );
-    for u in new.upstreams.iter() {
-        if let Some(before) = old.upstreams.iter().find(|o| o.name == u.name) {
-            servers(&mut out, before, u);
-        }
+    for u in &new.upstreams {
+        let before = old.upstreams.iter().find(|o| o.name == u.name);
+        servers(&mut out, before, u);
     }
     out
 }
 
 type Fields = Vec<(&'static str, String)>;
+
+/// How a key that is not set reads.
+const UNSET: &str = "unset";
 
 fn section<T>(
     out: &mut Vec<String>,
@@ -99,9 +108,11 @@ fn changed(out: &mut Vec<String>, what: String, old: &Fields, new: &Fields) {
     }
 }
 
-fn servers(out: &mut Vec<String>, old: &UpstreamConfig, new: &UpstreamConfig) {
+/// Server lines of upstream `new`, against its previous version if any.
+fn servers(out: &mut Vec<String>, old: Option<&UpstreamConfig>, new: &UpstreamConfig) {
+    let old_servers = old.map_or(&[][..], |o| &o.servers[..]);
     for s in &new.servers {
-        match old.servers.iter().find(|o| o.addr == s.addr) {
+        match old_servers.iter().find(|o| o.addr == s.addr) {
             None => out.push(format!(
                 "+ server {} in upstream `{}` (weight {})",
                 s.addr, new.name, s.weight
@@ -115,8 +126,10 @@ fn servers(out: &mut Vec<String>, old: &UpstreamConfig, new: &UpstreamConfig) {
             Some(_) => {}
         }
     }
-    for o in old
-        .servers
+    if old.is_none() {
+        return;
+    }
+    for o in old_servers
         .iter()
         .filter(|o| !new.servers.iter().any(|s| s.addr == o.addr))
     {
@@ -124,20 +137,23 @@ fn servers(out: &mut Vec<String>, old: &UpstreamConfig, new: &UpstreamConfig) {
     }
 }
 
+/// The keys that are set, as `key value`.
 fn summary(fields: &Fields) -> String {
     fields
         .iter()
+        .filter(|(_, v)| v != UNSET)
         .map(|(k, v)| format!("{k} {v}"))
         .collect::<Vec<_>>()
         .join(", ")
 }
 
-fn text(d: &impl Debug) -> String {
-    format!("{d:?}")
+/// A TOML string.
+fn string(s: impl ToString) -> String {
+    toml::Value::String(s.to_string()).to_string()
 }
 
 fn duration(d: Duration) -> String {
-    humantime::format_duration(d).to_string()
+    string(humantime::format_duration(d))
 }
 
 fn runtime(c: &Config) -> Fields {
@@ -147,26 +163,51 @@ fn runtime(c: &Config) -> Fields {
         ("shutdown_timeout", duration(r.shutdown_timeout)),
         ("cpu_affinity", r.cpu_affinity.to_string()),
         ("heartbeat_timeout", duration(r.heartbeat_timeout)),
+        ("upgrade_timeout", duration(r.upgrade_timeout)),
     ]
 }
 
+fn access_log(c: &Config) -> Fields {
+    let Some(log) = &c.access_log else {
+        return vec![("path", UNSET.into()), ("format", UNSET.into())];
+    };
+    let path = match &log.target {
+        LogTarget::Stdout => string("stdout"),
+        LogTarget::Stderr => string("stderr"),
+        LogTarget::File(path) => string(path.display()),
+    };
+    let format = match log.format {
+        LogFormat::Json => "json",
+        LogFormat::Combined => "combined",
+    };
+    vec![("path", path), ("format", string(format))]
+}
+
 fn listener(l: &ListenerConfig) -> Fields {
+    let certificates = l.tls.as_ref().map_or(UNSET.into(), |t| {
+        let list: Vec<String> = t
+            .certificates
+            .iter()
+            .map(|c| {
+                format!(
+                    "{{ cert = {}, key = {} }}",
+                    string(c.cert.display()),
+                    string(c.key.display())
+                )
+            })
+            .collect();
+        format!("[{}]", list.join(", "))
+    });
     vec![
-        ("listen", l.addr.to_string()),
-        (
-            "tls",
-            l.tls
-                .as_ref()
-                .map_or("none".into(), |t| text(&t.certificates)),
-        ),
+        ("listen", string(l.addr)),
+        ("tls.certificates", certificates),
         ("backlog", l.backlog.to_string()),
         ("header_timeout", duration(l.header_timeout)),
         ("keepalive_timeout", duration(l.keepalive_timeout)),
         ("body_timeout", duration(l.body_timeout)),
         (
             "max_request_body",
-            l.max_request_body
-                .map_or("unlimited".into(), |b| b.to_string()),
+            l.max_request_body.map_or(UNSET.into(), |b| b.to_string()),
         ),
         ("max_header_bytes", l.max_header_bytes.to_string()),
     ]
@@ -174,29 +215,54 @@ fn listener(l: &ListenerConfig) -> Fields {
 
 fn route(r: &RouteConfig) -> Fields {
     vec![
-        (
-            "host",
-            r.host.as_ref().map_or("any".into(), ToString::to_string),
-        ),
-        ("path_prefix", r.path_prefix.clone()),
-        ("upstream", r.upstream.clone()),
+        ("host", r.host.as_ref().map_or(UNSET.into(), string)),
+        ("path_prefix", string(&r.path_prefix)),
+        ("upstream", string(&r.upstream)),
         ("strip_prefix", r.strip_prefix.to_string()),
     ]
 }
 
 fn upstream(u: &UpstreamConfig) -> Fields {
+    let (balance, hash_key) = match &u.balance {
+        Balance::RoundRobin => ("round_robin", None),
+        Balance::LeastConn => ("least_conn", None),
+        Balance::Random => ("random", None),
+        Balance::P2cEwma => ("p2c_ewma", None),
+        Balance::ConsistentHash(key) => ("consistent_hash", Some(key)),
+    };
+    let hash_key = hash_key.map_or(UNSET.into(), |key| {
+        string(match key {
+            HashKey::ClientIp => "client_ip".to_owned(),
+            HashKey::Header(name) => format!("header:{name}"),
+            HashKey::Cookie(name) => format!("cookie:{name}"),
+            HashKey::Path => "path".to_owned(),
+        })
+    });
+    let protocol = match u.protocol {
+        Protocol::Http1 => "http1",
+        Protocol::H2 => "h2",
+    };
+    let check = u.health_check.as_ref();
+    let checked = |f: &dyn Fn(&super::HealthCheckConfig) -> String| check.map_or(UNSET.into(), f);
     vec![
-        ("balance", text(&u.balance)),
-        ("protocol", text(&u.protocol)),
-        ("servers", u.servers.len().to_string()),
+        ("balance", string(balance)),
+        ("hash_key", hash_key),
+        ("protocol", string(protocol)),
         ("connect_timeout", duration(u.connect_timeout)),
         ("response_timeout", duration(u.response_timeout)),
         ("idle_timeout", duration(u.idle_timeout)),
         ("max_idle_per_server", u.max_idle_per_server.to_string()),
         ("fail_timeout", duration(u.fail_timeout)),
+        ("health_check.path", checked(&|h| string(&h.path))),
+        ("health_check.interval", checked(&|h| duration(h.interval))),
+        ("health_check.timeout", checked(&|h| duration(h.timeout))),
         (
-            "health_check",
-            u.health_check.as_ref().map_or("none".into(), text),
+            "health_check.healthy_threshold",
+            checked(&|h| h.healthy_threshold.to_string()),
+        ),
+        (
+            "health_check.unhealthy_threshold",
+            checked(&|h| h.unhealthy_threshold.to_string()),
         ),
     ]
 }
@@ -246,9 +312,9 @@ servers = [{ addr = "127.0.0.1:9001" }, { addr = "127.0.0.1:9002" }]
             lines,
             [
                 "~ runtime: workers 2 -> 4",
-                "~ listener `public`: listen 127.0.0.1:8080 -> 127.0.0.1:8081",
-                "+ listener `internal` (listen 127.0.0.1:9000, tls none, backlog 1024, header_timeout 10s, keepalive_timeout 1m, body_timeout 1m, max_request_body unlimited, max_header_bytes 65536)",
-                "+ route `v2` (host any, path_prefix /v2/, upstream api, strip_prefix false)",
+                "~ listener `public`: listen \"127.0.0.1:8080\" -> \"127.0.0.1:8081\"",
+                "+ listener `internal` (listen \"127.0.0.1:9000\", backlog 1024, header_timeout \"10s\", keepalive_timeout \"1m\", body_timeout \"1m\", max_header_bytes 65536)",
+                "+ route `v2` (path_prefix \"/v2/\", upstream \"api\", strip_prefix false)",
                 "+ server 127.0.0.1:9003 in upstream `api` (weight 2)",
                 "- server 127.0.0.1:9002 in upstream `api`",
             ]
@@ -259,5 +325,21 @@ servers = [{ addr = "127.0.0.1:9001" }, { addr = "127.0.0.1:9002" }]
             "{back:?}"
         );
         assert!(back.contains(&"- route `v2`".to_owned()), "{back:?}");
+    }
+
+    #[test]
+    fn changes_read_as_config_keys_and_values() {
+        let new = BASE.replace("[[listeners]]", "[admin]\nlisten = \"127.0.0.1:9901\"\n[access_log]\npath = \"stdout\"\nformat = \"combined\"\n[[listeners]]")
+            + "balance = \"consistent_hash\"\nhash_key = \"header:x-user\"\nprotocol = \"h2\"\n"
+            + "[upstreams.health_check]\ninterval = \"2s\"\n";
+        let lines = diff(&config(BASE), &config(&new));
+        assert_eq!(
+            lines,
+            [
+                format!("~ admin: listen unset -> \"127.0.0.1:9901\" ({ADMIN_AT_RESTART})"),
+                "~ access_log: path unset -> \"stdout\", format unset -> \"combined\"".to_owned(),
+                "~ upstream `api`: balance \"round_robin\" -> \"consistent_hash\", hash_key unset -> \"header:x-user\", protocol \"http1\" -> \"h2\", health_check.path unset -> \"/\", health_check.interval unset -> \"2s\", health_check.timeout unset -> \"2s\", health_check.healthy_threshold unset -> 2, health_check.unhealthy_threshold unset -> 3".to_owned(),
+            ]
+        );
     }
 }

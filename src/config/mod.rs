@@ -46,6 +46,8 @@ pub struct RuntimeConfig {
     /// A worker that answers no heartbeat for this long is declared hung
     /// and replaced.
     pub heartbeat_timeout: Duration,
+    /// How long a new master started by a binary upgrade has to serve.
+    pub upgrade_timeout: Duration,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -61,6 +63,7 @@ pub struct AccessLogConfig {
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum LogTarget {
+    Stdout,
     Stderr,
     /// Opened for appending; relative paths resolve against the config's folder.
     File(PathBuf),

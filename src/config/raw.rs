@@ -52,6 +52,7 @@ pub struct RawRuntime {
     pub shutdown_timeout: Option<Text>,
     pub cpu_affinity: Option<bool>,
     pub heartbeat_timeout: Option<Text>,
+    pub upgrade_timeout: Option<Text>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -21,6 +21,13 @@ pub const DEFAULT_SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(30);
 /// Short enough that a hung worker is replaced within a second (checks run
 /// every quarter of it), long enough that a busy one is never mistaken for hung.
 pub const DEFAULT_HEARTBEAT_TIMEOUT: Duration = Duration::from_millis(750);
+/// Pings go out every quarter of the timeout and are answered by the
+/// worker's event loop between requests; below this, a loop busy for a few
+/// milliseconds would be killed as hung.
+const MIN_HEARTBEAT_TIMEOUT: Duration = Duration::from_millis(100);
+/// Long enough for a new master on a busy host to spawn every worker and
+/// have each build its snapshot.
+pub const DEFAULT_UPGRADE_TIMEOUT: Duration = Duration::from_secs(60);
 pub const DEFAULT_BACKLOG: u32 = 1024;
 pub const DEFAULT_HEADER_TIMEOUT: Duration = Duration::from_secs(10);
 pub const DEFAULT_KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(60);
@@ -51,10 +58,7 @@ pub fn validate(path: &Path, raw: RawConfig, problems: &mut Vec<Problem>) -> Opt
             .map(|listen| AdminConfig { listen })
     });
     let access_log = raw.access_log.map(|a| AccessLogConfig {
-        target: match a.path.get_ref().as_str() {
-            "stderr" => LogTarget::Stderr,
-            path => LogTarget::File(v.base.join(path)),
-        },
+        target: v.log_target(&a.path),
         format: match a.format {
             None | Some(RawLogFormat::Json) => LogFormat::Json,
             Some(RawLogFormat::Combined) => LogFormat::Combined,
@@ -116,12 +120,55 @@ impl Validator<'_> {
                 .duration_allow_zero(raw.shutdown_timeout.as_ref(), "runtime.shutdown_timeout")
                 .unwrap_or(DEFAULT_SHUTDOWN_TIMEOUT),
             cpu_affinity: raw.cpu_affinity.unwrap_or(false),
-            heartbeat_timeout: self.timeout(
+            heartbeat_timeout: self.timeout_at_least(
                 raw.heartbeat_timeout.as_ref(),
                 "runtime.heartbeat_timeout",
+                MIN_HEARTBEAT_TIMEOUT,
                 DEFAULT_HEARTBEAT_TIMEOUT,
             ),
+            upgrade_timeout: self.timeout(
+                raw.upgrade_timeout.as_ref(),
+                "runtime.upgrade_timeout",
+                DEFAULT_UPGRADE_TIMEOUT,
+            ),
         }
+    }
+
+    /// `stdout`, `stderr`, or a file that can be opened for appending: its
+    /// folder exists and the file (or, for a new one, the folder) is
+    /// writable. Checked here, without creating anything, so that `check`
+    /// and a reload refuse a log that every worker would fail to open.
+    fn log_target(&mut self, raw: &Text) -> LogTarget {
+        let path = match raw.get_ref().as_str() {
+            "stdout" => return LogTarget::Stdout,
+            "stderr" => return LogTarget::Stderr,
+            path => self.base.join(path),
+        };
+        let folder = match path.parent() {
+            Some(dir) if !dir.as_os_str().is_empty() => dir,
+            _ => Path::new("."),
+        };
+        let problem = if path.is_dir() {
+            Some("is a folder".to_owned())
+        } else if !folder.is_dir() {
+            Some(format!("its folder {} does not exist", folder.display()))
+        } else {
+            let probe = if path.exists() {
+                path.as_path()
+            } else {
+                folder
+            };
+            nix::unistd::access(probe, nix::unistd::AccessFlags::W_OK)
+                .err()
+                .map(|e| format!("{} is not writable ({})", probe.display(), e.desc()))
+        };
+        if let Some(why) = problem {
+            self.problem(
+                raw.span(),
+                format!("access_log.path: cannot open {} for appending: {why}; expected \"stdout\", \"stderr\" or a writable file", path.display()),
+            );
+        }
+        LogTarget::File(path)
     }
 
     fn listeners(&mut self, raw: Vec<Spanned<RawListener>>) -> Vec<ListenerConfig> {
@@ -358,18 +405,30 @@ impl Validator<'_> {
                 .and_then(NonZeroU32::new)
                 .unwrap_or(default)
         };
+        let interval = self.timeout(
+            raw.interval.as_ref(),
+            "upstreams.health_check.interval",
+            DEFAULT_HEALTH_INTERVAL,
+        );
+        let timeout = self.timeout(
+            raw.timeout.as_ref(),
+            "upstreams.health_check.timeout",
+            DEFAULT_HEALTH_TIMEOUT.min(interval),
+        );
+        // A check still waiting when the next is due would overlap it.
+        if timeout > interval {
+            let at = raw.timeout.as_ref().or(raw.interval.as_ref());
+            let span = at.map_or(0..0, Spanned::span);
+            self.problem(span, format!(
+                "upstreams.health_check.timeout: {} is longer than the interval {}, expected a timeout no longer than the interval",
+                humantime::format_duration(timeout),
+                humantime::format_duration(interval),
+            ));
+        }
         HealthCheckConfig {
             path,
-            interval: self.timeout(
-                raw.interval.as_ref(),
-                "upstreams.health_check.interval",
-                DEFAULT_HEALTH_INTERVAL,
-            ),
-            timeout: self.timeout(
-                raw.timeout.as_ref(),
-                "upstreams.health_check.timeout",
-                DEFAULT_HEALTH_TIMEOUT,
-            ),
+            interval,
+            timeout,
             healthy_threshold: threshold(
                 self,
                 raw.healthy_threshold,
@@ -499,6 +558,33 @@ impl Validator<'_> {
             Some(d) if d.is_zero() => {
                 if let Some(raw) = raw {
                     self.problem(raw.span(), format!("{key}: must be greater than zero"));
+                }
+                default
+            }
+            Some(d) => d,
+            None => default,
+        }
+    }
+
+    /// A duration of at least `min`; `default` when absent or invalid.
+    fn timeout_at_least(
+        &mut self,
+        raw: Option<&Text>,
+        key: &str,
+        min: Duration,
+        default: Duration,
+    ) -> Duration {
+        match self.duration_allow_zero(raw, key) {
+            Some(d) if d < min => {
+                if let Some(raw) = raw {
+                    let min = humantime::format_duration(min);
+                    self.problem(
+                        raw.span(),
+                        format!(
+                            "{key}: `{}` is too short, expected at least {min}",
+                            raw.get_ref()
+                        ),
+                    );
                 }
                 default
             }

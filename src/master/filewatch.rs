@@ -6,7 +6,8 @@
 //! update, where the file is a symlink through `..data` and kubelet swaps
 //! `..data` to a new folder atomically. Events only say "something may have
 //! changed"; the master waits for a burst to settle and reloads only if the
-//! file's text differs from the running generation's.
+//! file's text differs from what it last read. Reads are not changes: the
+//! master's own read of the file must not wake it again.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -21,7 +22,8 @@ pub const SETTLE: Duration = Duration::from_millis(200);
 pub fn watch(path: &Path) -> notify::Result<(RecommendedWatcher, mpsc::UnboundedReceiver<()>)> {
     let (tx, rx) = mpsc::unbounded_channel();
     let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
-        if event.is_ok() {
+        if event.is_ok_and(|e| !e.kind.is_access()) {
+            // The receiver is gone only when the master is stopping.
             let _ = tx.send(());
         }
     })?;
@@ -50,8 +52,12 @@ fn folders(path: &Path) -> Vec<PathBuf> {
     out
 }
 
-/// Whether the file now reads differently from `running` (unreadable counts
-/// as changed, so the reload reports why).
-pub fn changed(path: &Path, running: &str) -> bool {
-    std::fs::read_to_string(path).map_or(true, |text| text != running)
+/// Whether the file now reads differently from `last` (`None`: it could not
+/// be read last time). A file that turns unreadable has changed, so the
+/// reload reports why; one that stays unreadable has not.
+pub fn changed(path: &Path, last: Option<&str>) -> bool {
+    match std::fs::read_to_string(path) {
+        Ok(text) => last != Some(text.as_str()),
+        Err(_) => last.is_some(),
+    }
 }

@@ -106,6 +106,10 @@ struct Master {
     reloads: mpsc::Receiver<ReloadRequest>,
     /// Where to say `Ready` when this master took over from another.
     predecessor: Option<ipc::Sender>,
+    /// The config text as last read, valid or not (`None`: unreadable): a
+    /// file event reloads only when the file reads differently, so a broken
+    /// file is reported once per change.
+    last_text: Option<String>,
 }
 
 impl Master {
@@ -162,7 +166,8 @@ impl Master {
         let generation = Arc::new(Generation {
             number: 1,
             path: path.to_path_buf(),
-            text,
+            text: text.clone(),
+            files: reload::files_digest(&config),
             config: Arc::new(config),
             sockets: Arc::new(listeners),
             loaded_at: SystemTime::now(),
@@ -219,6 +224,7 @@ impl Master {
             admin_stop,
             reloads,
             predecessor,
+            last_text: Some(text),
         };
         master.resize_slots(slots);
         Ok(master)
@@ -285,7 +291,7 @@ impl Master {
                 }
                 () = sleep_until(settle_at) => {
                     settle_at = None;
-                    if filewatch::changed(&self.path, &self.generation.borrow().text) {
+                    if filewatch::changed(&self.path, self.last_text.as_deref()) {
                         let _ = self.reload(Trigger::File).await;
                     }
                 }
@@ -303,8 +309,11 @@ impl Master {
                 }
                 _ = signals.usr2.recv() => {
                     tracing::info!(exe = %self.exe.display(), "SIGUSR2: starting a new master");
-                    let sockets = self.generation.borrow().sockets.clone();
-                    match upgrade::start_successor(&self.exe, &self.path, &sockets, self.admin.as_ref()).await {
+                    let (sockets, ready_timeout) = {
+                        let generation = self.generation.borrow();
+                        (generation.sockets.clone(), generation.config.runtime.upgrade_timeout)
+                    };
+                    match upgrade::start_successor(&self.exe, &self.path, &sockets, self.admin.as_ref(), ready_timeout).await {
                         Ok(pid) => {
                             tracing::info!(new_master = pid, "the new master is serving; draining and exiting");
                             return self.stop(false).await;
@@ -328,8 +337,7 @@ impl Master {
         // Let go of every listening socket: each closes as soon as its
         // worker stops accepting, so new connections are refused rather
         // than queued and then reset (unless a new master holds them).
-        // A supervisor that sees this before its stop passes it on as a
-        // reload without sockets; either way its worker stops accepting.
+        // Supervisors, already stopped, do not pass it on as a reload.
         self.generation.send_modify(|g| {
             let mut last = Generation::clone(g);
             last.sockets = Arc::new(Vec::new());

@@ -55,6 +55,9 @@ pub struct Reloaded {
     pub generation: u64,
     /// What changed, one line each (see `config::diff`).
     pub changes: Vec<String>,
+    /// Nothing had changed, so nothing was reloaded: `generation` is the
+    /// running one.
+    pub unchanged: bool,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -121,6 +124,14 @@ impl Master {
             duration_ms: u64::try_from(elapsed.as_millis()).unwrap_or(u64::MAX),
         };
         match &result {
+            // Not a reload: no new generation, nothing counted or recorded.
+            Ok(done) if done.unchanged => {
+                tracing::info!(
+                    trigger = trigger.as_str(),
+                    generation = done.generation,
+                    "config unchanged; nothing to reload"
+                );
+            }
             Ok(done) => {
                 self.metrics.reloads.with_label_values(&["success"]).inc();
                 self.metrics.reload_duration.observe(elapsed.as_secs_f64());
@@ -129,7 +140,13 @@ impl Master {
                     .set(i64::try_from(done.generation).unwrap_or(i64::MAX));
                 // `/status` first, then the log, so a log reader finds it updated.
                 self.view.record_reload(record("success", None));
-                tracing::info!(trigger = trigger.as_str(), generation = done.generation, ?elapsed, changes = ?done.changes, "config reloaded");
+                let changes: String = done.changes.iter().map(|c| format!("\n  {c}")).collect();
+                tracing::info!(
+                    trigger = trigger.as_str(),
+                    generation = done.generation,
+                    ?elapsed,
+                    "config reloaded{changes}"
+                );
             }
             Err(e) => {
                 self.metrics.reloads.with_label_values(&["failure"]).inc();
@@ -151,18 +168,27 @@ impl Master {
 
     async fn apply(&mut self) -> Result<Reloaded, ReloadError> {
         let current = self.generation.borrow().clone();
-        let text = std::fs::read_to_string(&self.path).map_err(|source| ConfigError::Read {
+        let read = std::fs::read_to_string(&self.path);
+        self.last_text = read.as_ref().ok().cloned();
+        let text = read.map_err(|source| ConfigError::Read {
             path: self.path.clone(),
             source,
         })?;
         let config = Config::from_str(&self.path, &text)?;
-        // Even an unchanged file makes a new generation: certificate files
-        // renewed on disk are read again.
-        let changes = diff::diff(&current.config, &config);
+        let files = files_digest(&config);
+        if text == current.text && files == current.files {
+            return Ok(Reloaded {
+                generation: current.number,
+                changes: Vec::new(),
+                unchanged: true,
+            });
+        }
+        let mut changes = diff::diff(&current.config, &config);
+        if files != current.files {
+            changes.push("~ certificate or key files: contents changed, read again".to_owned());
+        }
         if config.admin != current.config.admin {
-            tracing::warn!(
-                "admin.listen changed; the admin endpoint moves on the next restart or binary upgrade"
-            );
+            tracing::warn!("admin.listen changed; it {}", diff::ADMIN_AT_RESTART);
         }
         let slots = config.runtime.workers.get();
         let listeners = sockets::rebind(&current.sockets, &config, slots)?;
@@ -176,6 +202,7 @@ impl Master {
             number: current.number + 1,
             path: self.path.clone(),
             text,
+            files,
             config: Arc::new(config),
             sockets: Arc::new(listeners),
             loaded_at: SystemTime::now(),
@@ -208,6 +235,25 @@ impl Master {
         Ok(Reloaded {
             generation: next.number,
             changes,
+            unchanged: false,
         })
     }
+}
+
+/// A digest of the contents of every file `config` names; unreadable files
+/// count as empty (validation has already reported them).
+pub(super) fn files_digest(config: &Config) -> u64 {
+    let mut hasher = xxhash_rust::xxh3::Xxh3::new();
+    let files = config
+        .listeners
+        .iter()
+        .filter_map(|l| l.tls.as_ref())
+        .flat_map(|t| &t.certificates)
+        .flat_map(|c| [&c.cert, &c.key]);
+    for path in files {
+        let bytes = std::fs::read(path).unwrap_or_default();
+        hasher.update(&(bytes.len() as u64).to_le_bytes());
+        hasher.update(&bytes);
+    }
+    hasher.digest()
 }

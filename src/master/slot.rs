@@ -40,6 +40,9 @@ pub struct Generation {
     pub number: u64,
     pub path: PathBuf,
     pub text: String,
+    /// A digest of the files the config names (certificates, keys), so that
+    /// files renewed under an unchanged text still make a new generation.
+    pub files: u64,
     pub config: Arc<Config>,
     pub sockets: Arc<Vec<ListenerSockets>>,
     pub loaded_at: SystemTime,
@@ -260,6 +263,11 @@ async fn run_worker(
             }
             Ok(()) = generation.changed(), if !draining && !stop.is_cancelled() => {
                 let next = generation.borrow_and_update().clone();
+                // A stop's last generation (no sockets) is no reload; the
+                // stop branch drains the worker next.
+                if stop.is_cancelled() {
+                    continue;
+                }
                 let (listeners, fds) = sockets_to_send(&next, slot, &mut held);
                 let reload = ToWorker::Reload {
                     generation: next.number,
@@ -319,7 +327,8 @@ async fn reap(child: &mut Child, why: String) -> String {
     why
 }
 
-fn describe(status: ExitStatus) -> String {
+/// How a child process ended, for the log.
+pub(super) fn describe(status: ExitStatus) -> String {
     use std::os::unix::process::ExitStatusExt;
     match (status.code(), status.signal()) {
         (Some(code), _) => format!("exited with status {code}"),

@@ -23,8 +23,9 @@ use crate::ipc::{self, HandedSocket, IpcError, Upgrade};
 
 /// Set for the new master; its stdin is then the channel to the old one.
 pub const ENV_UPGRADE: &str = "CORRAL_UPGRADE";
-/// How long the old master waits for the new one to serve.
-const READY_TIMEOUT: Duration = Duration::from_secs(60);
+/// How long a new master whose control channel failed gets to exit, so
+/// that the log can say how it ended: a channel breaks because its peer died.
+const EXIT_GRACE: Duration = Duration::from_secs(1);
 
 #[derive(Debug, thiserror::Error)]
 pub enum UpgradeError {
@@ -34,6 +35,8 @@ pub enum UpgradeError {
     Ipc(#[from] IpcError),
     #[error("the new master {0} before it was ready")]
     Exited(String),
+    #[error("the new master closed its control channel before it was ready")]
+    Closed,
     #[error("the new master was not ready within {0:?}")]
     Timeout(Duration),
     #[error("expected the old master's sockets first")]
@@ -42,12 +45,14 @@ pub enum UpgradeError {
     Mismatch { sockets: usize, fds: usize },
 }
 
-/// Old master: starts the successor and waits until it serves. Returns its pid.
+/// Old master: starts the successor and waits up to `ready_timeout` until it
+/// serves. Returns its pid; on failure the successor is killed and reaped.
 pub async fn start_successor(
     exe: &Path,
     config: &Path,
     listeners: &[ListenerSockets],
     admin: Option<&TcpListener>,
+    ready_timeout: Duration,
 ) -> Result<u32, UpgradeError> {
     let (ours, theirs) = ipc::pair().map_err(UpgradeError::Spawn)?;
     let mut child = Command::new(exe)
@@ -83,19 +88,40 @@ pub async fn start_successor(
         Ok(()) => tokio::select! {
             message = rx.recv::<Upgrade>() => match message {
                 Ok(Some(ipc::Received { message: Upgrade::Ready { pid }, .. })) => Ok(pid),
-                Ok(_) => Err(UpgradeError::Exited("closed the channel".into())),
+                Ok(_) => Err(UpgradeError::Closed),
                 Err(e) => Err(UpgradeError::Ipc(e)),
             },
-            status = child.wait() => Err(UpgradeError::Exited(status.map_or_else(|e| e.to_string(), |s| s.to_string()))),
-            () = tokio::time::sleep(READY_TIMEOUT) => Err(UpgradeError::Timeout(READY_TIMEOUT)),
+            status = child.wait() => Err(exited(status)),
+            () = tokio::time::sleep(ready_timeout) => Err(UpgradeError::Timeout(ready_timeout)),
         },
     };
-    if outcome.is_err() {
-        // Its workers see their channel close and drain on their own.
-        let _ = child.start_kill();
-        let _ = child.wait().await;
+    let Err(error) = outcome else {
+        return outcome;
+    };
+    let error = match error {
+        UpgradeError::Ipc(_) | UpgradeError::Closed => {
+            match tokio::time::timeout(EXIT_GRACE, child.wait()).await {
+                Ok(status) => exited(status),
+                Err(_) => error,
+            }
+        }
+        other => other,
+    };
+    // Its workers see their channel close and drain on their own.
+    if let Err(e) = child.start_kill() {
+        tracing::debug!(error = %e, "the failed new master had already exited");
     }
-    outcome
+    if let Err(e) = child.wait().await {
+        tracing::warn!(error = %e, "could not reap the failed new master");
+    }
+    Err(error)
+}
+
+fn exited(status: std::io::Result<std::process::ExitStatus>) -> UpgradeError {
+    UpgradeError::Exited(status.map_or_else(
+        |e| format!("could not be waited for ({e})"),
+        super::slot::describe,
+    ))
 }
 
 /// What a new master receives from the old one.

@@ -147,9 +147,11 @@ impl Backend for View {
                 Ok(Reloaded {
                     generation,
                     changes,
+                    unchanged,
                 }) => ReloadAnswer::Done {
                     generation,
                     changes,
+                    unchanged,
                 },
                 Err(e) => ReloadAnswer::Refused {
                     status: e.status(),

@@ -1,12 +1,14 @@
 //! Connections to one server: opening them, and keeping them for reuse.
 //!
 //! HTTP/1.1 connections wait in a LIFO list (the most recently used is the
-//! least likely to have been closed by the server) and are dropped once idle
-//! longer than `idle_timeout` or beyond `max_idle_per_server`. An HTTP/2
-//! server gets one shared, multiplexed connection, replaced when it closes.
+//! least likely to have been closed by the server) and are closed once idle
+//! for `idle_timeout` (by a sweeper task that runs while the list is not
+//! empty, so an unused server holds no sockets open) or beyond
+//! `max_idle_per_server`. An HTTP/2 server gets one shared, multiplexed
+//! connection, replaced when it closes.
 
 use std::net::SocketAddr;
-use std::sync::{Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::time::Duration;
 
 use hyper::client::conn::{http1, http2};
@@ -49,12 +51,20 @@ struct Idle {
     since: Instant,
 }
 
+/// Idle HTTP/1.1 connections, oldest first.
+#[derive(Debug, Default)]
+struct IdleList {
+    conns: Vec<Idle>,
+    /// A sweeper task is running for this list.
+    swept: bool,
+}
+
 #[derive(Debug)]
 pub(super) struct Pool {
     protocol: Protocol,
     idle_timeout: Duration,
     max_idle: usize,
-    idle: Mutex<Vec<Idle>>,
+    idle: Mutex<IdleList>,
     shared: Mutex<Option<http2::SendRequest<RequestBody>>>,
 }
 
@@ -70,7 +80,7 @@ impl Pool {
             protocol: upstream.protocol,
             idle_timeout: upstream.idle_timeout,
             max_idle: upstream.max_idle_per_server,
-            idle: Mutex::new(Vec::new()),
+            idle: Mutex::new(IdleList::default()),
             shared: Mutex::new(None),
         }
     }
@@ -114,10 +124,10 @@ impl Pool {
 
     fn take_idle(&self, now: Instant) -> Option<http1::SendRequest<RequestBody>> {
         let mut idle = lock(&self.idle);
-        while let Some(entry) = idle.pop() {
+        while let Some(entry) = idle.conns.pop() {
             if now.saturating_duration_since(entry.since) >= self.idle_timeout {
                 // LIFO: everything below this one has waited even longer.
-                idle.clear();
+                idle.conns.clear();
                 return None;
             }
             if !entry.conn.is_closed() {
@@ -127,21 +137,51 @@ impl Pool {
         None
     }
 
-    fn put_idle(&self, conn: http1::SendRequest<RequestBody>) {
+    /// Pools `conn`; says whether a sweeper must be started for the list.
+    fn put_idle(&self, conn: http1::SendRequest<RequestBody>) -> bool {
         let mut idle = lock(&self.idle);
-        if idle.len() < self.max_idle {
-            idle.push(Idle {
-                conn,
-                since: Instant::now(),
-            });
+        if idle.conns.len() >= self.max_idle {
+            return false;
         }
+        idle.conns.push(Idle {
+            conn,
+            since: Instant::now(),
+        });
+        !std::mem::replace(&mut idle.swept, true)
+    }
+
+    /// Closes the connections idle for `idle_timeout` by `now` (and any the
+    /// server closed); returns when the next one expires, or `None` once
+    /// the list is empty and its sweeper should end.
+    fn expire(&self, now: Instant) -> Option<Instant> {
+        let mut idle = lock(&self.idle);
+        let timeout = self.idle_timeout;
+        idle.conns
+            .retain(|c| now.saturating_duration_since(c.since) < timeout && !c.conn.is_closed());
+        let next = idle.conns.first().map(|oldest| oldest.since + timeout);
+        idle.swept = next.is_some();
+        next
     }
 }
 
 /// Returns an HTTP/1.1 connection whose request and response both ended.
-pub(super) fn checkin(server: &Server, conn: http1::SendRequest<RequestBody>) {
-    if !conn.is_closed() {
-        server.pool.put_idle(conn);
+pub(super) fn checkin(server: &Arc<Server>, conn: http1::SendRequest<RequestBody>) {
+    if conn.is_closed() || !server.pool.put_idle(conn) {
+        return;
+    }
+    // Outside a runtime (never while serving) the list is only trimmed by
+    // `take_idle`.
+    if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+        runtime.spawn(sweep(Arc::downgrade(server)));
+    }
+}
+
+/// Closes a server's idle connections as they expire, while it has any.
+/// Holds the server only weakly, so a server removed by a reload is freed
+/// with its connections.
+async fn sweep(server: Weak<Server>) {
+    while let Some(next) = server.upgrade().and_then(|s| s.pool.expire(Instant::now())) {
+        tokio::time::sleep_until(next).await;
     }
 }
 

@@ -314,8 +314,12 @@ where
     // move is a pointer instead of kilobytes.
     let service = service_fn(move |request| Box::pin(service.call(request)));
     let streams = Streams::default();
+    // The same bound as HTTP/1.1's head, counted as RFC 9113 §6.5.2 does
+    // (names, values and 32 bytes a field); h2 answers 431 past it.
+    let max_header_list = u32::try_from(settings.max_header_bytes).unwrap_or(u32::MAX);
     let serving = hyper::server::conn::http2::Builder::new(streams.clone())
         .timer(TokioTimer::new())
+        .max_header_list_size(max_header_list)
         .serve_connection(TokioIo::new(io), service);
     tokio::pin!(serving);
     // Once GOAWAY is sent, the connection only finishes its streams: the

@@ -4,8 +4,10 @@
 //! The worker reads its `Start` message (slot, config text, listening
 //! sockets), serves on a single-threaded runtime, answers heartbeats, applies
 //! health updates, and drains when told to, when the master's end of the
-//! channel closes, or on SIGTERM/SIGINT (also sent by the kernel if the master
-//! dies, as a backstop).
+//! channel closes, or on SIGTERM (also sent by the kernel if the master dies,
+//! as a backstop). SIGINT is ignored: a terminal's Ctrl-C reaches the whole
+//! process group, and the master, which gets it too, stops the workers in
+//! order.
 
 use std::net::SocketAddr;
 use std::os::fd::{AsFd, OwnedFd};
@@ -169,7 +171,7 @@ async fn serve(control: OwnedFd) -> Result<(), WorkerError> {
                 }
             }
             _ = term.recv() => shutdown.cancel(),
-            _ = int.recv() => shutdown.cancel(),
+            _ = int.recv() => tracing::debug!("SIGINT ignored; the master stops its workers"),
         }
     }
     let drain_timeout = shared.load().config.runtime.shutdown_timeout;
