@@ -98,12 +98,14 @@ impl AccessLog {
             log: self.clone(),
             at: SystemTime::now(),
             client,
-            method: request.method().clone(),
-            uri: request
-                .uri()
-                .path_and_query()
-                .map_or_else(|| request.uri().to_string(), |p| p.as_str().to_owned()),
-            version: request.version(),
+            line: Some(RequestLine {
+                method: request.method().clone(),
+                uri: request
+                    .uri()
+                    .path_and_query()
+                    .map_or_else(|| request.uri().to_string(), |p| p.as_str().to_owned()),
+                version: request.version(),
+            }),
             host: request
                 .uri()
                 .host()
@@ -113,6 +115,28 @@ impl AccessLog {
             user_agent: text(header::USER_AGENT),
         }
     }
+
+    /// Logs a request refused before it could be parsed (so with no
+    /// request line), which took `elapsed` from its first byte.
+    pub fn unparsed(self: &Arc<Self>, client: IpAddr, status: u16, bytes: u64, elapsed: Duration) {
+        let entry = Entry {
+            log: self.clone(),
+            at: SystemTime::now() - elapsed,
+            client,
+            line: None,
+            host: None,
+            referer: None,
+            user_agent: None,
+        };
+        entry.write(Outcome {
+            status,
+            bytes,
+            elapsed,
+            route: crate::metrics::NONE,
+            upstream: crate::metrics::NONE,
+            server: None,
+        });
+    }
 }
 
 /// One request's line, filled in as the request goes.
@@ -121,12 +145,18 @@ pub struct Entry {
     log: Arc<AccessLog>,
     at: SystemTime,
     client: IpAddr,
-    method: Method,
-    uri: String,
-    version: Version,
+    /// `None` for a request refused before it could be parsed.
+    line: Option<RequestLine>,
     host: Option<String>,
     referer: Option<String>,
     user_agent: Option<String>,
+}
+
+#[derive(Debug)]
+struct RequestLine {
+    method: Method,
+    uri: String,
+    version: Version,
 }
 
 /// How a request ended, for its log line.
@@ -155,9 +185,9 @@ impl Entry {
             LogFormat::Json => json!({
                 "time": humantime::format_rfc3339_millis(self.at).to_string(),
                 "client": self.client.to_canonical().to_string(),
-                "method": self.method.as_str(),
-                "uri": self.uri,
-                "version": format!("{:?}", self.version),
+                "method": self.line.as_ref().map(|l| l.method.as_str()),
+                "uri": self.line.as_ref().map(|l| &l.uri),
+                "version": self.line.as_ref().map(|l| format!("{:?}", l.version)),
                 "host": self.host,
                 "status": status,
                 "bytes": bytes,
@@ -170,12 +200,13 @@ impl Entry {
             })
             .to_string(),
             LogFormat::Combined => format!(
-                "{} - - [{}] \"{} {} {:?}\" {status} {bytes} \"{}\" \"{}\" {:.3} {route} {upstream} {}",
+                "{} - - [{}] \"{}\" {status} {bytes} \"{}\" \"{}\" {:.3} {route} {upstream} {}",
                 self.client.to_canonical(),
                 clf_time(self.at),
-                self.method,
-                self.uri,
-                self.version,
+                self.line.as_ref().map_or_else(
+                    || "-".to_owned(),
+                    |l| format!("{} {} {:?}", l.method, l.uri, l.version)
+                ),
                 quoted(self.referer.as_deref()),
                 quoted(self.user_agent.as_deref()),
                 elapsed.as_secs_f64(),

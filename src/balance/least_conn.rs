@@ -77,6 +77,14 @@ mod tests {
     use crate::balance::testing::Fixed;
     use proptest::prelude::*;
 
+    /// Whether server `i` carries no more in-flight requests per unit of
+    /// weight than server `j`: the fractions compared by cross-multiplying,
+    /// independently of the policy's own comparison.
+    fn no_busier(s: &Fixed, i: usize, j: usize) -> bool {
+        u64::from(s.in_flight[i]) * u64::from(s.weights[j])
+            <= u64::from(s.in_flight[j]) * u64::from(s.weights[i])
+    }
+
     proptest! {
         /// The pick is available and no available server has a lower load.
         #[test]
@@ -93,7 +101,7 @@ mod tests {
                 Some(i) => {
                     prop_assert!(s.up[i]);
                     for j in (0..s.weights.len()).filter(|&j| s.up[j]) {
-                        prop_assert!(load(&s, i) <= load(&s, j));
+                        prop_assert!(no_busier(&s, i, j), "picked {} over {}: {:?}", i, j, s);
                     }
                 }
             }
@@ -111,11 +119,30 @@ mod tests {
         assert!(counts.iter().all(|&c| c > 800), "{counts:?}");
     }
 
+    /// Ties are broken among the least loaded only, evenly: 1/2, 1/2 here,
+    /// whatever the position of the tied servers.
+    #[test]
+    fn ties_spread_evenly_over_the_least_loaded_only() {
+        let mut s = Fixed::new(vec![1, 2, 1, 1, 3]);
+        // Loads 1, 1/2, 0, 2, 0.
+        s.in_flight = vec![1, 1, 0, 2, 0];
+        let mut rng = fastrand::Rng::with_seed(11);
+        let mut counts = [0; 5];
+        for _ in 0..10_000 {
+            counts[pick(&s, &mut rng).unwrap()] += 1;
+        }
+        assert_eq!(counts[0] + counts[1] + counts[3], 0, "{counts:?}");
+        assert!((4_500..=5_500).contains(&counts[2]), "{counts:?}");
+    }
+
     #[test]
     fn weight_scales_the_load() {
         let mut s = Fixed::new(vec![3, 1]);
         s.in_flight = vec![2, 1];
         // 2/3 < 1/1
         assert_eq!(pick(&s, &mut fastrand::Rng::with_seed(1)), Some(0));
+        // 4/3 > 1/1
+        s.in_flight = vec![4, 1];
+        assert_eq!(pick(&s, &mut fastrand::Rng::with_seed(1)), Some(1));
     }
 }

@@ -92,6 +92,12 @@ mod tests {
     use crate::balance::testing::Fixed;
     use proptest::prelude::*;
 
+    /// The README's cost, computed here rather than by the policy:
+    /// `latency EWMA × (in-flight + 1) / weight`, for a measured server.
+    fn readme_cost(s: &Fixed, i: usize) -> f64 {
+        s.latency[i] * f64::from(s.in_flight[i] + 1) / f64::from(s.weights[i])
+    }
+
     #[test]
     fn prefers_the_faster_server() {
         let mut s = Fixed::new(vec![1, 1]);
@@ -109,24 +115,72 @@ mod tests {
     }
 
     #[test]
+    fn weight_divides_the_cost() {
+        let mut s = Fixed::new(vec![1, 4]);
+        // 2 ms against 6 ms / 4 = 1.5 ms.
+        s.latency = vec![0.002, 0.006];
+        let mut rng = fastrand::Rng::with_seed(5);
+        assert!((0..100).all(|_| pick(&s, &mut rng) == Some(1)));
+    }
+
+    /// A server not yet measured is tried before a slow one, but does not
+    /// take the traffic of a fast one while requests pile up on it.
+    #[test]
+    fn an_unmeasured_server_is_tried_but_not_flooded() {
+        let mut s = Fixed::new(vec![1, 1]);
+        s.latency = vec![0.0, 0.050];
+        let mut rng = fastrand::Rng::with_seed(9);
+        assert!((0..100).all(|_| pick(&s, &mut rng) == Some(0)));
+        s.latency = vec![0.0, 0.002];
+        s.in_flight = vec![5, 0];
+        assert!((0..100).all(|_| pick(&s, &mut rng) == Some(1)));
+    }
+
+    /// Two distinct servers drawn at random, the cheaper wins: of four with
+    /// distinct costs, the k-th cheapest wins when drawn with a costlier
+    /// one: 3/6, 2/6, 1/6 and none of the picks.
+    #[test]
+    fn two_random_choices_give_each_rank_its_share() {
+        let mut s = Fixed::new(vec![1; 4]);
+        // Ranks: server 2 cheapest, then 0, 3, 1.
+        s.latency = vec![0.002, 0.008, 0.001, 0.004];
+        let mut rng = fastrand::Rng::with_seed(17);
+        let n = 60_000;
+        let mut counts = [0usize; 4];
+        for _ in 0..n {
+            counts[pick(&s, &mut rng).unwrap()] += 1;
+        }
+        let share = |i: usize| counts[i] as f64 / n as f64;
+        for (i, expected) in [(2, 3.0 / 6.0), (0, 2.0 / 6.0), (3, 1.0 / 6.0), (1, 0.0)] {
+            assert!((share(i) - expected).abs() < 0.01, "server {i}: {counts:?}");
+        }
+    }
+
+    #[test]
     fn peak_ewma_jumps_up_and_decays_down() {
         let t0 = Instant::now();
         let mut e = PeakEwma::new();
         e.observe(Duration::from_millis(10), t0);
         assert_eq!(e.value(), 0.010);
+        // A slow sample is taken at once.
         e.observe(Duration::from_millis(100), t0 + Duration::from_millis(1));
         assert_eq!(e.value(), 0.100);
-        e.observe(Duration::from_millis(10), t0 + Duration::from_secs(10));
-        let v = e.value();
-        assert!(v < 0.100 && v > 0.010, "{v}");
+        // A fast one 10 s later (the decay's time constant) has closed the
+        // gap by a factor e.
+        e.observe(
+            Duration::from_millis(10),
+            t0 + Duration::from_millis(10_001),
+        );
+        let expected = 0.010 + (0.100 - 0.010) / std::f64::consts::E;
+        assert!((e.value() - expected).abs() < 1e-9, "{}", e.value());
     }
 
     proptest! {
-        /// The pick is available, and it is never the costlier of all
-        /// available servers unless all cost the same.
+        /// The pick is available, it is never the costliest of the available
+        /// servers unless others cost as much, and of two it is the cheaper.
         #[test]
         fn picks_available_and_never_the_unique_worst(
-            spec in proptest::collection::vec((1u32..4, 0u32..10, 0u32..50, any::<bool>()), 1..8),
+            spec in proptest::collection::vec((1u32..4, 0u32..10, 1u32..50, any::<bool>()), 1..8),
             seed in any::<u64>(),
         ) {
             let mut s = Fixed::new(spec.iter().map(|x| x.0).collect());
@@ -139,10 +193,15 @@ mod tests {
                 None => prop_assert!(up.is_empty()),
                 Some(i) => {
                     prop_assert!(s.up[i]);
+                    let mine = readme_cost(&s, i);
                     if up.len() >= 2 {
-                        let worst = up.iter().map(|&j| cost(&s, j)).fold(f64::MIN, f64::max);
-                        let worst_count = up.iter().filter(|&&j| cost(&s, j) == worst).count();
-                        prop_assert!(cost(&s, i) < worst || worst_count > 1);
+                        let worst = up.iter().map(|&j| readme_cost(&s, j)).fold(f64::MIN, f64::max);
+                        let worst_count = up.iter().filter(|&&j| readme_cost(&s, j) == worst).count();
+                        prop_assert!(mine < worst || worst_count > 1);
+                    }
+                    if up.len() == 2 {
+                        let other = if up[0] == i { up[1] } else { up[0] };
+                        prop_assert!(mine <= readme_cost(&s, other));
                     }
                 }
             }

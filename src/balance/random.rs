@@ -55,4 +55,16 @@ mod tests {
         let share = first as f64 / n as f64;
         assert!((share - 0.75).abs() < 0.02, "{share}");
     }
+
+    /// A down server's share goes to the others in proportion to their weights.
+    #[test]
+    fn a_down_server_s_share_is_split_by_weight() {
+        let mut s = Fixed::new(vec![3, 5, 2]);
+        s.up[1] = false;
+        let mut rng = fastrand::Rng::with_seed(8);
+        let n = 40_000;
+        let first = (0..n).filter(|_| pick(&s, &mut rng) == Some(0)).count();
+        let share = first as f64 / n as f64;
+        assert!((share - 0.6).abs() < 0.02, "{share}");
+    }
 }

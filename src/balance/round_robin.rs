@@ -74,12 +74,43 @@ mod tests {
     use crate::balance::testing::Fixed;
     use proptest::prelude::*;
 
+    /// nginx's smooth weighted round robin (`ngx_http_upstream_get_peer`),
+    /// written here from its description as the oracle: every up peer's
+    /// current weight grows by its weight, the highest (the first of equals)
+    /// wins and gives back the total. Down peers take no part and keep
+    /// their current weight.
+    fn nginx_pick(weights: &[u32], up: &[bool], current: &mut [i64]) -> Option<usize> {
+        let mut total = 0;
+        let mut best: Option<usize> = None;
+        for peer in 0..weights.len() {
+            if !up[peer] {
+                continue;
+            }
+            current[peer] += i64::from(weights[peer]);
+            total += i64::from(weights[peer]);
+            match best {
+                Some(b) if current[peer] <= current[b] => {}
+                _ => best = Some(peer),
+            }
+        }
+        let best = best?;
+        current[best] -= total;
+        Some(best)
+    }
+
     #[test]
     fn nginx_example_sequence() {
         let s = Fixed::new(vec![5, 1, 1]);
         let rr = SmoothRoundRobin::new(&s.weights);
         let picks: Vec<_> = (0..7).map(|_| rr.pick(&s).unwrap()).collect();
+        // The README's (and nginx's) a a b a c a a.
         assert_eq!(picks, [0, 0, 1, 0, 2, 0, 0]);
+        // The oracle agrees with the known sequence, so it is worth comparing with.
+        let mut current = [0; 3];
+        let oracle: Vec<_> = (0..7)
+            .map(|_| nginx_pick(&[5, 1, 1], &[true; 3], &mut current).unwrap())
+            .collect();
+        assert_eq!(oracle, picks);
     }
 
     #[test]
@@ -95,18 +126,52 @@ mod tests {
     }
 
     proptest! {
-        /// Over k full cycles every server is picked exactly weight * k times.
+        /// With every server up, the picks are nginx's, equal weights (which
+        /// take a lock-free path) included.
         #[test]
-        fn picks_are_proportional_to_weights(weights in proptest::collection::vec(1u32..8, 1..8), k in 1usize..4) {
+        fn picks_are_nginx_s_sequence(weights in proptest::collection::vec(1u32..8, 1..8)) {
             let s = Fixed::new(weights.clone());
             let rr = SmoothRoundRobin::new(&weights);
+            let mut current = vec![0; weights.len()];
             let total: u32 = weights.iter().sum();
-            let mut counts = vec![0usize; weights.len()];
-            for _ in 0..(total as usize * k) {
-                counts[rr.pick(&s).unwrap()] += 1;
+            for _ in 0..3 * total {
+                prop_assert_eq!(rr.pick(&s), nginx_pick(&weights, &s.up, &mut current));
             }
-            for (c, w) in counts.iter().zip(&weights) {
-                prop_assert_eq!(*c, *w as usize * k);
+        }
+
+        /// Unequal weights follow nginx also while servers go down and come
+        /// back between picks.
+        #[test]
+        fn unequal_weights_follow_nginx_as_servers_come_and_go(
+            weights in proptest::collection::vec(1u32..8, 2..8),
+            ups in proptest::collection::vec(proptest::collection::vec(any::<bool>(), 8), 1..60),
+        ) {
+            prop_assume!(weights.windows(2).any(|w| w[0] != w[1]));
+            let mut s = Fixed::new(weights.clone());
+            let rr = SmoothRoundRobin::new(&weights);
+            let mut current = vec![0; weights.len()];
+            for up in ups {
+                s.up = up[..weights.len()].to_vec();
+                prop_assert_eq!(rr.pick(&s), nginx_pick(&weights, &s.up, &mut current));
+            }
+        }
+
+        /// The README's promise: every window of sum(weights) consecutive
+        /// picks, wherever it starts, holds each server exactly weight times.
+        #[test]
+        fn every_window_of_sum_weights_picks_matches_the_weights(
+            weights in proptest::collection::vec(1u32..8, 1..8),
+        ) {
+            let s = Fixed::new(weights.clone());
+            let rr = SmoothRoundRobin::new(&weights);
+            let total = weights.iter().sum::<u32>() as usize;
+            let picks: Vec<usize> = (0..3 * total).map(|_| rr.pick(&s).unwrap()).collect();
+            for window in picks.windows(total) {
+                let mut counts = vec![0u32; weights.len()];
+                for &i in window {
+                    counts[i] += 1;
+                }
+                prop_assert_eq!(&counts, &weights);
             }
         }
 

@@ -16,7 +16,7 @@
 use std::io;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU16, AtomicU32, AtomicU64, Ordering};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -30,6 +30,11 @@ const NONE: u64 = u64::MAX;
 pub struct Activity {
     epoch: Instant,
     in_flight: AtomicU32,
+    /// Requests begun over the connection's life.
+    requests: AtomicU64,
+    /// The status hyper refused an unparsable request with, or 0 (see
+    /// `parse_error`).
+    refused: AtomicU16,
     /// When the connection last became idle (ms since `epoch`).
     idle_since: AtomicU64,
     /// When the first byte of a new request head arrived (ms since `epoch`),
@@ -61,6 +66,8 @@ impl Activity {
         Arc::new(Self {
             epoch: Instant::now(),
             in_flight: AtomicU32::new(0),
+            requests: AtomicU64::new(0),
+            refused: AtomicU16::new(0),
             idle_since: AtomicU64::new(0),
             // The connection is open: its first request head is due.
             head_since: AtomicU64::new(0),
@@ -92,8 +99,30 @@ impl Activity {
             self.multiplexed.store(true, Ordering::Relaxed);
         }
         self.in_flight.fetch_add(1, Ordering::Relaxed);
+        self.requests.fetch_add(1, Ordering::Relaxed);
         self.head_since.store(NONE, Ordering::Relaxed);
         RequestGuard(self.clone())
+    }
+
+    /// Requests begun over the connection's life.
+    pub fn requests(&self) -> u64 {
+        self.requests.load(Ordering::Relaxed)
+    }
+
+    /// Notes that hyper refused a request it could not parse.
+    pub fn refused(&self, status: http::StatusCode) {
+        self.refused.store(status.as_u16(), Ordering::Relaxed);
+    }
+
+    /// The status a request was refused with, if one was (and clears it).
+    pub fn take_refused(&self) -> Option<http::StatusCode> {
+        http::StatusCode::from_u16(self.refused.swap(0, Ordering::Relaxed)).ok()
+    }
+
+    /// How long the request head now arriving has taken so far.
+    pub fn head_elapsed(&self) -> Option<Duration> {
+        let head = self.head_since.load(Ordering::Relaxed);
+        (head != NONE).then(|| Duration::from_millis(self.now_ms().saturating_sub(head)))
     }
 
     /// How long the connection has been idle between requests (`None`

@@ -33,6 +33,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use super::activity::{Activity, Expired, Prefixed, RequestGuard, WaitReadable, Watched};
+use super::parse_error::{self, ParseErrors};
 use super::turn::NextTurn;
 use crate::body::ResponseBody;
 use crate::proxy::{self, Client};
@@ -220,8 +221,9 @@ where
                 None => return,
             }
         }
+        let answering = ParseErrors::new(io, conn.activity.clone());
         let serving = builder
-            .serve_connection(TokioIo::new(io), service.clone())
+            .serve_connection(TokioIo::new(answering), service.clone())
             .without_shutdown();
         tokio::pin!(serving);
         let mut parking = false;
@@ -248,7 +250,13 @@ where
                 () = conn.shutdown.cancelled(), if !conn.activity.is_draining() => conn.activity.drain(),
                 ended = serving.as_mut() => match ended {
                     Ok(parts) => break parts,
-                    Err(e) => return tracing::debug!(client = %conn.peer, error = %e, "connection ended with an error"),
+                    Err(e) => {
+                        if let Some(status) = conn.activity.take_refused() {
+                            let elapsed = conn.activity.head_elapsed().unwrap_or_default();
+                            parse_error::record(&conn.runtime.load(), conn.peer.ip(), status, elapsed);
+                        }
+                        return tracing::debug!(client = %conn.peer, error = %e, "connection ended with an error");
+                    }
                 },
                 () = timer.as_mut(), if !parking => match conn.activity.expired(header, idle) {
                     Some(Expired::Header) => {
@@ -265,7 +273,7 @@ where
             }
         };
         parked = conn.activity.take_park();
-        let mut rest = parts.io.into_inner();
+        let mut rest = parts.io.into_inner().into_inner();
         rest.unread(parts.read_buf);
         if let Some(tunnel) = conn.client.take_tunnel() {
             return tunnel.spawn(rest);

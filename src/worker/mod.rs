@@ -10,6 +10,7 @@
 
 mod activity;
 mod conn;
+mod parse_error;
 pub mod process;
 mod turn;
 

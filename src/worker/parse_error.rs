@@ -1,0 +1,245 @@
+//! What an HTTP/1.1 client gets when hyper cannot parse its request.
+//!
+//! hyper answers a request it cannot parse (400 for a malformed request
+//! line or header, 414 for a long target, 431 for a head over
+//! `max_header_bytes`) on its own: an empty body, and the request never
+//! reaches corral's service, so it would be neither logged nor counted.
+//! [`ParseErrors`] sits between hyper and the socket and puts corral's own
+//! short plain-text answer in place of hyper's, noting its status in the
+//! connection's [`Activity`]; the connection then records the refusal like
+//! any other answer ([`record`]).
+//!
+//! hyper's automatic answer is recognised as a response head written when
+//! every request hyper handed to the service already has its response head:
+//! hyper writes the head of a response only once the previous response was
+//! flushed whole, so every head starts a write, and counting the final
+//! (non-1xx) heads against the requests begun tells the two apart. Once it
+//! is seen, everything else hyper writes on the connection (nothing, as
+//! hyper then closes it) is dropped.
+
+use std::io;
+use std::net::IpAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll, ready};
+use std::time::Duration;
+
+use http::StatusCode;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+
+use super::activity::Activity;
+use crate::runtime::Runtime;
+
+/// The socket layer under hyper's HTTP/1.1 server that swaps its automatic
+/// error answers for corral's.
+#[derive(Debug)]
+pub struct ParseErrors<S> {
+    inner: S,
+    activity: Arc<Activity>,
+    /// The connection's request count when this hyper connection started.
+    base: u64,
+    /// Final response heads written since.
+    heads: u64,
+    answer: Option<Refusal>,
+}
+
+/// corral's answer in place of hyper's, and how much of it is written.
+#[derive(Debug)]
+struct Refusal {
+    bytes: Vec<u8>,
+    written: usize,
+}
+
+impl<S> ParseErrors<S> {
+    pub fn new(inner: S, activity: Arc<Activity>) -> Self {
+        Self {
+            inner,
+            base: activity.requests(),
+            activity,
+            heads: 0,
+            answer: None,
+        }
+    }
+
+    pub fn into_inner(self) -> S {
+        self.inner
+    }
+}
+
+impl<S: AsyncWrite + Unpin> ParseErrors<S> {
+    /// Writes what is left of corral's answer.
+    fn poll_answer(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let Some(answer) = &mut self.answer else {
+            return Poll::Ready(Ok(()));
+        };
+        while answer.written < answer.bytes.len() {
+            let rest = &answer.bytes[answer.written..];
+            let n = ready!(Pin::new(&mut self.inner).poll_write(cx, rest))?;
+            if n == 0 {
+                return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
+            }
+            answer.written += n;
+        }
+        Poll::Ready(Ok(()))
+    }
+}
+
+impl<S: AsyncRead + Unpin> AsyncRead for ParseErrors<S> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_read(cx, buf)
+    }
+}
+
+impl<S: AsyncWrite + Unpin> AsyncWrite for ParseErrors<S> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        let status = if self.answer.is_none() {
+            response_status(buf)
+        } else {
+            None
+        };
+        match status {
+            Some(status) if status.is_informational() => {}
+            Some(status) if self.heads == self.activity.requests() - self.base => {
+                // No request is waiting for this head: hyper's own answer.
+                if matches!(status.as_u16(), 400 | 414 | 431) {
+                    self.activity.refused(status);
+                    self.answer = Some(Refusal {
+                        bytes: page(status),
+                        written: 0,
+                    });
+                }
+            }
+            Some(_) => self.heads += 1,
+            None => {}
+        }
+        if self.answer.is_some() {
+            ready!(self.poll_answer(cx))?;
+            // hyper's own bytes are taken and dropped.
+            return Poll::Ready(Ok(buf.len()));
+        }
+        Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        ready!(self.poll_answer(cx))?;
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        ready!(self.poll_answer(cx))?;
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+/// The status of a response head at the start of `buf`, if one starts there.
+fn response_status(buf: &[u8]) -> Option<StatusCode> {
+    let rest = buf
+        .strip_prefix(b"HTTP/1.1 ")
+        .or_else(|| buf.strip_prefix(b"HTTP/1.0 "))?;
+    StatusCode::from_bytes(rest.get(..3)?).ok()
+}
+
+/// corral's answer for `status`: short plain text, and the connection closes.
+fn page(status: StatusCode) -> Vec<u8> {
+    let text = match status.as_u16() {
+        414 => "request target too long\n",
+        431 => "request header fields too large\n",
+        _ => "malformed request\n",
+    };
+    format!(
+        "HTTP/1.1 {status}\r\ncontent-type: text/plain; charset=utf-8\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{text}",
+        text.len()
+    )
+    .into_bytes()
+}
+
+/// Counts and logs a request hyper refused, like every other answer: under
+/// `route="(none)"`, with the head's arrival as its start.
+pub fn record(rt: &Runtime, client: IpAddr, status: StatusCode, elapsed: Duration) {
+    let bytes = page_body_len(status);
+    rt.unrouted.record(status.as_u16(), elapsed, bytes);
+    if let Some(log) = &rt.access_log {
+        log.unparsed(client, status.as_u16(), bytes, elapsed);
+    }
+}
+
+fn page_body_len(status: StatusCode) -> u64 {
+    let page = page(status);
+    let head = page
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .map_or(0, |at| at + 4);
+    (page.len() - head) as u64
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn response_heads_are_recognised() {
+        assert_eq!(
+            response_status(b"HTTP/1.1 431 Request Header Fields Too Large\r\n"),
+            Some(StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE)
+        );
+        assert_eq!(
+            response_status(b"HTTP/1.0 400 Bad Request\r\ncontent-length: 0\r\n\r\n"),
+            Some(StatusCode::BAD_REQUEST)
+        );
+        assert_eq!(response_status(b"0\r\n\r\n"), None);
+        assert_eq!(response_status(b"HTTP/1.1 4"), None);
+    }
+
+    /// Writes `heads` through the layer after `requests` requests began,
+    /// and returns what reached the socket.
+    fn written(activity: &Arc<Activity>, requests: usize, heads: &[&[u8]]) -> Vec<u8> {
+        let mut layer = ParseErrors::new(Vec::new(), activity.clone());
+        let guards: Vec<_> = (0..requests).map(|_| activity.begin(false)).collect();
+        drop(guards);
+        let waker = std::task::Waker::noop();
+        let mut cx = Context::from_waker(waker);
+        for head in heads {
+            let n = Pin::new(&mut layer).poll_write(&mut cx, head);
+            assert!(matches!(n, Poll::Ready(Ok(n)) if n == head.len()));
+        }
+        layer.into_inner()
+    }
+
+    #[test]
+    fn an_upstreams_400_to_a_real_request_passes_through() {
+        let upstream = b"HTTP/1.1 400 Bad Request\r\ncontent-length: 0\r\n\r\n";
+        let activity = Activity::new();
+        assert_eq!(written(&activity, 1, &[upstream]), upstream);
+        assert_eq!(activity.take_refused(), None);
+    }
+
+    #[test]
+    fn hypers_400_after_the_answered_requests_is_replaced() {
+        let ok = b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n";
+        let continue_ = b"HTTP/1.1 100 Continue\r\n\r\n";
+        let automatic = b"HTTP/1.1 400 Bad Request\r\ncontent-length: 0\r\n\r\n";
+        let activity = Activity::new();
+        let out = written(&activity, 1, &[continue_, ok, automatic]);
+        let mut expected = [&continue_[..], &ok[..]].concat();
+        expected.extend(page(StatusCode::BAD_REQUEST));
+        assert_eq!(out, expected);
+        assert_eq!(activity.take_refused(), Some(StatusCode::BAD_REQUEST));
+    }
+
+    #[test]
+    fn the_page_is_short_plain_text_and_closes() {
+        let page = String::from_utf8(page(StatusCode::BAD_REQUEST)).unwrap();
+        assert!(page.starts_with("HTTP/1.1 400 Bad Request\r\n"), "{page}");
+        assert!(page.contains("\r\nconnection: close\r\n"), "{page}");
+        assert!(page.ends_with("\r\n\r\nmalformed request\n"), "{page}");
+        assert_eq!(page_body_len(StatusCode::BAD_REQUEST), 18);
+    }
+}
