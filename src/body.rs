@@ -203,6 +203,10 @@ pub struct ResponseBody {
     inner: Inner,
     /// Body bytes handed to the client so far.
     sent: u64,
+    /// The upstream's body said it had ended. hyper knows the end of a body
+    /// of known length in advance (`is_end_stream`), but the end of a
+    /// chunked or close-delimited one only once it was read.
+    ended: bool,
     /// Released when the body is dropped.
     lease: Option<Lease>,
     completion: Option<Completion>,
@@ -220,6 +224,7 @@ impl ResponseBody {
         Self {
             inner: Inner::Upstream(inner),
             sent: 0,
+            ended: false,
             lease: Some(lease),
             completion: None,
         }
@@ -231,6 +236,7 @@ impl ResponseBody {
         Self {
             inner: Inner::Local((!bytes.is_empty()).then_some(bytes)),
             sent: 0,
+            ended: false,
             lease: None,
             completion: None,
         }
@@ -255,7 +261,8 @@ impl Drop for ResponseBody {
             let server = lease.server().clone();
             // Read to the end: the connection is clean and can serve again.
             // Dropped early (client gone, upstream error): it cannot.
-            let clean = matches!(&self.inner, Inner::Upstream(b) if b.is_end_stream());
+            let clean =
+                self.ended || matches!(&self.inner, Inner::Upstream(b) if b.is_end_stream());
             lease.release(clean);
             server
         });
@@ -278,8 +285,12 @@ impl Body for ResponseBody {
             Inner::Local(bytes) => Poll::Ready(bytes.take().map(|b| Ok(Frame::data(b)))),
             Inner::Upstream(body) => Pin::new(body).poll_frame(cx),
         };
-        if let Poll::Ready(Some(Ok(frame))) = &polled {
-            this.sent += frame.data_ref().map_or(0, |d| d.len() as u64);
+        match &polled {
+            Poll::Ready(Some(Ok(frame))) => {
+                this.sent += frame.data_ref().map_or(0, |d| d.len() as u64);
+            }
+            Poll::Ready(None) => this.ended = true,
+            _ => {}
         }
         polled
     }

@@ -1,14 +1,18 @@
-//! TLS listeners: certificates chosen by SNI, ALPN picking HTTP/2 or HTTP/1.1.
+//! TLS listeners: certificates chosen by SNI (the first one for clients
+//! without SNI), ALPN picking HTTP/2 or HTTP/1.1, and the header timeout
+//! bounding the handshake.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
 use common::*;
 use http::Request;
 use hyper_util::rt::{TokioExecutor, TokioIo};
+use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, ServerName};
 
 struct Certs {
@@ -53,10 +57,12 @@ async fn connect(
     let stream = tokio::net::TcpStream::connect(addr).await.unwrap();
     let name = ServerName::try_from(sni.to_owned()).unwrap();
     // The handshake verifies the served certificate against `sni`.
-    tokio_rustls::TlsConnector::from(Arc::new(config))
-        .connect(name, stream)
-        .await
-        .unwrap()
+    patiently(
+        "a TLS handshake",
+        tokio_rustls::TlsConnector::from(Arc::new(config)).connect(name, stream),
+    )
+    .await
+    .unwrap()
 }
 
 #[tokio::test]
@@ -107,4 +113,182 @@ async fn sni_picks_the_certificate_and_alpn_the_protocol() {
         reply.json()["headers"]["x-forwarded-host"],
         "shop.example.org"
     );
+}
+
+/// Reads until the peer closes; returns what arrived.
+async fn read_to_close(stream: &mut tokio::net::TcpStream) -> Vec<u8> {
+    use tokio::io::AsyncReadExt;
+    let mut out = Vec::new();
+    let _ = stream.read_to_end(&mut out).await;
+    out
+}
+
+/// The first bytes a real client sends: its whole ClientHello.
+fn client_hello(roots: &rustls::RootCertStore) -> Vec<u8> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots.clone())
+        .with_no_client_auth();
+    let name = ServerName::try_from("a.example.com").unwrap();
+    let mut client = rustls::ClientConnection::new(Arc::new(config), name).unwrap();
+    let mut hello = Vec::new();
+    while client.wants_write() {
+        client.write_tls(&mut hello).unwrap();
+    }
+    hello
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_tls_handshake_that_never_finishes_is_cut_at_the_header_timeout() {
+    use tokio::io::AsyncWriteExt;
+    use tokio::time::Instant;
+    let app = echo("app").await;
+    let certs = make_certs();
+    let d = certs.dir.path().display();
+    let proxy = in_process(&listener_config(
+        app.addr,
+        &format!(
+            "header_timeout = \"3s\"\nkeepalive_timeout = \"60s\"\n[listeners.tls]\ncertificates = [{{ cert = \"{d}/a.pem\", key = \"{d}/a.key\" }}]"
+        ),
+    ))
+    .await;
+    let hello = client_hello(&certs.roots);
+    assert!(hello.len() > 100, "{} bytes", hello.len());
+
+    // One connection at a time: the clock jumps to the next timer whenever
+    // everything waits, so a second connection that corral had not yet
+    // accepted would start its timer late.
+    for (what, first_bytes) in [
+        ("silent", &[][..]),
+        ("half a ClientHello", &hello[..hello.len() / 2]),
+    ] {
+        let started = Instant::now();
+        let mut stream = tokio::net::TcpStream::connect(proxy.addr).await.unwrap();
+        stream.write_all(first_bytes).await.unwrap();
+        // Bounded in real time: a timer on the paused clock would be the
+        // next one it jumps to, before corral had even accepted.
+        let bytes = within_patience(read_to_close(&mut stream))
+            .await
+            .unwrap_or_else(|| panic!("{what}: the unfinished handshake stayed open"));
+        let waited = started.elapsed();
+        // Closed without a word: no ServerHello, no alert.
+        assert!(bytes.is_empty(), "{what}: {bytes:?}");
+        assert!(
+            waited >= Duration::from_secs(3) && waited < Duration::from_secs(4),
+            "{what}: closed after {waited:?}"
+        );
+    }
+}
+
+/// A self-signed certificate for `names` (and for 127.0.0.1, so that a
+/// client connecting by address accepts whichever one is served), written
+/// to `dir` as `file`.pem and `file`.key.
+fn write_cert(dir: &std::path::Path, file: &str, names: &[&str]) -> CertificateDer<'static> {
+    let mut names: Vec<String> = names.iter().map(|n| (*n).to_owned()).collect();
+    names.push("127.0.0.1".to_owned());
+    let cert = rcgen::generate_simple_self_signed(names).unwrap();
+    std::fs::write(dir.join(format!("{file}.pem")), cert.cert.pem()).unwrap();
+    std::fs::write(
+        dir.join(format!("{file}.key")),
+        cert.signing_key.serialize_pem(),
+    )
+    .unwrap();
+    CertificateDer::from(cert.cert.der().to_vec())
+}
+
+/// `openssl s_client -noservername`: sends `request` without SNI and
+/// returns everything it printed (the served certificate, then the reply).
+async fn openssl_without_sni(addr: SocketAddr, request: &str) -> String {
+    use tokio::io::AsyncWriteExt;
+    let mut child = tokio::process::Command::new("openssl")
+        .args(["s_client", "-noservername", "-ign_eof", "-connect"])
+        .arg(addr.to_string())
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("openssl is not installed (CI installs it in .ci/run)");
+    let mut stdin = child.stdin.take().unwrap();
+    stdin.write_all(request.as_bytes()).await.unwrap();
+    drop(stdin);
+    let out = patiently("openssl s_client", child.wait_with_output())
+        .await
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+#[tokio::test]
+async fn the_first_certificate_answers_clients_without_sni() {
+    let app = echo("app").await;
+    let dir = tempfile::tempdir().unwrap();
+    let a = write_cert(dir.path(), "a", &["a.example.com"]);
+    let b = write_cert(dir.path(), "b", &["b.example.com"]);
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(a.clone()).unwrap();
+    roots.add(b.clone()).unwrap();
+    let d = dir.path().display();
+    let (a_entry, b_entry) = (
+        format!("{{ cert = \"{d}/a.pem\", key = \"{d}/a.key\" }}"),
+        format!("{{ cert = \"{d}/b.pem\", key = \"{d}/b.key\" }}"),
+    );
+    // The same two certificates in both orders, so "first" is told apart
+    // from any fixed choice.
+    let config = listener_config(
+        app.addr,
+        &format!("[listeners.tls]\ncertificates = [{a_entry}, {b_entry}]"),
+    )
+    .replace(
+        "[[routes]]",
+        &format!(
+            "[[listeners]]\nname = \"reversed\"\nlisten = \"127.0.0.1:0\"\n[listeners.tls]\ncertificates = [{b_entry}, {a_entry}]\n\n[[routes]]"
+        ),
+    );
+    let corral = Corral::start(&config).await;
+
+    for (listener, first) in [("public", &a), ("reversed", &b)] {
+        let addr = corral.addr(listener);
+        // rustls sends no SNI when the server is named by its address.
+        let tls = connect(addr, &roots, "127.0.0.1", &[b"http/1.1"]).await;
+        let served = tls.get_ref().1.peer_certificates().unwrap()[0].clone();
+        assert!(served == *first, "{listener}: not its first certificate");
+        let (mut h1, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls))
+            .await
+            .unwrap();
+        tokio::spawn(conn);
+        let request = Request::get("/no-sni")
+            .header("host", addr.to_string())
+            .body(empty())
+            .unwrap();
+        let reply = read(
+            patiently("a request without SNI", h1.send_request(request))
+                .await
+                .unwrap(),
+        )
+        .await;
+        assert_eq!(reply.status, http::StatusCode::OK, "{listener}");
+        assert_eq!(reply.json()["headers"]["x-forwarded-proto"], "https");
+
+        // The same through OpenSSL, a second client implementation.
+        let printed = openssl_without_sni(
+            addr,
+            "GET /openssl HTTP/1.1\r\nHost: openssl.test\r\nConnection: close\r\n\r\n",
+        )
+        .await;
+        let pem = printed
+            .find("-----BEGIN CERTIFICATE-----")
+            .map(|start| &printed[start..])
+            .unwrap_or_else(|| panic!("{listener}: no certificate from openssl:\n{printed}"));
+        let served = CertificateDer::from_pem_slice(pem.as_bytes()).unwrap();
+        assert!(
+            served == *first,
+            "{listener}: openssl got another certificate"
+        );
+        assert!(
+            printed.contains("HTTP/1.1 200 OK") && printed.contains("\"uri\":\"/openssl\""),
+            "{listener}: {printed}"
+        );
+    }
 }

@@ -293,6 +293,8 @@ impl Master {
                     settle_at = None;
                     if filewatch::changed(&self.path, self.last_text.as_deref()) {
                         let _ = self.reload(Trigger::File).await;
+                    } else {
+                        tracing::debug!("config file as last read; nothing to reload");
                     }
                 }
                 _ = signals.term.recv() => {

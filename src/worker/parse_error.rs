@@ -16,6 +16,12 @@
 //! (non-1xx) heads against the requests begun tells the two apart. Once it
 //! is seen, everything else hyper writes on the connection (nothing, as
 //! hyper then closes it) is dropped.
+//!
+//! After such an answer the connection lingers: it stops sending, then
+//! reads and discards what the client still sends for a moment before it
+//! closes. Closing a socket with unread bytes makes the kernel reset the
+//! connection, and a reset can destroy the answer before the client reads
+//! it (the client is typically still sending the rest of its head).
 
 use std::io;
 use std::net::IpAddr;
@@ -25,16 +31,23 @@ use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
 use http::StatusCode;
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::io::{AsyncRead, AsyncReadExt as _, AsyncWrite, AsyncWriteExt as _, ReadBuf};
 
 use super::activity::Activity;
 use crate::runtime::Runtime;
 
+/// How long a refused connection keeps reading what its client still sends
+/// before it closes (see the module docs). Long enough for a client to finish
+/// sending a head of up to 1 MiB on a slow link and read the answer; short
+/// enough that a client that never stops costs a moment, not a connection.
+const LINGER: Duration = Duration::from_secs(2);
+
 /// The socket layer under hyper's HTTP/1.1 server that swaps its automatic
 /// error answers for corral's.
 #[derive(Debug)]
-pub struct ParseErrors<S> {
-    inner: S,
+pub struct ParseErrors<S: AsyncRead + AsyncWrite + Unpin + Send + 'static> {
+    /// `None` only once given back or handed to [`linger`].
+    inner: Option<S>,
     activity: Arc<Activity>,
     /// The connection's request count when this hyper connection started.
     base: u64,
@@ -50,10 +63,10 @@ struct Refusal {
     written: usize,
 }
 
-impl<S> ParseErrors<S> {
+impl<S: AsyncRead + AsyncWrite + Unpin + Send + 'static> ParseErrors<S> {
     pub fn new(inner: S, activity: Arc<Activity>) -> Self {
         Self {
-            inner,
+            inner: Some(inner),
             base: activity.requests(),
             activity,
             heads: 0,
@@ -61,20 +74,31 @@ impl<S> ParseErrors<S> {
         }
     }
 
-    pub fn into_inner(self) -> S {
+    pub fn into_inner(mut self) -> S {
         self.inner
+            .take()
+            .unwrap_or_else(|| unreachable!("taken only here or on drop"))
     }
-}
 
-impl<S: AsyncWrite + Unpin> ParseErrors<S> {
+    fn inner(&mut self) -> Pin<&mut S> {
+        Pin::new(
+            self.inner
+                .as_mut()
+                .unwrap_or_else(|| unreachable!("present until dropped")),
+        )
+    }
+
     /// Writes what is left of corral's answer.
     fn poll_answer(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         let Some(answer) = &mut self.answer else {
             return Poll::Ready(Ok(()));
         };
+        let Some(inner) = self.inner.as_mut() else {
+            return Poll::Ready(Ok(()));
+        };
         while answer.written < answer.bytes.len() {
             let rest = &answer.bytes[answer.written..];
-            let n = ready!(Pin::new(&mut self.inner).poll_write(cx, rest))?;
+            let n = ready!(Pin::new(&mut *inner).poll_write(cx, rest))?;
             if n == 0 {
                 return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
             }
@@ -84,17 +108,41 @@ impl<S: AsyncWrite + Unpin> ParseErrors<S> {
     }
 }
 
-impl<S: AsyncRead + Unpin> AsyncRead for ParseErrors<S> {
+impl<S: AsyncRead + AsyncWrite + Unpin + Send + 'static> Drop for ParseErrors<S> {
+    fn drop(&mut self) {
+        if let (Some(_), Some(inner)) = (&self.answer, self.inner.take()) {
+            if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+                runtime.spawn(linger(inner));
+            }
+        }
+    }
+}
+
+/// Finishes sending, then reads and discards for up to [`LINGER`] before the
+/// socket closes.
+async fn linger<S: AsyncRead + AsyncWrite + Unpin>(mut io: S) {
+    let drain = async {
+        io.shutdown().await?;
+        let mut sink = [0u8; 4096];
+        while io.read(&mut sink).await? > 0 {}
+        io::Result::Ok(())
+    };
+    if let Ok(Err(e)) = tokio::time::timeout(LINGER, drain).await {
+        tracing::debug!(error = %e, "a refused connection ended with an error");
+    }
+}
+
+impl<S: AsyncRead + AsyncWrite + Unpin + Send + 'static> AsyncRead for ParseErrors<S> {
     fn poll_read(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.inner).poll_read(cx, buf)
+        self.inner().poll_read(cx, buf)
     }
 }
 
-impl<S: AsyncWrite + Unpin> AsyncWrite for ParseErrors<S> {
+impl<S: AsyncRead + AsyncWrite + Unpin + Send + 'static> AsyncWrite for ParseErrors<S> {
     fn poll_write(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -125,17 +173,17 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for ParseErrors<S> {
             // hyper's own bytes are taken and dropped.
             return Poll::Ready(Ok(buf.len()));
         }
-        Pin::new(&mut self.inner).poll_write(cx, buf)
+        self.inner().poll_write(cx, buf)
     }
 
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         ready!(self.poll_answer(cx))?;
-        Pin::new(&mut self.inner).poll_flush(cx)
+        self.inner().poll_flush(cx)
     }
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         ready!(self.poll_answer(cx))?;
-        Pin::new(&mut self.inner).poll_shutdown(cx)
+        self.inner().poll_shutdown(cx)
     }
 }
 
@@ -200,34 +248,37 @@ mod tests {
 
     /// Writes `heads` through the layer after `requests` requests began,
     /// and returns what reached the socket.
-    fn written(activity: &Arc<Activity>, requests: usize, heads: &[&[u8]]) -> Vec<u8> {
-        let mut layer = ParseErrors::new(Vec::new(), activity.clone());
+    async fn written(activity: &Arc<Activity>, requests: usize, heads: &[&[u8]]) -> Vec<u8> {
+        let (socket, mut client) = tokio::io::duplex(64 * 1024);
+        let mut layer = ParseErrors::new(socket, activity.clone());
         let guards: Vec<_> = (0..requests).map(|_| activity.begin(false)).collect();
         drop(guards);
-        let waker = std::task::Waker::noop();
-        let mut cx = Context::from_waker(waker);
         for head in heads {
-            let n = Pin::new(&mut layer).poll_write(&mut cx, head);
-            assert!(matches!(n, Poll::Ready(Ok(n)) if n == head.len()));
+            layer.write_all(head).await.unwrap();
         }
-        layer.into_inner()
+        layer.flush().await.unwrap();
+        drop(layer);
+        let mut out = Vec::new();
+        client.read_to_end(&mut out).await.unwrap();
+        out
     }
 
-    #[test]
-    fn an_upstreams_400_to_a_real_request_passes_through() {
+    #[tokio::test]
+    async fn an_upstreams_400_to_a_real_request_passes_through() {
         let upstream = b"HTTP/1.1 400 Bad Request\r\ncontent-length: 0\r\n\r\n";
         let activity = Activity::new();
-        assert_eq!(written(&activity, 1, &[upstream]), upstream);
+        assert_eq!(written(&activity, 1, &[upstream]).await, upstream);
         assert_eq!(activity.take_refused(), None);
     }
 
-    #[test]
-    fn hypers_400_after_the_answered_requests_is_replaced() {
+    #[tokio::test]
+    async fn hypers_400_after_the_answered_requests_is_replaced_and_the_socket_lingers() {
         let ok = b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n";
         let continue_ = b"HTTP/1.1 100 Continue\r\n\r\n";
         let automatic = b"HTTP/1.1 400 Bad Request\r\ncontent-length: 0\r\n\r\n";
         let activity = Activity::new();
-        let out = written(&activity, 1, &[continue_, ok, automatic]);
+        // Ends only because the lingering socket is shut down for writing.
+        let out = written(&activity, 1, &[continue_, ok, automatic]).await;
         let mut expected = [&continue_[..], &ok[..]].concat();
         expected.extend(page(StatusCode::BAD_REQUEST));
         assert_eq!(out, expected);

@@ -3,14 +3,14 @@
 //! 127.0.0.1:0, and small HTTP clients.
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::convert::Infallible;
 use std::future::Future;
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
-use std::sync::{Arc, Mutex};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -29,6 +29,79 @@ pub const BIN: &str = env!("CARGO_BIN_EXE_corral");
 /// How long a test waits for something that should take milliseconds; only
 /// a guard against hanging forever, never a synchronisation.
 pub const PATIENCE: Duration = Duration::from_secs(20);
+
+/// `future`'s output, or `None` once [`PATIENCE`] of real time has passed.
+///
+/// Real time, not tokio's: on a paused clock (the in-process tests) a tokio
+/// timer would fire as soon as everything waits, or cut short a wait that
+/// the test means to last longer than `PATIENCE` of virtual time; and a
+/// pending real-time alarm holds back no auto-advance.
+pub async fn within_patience<F: Future>(future: F) -> Option<F::Output> {
+    let alarm = real_time_alarm(PATIENCE);
+    tokio::select! {
+        biased;
+        out = future => Some(out),
+        _ = alarm => None,
+    }
+}
+
+/// `future`'s output; panics, naming `what`, if it takes longer than
+/// [`PATIENCE`] of real time (so a hung corral fails the test instead of
+/// hanging the run).
+pub async fn patiently<F: Future>(what: &str, future: F) -> F::Output {
+    within_patience(future)
+        .await
+        .unwrap_or_else(|| panic!("{what}: nothing after {PATIENCE:?}"))
+}
+
+/// An alarm that rings after `after` of real time.
+struct Alarm {
+    at: std::time::Instant,
+    ring: tokio::sync::oneshot::Sender<()>,
+}
+
+/// Completes after `after` of real time. One thread per test binary rings
+/// every alarm, in order: they are all set `PATIENCE` ahead, so the queue is
+/// sorted by construction.
+fn real_time_alarm(after: Duration) -> tokio::sync::oneshot::Receiver<()> {
+    static CLOCK: OnceLock<Mutex<std::sync::mpsc::Sender<Alarm>>> = OnceLock::new();
+    let clock = CLOCK.get_or_init(|| {
+        let (tx, rx) = std::sync::mpsc::channel::<Alarm>();
+        std::thread::spawn(move || {
+            let mut queue: VecDeque<Alarm> = VecDeque::new();
+            loop {
+                let now = std::time::Instant::now();
+                while queue.front().is_some_and(|a| a.at <= now) {
+                    let _ = queue.pop_front().unwrap().ring.send(());
+                }
+                // Load's clients set an alarm per request and drop most of
+                // them at once; forget those so the queue stays small.
+                if queue.len() > 4096 {
+                    queue.retain(|a| !a.ring.is_closed());
+                }
+                let next = match queue.front() {
+                    Some(a) => rx.recv_timeout(a.at.saturating_duration_since(now)),
+                    None => rx
+                        .recv()
+                        .map_err(|_| std::sync::mpsc::RecvTimeoutError::Disconnected),
+                };
+                match next {
+                    Ok(alarm) => queue.push_back(alarm),
+                    Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {}
+                    Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => return,
+                }
+            }
+        });
+        Mutex::new(tx)
+    });
+    let (ring, rung) = tokio::sync::oneshot::channel();
+    let alarm = Alarm {
+        at: std::time::Instant::now() + after,
+        ring,
+    };
+    clock.lock().unwrap().send(alarm).unwrap();
+    rung
+}
 
 /// The corral binary, running `corral run` on a config. Every wait is
 /// async: tests serve their upstreams on their own runtime, which a blocking
@@ -175,6 +248,18 @@ impl Drop for Corral {
     }
 }
 
+/// `key=value` out of a corral log line (quotes trimmed).
+pub fn log_field(line: &str, key: &str) -> Option<String> {
+    field(line, key)
+}
+
+/// When corral logged `line`: its leading timestamp (tracing's default
+/// format, RFC 3339 in UTC with microseconds).
+pub fn log_time(line: &str) -> std::time::SystemTime {
+    let stamp = line.split_whitespace().next().unwrap_or_default();
+    humantime::parse_rfc3339(stamp).unwrap_or_else(|e| panic!("no timestamp ({e}) in {line:?}"))
+}
+
 /// `key=value` out of a tracing log line.
 fn field(line: &str, key: &str) -> Option<String> {
     let start = line.find(&format!(" {key}="))? + key.len() + 2;
@@ -190,7 +275,7 @@ fn field(line: &str, key: &str) -> Option<String> {
 /// Runs the corral binary with `args` to its end, asserts that it succeeded,
 /// and returns its stdout.
 pub fn cli_ok<S: AsRef<std::ffi::OsStr>>(args: &[S]) -> String {
-    let out = Command::new(BIN).args(args).output().unwrap();
+    let out = output_patiently(Command::new(BIN).args(args));
     assert!(
         out.status.success(),
         "{}",
@@ -204,11 +289,7 @@ pub fn check(config: &str) -> (bool, String, PathBuf) {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("corral.toml");
     std::fs::write(&path, config).unwrap();
-    let out = Command::new(BIN)
-        .args(["check", "--config"])
-        .arg(&path)
-        .output()
-        .unwrap();
+    let out = output_patiently(Command::new(BIN).args(["check", "--config"]).arg(&path));
     let text = format!(
         "{}{}",
         String::from_utf8_lossy(&out.stdout),
@@ -216,6 +297,56 @@ pub fn check(config: &str) -> (bool, String, PathBuf) {
     );
     // Keep the path printable after the temp dir is gone.
     (out.status.success(), text, path)
+}
+
+/// Runs `command` to its end with stdin closed, as `Command::output` does,
+/// but kills it and panics after [`PATIENCE`].
+pub fn output_patiently(command: &mut Command) -> Output {
+    let child = command
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    wait_output(child)
+}
+
+/// Collects a spawned child's output (its pipes are the caller's choice);
+/// kills it and panics if it runs longer than [`PATIENCE`].
+pub fn wait_output(child: Child) -> Output {
+    let pid = child.id();
+    let (done_tx, done) = std::sync::mpsc::channel();
+    // wait_with_output reads both pipes to their end; a thread does that
+    // while this one watches the clock.
+    std::thread::spawn(move || {
+        let _ = done_tx.send(child.wait_with_output());
+    });
+    match done.recv_timeout(PATIENCE) {
+        Ok(out) => out.unwrap(),
+        Err(_) => {
+            // Not reaped yet (its waiter is still blocked), so the pid is still ours.
+            let pid = nix::unistd::Pid::from_raw(i32::try_from(pid).unwrap());
+            let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL);
+            panic!("process {pid} still running after {PATIENCE:?}");
+        }
+    }
+}
+
+/// Keeps the address of [`refusing_addr`] refusing connections while it lives.
+#[must_use = "the address refuses connections only while this lives"]
+pub struct Refusing(socket2::Socket);
+
+/// A loopback address that refuses every connection for as long as the
+/// returned guard lives (bind it to a named variable, not `_`): a socket is
+/// bound to it and never listens. The socket holds the port (without
+/// `SO_REUSEADDR`, so nothing else can bind it), unlike a port bound and
+/// dropped, which another test may take in the meantime.
+pub fn refusing_addr() -> (Refusing, SocketAddr) {
+    let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    let any: SocketAddr = "127.0.0.1:0".parse().unwrap();
+    socket.bind(&any.into()).unwrap();
+    let addr = socket.local_addr().unwrap().as_socket().unwrap();
+    (Refusing(socket), addr)
 }
 
 pub type TestBody = BoxBody<Bytes, std::io::Error>;
@@ -351,31 +482,51 @@ impl Reply {
     }
 }
 
-/// A keep-alive HTTP/1.1 client connection.
+/// A keep-alive HTTP/1.1 client connection. Every wait (connect, response
+/// head, body) is bounded by [`PATIENCE`].
 pub struct H1 {
     sender: hyper::client::conn::http1::SendRequest<TestBody>,
     host: String,
+    local: SocketAddr,
+    /// When the client began to open the connection.
+    opened_at: std::time::Instant,
 }
 
 impl H1 {
     pub async fn connect(addr: SocketAddr) -> Self {
-        let stream = TcpStream::connect(addr).await.unwrap();
-        let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
-            .await
-            .unwrap();
-        tokio::spawn(conn.with_upgrades());
-        Self {
-            sender,
-            host: addr.to_string(),
-        }
+        patiently(&format!("connecting to {addr}"), async {
+            let opened_at = std::time::Instant::now();
+            let stream = TcpStream::connect(addr).await.unwrap();
+            let local = stream.local_addr().unwrap();
+            let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+                .await
+                .unwrap();
+            tokio::spawn(conn.with_upgrades());
+            Self {
+                sender,
+                host: addr.to_string(),
+                local,
+                opened_at,
+            }
+        })
+        .await
     }
 
+    /// The client's end of the connection.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local
+    }
+
+    /// Sends `request` and waits for the response head.
     pub async fn send(
         &mut self,
         request: Request<TestBody>,
     ) -> Result<Response<Incoming>, hyper::Error> {
-        self.sender.ready().await?;
-        self.sender.send_request(request).await
+        patiently("waiting for a response head", async {
+            self.sender.ready().await?;
+            self.sender.send_request(request).await
+        })
+        .await
     }
 
     pub async fn get(&mut self, path: &str, headers: &[(&str, &str)]) -> Reply {
@@ -391,9 +542,13 @@ impl H1 {
     }
 }
 
+/// Reads a response's body to its end (within [`PATIENCE`]).
 pub async fn read(response: Response<Incoming>) -> Reply {
     let (parts, body) = response.into_parts();
-    let body = body.collect().await.unwrap().to_bytes();
+    let body = patiently("reading a response body", body.collect())
+        .await
+        .unwrap()
+        .to_bytes();
     Reply {
         status: parts.status,
         headers: parts.headers,
@@ -408,18 +563,30 @@ pub async fn get(addr: SocketAddr, path: &str, headers: &[(&str, &str)]) -> Repl
 }
 
 /// An HTTP/2 (prior knowledge) client connection.
+/// (Its handshake is bounded by [`PATIENCE`]; bound the requests sent on it
+/// with [`patiently`].)
 pub async fn h2c(addr: SocketAddr) -> hyper::client::conn::http2::SendRequest<TestBody> {
-    let stream = TcpStream::connect(addr).await.unwrap();
-    let (sender, conn) =
-        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(stream))
-            .await
-            .unwrap();
-    tokio::spawn(conn);
-    sender
+    patiently(&format!("an HTTP/2 handshake with {addr}"), async {
+        let stream = TcpStream::connect(addr).await.unwrap();
+        let (sender, conn) =
+            hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(stream))
+                .await
+                .unwrap();
+        tokio::spawn(conn);
+        sender
+    })
+    .await
 }
 
 /// A config with one listener `public` on port 0 routing everything to one
 /// upstream `app` with `servers`, plus `extra` TOML appended.
+///
+/// Its heartbeat timeout is generous, so that a worker starved of CPU on a
+/// loaded machine is not killed as hung in the middle of an unrelated test;
+/// a test of the heartbeat sets its own (replace [`GENEROUS_HEARTBEAT`]).
+/// The `[runtime]` line of [`simple_config`] that sets the heartbeat timeout.
+pub const GENEROUS_HEARTBEAT: &str = "heartbeat_timeout = \"10s\"";
+
 pub fn simple_config(servers: &[SocketAddr], extra: &str) -> String {
     let servers: Vec<String> = servers
         .iter()
@@ -430,6 +597,7 @@ pub fn simple_config(servers: &[SocketAddr], extra: &str) -> String {
 [runtime]
 workers = 2
 shutdown_timeout = "5s"
+{GENEROUS_HEARTBEAT}
 
 [[listeners]]
 name = "public"
@@ -561,9 +729,12 @@ pub async fn admin_call(
     method: http::Method,
     path: &str,
 ) -> (StatusCode, String) {
-    corral::admin::client::call(addr, method, path)
-        .await
-        .unwrap()
+    patiently(
+        &format!("{method} {path} on the admin endpoint"),
+        corral::admin::client::call(addr, method.clone(), path),
+    )
+    .await
+    .unwrap()
 }
 
 /// Worker pids by slot in a `/status` document; every slot must have one.
@@ -596,6 +767,10 @@ pub struct Outcome {
     pub ok: bool,
     pub fresh: bool,
     pub error: String,
+    /// The client's end of the connection the request went on, and when
+    /// the client began to open that connection (none if connecting failed).
+    pub local: Option<SocketAddr>,
+    pub opened_at: Option<std::time::Instant>,
 }
 
 /// Clients sending requests back to back: `keepalive` of them over reused
@@ -619,11 +794,16 @@ impl Load {
             tasks.push(tokio::spawn(async move {
                 let mut conn: Option<H1> = None;
                 while !stop.is_cancelled() {
-                    let result = async {
+                    let mut used = None;
+                    // A request that hangs is a failure like any other, not a
+                    // client that stops sending.
+                    let result = within_patience(async {
                         if fresh || conn.is_none() {
+                            let opened_at = std::time::Instant::now();
                             let stream = TcpStream::connect(addr)
                                 .await
                                 .map_err(|e| format!("connect: {e}"))?;
+                            let local = stream.local_addr().map_err(|e| format!("connect: {e}"))?;
                             let (sender, driver) =
                                 hyper::client::conn::http1::handshake(TokioIo::new(stream))
                                     .await
@@ -632,15 +812,25 @@ impl Load {
                             conn = Some(H1 {
                                 sender,
                                 host: addr.to_string(),
+                                local,
+                                opened_at,
                             });
                         }
                         let c = conn.as_mut().unwrap();
+                        used = Some((c.local, c.opened_at));
                         let request = Request::get("/load")
                             .header("host", "load.test")
                             .body(empty())
                             .unwrap();
-                        let response =
-                            c.send(request).await.map_err(|e| format!("request: {e}"))?;
+                        c.sender
+                            .ready()
+                            .await
+                            .map_err(|e| format!("request: {e}"))?;
+                        let response = c
+                            .sender
+                            .send_request(request)
+                            .await
+                            .map_err(|e| format!("request: {e}"))?;
                         let status = response.status();
                         let keep = response
                             .headers()
@@ -659,8 +849,9 @@ impl Load {
                         } else {
                             Err(format!("status {status}"))
                         }
-                    }
-                    .await;
+                    })
+                    .await
+                    .unwrap_or_else(|| Err(format!("no answer after {PATIENCE:?}")));
                     if result.is_err() || fresh {
                         conn = None;
                     }
@@ -672,6 +863,8 @@ impl Load {
                         ok: result.is_ok(),
                         fresh,
                         error: result.err().unwrap_or_default(),
+                        local: used.map(|(local, _)| local),
+                        opened_at: used.map(|(_, at)| at),
                     };
                     outcomes.lock().unwrap().push(outcome);
                 }
@@ -743,4 +936,16 @@ pub async fn sickly() -> (Upstream, Arc<std::sync::atomic::AtomicBool>) {
     })
     .await;
     (up, sick)
+}
+
+impl Corral {
+    /// The log lines so far that contain `needle`.
+    pub fn logged(&self, needle: &str) -> Vec<String> {
+        let lines = self.log.borrow();
+        lines
+            .iter()
+            .filter(|l| l.contains(needle))
+            .cloned()
+            .collect()
+    }
 }
