@@ -45,6 +45,12 @@ fn cost(servers: &impl Servers, i: usize) -> f64 {
 /// A latency average that jumps up to a slow sample at once and decays
 /// towards faster ones over `DECAY`, so a server that turns slow loses
 /// traffic immediately and regains it gradually.
+///
+/// Read, it also decays towards zero while no sample arrives (as tower's
+/// `PeakEwma` does): a server that answered slowly once and so stopped
+/// being picked would otherwise keep that sample forever, and P2C, which
+/// always takes the cheaper of two, would never pick it again to learn
+/// that it recovered.
 #[derive(Debug, Clone, Copy)]
 pub struct PeakEwma {
     value: f64,
@@ -67,9 +73,21 @@ impl PeakEwma {
         }
     }
 
-    /// Seconds; 0 until the first sample.
+    /// Seconds, as of the last sample; 0 until the first.
     pub fn value(&self) -> f64 {
         self.value
+    }
+
+    /// Seconds, as of `now`: the last sample's value, decayed for the time
+    /// since it.
+    pub fn value_at(&self, now: Instant) -> f64 {
+        match self.at {
+            Some(at) => {
+                let elapsed = now.saturating_duration_since(at).as_secs_f64();
+                self.value * (-elapsed / DECAY.as_secs_f64()).exp()
+            }
+            None => self.value,
+        }
     }
 
     pub fn observe(&mut self, sample: Duration, now: Instant) {

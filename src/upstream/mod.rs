@@ -193,7 +193,8 @@ impl Server {
     }
 
     pub fn latency(&self) -> f64 {
-        self.ewma.lock().map_or(0.0, |e| e.value())
+        let now = Instant::now().into_std();
+        self.ewma.lock().map_or(0.0, |e| e.value_at(now))
     }
 
     pub fn is_healthy(&self) -> bool {
