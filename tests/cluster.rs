@@ -42,6 +42,42 @@ async fn wait_gone(pid: u64) {
     assert_eq!(ready, 1, "process {pid} is still running");
 }
 
+/// Waits until process `pid` is stopped (SIGSTOP has taken effect). Nothing
+/// announces that to a process other than the parent, so this looks at
+/// `/proc` until it shows.
+async fn wait_stopped(pid: u64) {
+    patiently(&format!("process {pid} to stop"), async {
+        loop {
+            let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+            let state = stat.rsplit_once(") ").unwrap().1.chars().next();
+            if state == Some('T') {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+    })
+    .await;
+}
+
+/// The client ports of the connections that process `pid` holds on local
+/// port `port`: the connections it accepted on that listener.
+fn clients_held_by(pid: u64, port: u16) -> HashSet<u16> {
+    let inodes = socket_inodes(pid);
+    std::fs::read_to_string("/proc/net/tcp")
+        .unwrap()
+        .lines()
+        .skip(1)
+        .filter_map(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            let local = u16::from_str_radix(f[1].rsplit(':').next()?, 16).ok()?;
+            let remote = u16::from_str_radix(f[2].rsplit(':').next()?, 16).ok()?;
+            let inode: u64 = f[9].parse().ok()?;
+            // 0A is LISTEN: the slot's socket itself, not a connection.
+            (local == port && f[3] != "0A" && inodes.contains(&inode)).then_some(remote)
+        })
+        .collect()
+}
+
 /// Socket inodes a process holds.
 fn socket_inodes(pid: u64) -> HashSet<u64> {
     std::fs::read_dir(format!("/proc/{pid}/fd"))
@@ -98,10 +134,21 @@ async fn a_killed_worker_is_replaced_at_once_and_costs_only_its_own_connections(
     let app = echo("app").await;
     let corral = Corral::start(&cluster_config(&[app.addr], "")).await;
     corral.wait_status(all_ready).await;
-    let load = Load::start(corral.addr("public"), 16, 4);
+    let public = corral.addr("public");
+    let load = Load::start(public, 16, 4);
     load.wait_successes(500).await;
 
     let victim = corral.worker_pids().await[0];
+    // Stopped, the victim accepts nothing more, so the connections it holds
+    // now are all it will ever have: those (and only those) may fail.
+    kill(victim, Signal::SIGSTOP);
+    wait_stopped(victim).await;
+    let stopped_at = Instant::now();
+    let victims = clients_held_by(victim, public.port());
+    assert!(
+        !victims.is_empty(),
+        "the victim held none of the load's connections; the test proves nothing"
+    );
     let killed_at = Instant::now();
     kill(victim, Signal::SIGKILL);
     let status = corral
@@ -110,8 +157,16 @@ async fn a_killed_worker_is_replaced_at_once_and_costs_only_its_own_connections(
         })
         .await;
     let replaced_in = killed_at.elapsed();
+    // At once: the master took the no-backoff path (a crash loop's first
+    // backoff would say "backing off").
+    let exit = corral
+        .wait_for_log("worker exited; replacing it slot=0")
+        .await;
+    assert!(exit.contains("how=\"killed by SIGKILL\""), "{exit}");
+    // Only a guard: a replacement is one exec and start, which a loaded
+    // machine may delay well beyond the milliseconds it takes.
     assert!(
-        replaced_in < Duration::from_secs(1),
+        replaced_in < Duration::from_secs(5),
         "replaced after {replaced_in:?}"
     );
     assert_eq!(status["workers"][0]["restarts"], 1);
@@ -119,30 +174,38 @@ async fn a_killed_worker_is_replaced_at_once_and_costs_only_its_own_connections(
 
     load.wait_successes(2000).await;
     let failures = load
-        .finish(&format!("with a worker replaced in {replaced_in:?}"))
+        .finish(&format!(
+            "with a worker holding {} of them replaced in {replaced_in:?}",
+            victims.len()
+        ))
         .await;
-    // At most the requests in flight on the killed worker's connections.
-    assert!(
-        failures.len() <= 20,
-        "{} failures: {failures:?}",
-        failures.len()
-    );
     for f in &failures {
-        assert!(
-            f.at.duration_since(killed_at) < Duration::from_secs(1),
-            "late failure: {f:?}"
-        );
         assert!(
             !f.error.starts_with("connect"),
             "a fresh connection was refused: {f:?}"
         );
+        // A client port names a connection only among those open at once;
+        // one opened after the stop may reuse a victim's port.
+        let on_victim = f.local.is_some_and(|l| victims.contains(&l.port()))
+            && f.opened_at.is_some_and(|t| t < stopped_at);
+        assert!(
+            on_victim,
+            "a connection the killed worker did not hold failed: {f:?}"
+        );
     }
+    // Each of its connections costs at most the request on it; the client
+    // reconnects after.
+    let failed: HashSet<_> = failures.iter().filter_map(|f| f.local).collect();
+    assert_eq!(failed.len(), failures.len(), "{failures:?}");
 }
 
 #[tokio::test]
 async fn a_hung_worker_is_detected_by_heartbeat_and_replaced() {
     let app = echo("app").await;
-    let corral = Corral::start(&cluster_config(&[app.addr], "")).await;
+    // Short, unlike the other tests' generous timeout: this is the one test of it.
+    let config =
+        cluster_config(&[app.addr], "").replace(GENEROUS_HEARTBEAT, "heartbeat_timeout = \"1s\"");
+    let corral = Corral::start(&config).await;
     corral.wait_status(all_ready).await;
     let victim = corral.worker_pids().await[1];
     kill(victim, Signal::SIGSTOP);
@@ -152,18 +215,35 @@ async fn a_hung_worker_is_detected_by_heartbeat_and_replaced() {
         })
         .await;
     assert_eq!(status["workers"][1]["last_exit"], "killed by SIGKILL");
-    corral.wait_for_log("stopped answering heartbeats").await;
+    corral
+        .wait_for_log(&format!(
+            "stopped answering heartbeats; killing it slot=1 pid={victim} timeout=1s"
+        ))
+        .await;
     assert!(!alive(victim));
 }
 
+/// The delay the README promises before restarting a slot after its `n`th
+/// quick exit in a row: none for the first, then 250 ms doubling.
+fn promised_backoff(n: u32) -> Duration {
+    match n {
+        0 | 1 => Duration::ZERO,
+        n => Duration::from_millis(250) * 2u32.pow(n - 2),
+    }
+}
+
+/// Measures the backoff from the master's own log timestamps (the moment it
+/// saw each exit), and the reset after a worker that lived 10 s. That
+/// reset costs 10 s of wall time, which is what the promise is about.
 #[tokio::test]
 async fn a_crash_looping_slot_backs_off_and_says_so() {
     let app = echo("app").await;
     let dir = tempfile::tempdir().unwrap();
     let cert = rcgen::generate_simple_self_signed(vec!["localhost".to_owned()]).unwrap();
     let (cert_path, key_path) = (dir.path().join("c.pem"), dir.path().join("c.key"));
+    let key_pem = cert.signing_key.serialize_pem();
     std::fs::write(&cert_path, cert.cert.pem()).unwrap();
-    std::fs::write(&key_path, cert.signing_key.serialize_pem()).unwrap();
+    std::fs::write(&key_path, &key_pem).unwrap();
     let tls = format!(
         "listen = \"127.0.0.1:0\"\n[listeners.tls]\ncertificates = [{{ cert = \"{}\", key = \"{}\" }}]",
         cert_path.display(),
@@ -179,20 +259,77 @@ async fn a_crash_looping_slot_backs_off_and_says_so() {
     // New workers can no longer load the certificate; the running ones are unaffected.
     std::fs::remove_file(&key_path).unwrap();
     kill(corral.worker_pids().await[0], Signal::SIGKILL);
+
     let status = corral
-        .wait_status(|s| s["workers"][0]["crash_loop"].as_u64() >= Some(3))
+        .wait_status(|s| {
+            s["workers"][0]["state"] == "backoff"
+                && s["workers"][0]["crash_loop"].as_u64() >= Some(3)
+        })
         .await;
-    assert_eq!(status["workers"][0]["state"], "backoff");
-    assert!(status["workers"][0]["next_start_in_ms"].as_u64().unwrap() >= 500);
-    corral
-        .wait_for_log("worker keeps exiting; backing off")
-        .await;
-    corral.wait_for_log("cannot read private key").await;
+    let crash_loop = u32::try_from(status["workers"][0]["crash_loop"].as_u64().unwrap()).unwrap();
+    let promised = u64::try_from(promised_backoff(crash_loop).as_millis()).unwrap();
+    assert_eq!(
+        status["workers"][0]["next_start_in_ms"], promised,
+        "{status:#}"
+    );
     let (code, _) = admin_call(corral.admin.unwrap(), http::Method::GET, "/healthz").await;
     assert_eq!(code, StatusCode::SERVICE_UNAVAILABLE);
     // The other slot still serves.
     assert_eq!(status["workers"][1]["state"], "ready");
     assert!(alive(status["workers"][1]["pid"].as_u64().unwrap()));
+    corral.wait_for_log("cannot read private key").await;
+
+    // The first quick exit restarts at once; from the second on, the slot
+    // waits. Each gap between the exits seen after the 2nd, 3rd, 4th and
+    // 5th is that backoff plus one failing start.
+    let exits = corral
+        .wait_for_logs("worker keeps exiting; backing off slot=0", 4)
+        .await;
+    for (i, pair) in exits.windows(2).enumerate() {
+        let n = u32::try_from(i).unwrap() + 2;
+        assert_eq!(
+            log_field(&pair[0], "crash_loop"),
+            Some(n.to_string()),
+            "{pair:?}"
+        );
+        let gap = log_time(&pair[1])
+            .duration_since(log_time(&pair[0]))
+            .unwrap();
+        let backoff = promised_backoff(n);
+        // Never shorter than the backoff. The 500 ms above it are for the
+        // failing start between the two exits (tens of milliseconds, more
+        // on a loaded machine), and still tell doubling from a fixed delay,
+        // a faster growth, or a backoff half again as long.
+        assert!(
+            gap >= backoff && gap <= backoff + Duration::from_millis(500),
+            "after quick exit {n}: {gap:?}, promised {backoff:?}"
+        );
+    }
+
+    // A worker that lives 10 s was not crash-looping: its exit is replaced
+    // at once, and the count starts over.
+    std::fs::write(&key_path, &key_pem).unwrap();
+    let status = corral
+        .wait_status(|s| s["workers"][0]["state"] == "ready")
+        .await;
+    let stable = status["workers"][0]["pid"].as_u64().unwrap();
+    let at_once = "worker exited; replacing it slot=0";
+    let before = corral.wait_for_logs(at_once, 1).await.len();
+    // Not a synchronisation: living this long is the behaviour under test.
+    tokio::time::sleep(Duration::from_millis(10_500)).await;
+    kill(stable, Signal::SIGKILL);
+    let replaced = corral.wait_for_logs(at_once, before + 1).await;
+    assert!(
+        replaced[before].contains("how=\"killed by SIGKILL\""),
+        "{}",
+        replaced[before]
+    );
+    let status = corral
+        .wait_status(|s| {
+            s["workers"][0]["state"] == "ready" && s["workers"][0]["pid"].as_u64() != Some(stable)
+        })
+        .await;
+    assert_eq!(status["workers"][0]["crash_loop"], 0, "{status:#}");
 }
 
 #[tokio::test]
@@ -250,21 +387,43 @@ async fn a_failed_upgrade_leaves_the_old_master_serving() {
 
 #[tokio::test]
 async fn workers_leave_when_the_master_is_killed() {
-    let app = echo("app").await;
+    let (app, arrived, _release) = holding().await;
     let corral = Corral::start(
         &cluster_config(&[app.addr], "")
             .replace("shutdown_timeout = \"5s\"", "shutdown_timeout = \"1s\""),
     )
     .await;
     let workers = corral.worker_pids().await;
+    // A request the upstream never answers: its worker leaves only by
+    // draining for shutdown_timeout and then cutting it.
+    let addr = corral.addr("public");
+    let _held = tokio::spawn(async move {
+        let request = http::Request::get("/held")
+            .header("host", "x")
+            .body(empty())
+            .unwrap();
+        H1::connect(addr).await.send(request).await
+    });
+    patiently("the held request to arrive", arrived)
+        .await
+        .unwrap();
     corral.signal(Signal::SIGKILL);
     let killed_at = Instant::now();
     for w in &workers {
         wait_gone(*w).await;
     }
     let took = killed_at.elapsed();
+    corral
+        .wait_for_log("drain timeout passed; closed remaining connections open=1")
+        .await;
     assert!(
-        took < Duration::from_secs(2),
+        took >= Duration::from_secs(1),
+        "a worker cut its request before shutdown_timeout: {took:?}"
+    );
+    // Generous for a loaded machine; without the cut the held request would
+    // keep its worker as long as the upstream holds it: forever.
+    assert!(
+        took < Duration::from_secs(10),
         "workers outlived the master by {took:?}"
     );
 }
@@ -280,9 +439,13 @@ async fn sigterm_finishes_an_http2_stream_in_flight() {
     let request = http::Request::get("http://h2.example.com/slow")
         .body(empty())
         .unwrap();
-    let in_flight =
-        tokio::spawn(async move { read(client.send_request(request).await.unwrap()).await });
-    started_rx.await.unwrap();
+    let in_flight = tokio::spawn(async move {
+        let response = patiently("the response", client.send_request(request)).await;
+        read(response.unwrap()).await
+    });
+    patiently("the request to arrive", started_rx)
+        .await
+        .unwrap();
     corral.signal(Signal::SIGTERM);
     // Every worker, so the stream's own worker is draining too.
     corral
@@ -303,8 +466,11 @@ async fn sigterm_finishes_in_flight_requests_then_everything_exits() {
     let mut corral = Corral::start(&cluster_config(&[app.addr], "")).await;
     let workers = corral.worker_pids().await;
     let addr = corral.addr("public");
+    let sockets = listening_inodes(addr.port());
     let in_flight = tokio::spawn(async move { get(addr, "/slow", &[]).await });
-    started_rx.await.unwrap();
+    patiently("the request to arrive", started_rx)
+        .await
+        .unwrap();
     corral.signal(Signal::SIGTERM);
     corral.wait_for_log("SIGTERM: stopping gracefully").await;
     // Nothing accepts new connections any more, on any worker.
@@ -323,9 +489,11 @@ async fn sigterm_finishes_in_flight_requests_then_everything_exits() {
     for w in &workers {
         assert!(!alive(*w), "worker {w} outlived the master");
     }
+    // Its listening sockets are gone (not merely refusing: a connect could
+    // reach another test's listener that took the port since).
     assert!(
-        std::net::TcpStream::connect(addr).is_err(),
-        "port still open after exit"
+        listening_inodes(addr.port()).is_disjoint(&sockets),
+        "a listening socket outlived corral"
     );
 }
 
@@ -377,21 +545,33 @@ async fn cpu_affinity_pins_each_worker_to_its_own_cpu() {
 
 #[tokio::test]
 async fn sigquit_stops_at_once() {
-    let app = echo("app").await;
+    let (app, arrived, _release) = holding().await;
     let mut corral = Corral::start(
         &cluster_config(&[app.addr], "")
             .replace("shutdown_timeout = \"5s\"", "shutdown_timeout = \"60s\""),
     )
     .await;
     let workers = corral.worker_pids().await;
-    // A keep-alive connection that would hold a graceful stop for a while.
-    let mut idle = H1::connect(corral.addr("public")).await;
-    assert_eq!(idle.get("/", &[]).await.status, StatusCode::OK);
+    // A request in flight that the upstream never answers: a graceful stop
+    // would wait the whole shutdown_timeout for it.
+    let addr = corral.addr("public");
+    let _held = tokio::spawn(async move {
+        let request = http::Request::get("/held")
+            .header("host", "x")
+            .body(empty())
+            .unwrap();
+        H1::connect(addr).await.send(request).await
+    });
+    patiently("the held request to arrive", arrived)
+        .await
+        .unwrap();
     let started = Instant::now();
     corral.signal(Signal::SIGQUIT);
     assert_eq!(corral.wait_exit().await, Some(0));
+    // Generous for a loaded machine, and far below the 60 s a graceful stop
+    // would take.
     assert!(
-        started.elapsed() < Duration::from_secs(2),
+        started.elapsed() < Duration::from_secs(10),
         "took {:?}",
         started.elapsed()
     );

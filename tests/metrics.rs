@@ -17,6 +17,7 @@ fn config(app: SocketAddr, extra: &str) -> String {
 [runtime]
 workers = 2
 shutdown_timeout = "5s"
+{GENEROUS_HEARTBEAT}
 
 [admin]
 listen = "127.0.0.1:0"
@@ -214,7 +215,7 @@ fn promtool_accepts(page: &str) {
         .unwrap()
         .write_all(page.as_bytes())
         .unwrap();
-    let out = child.wait_with_output().unwrap();
+    let out = wait_output(child);
     assert!(
         out.status.success(),
         "promtool rejected the page: {}{}",
@@ -225,10 +226,7 @@ fn promtool_accepts(page: &str) {
 
 #[tokio::test]
 async fn upstream_errors_are_counted_by_kind() {
-    let dead = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap();
+    let (_refusing, dead) = refusing_addr();
     let corral = Corral::start(&config(dead, "")).await;
     for _ in 0..3 {
         assert_eq!(
@@ -295,7 +293,9 @@ async fn status_counts_requests_in_flight_per_server() {
     let corral = Corral::start(&config(slow.addr, log)).await;
     let public = corral.addr("public");
     let pending = tokio::spawn(async move { get(public, "/app/slow", &[]).await });
-    arrived_rx.await.unwrap();
+    patiently("the request to arrive", arrived_rx)
+        .await
+        .unwrap();
     let status = corral.status().await;
     assert_eq!(status["upstreams"][0]["servers"][0]["in_flight"], 1);
     release_tx.send(()).unwrap();

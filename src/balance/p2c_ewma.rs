@@ -193,6 +193,25 @@ mod tests {
         assert!((e.value() - expected).abs() < 1e-9, "{}", e.value());
     }
 
+    /// Read without new samples, the average fades towards zero by a factor
+    /// e every 10 s, so a server slow once is drawn again in the end.
+    #[test]
+    fn the_average_fades_while_no_sample_arrives() {
+        let t0 = Instant::now();
+        let mut e = PeakEwma::new();
+        assert_eq!(e.value_at(t0), 0.0);
+        e.observe(Duration::from_millis(100), t0);
+        assert_eq!(e.value_at(t0), 0.100);
+        let later = e.value_at(t0 + Duration::from_secs(10));
+        assert!(
+            (later - 0.100 / std::f64::consts::E).abs() < 1e-9,
+            "{later}"
+        );
+        // Reading changes nothing: the last sample stays the reference.
+        assert_eq!(e.value(), 0.100);
+        assert_eq!(e.value_at(t0 + Duration::from_secs(10)), later);
+    }
+
     proptest! {
         /// The pick is available, it is never the costliest of the available
         /// servers unless others cost as much, and of two it is the cheaper.
