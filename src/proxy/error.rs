@@ -125,13 +125,15 @@ impl ProxyError {
     }
 }
 
+/// The body of every error corral answers itself: `STATUS Reason: detail`.
+pub fn error_text(status: StatusCode, detail: &str) -> String {
+    let reason = status.canonical_reason().unwrap_or("");
+    format!("{} {reason}: {detail}\n", status.as_u16())
+}
+
 /// A short plain-text response, e.g. `502 Bad Gateway: upstream unreachable`.
 pub fn local_response(status: StatusCode, detail: &str) -> Response<ResponseBody> {
-    let reason = status.canonical_reason().unwrap_or("");
-    let mut response = Response::new(ResponseBody::local(format!(
-        "{} {reason}: {detail}\n",
-        status.as_u16()
-    )));
+    let mut response = Response::new(ResponseBody::local(error_text(status, detail)));
     *response.status_mut() = status;
     response.headers_mut().insert(
         header::CONTENT_TYPE,

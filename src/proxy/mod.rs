@@ -25,7 +25,7 @@ use http::{Request, Response, StatusCode, Version};
 use hyper::body::Incoming;
 use tokio::time::Instant;
 
-pub use error::{Fault, ProxyError, local_response};
+pub use error::{Fault, ProxyError, error_text, local_response};
 
 use crate::access_log::Entry;
 use crate::balance::hash_key;

@@ -34,6 +34,7 @@ use http::StatusCode;
 use tokio::io::{AsyncRead, AsyncReadExt as _, AsyncWrite, AsyncWriteExt as _, ReadBuf};
 
 use super::activity::Activity;
+use crate::proxy::error_text;
 use crate::runtime::Runtime;
 
 /// How long a refused connection keeps reading what its client still sends
@@ -195,13 +196,15 @@ fn response_status(buf: &[u8]) -> Option<StatusCode> {
     StatusCode::from_bytes(rest.get(..3)?).ok()
 }
 
-/// corral's answer for `status`: short plain text, and the connection closes.
+/// corral's answer for `status`: short plain text, as every error corral
+/// answers itself, and the connection closes.
 fn page(status: StatusCode) -> Vec<u8> {
-    let text = match status.as_u16() {
-        414 => "request target too long\n",
-        431 => "request header fields too large\n",
-        _ => "malformed request\n",
+    let detail = match status.as_u16() {
+        414 => "request target too long",
+        431 => "request head too large",
+        _ => "malformed request",
     };
+    let text = error_text(status, detail);
     format!(
         "HTTP/1.1 {status}\r\ncontent-type: text/plain; charset=utf-8\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{text}",
         text.len()
@@ -290,7 +293,10 @@ mod tests {
         let page = String::from_utf8(page(StatusCode::BAD_REQUEST)).unwrap();
         assert!(page.starts_with("HTTP/1.1 400 Bad Request\r\n"), "{page}");
         assert!(page.contains("\r\nconnection: close\r\n"), "{page}");
-        assert!(page.ends_with("\r\n\r\nmalformed request\n"), "{page}");
-        assert_eq!(page_body_len(StatusCode::BAD_REQUEST), 18);
+        assert!(
+            page.ends_with("\r\n\r\n400 Bad Request: malformed request\n"),
+            "{page}"
+        );
+        assert_eq!(page_body_len(StatusCode::BAD_REQUEST), 35);
     }
 }
