@@ -369,7 +369,7 @@ async fn websocket_is_tunnelled_after_the_upstreams_101() {
 
 #[tokio::test]
 async fn large_bodies_stream_both_ways_in_constant_memory() {
-    const SIZE: usize = 96 * 1024 * 1024;
+    const SIZE: usize = 256 * 1024 * 1024;
     const CHUNK: usize = 64 * 1024;
     // Downloads: the upstream streams SIZE bytes; uploads: the echo counts them.
     let app = upstream(|req: Request<hyper::body::Incoming>| async move {
@@ -413,8 +413,11 @@ async fn large_bodies_stream_both_ways_in_constant_memory() {
     }
     assert_eq!(received, SIZE);
     let grown = corral.peak_rss_kib().saturating_sub(before);
+    eprintln!("corral grew by {grown} KiB moving {} MiB each way", SIZE >> 20);
+    // A few buffers per process (about 2 MiB here, whatever the size):
+    // buffering even a thirtieth of the body would show.
     assert!(
-        grown < 32 * 1024,
+        grown < 8 * 1024,
         "corral grew by {grown} KiB moving {} MiB",
         SIZE >> 20
     );

@@ -348,6 +348,10 @@ mod tests {
     fn backoff_starts_at_zero_and_doubles_to_a_cap() {
         let delays: Vec<u64> = (0..8).map(|n| backoff(n).as_millis() as u64).collect();
         assert_eq!(delays, [0, 0, 250, 500, 1000, 2000, 4000, 8000]);
-        assert_eq!(backoff(30), MAX_BACKOFF);
+        // README: "doubling up to 30 s".
+        assert_eq!(backoff(8), Duration::from_millis(16_000));
+        assert_eq!(backoff(9), Duration::from_secs(30));
+        assert_eq!(backoff(30), Duration::from_secs(30));
+        assert_eq!(backoff(u32::MAX), Duration::from_secs(30));
     }
 }
