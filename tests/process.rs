@@ -1,6 +1,7 @@
-//! corral as processes: a worker's kernel backstop when its master dies, the
-//! admin socket that keeps a second corral from starting on the same config,
-//! and the command line's exit codes.
+//! corral as processes: the two ways a worker learns that its master is
+//! gone (the control channel closing, and the kernel's SIGTERM as a
+//! backstop), the admin socket that keeps a second corral from starting on
+//! the same config, and the command line's exit codes.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
@@ -14,95 +15,150 @@ use nix::sys::signal::{Signal, kill, killpg};
 use nix::unistd::Pid;
 use tokio::io::AsyncBufReadExt;
 
-/// The worker is started the way the master starts it (`corral worker`, the
+/// A worker started the way the master starts it (`corral worker`, the
 /// control channel as stdin, a `Start` message), but by a shell standing in
-/// for the master, while the test keeps the master's end of the channel. So
-/// when the shell is SIGKILLed the channel stays open, and only the
-/// kernel's SIGTERM (`PR_SET_PDEATHSIG`) can tell the worker.
+/// for the master, while the test keeps the master's end of the channel: so
+/// the test can end the stand-in master and the channel separately.
+struct StandIn {
+    master: tokio::process::Child,
+    worker: Pid,
+    tx: corral::ipc::Sender,
+    rx: corral::ipc::Receiver,
+    log_path: std::path::PathBuf,
+    _dir: tempfile::TempDir,
+    _app: Upstream,
+}
+
+impl StandIn {
+    /// Starts the worker and checks it serves.
+    async fn start() -> Self {
+        let app = echo("app").await;
+        let dir = tempfile::tempdir().unwrap();
+        let config = simple_config(&[app.addr], "");
+        let socket = corral::master::sockets::bind("127.0.0.1:0".parse().unwrap(), 128).unwrap();
+        let addr = socket.local_addr().unwrap();
+        let (_region, region_fd) = corral::metrics::shm::Region::create().unwrap();
+        let (ours, theirs) = corral::ipc::pair().unwrap();
+        let log_path = dir.path().join("worker.log");
+
+        // A background job's stdin is /dev/null unless redirected, hence fd 3.
+        let script =
+            r#"exec 3<&0; CORRAL_MASTER_PID=$$ "$0" worker <&3 3<&- >/dev/null & echo $!; wait"#;
+        let mut master = tokio::process::Command::new("sh")
+            .args(["-c", script, BIN])
+            .env(corral::worker::process::ENV_SLOT, "0")
+            .env("CORRAL_LOG", "info")
+            .stdin(Stdio::from(theirs))
+            .stdout(Stdio::piped())
+            .stderr(std::fs::File::create(&log_path).unwrap())
+            .kill_on_drop(true)
+            .spawn()
+            .unwrap();
+        let mut pid_line = String::new();
+        tokio::io::BufReader::new(master.stdout.take().unwrap())
+            .read_line(&mut pid_line)
+            .await
+            .unwrap();
+        let worker = Pid::from_raw(pid_line.trim().parse().unwrap());
+
+        let (mut tx, mut rx) = corral::ipc::channel(ours).unwrap();
+        let start = corral::ipc::ToWorker::Start {
+            slot: 0,
+            generation: 1,
+            config_path: dir.path().join("corral.toml"),
+            config,
+            listeners: vec!["public".to_owned()],
+            health: Vec::new(),
+        };
+        tx.send_with_fds(&start, &[region_fd.as_fd(), socket.as_fd()])
+            .await
+            .unwrap();
+        drop((region_fd, socket));
+        let ready = patiently(
+            "the worker's answer to its start",
+            rx.recv::<corral::ipc::ToMaster>(),
+        )
+        .await
+        .unwrap()
+        .expect("the worker closed its channel instead of starting");
+        assert!(
+            matches!(
+                ready.message,
+                corral::ipc::ToMaster::Ready { generation: 1 }
+            ),
+            "{:?}",
+            ready.message
+        );
+        let reply = get(addr, "/", &[]).await;
+        assert_eq!(
+            (reply.status, reply.backend()),
+            (StatusCode::OK, "app".into())
+        );
+        Self {
+            master,
+            worker,
+            tx,
+            rx,
+            log_path,
+            _dir: dir,
+            _app: app,
+        }
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(&self.log_path).unwrap()
+    }
+}
+
+/// Only the kernel's SIGTERM (`PR_SET_PDEATHSIG`) can tell this worker that
+/// its stand-in master was SIGKILLed: the channel stays open.
 #[tokio::test]
 async fn a_killed_masters_worker_drains_on_the_kernels_sigterm_with_its_channel_still_open() {
-    let app = echo("app").await;
-    let dir = tempfile::tempdir().unwrap();
-    let config = simple_config(&[app.addr], "");
-    let socket = corral::master::sockets::bind("127.0.0.1:0".parse().unwrap(), 128).unwrap();
-    let addr = socket.local_addr().unwrap();
-    let (_region, region_fd) = corral::metrics::shm::Region::create().unwrap();
-    let (ours, theirs) = corral::ipc::pair().unwrap();
-    let log_path = dir.path().join("worker.log");
-
-    // A background job's stdin is /dev/null unless redirected, hence fd 3.
-    let script =
-        r#"exec 3<&0; CORRAL_MASTER_PID=$$ "$0" worker <&3 3<&- >/dev/null & echo $!; wait"#;
-    let mut master = tokio::process::Command::new("sh")
-        .args(["-c", script, BIN])
-        .env(corral::worker::process::ENV_SLOT, "0")
-        .env("CORRAL_LOG", "info")
-        .stdin(Stdio::from(theirs))
-        .stdout(Stdio::piped())
-        .stderr(std::fs::File::create(&log_path).unwrap())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
-    let mut pid_line = String::new();
-    tokio::io::BufReader::new(master.stdout.take().unwrap())
-        .read_line(&mut pid_line)
-        .await
-        .unwrap();
-    let worker = Pid::from_raw(pid_line.trim().parse().unwrap());
-
-    let (mut tx, mut rx) = corral::ipc::channel(ours).unwrap();
-    let start = corral::ipc::ToWorker::Start {
-        slot: 0,
-        generation: 1,
-        config_path: dir.path().join("corral.toml"),
-        config,
-        listeners: vec!["public".to_owned()],
-        health: Vec::new(),
-    };
-    tx.send_with_fds(&start, &[region_fd.as_fd(), socket.as_fd()])
-        .await
-        .unwrap();
-    drop((region_fd, socket));
-    let ready = patiently(
-        "the worker's answer to its start",
-        rx.recv::<corral::ipc::ToMaster>(),
-    )
-    .await
-    .unwrap()
-    .expect("the worker closed its channel instead of starting");
-    assert!(
-        matches!(
-            ready.message,
-            corral::ipc::ToMaster::Ready { generation: 1 }
-        ),
-        "{:?}",
-        ready.message
-    );
-    let reply = get(addr, "/", &[]).await;
-    assert_eq!(
-        (reply.status, reply.backend()),
-        (StatusCode::OK, "app".into())
-    );
-
-    master.start_kill().unwrap();
-    master.wait().await.unwrap();
+    let mut w = StandIn::start().await;
+    w.master.start_kill().unwrap();
+    w.master.wait().await.unwrap();
     // The worker's end closes when it exits; nothing else closes it.
     let exited = within_patience(async {
-        while let Some(message) = rx.recv::<corral::ipc::ToMaster>().await.unwrap() {
+        while let Some(message) = w.rx.recv::<corral::ipc::ToMaster>().await.unwrap() {
             eprintln!("worker said {:?}", message.message);
         }
     })
     .await;
     if exited.is_none() {
-        let _ = kill(worker, Signal::SIGKILL);
+        let _ = kill(w.worker, Signal::SIGKILL);
         panic!("the worker outlived its killed master: no SIGTERM from the kernel");
     }
-    let log = std::fs::read_to_string(&log_path).unwrap();
+    let log = w.log();
     // It drained (its SIGTERM handler ran), and not because of the channel.
     assert!(log.contains("worker drained"), "{log}");
     assert!(!log.contains("closed the control channel"), "{log}");
     // Held open to the end, so the channel could not be what stopped it.
-    drop(tx);
+    drop(w.tx);
+}
+
+/// The master still lives, so no signal comes: only the closed channel can
+/// tell the worker to leave.
+#[tokio::test]
+async fn a_worker_whose_control_channel_closes_drains_and_exits_with_its_master_alive() {
+    let StandIn {
+        mut master,
+        worker,
+        tx,
+        rx,
+        log_path,
+        _dir,
+        _app,
+    } = StandIn::start().await;
+    drop((tx, rx));
+    // The stand-in's `wait` returns once the worker has exited.
+    let ended = within_patience(master.wait()).await;
+    if ended.is_none() {
+        let _ = kill(worker, Signal::SIGKILL);
+        panic!("the worker outlived its closed control channel");
+    }
+    let log = std::fs::read_to_string(&log_path).unwrap();
+    assert!(log.contains("closed the control channel"), "{log}");
+    assert!(log.contains("worker drained"), "{log}");
 }
 
 #[tokio::test]
