@@ -175,7 +175,7 @@ async fn a_reload_onto_a_taken_port_is_a_409_and_changes_nothing() {
         assert_eq!(get(public, "/app/x", &[]).await.backend(), "a");
     }
     // corral holds none of the port it could not have.
-    assert_eq!(listening_inodes(port).len(), 1);
+    assert_eq!(listening_inodes(taken.local_addr().unwrap()).len(), 1);
     drop(taken);
 }
 
@@ -232,6 +232,9 @@ async fn a_changed_listener_address_serves_on_the_new_one_and_stops_accepting_on
     let mut open = H1::connect(old).await;
     assert_eq!(open.get("/app/x", &[]).await.status, StatusCode::OK);
 
+    // Held, so that the refused connect below cannot reach another test's
+    // listener on a port handed out again.
+    let _old_port = hold_port(old);
     // Another loopback address: a port-0 listener keeps its sockets only
     // while its configured address stays the same.
     corral.write_config(&config(app.addr, "127.0.0.2:0", ""));

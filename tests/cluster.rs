@@ -109,7 +109,7 @@ async fn workers_share_per_slot_reuseport_sockets_held_by_the_master() {
         .collect();
     assert_eq!(children, workers.iter().copied().collect());
 
-    let listening = listening_inodes(corral.addr("public").port());
+    let listening = listening_inodes(corral.addr("public"));
     assert_eq!(listening.len(), 2, "one listening socket per slot");
     let master: HashSet<u64> = socket_inodes(u64::from(corral.pid()))
         .intersection(&listening)
@@ -466,7 +466,7 @@ async fn sigterm_finishes_in_flight_requests_then_everything_exits() {
     let mut corral = Corral::start(&cluster_config(&[app.addr], "")).await;
     let workers = corral.worker_pids().await;
     let addr = corral.addr("public");
-    let sockets = listening_inodes(addr.port());
+    let sockets = listening_inodes(addr);
     let in_flight = tokio::spawn(async move { get(addr, "/slow", &[]).await });
     patiently("the request to arrive", started_rx)
         .await
@@ -492,7 +492,7 @@ async fn sigterm_finishes_in_flight_requests_then_everything_exits() {
     // Its listening sockets are gone (not merely refusing: a connect could
     // reach another test's listener that took the port since).
     assert!(
-        listening_inodes(addr.port()).is_disjoint(&sockets),
+        listening_inodes(addr).is_disjoint(&sockets),
         "a listening socket outlived corral"
     );
 }

@@ -283,7 +283,7 @@ async fn listeners_added_by_reload_serve_and_removed_ones_stop_accepting() {
     // An open connection on the listener outlives its removal.
     let mut open = H1::connect(added).await;
     assert_eq!(open.get("/", &[]).await.status, StatusCode::OK);
-    let sockets = listening_inodes(added.port());
+    let sockets = listening_inodes(added);
     assert_eq!(sockets.len(), 2, "one socket per slot");
 
     corral.write_config(&config(a.addr, ws, "", 2));
@@ -294,7 +294,7 @@ async fn listeners_added_by_reload_serve_and_removed_ones_stop_accepting() {
     // sockets themselves are looked for, not a refused connect: another
     // test may listen on the port by now.
     assert!(
-        listening_inodes(added.port()).is_disjoint(&sockets),
+        listening_inodes(added).is_disjoint(&sockets),
         "the removed listener's sockets are still open"
     );
     assert_eq!(open.get("/", &[]).await.status, StatusCode::OK);
@@ -329,8 +329,7 @@ async fn changing_the_worker_count_adds_and_retires_slots() {
                 .wait_for_log(&format!("worker slot stopped slot={slot}"))
                 .await;
         }
-        let port = corral.addr("public").port();
-        assert_eq!(listening_inodes(port).len(), workers);
+        assert_eq!(listening_inodes(corral.addr("public")).len(), workers);
         for _ in 0..6 {
             assert_eq!(
                 get(corral.addr("public"), "/", &[]).await.status,

@@ -901,20 +901,40 @@ impl Load {
     }
 }
 
-/// Inodes of TCP sockets listening on `port`.
-pub fn listening_inodes(port: u16) -> std::collections::HashSet<u64> {
+/// Inodes of the TCP sockets listening on exactly `addr` (IPv4). The
+/// address counts, not only the port: a port number in use on one loopback
+/// address may be handed out again on another.
+pub fn listening_inodes(addr: SocketAddr) -> std::collections::HashSet<u64> {
+    let std::net::IpAddr::V4(ip) = addr.ip() else {
+        panic!("{addr} is not IPv4");
+    };
+    let wanted = format!(
+        "{:08X}:{:04X}",
+        u32::from_ne_bytes(ip.octets()),
+        addr.port()
+    );
     std::fs::read_to_string("/proc/net/tcp")
         .unwrap()
         .lines()
         .skip(1)
         .filter_map(|l| {
             let f: Vec<&str> = l.split_whitespace().collect();
-            let local_port = u16::from_str_radix(f[1].rsplit(':').next()?, 16).ok()?;
-            (local_port == port && f[3] == "0A")
+            (f[1] == wanted && f[3] == "0A")
                 .then(|| f[9].parse().ok())
                 .flatten()
         })
         .collect()
+}
+
+/// Keeps `addr`'s port from being taken by anyone else while it lives, and
+/// never accepts: a socket bound beside corral's (`SO_REUSEPORT`, as
+/// theirs) that never listens. Once corral's sockets close, a connection to
+/// the port is refused, not taken by another test's listener.
+pub fn hold_port(addr: SocketAddr) -> socket2::Socket {
+    let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    socket.set_reuse_port(true).unwrap();
+    socket.bind(&addr.into()).unwrap();
+    socket
 }
 
 /// An upstream named `a` (in `x-backend`) whose `/healthz` fails while the
