@@ -413,7 +413,10 @@ async fn large_bodies_stream_both_ways_in_constant_memory() {
     }
     assert_eq!(received, SIZE);
     let grown = corral.peak_rss_kib().saturating_sub(before);
-    eprintln!("corral grew by {grown} KiB moving {} MiB each way", SIZE >> 20);
+    eprintln!(
+        "corral grew by {grown} KiB moving {} MiB each way",
+        SIZE >> 20
+    );
     // A few buffers per process (about 2 MiB here, whatever the size):
     // buffering even a thirtieth of the body would show.
     assert!(
