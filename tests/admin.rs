@@ -15,7 +15,7 @@
 
 mod common;
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::HashSet;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
@@ -73,63 +73,6 @@ async fn get_config(corral: &Corral) -> serde_json::Value {
     let (code, body) = admin_call(corral.admin.unwrap(), Method::GET, "/config").await;
     assert_eq!(code, StatusCode::OK, "{body}");
     serde_json::from_str(&body).unwrap()
-}
-
-/// One sample of the text format: name, labels, value.
-#[derive(Debug)]
-struct Sample {
-    name: String,
-    labels: BTreeMap<String, String>,
-    value: f64,
-}
-
-fn parse(page: &str) -> Vec<Sample> {
-    page.lines()
-        .filter(|l| !l.starts_with('#') && !l.is_empty())
-        .map(|l| {
-            let (series, value) = l.rsplit_once(' ').unwrap();
-            let (name, labels) = match series.split_once('{') {
-                None => (series, BTreeMap::new()),
-                Some((name, rest)) => {
-                    let labels = rest
-                        .trim_end_matches('}')
-                        .split("\",")
-                        .filter(|p| !p.is_empty())
-                        .map(|p| {
-                            let (k, v) = p.split_once("=\"").unwrap();
-                            (k.to_owned(), v.trim_end_matches('"').to_owned())
-                        })
-                        .collect();
-                    (name, labels)
-                }
-            };
-            Sample {
-                name: name.to_owned(),
-                labels,
-                value: value.parse().unwrap(),
-            }
-        })
-        .collect()
-}
-
-/// The sum of `name`'s series whose labels include `labels`.
-fn sum(samples: &[Sample], name: &str, labels: &[(&str, &str)]) -> f64 {
-    samples
-        .iter()
-        .filter(|s| {
-            s.name == name
-                && labels
-                    .iter()
-                    .all(|(k, v)| s.labels.get(*k).map(String::as_str) == Some(*v))
-        })
-        .map(|s| s.value)
-        .sum()
-}
-
-async fn scrape(corral: &Corral) -> Vec<Sample> {
-    let (code, page) = admin_call(corral.admin.unwrap(), Method::GET, "/metrics").await;
-    assert_eq!(code, StatusCode::OK);
-    parse(&page)
 }
 
 // ---- /status, /config, /healthz ----
@@ -321,7 +264,7 @@ async fn status_in_flight_sums_the_requests_held_by_every_worker() {
         patiently("a held request to arrive", arrived.recv())
             .await
             .unwrap();
-        let samples = scrape(&corral).await;
+        let samples = scrape_metrics(&corral).await;
         let holders: HashSet<String> = samples
             .iter()
             .filter(|s| {
@@ -359,16 +302,16 @@ async fn slot_and_worker_gauges_follow_a_reload_of_runtime_workers() {
     corral.wait_status(all_ready).await;
     let gauges = |s: &[Sample]| {
         (
-            sum(s, "corral_worker_slots", &[]),
-            sum(s, "corral_workers", &[]),
+            metric_sum(s, "corral_worker_slots", &[]),
+            metric_sum(s, "corral_workers", &[]),
         )
     };
-    assert_eq!(gauges(&scrape(&corral).await), (2.0, 2.0));
+    assert_eq!(gauges(&scrape_metrics(&corral).await), (2.0, 2.0));
     for workers in [3, 1] {
         corral.write_config(&text.replace("workers = 2", &format!("workers = {workers}")));
         post_reload(&corral).await;
         // A reload reports success once every slot serves it.
-        let samples = scrape(&corral).await;
+        let samples = scrape_metrics(&corral).await;
         let expected = f64::from(workers);
         assert_eq!(
             gauges(&samples),
@@ -389,7 +332,7 @@ async fn the_server_healthy_gauge_drops_to_0_when_a_health_check_takes_the_serve
     let corral = Corral::start(&cluster_config(&[sick.addr, fine.addr], check)).await;
     let (sick_label, fine_label) = (sick.addr.to_string(), fine.addr.to_string());
     let healthy = |s: &[Sample], server: &str| {
-        sum(
+        metric_sum(
             s,
             "corral_upstream_server_healthy",
             &[("upstream", "app"), ("server", server)],
@@ -399,14 +342,14 @@ async fn the_server_healthy_gauge_drops_to_0_when_a_health_check_takes_the_serve
     corral
         .wait_status(|s| state(s, 0) == "healthy" && state(s, 1) == "healthy")
         .await;
-    let samples = scrape(&corral).await;
+    let samples = scrape_metrics(&corral).await;
     assert_eq!(healthy(&samples, &sick_label), 1.0);
     assert_eq!(healthy(&samples, &fine_label), 1.0);
 
     failing.store(true, Ordering::SeqCst);
     // Once out, it stays out: its check keeps failing.
     corral.wait_status(|s| state(s, 0) == "unhealthy").await;
-    let samples = scrape(&corral).await;
+    let samples = scrape_metrics(&corral).await;
     assert_eq!(healthy(&samples, &sick_label), 0.0);
     assert_eq!(healthy(&samples, &fine_label), 1.0);
 }
@@ -416,8 +359,12 @@ async fn the_reload_duration_count_grows_by_one_per_reload_and_not_for_an_unchan
     let app = echo("app").await;
     let text = cluster_config(&[app.addr], "");
     let corral = Corral::start(&text).await;
-    let count = |s: &[Sample]| sum(s, "corral_config_reload_duration_seconds_count", &[]);
-    assert_eq!(count(&scrape(&corral).await), 0.0, "starting is no reload");
+    let count = |s: &[Sample]| metric_sum(s, "corral_config_reload_duration_seconds_count", &[]);
+    assert_eq!(
+        count(&scrape_metrics(&corral).await),
+        0.0,
+        "starting is no reload"
+    );
 
     for (n, timeout) in [(1.0, "6s"), (2.0, "7s")] {
         corral.write_config(&text.replace(
@@ -426,11 +373,11 @@ async fn the_reload_duration_count_grows_by_one_per_reload_and_not_for_an_unchan
         ));
         let answer = post_reload(&corral).await;
         assert_eq!(answer["unchanged"], false, "{answer}");
-        assert_eq!(count(&scrape(&corral).await), n);
+        assert_eq!(count(&scrape_metrics(&corral).await), n);
         let answer = post_reload(&corral).await;
         assert_eq!(answer["unchanged"], true, "{answer}");
         assert_eq!(
-            count(&scrape(&corral).await),
+            count(&scrape_metrics(&corral).await),
             n,
             "an unchanged file counted"
         );
@@ -699,8 +646,8 @@ async fn after_an_upgrade_the_new_masters_pid_is_logged_and_its_counters_start_f
     for _ in 0..5 {
         assert_eq!(get(public, "/before", &[]).await.status, StatusCode::OK);
     }
-    let requests = |s: &[Sample]| sum(s, "corral_requests_total", &[]);
-    assert_eq!(requests(&scrape(&corral).await), 5.0);
+    let requests = |s: &[Sample]| metric_sum(s, "corral_requests_total", &[]);
+    assert_eq!(requests(&scrape_metrics(&corral).await), 5.0);
     let old = corral.pid();
     corral
         .wait_for_log(&format!("master{{pid={old}}}: corral::master: ready"))
@@ -722,11 +669,11 @@ async fn after_an_upgrade_the_new_masters_pid_is_logged_and_its_counters_start_f
         .wait_for_log(&format!("master{{pid={new}}}: corral::master: ready"))
         .await;
 
-    assert_eq!(requests(&scrape(&corral).await), 0.0);
+    assert_eq!(requests(&scrape_metrics(&corral).await), 0.0);
     for _ in 0..3 {
         assert_eq!(get(public, "/after", &[]).await.status, StatusCode::OK);
     }
-    assert_eq!(requests(&scrape(&corral).await), 3.0);
+    assert_eq!(requests(&scrape_metrics(&corral).await), 3.0);
 }
 
 // ---- tcp_migrate_req ----

@@ -6,7 +6,6 @@
 
 mod common;
 
-use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::time::Duration;
 
@@ -59,70 +58,13 @@ async fn logged(corral: &Corral, prefix: &str, n: usize) {
         .await;
 }
 
-/// One sample of the text format: name, labels, value.
-#[derive(Debug)]
-struct Sample {
-    name: String,
-    labels: BTreeMap<String, String>,
-    value: f64,
-}
-
-fn parse(page: &str) -> Vec<Sample> {
-    page.lines()
-        .filter(|l| !l.starts_with('#') && !l.is_empty())
-        .map(|l| {
-            let (series, value) = l.rsplit_once(' ').unwrap();
-            let (name, labels) = match series.split_once('{') {
-                None => (series, BTreeMap::new()),
-                Some((name, rest)) => {
-                    let labels = rest
-                        .trim_end_matches('}')
-                        .split("\",")
-                        .filter(|p| !p.is_empty())
-                        .map(|p| {
-                            let (k, v) = p.split_once("=\"").unwrap();
-                            (k.to_owned(), v.trim_end_matches('"').to_owned())
-                        })
-                        .collect();
-                    (name, labels)
-                }
-            };
-            Sample {
-                name: name.to_owned(),
-                labels,
-                value: value.parse().unwrap(),
-            }
-        })
-        .collect()
-}
-
-/// The sum of `name`'s samples whose labels include every pair of `labels`.
-fn sum(samples: &[Sample], name: &str, labels: &[(&str, &str)]) -> f64 {
-    samples
-        .iter()
-        .filter(|s| {
-            s.name == name
-                && labels
-                    .iter()
-                    .all(|(k, v)| s.labels.get(*k).map(String::as_str) == Some(*v))
-        })
-        .map(|s| s.value)
-        .sum()
-}
-
-async fn scrape(corral: &Corral) -> Vec<Sample> {
-    let (code, page) = admin_call(corral.admin.unwrap(), Method::GET, "/metrics").await;
-    assert_eq!(code, StatusCode::OK);
-    parse(&page)
-}
-
 /// Scrapes until `ready` holds. For gauges that follow a client's close:
 /// corral logs nothing when a connection ends, so there is no event to wait
 /// on but the gauge itself.
 async fn scrape_until(corral: &Corral, what: &str, ready: impl Fn(&[Sample]) -> bool) {
     let deadline = tokio::time::Instant::now() + PATIENCE;
     loop {
-        let samples = scrape(corral).await;
+        let samples = scrape_metrics(corral).await;
         if ready(&samples) {
             return;
         }
@@ -201,9 +143,9 @@ async fn reloads_are_counted_once_each_by_result() {
     );
     let corral = Corral::start(&config(app.addr, "127.0.0.1:0", &secure)).await;
     let reloads =
-        |s: &[Sample], result| sum(s, "corral_config_reloads_total", &[("result", result)]);
+        |s: &[Sample], result| metric_sum(s, "corral_config_reloads_total", &[("result", result)]);
     // Starting is not a reload.
-    let start = scrape(&corral).await;
+    let start = scrape_metrics(&corral).await;
     assert_eq!(reloads(&start, "success"), 0.0);
     assert_eq!(reloads(&start, "failure"), 0.0);
 
@@ -214,10 +156,10 @@ async fn reloads_are_counted_once_each_by_result() {
     let (code, body) = post_reload(&corral).await;
     assert_eq!(code, StatusCode::BAD_REQUEST, "{body}");
 
-    let samples = scrape(&corral).await;
+    let samples = scrape_metrics(&corral).await;
     assert_eq!(reloads(&samples, "success"), 1.0);
     assert_eq!(reloads(&samples, "failure"), 1.0);
-    assert_eq!(sum(&samples, "corral_config_generation", &[]), 2.0);
+    assert_eq!(metric_sum(&samples, "corral_config_generation", &[]), 2.0);
     let status = corral.status().await;
     assert_eq!(status["reloads"]["success"], 1, "{status:#}");
     assert_eq!(status["reloads"]["failure"], 1, "{status:#}");
@@ -290,19 +232,19 @@ async fn body_bytes_are_counted_exactly_in_both_directions() {
     logged(&corral, "/app/", uploads.len()).await;
     logged(&corral, "/elsewhere", 1).await;
 
-    let samples = scrape(&corral).await;
+    let samples = scrape_metrics(&corral).await;
     let app_series = [("route", "app"), ("upstream", "app")];
     assert_eq!(
-        sum(&samples, "corral_request_bytes_total", &app_series),
+        metric_sum(&samples, "corral_request_bytes_total", &app_series),
         uploads.iter().sum::<usize>() as f64
     );
     assert_eq!(
-        sum(&samples, "corral_response_bytes_total", &app_series),
+        metric_sum(&samples, "corral_response_bytes_total", &app_series),
         (uploads.len() * ANSWER) as f64
     );
     // corral's own answer counts as what the client received.
     assert_eq!(
-        sum(
+        metric_sum(
             &samples,
             "corral_response_bytes_total",
             &[("route", "(none)")]
@@ -384,13 +326,13 @@ async fn upstream_errors_are_counted_exactly_by_kind() {
             assert_eq!(reply.status, *code, "{kind}: {}", reply.text());
         }
     }
-    let samples = scrape(&corral).await;
+    let samples = scrape_metrics(&corral).await;
     for (upstream, addr, n, _) in &cases {
         let server = addr.to_string();
         for (kind, _, _, _) in &cases {
             let expected = if kind == upstream { *n } else { 0 };
             assert_eq!(
-                sum(
+                metric_sum(
                     &samples,
                     "corral_upstream_errors_total",
                     &[("upstream", upstream), ("server", &server), ("kind", kind)]
@@ -408,19 +350,19 @@ async fn connections_total_keeps_what_a_killed_worker_accepted() {
     let corral = Corral::start(&config(app.addr, "127.0.0.1:0", "")).await;
     corral.wait_status(all_ready).await;
     let public = corral.addr("public");
-    let total = |s: &[Sample]| sum(s, "corral_connections_total", &[("listener", "public")]);
+    let total = |s: &[Sample]| metric_sum(s, "corral_connections_total", &[("listener", "public")]);
     let mut open = Vec::new();
     for _ in 0..8 {
         let mut client = H1::connect(public).await;
         assert_eq!(client.get("/app/x", &[]).await.status, StatusCode::OK);
         open.push(client);
     }
-    let samples = scrape(&corral).await;
+    let samples = scrape_metrics(&corral).await;
     assert_eq!(total(&samples), 8.0);
     // The victim is the worker holding the most of them, so that the test
     // does not depend on how the kernel spread the connections.
     let active = |slot: &str| {
-        sum(
+        metric_sum(
             &samples,
             "corral_connections_active",
             &[("listener", "public"), ("worker", slot)],
@@ -431,16 +373,16 @@ async fn connections_total_keeps_what_a_killed_worker_accepted() {
     assert!(active(&slot.to_string()) >= 4.0);
     let victim = corral.worker_pids().await[slot];
     nix::sys::signal::kill(nix::unistd::Pid::from_raw(victim as i32), Signal::SIGKILL).unwrap();
-    assert_eq!(total(&scrape(&corral).await), 8.0);
+    assert_eq!(total(&scrape_metrics(&corral).await), 8.0);
     corral
         .wait_status(|s| all_ready(s) && s["workers"][slot]["pid"].as_u64() != Some(victim))
         .await;
     drop(open);
-    assert_eq!(total(&scrape(&corral).await), 8.0);
+    assert_eq!(total(&scrape_metrics(&corral).await), 8.0);
     for _ in 0..4 {
         assert_eq!(get(public, "/app/y", &[]).await.status, StatusCode::OK);
     }
-    assert_eq!(total(&scrape(&corral).await), 12.0);
+    assert_eq!(total(&scrape_metrics(&corral).await), 12.0);
 }
 
 #[tokio::test]
@@ -455,26 +397,26 @@ async fn unmatched_requests_are_counted_under_route_none() {
     assert_eq!(get(public, "/app/x", &[]).await.status, StatusCode::OK);
     logged(&corral, "/nowhere/", 3).await;
     logged(&corral, "/app/", 1).await;
-    let samples = scrape(&corral).await;
+    let samples = scrape_metrics(&corral).await;
     let none = [("route", "(none)"), ("upstream", "(none)")];
     assert_eq!(
-        sum(
+        metric_sum(
             &samples,
             "corral_requests_total",
             &[none[0], none[1], ("code", "404")]
         ),
         3.0
     );
-    assert_eq!(sum(&samples, "corral_requests_total", &none), 3.0);
+    assert_eq!(metric_sum(&samples, "corral_requests_total", &none), 3.0);
     assert_eq!(
-        sum(&samples, "corral_request_duration_seconds_count", &none),
+        metric_sum(&samples, "corral_request_duration_seconds_count", &none),
         3.0
     );
     assert_eq!(
-        sum(&samples, "corral_requests_total", &[("route", "app")]),
+        metric_sum(&samples, "corral_requests_total", &[("route", "app")]),
         1.0
     );
-    assert_eq!(sum(&samples, "corral_requests_total", &[]), 4.0);
+    assert_eq!(metric_sum(&samples, "corral_requests_total", &[]), 4.0);
 }
 
 #[tokio::test]
@@ -486,8 +428,11 @@ async fn the_upstream_in_flight_gauge_counts_a_held_request_and_drops_after() {
     arrived.await.unwrap();
     let server = slow.addr.to_string();
     let series = [("upstream", "app"), ("server", server.as_str())];
-    let samples = scrape(&corral).await;
-    assert_eq!(sum(&samples, "corral_upstream_in_flight", &series), 1.0);
+    let samples = scrape_metrics(&corral).await;
+    assert_eq!(
+        metric_sum(&samples, "corral_upstream_in_flight", &series),
+        1.0
+    );
     // One worker holds it, and says so under its own slot.
     let holders = samples
         .iter()
@@ -498,8 +443,11 @@ async fn the_upstream_in_flight_gauge_counts_a_held_request_and_drops_after() {
     assert_eq!(pending.await.unwrap().status, StatusCode::OK);
     // corral releases the server before it logs the request.
     logged(&corral, "/app/slow", 1).await;
-    let samples = scrape(&corral).await;
-    assert_eq!(sum(&samples, "corral_upstream_in_flight", &series), 0.0);
+    let samples = scrape_metrics(&corral).await;
+    assert_eq!(
+        metric_sum(&samples, "corral_upstream_in_flight", &series),
+        0.0
+    );
 }
 
 #[tokio::test]
@@ -507,7 +455,8 @@ async fn the_active_connections_gauge_follows_clients_opening_and_closing() {
     let app = echo("app").await;
     let corral = Corral::start(&config(app.addr, "127.0.0.1:0", "")).await;
     let public = corral.addr("public");
-    let active = |s: &[Sample]| sum(s, "corral_connections_active", &[("listener", "public")]);
+    let active =
+        |s: &[Sample]| metric_sum(s, "corral_connections_active", &[("listener", "public")]);
     let mut open = Vec::new();
     for _ in 0..5 {
         let mut client = H1::connect(public).await;
@@ -515,7 +464,7 @@ async fn the_active_connections_gauge_follows_clients_opening_and_closing() {
         assert_eq!(client.get("/app/x", &[]).await.status, StatusCode::OK);
         open.push(client);
     }
-    assert_eq!(active(&scrape(&corral).await), 5.0);
+    assert_eq!(active(&scrape_metrics(&corral).await), 5.0);
     open.truncate(2);
     scrape_until(&corral, "2 open after 3 closed", |s| active(s) == 2.0).await;
     drop(open);

@@ -38,43 +38,6 @@ servers = [{{ addr = "{app}" }}]
     )
 }
 
-/// One sample of the text format: name, labels, value.
-#[derive(Debug)]
-struct Sample {
-    name: String,
-    labels: BTreeMap<String, String>,
-    value: f64,
-}
-
-fn parse(page: &str) -> Vec<Sample> {
-    page.lines()
-        .filter(|l| !l.starts_with('#') && !l.is_empty())
-        .map(|l| {
-            let (series, value) = l.rsplit_once(' ').unwrap();
-            let (name, labels) = match series.split_once('{') {
-                None => (series, BTreeMap::new()),
-                Some((name, rest)) => {
-                    let labels = rest
-                        .trim_end_matches('}')
-                        .split("\",")
-                        .filter(|p| !p.is_empty())
-                        .map(|p| {
-                            let (k, v) = p.split_once("=\"").unwrap();
-                            (k.to_owned(), v.trim_end_matches('"').to_owned())
-                        })
-                        .collect();
-                    (name, labels)
-                }
-            };
-            Sample {
-                name: name.to_owned(),
-                labels,
-                value: value.parse().unwrap(),
-            }
-        })
-        .collect()
-}
-
 fn sum(samples: &[Sample], name: &str, filter: impl Fn(&BTreeMap<String, String>) -> bool) -> f64 {
     samples
         .iter()
@@ -133,7 +96,7 @@ async fn counts_are_exact_across_workers_and_never_go_back() {
     requests(public, "/app/fail", 50, 10).await;
 
     let page = scrape(&corral).await;
-    let samples = parse(&page);
+    let samples = parse_metrics(&page);
     let code = |c: &'static str| move |l: &BTreeMap<String, String>| l["code"] == c;
     assert_eq!(
         sum(&samples, "corral_requests_total", |_| true),
@@ -178,14 +141,14 @@ async fn counts_are_exact_across_workers_and_never_go_back() {
 
     let victim = corral.worker_pids().await[0];
     nix::sys::signal::kill(nix::unistd::Pid::from_raw(victim as i32), Signal::SIGKILL).unwrap();
-    let after_kill = parse(&scrape(&corral).await);
+    let after_kill = parse_metrics(&scrape(&corral).await);
     assert_eq!(sum(&after_kill, "corral_requests_total", |_| true), 1000.0);
     corral
         .wait_status(|s| all_ready(s) && s["workers"][0]["pid"].as_u64() != Some(victim))
         .await;
     requests(public, "/app/ok", 100, 10).await;
     let page = scrape(&corral).await;
-    let samples = parse(&page);
+    let samples = parse_metrics(&page);
     assert_eq!(
         sum(&samples, "corral_requests_total", |_| true),
         1100.0,
@@ -234,7 +197,7 @@ async fn upstream_errors_are_counted_by_kind() {
             StatusCode::BAD_GATEWAY
         );
     }
-    let samples = parse(&scrape(&corral).await);
+    let samples = parse_metrics(&scrape(&corral).await);
     let kind = |k: &'static str| {
         move |l: &BTreeMap<String, String>| l["kind"] == k && l["upstream"] == "app"
     };
@@ -260,7 +223,7 @@ async fn labels_never_come_from_request_data() {
     get(public, "/app/a", &[]).await;
     get(public, "/elsewhere", &[]).await;
     let series = |page: &str| {
-        parse(page)
+        parse_metrics(page)
             .into_iter()
             .map(|s| format!("{}{:?}", s.name, s.labels))
             .collect::<HashSet<_>>()

@@ -9,29 +9,35 @@
 mod common;
 
 use std::collections::HashSet;
-use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use common::*;
 use http::StatusCode;
 use nix::sys::signal::Signal;
-use tokio::sync::watch;
 
-/// corral started from its own copy of the binary, in its own process
-/// group (which every master and worker it starts, and every successor it
-/// tries, joins). Like `Corral`, but `Corral` always runs `BIN` itself.
+/// corral started from its own copy of the binary, which the test can
+/// replace; the fixture's process group holds every master and worker it
+/// starts, and every successor it tries.
 struct Upgradable {
-    child: tokio::process::Child,
-    pid: u32,
+    corral: Corral,
     /// Where the running binary lies; what SIGUSR2 starts.
     exe: PathBuf,
-    addr: SocketAddr,
-    admin: SocketAddr,
-    log: watch::Receiver<Vec<String>>,
-    dir: tempfile::TempDir,
+}
+
+impl std::ops::Deref for Upgradable {
+    type Target = Corral;
+
+    fn deref(&self) -> &Corral {
+        &self.corral
+    }
+}
+
+impl std::ops::DerefMut for Upgradable {
+    fn deref_mut(&mut self) -> &mut Corral {
+        &mut self.corral
+    }
 }
 
 impl Upgradable {
@@ -41,65 +47,20 @@ impl Upgradable {
         copy(Path::new(BIN), &exe);
         let config_path = dir.path().join("corral.toml");
         std::fs::write(&config_path, config).unwrap();
-        let mut child = tokio::process::Command::new(&exe)
-            .args(["run", "--config"])
-            .arg(&config_path)
-            .env("CORRAL_LOG", "info,corral=debug")
-            .process_group(0)
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let pid = child.id().unwrap();
-        let stderr = std::fs::File::from(child.stderr.take().unwrap().into_owned_fd().unwrap());
-        let (lines, log) = watch::channel(Vec::new());
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                eprintln!("[corral] {line}");
-                lines.send_modify(|lines| lines.push(line));
-            }
-        });
-        let mut corral = Self {
-            child,
-            pid,
+        Self {
+            corral: Corral::start_exe(&exe, dir, config_path).await,
             exe,
-            addr: "0.0.0.0:0".parse().unwrap(),
-            admin: "0.0.0.0:0".parse().unwrap(),
-            log,
-            dir,
-        };
-        corral.wait_for_log("corral::master: ready").await;
-        let admin = corral.wait_for_log(" admin endpoint listening ").await;
-        corral.admin = field(&admin, "addr").parse().unwrap();
-        let public = corral.wait_for_log(" listening listener=public").await;
-        corral.addr = field(&public, "addr").parse().unwrap();
-        corral
-    }
-
-    async fn wait_for_log(&self, needle: &str) -> String {
-        self.wait_for_logs(needle, 1).await.remove(0)
-    }
-
-    async fn wait_for_logs(&self, needle: &str, n: usize) -> Vec<String> {
-        let matching = |line: &&String| line.contains(needle);
-        let mut log = self.log.clone();
-        let enough = |lines: &Vec<String>| lines.iter().filter(matching).count() >= n;
-        match tokio::time::timeout(PATIENCE, log.wait_for(enough)).await {
-            Ok(Ok(lines)) => lines.iter().filter(matching).cloned().collect(),
-            _ => panic!("fewer than {n} log lines with {needle:?}"),
         }
     }
 
-    async fn status(&self) -> serde_json::Value {
-        let (code, body) = admin_call(self.admin, http::Method::GET, "/status").await;
-        assert_eq!(code, StatusCode::OK, "{body}");
-        serde_json::from_str(&body).unwrap()
+    fn folder(&self) -> &Path {
+        self.exe.parent().unwrap()
     }
 
     /// Puts `source` where the running binary lies, as an operator's
     /// install does: a new file renamed over the old path.
     fn replace_exe(&self, source: &Path) {
-        let next = self.dir.path().join("corral.next");
+        let next = self.folder().join("corral.next");
         copy(source, &next);
         std::fs::rename(&next, &self.exe).unwrap();
     }
@@ -107,29 +68,10 @@ impl Upgradable {
     /// Puts a shell script with `body` where the running binary lies.
     fn replace_exe_with_script(&self, body: &str) {
         use std::os::unix::fs::PermissionsExt;
-        let script = self.dir.path().join("successor.sh");
+        let script = self.folder().join("successor.sh");
         std::fs::write(&script, format!("#!/bin/sh\n{body}\n")).unwrap();
         std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
         self.replace_exe(&script);
-    }
-
-    fn signal(&self, signal: Signal) {
-        nix::sys::signal::kill(nix::unistd::Pid::from_raw(self.pid as i32), signal).unwrap();
-    }
-
-    /// The exit code of the first master.
-    async fn wait_exit(&mut self) -> Option<i32> {
-        let status = tokio::time::timeout(PATIENCE, self.child.wait())
-            .await
-            .expect("corral did not exit");
-        status.unwrap().code()
-    }
-}
-
-impl Drop for Upgradable {
-    fn drop(&mut self) {
-        let group = nix::unistd::Pid::from_raw(self.pid as i32);
-        let _ = nix::sys::signal::killpg(group, Signal::SIGKILL);
     }
 }
 
@@ -146,21 +88,6 @@ fn copy(from: &Path, to: &Path) {
     assert!(status.success(), "cp {} {}", from.display(), to.display());
 }
 
-/// `key=value` out of a tracing log line.
-fn field(line: &str, key: &str) -> String {
-    let start = line
-        .find(&format!(" {key}="))
-        .unwrap_or_else(|| panic!("no {key} in {line:?}"))
-        + key.len()
-        + 2;
-    line[start..]
-        .split_whitespace()
-        .next()
-        .unwrap()
-        .trim_matches('"')
-        .to_owned()
-}
-
 /// Announces the fake successor in corral's log (it inherits the master's
 /// stderr), with its pid, which `exec` keeps.
 const ANNOUNCE: &str = "echo \"fake successor pid=$$ started\" >&2";
@@ -168,7 +95,7 @@ const ANNOUNCE: &str = "echo \"fake successor pid=$$ started\" >&2";
 /// The pid the fake successor announced.
 async fn successor_pid(corral: &Upgradable) -> u32 {
     let line = corral.wait_for_log("fake successor pid=").await;
-    field(&line, "pid").parse().unwrap()
+    log_field(&line, "pid").unwrap().parse().unwrap()
 }
 
 /// Every process in process group `group`.
@@ -204,20 +131,23 @@ async fn assert_old_master_serves_alone(corral: &Upgradable, pid: u32, workers: 
         !Path::new(&format!("/proc/{pid}")).exists(),
         "the failed successor {pid} is still there"
     );
-    let expected: HashSet<u64> = std::iter::once(u64::from(corral.pid))
+    let expected: HashSet<u64> = std::iter::once(u64::from(corral.pid()))
         .chain(workers.iter().copied())
         .collect();
     assert_eq!(
-        group_members(corral.pid),
+        group_members(corral.pid()),
         expected,
         "master and workers only"
     );
     let status = corral.status().await;
-    assert_eq!(status["pid"].as_u64(), Some(u64::from(corral.pid)));
+    assert_eq!(status["pid"].as_u64(), Some(u64::from(corral.pid())));
     assert_eq!(pids_of(&status), workers, "the workers were not disturbed");
     assert!(all_ready(&status), "{status:#}");
     for _ in 0..4 {
-        assert_eq!(get(corral.addr, "/", &[]).await.status, StatusCode::OK);
+        assert_eq!(
+            get(corral.addr("public"), "/", &[]).await.status,
+            StatusCode::OK
+        );
     }
 }
 
@@ -230,9 +160,12 @@ async fn assert_a_good_upgrade_still_works(corral: &mut Upgradable) {
     assert_eq!(corral.wait_exit().await, Some(0));
     let status = corral.status().await;
     let new_master = status["pid"].as_u64().unwrap();
-    assert_ne!(new_master, u64::from(corral.pid));
+    assert_ne!(new_master, u64::from(corral.pid()));
     assert!(all_ready(&status), "{status:#}");
-    assert_eq!(get(corral.addr, "/", &[]).await.status, StatusCode::OK);
+    assert_eq!(
+        get(corral.addr("public"), "/", &[]).await.status,
+        StatusCode::OK
+    );
 }
 
 #[tokio::test]
@@ -279,11 +212,14 @@ async fn an_upgrade_binary_that_never_becomes_ready_is_killed_at_upgrade_timeout
     corral.signal(Signal::SIGUSR2);
     let pid = successor_pid(&corral).await;
     assert!(
-        group_members(corral.pid).contains(&u64::from(pid)),
+        group_members(corral.pid()).contains(&u64::from(pid)),
         "the successor {pid} is not seen running"
     );
     // While the old master waits for it, its workers still serve.
-    assert_eq!(get(corral.addr, "/", &[]).await.status, StatusCode::OK);
+    assert_eq!(
+        get(corral.addr("public"), "/", &[]).await.status,
+        StatusCode::OK
+    );
     let failed = corral
         .wait_for_log("binary upgrade failed; this master keeps serving")
         .await;
