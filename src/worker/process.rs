@@ -5,9 +5,9 @@
 //! sockets), serves on a single-threaded runtime, answers heartbeats, applies
 //! health updates, and drains when told to, when the master's end of the
 //! channel closes, or on SIGTERM (also sent by the kernel if the master dies,
-//! as a backstop). SIGINT is ignored: a terminal's Ctrl-C reaches the whole
-//! process group, and the master, which gets it too, stops the workers in
-//! order.
+//! as a backstop). SIGINT is blocked from the start: a terminal's Ctrl-C
+//! reaches the whole process group, and the master, which gets it too,
+//! stops the workers in order.
 
 use std::net::SocketAddr;
 use std::os::fd::{AsFd, OwnedFd};
@@ -54,6 +54,10 @@ pub enum WorkerError {
 
 /// Runs the worker; returns when it has drained.
 pub fn run() -> Result<(), WorkerError> {
+    // Blocked from the first instant (and so for every thread the runtime
+    // starts): a Ctrl-C that reaches the whole process group while the
+    // worker starts must not kill it either. The master stops it in order.
+    nix::sys::signal::SigSet::from(Signal::SIGINT).thread_block()?;
     // If the master dies, the kernel sends SIGTERM: drain and exit.
     nix::sys::prctl::set_pdeathsig(Signal::SIGTERM)?;
     let master = std::env::var(ENV_MASTER_PID)
@@ -78,6 +82,9 @@ pub fn run() -> Result<(), WorkerError> {
 }
 
 async fn serve(control: OwnedFd) -> Result<(), WorkerError> {
+    // Before anything else, so that a SIGTERM that comes once the master
+    // knows this worker (the kernel's, if the master dies) drains it.
+    let mut term = signal(SignalKind::terminate())?;
     let (mut tx, mut rx) = ipc::channel(control)?;
     let start = rx
         .recv::<ToWorker>()
@@ -123,8 +130,6 @@ async fn serve(control: OwnedFd) -> Result<(), WorkerError> {
 
     let mut trim = tokio::time::interval(TRIM_EVERY);
     trim.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut term = signal(SignalKind::terminate())?;
-    let mut int = signal(SignalKind::interrupt())?;
     while !shutdown.is_cancelled() {
         tokio::select! {
             message = rx.recv::<ToWorker>() => match message {
@@ -171,7 +176,6 @@ async fn serve(control: OwnedFd) -> Result<(), WorkerError> {
                 }
             }
             _ = term.recv() => shutdown.cancel(),
-            _ = int.recv() => tracing::debug!("SIGINT ignored; the master stops its workers"),
         }
     }
     let drain_timeout = shared.load().config.runtime.shutdown_timeout;
