@@ -160,6 +160,32 @@ mod tests {
     }
 
     #[test]
+    fn a_key_equal_to_a_point_belongs_to_that_points_server() {
+        let ids = ids(3);
+        let ring = Ring::new(&ids, &[1, 1, 1]);
+        let s = Fixed::new(vec![1, 1, 1]);
+        for (server, id) in ids.iter().enumerate() {
+            for v in 0..VNODES {
+                let point = hash_key(format!("{id}#{v}").as_bytes());
+                assert_eq!(ring.pick(&s, point), Some(server), "{id}#{v}");
+            }
+        }
+    }
+
+    /// A ring built for more servers than the list it is asked about (never
+    /// the case when both come from one config) still names only servers
+    /// of that list.
+    #[test]
+    fn a_pick_never_names_a_server_the_list_lacks() {
+        let ring = Ring::new(&ids(3), &[1, 1, 1]);
+        let s = Fixed::new(vec![1, 1]);
+        for k in 0..2_000 {
+            let picked = ring.pick(&s, key(k));
+            assert!(matches!(picked, Some(0 | 1)), "{picked:?}");
+        }
+    }
+
+    #[test]
     fn no_server_up_is_no_pick() {
         let ring = Ring::new(&ids(3), &[1, 1, 1]);
         let mut s = Fixed::new(vec![1, 1, 1]);

@@ -135,6 +135,26 @@ mod tests {
         assert!((4_500..=5_500).contains(&counts[2]), "{counts:?}");
     }
 
+    /// Three tied servers met in an order that depends on where the scan
+    /// starts, two busier ones after them: each tied server still gets a
+    /// third. (Keeping a tie with any chance other than 1/k, for the k-th
+    /// tie met, would favour the one most often met last.)
+    #[test]
+    fn three_tied_servers_get_a_third_each_whatever_the_order_they_are_met_in() {
+        let mut s = Fixed::new(vec![1; 5]);
+        s.in_flight = vec![0, 0, 0, 4, 4];
+        let mut rng = fastrand::Rng::with_seed(23);
+        let mut counts = [0; 5];
+        for _ in 0..30_000 {
+            counts[pick(&s, &mut rng).unwrap()] += 1;
+        }
+        assert_eq!(counts[3] + counts[4], 0, "{counts:?}");
+        assert!(
+            counts[..3].iter().all(|&c| (9_000..=11_000).contains(&c)),
+            "{counts:?}"
+        );
+    }
+
     #[test]
     fn weight_scales_the_load() {
         let mut s = Fixed::new(vec![3, 1]);

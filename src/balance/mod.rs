@@ -21,9 +21,6 @@ use crate::config::Balance;
 /// What a policy may know about the servers of an upstream, by index.
 pub trait Servers {
     fn len(&self) -> usize;
-    fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
     fn weight(&self, i: usize) -> u32;
     /// Healthy, not recently failed, and not excluded for this attempt.
     fn available(&self, i: usize) -> bool;
