@@ -116,7 +116,11 @@ async fn twenty_reloads_under_load_by_every_trigger_fail_no_request() {
                         || s["last_reload"]["trigger"] == "file change")
             })
             .await;
-        assert_eq!(status["generation"].as_u64(), Some(before + 1), "{status:#}");
+        assert_eq!(
+            status["generation"].as_u64(),
+            Some(before + 1),
+            "{status:#}"
+        );
         // A reload is recorded once every worker serves it.
         assert_eq!(get(public, "/", &[]).await.backend(), name, "switch {i}");
         load.wait_successes(50).await;

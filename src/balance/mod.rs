@@ -21,6 +21,11 @@ use crate::config::Balance;
 /// What a policy may know about the servers of an upstream, by index.
 pub trait Servers {
     fn len(&self) -> usize;
+    /// Asked by no policy (each checks availability, which covers an empty
+    /// list); here because a `len` without it reads as an oversight.
+    fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
     fn weight(&self, i: usize) -> u32;
     /// Healthy, not recently failed, and not excluded for this attempt.
     fn available(&self, i: usize) -> bool;
