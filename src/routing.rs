@@ -221,6 +221,56 @@ mod tests {
     }
 
     #[test]
+    fn routes_are_listed_in_file_order_without_those_of_unknown_upstreams() {
+        let t = table(&[
+            route(None, "/", "b"),
+            route(None, "/lost/", "nope"),
+            route(Some("api.example.com"), "/", "a"),
+        ]);
+        let listed: Vec<(usize, &str, usize)> = t
+            .routes()
+            .iter()
+            .map(|r| (r.index, r.name.as_str(), r.upstream))
+            .collect();
+        assert_eq!(listed, [(0, "*/", 1), (1, "api.example.com/", 0)]);
+        let found = t.find(Some("api.example.com"), "/").expect("a route");
+        assert_eq!(&t.routes()[found.index], found);
+    }
+
+    /// A name of `len` characters ending in `.example.com`, in DNS labels.
+    fn long_name(len: usize) -> String {
+        let suffix = ".example.com";
+        let mut name = String::new();
+        while name.len() < len - suffix.len() {
+            if !name.is_empty() {
+                name.push('.');
+            }
+            let room = len - suffix.len() - name.len();
+            name.push_str(&"a".repeat(room.min(63)));
+        }
+        name + suffix
+    }
+
+    #[test]
+    fn hosts_longer_than_dns_allows_match_only_routes_without_a_host() {
+        let (longest, too_long) = (long_name(MAX_HOST), long_name(MAX_HOST + 1));
+        assert_eq!((longest.len(), too_long.len()), (253, 254));
+        let t = table(&[
+            route(None, "/", "a"),
+            route(Some("*.example.com"), "/", "b"),
+            route(Some(longest.as_str()), "/", "c"),
+        ]);
+        assert_eq!(upstream_for(&t, Some(&longest), "/"), Some(2));
+        assert_eq!(
+            upstream_for(&t, Some(&format!("{longest}:8080")), "/"),
+            Some(2)
+        );
+        assert_eq!(upstream_for(&t, Some(&too_long), "/"), Some(0));
+        let far_too_long = long_name(4 * MAX_HOST);
+        assert_eq!(upstream_for(&t, Some(&far_too_long), "/"), Some(0));
+    }
+
+    #[test]
     fn ipv6_hosts_lose_only_their_port() {
         let mut buf = [0; MAX_HOST];
         assert_eq!(normalize_host("[::1]:8080", &mut buf), Some("[::1]"));

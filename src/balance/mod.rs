@@ -82,11 +82,6 @@ impl Balancer {
     pub fn wants_latency(&self) -> bool {
         matches!(self, Self::P2cEwma)
     }
-
-    /// Whether [`pick`](Self::pick) wants a hash key.
-    pub fn wants_key(&self) -> bool {
-        matches!(self, Self::ConsistentHash(_))
-    }
 }
 
 /// Hashes a request's key (client IP, header, cookie or path) for the ring.
@@ -134,6 +129,57 @@ pub mod testing {
         }
         fn latency(&self, i: usize) -> f64 {
             self.latency[i]
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::testing::Fixed;
+    use super::*;
+    use crate::config::HashKey;
+
+    fn every_policy() -> Vec<Balance> {
+        vec![
+            Balance::RoundRobin,
+            Balance::LeastConn,
+            Balance::Random,
+            Balance::P2cEwma,
+            Balance::ConsistentHash(HashKey::ClientIp),
+        ]
+    }
+
+    /// Whatever the policy (and with or without a hash key), the pick is
+    /// the one server up, and nothing when none is.
+    #[test]
+    fn every_policy_picks_only_available_servers() {
+        let ids: Vec<String> = (1..=3).map(|i| format!("10.0.0.{i}:80")).collect();
+        let mut s = Fixed::new(vec![1, 1, 1]);
+        let mut rng = fastrand::Rng::with_seed(5);
+        for balance in every_policy() {
+            let balancer = Balancer::new(&balance, &s.weights, &ids);
+            s.up = vec![false, false, true];
+            for key in [None, Some(hash_key(b"203.0.113.7")), Some(7)] {
+                for _ in 0..20 {
+                    assert_eq!(balancer.pick(&s, key, &mut rng), Some(2), "{balance:?}");
+                }
+            }
+            s.up = vec![false; 3];
+            assert_eq!(balancer.pick(&s, Some(7), &mut rng), None, "{balance:?}");
+            assert_eq!(balancer.pick(&s, None, &mut rng), None, "{balance:?}");
+        }
+    }
+
+    /// Only P2C reads latency; the request path measures it for no other.
+    #[test]
+    fn only_p2c_ewma_wants_latency() {
+        for balance in every_policy() {
+            let balancer = Balancer::new(&balance, &[1], &["10.0.0.1:80".to_owned()]);
+            assert_eq!(
+                balancer.wants_latency(),
+                balance == Balance::P2cEwma,
+                "{balance:?}"
+            );
         }
     }
 }

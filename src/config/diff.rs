@@ -328,6 +328,18 @@ servers = [{ addr = "127.0.0.1:9001" }, { addr = "127.0.0.1:9002" }]
     }
 
     #[test]
+    fn a_server_s_new_weight_is_named() {
+        let new = BASE.replace(
+            "{ addr = \"127.0.0.1:9001\" }",
+            "{ addr = \"127.0.0.1:9001\", weight = 3 }",
+        );
+        assert_eq!(
+            diff(&config(BASE), &config(&new)),
+            ["~ server 127.0.0.1:9001 in upstream `api`: weight 1 -> 3"]
+        );
+    }
+
+    #[test]
     fn changes_read_as_config_keys_and_values() {
         let new = BASE.replace("[[listeners]]", "[admin]\nlisten = \"127.0.0.1:9901\"\n[access_log]\npath = \"stdout\"\nformat = \"combined\"\n[[listeners]]")
             + "balance = \"consistent_hash\"\nhash_key = \"header:x-user\"\nprotocol = \"h2\"\n"

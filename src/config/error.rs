@@ -110,4 +110,18 @@ mod tests {
         assert_eq!((at(10).line, at(10).col), (2, 4));
         assert_eq!(at(10).to_string(), "f.toml:2:4: m");
     }
+
+    #[test]
+    fn an_invalid_config_reads_as_one_line_per_problem() {
+        let text = "a = 1\nb = 2\n";
+        let error = ConfigError::Invalid {
+            diagnostics: [(0, "first"), (6, "second")]
+                .map(|(at, m)| {
+                    Diagnostic::locate(Path::new("f.toml"), text, Problem::new(at..at, m))
+                })
+                .into(),
+        };
+        assert_eq!(error.to_string(), "f.toml:1:1: first\nf.toml:2:1: second");
+        assert_eq!(error.lines(), ["f.toml:1:1: first", "f.toml:2:1: second"]);
+    }
 }

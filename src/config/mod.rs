@@ -244,3 +244,289 @@ impl Config {
         self.upstreams.iter().find(|u| u.name == name)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    //! Validation through [`Config::from_str`], the one way in: what a file
+    //! may say and what it becomes.
+    use super::*;
+
+    /// A valid file; each test appends the tables it is about.
+    const BASE: &str = r#"
+[[listeners]]
+name = "public"
+listen = "127.0.0.1:8080"
+[[upstreams]]
+name = "api"
+servers = [{ addr = "127.0.0.1:9001" }]
+[[routes]]
+upstream = "api"
+"#;
+
+    fn load_at(path: &Path, extra: &str) -> Result<Config, Vec<String>> {
+        Config::from_str(path, &format!("{BASE}{extra}")).map_err(|e| e.lines())
+    }
+
+    fn accepted(extra: &str) -> Config {
+        load_at(Path::new("t.toml"), extra)
+            .unwrap_or_else(|lines| panic!("rejected {extra:?}: {lines:?}"))
+    }
+
+    fn rejected(extra: &str, reason: &str) {
+        match load_at(Path::new("t.toml"), extra) {
+            Ok(_) => panic!("accepted {extra:?}"),
+            Err(lines) => assert!(
+                lines.iter().any(|l| l.contains(reason)),
+                "no {reason:?} for {extra:?} in {lines:?}"
+            ),
+        }
+    }
+
+    fn listener(keys: &str) -> String {
+        format!("[[listeners]]\nname = \"extra\"\nlisten = \"127.0.0.1:8081\"\n{keys}\n")
+    }
+
+    fn upstream(keys: &str) -> String {
+        format!(
+            "[[upstreams]]\nname = \"other\"\nservers = [{{ addr = \"127.0.0.1:9002\" }}]\n{keys}\n"
+        )
+    }
+
+    fn route_host(host: &str) -> String {
+        format!("[[routes]]\nhost = \"{host}\"\nupstream = \"api\"\n")
+    }
+
+    #[test]
+    fn workers_are_a_count_from_1_to_1024_or_auto() {
+        let workers = |v: &str| {
+            accepted(&format!("[runtime]\nworkers = {v}\n"))
+                .runtime
+                .workers
+        };
+        assert_eq!(workers("1024").get(), 1024);
+        let cores = std::thread::available_parallelism().unwrap_or(NonZeroUsize::MIN);
+        assert_eq!(workers("\"auto\""), cores);
+        rejected(
+            "[runtime]\nworkers = 1025\n",
+            "runtime.workers: 1025 is out of range",
+        );
+        rejected(
+            "[runtime]\nworkers = \"lots\"\n",
+            "`lots` is not a worker count",
+        );
+    }
+
+    #[test]
+    fn heartbeat_timeout_is_at_least_100ms() {
+        let timeout = |v: &str| {
+            let c = accepted(&format!("[runtime]\nheartbeat_timeout = \"{v}\"\n"));
+            c.runtime.heartbeat_timeout
+        };
+        assert_eq!(timeout("100ms"), Duration::from_millis(100));
+        assert_eq!(timeout("2s"), Duration::from_secs(2));
+        assert_eq!(
+            accepted("").runtime.heartbeat_timeout,
+            Duration::from_millis(750)
+        );
+        rejected(
+            "[runtime]\nheartbeat_timeout = \"99ms\"\n",
+            "`99ms` is too short, expected at least 100ms",
+        );
+    }
+
+    #[test]
+    fn max_header_bytes_is_from_8_kib_to_1_mib() {
+        let bytes = |v: &str| {
+            accepted(&listener(&format!("max_header_bytes = {v}"))).listeners[1].max_header_bytes
+        };
+        assert_eq!(bytes("8192"), 8192);
+        assert_eq!(bytes("\"1 MiB\""), 1024 * 1024);
+        for v in ["8191", "1048577"] {
+            rejected(
+                &listener(&format!("max_header_bytes = {v}")),
+                &format!(
+                    "listeners.max_header_bytes: {v} bytes is out of range, expected 8192 to 1048576"
+                ),
+            );
+        }
+    }
+
+    #[test]
+    fn listeners_may_share_port_0_but_no_other_address() {
+        let c = accepted(
+            &listener("")
+                .replace("8081", "0")
+                .repeat(2)
+                .replacen("extra", "extra2", 1),
+        );
+        assert_eq!(c.listeners.len(), 3);
+        rejected(
+            &listener("").replace("8081", "8080"),
+            "listeners.listen: 127.0.0.1:8080 is already used by listener `public`",
+        );
+    }
+
+    #[test]
+    fn an_access_log_file_needs_a_folder_that_exists() {
+        // A bare name resolves against the folder of a config named without one.
+        let c = accepted("[access_log]\npath = \"access.log\"\n");
+        let log = c.access_log.expect("access log");
+        assert_eq!(log.target, LogTarget::File("access.log".into()));
+        rejected(
+            "[access_log]\npath = \"/no/such/folder/access.log\"\n",
+            "its folder /no/such/folder does not exist",
+        );
+    }
+
+    #[test]
+    fn tls_certificates_resolve_against_the_config_s_folder() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let pair = rcgen::generate_simple_self_signed(vec!["localhost".to_owned()]).expect("cert");
+        std::fs::write(dir.path().join("cert.pem"), pair.cert.pem()).expect("write cert");
+        std::fs::write(dir.path().join("key.pem"), pair.signing_key.serialize_pem())
+            .expect("write key");
+        let tls = "[listeners.tls]\ncertificates = [{ cert = \"cert.pem\", key = \"key.pem\" }]";
+        let c = load_at(&dir.path().join("corral.toml"), &listener(tls)).expect("valid");
+        let certificates = c.listeners[1].tls.as_ref().map(|t| t.certificates.clone());
+        assert_eq!(
+            certificates,
+            Some(vec![CertificateConfig {
+                cert: dir.path().join("cert.pem"),
+                key: dir.path().join("key.pem"),
+            }])
+        );
+    }
+
+    #[test]
+    fn hash_keys_are_the_client_ip_the_path_a_header_or_a_cookie() {
+        let key = |k: &str| {
+            let c = accepted(&upstream(&format!(
+                "balance = \"consistent_hash\"\nhash_key = \"{k}\""
+            )));
+            c.upstream("other").map(|u| u.balance.clone())
+        };
+        let hashed = |k| Some(Balance::ConsistentHash(k));
+        assert_eq!(key("client_ip"), hashed(HashKey::ClientIp));
+        assert_eq!(key("path"), hashed(HashKey::Path));
+        assert_eq!(
+            key("header:x-user"),
+            hashed(HashKey::Header(HeaderName::from_static("x-user")))
+        );
+        assert_eq!(key("cookie:sid"), hashed(HashKey::Cookie("sid".to_owned())));
+        for bad in ["ip", "cookie:", "cookie:a=b", "cookie:a;b", "cookie:a b"] {
+            rejected(
+                &upstream(&format!(
+                    "balance = \"consistent_hash\"\nhash_key = \"{bad}\""
+                )),
+                &format!("upstreams.hash_key: `{bad}` is not a hash key"),
+            );
+        }
+    }
+
+    #[test]
+    fn health_check_paths_are_request_paths() {
+        let c = accepted(&upstream(
+            "[upstreams.health_check]\npath = \"/healthz?full=1\"",
+        ));
+        let check = c.upstream("other").and_then(|u| u.health_check.clone());
+        assert_eq!(check.map(|h| h.path).as_deref(), Some("/healthz?full=1"));
+        for bad in ["healthz", "/bad path"] {
+            rejected(
+                &upstream(&format!("[upstreams.health_check]\npath = \"{bad}\"")),
+                &format!("upstreams.health_check.path: `{bad}` is not a request path"),
+            );
+        }
+    }
+
+    #[test]
+    fn a_health_check_timeout_is_no_longer_than_its_interval() {
+        for timeout in ["1s", "5s"] {
+            accepted(&upstream(&format!(
+                "[upstreams.health_check]\ninterval = \"5s\"\ntimeout = \"{timeout}\""
+            )));
+        }
+        rejected(
+            &upstream("[upstreams.health_check]\ninterval = \"5s\"\ntimeout = \"6s\""),
+            "upstreams.health_check.timeout: 6s is longer than the interval 5s",
+        );
+    }
+
+    /// `len` characters of DNS labels of at most 63, ending in `.example.com`.
+    fn name_of_len(len: usize) -> String {
+        let mut labels = Vec::new();
+        let mut left = len - ".example.com".len();
+        while left > 0 {
+            let n = left.min(63);
+            labels.push("a".repeat(n));
+            left = left.saturating_sub(n + 1);
+        }
+        labels.join(".") + ".example.com"
+    }
+
+    #[test]
+    fn route_hosts_are_dns_names_or_wildcards() {
+        let host = |h: &str| accepted(&route_host(h)).routes[1].host.clone();
+        let exact = |h: &str| Some(HostPattern::Exact(h.to_owned()));
+        assert_eq!(host("API.Example.COM"), exact("api.example.com"));
+        assert_eq!(
+            host("*.example.com"),
+            Some(HostPattern::Wildcard(".example.com".into()))
+        );
+        assert_eq!(host("a-b_c.example.com"), exact("a-b_c.example.com"));
+        let longest_label = format!("{}.example.com", "a".repeat(63));
+        assert_eq!(host(&longest_label), exact(&longest_label));
+        let longest = name_of_len(253);
+        assert_eq!(longest.len(), 253);
+        assert_eq!(host(&longest), exact(&longest));
+        let too_long = name_of_len(254);
+        assert_eq!(too_long.len(), 254);
+        let long_label = format!("{}.example.com", "a".repeat(64));
+        for bad in [
+            "*.",
+            "a..example.com",
+            "bad!.example.com",
+            "example.com:8080",
+            &long_label,
+            &too_long,
+        ] {
+            rejected(
+                &route_host(bad),
+                &format!("routes.host: `{bad}` is not a host name"),
+            );
+        }
+    }
+
+    #[test]
+    fn a_route_without_a_name_is_named_after_its_host_and_prefix() {
+        let c = accepted(
+            "[[routes]]\nhost = \"*.Example.com\"\npath_prefix = \"/v2/\"\nupstream = \"api\"\n",
+        );
+        let names: Vec<&str> = c.routes.iter().map(|r| r.name.as_str()).collect();
+        assert_eq!(names, ["*/", "*.example.com/v2/"]);
+        assert_eq!(
+            HostPattern::Exact("api.example.com".into()).to_string(),
+            "api.example.com"
+        );
+    }
+
+    #[test]
+    fn names_use_only_letters_digits_dashes_underscores_and_dots() {
+        accepted(&listener("").replace("extra", "a-b_c.9"));
+        for bad in ["my listener", ""] {
+            rejected(
+                &listener("").replace("extra", bad),
+                &format!(
+                    "listener: name `{bad}` must be non-empty and use only letters, digits, -, _ and ."
+                ),
+            );
+        }
+    }
+
+    #[test]
+    fn upstreams_are_found_by_name() {
+        let c = accepted(&upstream(""));
+        assert_eq!(c.upstream("other").map(|u| u.name.as_str()), Some("other"));
+        assert_eq!(c.upstream("api").map(|u| u.name.as_str()), Some("api"));
+        assert!(c.upstream("nope").is_none());
+    }
+}

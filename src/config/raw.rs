@@ -174,3 +174,18 @@ pub struct RawConfig {
     pub routes: Vec<Spanned<RawRoute>>,
     pub upstreams: Vec<Spanned<RawUpstream>>,
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_value_of_neither_kind_says_it_wants_an_integer_or_a_string() {
+        let error =
+            toml::from_str::<RawRuntime>("workers = true").expect_err("a bool is no worker count");
+        assert!(
+            error.message().contains("expected an integer or a string"),
+            "{error}"
+        );
+    }
+}

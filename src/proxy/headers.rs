@@ -244,6 +244,22 @@ mod tests {
     }
 
     #[test]
+    fn an_upgrade_needs_both_the_upgrade_header_and_connection_upgrade() {
+        assert!(wants_upgrade(&map(&[
+            ("connection", "keep-alive"),
+            ("connection", "UPGRADE"),
+            ("upgrade", "websocket"),
+        ])));
+        assert!(!wants_upgrade(&map(&[("upgrade", "websocket")])));
+        assert!(!wants_upgrade(&map(&[
+            ("connection", "keep-alive, x-upgrade"),
+            ("upgrade", "websocket"),
+        ])));
+        assert!(!wants_upgrade(&map(&[("connection", "upgrade")])));
+        assert!(!wants_upgrade(&HeaderMap::new()));
+    }
+
+    #[test]
     fn forwarded_for_appends_to_every_earlier_hop() {
         let mut h = map(&[
             ("x-forwarded-for", "1.1.1.1"),
