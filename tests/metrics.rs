@@ -302,39 +302,3 @@ async fn access_log_lines_are_written_and_the_file_reopens_on_sigusr1() {
     let lines = wait_for_lines(&log, 1).await;
     assert!(lines[0].contains("/app/after"), "{lines:?}");
 }
-
-fn read_lines(path: &std::path::Path) -> Vec<String> {
-    std::fs::read_to_string(path)
-        .unwrap_or_default()
-        .lines()
-        .map(str::to_owned)
-        .collect()
-}
-
-/// Waits until `path` has `n` lines, looking again whenever its folder
-/// changes (a worker writes its lines off the request path).
-async fn wait_for_lines(path: &std::path::Path, n: usize) -> Vec<String> {
-    use notify::Watcher;
-    let (changed_tx, mut changed) = tokio::sync::mpsc::unbounded_channel();
-    let mut watcher = notify::recommended_watcher(move |_| {
-        let _ = changed_tx.send(());
-    })
-    .unwrap();
-    watcher
-        .watch(path.parent().unwrap(), notify::RecursiveMode::NonRecursive)
-        .unwrap();
-    let deadline = tokio::time::Instant::now() + PATIENCE;
-    loop {
-        let lines = read_lines(path);
-        if lines.len() >= n {
-            return lines;
-        }
-        let event = tokio::time::timeout_at(deadline, changed.recv()).await;
-        assert!(
-            event.is_ok(),
-            "{} of {n} lines in {}",
-            lines.len(),
-            path.display()
-        );
-    }
-}

@@ -133,40 +133,6 @@ async fn chunked_response_trailers_reach_an_http1_client() {
     assert_eq!(trailers["x-digest"], "d1g35t");
 }
 
-/// Waits until `path` has `n` lines, looking again whenever its folder
-/// changes (workers write their lines off the request path).
-async fn wait_for_lines(path: &Path, n: usize) -> Vec<String> {
-    use notify::Watcher;
-    let read_lines = || -> Vec<String> {
-        std::fs::read_to_string(path)
-            .unwrap_or_default()
-            .lines()
-            .map(str::to_owned)
-            .collect()
-    };
-    let (changed_tx, mut changed) = tokio::sync::mpsc::unbounded_channel();
-    let mut watcher = notify::recommended_watcher(move |_| {
-        let _ = changed_tx.send(());
-    })
-    .unwrap();
-    watcher
-        .watch(path.parent().unwrap(), notify::RecursiveMode::NonRecursive)
-        .unwrap();
-    let deadline = tokio::time::Instant::now() + PATIENCE;
-    loop {
-        let lines = read_lines();
-        if lines.len() >= n {
-            return lines;
-        }
-        if tokio::time::timeout_at(deadline, changed.recv())
-            .await
-            .is_err()
-        {
-            return lines;
-        }
-    }
-}
-
 /// Splits a combined-format line as Apache writes it, plus corral's four
 /// fields: (client, time, request, status, bytes, referer, user agent,
 /// duration, route, upstream, server).

@@ -352,17 +352,8 @@ async fn a_malformed_request_or_an_oversized_head_gets_a_body_and_is_counted_and
         assert!(metrics.contains(&line), "no {line} in\n{metrics}");
     }
     let log_path = corral.config_path.with_file_name("access.log");
-    let log = patiently("two access log lines", async {
-        loop {
-            let log = std::fs::read_to_string(&log_path).unwrap_or_default();
-            if log.lines().count() >= 2 {
-                return log;
-            }
-            tokio::task::yield_now().await;
-        }
-    })
-    .await;
-    let lines: Vec<&str> = log.lines().collect();
+    let lines = wait_for_lines(&log_path, 2).await;
+    let log = lines.join("\n");
     // The byte counts are the bodies' lengths, as for every answer.
     let sizes = [
         "400 Bad Request: malformed request\n".len(),
