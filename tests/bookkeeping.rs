@@ -184,15 +184,7 @@ async fn a_changed_listener_address_serves_on_the_new_one_and_stops_accepting_on
     assert_eq!(code, StatusCode::OK, "{body}");
     corral.wait_status(|s| s["generation"] == 2).await;
     let lines = corral.wait_for_logs(" listening listener=public ", 2).await;
-    let moved: SocketAddr = lines[1]
-        .split(" addr=")
-        .nth(1)
-        .unwrap()
-        .split_whitespace()
-        .next()
-        .unwrap()
-        .parse()
-        .unwrap();
+    let moved: SocketAddr = log_field(&lines[1], "addr").unwrap().parse().unwrap();
     assert_eq!(moved.ip().to_string(), "127.0.0.2", "{}", lines[1]);
     for _ in 0..6 {
         assert_eq!(get(moved, "/app/x", &[]).await.status, StatusCode::OK);

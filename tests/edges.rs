@@ -468,21 +468,6 @@ async fn a_pause_over_body_timeout_after_some_of_the_body_gets_408_at_the_timeou
 
 const CHECK_INTERVAL: Duration = Duration::from_secs(1);
 
-/// Whether `holds` comes true within `rounds` check intervals of virtual
-/// time, asked once per interval.
-async fn within_checks<F: std::future::Future<Output = bool>>(
-    rounds: u32,
-    mut holds: impl FnMut() -> F,
-) -> bool {
-    for _ in 0..rounds {
-        if holds().await {
-            return true;
-        }
-        tokio::time::sleep(CHECK_INTERVAL).await;
-    }
-    holds().await
-}
-
 /// Whether, of ten requests (all answered), `a_share` went to `a` and the
 /// rest to `b`.
 async fn spread(addr: SocketAddr, a_share: usize) -> bool {
@@ -539,7 +524,7 @@ async fn a_health_check_answered_3xx_passes_and_one_answered_4xx_fails() {
         code.store(status, Ordering::SeqCst);
         let share = if healthy { 5 } else { 0 };
         assert!(
-            within_checks(3, || spread(addr, share)).await,
+            within_intervals(3, CHECK_INTERVAL, || spread(addr, share)).await,
             "a check answered {status} did not leave the server {}",
             if healthy { "healthy" } else { "unhealthy" }
         );

@@ -280,15 +280,7 @@ async fn listeners_added_by_reload_serve_and_removed_ones_stop_accepting() {
     assert_eq!(code, StatusCode::OK, "{body}");
     assert!(body.contains("+ listener `second`"), "{body}");
     let line = corral.wait_for_log("listening listener=second").await;
-    let added: SocketAddr = line
-        .split(" addr=")
-        .nth(1)
-        .unwrap()
-        .split_whitespace()
-        .next()
-        .unwrap()
-        .parse()
-        .unwrap();
+    let added: SocketAddr = log_field(&line, "addr").unwrap().parse().unwrap();
     for _ in 0..10 {
         assert_eq!(get(added, "/", &[]).await.backend(), "a");
     }

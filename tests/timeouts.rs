@@ -4,7 +4,6 @@
 
 mod common;
 
-use std::future::Future;
 use std::time::Duration;
 
 use common::*;
@@ -219,22 +218,6 @@ async fn a_connect_that_hangs_gets_504_at_the_connect_timeout() {
 /// The health checks' interval in the tests below.
 const CHECK_INTERVAL: Duration = Duration::from_secs(1);
 
-/// Whether `holds` comes true within `rounds` health-check intervals of
-/// virtual time. The tests wait on the outcome, asked once per interval,
-/// rather than for a fixed time the checks are expected to take.
-async fn within_checks<F: Future<Output = bool>>(
-    rounds: u32,
-    mut holds: impl FnMut() -> F,
-) -> bool {
-    for _ in 0..rounds {
-        if holds().await {
-            return true;
-        }
-        tokio::time::sleep(CHECK_INTERVAL).await;
-    }
-    holds().await
-}
-
 #[tokio::test(start_paused = true)]
 async fn health_checks_take_a_failing_server_out_and_bring_it_back() {
     use std::sync::atomic::Ordering;
@@ -259,18 +242,18 @@ async fn health_checks_take_a_failing_server_out_and_bring_it_back() {
         a_count == a_share
     };
     assert!(
-        within_checks(2, || spread(5)).await,
+        within_intervals(2, CHECK_INTERVAL, || spread(5)).await,
         "a healthy server gets no traffic"
     );
     sick.store(true, Ordering::SeqCst);
     // Two failed checks take it out.
     assert!(
-        within_checks(4, || spread(0)).await,
+        within_intervals(4, CHECK_INTERVAL, || spread(0)).await,
         "a failing server still gets traffic"
     );
     sick.store(false, Ordering::SeqCst);
     assert!(
-        within_checks(4, || spread(5)).await,
+        within_intervals(4, CHECK_INTERVAL, || spread(5)).await,
         "a recovered server gets no traffic"
     );
 }
@@ -287,7 +270,7 @@ async fn no_healthy_server_is_a_503() {
             && reply.text() == "503 Service Unavailable: no healthy upstream server\n"
     };
     assert!(
-        within_checks(3, refused).await,
+        within_intervals(3, CHECK_INTERVAL, refused).await,
         "a failing server still gets traffic"
     );
 }

@@ -1071,3 +1071,20 @@ pub async fn wait_for_lines(path: &Path, n: usize) -> Vec<String> {
         );
     }
 }
+
+/// Whether `holds` comes true within `rounds` intervals of virtual time,
+/// asked once per interval: tests on the paused clock wait on an outcome
+/// this way rather than for a fixed time it is expected to take.
+pub async fn within_intervals<F: Future<Output = bool>>(
+    rounds: u32,
+    interval: Duration,
+    mut holds: impl FnMut() -> F,
+) -> bool {
+    for _ in 0..rounds {
+        if holds().await {
+            return true;
+        }
+        tokio::time::sleep(interval).await;
+    }
+    holds().await
+}
