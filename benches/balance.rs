@@ -5,7 +5,7 @@ use std::hint::black_box;
 
 use corral::balance::testing::Fixed;
 use corral::balance::{Balancer, hash_key};
-use corral::config::{Balance, HashKey};
+use corral::plan::{Balance, HashKey};
 use criterion::{Criterion, criterion_group, criterion_main};
 
 fn bench(c: &mut Criterion) {

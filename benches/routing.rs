@@ -3,7 +3,7 @@
 
 use std::hint::black_box;
 
-use corral::config::{HostPattern, RouteConfig};
+use corral::plan::{HostPattern, RouteConfig};
 use corral::routing::RouteTable;
 use criterion::{Criterion, criterion_group, criterion_main};
 

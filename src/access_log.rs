@@ -21,7 +21,7 @@ use std::time::{Duration, SystemTime};
 use http::{Method, Version, header};
 use serde_json::json;
 
-use crate::config::{AccessLogConfig, LogFormat, LogTarget};
+use crate::plan::{AccessLogConfig, LogFormat, LogTarget};
 
 /// Lines that may wait for the writer before new ones are dropped.
 const QUEUE: usize = 64 * 1024;

@@ -12,7 +12,6 @@ use std::collections::VecDeque;
 use std::io::{self, IoSlice, IoSliceMut};
 use std::net::SocketAddr;
 use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
-use std::path::PathBuf;
 use std::sync::Arc;
 
 use nix::sys::socket::{
@@ -24,10 +23,12 @@ use serde::{Deserialize, Serialize};
 use tokio::io::Interest;
 use tokio::net::UnixStream;
 
+use crate::plan::Plan;
+
 /// Bumped whenever a message changes shape.
-pub const VERSION: u16 = 1;
+pub const VERSION: u16 = 2;
 const HEADER: usize = 8;
-/// Config texts are the largest messages; this bounds a broken peer.
+/// Plans are the largest messages; this bounds a broken peer.
 const MAX_BODY: usize = 64 << 20;
 /// The kernel's limit on descriptors in one `SCM_RIGHTS` message.
 const MAX_FDS: usize = 253;
@@ -56,19 +57,17 @@ pub enum ToWorker {
     Start {
         slot: usize,
         generation: u64,
-        config_path: PathBuf,
-        config: String,
+        plan: Plan,
         listeners: Vec<String>,
         health: Vec<ServerHealth>,
     },
-    /// Switch to a new config generation. `listeners` names every listener
+    /// Switch to a new config generation, described by `plan`. `listeners` names every listener
     /// to accept on from now on (stop the others); the message's descriptors
     /// are new sockets for the names in `sockets`, in order, replacing any
     /// socket the worker has under that name.
     Reload {
         generation: u64,
-        config_path: PathBuf,
-        config: String,
+        plan: Plan,
         listeners: Vec<String>,
         sockets: Vec<String>,
     },
@@ -362,7 +361,7 @@ mod tests {
         let err = rx.recv::<ToMaster>().await.unwrap_err();
         assert_eq!(
             err.to_string(),
-            "peer speaks control protocol v9, this corral speaks v1"
+            "peer speaks control protocol v9, this corral speaks v2"
         );
     }
 }

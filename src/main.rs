@@ -9,7 +9,8 @@ use std::process::ExitCode;
 
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
-use corral::config::{Config, ConfigError};
+use corral::config::{self, ConfigError};
+use corral::plan::Plan;
 use tokio_util::sync::CancellationToken;
 
 #[derive(Debug, Parser)]
@@ -133,8 +134,8 @@ fn init_logging() {
 }
 
 fn check(path: &std::path::Path, diff_against: Option<SocketAddr>) -> ExitCode {
-    let config = match Config::load(path) {
-        Ok(config) => config,
+    let plan = match config::load(path) {
+        Ok(plan) => plan,
         Err(e @ (ConfigError::Invalid { .. } | ConfigError::Read { .. })) => {
             for line in e.lines() {
                 eprintln!("{line}");
@@ -145,16 +146,16 @@ fn check(path: &std::path::Path, diff_against: Option<SocketAddr>) -> ExitCode {
     println!(
         "{}: ok ({} listeners, {} routes, {} upstreams)",
         path.display(),
-        config.listeners.len(),
-        config.routes.len(),
-        config.upstreams.len()
+        plan.listeners.len(),
+        plan.routes.len(),
+        plan.upstreams.len()
     );
     let Some(admin) = diff_against else {
         return ExitCode::SUCCESS;
     };
     match running_config(admin) {
         Ok((generation, running)) => {
-            let changes = corral::config::diff::diff(&running, &config);
+            let changes = config::diff::diff(&running, &plan);
             if changes.is_empty() {
                 println!("no changes against the running generation {generation}");
             } else {
@@ -173,7 +174,7 @@ fn check(path: &std::path::Path, diff_against: Option<SocketAddr>) -> ExitCode {
 }
 
 /// The config the corral at `admin` runs, from `GET /config`.
-fn running_config(admin: SocketAddr) -> anyhow::Result<(u64, Config)> {
+fn running_config(admin: SocketAddr) -> anyhow::Result<(u64, Plan)> {
     let (status, body) = current_thread()?
         .block_on(corral::admin::client::call(
             admin,
@@ -189,9 +190,9 @@ fn running_config(admin: SocketAddr) -> anyhow::Result<(u64, Config)> {
     let (Some(path), Some(text)) = (answer["path"].as_str(), answer["text"].as_str()) else {
         anyhow::bail!("the admin endpoint sent no config");
     };
-    let config = Config::from_str(std::path::Path::new(path), text)
+    let plan = config::from_str(std::path::Path::new(path), text)
         .map_err(|e| anyhow::anyhow!("the running config no longer validates here:\n{e}"))?;
-    Ok((answer["generation"].as_u64().unwrap_or(0), config))
+    Ok((answer["generation"].as_u64().unwrap_or(0), plan))
 }
 
 fn current_thread() -> anyhow::Result<tokio::runtime::Runtime> {

@@ -10,7 +10,7 @@ use std::collections::HashMap;
 
 use xxhash_rust::xxh3::Xxh3DefaultBuilder;
 
-use crate::config::{HostPattern, RouteConfig};
+use crate::plan::{HostPattern, RouteConfig};
 
 /// A compiled route.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -1,88 +1,59 @@
-//! TLS for listeners: loading certificates, choosing one by SNI, and the
-//! rustls server config (ALPN offers h2 and http/1.1).
+//! TLS for listeners: decoding certificates, choosing one by SNI, and the
+//! rustls server config (ALPN offers h2 and http/1.1). Certificates arrive
+//! as bytes in the plan; nothing here reads a file.
 //!
 //! Certificates are matched by the DNS names in their subjectAltName; the first
 //! certificate of a listener answers clients that send no SNI or a name no
 //! certificate covers, as nginx's default server does.
 
 use std::collections::HashMap;
-use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::pem::{self, PemObject};
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use rustls::server::{ClientHello, ResolvesServerCert};
 use rustls::sign::CertifiedKey;
 
-use crate::config::TlsConfig;
+use crate::plan::{CertifiedPem, TlsConfig};
 
 #[derive(Debug, thiserror::Error)]
 pub enum TlsError {
-    #[error("cannot read certificate {}: {source}", path.display())]
-    Cert {
-        path: PathBuf,
-        #[source]
-        source: rustls::pki_types::pem::Error,
-    },
-    #[error("cannot read private key {}: {source}", path.display())]
-    Key {
-        path: PathBuf,
-        #[source]
-        source: rustls::pki_types::pem::Error,
-    },
-    #[error("key {} does not fit certificate {}: {source}", key.display(), cert.display())]
-    Mismatch {
-        cert: PathBuf,
-        key: PathBuf,
-        #[source]
-        source: rustls::Error,
-    },
+    #[error("not a PEM certificate chain: {0}")]
+    Chain(#[source] pem::Error),
+    #[error("not a PEM private key: {0}")]
+    Key(#[source] pem::Error),
+    #[error("the key does not fit the certificate: {0}")]
+    Mismatch(#[source] rustls::Error),
     #[error("TLS settings rejected: {0}")]
     Config(#[from] rustls::Error),
-}
-
-impl TlsError {
-    /// Whether the private key (rather than the certificate) is at fault.
-    pub fn is_about_key(&self) -> bool {
-        matches!(self, Self::Key { .. } | Self::Mismatch { .. })
-    }
 }
 
 fn provider() -> Arc<rustls::crypto::CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())
 }
 
-/// Loads a PEM certificate chain and its PEM private key, checking they match.
-pub fn load_certified_key(cert: &Path, key: &Path) -> Result<CertifiedKey, TlsError> {
-    let chain = CertificateDer::pem_file_iter(cert)
-        .and_then(|certs| certs.collect::<Result<Vec<_>, _>>())
+/// Decodes a PEM certificate chain and its PEM private key, checking that
+/// the key fits the chain's first certificate.
+pub fn certified_key(pem: &CertifiedPem) -> Result<CertifiedKey, TlsError> {
+    let chain = CertificateDer::pem_slice_iter(pem.chain.as_bytes())
+        .collect::<Result<Vec<_>, _>>()
         .and_then(|chain| {
             if chain.is_empty() {
-                Err(rustls::pki_types::pem::Error::NoItemsFound)
+                Err(pem::Error::NoItemsFound)
             } else {
                 Ok(chain)
             }
         })
-        .map_err(|source| TlsError::Cert {
-            path: cert.to_path_buf(),
-            source,
-        })?;
-    let private = PrivateKeyDer::from_pem_file(key).map_err(|source| TlsError::Key {
-        path: key.to_path_buf(),
-        source,
-    })?;
-    CertifiedKey::from_der(chain, private, &provider()).map_err(|source| TlsError::Mismatch {
-        cert: cert.to_path_buf(),
-        key: key.to_path_buf(),
-        source,
-    })
+        .map_err(TlsError::Chain)?;
+    let key = PrivateKeyDer::from_pem_slice(pem.key.as_bytes()).map_err(TlsError::Key)?;
+    CertifiedKey::from_der(chain, key, &provider()).map_err(TlsError::Mismatch)
 }
 
 /// The server config for one TLS listener.
 pub fn server_config(tls: &TlsConfig) -> Result<Arc<rustls::ServerConfig>, TlsError> {
     let mut resolver = SniResolver::default();
     for c in &tls.certificates {
-        resolver.add(Arc::new(load_certified_key(&c.cert, &c.key)?));
+        resolver.add(Arc::new(certified_key(&c.pem)?));
     }
     let mut config = rustls::ServerConfig::builder_with_provider(provider())
         .with_safe_default_protocol_versions()?

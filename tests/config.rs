@@ -1,6 +1,6 @@
 //! The README's configuration reference, key by key: every default, every
 //! range's edges, the duration and size syntaxes, names, relative paths, and
-//! unknown keys in every table. Read through `Config::from_str` (the same
+//! unknown keys in every table. Read through `config::from_str` (the same
 //! code `corral check`, start and reload use), and through `corral check`
 //! where the `FILE:LINE:COL: reason` it prints is the promise.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
@@ -12,9 +12,10 @@ use std::path::Path;
 use std::time::Duration;
 
 use common::*;
-use corral::config::{
-    Balance, Config, ConfigError, HashKey, HealthCheckConfig, ListenerConfig, LogTarget, Protocol,
-    RouteConfig, UpstreamConfig,
+use corral::config::{ConfigError, from_str};
+use corral::plan::{
+    Balance, HashKey, HealthCheckConfig, ListenerConfig, LogTarget, Plan, Protocol, RouteConfig,
+    UpstreamConfig,
 };
 
 /// The smallest valid config: one of each required table, every optional
@@ -67,11 +68,11 @@ fn base_with(header: &str, line: &str) -> String {
     set(BASE, header, line)
 }
 
-fn load_at(path: &Path, text: &str) -> Config {
-    Config::from_str(path, text).unwrap_or_else(|e| panic!("rejected:\n{e}\nconfig:\n{text}"))
+fn load_at(path: &Path, text: &str) -> Plan {
+    from_str(path, text).unwrap_or_else(|e| panic!("rejected:\n{e}\nconfig:\n{text}"))
 }
 
-fn load(text: &str) -> Config {
+fn load(text: &str) -> Plan {
     load_at(Path::new(CONFIG_PATH), text)
 }
 
@@ -116,7 +117,7 @@ fn position(text: &str, needle: &str) -> (usize, usize) {
 
 /// Expects `text` rejected with an error at `needle` that mentions `reason`.
 fn rejected(text: &str, needle: &str, reason: &str) {
-    let err = match Config::from_str(Path::new(CONFIG_PATH), text) {
+    let err = match from_str(Path::new(CONFIG_PATH), text) {
         Ok(_) => panic!("accepted:\n{text}"),
         Err(e) => e,
     };

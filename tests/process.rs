@@ -65,8 +65,7 @@ impl StandIn {
         let start = corral::ipc::ToWorker::Start {
             slot: 0,
             generation: 1,
-            config_path: dir.path().join("corral.toml"),
-            config,
+            plan: corral::config::from_str(&dir.path().join("corral.toml"), &config).unwrap(),
             listeners: vec!["public".to_owned()],
             health: Vec::new(),
         };

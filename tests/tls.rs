@@ -292,3 +292,73 @@ async fn the_first_certificate_answers_clients_without_sni() {
         );
     }
 }
+
+/// The leaf certificate each of `n` fresh connections is served.
+async fn served_leaves(addr: SocketAddr, roots: &rustls::RootCertStore, n: usize) -> Vec<Vec<u8>> {
+    let mut leaves = Vec::new();
+    for _ in 0..n {
+        let tls = connect(addr, roots, "a.example.com", &[b"http/1.1"]).await;
+        let chain = tls.get_ref().1.peer_certificates().unwrap();
+        leaves.push(chain[0].to_vec());
+    }
+    leaves
+}
+
+/// The master reads certificate files once, when it checks the config,
+/// and sends every worker the bytes. A file rewritten afterwards reaches
+/// no worker until a reload reads it: a replacement worker serves what
+/// its siblings serve.
+#[tokio::test]
+async fn a_certificate_rewritten_on_disk_reaches_no_worker_before_a_reload() {
+    let app = echo("app").await;
+    let dir = tempfile::tempdir().unwrap();
+    let (cert_path, key_path) = (dir.path().join("a.pem"), dir.path().join("a.key"));
+    let pair = || rcgen::generate_simple_self_signed(vec!["a.example.com".to_owned()]).unwrap();
+    let (first, second) = (pair(), pair());
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in [&first, &second] {
+        roots
+            .add(CertificateDer::from(cert.cert.der().to_vec()))
+            .unwrap();
+    }
+    std::fs::write(&cert_path, first.cert.pem()).unwrap();
+    std::fs::write(&key_path, first.signing_key.serialize_pem()).unwrap();
+    let tls = format!(
+        "listen = \"127.0.0.1:0\"\n[listeners.tls]\ncertificates = [{{ cert = \"{}\", key = \"{}\" }}]",
+        cert_path.display(),
+        key_path.display()
+    );
+    let config = cluster_config(&[app.addr], "").replacen("listen = \"127.0.0.1:0\"", &tls, 2);
+    let config = config.replacen(&tls, "listen = \"127.0.0.1:0\"", 1);
+    let corral = Corral::start(&config).await;
+    let addr = corral.addr("public");
+    let status = corral.wait_status(all_ready).await;
+
+    // Another valid pair, under the same names.
+    std::fs::write(&cert_path, second.cert.pem()).unwrap();
+    std::fs::write(&key_path, second.signing_key.serialize_pem()).unwrap();
+    let replaced = status["workers"][0]["pid"].as_u64().unwrap();
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(i32::try_from(replaced).unwrap()),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
+    let status = corral
+        .wait_status(|s| all_ready(s) && s["workers"][0]["pid"].as_u64() != Some(replaced))
+        .await;
+    assert_eq!(status["generation"], 1, "{status:#}");
+    // Enough connections that both workers answer some (the kernel spreads
+    // them by their source ports).
+    let first_leaf = first.cert.der().to_vec();
+    for leaf in served_leaves(addr, &roots, 32).await {
+        assert!(leaf == first_leaf, "a worker serves the rewritten file");
+    }
+
+    // A reload reads the files again: same text, new bytes, new generation.
+    let (code, body) = admin_call(corral.admin.unwrap(), http::Method::POST, "/reload").await;
+    assert_eq!(code, http::StatusCode::OK, "{body}");
+    let second_leaf = second.cert.der().to_vec();
+    for leaf in served_leaves(addr, &roots, 32).await {
+        assert!(leaf == second_leaf, "a worker serves the old certificate");
+    }
+}

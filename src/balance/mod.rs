@@ -16,7 +16,7 @@ pub use consistent_hash::Ring;
 pub use p2c_ewma::PeakEwma;
 pub use round_robin::SmoothRoundRobin;
 
-use crate::config::Balance;
+use crate::plan::Balance;
 
 /// What a policy may know about the servers of an upstream, by index.
 pub trait Servers {
@@ -137,7 +137,7 @@ pub mod testing {
 mod tests {
     use super::testing::Fixed;
     use super::*;
-    use crate::config::HashKey;
+    use crate::plan::HashKey;
 
     fn every_policy() -> Vec<Balance> {
         vec![

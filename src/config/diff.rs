@@ -9,8 +9,8 @@
 
 use std::time::Duration;
 
-use super::{
-    Balance, Config, HashKey, ListenerConfig, LogFormat, LogTarget, Protocol, RouteConfig,
+use crate::plan::{
+    Balance, HashKey, ListenerConfig, LogFormat, LogTarget, Plan, Protocol, RouteConfig,
     UpstreamConfig,
 };
 
@@ -18,10 +18,10 @@ use super::{
 pub const ADMIN_AT_RESTART: &str = "takes effect at the next restart or binary upgrade";
 
 /// The differences from `old` to `new`, one line each; empty when equal.
-pub fn diff(old: &Config, new: &Config) -> Vec<String> {
+pub fn diff(old: &Plan, new: &Plan) -> Vec<String> {
     let mut out = Vec::new();
     changed(&mut out, "runtime".into(), &runtime(old), &runtime(new));
-    let admin = |c: &Config| {
+    let admin = |c: &Plan| {
         vec![(
             "listen",
             c.admin.as_ref().map_or(UNSET.into(), |a| string(a.listen)),
@@ -156,7 +156,7 @@ fn duration(d: Duration) -> String {
     string(humantime::format_duration(d))
 }
 
-fn runtime(c: &Config) -> Fields {
+fn runtime(c: &Plan) -> Fields {
     let r = &c.runtime;
     vec![
         ("workers", r.workers.to_string()),
@@ -167,7 +167,7 @@ fn runtime(c: &Config) -> Fields {
     ]
 }
 
-fn access_log(c: &Config) -> Fields {
+fn access_log(c: &Plan) -> Fields {
     let Some(log) = &c.access_log else {
         return vec![("path", UNSET.into()), ("format", UNSET.into())];
     };
@@ -243,7 +243,8 @@ fn upstream(u: &UpstreamConfig) -> Fields {
         Protocol::H2 => "h2",
     };
     let check = u.health_check.as_ref();
-    let checked = |f: &dyn Fn(&super::HealthCheckConfig) -> String| check.map_or(UNSET.into(), f);
+    let checked =
+        |f: &dyn Fn(&crate::plan::HealthCheckConfig) -> String| check.map_or(UNSET.into(), f);
     vec![
         ("balance", string(balance)),
         ("hash_key", hash_key),
@@ -273,8 +274,8 @@ mod tests {
 
     use super::*;
 
-    fn config(text: &str) -> Config {
-        Config::from_str(Path::new("t.toml"), text).unwrap()
+    fn config(text: &str) -> Plan {
+        crate::config::from_str(Path::new("t.toml"), text).unwrap()
     }
 
     const BASE: &str = r#"

@@ -15,7 +15,8 @@ use toml::Spanned;
 
 use super::error::Problem;
 use super::raw::*;
-use super::*;
+use crate::plan::*;
+use crate::tls::TlsError;
 
 pub const DEFAULT_SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(30);
 /// Short enough that a hung worker is replaced within a second (checks run
@@ -47,7 +48,7 @@ pub const DEFAULT_HEALTH_TIMEOUT: Duration = Duration::from_secs(2);
 const DEFAULT_HEALTHY_THRESHOLD: NonZeroU32 = NonZeroU32::new(2).expect("non-zero");
 const DEFAULT_UNHEALTHY_THRESHOLD: NonZeroU32 = NonZeroU32::new(3).expect("non-zero");
 
-pub fn validate(path: &Path, raw: RawConfig, problems: &mut Vec<Problem>) -> Option<Config> {
+pub fn validate(path: &Path, raw: RawConfig, problems: &mut Vec<Problem>) -> Option<Plan> {
     let mut v = Validator {
         problems,
         base: path.parent().map(Path::to_path_buf).unwrap_or_default(),
@@ -73,8 +74,7 @@ pub fn validate(path: &Path, raw: RawConfig, problems: &mut Vec<Problem>) -> Opt
     }
     let upstreams = v.upstreams(raw.upstreams);
     let routes = v.routes(raw.routes, &upstreams);
-    Some(Config {
-        path: path.to_path_buf(),
+    Some(Plan {
         runtime,
         admin,
         access_log,
@@ -252,20 +252,52 @@ impl Validator<'_> {
         }
         let mut certificates = Vec::new();
         for c in certs.into_inner() {
-            let cert = self.base.join(c.cert.get_ref());
-            let key = self.base.join(c.key.get_ref());
-            if let Err(e) = crate::tls::load_certified_key(&cert, &key) {
-                let at = if e.is_about_key() {
-                    c.key.span()
-                } else {
-                    c.cert.span()
-                };
-                self.problem(at, format!("listeners.tls: {e}"));
-                continue;
+            match self.certificate(&c) {
+                Ok(certificate) => certificates.push(certificate),
+                Err((at, why)) => self.problem(at, format!("listeners.tls: {why}")),
             }
-            certificates.push(CertificateConfig { cert, key });
         }
         (!certificates.is_empty()).then_some(TlsConfig { certificates })
+    }
+
+    /// Reads a chain and its key, once: the plan carries these bytes, so
+    /// what was checked here is what every worker serves. On failure, the
+    /// span at fault and why.
+    fn certificate(
+        &self,
+        raw: &RawCertificate,
+    ) -> Result<CertificateConfig, (Range<usize>, String)> {
+        let cert = self.base.join(raw.cert.get_ref());
+        let key = self.base.join(raw.key.get_ref());
+        let read = |path: &Path, what: &str, span: Range<usize>| {
+            std::fs::read(path)
+                .map_err(|e| e.to_string())
+                .and_then(|bytes| String::from_utf8(bytes).map_err(|_| "not PEM text".to_owned()))
+                .map_err(|e| (span, format!("cannot read {what} {}: {e}", path.display())))
+        };
+        let pem = CertifiedPem {
+            chain: read(&cert, "certificate", raw.cert.span())?,
+            key: read(&key, "private key", raw.key.span())?,
+        };
+        match crate::tls::certified_key(&pem) {
+            Ok(_) => Ok(CertificateConfig { cert, key, pem }),
+            Err(e @ TlsError::Chain(_)) => Err((
+                raw.cert.span(),
+                format!("cannot read certificate {}: {e}", cert.display()),
+            )),
+            Err(e @ TlsError::Key(_)) => Err((
+                raw.key.span(),
+                format!("cannot read private key {}: {e}", key.display()),
+            )),
+            Err(e) => Err((
+                raw.key.span(),
+                format!(
+                    "key {} does not fit certificate {}: {e}",
+                    key.display(),
+                    cert.display()
+                ),
+            )),
+        }
     }
 
     fn upstreams(&mut self, raw: Vec<Spanned<RawUpstream>>) -> Vec<UpstreamConfig> {

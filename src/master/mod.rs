@@ -30,7 +30,7 @@ use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use crate::config::{Config, ConfigError};
+use crate::config::ConfigError;
 use crate::ipc::{self, ServerHealth};
 use crate::metrics::cluster::ClusterMetrics;
 use crate::upstream::{HealthChecker, Upstream};
@@ -122,14 +122,14 @@ impl Master {
             path: path.to_path_buf(),
             source,
         })?;
-        let config = Config::from_str(path, &text)?;
+        let plan = crate::config::from_str(path, &text)?;
         let (mut inherited, inherited_admin, predecessor) = match handover {
             Some(h) => (h.listeners, h.admin, Some(h.reply)),
             None => (Inherited::new(), None, None),
         };
         // The admin socket first, without SO_REUSEPORT: a second corral on
         // the same config fails here instead of silently sharing the ports.
-        let admin = match &config.admin {
+        let admin = match &plan.admin {
             None => None,
             Some(a) => Some(
                 match inherited_admin
@@ -145,8 +145,8 @@ impl Master {
                 },
             ),
         };
-        let slots = config.runtime.workers.get();
-        let listeners = sockets::bind_all(&config, slots, &mut inherited)?;
+        let slots = plan.runtime.workers.get();
+        let listeners = sockets::bind_all(&plan, slots, &mut inherited)?;
         drop(inherited);
         for l in &listeners {
             tracing::info!(listener = %l.name, addr = %l.bound, sockets = l.slots.len(), "listening");
@@ -154,7 +154,7 @@ impl Master {
         log_slot_retirement();
 
         let checked = Arc::new(ArcSwap::from_pointee(crate::upstream::rebuild(
-            &config.upstreams,
+            &plan.upstreams,
             &[],
         )));
         let (health, health_rx) = watch::channel(Arc::new(health_of(&checked.load())));
@@ -167,8 +167,8 @@ impl Master {
             number: 1,
             path: path.to_path_buf(),
             text: text.clone(),
-            files: reload::files_digest(&config),
-            config: Arc::new(config),
+            files: reload::files_digest(&plan),
+            plan: Arc::new(plan),
             sockets: Arc::new(listeners),
             loaded_at: SystemTime::now(),
         });
@@ -313,7 +313,7 @@ impl Master {
                     tracing::info!(exe = %self.exe.display(), "SIGUSR2: starting a new master");
                     let (sockets, ready_timeout) = {
                         let generation = self.generation.borrow();
-                        (generation.sockets.clone(), generation.config.runtime.upgrade_timeout)
+                        (generation.sockets.clone(), generation.plan.runtime.upgrade_timeout)
                     };
                     match upgrade::start_successor(&self.exe, &self.path, &sockets, self.admin.as_ref(), ready_timeout).await {
                         Ok(pid) => {

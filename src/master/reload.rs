@@ -21,7 +21,8 @@ use super::Master;
 use super::slot::Generation;
 use super::sockets::{self, BindError};
 use super::status::timestamp;
-use crate::config::{Config, ConfigError, diff};
+use crate::config::{ConfigError, diff};
+use crate::plan::Plan;
 
 /// How long workers get to confirm a new generation.
 const CONFIRM_TIMEOUT: Duration = Duration::from_secs(10);
@@ -174,8 +175,8 @@ impl Master {
             path: self.path.clone(),
             source,
         })?;
-        let config = Config::from_str(&self.path, &text)?;
-        let files = files_digest(&config);
+        let plan = crate::config::from_str(&self.path, &text)?;
+        let files = files_digest(&plan);
         if text == current.text && files == current.files {
             return Ok(Reloaded {
                 generation: current.number,
@@ -183,15 +184,15 @@ impl Master {
                 unchanged: true,
             });
         }
-        let mut changes = diff::diff(&current.config, &config);
+        let mut changes = diff::diff(&current.plan, &plan);
         if files != current.files {
             changes.push("~ certificate or key files: contents changed, read again".to_owned());
         }
-        if config.admin != current.config.admin {
+        if plan.admin != current.plan.admin {
             tracing::warn!("admin.listen changed; it {}", diff::ADMIN_AT_RESTART);
         }
-        let slots = config.runtime.workers.get();
-        let listeners = sockets::rebind(&current.sockets, &config, slots)?;
+        let slots = plan.runtime.workers.get();
+        let listeners = sockets::rebind(&current.sockets, &plan, slots)?;
         for l in listeners
             .iter()
             .filter(|l| !current.sockets.iter().any(|c| c.bound == l.bound))
@@ -203,11 +204,11 @@ impl Master {
             path: self.path.clone(),
             text,
             files,
-            config: Arc::new(config),
+            plan: Arc::new(plan),
             sockets: Arc::new(listeners),
             loaded_at: SystemTime::now(),
         });
-        let upstreams = crate::upstream::rebuild(&next.config.upstreams, &self.checked.load());
+        let upstreams = crate::upstream::rebuild(&next.plan.upstreams, &self.checked.load());
         self.checked.store(Arc::new(upstreams));
         self.checker.update(&self.checked.load());
         self.health
@@ -240,20 +241,18 @@ impl Master {
     }
 }
 
-/// A digest of the contents of every file `config` names; unreadable files
-/// count as empty (validation has already reported them).
-pub(super) fn files_digest(config: &Config) -> u64 {
+/// A digest of the certificate and key bytes `plan` holds.
+pub(super) fn files_digest(plan: &Plan) -> u64 {
     let mut hasher = xxhash_rust::xxh3::Xxh3::new();
-    let files = config
+    let pems = plan
         .listeners
         .iter()
         .filter_map(|l| l.tls.as_ref())
         .flat_map(|t| &t.certificates)
-        .flat_map(|c| [&c.cert, &c.key]);
-    for path in files {
-        let bytes = std::fs::read(path).unwrap_or_default();
-        hasher.update(&(bytes.len() as u64).to_le_bytes());
-        hasher.update(&bytes);
+        .flat_map(|c| [&c.pem.chain, &c.pem.key]);
+    for pem in pems {
+        hasher.update(&(pem.len() as u64).to_le_bytes());
+        hasher.update(pem.as_bytes());
     }
     hasher.digest()
 }

@@ -23,9 +23,9 @@ use tokio_util::sync::CancellationToken;
 use super::sleep_until;
 use super::sockets::ListenerSockets;
 use super::status::StatusBoard;
-use crate::config::Config;
 use crate::ipc::{self, ServerHealth, ToMaster, ToWorker};
 use crate::metrics::cluster::ClusterMetrics;
+use crate::plan::Plan;
 use crate::worker::process::{ENV_CPU_AFFINITY, ENV_MASTER_PID, ENV_SLOT};
 
 /// A worker that lived this long was not crash-looping.
@@ -33,17 +33,18 @@ const STABLE: Duration = Duration::from_secs(10);
 const FIRST_BACKOFF: Duration = Duration::from_millis(250);
 const MAX_BACKOFF: Duration = Duration::from_secs(30);
 
-/// One config generation as workers receive it: the validated config, its
-/// text (which workers parse again), and its listening sockets.
+/// One config generation: the file's text, the plan made from it (what
+/// every worker is sent and serves), and its listening sockets.
 #[derive(Debug, Clone)]
 pub struct Generation {
     pub number: u64,
     pub path: PathBuf,
     pub text: String,
-    /// A digest of the files the config names (certificates, keys), so that
-    /// files renewed under an unchanged text still make a new generation.
+    /// A digest of the files the config names (certificates, keys), as the
+    /// plan holds them, so that files renewed under an unchanged text still
+    /// make a new generation.
     pub files: u64,
-    pub config: Arc<Config>,
+    pub plan: Arc<Plan>,
     pub sockets: Arc<Vec<ListenerSockets>>,
     pub loaded_at: SystemTime,
 }
@@ -157,7 +158,7 @@ async fn run_worker(
     };
     let mut generation = ctx.generation.clone();
     let current = generation.borrow_and_update().clone();
-    let runtime = &current.config.runtime;
+    let runtime = &current.plan.runtime;
     let (heartbeat_timeout, cpu_affinity) = (runtime.heartbeat_timeout, runtime.cpu_affinity);
     let (ours, theirs) = match ipc::pair() {
         Ok(pair) => pair,
@@ -189,8 +190,7 @@ async fn run_worker(
     let start = ToWorker::Start {
         slot,
         generation: current.number,
-        config_path: current.path.clone(),
-        config: current.text.clone(),
+        plan: Plan::clone(&current.plan),
         listeners,
         health: ctx.health.borrow().to_vec(),
     };
@@ -271,8 +271,7 @@ async fn run_worker(
                 let (listeners, fds) = sockets_to_send(&next, slot, &mut held);
                 let reload = ToWorker::Reload {
                     generation: next.number,
-                    config_path: next.path.clone(),
-                    config: next.text.clone(),
+                    plan: Plan::clone(&next.plan),
                     listeners: next.slot_sockets(slot).map(|(name, ..)| name.to_owned()).collect(),
                     sockets: listeners,
                 };
@@ -284,7 +283,7 @@ async fn run_worker(
                 draining = true;
                 ctx.status.draining(slot);
                 let _ = tx.send(&ToWorker::Drain).await;
-                let grace = ctx.generation.borrow().config.runtime.shutdown_timeout;
+                let grace = ctx.generation.borrow().plan.runtime.shutdown_timeout;
                 drain_deadline = Some(Instant::now() + grace + Duration::from_secs(1));
             }
             () = sleep_until(drain_deadline) => {

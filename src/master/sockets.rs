@@ -12,7 +12,7 @@ use std::net::{SocketAddr, TcpListener};
 
 use socket2::{Domain, Protocol, Socket, Type};
 
-use crate::config::{Config, ListenerConfig};
+use crate::plan::{ListenerConfig, Plan};
 
 /// Binds a non-blocking TCP listener with `SO_REUSEPORT`, so that several
 /// sockets (one per worker slot) can share `addr` and the kernel spreads new
@@ -78,7 +78,7 @@ impl BindError {
 
 /// Binds (or takes over from `inherited`) `slots` sockets for every listener.
 pub fn bind_all(
-    config: &Config,
+    config: &Plan,
     slots: usize,
     inherited: &mut Inherited,
 ) -> Result<Vec<ListenerSockets>, BindError> {
@@ -99,7 +99,7 @@ pub fn bind_all(
 /// same port. Sockets no longer wanted close when the last holder lets go.
 pub fn rebind(
     previous: &[ListenerSockets],
-    config: &Config,
+    config: &Plan,
     slots: usize,
 ) -> Result<Vec<ListenerSockets>, BindError> {
     config

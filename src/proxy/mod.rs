@@ -30,10 +30,10 @@ pub use error::{Fault, ProxyError, error_text, local_response};
 use crate::access_log::Entry;
 use crate::balance::hash_key;
 use crate::body::{BodySent, Completion, RequestBody, ResponseBody};
-use crate::config::{HashKey, Protocol};
 use crate::metrics::RouteSeries;
+use crate::plan::{HashKey, Protocol};
 use crate::routing::{Route, rewrite_path};
-use crate::runtime::{ListenerRuntime, Runtime};
+use crate::snapshot::{ListenerSnapshot, Snapshot};
 use crate::upstream::{Conn, Lease, Upstream};
 
 /// What the proxy knows about the client connection a request came on.
@@ -43,13 +43,13 @@ pub struct Client {
     /// `addr`'s IP as it goes into `X-Forwarded-For`.
     pub forwarded_for: HeaderValue,
     pub tls: bool,
-    pub listener: Arc<ListenerRuntime>,
+    pub listener: Arc<ListenerSnapshot>,
     /// The tunnel to start once this connection has switched protocols.
     pub tunnel: std::sync::Mutex<Option<Tunnel>>,
 }
 
 impl Client {
-    pub fn new(addr: SocketAddr, tls: bool, listener: Arc<ListenerRuntime>) -> Self {
+    pub fn new(addr: SocketAddr, tls: bool, listener: Arc<ListenerSnapshot>) -> Self {
         Self {
             addr,
             forwarded_for: headers::client_value(addr.ip()),
@@ -76,7 +76,7 @@ impl Client {
 /// than `async` blocks, which would each store their inner future's state
 /// again, and hyper moves a request's whole future at least once.
 pub fn handle(
-    rt: Arc<Runtime>,
+    rt: Arc<Snapshot>,
     client: Arc<Client>,
     request: Request<Incoming>,
 ) -> impl Future<Output = Response<ResponseBody>> + Send + 'static {
@@ -146,7 +146,7 @@ impl Answer {
 /// The route for a request with `host`, if any (none also when HTTP/1.1
 /// lacks a Host).
 fn route_of<'r, B>(
-    rt: &'r Runtime,
+    rt: &'r Snapshot,
     request: &Request<B>,
     host: Option<&HeaderValue>,
 ) -> Option<&'r Route> {
@@ -176,7 +176,7 @@ struct Outgoing {
 /// the upstream. Synchronous, so that the request's future carries the
 /// rewritten request only, not the steps to it.
 fn prepare(
-    rt: &Runtime,
+    rt: &Snapshot,
     client: &Client,
     request: Request<Incoming>,
     host: Option<HeaderValue>,
@@ -239,7 +239,7 @@ fn prepare(
 /// `outgoing` is used in place, not taken apart: the parts would be copies
 /// in the future's state, beside the original.
 async fn exchange(
-    rt: Arc<Runtime>,
+    rt: Arc<Snapshot>,
     mut outgoing: Outgoing,
 ) -> Result<(Response<Incoming>, Lease), ProxyError> {
     let rt = &*rt;
@@ -350,7 +350,7 @@ async fn exchange(
 }
 
 fn log_failure(
-    rt: &Runtime,
+    rt: &Snapshot,
     upstream: &Upstream,
     server: &crate::upstream::Server,
     e: &ProxyError,

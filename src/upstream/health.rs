@@ -20,7 +20,7 @@ use tokio::net::TcpStream;
 use tokio_util::sync::CancellationToken;
 
 use super::{Server, Upstream};
-use crate::config::HealthCheckConfig;
+use crate::plan::HealthCheckConfig;
 
 /// Called when a server's health changes: (upstream name, server, healthy).
 pub type OnChange = Arc<dyn Fn(&str, &Server, bool) + Send + Sync>;

@@ -23,8 +23,8 @@ pub use pool::{Conn, ConnectError};
 
 use crate::balance::{Balancer, PeakEwma, Servers};
 use crate::body::BodySent;
-use crate::config::{HashKey, Protocol, ServerConfig, UpstreamConfig};
 use crate::metrics::Gauge;
+use crate::plan::{HashKey, Protocol, ServerConfig, UpstreamConfig};
 use pool::Pool;
 
 #[derive(Debug)]
@@ -63,7 +63,7 @@ impl Upstream {
 
     pub fn hash_key(&self) -> Option<&HashKey> {
         match &self.config.balance {
-            crate::config::Balance::ConsistentHash(key) => Some(key),
+            crate::plan::Balance::ConsistentHash(key) => Some(key),
             _ => None,
         }
     }

@@ -18,7 +18,7 @@ use tokio::time::Instant;
 
 use super::Server;
 use crate::body::RequestBody;
-use crate::config::{Protocol, UpstreamConfig};
+use crate::plan::{Protocol, UpstreamConfig};
 
 /// A connection ready to carry one request.
 #[derive(Debug)]

@@ -37,7 +37,7 @@ use super::parse_error::{self, ParseErrors};
 use super::turn::NextTurn;
 use crate::body::ResponseBody;
 use crate::proxy::{self, Client};
-use crate::runtime::{ListenerRuntime, SharedRuntime};
+use crate::snapshot::{ListenerSnapshot, SharedSnapshot};
 
 /// While draining, an HTTP/1.1 connection idle this long is closed. Until
 /// then it stays open so that the client's next request is answered (with
@@ -52,8 +52,8 @@ const PARK_AFTER: Duration = Duration::from_secs(1);
 /// What every request of a connection shares.
 struct Conn {
     peer: SocketAddr,
-    listener: Arc<ListenerRuntime>,
-    runtime: SharedRuntime,
+    listener: Arc<ListenerSnapshot>,
+    runtime: SharedSnapshot,
     activity: Arc<Activity>,
     shutdown: CancellationToken,
     client: Arc<Client>,
@@ -62,8 +62,8 @@ struct Conn {
 pub async fn serve(
     stream: TcpStream,
     peer: SocketAddr,
-    listener: Arc<ListenerRuntime>,
-    runtime: SharedRuntime,
+    listener: Arc<ListenerSnapshot>,
+    runtime: SharedSnapshot,
     shutdown: CancellationToken,
 ) {
     listener.connections.add(1);
@@ -433,7 +433,7 @@ impl Streams {
 }
 
 /// Counts the connection as closed however its task ends.
-struct Open(Arc<ListenerRuntime>);
+struct Open(Arc<ListenerSnapshot>);
 
 impl Drop for Open {
     fn drop(&mut self) {

@@ -23,7 +23,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::accept;
-use crate::runtime::SharedRuntime;
+use crate::snapshot::SharedSnapshot;
 
 /// A bound listening socket and the name of its `[[listeners]]` entry.
 #[derive(Debug)]
@@ -44,7 +44,7 @@ pub enum Drained {
 /// The accept loops and connections of one worker.
 #[derive(Debug)]
 pub struct Server {
-    runtime: SharedRuntime,
+    runtime: SharedSnapshot,
     shutdown: CancellationToken,
     connections: TaskTracker,
     /// Accept loops by listener name; cancelling one stops that loop only.
@@ -59,7 +59,7 @@ struct AcceptLoop {
 }
 
 impl Server {
-    pub fn new(runtime: SharedRuntime, shutdown: CancellationToken) -> Self {
+    pub fn new(runtime: SharedSnapshot, shutdown: CancellationToken) -> Self {
         Self {
             runtime,
             shutdown,
@@ -115,7 +115,7 @@ impl Server {
 /// `drain_timeout`.
 pub async fn serve(
     listeners: Vec<Listener>,
-    runtime: SharedRuntime,
+    runtime: SharedSnapshot,
     shutdown: CancellationToken,
     drain_timeout: Duration,
 ) -> Drained {
@@ -129,7 +129,7 @@ pub async fn serve(
 
 async fn accept_loop(
     listener: Listener,
-    runtime: SharedRuntime,
+    runtime: SharedSnapshot,
     stop: CancellationToken,
     shutdown: CancellationToken,
     connections: TaskTracker,

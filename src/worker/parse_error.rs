@@ -35,7 +35,7 @@ use tokio::io::{AsyncRead, AsyncReadExt as _, AsyncWrite, AsyncWriteExt as _, Re
 
 use super::activity::Activity;
 use crate::proxy::error_text;
-use crate::runtime::Runtime;
+use crate::snapshot::Snapshot;
 
 /// How long a refused connection keeps reading what its client still sends
 /// before it closes (see the module docs). Long enough for a client to finish
@@ -219,7 +219,7 @@ fn body(status: StatusCode) -> String {
 
 /// Counts and logs a request hyper refused, like every other answer: under
 /// `route="(none)"`, with the head's arrival as its start.
-pub fn record(rt: &Runtime, client: IpAddr, status: StatusCode, elapsed: Duration) {
+pub fn record(rt: &Snapshot, client: IpAddr, status: StatusCode, elapsed: Duration) {
     let bytes = body(status).len() as u64;
     rt.unrouted.record(status.as_u16(), elapsed, bytes);
     if let Some(log) = &rt.access_log {

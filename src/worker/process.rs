@@ -1,8 +1,8 @@
 //! `corral worker`: one worker process, started by the master.
 //!
 //! The master re-executes its own binary with the control channel as stdin.
-//! The worker reads its `Start` message (slot, config text, listening
-//! sockets), serves on a single-threaded runtime, answers heartbeats, applies
+//! The worker reads its `Start` message (slot, the generation's plan,
+//! listening sockets), serves on a single-threaded runtime, answers heartbeats, applies
 //! health updates, and drains when told to, when the master's end of the
 //! channel closes, or on SIGTERM (also sent by the kernel if the master dies,
 //! as a backstop). SIGINT is blocked from the start: a terminal's Ctrl-C
@@ -11,7 +11,6 @@
 
 use std::net::SocketAddr;
 use std::os::fd::{AsFd, OwnedFd};
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -21,11 +20,11 @@ use tokio::signal::unix::{SignalKind, signal};
 use tokio_util::sync::CancellationToken;
 
 use super::{Drained, Listener, Server};
-use crate::config::{Config, ConfigError};
 use crate::ipc::{self, IpcError, ServerHealth, ToMaster, ToWorker};
 use crate::metrics::Recorder;
 use crate::metrics::shm::ShmError;
-use crate::runtime::{BuildError, Runtime, SharedRuntime};
+use crate::plan::Plan;
+use crate::snapshot::{BuildError, SharedSnapshot, Snapshot};
 
 /// Environment variables the master sets for its workers.
 pub const ENV_MASTER_PID: &str = "CORRAL_MASTER_PID";
@@ -40,8 +39,6 @@ pub enum WorkerError {
     NoStart,
     #[error(transparent)]
     Ipc(#[from] IpcError),
-    #[error(transparent)]
-    Config(#[from] ConfigError),
     #[error(transparent)]
     Build(#[from] BuildError),
     #[error(transparent)]
@@ -93,8 +90,7 @@ async fn serve(control: OwnedFd) -> Result<(), WorkerError> {
     let ToWorker::Start {
         slot,
         generation,
-        config_path,
-        config,
+        plan,
         listeners,
         health,
     } = start.message
@@ -105,8 +101,7 @@ async fn serve(control: OwnedFd) -> Result<(), WorkerError> {
     let region = fds.next().ok_or(WorkerError::NoStart)?;
     let started = Recorder::open(&region, slot)
         .map_err(WorkerError::from)
-        .and_then(|recorder| Ok((Config::from_str(&config_path, &config)?, recorder)))
-        .and_then(|(config, recorder)| Ok(Runtime::build(config, generation, None, &recorder)?))
+        .and_then(|recorder| Ok(Snapshot::build(plan, generation, None, &recorder)?))
         .and_then(|runtime| Ok((runtime, sockets(listeners, fds.collect())?)));
     let (runtime, listeners) = match started {
         Ok(ok) => ok,
@@ -136,8 +131,8 @@ async fn serve(control: OwnedFd) -> Result<(), WorkerError> {
                 Ok(Some(ipc::Received { message, fds })) => match message {
                     ToWorker::Ping { seq } => tx.send(&ToMaster::Pong { seq }).await?,
                     ToWorker::Health { servers } => apply_health(&shared.load(), &servers),
-                    ToWorker::Reload { generation, config_path, config, listeners, sockets: names } => {
-                        let reply = match reload(&shared, generation, config_path, config).await {
+                    ToWorker::Reload { generation, plan, listeners, sockets: names } => {
+                        let reply = match reload(&shared, generation, plan).await {
                             Ok(()) => {
                                 adopt_listeners(&mut server, &listeners, names, fds).await?;
                                 tracing::info!(generation, "worker reloaded");
@@ -178,7 +173,7 @@ async fn serve(control: OwnedFd) -> Result<(), WorkerError> {
             _ = term.recv() => shutdown.cancel(),
         }
     }
-    let drain_timeout = shared.load().config.runtime.shutdown_timeout;
+    let drain_timeout = shared.load().plan.runtime.shutdown_timeout;
     match server.drain(drain_timeout).await {
         Drained::Clean => tracing::info!("worker drained"),
         Drained::TimedOut { open } => {
@@ -213,20 +208,14 @@ fn return_free_memory() -> Result<(), i32> {
     if code == 0 { Ok(()) } else { Err(code) }
 }
 
-/// Builds the next snapshot on a blocking thread (parsing and certificate
-/// loading stay off the event loop), keeping the state of unchanged
-/// servers, and swaps it in. Requests in flight finish on the old one.
-async fn reload(
-    shared: &SharedRuntime,
-    generation: u64,
-    path: PathBuf,
-    text: String,
-) -> Result<(), WorkerError> {
+/// Builds the next snapshot on a blocking thread (decoding certificates
+/// stays off the event loop), keeping the state of unchanged servers, and
+/// swaps it in. Requests in flight finish on the old one.
+async fn reload(shared: &SharedSnapshot, generation: u64, plan: Plan) -> Result<(), WorkerError> {
     let previous = shared.load_full();
-    let next = tokio::task::spawn_blocking(move || -> Result<Runtime, WorkerError> {
-        let config = Config::from_str(&path, &text)?;
-        Ok(Runtime::build(
-            config,
+    let next = tokio::task::spawn_blocking(move || -> Result<Snapshot, WorkerError> {
+        Ok(Snapshot::build(
+            plan,
             generation,
             Some(&previous),
             &previous.recorder,
@@ -285,7 +274,7 @@ fn sockets(names: Vec<String>, fds: Vec<OwnedFd>) -> Result<Vec<Listener>, Worke
     Ok(listeners)
 }
 
-pub fn apply_health(runtime: &Runtime, servers: &[ServerHealth]) {
+pub fn apply_health(runtime: &Snapshot, servers: &[ServerHealth]) {
     for s in servers {
         if let Some(server) = runtime
             .upstream(&s.upstream)

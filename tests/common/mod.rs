@@ -644,7 +644,7 @@ pub fn path_of(p: &Path) -> String {
 /// The proxy served in-process (so tests can run it on tokio's paused clock).
 pub struct InProcess {
     pub addr: SocketAddr,
-    pub runtime: corral::runtime::SharedRuntime,
+    pub runtime: corral::snapshot::SharedSnapshot,
     stop: CancellationToken,
     _health: corral::upstream::HealthChecker,
 }
@@ -656,8 +656,8 @@ impl Drop for InProcess {
 }
 
 pub async fn in_process(config: &str) -> InProcess {
-    let config = corral::config::Config::from_str(Path::new("test.toml"), config)
-        .unwrap_or_else(|e| panic!("{e}"));
+    let config =
+        corral::config::from_str(Path::new("test.toml"), config).unwrap_or_else(|e| panic!("{e}"));
     let mut listeners = Vec::new();
     let mut addr = None;
     for l in &config.listeners {
@@ -670,7 +670,7 @@ pub async fn in_process(config: &str) -> InProcess {
         });
     }
     let recorder = corral::metrics::Recorder::private().unwrap();
-    let snapshot = corral::runtime::Runtime::build(config, 1, None, &recorder).unwrap();
+    let snapshot = corral::snapshot::Snapshot::build(config, 1, None, &recorder).unwrap();
     let health =
         corral::upstream::HealthChecker::start(&snapshot.upstreams, Arc::new(|_, _, _| {}));
     let runtime = Arc::new(arc_swap::ArcSwap::from_pointee(snapshot));

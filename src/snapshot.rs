@@ -1,8 +1,9 @@
-//! The snapshot the data path serves from: one config generation, compiled.
+//! The snapshot the data path serves from: one config generation's plan,
+//! compiled.
 //!
 //! Routes, upstreams (with their servers' live state), listener settings
 //! (with TLS) and the metric series they count into live together in one
-//! immutable [`Runtime`], swapped as a whole through an `ArcSwap`, so no
+//! immutable [`Snapshot`], swapped as a whole through an `ArcSwap`, so no
 //! request can see new routes with old servers. A request keeps the snapshot
 //! it started with until it ends.
 
@@ -12,29 +13,29 @@ use std::sync::Arc;
 use arc_swap::ArcSwap;
 
 use crate::access_log::AccessLog;
-use crate::config::{Config, ListenerConfig};
 use crate::metrics::{Counter, Family, Gauge, NONE, Recorder, RouteSeries};
+use crate::plan::{ListenerConfig, Plan};
 use crate::routing::RouteTable;
 use crate::tls::{self, TlsError};
 use crate::upstream::Upstream;
 
 /// The live snapshot, shared by every connection of a worker.
-pub type SharedRuntime = Arc<ArcSwap<Runtime>>;
+pub type SharedSnapshot = Arc<ArcSwap<Snapshot>>;
 
 /// The `kind` label values of `corral_upstream_errors_total`.
 pub const UPSTREAM_ERROR_KINDS: [&str; 4] = ["connect", "timeout", "reset", "protocol"];
 
 #[derive(Debug)]
-pub struct Runtime {
+pub struct Snapshot {
     pub generation: u64,
-    pub config: Arc<Config>,
+    pub plan: Arc<Plan>,
     pub routes: RouteTable,
     /// Metric series per route, by [`crate::routing::Route::index`].
     pub route_series: Vec<Arc<RouteSeries>>,
     /// Metric series of requests that matched no route.
     pub unrouted: Arc<RouteSeries>,
     pub upstreams: Vec<Arc<Upstream>>,
-    pub listeners: Vec<Arc<ListenerRuntime>>,
+    pub listeners: Vec<Arc<ListenerSnapshot>>,
     pub recorder: Arc<Recorder>,
     pub access_log: Option<Arc<AccessLog>>,
 }
@@ -49,25 +50,25 @@ pub enum BuildError {
 
 /// A listener's settings as connections see them.
 #[derive(Debug)]
-pub struct ListenerRuntime {
+pub struct ListenerSnapshot {
     pub config: ListenerConfig,
     pub tls: Option<Arc<rustls::ServerConfig>>,
     pub connections: Counter,
     pub connections_active: Gauge,
 }
 
-impl Runtime {
-    /// Compiles `config`. Servers that `previous` already has (same upstream
+impl Snapshot {
+    /// Compiles `plan`. Servers that `previous` already has (same upstream
     /// name, address and settings) keep their state: pools, health, latency.
     pub fn build(
-        config: Config,
+        plan: Plan,
         generation: u64,
-        previous: Option<&Runtime>,
+        previous: Option<&Snapshot>,
         recorder: &Arc<Recorder>,
     ) -> Result<Self, BuildError> {
         // An unchanged access log keeps its file and writer thread.
         let access_log = match (
-            &config.access_log,
+            &plan.access_log,
             previous.and_then(|p| p.access_log.as_ref()),
         ) {
             (None, _) => None,
@@ -75,13 +76,13 @@ impl Runtime {
             (Some(wanted), _) => Some(AccessLog::start(wanted).map_err(BuildError::AccessLog)?),
         };
         let previous = previous.map_or(&[][..], |p| &p.upstreams[..]);
-        let upstreams = crate::upstream::rebuild(&config.upstreams, previous);
+        let upstreams = crate::upstream::rebuild(&plan.upstreams, previous);
         let index: HashMap<&str, usize> = upstreams
             .iter()
             .enumerate()
             .map(|(i, u)| (u.name(), i))
             .collect();
-        let routes = RouteTable::new(&config.routes, |name| index.get(name).copied());
+        let routes = RouteTable::new(&plan.routes, |name| index.get(name).copied());
         let route_series = routes
             .routes()
             .iter()
@@ -108,12 +109,12 @@ impl Runtime {
                 });
             }
         }
-        let listeners = config
+        let listeners = plan
             .listeners
             .iter()
             .map(|l| {
                 let tls = l.tls.as_ref().map(tls::server_config).transpose()?;
-                Ok(Arc::new(ListenerRuntime {
+                Ok(Arc::new(ListenerSnapshot {
                     config: l.clone(),
                     tls,
                     connections: recorder.counter(Family::Connections, &[&l.name]),
@@ -124,7 +125,7 @@ impl Runtime {
             .collect::<Result<_, TlsError>>()?;
         Ok(Self {
             generation,
-            config: Arc::new(config),
+            plan: Arc::new(plan),
             routes,
             route_series,
             unrouted: Arc::new(RouteSeries::new(recorder, NONE, NONE)),
@@ -135,7 +136,7 @@ impl Runtime {
         })
     }
 
-    pub fn listener(&self, name: &str) -> Option<&Arc<ListenerRuntime>> {
+    pub fn listener(&self, name: &str) -> Option<&Arc<ListenerSnapshot>> {
         self.listeners.iter().find(|l| l.config.name == name)
     }
 

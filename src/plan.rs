@@ -1,0 +1,249 @@
+//! The plan: a validated configuration with every value resolved, as the
+//! master hands it to each worker.
+//!
+//! Durations are durations, addresses are socket addresses, references
+//! between sections are checked, and certificates and keys are the bytes
+//! that were read and checked, not file names. Everything here is
+//! serialisable: the master sends a worker its plan over the control
+//! channel, and the worker builds what it serves from that alone, so every
+//! worker of a generation serves exactly what the master checked. Built
+//! only by [`crate::config`]; nothing here reads a file.
+
+use std::net::SocketAddr;
+use std::num::{NonZeroU32, NonZeroUsize};
+use std::path::PathBuf;
+use std::time::Duration;
+
+use http::HeaderName;
+use serde::{Deserialize, Serialize};
+
+/// A validated configuration, every value resolved. Built only by
+/// [`crate::config::load`] and [`crate::config::from_str`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Plan {
+    pub runtime: RuntimeConfig,
+    pub admin: Option<AdminConfig>,
+    /// `None`: no access log.
+    pub access_log: Option<AccessLogConfig>,
+    pub listeners: Vec<ListenerConfig>,
+    pub routes: Vec<RouteConfig>,
+    pub upstreams: Vec<UpstreamConfig>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RuntimeConfig {
+    /// Worker processes; `"auto"` resolves to the available cores.
+    pub workers: NonZeroUsize,
+    /// How long a graceful stop waits for in-flight work.
+    pub shutdown_timeout: Duration,
+    /// Pin worker i to CPU i (mod the CPU count).
+    pub cpu_affinity: bool,
+    /// A worker that answers no heartbeat for this long is declared hung
+    /// and replaced.
+    pub heartbeat_timeout: Duration,
+    /// How long a new master started by a binary upgrade has to serve.
+    pub upgrade_timeout: Duration,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AdminConfig {
+    pub listen: SocketAddr,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AccessLogConfig {
+    pub target: LogTarget,
+    pub format: LogFormat,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum LogTarget {
+    Stdout,
+    Stderr,
+    /// Opened for appending; relative paths resolve against the config's folder.
+    File(PathBuf),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum LogFormat {
+    Json,
+    /// Apache's combined format, plus duration, route, upstream and server.
+    Combined,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ListenerConfig {
+    pub name: String,
+    pub addr: SocketAddr,
+    pub tls: Option<TlsConfig>,
+    /// Accept queue length requested from the kernel for each socket.
+    pub backlog: u32,
+    /// Time a client has to send a complete request head, counted from the
+    /// connection's start or from the first byte of a later request.
+    pub header_timeout: Duration,
+    /// Time an idle keep-alive connection is kept open between requests.
+    pub keepalive_timeout: Duration,
+    /// Longest pause allowed between two reads of a request body.
+    pub body_timeout: Duration,
+    /// Largest request body accepted; `None` means no limit.
+    pub max_request_body: Option<u64>,
+    /// Largest request head (request line and headers) accepted.
+    pub max_header_bytes: usize,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TlsConfig {
+    /// Certificate chains and keys; SNI picks one by the names in its
+    /// certificate, and the first one answers clients that send no SNI.
+    pub certificates: Vec<CertificateConfig>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CertificateConfig {
+    /// Where the chain was read from, for messages.
+    pub cert: PathBuf,
+    /// Where the key was read from, for messages.
+    pub key: PathBuf,
+    /// The chain and key as read when the config was checked: PEM text
+    /// that decodes, and a key that fits the chain's first certificate.
+    pub pem: CertifiedPem,
+}
+
+/// A certificate chain and its private key, PEM-encoded. The key is never
+/// printed.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CertifiedPem {
+    pub chain: String,
+    pub key: String,
+}
+
+impl std::fmt::Debug for CertifiedPem {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CertifiedPem")
+            .field("chain", &format_args!("{} bytes", self.chain.len()))
+            .field("key", &format_args!("redacted"))
+            .finish()
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RouteConfig {
+    /// The `route` label in metrics and logs; defaults to host and prefix,
+    /// e.g. `api.example.com/api/` or `*/`.
+    pub name: String,
+    pub host: Option<HostPattern>,
+    pub path_prefix: String,
+    pub upstream: String,
+    pub strip_prefix: bool,
+}
+
+/// A route's host, lower-cased and without a port.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum HostPattern {
+    /// `api.example.com`
+    Exact(String),
+    /// `*.example.com`, stored as the suffix `.example.com`; matches any
+    /// name that ends with it (not `example.com` itself).
+    Wildcard(String),
+}
+
+impl HostPattern {
+    /// How specific the pattern is: longer wins, and an exact name beats a
+    /// wildcard of the same length.
+    pub fn specificity(&self) -> (usize, bool) {
+        match self {
+            Self::Exact(name) => (name.len(), true),
+            Self::Wildcard(suffix) => (suffix.len(), false),
+        }
+    }
+}
+
+impl std::fmt::Display for HostPattern {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Exact(name) => f.write_str(name),
+            Self::Wildcard(suffix) => write!(f, "*{suffix}"),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct UpstreamConfig {
+    pub name: String,
+    pub balance: Balance,
+    pub protocol: Protocol,
+    pub servers: Vec<ServerConfig>,
+    pub connect_timeout: Duration,
+    /// Time from sending the request to receiving the response head.
+    pub response_timeout: Duration,
+    /// How long an idle pooled connection is kept.
+    pub idle_timeout: Duration,
+    pub max_idle_per_server: usize,
+    /// How long a server that refused a connection is skipped.
+    pub fail_timeout: Duration,
+    pub health_check: Option<HealthCheckConfig>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Balance {
+    RoundRobin,
+    LeastConn,
+    Random,
+    P2cEwma,
+    ConsistentHash(HashKey),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum HashKey {
+    ClientIp,
+    Header(#[serde(with = "header_name")] HeaderName),
+    Cookie(String),
+    Path,
+}
+
+/// What corral speaks to the servers of an upstream.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Protocol {
+    /// HTTP/1.1 over pooled keep-alive connections.
+    Http1,
+    /// HTTP/2 with prior knowledge (h2c), multiplexed over one connection per server.
+    H2,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ServerConfig {
+    pub addr: SocketAddr,
+    pub weight: NonZeroU32,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct HealthCheckConfig {
+    pub path: String,
+    pub interval: Duration,
+    pub timeout: Duration,
+    /// Consecutive passes that bring a down server back.
+    pub healthy_threshold: NonZeroU32,
+    /// Consecutive failures that take a server down.
+    pub unhealthy_threshold: NonZeroU32,
+}
+
+impl Plan {
+    pub fn upstream(&self, name: &str) -> Option<&UpstreamConfig> {
+        self.upstreams.iter().find(|u| u.name == name)
+    }
+}
+
+/// A header name as its text (`http` has no serde support).
+mod header_name {
+    use http::HeaderName;
+    use serde::{Deserialize, Deserializer, Serializer, de};
+
+    pub fn serialize<S: Serializer>(name: &HeaderName, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(name.as_str())
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<HeaderName, D::Error> {
+        let text = String::deserialize(d)?;
+        HeaderName::from_bytes(text.as_bytes()).map_err(de::Error::custom)
+    }
+}
