@@ -18,7 +18,7 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 use crate::accept;
-use crate::body::ResponseBody;
+use crate::body::response::ResponseBody;
 use crate::proxy::local_response;
 
 /// What the admin endpoint reports on.

@@ -22,7 +22,7 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 use crate::accept;
-use crate::body::ResponseBody;
+use crate::body::response::ResponseBody;
 
 /// Serves until `shutdown` is cancelled.
 pub async fn serve(listener: TcpListener, name: String, shutdown: CancellationToken) {

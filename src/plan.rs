@@ -7,7 +7,7 @@
 //! serialisable: the master sends a worker its plan over the control
 //! channel, and the worker builds what it serves from that alone, so every
 //! worker of a generation serves exactly what the master checked. Built
-//! only by [`crate::config`]; nothing here reads a file.
+//! only by the config module; nothing here reads a file.
 
 use std::net::SocketAddr;
 use std::num::{NonZeroU32, NonZeroUsize};
@@ -18,7 +18,7 @@ use http::HeaderName;
 use serde::{Deserialize, Serialize};
 
 /// A validated configuration, every value resolved. Built only by
-/// [`crate::config::load`] and [`crate::config::from_str`].
+/// `config::load` and `config::from_str`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Plan {
     pub runtime: RuntimeConfig,

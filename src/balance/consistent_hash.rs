@@ -6,7 +6,7 @@
 //! server that is down is skipped by walking on to the next point, so its keys
 //! spread over the others and come back when it does.
 
-use super::{Servers, hash_key};
+use super::servers::{Servers, hash_key};
 
 /// Points per unit of weight: enough that N servers get shares within a few
 /// percent of 1/N.

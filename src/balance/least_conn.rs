@@ -2,7 +2,7 @@
 //! per unit of weight. Ties are broken at random so that an idle cluster does
 //! not send every request to the first server.
 
-use super::Servers;
+use super::servers::Servers;
 
 pub fn pick(servers: &impl Servers, rng: &mut fastrand::Rng) -> Option<usize> {
     let n = servers.len();

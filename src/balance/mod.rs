@@ -11,29 +11,16 @@ mod least_conn;
 mod p2c_ewma;
 mod random;
 mod round_robin;
+mod servers;
+#[doc(hidden)]
+pub mod testing;
 
 pub use consistent_hash::Ring;
 pub use p2c_ewma::PeakEwma;
 pub use round_robin::SmoothRoundRobin;
+pub use servers::{Servers, hash_key};
 
 use crate::plan::Balance;
-
-/// What a policy may know about the servers of an upstream, by index.
-pub trait Servers {
-    fn len(&self) -> usize;
-    /// Asked by no policy (each checks availability, which covers an empty
-    /// list); here because a `len` without it reads as an oversight.
-    fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
-    fn weight(&self, i: usize) -> u32;
-    /// Healthy, not recently failed, and not excluded for this attempt.
-    fn available(&self, i: usize) -> bool;
-    /// Requests currently being served by server `i`.
-    fn in_flight(&self, i: usize) -> u32;
-    /// Smoothed response latency of server `i`, in seconds (0 when unknown).
-    fn latency(&self, i: usize) -> f64;
-}
 
 /// A policy with its state, built once per upstream and config generation.
 #[derive(Debug)]
@@ -81,55 +68,6 @@ impl Balancer {
     /// Whether the policy reads latency (so the request path measures it).
     pub fn wants_latency(&self) -> bool {
         matches!(self, Self::P2cEwma)
-    }
-}
-
-/// Hashes a request's key (client IP, header, cookie or path) for the ring.
-pub fn hash_key(bytes: &[u8]) -> u64 {
-    xxhash_rust::xxh3::xxh3_64(bytes)
-}
-
-#[doc(hidden)]
-pub mod testing {
-    //! A plain in-memory [`Servers`] for the policies' tests and benchmarks.
-    use super::Servers;
-
-    #[derive(Debug, Clone)]
-    pub struct Fixed {
-        pub weights: Vec<u32>,
-        pub up: Vec<bool>,
-        pub in_flight: Vec<u32>,
-        pub latency: Vec<f64>,
-    }
-
-    impl Fixed {
-        pub fn new(weights: Vec<u32>) -> Self {
-            let n = weights.len();
-            Self {
-                weights,
-                up: vec![true; n],
-                in_flight: vec![0; n],
-                latency: vec![0.0; n],
-            }
-        }
-    }
-
-    impl Servers for Fixed {
-        fn len(&self) -> usize {
-            self.weights.len()
-        }
-        fn weight(&self, i: usize) -> u32 {
-            self.weights[i]
-        }
-        fn available(&self, i: usize) -> bool {
-            self.up[i]
-        }
-        fn in_flight(&self, i: usize) -> u32 {
-            self.in_flight[i]
-        }
-        fn latency(&self, i: usize) -> f64 {
-            self.latency[i]
-        }
     }
 }
 

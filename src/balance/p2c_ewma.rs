@@ -7,7 +7,7 @@
 
 use std::time::{Duration, Instant};
 
-use super::Servers;
+use super::servers::Servers;
 
 /// Latency assumed for a server not yet measured, so new servers are tried
 /// but not flooded.

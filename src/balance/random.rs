@@ -1,6 +1,6 @@
 //! Weighted random: each available server with probability weight / total.
 
-use super::Servers;
+use super::servers::Servers;
 
 pub fn pick(servers: &impl Servers, rng: &mut fastrand::Rng) -> Option<usize> {
     let available = |i: &usize| servers.available(*i);

@@ -8,7 +8,7 @@
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-use super::Servers;
+use super::servers::Servers;
 
 #[derive(Debug)]
 pub struct SmoothRoundRobin {

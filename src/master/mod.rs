@@ -11,6 +11,7 @@
 //! It never serves client traffic itself.
 
 mod filewatch;
+pub mod health;
 mod reload;
 mod slot;
 pub mod sockets;
@@ -33,7 +34,8 @@ use tokio_util::sync::CancellationToken;
 use crate::config::ConfigError;
 use crate::ipc::{self, ServerHealth};
 use crate::metrics::cluster::ClusterMetrics;
-use crate::upstream::{HealthChecker, Upstream};
+use crate::upstream::Upstream;
+use health::HealthChecker;
 use reload::{ReloadRequest, Trigger};
 use slot::{Generation, SlotContext};
 use sockets::{BindError, Inherited};
@@ -428,7 +430,7 @@ fn log_slot_retirement() {
 fn on_health_change(
     checked: Arc<ArcSwap<Vec<Arc<Upstream>>>>,
     health: watch::Sender<Arc<Vec<ServerHealth>>>,
-) -> crate::upstream::OnChange {
+) -> health::OnChange {
     Arc::new(move |_, _, _| {
         health.send_replace(Arc::new(health_of(&checked.load())));
     })

@@ -20,8 +20,8 @@ use prometheus::{
     TextEncoder,
 };
 
+use super::family::{Family, HISTOGRAM_COUNT, HISTOGRAM_SUM, Kind, LATENCY_BUCKETS, split_labels};
 use super::shm::{Region, SeriesKey, ShmError, VALUES};
-use super::{Family, HISTOGRAM_COUNT, HISTOGRAM_SUM, Kind, LATENCY_BUCKETS, split_labels};
 
 type Values = [u64; VALUES];
 

@@ -12,8 +12,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use super::family::{Family, HISTOGRAM_COUNT, HISTOGRAM_SUM, LATENCY_BUCKETS, join_labels};
 use super::shm::{Region, ShmError};
-use super::{Family, HISTOGRAM_COUNT, HISTOGRAM_SUM, LATENCY_BUCKETS, join_labels};
 
 /// Where this process counts.
 #[derive(Debug)]

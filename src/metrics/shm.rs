@@ -25,7 +25,7 @@ const MAGIC: u64 = u64::from_be_bytes(*b"corralm1");
 const VERSION: u64 = 1;
 const HEADER_WORDS: usize = 8;
 /// Values per slot: room for a histogram's buckets, count and sum.
-pub const VALUES: usize = super::HISTOGRAM_SUM + 1;
+pub const VALUES: usize = super::family::HISTOGRAM_SUM + 1;
 const SLOT_WORDS: usize = 4 + VALUES;
 /// Series per worker; the memfd is sparse, so unused slots cost no memory.
 pub const SLOTS: usize = 16 * 1024;

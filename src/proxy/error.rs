@@ -1,13 +1,17 @@
 //! Everything that can stop a request, whose fault it is, and what the client
 //! is told.
 //!
-//! One exhaustive `match` maps each case to a status code, and another to the
-//! `kind` label of `corral_upstream_errors_total`. Bodies are short plain text
-//! that names the problem, never addresses or internal errors.
+//! One exhaustive `match` ([`ProxyError::verdict`]) maps each case to its
+//! status code, whose fault it is, the `kind` label of
+//! `corral_upstream_errors_total` and the words the client reads. Bodies
+//! are short plain text that names the problem, never addresses or internal
+//! errors. [`ProxyError::retry_safe`] says whether another server may take
+//! the request.
 
 use http::{Response, StatusCode, header};
 
-use crate::body::{BodyError, ResponseBody};
+use crate::body::request::BodyError;
+use crate::body::response::ResponseBody;
 use crate::upstream::ConnectError;
 
 /// Who caused a failure.
@@ -59,70 +63,98 @@ impl ProxyError {
         }
     }
 
-    pub fn status(&self) -> StatusCode {
-        match self {
-            Self::MissingHost => StatusCode::BAD_REQUEST,
-            Self::NoRoute => StatusCode::NOT_FOUND,
-            Self::BodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
-            Self::ClientBody(BodyError::TooLarge { .. }) => StatusCode::PAYLOAD_TOO_LARGE,
-            Self::ClientBody(BodyError::Timeout(_)) => StatusCode::REQUEST_TIMEOUT,
-            Self::ClientBody(BodyError::Client(_)) => StatusCode::BAD_REQUEST,
-            Self::NoServer { .. } => StatusCode::SERVICE_UNAVAILABLE,
-            Self::Connect(ConnectError::Timeout { .. }) => StatusCode::GATEWAY_TIMEOUT,
-            Self::Connect(ConnectError::Io { .. } | ConnectError::Handshake { .. }) => {
-                StatusCode::BAD_GATEWAY
+    /// How this failure is answered, counted and blamed: one row per case.
+    fn verdict(&self) -> Verdict {
+        use BodyError as Body;
+        use ConnectError as Connect;
+        let (status, fault, kind, detail) = match self {
+            Self::MissingHost => (400, Fault::Client, None, "missing Host header"),
+            Self::NoRoute => (404, Fault::Config, None, "no route for this request"),
+            Self::BodyTooLarge { .. } | Self::ClientBody(Body::TooLarge { .. }) => {
+                (413, Fault::Client, None, "request body too large")
             }
-            Self::ResponseTimeout(_) => StatusCode::GATEWAY_TIMEOUT,
-            Self::Upstream(_) => StatusCode::BAD_GATEWAY,
+            Self::ClientBody(Body::Timeout(_)) => {
+                (408, Fault::Client, None, "request body timed out")
+            }
+            Self::ClientBody(Body::Client(_)) => {
+                (400, Fault::Client, None, "request body incomplete")
+            }
+            // Every server is down or failing: the upstream's doing. No
+            // server to count it against; it is logged where it happens.
+            Self::NoServer { .. } => (503, Fault::Upstream, None, "no healthy upstream server"),
+            Self::Connect(Connect::Timeout { .. }) => {
+                (504, Fault::Upstream, Some("timeout"), "upstream timed out")
+            }
+            Self::Connect(Connect::Io { .. }) => (
+                502,
+                Fault::Upstream,
+                Some("connect"),
+                "upstream unreachable",
+            ),
+            Self::Connect(Connect::Handshake { .. }) => (
+                502,
+                Fault::Upstream,
+                Some("protocol"),
+                "upstream unreachable",
+            ),
+            Self::ResponseTimeout(_) => {
+                (504, Fault::Upstream, Some("timeout"), "upstream timed out")
+            }
+            Self::Upstream(e) if e.is_parse() || e.is_parse_status() => (
+                502,
+                Fault::Upstream,
+                Some("protocol"),
+                "invalid response from upstream",
+            ),
+            Self::Upstream(_) => (
+                502,
+                Fault::Upstream,
+                Some("reset"),
+                "invalid response from upstream",
+            ),
+        };
+        Verdict {
+            status: StatusCode::from_u16(status).unwrap_or(StatusCode::BAD_GATEWAY),
+            fault,
+            kind,
+            detail,
         }
+    }
+
+    pub fn status(&self) -> StatusCode {
+        self.verdict().status
     }
 
     pub fn fault(&self) -> Fault {
-        match self {
-            Self::MissingHost | Self::BodyTooLarge { .. } | Self::ClientBody(_) => Fault::Client,
-            Self::NoRoute | Self::NoServer { .. } => Fault::Config,
-            Self::Connect(_) | Self::ResponseTimeout(_) | Self::Upstream(_) => Fault::Upstream,
-        }
+        self.verdict().fault
     }
 
-    /// The `kind` label for upstream errors; `None` when the upstream is not at fault.
+    /// The `kind` label of `corral_upstream_errors_total`; `None` when no
+    /// server is to blame.
     pub fn upstream_kind(&self) -> Option<&'static str> {
-        match self {
-            Self::Connect(ConnectError::Timeout { .. }) | Self::ResponseTimeout(_) => {
-                Some("timeout")
-            }
-            Self::Connect(ConnectError::Io { .. }) => Some("connect"),
-            Self::Connect(ConnectError::Handshake { .. }) => Some("protocol"),
-            Self::Upstream(e) if e.is_parse() || e.is_parse_status() => Some("protocol"),
-            Self::Upstream(_) => Some("reset"),
-            Self::MissingHost
-            | Self::NoRoute
-            | Self::BodyTooLarge { .. }
-            | Self::ClientBody(_)
-            | Self::NoServer { .. } => None,
-        }
+        self.verdict().kind
+    }
+
+    /// Whether the request may go to another server: only when it never
+    /// left corral, because no connection to the server could be opened.
+    /// Once any of it was sent, its body may be gone, and the upstream may
+    /// have acted on it.
+    pub fn retry_safe(&self) -> bool {
+        matches!(self, Self::Connect(_))
     }
 
     /// The answer the client gets.
     pub fn response(&self) -> Response<ResponseBody> {
-        let status = self.status();
-        let detail = match self {
-            Self::MissingHost => "missing Host header",
-            Self::NoRoute => "no route for this request",
-            Self::BodyTooLarge { .. } | Self::ClientBody(BodyError::TooLarge { .. }) => {
-                "request body too large"
-            }
-            Self::ClientBody(BodyError::Timeout(_)) => "request body timed out",
-            Self::ClientBody(BodyError::Client(_)) => "request body incomplete",
-            Self::NoServer { .. } => "no healthy upstream server",
-            Self::Connect(ConnectError::Timeout { .. }) | Self::ResponseTimeout(_) => {
-                "upstream timed out"
-            }
-            Self::Connect(_) => "upstream unreachable",
-            Self::Upstream(_) => "invalid response from upstream",
-        };
+        let Verdict { status, detail, .. } = self.verdict();
         local_response(status, detail)
     }
+}
+
+struct Verdict {
+    status: StatusCode,
+    fault: Fault,
+    kind: Option<&'static str>,
+    detail: &'static str,
 }
 
 /// The body of every error corral answers itself: `STATUS Reason: detail`.

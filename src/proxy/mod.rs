@@ -16,6 +16,7 @@ pub use upgrade::Tunnel;
 use std::future::Future;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
+use std::time::Duration;
 
 use futures_util::FutureExt as _;
 use futures_util::future::Either;
@@ -29,12 +30,13 @@ pub use error::{Fault, ProxyError, error_text, local_response};
 
 use crate::access_log::Entry;
 use crate::balance::hash_key;
-use crate::body::{BodySent, Completion, RequestBody, ResponseBody};
+use crate::body::request::{BodySent, RequestBody};
+use crate::body::response::{Completion, ResponseBody};
 use crate::metrics::RouteSeries;
 use crate::plan::{HashKey, Protocol};
 use crate::routing::{Route, rewrite_path};
 use crate::snapshot::{ListenerSnapshot, Snapshot};
-use crate::upstream::{Conn, Lease, Upstream};
+use crate::upstream::{Conn, Lease, Server, Upstream};
 
 /// What the proxy knows about the client connection a request came on.
 #[derive(Debug)]
@@ -243,118 +245,185 @@ async fn exchange(
     mut outgoing: Outgoing,
 ) -> Result<(Response<Incoming>, Lease), ProxyError> {
     let rt = &*rt;
-    let key = outgoing.key;
     let upstream = &rt.upstreams[outgoing.upstream];
-    let config = &upstream.config;
-    let no_server = || ProxyError::NoServer {
-        upstream: config.name.clone(),
-    };
     let mut rng = fastrand::Rng::new();
-    let mut index = upstream.pick(key, None, &mut rng).ok_or_else(no_server)?;
-    let mut may_retry_connect = true;
-    // A pooled connection can close between checkout and send; hyper then
-    // hands the unsent request back and it goes out on a fresh connection.
-    let mut unsent_retries = 2;
+    let Some(mut index) = upstream.pick(outgoing.key, None, &mut rng) else {
+        let e = ProxyError::NoServer {
+            upstream: upstream.name().to_owned(),
+        };
+        tracing::warn!(upstream = %upstream.name(), error = %e, "upstream failure");
+        return Err(e);
+    };
     // The latest clock reading: the request's arrival until time may have
     // passed (a new connection, a retry), so that a pooled exchange reads
     // the clock no more.
     let mut now = outgoing.started;
+    // A pooled connection can close between checkout and send; hyper then
+    // hands the unsent request back and it goes out on a fresh connection.
+    let mut unsent_retries = 2;
     loop {
-        let server = &upstream.servers[index];
-        let mut lease = server.lease();
-        let conn = match server.connection(config.connect_timeout, now).await {
-            Ok((conn, reused)) => {
-                if !reused {
-                    now = Instant::now();
-                }
-                conn
-            }
-            Err(e) => {
+        let key = outgoing.key;
+        let (conn, lease) = connect(rt, upstream, key, &mut index, &mut rng, &mut now).await?;
+        let request = outgoing.request;
+        match send(
+            rt,
+            upstream,
+            conn,
+            lease,
+            request,
+            &mut outgoing.body_sent,
+            now,
+        )
+        .await
+        {
+            Sent::Answered(response, lease) => return Ok((response, lease)),
+            Sent::Unsent { request, .. } if unsent_retries > 0 => {
+                unsent_retries -= 1;
+                outgoing.request = request;
                 now = Instant::now();
-                server.mark_failed();
-                let e = ProxyError::from(e);
-                log_failure(rt, upstream, server, &e);
-                let next = may_retry_connect
-                    .then(|| upstream.pick(key, Some(index), &mut rng))
-                    .flatten();
-                match next {
-                    Some(next) => {
-                        may_retry_connect = false;
-                        index = next;
-                        continue;
-                    }
-                    None => return Err(e),
-                }
             }
-        };
-        // The response timeout counts from the end of the request body, so a
-        // long upload is not cut off; a stalled one is by the body timeout.
-        let body_sent = &mut outgoing.body_sent;
-        let deadline = async {
-            let from = if body_sent.is_done() {
-                now
-            } else {
-                body_sent.wait().await;
-                Instant::now()
-            };
-            tokio::time::sleep_until(from + config.response_timeout).await;
-            let e = ProxyError::ResponseTimeout(config.response_timeout);
-            log_failure(rt, upstream, server, &e);
-            e
-        };
-        let (sent, reusable) = match conn {
-            Conn::Http1(mut sender) => {
-                let result = tokio::select! {
-                    biased;
-                    r = sender.try_send_request(outgoing.request) => r,
-                    e = deadline => return Err(e),
-                };
-                (result, Some(sender))
+            Sent::Unsent { error, .. } => {
+                let e = ProxyError::from_send(error);
+                log_failure(rt, upstream, &upstream.servers[index], &e);
+                return Err(e);
             }
-            Conn::Http2(mut sender) => {
-                let result = tokio::select! {
-                    biased;
-                    r = sender.try_send_request(outgoing.request) => r,
-                    e = deadline => return Err(e),
-                };
-                (result, None)
-            }
-        };
-        match sent {
-            Ok(response) => {
-                if upstream.balancer.wants_latency() {
-                    server.observe_latency(now.elapsed());
-                }
-                // An upgraded connection belongs to its tunnel.
-                if let Some(sender) =
-                    reusable.filter(|_| response.status() != StatusCode::SWITCHING_PROTOCOLS)
-                {
-                    lease.hold(sender, std::mem::take(&mut outgoing.body_sent));
-                }
-                return Ok((response, lease));
-            }
-            Err(mut e) => match e.take_message() {
-                Some(unsent) if unsent_retries > 0 => {
-                    unsent_retries -= 1;
-                    outgoing.request = unsent;
-                    now = Instant::now();
-                }
-                _ => {
-                    let e = ProxyError::from_send(e.into_error());
-                    log_failure(rt, upstream, server, &e);
-                    return Err(e);
-                }
-            },
+            Sent::Failed(e) => return Err(e),
         }
     }
 }
 
-fn log_failure(
+/// A connection to server `index` (pooled or new) and the request's lease
+/// on it. A connection that cannot be opened marks its server failed, and
+/// moves the request to another server once, when the error says that is
+/// safe: nothing was sent.
+async fn connect(
     rt: &Snapshot,
     upstream: &Upstream,
-    server: &crate::upstream::Server,
-    e: &ProxyError,
-) {
+    key: Option<u64>,
+    index: &mut usize,
+    rng: &mut fastrand::Rng,
+    now: &mut Instant,
+) -> Result<(Conn, Lease), ProxyError> {
+    let mut may_move = true;
+    loop {
+        let server = &upstream.servers[*index];
+        let lease = server.lease();
+        let e = match server.connection(&upstream.connector, *now).await {
+            Ok((conn, reused)) => {
+                if !reused {
+                    *now = Instant::now();
+                }
+                return Ok((conn, lease));
+            }
+            Err(e) => ProxyError::from(e),
+        };
+        *now = Instant::now();
+        server.mark_failed();
+        log_failure(rt, upstream, server, &e);
+        let next = (may_move && e.retry_safe())
+            .then(|| upstream.pick(key, Some(*index), rng))
+            .flatten();
+        match next {
+            Some(next) => {
+                may_move = false;
+                *index = next;
+            }
+            None => return Err(e),
+        }
+    }
+}
+
+/// How one attempt to send a request went.
+enum Sent {
+    Answered(Response<Incoming>, Lease),
+    /// The connection closed before the request went out; hyper handed it
+    /// back.
+    Unsent {
+        request: Request<RequestBody>,
+        error: hyper::Error,
+    },
+    Failed(ProxyError),
+}
+
+/// Sends the request on `conn` and waits for the response head, within
+/// the upstream's response timeout.
+async fn send(
+    rt: &Snapshot,
+    upstream: &Upstream,
+    conn: Conn,
+    mut lease: Lease,
+    request: Request<RequestBody>,
+    body_sent: &mut BodySent,
+    now: Instant,
+) -> Sent {
+    let server = lease.server().clone();
+    let timeout = upstream.config.response_timeout;
+    // The response timeout counts from the end of the request body, so a
+    // long upload is not cut off; a stalled one is by the body timeout.
+    let sending = &mut *body_sent;
+    let deadline = async {
+        let from = if sending.is_done() {
+            now
+        } else {
+            sending.wait().await;
+            Instant::now()
+        };
+        tokio::time::sleep_until(from + timeout).await;
+    };
+    let (sent, reusable) = match conn {
+        Conn::Http1(mut sender) => {
+            let result = tokio::select! {
+                biased;
+                r = sender.try_send_request(request) => r,
+                () = deadline => return timed_out(rt, upstream, &server, timeout),
+            };
+            (result, Some(sender))
+        }
+        Conn::Http2(mut sender) => {
+            let result = tokio::select! {
+                biased;
+                r = sender.try_send_request(request) => r,
+                () = deadline => return timed_out(rt, upstream, &server, timeout),
+            };
+            (result, None)
+        }
+    };
+    match sent {
+        Ok(response) => {
+            if upstream.balancer.wants_latency() {
+                server.observe_latency(now.elapsed());
+            }
+            // An upgraded connection belongs to its tunnel.
+            if let Some(sender) =
+                reusable.filter(|_| response.status() != StatusCode::SWITCHING_PROTOCOLS)
+            {
+                lease.hold(sender, std::mem::take(body_sent));
+            }
+            Sent::Answered(response, lease)
+        }
+        Err(mut e) => match e.take_message() {
+            Some(request) => Sent::Unsent {
+                request,
+                error: e.into_error(),
+            },
+            None => {
+                let e = ProxyError::from_send(e.into_error());
+                log_failure(rt, upstream, &server, &e);
+                Sent::Failed(e)
+            }
+        },
+    }
+}
+
+/// The response head did not come within `timeout`.
+fn timed_out(rt: &Snapshot, upstream: &Upstream, server: &Server, timeout: Duration) -> Sent {
+    let e = ProxyError::ResponseTimeout(timeout);
+    log_failure(rt, upstream, server, &e);
+    Sent::Failed(e)
+}
+
+/// Counts a failure against `server` and logs it.
+fn log_failure(rt: &Snapshot, upstream: &Upstream, server: &Server, e: &ProxyError) {
     if let Some(kind) = e.upstream_kind() {
         rt.count_upstream_error(upstream.name(), &server.label, kind);
     }

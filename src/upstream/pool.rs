@@ -12,12 +12,10 @@ use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::time::Duration;
 
 use hyper::client::conn::{http1, http2};
-use hyper_util::rt::{TokioExecutor, TokioIo};
-use tokio::net::TcpStream;
 use tokio::time::Instant;
 
-use super::Server;
-use crate::body::RequestBody;
+use super::connect::{ConnectError, Connector};
+use crate::body::request::RequestBody;
 use crate::plan::{Protocol, UpstreamConfig};
 
 /// A connection ready to carry one request.
@@ -25,24 +23,6 @@ use crate::plan::{Protocol, UpstreamConfig};
 pub enum Conn {
     Http1(http1::SendRequest<RequestBody>),
     Http2(http2::SendRequest<RequestBody>),
-}
-
-#[derive(Debug, thiserror::Error)]
-pub enum ConnectError {
-    #[error("connecting to {addr} timed out after {timeout:?}")]
-    Timeout { addr: SocketAddr, timeout: Duration },
-    #[error("connecting to {addr} failed: {source}")]
-    Io {
-        addr: SocketAddr,
-        #[source]
-        source: std::io::Error,
-    },
-    #[error("HTTP handshake with {addr} failed: {source}")]
-    Handshake {
-        addr: SocketAddr,
-        #[source]
-        source: hyper::Error,
-    },
 }
 
 #[derive(Debug)]
@@ -89,10 +69,13 @@ impl Pool {
         self.protocol
     }
 
+    /// A connection to `addr`: a pooled one if any is idle, else a new
+    /// one; the flag says whether it was reused. `now` is a recent clock
+    /// reading, against which pooled connections' idle time is measured.
     pub(super) async fn get(
         &self,
         addr: SocketAddr,
-        timeout: Duration,
+        connector: &Connector,
         now: Instant,
     ) -> Result<(Conn, bool), ConnectError> {
         match self.protocol {
@@ -108,14 +91,14 @@ impl Pool {
                 }
                 // Boxed: the handshake's state is large and rarely needed, and
                 // every request's future would otherwise carry room for it.
-                let conn = Box::pin(open_http1(addr, timeout)).await?;
+                let conn = Box::pin(connector.http1(addr)).await?;
                 Ok((Conn::Http1(conn), false))
             }
             Protocol::H2 => {
                 if let Some(conn) = lock(&self.shared).as_ref().filter(|c| !c.is_closed()) {
                     return Ok((Conn::Http2(conn.clone()), true));
                 }
-                let conn = Box::pin(open_http2(addr, timeout)).await?;
+                let conn = Box::pin(connector.http2(addr)).await?;
                 *lock(&self.shared) = Some(conn.clone());
                 Ok((Conn::Http2(conn), false))
             }
@@ -164,74 +147,26 @@ impl Pool {
     }
 }
 
-/// Returns an HTTP/1.1 connection whose request and response both ended.
-pub(super) fn checkin(server: &Arc<Server>, conn: http1::SendRequest<RequestBody>) {
-    if conn.is_closed() || !server.pool.put_idle(conn) {
-        return;
-    }
-    // Outside a runtime (never while serving) the list is only trimmed by
-    // `take_idle`.
-    if let Ok(runtime) = tokio::runtime::Handle::try_current() {
-        runtime.spawn(sweep(Arc::downgrade(server)));
+impl Pool {
+    /// Takes back an HTTP/1.1 connection whose request and response both
+    /// ended.
+    pub(super) fn checkin(self: &Arc<Self>, conn: http1::SendRequest<RequestBody>) {
+        if conn.is_closed() || !self.put_idle(conn) {
+            return;
+        }
+        // Outside a runtime (never while serving) the list is only trimmed
+        // by `take_idle`.
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            runtime.spawn(sweep(Arc::downgrade(self)));
+        }
     }
 }
 
-/// Closes a server's idle connections as they expire, while it has any.
-/// Holds the server only weakly, so a server removed by a reload is freed
-/// with its connections.
-async fn sweep(server: Weak<Server>) {
-    while let Some(next) = server.upgrade().and_then(|s| s.pool.expire(Instant::now())) {
+/// Closes a pool's idle connections as they expire, while it has any.
+/// Holds the pool only weakly, so the pool of a server removed by a reload
+/// is freed with its connections.
+async fn sweep(pool: Weak<Pool>) {
+    while let Some(next) = pool.upgrade().and_then(|p| p.expire(Instant::now())) {
         tokio::time::sleep_until(next).await;
     }
-}
-
-async fn open_http1(
-    addr: SocketAddr,
-    timeout: Duration,
-) -> Result<http1::SendRequest<RequestBody>, ConnectError> {
-    let stream = connect(addr, timeout).await?;
-    let (conn, driver) = http1::Builder::new()
-        // Copy small bodies into the head's buffer and write once: cheaper
-        // than vectored writes for typical API requests (see README).
-        .writev(false)
-        .handshake(TokioIo::new(stream))
-        .await
-        .map_err(|source| ConnectError::Handshake { addr, source })?;
-    tokio::spawn(async move {
-        if let Err(e) = driver.with_upgrades().await {
-            tracing::debug!(%addr, error = %e, "upstream connection ended");
-        }
-    });
-    Ok(conn)
-}
-
-async fn open_http2(
-    addr: SocketAddr,
-    timeout: Duration,
-) -> Result<http2::SendRequest<RequestBody>, ConnectError> {
-    let stream = connect(addr, timeout).await?;
-    let (conn, driver) = http2::Builder::new(TokioExecutor::new())
-        .timer(hyper_util::rt::TokioTimer::new())
-        .keep_alive_interval(Duration::from_secs(30))
-        .handshake(TokioIo::new(stream))
-        .await
-        .map_err(|source| ConnectError::Handshake { addr, source })?;
-    tokio::spawn(async move {
-        if let Err(e) = driver.await {
-            tracing::debug!(%addr, error = %e, "upstream h2 connection ended");
-        }
-    });
-    Ok(conn)
-}
-
-async fn connect(addr: SocketAddr, timeout: Duration) -> Result<TcpStream, ConnectError> {
-    let stream = tokio::time::timeout(timeout, TcpStream::connect(addr))
-        .await
-        .map_err(|_| ConnectError::Timeout { addr, timeout })?
-        .map_err(|source| ConnectError::Io { addr, source })?;
-    // Requests and responses are written whole; Nagle would only delay them.
-    stream
-        .set_nodelay(true)
-        .map_err(|source| ConnectError::Io { addr, source })?;
-    Ok(stream)
 }

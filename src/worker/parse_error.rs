@@ -33,7 +33,7 @@ use std::time::Duration;
 use http::StatusCode;
 use tokio::io::{AsyncRead, AsyncReadExt as _, AsyncWrite, AsyncWriteExt as _, ReadBuf};
 
-use super::activity::Activity;
+use super::timeouts::Activity;
 use crate::proxy::error_text;
 use crate::snapshot::Snapshot;
 

@@ -646,7 +646,7 @@ pub struct InProcess {
     pub addr: SocketAddr,
     pub runtime: corral::snapshot::SharedSnapshot,
     stop: CancellationToken,
-    _health: corral::upstream::HealthChecker,
+    _health: corral::master::health::HealthChecker,
 }
 
 impl Drop for InProcess {
@@ -672,7 +672,7 @@ pub async fn in_process(config: &str) -> InProcess {
     let recorder = corral::metrics::Recorder::private().unwrap();
     let snapshot = corral::snapshot::Snapshot::build(config, 1, None, &recorder).unwrap();
     let health =
-        corral::upstream::HealthChecker::start(&snapshot.upstreams, Arc::new(|_, _, _| {}));
+        corral::master::health::HealthChecker::start(&snapshot.upstreams, Arc::new(|_, _, _| {}));
     let runtime = Arc::new(arc_swap::ArcSwap::from_pointee(snapshot));
     let stop = CancellationToken::new();
     tokio::spawn(corral::worker::serve(

@@ -1,5 +1,6 @@
-//! Waiting for the scheduler's next turn: until a worker has run the other
-//! tasks that are ready and checked its sockets once more.
+//! Holding an HTTP/2 connection's writes until the scheduler's next turn:
+//! until the worker has run the other tasks that are ready and checked its
+//! sockets once more.
 //!
 //! An HTTP/2 connection holds its writes back this long when streams finish,
 //! so that responses whose upstreams answer at about the same time leave in

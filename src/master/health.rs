@@ -5,7 +5,8 @@
 //! server's state at once; after that it takes `unhealthy_threshold` failures
 //! in a row to take a server down and `healthy_threshold` passes to bring it
 //! back, so one slow answer does not flap it. Probes use their own short-lived
-//! connections, never the request pools.
+//! connections, never the request pools, made by the upstream's
+//! [`Connector`] as request connections are.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -14,13 +15,10 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use http_body_util::Empty;
-use hyper::client::conn::http1;
-use hyper_util::rt::TokioIo;
-use tokio::net::TcpStream;
 use tokio_util::sync::CancellationToken;
 
-use super::{Server, Upstream};
 use crate::plan::HealthCheckConfig;
+use crate::upstream::{ConnectError, Connector, Server, Upstream};
 
 /// Called when a server's health changes: (upstream name, server, healthy).
 pub type OnChange = Arc<dyn Fn(&str, &Server, bool) + Send + Sync>;
@@ -63,20 +61,20 @@ impl HealthChecker {
             for server in &upstream.servers {
                 wanted.insert(
                     (upstream.name().to_owned(), server.addr),
-                    (check.clone(), server.clone()),
+                    (check.clone(), server.clone(), upstream.connector.clone()),
                 );
             }
         }
         self.tasks.retain(|key, (check, server, stop)| {
             let keep = wanted
                 .get(key)
-                .is_some_and(|(c, s)| c == check && Arc::ptr_eq(s, server));
+                .is_some_and(|(c, s, _)| c == check && Arc::ptr_eq(s, server));
             if !keep {
                 stop.cancel();
             }
             keep
         });
-        for (key, (check, server)) in wanted {
+        for (key, (check, server, connector)) in wanted {
             if self.tasks.contains_key(&key) {
                 continue;
             }
@@ -84,6 +82,7 @@ impl HealthChecker {
             let task = watch(
                 key.0.clone(),
                 server.clone(),
+                connector,
                 check.clone(),
                 self.on_change.clone(),
             );
@@ -105,6 +104,7 @@ impl Drop for HealthChecker {
 async fn watch(
     upstream: String,
     server: Arc<Server>,
+    connector: Connector,
     check: HealthCheckConfig,
     on_change: OnChange,
 ) {
@@ -114,7 +114,7 @@ async fn watch(
     let mut streak = 0u32;
     loop {
         interval.tick().await;
-        let result = probe(server.addr, &check.path, check.timeout).await;
+        let result = probe(&connector, server.addr, &check.path, check.timeout).await;
         let passed = result.is_ok();
         let was = server.is_healthy();
         streak = if passed == was { 0 } else { streak + 1 };
@@ -142,8 +142,8 @@ async fn watch(
 pub enum ProbeError {
     #[error("no answer within {0:?}")]
     Timeout(Duration),
-    #[error("connect failed: {0}")]
-    Connect(#[source] std::io::Error),
+    #[error(transparent)]
+    Connect(#[from] ConnectError),
     #[error("HTTP failed: {0}")]
     Http(#[source] hyper::Error),
     #[error("answered {0}")]
@@ -151,15 +151,14 @@ pub enum ProbeError {
 }
 
 /// One health probe: `GET path` on a fresh connection.
-pub async fn probe(addr: SocketAddr, path: &str, timeout: Duration) -> Result<(), ProbeError> {
+pub async fn probe(
+    connector: &Connector,
+    addr: SocketAddr,
+    path: &str,
+    timeout: Duration,
+) -> Result<(), ProbeError> {
     let attempt = async {
-        let stream = TcpStream::connect(addr)
-            .await
-            .map_err(ProbeError::Connect)?;
-        let (mut sender, conn) = http1::handshake(TokioIo::new(stream))
-            .await
-            .map_err(ProbeError::Http)?;
-        tokio::spawn(conn);
+        let mut sender = connector.http1::<Empty<Bytes>>(addr).await?;
         let request = http::Request::get(path)
             .header(http::header::HOST, addr.to_string())
             .header(

@@ -1,0 +1,172 @@
+//! One upstream server's live state (requests in flight, latency, health,
+//! recent connect failures, its connection pool) and the lease a request
+//! holds on it.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::Duration;
+
+use hyper::client::conn::http1;
+use tokio::time::Instant;
+
+use super::connect::{ConnectError, Connector};
+use super::pool::{Conn, Pool};
+use crate::balance::PeakEwma;
+use crate::body::request::{BodySent, RequestBody};
+use crate::metrics::Gauge;
+use crate::plan::{Protocol, UpstreamConfig};
+
+/// One upstream server and what is known about it.
+#[derive(Debug)]
+pub struct Server {
+    pub addr: SocketAddr,
+    pub weight: u32,
+    /// The address as text: the `server` label in metrics and logs.
+    pub label: String,
+    in_flight: AtomicU32,
+    healthy: AtomicBool,
+    /// Milliseconds after `born` until which the server is skipped because
+    /// it refused or timed out a connection.
+    failed_until: AtomicU64,
+    born: Instant,
+    fail_timeout: Duration,
+    ewma: Mutex<PeakEwma>,
+    pool: Arc<Pool>,
+    /// The in-flight count where the master can read it (workers only).
+    shared_in_flight: OnceLock<Gauge>,
+}
+
+impl Server {
+    pub fn new(addr: SocketAddr, weight: u32, upstream: &UpstreamConfig) -> Self {
+        Self {
+            addr,
+            weight,
+            label: addr.to_string(),
+            in_flight: AtomicU32::new(0),
+            healthy: AtomicBool::new(true),
+            failed_until: AtomicU64::new(0),
+            born: Instant::now(),
+            fail_timeout: upstream.fail_timeout,
+            ewma: Mutex::new(PeakEwma::new()),
+            pool: Arc::new(Pool::new(upstream)),
+            shared_in_flight: OnceLock::new(),
+        }
+    }
+
+    pub fn in_flight(&self) -> u32 {
+        self.in_flight.load(Ordering::Relaxed)
+    }
+
+    pub fn latency(&self) -> f64 {
+        let now = Instant::now().into_std();
+        self.ewma.lock().map_or(0.0, |e| e.value_at(now))
+    }
+
+    pub fn is_healthy(&self) -> bool {
+        self.healthy.load(Ordering::Relaxed)
+    }
+
+    pub fn set_healthy(&self, healthy: bool) {
+        self.healthy.store(healthy, Ordering::Relaxed);
+    }
+
+    fn millis(&self, at: Instant) -> u64 {
+        u64::try_from(at.saturating_duration_since(self.born).as_millis()).unwrap_or(u64::MAX)
+    }
+
+    pub(super) fn recently_failed(&self, now: impl FnOnce() -> Instant) -> bool {
+        let until = self.failed_until.load(Ordering::Relaxed);
+        until != 0 && self.millis(now()) < until
+    }
+
+    /// Skips this server for `fail_timeout` after a failed connect.
+    pub fn mark_failed(&self) {
+        let until = self.millis(Instant::now() + self.fail_timeout);
+        self.failed_until.store(until, Ordering::Relaxed);
+    }
+
+    pub fn observe_latency(&self, sample: Duration) {
+        if let Ok(mut e) = self.ewma.lock() {
+            e.observe(sample, Instant::now().into_std());
+        }
+    }
+
+    /// Also reports the in-flight count through `gauge` (once; a server
+    /// carried into a new generation keeps its gauge).
+    pub fn report_in_flight(&self, gauge: impl FnOnce() -> Gauge) {
+        self.shared_in_flight.get_or_init(gauge);
+    }
+
+    /// Counts a request against this server until the lease is released.
+    pub fn lease(self: &Arc<Self>) -> Lease {
+        self.in_flight.fetch_add(1, Ordering::Relaxed);
+        if let Some(g) = self.shared_in_flight.get() {
+            g.inc();
+        }
+        Lease {
+            server: self.clone(),
+            conn: None,
+            body_sent: None,
+        }
+    }
+
+    /// A connection to this server: a pooled one if any is idle, else a new
+    /// one made by `connector`. The flag says whether it was reused. `now`
+    /// is a recent clock reading, against which pooled connections' idle
+    /// time is measured.
+    pub async fn connection(
+        &self,
+        connector: &Connector,
+        now: Instant,
+    ) -> Result<(Conn, bool), ConnectError> {
+        self.pool.get(self.addr, connector, now).await
+    }
+
+    pub fn protocol(&self) -> Protocol {
+        self.pool.protocol()
+    }
+}
+
+/// A request's claim on a server: counted in flight while it lives, and
+/// holding the HTTP/1.1 connection to return to the pool once the response
+/// has been read to its end.
+#[derive(Debug)]
+pub struct Lease {
+    server: Arc<Server>,
+    conn: Option<http1::SendRequest<RequestBody>>,
+    /// Completes when the request body has been sent in full (or dropped).
+    body_sent: Option<BodySent>,
+}
+
+impl Lease {
+    pub fn server(&self) -> &Arc<Server> {
+        &self.server
+    }
+
+    /// Keeps `conn` to give back to the pool on a clean release, once
+    /// `body_sent` says the request body is through too.
+    pub fn hold(&mut self, conn: http1::SendRequest<RequestBody>, body_sent: BodySent) {
+        self.conn = Some(conn);
+        self.body_sent = Some(body_sent);
+    }
+
+    /// Ends the lease; `clean` when the response was read to its end. The
+    /// connection then serves another request, unless its request body is
+    /// still being sent (an upstream may answer before reading it all).
+    pub fn release(mut self, clean: bool) {
+        let body_done = self.body_sent.as_mut().is_some_and(BodySent::is_done);
+        if let Some(conn) = self.conn.take().filter(|_| clean && body_done) {
+            self.server.pool.checkin(conn);
+        }
+    }
+}
+
+impl Drop for Lease {
+    fn drop(&mut self) {
+        self.server.in_flight.fetch_sub(1, Ordering::Relaxed);
+        if let Some(g) = self.server.shared_in_flight.get() {
+            g.dec();
+        }
+    }
+}

@@ -1,0 +1,146 @@
+//! Serving a client connection over HTTP/1.1, and parking it while idle.
+//!
+//! An HTTP/1.1 connection idle for [`PARK_AFTER`] is parked: its hyper
+//! state (two 8 KiB buffers) is dropped and only the socket is kept, until
+//! the client's next request arrives and a fresh hyper connection picks it
+//! up. So ten thousand idle keep-alive connections cost their sockets, not
+//! 160 MiB of buffers. The same mechanism hands the socket to the tunnel
+//! after a protocol switch (WebSocket).
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::time::Instant;
+
+use super::parse_error::{self, ParseErrors};
+use super::service::{Conn, service};
+use super::socket::{Prefixed, WaitReadable};
+use super::timeouts::Expired;
+
+/// While draining, an HTTP/1.1 connection idle this long is closed. Until
+/// then it stays open so that the client's next request is answered (with
+/// `Connection: close`) rather than racing the close; a client that pauses
+/// longer than this between requests is taken to be done.
+const DRAIN_IDLE: Duration = Duration::from_secs(5);
+
+/// An HTTP/1.1 connection idle this long gives up its buffers. Clients that
+/// send requests back to back never pay for re-creating them.
+const PARK_AFTER: Duration = Duration::from_secs(1);
+
+pub async fn serve_h1<S>(mut io: Prefixed<S>, conn: &Conn)
+where
+    S: AsyncRead + AsyncWrite + WaitReadable + Unpin + Send + 'static,
+{
+    let settings = &conn.listener.config;
+    let mut builder = hyper::server::conn::http1::Builder::new();
+    builder
+        .timer(TokioTimer::new())
+        // `Activity` enforces the header and keep-alive timeouts (see there).
+        .header_read_timeout(None)
+        .max_buf_size(settings.max_header_bytes)
+        // One buffer per response (head and small body copied together)
+        // costs fewer instructions than hyper's vectored writes.
+        .writev(false)
+        .keep_alive(true);
+    let service = service(conn);
+    let mut parked = false;
+    loop {
+        if parked && !io.has_prefix() {
+            // Parked: wait for the next request with nothing but the socket.
+            match park(&mut io, conn).await {
+                Some(first) => io.unread(first),
+                None => return,
+            }
+        }
+        let answering = ParseErrors::new(io, conn.activity.clone());
+        let serving = builder
+            .serve_connection(TokioIo::new(answering), service.clone())
+            .without_shutdown();
+        tokio::pin!(serving);
+        let mut parking = false;
+        // One timer, moved rather than re-created: it runs at least every
+        // PARK_AFTER, which is how an idle connection gets parked without
+        // waking its task on every request.
+        let timer = tokio::time::sleep(PARK_AFTER);
+        tokio::pin!(timer);
+        let parts = loop {
+            let idle = keepalive(conn).min(PARK_AFTER);
+            let header = settings.header_timeout;
+            let deadline = conn
+                .activity
+                .deadline(header, idle)
+                .0
+                .min(Instant::now() + PARK_AFTER);
+            if timer.deadline() != deadline {
+                timer.as_mut().reset(deadline);
+            }
+            tokio::select! {
+                // The drain first, so that a response finished in the same
+                // turn already asks the client to close.
+                biased;
+                () = conn.shutdown.cancelled(), if !conn.activity.is_draining() => conn.activity.drain(),
+                ended = serving.as_mut() => match ended {
+                    Ok(parts) => break parts,
+                    Err(e) => {
+                        if let Some(status) = conn.activity.take_refused() {
+                            let elapsed = conn.activity.head_elapsed().unwrap_or_default();
+                            parse_error::record(&conn.runtime.load(), conn.peer.ip(), status, elapsed);
+                        }
+                        return tracing::debug!(client = %conn.peer, error = %e, "connection ended with an error");
+                    }
+                },
+                () = timer.as_mut(), if !parking => match conn.activity.expired(header, idle) {
+                    Some(Expired::Header) => {
+                        return tracing::debug!(client = %conn.peer, "request head not received in time; closing");
+                    }
+                    // Idle: end hyper's connection at its next read (which
+                    // now reads as end-of-file) and keep the socket.
+                    Some(Expired::Idle) => {
+                        conn.activity.request_park();
+                        parking = true;
+                    }
+                    None => {}
+                },
+            }
+        };
+        parked = conn.activity.take_park();
+        let mut rest = parts.io.into_inner().into_inner();
+        rest.unread(parts.read_buf);
+        if let Some(tunnel) = conn.client.take_tunnel() {
+            return tunnel.spawn(rest);
+        }
+        if !parked {
+            // hyper ended the connection itself: the client closed it, or
+            // asked for `Connection: close`.
+            return;
+        }
+        io = rest;
+    }
+}
+
+/// Waits, with no HTTP state, for the next request; `None` when the
+/// connection should close instead (keep-alive timeout, client gone, drain).
+async fn park<S: WaitReadable>(io: &mut Prefixed<S>, conn: &Conn) -> Option<Bytes> {
+    loop {
+        let idle = conn.activity.idle_for().unwrap_or_default();
+        let limit = keepalive(conn);
+        let deadline = Instant::now() + limit.saturating_sub(idle);
+        tokio::select! {
+            read = io.get_mut().wait_readable() => return read.ok(),
+            () = conn.shutdown.cancelled(), if !conn.activity.is_draining() => conn.activity.drain(),
+            () = tokio::time::sleep_until(deadline) => return None,
+        }
+    }
+}
+
+/// How long an HTTP/1.1 connection may stay idle between requests.
+fn keepalive(conn: &Conn) -> Duration {
+    let settings = &conn.listener.config;
+    if conn.activity.is_draining() {
+        settings.keepalive_timeout.min(DRAIN_IDLE)
+    } else {
+        settings.keepalive_timeout
+    }
+}

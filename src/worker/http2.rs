@@ -1,0 +1,139 @@
+//! Serving a client connection over HTTP/2: its streams run inside the
+//! connection's own task, and the responses that finish together leave in
+//! one write (see `batched_writes`). The header and keep-alive timeouts end
+//! the connection with GOAWAY, as a drain does.
+
+use std::pin::Pin;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::task::{Context, Poll};
+
+use futures_util::StreamExt as _;
+use futures_util::stream::FuturesUnordered;
+use hyper::service::{Service as _, service_fn};
+use hyper_util::rt::{TokioIo, TokioTimer};
+use tokio::io::{AsyncRead, AsyncWrite};
+
+use super::batched_writes::NextTurn;
+use super::service::{Conn, service};
+use super::socket::Prefixed;
+use super::timeouts::Expired;
+
+pub async fn serve_h2<S>(io: Prefixed<S>, conn: &Conn)
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let settings = &conn.listener.config;
+    let service = service(conn);
+    // hyper moves each stream's future on its way to `Streams`; boxed, a
+    // move is a pointer instead of kilobytes.
+    let service = service_fn(move |request| Box::pin(service.call(request)));
+    let streams = Streams::default();
+    // The same bound as HTTP/1.1's head, counted as RFC 9113 §6.5.2 does
+    // (names, values and 32 bytes a field); h2 answers 431 past it.
+    let max_header_list = u32::try_from(settings.max_header_bytes).unwrap_or(u32::MAX);
+    let serving = hyper::server::conn::http2::Builder::new(streams.clone())
+        .timer(TokioTimer::new())
+        .max_header_list_size(max_header_list)
+        .serve_connection(TokioIo::new(io), service);
+    tokio::pin!(serving);
+    // Once GOAWAY is sent, the connection only finishes its streams: the
+    // shutdown and the idle timer, both still ready, must not fire again.
+    let mut closing = false;
+    // Responses that finish wait for the worker's next turn (see `batched_writes`).
+    let mut turn = NextTurn::default();
+    loop {
+        let (header, idle) = (settings.header_timeout, settings.keepalive_timeout);
+        let (deadline, _) = conn.activity.deadline(header, idle);
+        tokio::select! {
+            biased;
+            ended = std::future::poll_fn(|cx| {
+                // The streams first: those whose upstreams answered queue
+                // their responses, which the connection writes in its poll.
+                streams.run(cx, &mut turn);
+                if turn.waiting() {
+                    return Poll::Pending;
+                }
+                let ended = serving.as_mut().poll(cx);
+                // Start the streams it handed over in the same turn.
+                streams.run(cx, &mut turn);
+                ended
+            }) => {
+                if let Err(e) = ended {
+                    tracing::debug!(client = %conn.peer, error = %e, "connection ended with an error");
+                }
+                // Streams still answering finish first.
+                return std::future::poll_fn(|cx| streams.poll_all(cx)).await;
+            }
+            // GOAWAY: the client finishes its streams and opens new ones
+            // elsewhere, with no race.
+            () = conn.shutdown.cancelled(), if !closing => {
+                closing = true;
+                serving.as_mut().graceful_shutdown();
+            }
+            () = tokio::time::sleep_until(deadline), if !closing => match conn.activity.expired(header, idle) {
+                Some(Expired::Header) => {
+                    return tracing::debug!(client = %conn.peer, "no request in time; closing");
+                }
+                Some(Expired::Idle) => {
+                    closing = true;
+                    serving.as_mut().graceful_shutdown();
+                }
+                None => {}
+            },
+        }
+    }
+}
+
+/// An HTTP/2 connection's streams, run inside the connection's own task
+/// rather than as a tokio task each: a task costs an aligned allocation and
+/// a trip through the scheduler per stream, and a connection's streams share
+/// its worker thread either way.
+#[derive(Clone, Default)]
+struct Streams(Arc<Mutex<FuturesUnordered<Stream>>>);
+
+/// One stream's work, as hyper hands it over.
+type Stream = Pin<Box<dyn Future<Output = ()> + Send>>;
+
+impl<F: Future<Output = ()> + Send + 'static> hyper::rt::Executor<F> for Streams {
+    fn execute(&self, stream: F) {
+        self.lock().push(Box::pin(stream));
+    }
+}
+
+impl Streams {
+    /// The list guards no invariant a panic could break halfway.
+    fn lock(&self) -> MutexGuard<'_, FuturesUnordered<Stream>> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Polls the streams that were woken and those not yet polled; ready
+    /// once none is left.
+    fn poll_all(&self, cx: &mut Context<'_>) -> Poll<()> {
+        self.poll_finished(cx);
+        if self.lock().is_empty() {
+            Poll::Ready(())
+        } else {
+            Poll::Pending
+        }
+    }
+
+    /// Polls the streams that were woken and those not yet polled. When any
+    /// finished, the connection holds its writes back until `turn` comes, so
+    /// that the responses finishing in this turn leave together.
+    fn run(&self, cx: &mut Context<'_>, turn: &mut NextTurn) {
+        if self.poll_finished(cx) > 0 {
+            turn.wait(cx);
+        }
+    }
+
+    /// Polls the streams that were woken and those not yet polled; how many
+    /// finished.
+    fn poll_finished(&self, cx: &mut Context<'_>) -> usize {
+        let mut streams = self.lock();
+        let mut finished = 0;
+        while let Poll::Ready(Some(())) = streams.poll_next_unpin(cx) {
+            finished += 1;
+        }
+        finished
+    }
+}

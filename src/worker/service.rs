@@ -1,0 +1,98 @@
+//! What the requests of one client connection share ([`Conn`]) and the
+//! hyper service each of them goes through: it hands the request to
+//! [`proxy::handle`] with the snapshot current when it arrived, and marks
+//! the request's start and end for the connection's timeouts.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use bytes::Bytes;
+use futures_util::FutureExt as _;
+use http::{Request, Version};
+use http_body::{Body, Frame, SizeHint};
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use tokio_util::sync::CancellationToken;
+
+use super::timeouts::{Activity, RequestGuard};
+use crate::body::response::ResponseBody;
+use crate::proxy::{self, Client};
+use crate::snapshot::{ListenerSnapshot, SharedSnapshot};
+
+/// What every request of a connection shares.
+pub struct Conn {
+    pub peer: SocketAddr,
+    pub listener: Arc<ListenerSnapshot>,
+    pub runtime: SharedSnapshot,
+    pub activity: Arc<Activity>,
+    pub shutdown: CancellationToken,
+    pub client: Arc<Client>,
+}
+
+/// The service every request of `conn` goes through (it owns what it
+/// needs, so each request's future stands on its own).
+pub fn service(
+    conn: &Conn,
+) -> impl hyper::service::Service<
+    Request<Incoming>,
+    Response = http::Response<Tracked>,
+    Error = Infallible,
+    Future = impl Future<Output = Result<http::Response<Tracked>, Infallible>> + Send + use<>,
+> + Clone
++ Send
++ use<> {
+    let activity = conn.activity.clone();
+    let runtime = conn.runtime.clone();
+    let client = conn.client.clone();
+    service_fn(move |request: Request<Incoming>| {
+        let multiplexed = request.version() == Version::HTTP_2;
+        let guard = activity.begin(multiplexed);
+        let snapshot = runtime.load_full();
+        let client = client.clone();
+        // A combinator, not an `async` block (see `proxy::handle`).
+        proxy::handle(snapshot, client, request).map(move |mut response| {
+            if guard.activity().is_draining() && !multiplexed {
+                // Tell the client, before it sends another request on this
+                // connection, that the connection is closing.
+                let close = http::HeaderValue::from_static("close");
+                response
+                    .headers_mut()
+                    .insert(http::header::CONNECTION, close);
+            }
+            Ok::<_, Infallible>(response.map(|body| Tracked {
+                body,
+                _guard: guard,
+            }))
+        })
+    })
+}
+
+/// A response body that marks its request finished for [`Activity`] when
+/// hyper is done with it.
+pub struct Tracked {
+    body: ResponseBody,
+    _guard: RequestGuard,
+}
+
+impl Body for Tracked {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        Pin::new(&mut self.body).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.body.size_hint()
+    }
+}
