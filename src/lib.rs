@@ -1,4 +1,52 @@
 //! corral: a clustered HTTP reverse proxy and load balancer.
+//!
+//! # Processes
+//!
+//! `corral run` starts the master: the control path. It reads and checks
+//! the config once, turning it into a [`plan::Plan`] (every value resolved,
+//! certificates read), binds every listening socket, and starts one worker
+//! process per slot by re-executing its own binary (`corral worker`), with a
+//! control channel as its stdin. It supervises the workers, runs the health
+//! checks, applies reloads and binary upgrades, and serves the admin
+//! endpoint; it never serves client traffic. Each worker receives the plan
+//! and its sockets over the control channel ([`ipc`]) and serves clients on
+//! a single-threaded runtime: the data path. Workers count into shared
+//! memory that the master reads ([`metrics`]).
+//!
+//! # The rule
+//!
+//! The data path never imports the control path. Nothing under [`worker`],
+//! [`proxy`], [`upstream`], [`balance`], [`routing`], [`body`] or
+//! [`snapshot`] uses [`master`], [`admin`] or [`config`]: a worker reads no
+//! file and parses no config, it builds what it serves from the plan alone.
+//! No two source files import each other, directly or around a loop.
+//!
+//! # Map
+//!
+//! Control path (the master, and `corral check`):
+//! - [`config`]: the TOML file -> [`plan::Plan`], every problem as
+//!   `FILE:LINE:COL: reason`; `config::diff` for reload reports.
+//! - [`master`]: sockets per slot, slot supervision, reload, file watch,
+//!   health checks, `/status`, binary upgrade, signals.
+//! - [`admin`]: the admin endpoint's routes, and its client (`corral reload`).
+//!
+//! Shared by both:
+//! - [`plan`]: the validated, serialisable description of what to serve.
+//! - [`ipc`]: the control channel's messages and framing.
+//! - [`metrics`]: metric families, shared-memory counters, cluster totals.
+//! - [`tls`]: certificates from PEM bytes, SNI, the rustls server config.
+//! - [`accept`]: the accept step that never spins.
+//!
+//! Data path (a worker):
+//! - [`worker`]: the process, its control channel, accept loops, and each
+//!   connection (TLS or sniffing, HTTP/1.1 with parking, HTTP/2, timeouts).
+//! - [`snapshot`]: one generation's plan compiled into what requests use.
+//! - [`proxy`]: one request: route, rewrite, pick, forward, answer; errors.
+//! - [`routing`]: the route table. [`balance`]: the policies.
+//! - [`upstream`]: servers, their live state, pools and the connector.
+//! - [`body`]: request and response bodies, streamed.
+//! - [`access_log`]: access log lines and their writer thread.
+//! - [`echo`]: the demo upstream (`corral echo`).
 pub mod accept;
 pub mod access_log;
 pub mod admin;
