@@ -379,8 +379,10 @@ async fn workers_leave_when_the_master_is_killed() {
     patiently("the held request to arrive", arrived)
         .await
         .unwrap();
-    corral.signal(Signal::SIGKILL);
+    // Read before the kill: a test descheduled between the two would
+    // otherwise see the drain as shorter than it was.
     let killed_at = Instant::now();
+    corral.signal(Signal::SIGKILL);
     for w in &workers {
         wait_gone(*w).await;
     }

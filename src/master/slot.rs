@@ -145,6 +145,31 @@ fn backoff(quick_exits: u32) -> Duration {
 /// The sockets a worker has, by listener name: what it was last sent.
 type Held = HashMap<String, SocketAddr>;
 
+/// Where a worker is in its life, as its supervisor sees it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Life {
+    /// Starting or serving: heartbeats are checked, reloads passed on.
+    Running,
+    /// Told to drain; killed if it is not gone by `deadline`.
+    Draining { deadline: Instant },
+    /// Killed; its exit is awaited. `stopping`: the slot is stopping, so
+    /// the exit ends it rather than calling for a replacement.
+    Killed { stopping: bool },
+}
+
+/// One worker process and its end of the control channel.
+struct Worker {
+    slot: usize,
+    child: Child,
+    tx: ipc::Sender,
+    rx: ipc::Receiver,
+    /// The worker's end of the channel is still open.
+    control_open: bool,
+    held: Held,
+    life: Life,
+    born: Instant,
+}
+
 async fn run_worker(
     slot: usize,
     ctx: &SlotContext,
@@ -152,55 +177,19 @@ async fn run_worker(
     region: OwnedFd,
 ) -> End {
     let born = Instant::now();
-    let exited = |how: String| End::Exited {
-        how,
-        lived: born.elapsed(),
-    };
     let mut generation = ctx.generation.clone();
     let current = generation.borrow_and_update().clone();
-    let runtime = &current.plan.runtime;
-    let (heartbeat_timeout, cpu_affinity) = (runtime.heartbeat_timeout, runtime.cpu_affinity);
-    let (ours, theirs) = match ipc::pair() {
-        Ok(pair) => pair,
-        Err(e) => return exited(format!("could not create a control channel: {e}")),
+    let mut worker = match Worker::start(slot, ctx, &current, region).await {
+        Ok(worker) => worker,
+        Err(how) => {
+            return End::Exited {
+                how,
+                lived: born.elapsed(),
+            };
+        }
     };
-    let mut command = Command::new(&ctx.exe);
-    command
-        .arg("worker")
-        .stdin(Stdio::from(theirs))
-        .env(ENV_MASTER_PID, std::process::id().to_string())
-        .env(ENV_SLOT, slot.to_string())
-        .env_remove(super::upgrade::ENV_UPGRADE)
-        .kill_on_drop(true);
-    if cpu_affinity {
-        command.env(ENV_CPU_AFFINITY, "1");
-    }
-    let mut child = match command.spawn() {
-        Ok(child) => child,
-        Err(e) => return exited(format!("could not start: {e}")),
-    };
-    ctx.status.spawned(slot, child.id());
-    let (mut tx, mut rx) = match ipc::channel(ours) {
-        Ok(halves) => halves,
-        Err(e) => return exited(format!("control channel failed: {e}")),
-    };
-    let mut held = Held::new();
-    let (listeners, mut fds) = sockets_to_send(&current, slot, &mut held);
-    fds.insert(0, region.as_fd());
-    let start = ToWorker::Start {
-        slot,
-        generation: current.number,
-        plan: Plan::clone(&current.plan),
-        listeners,
-        health: ctx.health.borrow().to_vec(),
-    };
-    if let Err(e) = tx.send_with_fds(&start, &fds).await {
-        return exited(reap(&mut child, format!("could not be started: {e}")).await);
-    }
-    drop(fds);
+    let heartbeat_timeout = current.plan.runtime.heartbeat_timeout;
     drop(current);
-    drop(region);
-
     let mut health = ctx.health.clone();
     health.mark_unchanged();
     let mut reopen_logs = ctx.reopen_logs.clone();
@@ -209,93 +198,220 @@ async fn run_worker(
     let mut heartbeat = tokio::time::interval(heartbeat_timeout / 4);
     heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut last_pong = Instant::now();
-    let (mut seq, mut control_open, mut draining, mut killed) = (0u64, true, false, false);
-    let mut drain_deadline = None;
+    let mut seq = 0u64;
     loop {
+        let running = worker.life == Life::Running;
+        let drain_deadline = worker.drain_deadline();
         tokio::select! {
-            status = child.wait() => {
-                let how = status.map_or_else(|e| format!("wait failed: {e}"), describe);
-                return if draining { End::Stopped } else { exited(how) };
-            }
-            message = rx.recv::<ToMaster>(), if control_open => match message {
-                Ok(Some(received)) => match received.message {
-                    ToMaster::Ready { generation } | ToMaster::Reloaded { generation } => {
-                        last_pong = Instant::now();
-                        if !draining {
-                            ctx.status.ready(slot, generation);
-                        }
-                        tracing::info!(slot, pid = child.id(), generation, "worker ready");
-                    }
-                    ToMaster::Pong { .. } => last_pong = Instant::now(),
-                    ToMaster::Failed { error } => tracing::error!(slot, error, "worker could not start"),
-                    ToMaster::ReloadFailed { generation, error } => {
-                        // The master validated this config; a worker that cannot
-                        // apply it is replaced by one that starts on it.
-                        tracing::error!(slot, generation, error, "worker could not reload; replacing it");
-                        let _ = child.start_kill();
-                    }
-                },
-                // The worker is on its way out; its exit is seen above.
-                Ok(None) => control_open = false,
-                Err(e) => {
-                    tracing::warn!(slot, error = %e, "bad message from worker; replacing it");
-                    control_open = false;
-                    let _ = child.start_kill();
+            status = worker.child.wait() => return worker.ended(status),
+            message = worker.rx.recv::<ToMaster>(), if worker.control_open => {
+                if worker.received(message, ctx) {
+                    last_pong = Instant::now();
                 }
-            },
-            _ = heartbeat.tick(), if !draining && !killed => {
+            }
+            _ = heartbeat.tick(), if running => {
                 if last_pong.elapsed() > heartbeat_timeout {
-                    tracing::error!(slot, pid = child.id(), timeout = ?heartbeat_timeout, "worker stopped answering heartbeats; killing it");
-                    let _ = child.start_kill();
-                    killed = true;
-                } else if control_open {
+                    tracing::error!(slot, pid = worker.child.id(), timeout = ?heartbeat_timeout, "worker stopped answering heartbeats; killing it");
+                    worker.kill(false);
+                } else if worker.control_open {
                     seq += 1;
-                    let _ = tx.send(&ToWorker::Ping { seq }).await;
+                    worker.send(&ToWorker::Ping { seq }).await;
                 }
             }
             Ok(()) = health.changed() => {
                 let servers = health.borrow_and_update().to_vec();
-                let _ = tx.send(&ToWorker::Health { servers }).await;
+                worker.send(&ToWorker::Health { servers }).await;
             }
             Ok(()) = reopen_logs.changed() => {
                 reopen_logs.mark_unchanged();
-                let _ = tx.send(&ToWorker::ReopenLogs).await;
+                worker.send(&ToWorker::ReopenLogs).await;
             }
-            Ok(()) = generation.changed(), if !draining && !stop.is_cancelled() => {
+            Ok(()) = generation.changed(), if running && !stop.is_cancelled() => {
                 let next = generation.borrow_and_update().clone();
                 // A stop's last generation (no sockets) is no reload; the
                 // stop branch drains the worker next.
-                if stop.is_cancelled() {
-                    continue;
-                }
-                let (listeners, fds) = sockets_to_send(&next, slot, &mut held);
-                let reload = ToWorker::Reload {
-                    generation: next.number,
-                    plan: Plan::clone(&next.plan),
-                    listeners: next.slot_sockets(slot).map(|(name, ..)| name.to_owned()).collect(),
-                    sockets: listeners,
-                };
-                if tx.send_with_fds(&reload, &fds).await.is_err() {
-                    let _ = child.start_kill();
+                if !stop.is_cancelled() {
+                    worker.reload(&next).await;
                 }
             }
-            () = stop.cancelled(), if !draining => {
-                draining = true;
-                ctx.status.draining(slot);
-                let _ = tx.send(&ToWorker::Drain).await;
+            () = stop.cancelled(), if !matches!(worker.life, Life::Draining { .. } | Life::Killed { stopping: true }) => {
                 let grace = ctx.generation.borrow().plan.runtime.shutdown_timeout;
-                drain_deadline = Some(Instant::now() + grace + Duration::from_secs(1));
+                worker.drain(ctx, grace).await;
             }
             () = sleep_until(drain_deadline) => {
                 tracing::warn!(slot, "worker did not finish draining in time; killing it");
-                let _ = child.start_kill();
-                drain_deadline = None;
+                worker.kill(true);
             }
-            () = ctx.kill.cancelled(), if !killed => {
-                let _ = child.start_kill();
-                killed = true;
-                draining = true;
+            () = ctx.kill.cancelled(), if !matches!(worker.life, Life::Killed { stopping: true }) => worker.kill(true),
+        }
+    }
+}
+
+impl Worker {
+    /// Spawns the worker and sends it its start: the generation's plan,
+    /// the metrics `region`, its sockets and the health of every checked
+    /// server. On failure, how it ended.
+    async fn start(
+        slot: usize,
+        ctx: &SlotContext,
+        generation: &Generation,
+        region: OwnedFd,
+    ) -> Result<Self, String> {
+        let (ours, theirs) =
+            ipc::pair().map_err(|e| format!("could not create a control channel: {e}"))?;
+        let mut command = Command::new(&ctx.exe);
+        command
+            .arg("worker")
+            .stdin(Stdio::from(theirs))
+            .env(ENV_MASTER_PID, std::process::id().to_string())
+            .env(ENV_SLOT, slot.to_string())
+            .env_remove(super::upgrade::ENV_UPGRADE)
+            .kill_on_drop(true);
+        if generation.plan.runtime.cpu_affinity {
+            command.env(ENV_CPU_AFFINITY, "1");
+        }
+        let mut child = command
+            .spawn()
+            .map_err(|e| format!("could not start: {e}"))?;
+        ctx.status.spawned(slot, child.id());
+        let (tx, rx) = match ipc::channel(ours) {
+            Ok(halves) => halves,
+            Err(e) => return Err(reap(&mut child, format!("control channel failed: {e}")).await),
+        };
+        let mut worker = Self {
+            slot,
+            child,
+            tx,
+            rx,
+            control_open: true,
+            held: Held::new(),
+            life: Life::Running,
+            born: Instant::now(),
+        };
+        let (listeners, mut fds) = sockets_to_send(generation, slot, &mut worker.held);
+        fds.insert(0, region.as_fd());
+        let start = ToWorker::Start {
+            slot,
+            generation: generation.number,
+            plan: Plan::clone(&generation.plan),
+            listeners,
+            health: ctx.health.borrow().to_vec(),
+        };
+        if let Err(e) = worker.tx.send_with_fds(&start, &fds).await {
+            return Err(reap(&mut worker.child, format!("could not be started: {e}")).await);
+        }
+        Ok(worker)
+    }
+
+    /// How the worker's life ended, given its exit status.
+    fn ended(&self, status: std::io::Result<ExitStatus>) -> End {
+        match self.life {
+            Life::Draining { .. } | Life::Killed { stopping: true } => End::Stopped,
+            Life::Running | Life::Killed { stopping: false } => End::Exited {
+                how: status.map_or_else(|e| format!("wait failed: {e}"), describe),
+                lived: self.born.elapsed(),
+            },
+        }
+    }
+
+    /// Acts on what the worker said; whether it shows the worker alive.
+    fn received(
+        &mut self,
+        message: Result<Option<ipc::Received<ToMaster>>, ipc::IpcError>,
+        ctx: &SlotContext,
+    ) -> bool {
+        let slot = self.slot;
+        match message {
+            Ok(Some(received)) => match received.message {
+                ToMaster::Ready { generation } | ToMaster::Reloaded { generation } => {
+                    if self.life == Life::Running {
+                        ctx.status.ready(slot, generation);
+                    }
+                    tracing::info!(slot, pid = self.child.id(), generation, "worker ready");
+                    true
+                }
+                ToMaster::Pong { .. } => true,
+                ToMaster::Failed { error } => {
+                    tracing::error!(slot, error, "worker could not start");
+                    false
+                }
+                ToMaster::ReloadFailed { generation, error } => {
+                    // The master checked this plan; a worker that cannot
+                    // apply it is replaced by one that starts on it.
+                    tracing::error!(
+                        slot,
+                        generation,
+                        error,
+                        "worker could not reload; replacing it"
+                    );
+                    self.kill(false);
+                    false
+                }
+            },
+            // The worker is on its way out; its exit is seen next.
+            Ok(None) => {
+                self.control_open = false;
+                false
             }
+            Err(e) => {
+                tracing::warn!(slot, error = %e, "bad message from worker; replacing it");
+                self.control_open = false;
+                self.kill(false);
+                false
+            }
+        }
+    }
+
+    /// Sends the worker the next generation's plan and any new sockets.
+    async fn reload(&mut self, next: &Generation) {
+        let (sockets, fds) = sockets_to_send(next, self.slot, &mut self.held);
+        let reload = ToWorker::Reload {
+            generation: next.number,
+            plan: Plan::clone(&next.plan),
+            listeners: next
+                .slot_sockets(self.slot)
+                .map(|(name, ..)| name.to_owned())
+                .collect(),
+            sockets,
+        };
+        if let Err(e) = self.tx.send_with_fds(&reload, &fds).await {
+            // A worker that missed a generation must not go on serving the
+            // old one: its replacement starts on the new.
+            tracing::warn!(slot = self.slot, error = %e, "could not send the reload; replacing the worker");
+            self.kill(false);
+        }
+    }
+
+    /// Asks the worker to drain, giving it `grace` (and a second) to go.
+    async fn drain(&mut self, ctx: &SlotContext, grace: Duration) {
+        ctx.status.draining(self.slot);
+        self.life = Life::Draining {
+            deadline: Instant::now() + grace + Duration::from_secs(1),
+        };
+        self.send(&ToWorker::Drain).await;
+    }
+
+    fn drain_deadline(&self) -> Option<Instant> {
+        match self.life {
+            Life::Draining { deadline } => Some(deadline),
+            _ => None,
+        }
+    }
+
+    fn kill(&mut self, stopping: bool) {
+        if let Err(e) = self.child.start_kill() {
+            // Only when it has exited already, which `wait` reports.
+            tracing::debug!(slot = self.slot, error = %e, "could not kill the worker");
+        }
+        self.life = Life::Killed { stopping };
+    }
+
+    /// Sends a message that needs no answer. A failed send means the worker
+    /// is going (its channel closed); its exit is what the supervisor acts
+    /// on, so the failure is only noted.
+    async fn send(&mut self, message: &ToWorker) {
+        if let Err(e) = self.tx.send(message).await {
+            tracing::debug!(slot = self.slot, error = %e, "could not reach the worker");
         }
     }
 }
@@ -320,7 +436,9 @@ fn sockets_to_send<'g>(
     (names, fds)
 }
 
+/// Kills a worker that could not be started and waits for it to go.
 async fn reap(child: &mut Child, why: String) -> String {
+    // Either fails only when the child has already exited.
     let _ = child.start_kill();
     let _ = child.wait().await;
     why
