@@ -541,7 +541,7 @@ async fn access_logs_are_off_by_default() {
     let mut command = tokio::process::Command::new(BIN);
     command.args(["run", "--config"]).arg(&config);
     let run = Run::spawn(command);
-    run.wait_for_log("corral::master: ready").await;
+    run.wait_for_log("corral::master::process: ready").await;
     let line = run.wait_for_log(" listening listener=public ").await;
     let public: SocketAddr = log_field(&line, "addr").unwrap().parse().unwrap();
     // A path no log line of corral's own has reason to name.
@@ -614,7 +614,9 @@ async fn after_an_upgrade_the_new_masters_pid_is_logged_and_its_counters_start_f
     assert_eq!(requests(&scrape_metrics(&corral).await), 5.0);
     let old = corral.pid();
     corral
-        .wait_for_log(&format!("master{{pid={old}}}: corral::master: ready"))
+        .wait_for_log(&format!(
+            "master{{pid={old}}}: corral::master::process: ready"
+        ))
         .await;
 
     corral.signal(Signal::SIGUSR2);
@@ -630,7 +632,9 @@ async fn after_an_upgrade_the_new_masters_pid_is_logged_and_its_counters_start_f
         "{serving}"
     );
     corral
-        .wait_for_log(&format!("master{{pid={new}}}: corral::master: ready"))
+        .wait_for_log(&format!(
+            "master{{pid={new}}}: corral::master::process: ready"
+        ))
         .await;
 
     assert_eq!(requests(&scrape_metrics(&corral).await), 0.0);
@@ -689,7 +693,7 @@ async fn the_startup_log_says_whether_tcp_migrate_req_is_on() {
             .arg(BIN)
             .arg(&config);
         let run = Run::spawn(command);
-        run.wait_for_log("corral::master: ready").await;
+        run.wait_for_log("corral::master::process: ready").await;
         let (line, says) = migrate_req_line(&run.stderr.borrow());
         assert_eq!(says, Some(value == 1), "tcp_migrate_req = {value}: {line}");
     }

@@ -18,6 +18,10 @@ use http_body_util::Empty;
 use tokio_util::sync::CancellationToken;
 
 use crate::plan::HealthCheckConfig;
+use tokio::sync::watch;
+
+use super::generation::Generation;
+use crate::ipc::ServerHealth;
 use crate::upstream::{ConnectError, Connector, Server, Upstream};
 
 /// Called when a server's health changes: (upstream name, server, healthy).
@@ -99,6 +103,32 @@ impl Drop for HealthChecker {
             stop.cancel();
         }
     }
+}
+
+/// Republishes every checked server's health, from the current
+/// generation's upstreams, when one changes.
+pub fn on_change_publish(
+    generation: watch::Receiver<Arc<Generation>>,
+    health: watch::Sender<Arc<Vec<ServerHealth>>>,
+) -> OnChange {
+    Arc::new(move |_, _, _| {
+        health.send_replace(Arc::new(health_of(&generation.borrow().upstreams)));
+    })
+}
+
+/// The health of every server that has active checks.
+pub fn health_of(upstreams: &[Arc<Upstream>]) -> Vec<ServerHealth> {
+    upstreams
+        .iter()
+        .filter(|u| u.config.health_check.is_some())
+        .flat_map(|u| {
+            u.servers.iter().map(|s| ServerHealth {
+                upstream: u.name().to_owned(),
+                server: s.addr,
+                healthy: s.is_healthy(),
+            })
+        })
+        .collect()
 }
 
 async fn watch(

@@ -10,22 +10,19 @@
 //! throughout; the master reports success once all of them serve the new
 //! generation.
 
-use std::sync::Arc;
-use std::time::{Duration, SystemTime};
+use std::path::Path;
+use std::time::Duration;
 
 use http::StatusCode;
 use serde::Serialize;
 use tokio::sync::oneshot;
 
-use super::Master;
-use super::slot::Generation;
+use super::generation::{Generation, files_digest};
 use super::sockets::{self, BindError};
-use super::status::timestamp;
 use crate::config::{ConfigError, diff};
-use crate::plan::Plan;
 
 /// How long workers get to confirm a new generation.
-const CONFIRM_TIMEOUT: Duration = Duration::from_secs(10);
+pub const CONFIRM_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// What asked for a reload, for the log.
 #[derive(Debug, Clone, Copy)]
@@ -36,7 +33,7 @@ pub enum Trigger {
 }
 
 impl Trigger {
-    fn as_str(self) -> &'static str {
+    pub fn as_str(self) -> &'static str {
         match self {
             Self::Signal => "SIGHUP",
             Self::Admin => "POST /reload",
@@ -110,149 +107,54 @@ pub struct ReloadRecord {
     pub duration_ms: u64,
 }
 
-impl Master {
-    pub(super) async fn reload(&mut self, trigger: Trigger) -> Result<Reloaded, ReloadError> {
-        let started = std::time::Instant::now();
-        let result = self.apply().await;
-        let elapsed = started.elapsed();
-        let current = self.generation.borrow().number;
-        let record = |result, error| ReloadRecord {
-            result,
-            at: timestamp(SystemTime::now()),
-            trigger: trigger.as_str(),
-            generation: current,
-            error,
-            duration_ms: u64::try_from(elapsed.as_millis()).unwrap_or(u64::MAX),
-        };
-        match &result {
-            // Not a reload: no new generation, nothing counted or recorded.
-            Ok(done) if done.unchanged => {
-                tracing::info!(
-                    trigger = trigger.as_str(),
-                    generation = done.generation,
-                    "config unchanged; nothing to reload"
-                );
-            }
-            Ok(done) => {
-                self.metrics.reloads.with_label_values(&["success"]).inc();
-                self.metrics.reload_duration.observe(elapsed.as_secs_f64());
-                self.metrics
-                    .generation
-                    .set(i64::try_from(done.generation).unwrap_or(i64::MAX));
-                // `/status` first, then the log, so a log reader finds it updated.
-                self.view.record_reload(record("success", None));
-                let changes: String = done.changes.iter().map(|c| format!("\n  {c}")).collect();
-                tracing::info!(
-                    trigger = trigger.as_str(),
-                    generation = done.generation,
-                    ?elapsed,
-                    "config reloaded{changes}"
-                );
-            }
-            Err(e) => {
-                self.metrics.reloads.with_label_values(&["failure"]).inc();
-                self.metrics
-                    .generation
-                    .set(i64::try_from(current).unwrap_or(i64::MAX));
-                let error = e.lines().join("\n");
-                self.view
-                    .record_reload(record("failure", Some(error.clone())));
-                tracing::error!(
-                    trigger = trigger.as_str(),
-                    generation = current,
-                    "config reload failed; still serving generation {current}:\n{error}"
-                );
-            }
-        }
-        result
-    }
-
-    async fn apply(&mut self) -> Result<Reloaded, ReloadError> {
-        let current = self.generation.borrow().clone();
-        let read = std::fs::read_to_string(&self.path);
-        self.last_text = read.as_ref().ok().cloned();
-        let text = read.map_err(|source| ConfigError::Read {
-            path: self.path.clone(),
-            source,
-        })?;
-        let plan = crate::config::from_str(&self.path, &text)?;
-        let files = files_digest(&plan);
-        if text == current.text && files == current.files {
-            return Ok(Reloaded {
-                generation: current.number,
-                changes: Vec::new(),
-                unchanged: true,
-            });
-        }
-        let mut changes = diff::diff(&current.plan, &plan);
-        if files != current.files {
-            changes.push("~ certificate or key files: contents changed, read again".to_owned());
-        }
-        if plan.admin != current.plan.admin {
-            tracing::warn!("admin.listen changed; it {}", diff::ADMIN_AT_RESTART);
-        }
-        let slots = plan.runtime.workers.get();
-        let listeners = sockets::rebind(&current.sockets, &plan, slots)?;
-        for l in listeners
-            .iter()
-            .filter(|l| !current.sockets.iter().any(|c| c.bound == l.bound))
-        {
-            tracing::info!(listener = %l.name, addr = %l.bound, sockets = l.slots.len(), "listening");
-        }
-        let next = Arc::new(Generation {
-            number: current.number + 1,
-            path: self.path.clone(),
-            text,
-            files,
-            plan: Arc::new(plan),
-            sockets: Arc::new(listeners),
-            loaded_at: SystemTime::now(),
-        });
-        let upstreams = crate::upstream::rebuild(&next.plan.upstreams, &self.checked.load());
-        self.checked.store(Arc::new(upstreams));
-        self.checker.update(&self.checked.load());
-        self.health
-            .send_replace(Arc::new(super::health_of(&self.checked.load())));
-        self.generation.send_replace(next.clone());
-        self.resize_slots(slots);
-        drop(current);
-
-        let confirmed =
-            tokio::time::timeout(CONFIRM_TIMEOUT, self.status.all_at(next.number)).await;
-        if confirmed.is_err() {
-            let slots = self
-                .status
-                .workers()
-                .iter()
-                .filter(|w| w.generation < Some(next.number))
-                .map(|w| w.slot)
-                .collect();
-            return Err(ReloadError::NotConfirmed {
-                generation: next.number,
-                timeout: CONFIRM_TIMEOUT,
-                slots,
-            });
-        }
-        Ok(Reloaded {
-            generation: next.number,
-            changes,
-            unchanged: false,
-        })
-    }
+/// What a reload found in the file.
+#[derive(Debug)]
+pub enum Prepared {
+    /// The same text and the same certificate bytes: nothing to do.
+    Unchanged,
+    /// The generation to publish (its new sockets already bound), and what
+    /// changed, one line each.
+    Next {
+        generation: Generation,
+        changes: Vec<String>,
+    },
 }
 
-/// A digest of the certificate and key bytes `plan` holds.
-pub(super) fn files_digest(plan: &Plan) -> u64 {
-    let mut hasher = xxhash_rust::xxh3::Xxh3::new();
-    let pems = plan
-        .listeners
-        .iter()
-        .filter_map(|l| l.tls.as_ref())
-        .flat_map(|t| &t.certificates)
-        .flat_map(|c| [&c.pem.chain, &c.pem.key]);
-    for pem in pems {
-        hasher.update(&(pem.len() as u64).to_le_bytes());
-        hasher.update(pem.as_bytes());
+/// Reads and checks the file at `path` and makes the generation after
+/// `current` from it. `last_text` becomes the text as read, valid or not
+/// (`None`: unreadable). Nothing is published here.
+pub fn prepare(
+    current: &Generation,
+    path: &Path,
+    last_text: &mut Option<String>,
+) -> Result<Prepared, ReloadError> {
+    let read = std::fs::read_to_string(path);
+    *last_text = read.as_ref().ok().cloned();
+    let text = read.map_err(|source| ConfigError::Read {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    let plan = crate::config::from_str(path, &text)?;
+    let files = files_digest(&plan);
+    if text == current.text && files == current.files {
+        return Ok(Prepared::Unchanged);
     }
-    hasher.digest()
+    let mut changes = diff::diff(&current.plan, &plan);
+    if files != current.files {
+        changes.push("~ certificate or key files: contents changed, read again".to_owned());
+    }
+    if plan.admin != current.plan.admin {
+        tracing::warn!("admin.listen changed; it {}", diff::ADMIN_AT_RESTART);
+    }
+    let listeners = sockets::rebind(&current.sockets, &plan, plan.runtime.workers.get())?;
+    for l in listeners
+        .iter()
+        .filter(|l| !current.sockets.iter().any(|c| c.bound == l.bound))
+    {
+        tracing::info!(listener = %l.name, addr = %l.bound, sockets = l.slots.len(), "listening");
+    }
+    Ok(Prepared::Next {
+        generation: current.next(text, plan, listeners),
+        changes,
+    })
 }

@@ -13,16 +13,15 @@ use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::path::PathBuf;
 use std::process::{ExitStatus, Stdio};
 use std::sync::Arc;
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use tokio::process::{Child, Command};
 use tokio::sync::watch;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use super::sleep_until;
-use super::sockets::ListenerSockets;
-use super::status::StatusBoard;
+use super::generation::Generation;
+use super::status::{StatusBoard, describe};
 use crate::ipc::{self, ServerHealth, ToMaster, ToWorker};
 use crate::metrics::cluster::ClusterMetrics;
 use crate::plan::Plan;
@@ -32,34 +31,6 @@ use crate::worker::process::{ENV_CPU_AFFINITY, ENV_MASTER_PID, ENV_SLOT};
 const STABLE: Duration = Duration::from_secs(10);
 const FIRST_BACKOFF: Duration = Duration::from_millis(250);
 const MAX_BACKOFF: Duration = Duration::from_secs(30);
-
-/// One config generation: the file's text, the plan made from it (what
-/// every worker is sent and serves), and its listening sockets.
-#[derive(Debug, Clone)]
-pub struct Generation {
-    pub number: u64,
-    pub path: PathBuf,
-    pub text: String,
-    /// A digest of the files the config names (certificates, keys), as the
-    /// plan holds them, so that files renewed under an unchanged text still
-    /// make a new generation.
-    pub files: u64,
-    pub plan: Arc<Plan>,
-    pub sockets: Arc<Vec<ListenerSockets>>,
-    pub loaded_at: SystemTime,
-}
-
-impl Generation {
-    /// Slot `slot`'s socket of every listener, by name.
-    fn slot_sockets(
-        &self,
-        slot: usize,
-    ) -> impl Iterator<Item = (&str, &std::net::TcpListener, SocketAddr)> {
-        self.sockets
-            .iter()
-            .filter_map(move |l| Some((l.name.as_str(), l.slots.get(slot)?, l.bound)))
-    }
-}
 
 /// What every slot's supervisor shares.
 #[derive(Debug)]
@@ -444,16 +415,12 @@ async fn reap(child: &mut Child, why: String) -> String {
     why
 }
 
-/// How a child process ended, for the log.
-pub(super) fn describe(status: ExitStatus) -> String {
-    use std::os::unix::process::ExitStatusExt;
-    match (status.code(), status.signal()) {
-        (Some(code), _) => format!("exited with status {code}"),
-        (None, Some(signal)) => match nix::sys::signal::Signal::try_from(signal) {
-            Ok(s) => format!("killed by {s}"),
-            Err(_) => format!("killed by signal {signal}"),
-        },
-        (None, None) => "ended".to_owned(),
+/// Sleeps until `at`, or forever when there is no deadline (a `select!`
+/// branch that is off until one is set).
+pub(super) async fn sleep_until(at: Option<Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
     }
 }
 

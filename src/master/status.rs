@@ -1,6 +1,7 @@
 //! What the master knows about its worker slots, for `/status`, `/healthz`
 //! and the startup wait. Slot supervisors write it; readers take copies.
 
+use std::process::ExitStatus;
 use std::sync::Mutex;
 use std::time::{Duration, SystemTime};
 
@@ -170,5 +171,18 @@ impl StatusBoard {
                 return;
             }
         }
+    }
+}
+
+/// How a child process ended, for the log.
+pub fn describe(status: ExitStatus) -> String {
+    use std::os::unix::process::ExitStatusExt;
+    match (status.code(), status.signal()) {
+        (Some(code), _) => format!("exited with status {code}"),
+        (None, Some(signal)) => match nix::sys::signal::Signal::try_from(signal) {
+            Ok(s) => format!("killed by {s}"),
+            Err(_) => format!("killed by signal {signal}"),
+        },
+        (None, None) => "ended".to_owned(),
     }
 }

@@ -120,7 +120,7 @@ pub async fn start_successor(
 fn exited(status: std::io::Result<std::process::ExitStatus>) -> UpgradeError {
     UpgradeError::Exited(status.map_or_else(
         |e| format!("could not be waited for ({e})"),
-        super::slot::describe,
+        super::status::describe,
     ))
 }
 

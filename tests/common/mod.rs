@@ -167,7 +167,7 @@ impl Corral {
             log,
             _dir: dir,
         };
-        corral.wait_for_log("corral::master: ready").await;
+        corral.wait_for_log("corral::master::process: ready").await;
         for line in corral.log.borrow().iter() {
             if line.contains(" admin endpoint listening ") {
                 corral.admin = Some(field(line, "addr").unwrap().parse().unwrap());

@@ -1,37 +1,35 @@
-//! The master as the admin endpoint sees it: `/status`, `/healthz`,
-//! `/config` and `POST /reload` (which it forwards to the master's loop).
+//! What the admin endpoint answers, from the master's state: `/status`,
+//! `/healthz`, `/metrics`, `/config`, and `POST /reload` (which it forwards
+//! to the master's loop). Each answer reads one generation, so the number
+//! and the upstreams it shows belong together.
 
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 
-use arc_swap::ArcSwap;
 use serde_json::json;
 use tokio::sync::{mpsc, oneshot, watch};
 
+use super::generation::Generation;
 use super::reload::{ReloadError, ReloadRecord, ReloadRequest, Reloaded};
-use super::slot::Generation;
 use super::status::{StatusBoard, WorkerState, timestamp};
 use crate::admin::{Backend, ReloadAnswer};
 use crate::metrics::cluster::ClusterMetrics;
-use crate::upstream::Upstream;
 
-pub struct View {
+pub struct AdminBackend {
     pid: u32,
     generation: watch::Receiver<Arc<Generation>>,
     status: Arc<StatusBoard>,
-    upstreams: Arc<ArcSwap<Vec<Arc<Upstream>>>>,
     metrics: Arc<ClusterMetrics>,
     reloads: mpsc::Sender<ReloadRequest>,
     /// The latest reload's outcome (their counts are in `metrics`).
     last_reload: Mutex<Option<ReloadRecord>>,
 }
 
-impl View {
+impl AdminBackend {
     pub fn new(
         generation: watch::Receiver<Arc<Generation>>,
         status: Arc<StatusBoard>,
-        upstreams: Arc<ArcSwap<Vec<Arc<Upstream>>>>,
         metrics: Arc<ClusterMetrics>,
         reloads: mpsc::Sender<ReloadRequest>,
     ) -> Self {
@@ -39,7 +37,6 @@ impl View {
             pid: std::process::id(),
             generation,
             status,
-            upstreams,
             metrics,
             reloads,
             last_reload: Mutex::new(None),
@@ -51,13 +48,12 @@ impl View {
     }
 }
 
-impl Backend for View {
+impl Backend for AdminBackend {
     fn status(&self) -> serde_json::Value {
         let generation = self.generation.borrow().clone();
         let in_flight = self.metrics.workers.in_flight();
-        let upstreams: Vec<_> = self
+        let upstreams: Vec<_> = generation
             .upstreams
-            .load()
             .iter()
             .map(|u| {
                 let servers: Vec<_> = u
@@ -115,7 +111,8 @@ impl Backend for View {
             .ready_workers
             .set(i64::try_from(ready).unwrap_or(i64::MAX));
         self.metrics.healthy.reset();
-        for u in self.upstreams.load().iter() {
+        let generation = self.generation.borrow().clone();
+        for u in generation.upstreams.iter() {
             for s in &u.servers {
                 self.metrics
                     .healthy

@@ -1,0 +1,510 @@
+//! The master process: its state, its start, its event loop, reloads as it
+//! applies them, and its stop.
+//!
+//! Everything the master holds about the running config is one
+//! [`Generation`], published through a watch channel that every slot
+//! supervisor and the admin endpoint read; a reload makes the next one
+//! whole ([`reload::prepare`]) before anything is published.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use tokio::signal::unix::{Signal, SignalKind, signal};
+use tokio::sync::{mpsc, watch};
+use tokio::task::JoinHandle;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use super::admin_backend::AdminBackend;
+use super::filewatch;
+use super::generation::Generation;
+use super::health::{self, HealthChecker};
+use super::reload::{self, Prepared, ReloadError, ReloadRecord, ReloadRequest, Reloaded, Trigger};
+use super::slot::{self, SlotContext, sleep_until};
+use super::sockets::{self, BindError, Inherited};
+use super::status::{StatusBoard, timestamp};
+use super::upgrade::{self, ENV_UPGRADE, UpgradeError};
+use crate::config::ConfigError;
+use crate::ipc::{self, ServerHealth};
+use crate::metrics::cluster::ClusterMetrics;
+use crate::plan::Plan;
+
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error(transparent)]
+    Bind(#[from] BindError),
+    #[error("cannot listen on {addr} (admin endpoint): {source}")]
+    Admin {
+        addr: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("binary upgrade failed: {0}")]
+    Upgrade(#[from] UpgradeError),
+    #[error(transparent)]
+    Io(#[from] std::io::Error),
+}
+
+/// Runs the master until it is stopped.
+pub fn run(path: &Path) -> Result<(), RunError> {
+    // Resolved now: after an upgrade replaces the file, this path names the
+    // new binary, while /proc/self/exe would still name the old one.
+    let exe = std::env::current_exe()?;
+    raise_open_files_limit();
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    runtime.block_on(async {
+        let handover = match std::env::var_os(ENV_UPGRADE) {
+            Some(_) => Some(upgrade::receive().await?),
+            None => None,
+        };
+        Master::start(exe, path, handover).await?.run().await
+    })
+}
+
+struct SlotHandle {
+    /// Stops this slot alone (retirement) or with all others (a stop).
+    stop: CancellationToken,
+    task: JoinHandle<()>,
+}
+
+struct Master {
+    exe: PathBuf,
+    path: PathBuf,
+    /// The current generation; every slot supervisor follows it.
+    generation: watch::Sender<Arc<Generation>>,
+    ctx: Arc<SlotContext>,
+    slots: Vec<SlotHandle>,
+    status: Arc<StatusBoard>,
+    health: watch::Sender<Arc<Vec<ServerHealth>>>,
+    checker: HealthChecker,
+    metrics: Arc<ClusterMetrics>,
+    /// Bumped on SIGUSR1; workers reopen their log files.
+    reopen_logs: watch::Sender<u64>,
+    admin_backend: Arc<AdminBackend>,
+    admin: Option<std::net::TcpListener>,
+    admin_stop: CancellationToken,
+    reloads: mpsc::Receiver<ReloadRequest>,
+    /// Where to say `Ready` when this master took over from another.
+    predecessor: Option<ipc::Sender>,
+    /// The config text as last read, valid or not (`None`: unreadable): a
+    /// file event reloads only when the file reads differently, so a broken
+    /// file is reported once per change.
+    last_text: Option<String>,
+}
+
+impl Master {
+    async fn start(
+        exe: PathBuf,
+        path: &Path,
+        handover: Option<upgrade::Handover>,
+    ) -> Result<Self, RunError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        let plan = crate::config::from_str(path, &text)?;
+        let (mut inherited, inherited_admin, predecessor) = match handover {
+            Some(h) => (h.listeners, h.admin, Some(h.reply)),
+            None => (Inherited::new(), None, None),
+        };
+        // The admin socket first, without SO_REUSEPORT: a second corral on
+        // the same config fails here instead of silently sharing the ports.
+        let admin = bind_admin(&plan, inherited_admin)?;
+        let slots = plan.runtime.workers.get();
+        let listeners = sockets::bind_all(&plan, slots, &mut inherited)?;
+        drop(inherited);
+        for l in &listeners {
+            tracing::info!(listener = %l.name, addr = %l.bound, sockets = l.slots.len(), "listening");
+        }
+        log_slot_retirement();
+
+        let first = Arc::new(Generation::first(
+            path.to_path_buf(),
+            text.clone(),
+            plan,
+            listeners,
+        ));
+        let (health, health_rx) = watch::channel(Arc::new(health::health_of(&first.upstreams)));
+        let (generation, generation_rx) = watch::channel(first);
+        let checker = HealthChecker::start(
+            &generation.borrow().upstreams,
+            health::on_change_publish(generation_rx.clone(), health.clone()),
+        );
+        let status = Arc::new(StatusBoard::new(slots));
+        let metrics =
+            Arc::new(ClusterMetrics::new().map_err(|e| std::io::Error::other(e.to_string()))?);
+        metrics.generation.set(1);
+        let (reopen_logs, reopen_rx) = watch::channel(0);
+        let ctx = Arc::new(SlotContext {
+            exe: exe.clone(),
+            generation: generation_rx.clone(),
+            health: health_rx,
+            status: status.clone(),
+            metrics: metrics.clone(),
+            reopen_logs: reopen_rx,
+            kill: CancellationToken::new(),
+        });
+        let (reload_tx, reloads) = mpsc::channel(8);
+        let admin_backend = Arc::new(AdminBackend::new(
+            generation_rx,
+            status.clone(),
+            metrics.clone(),
+            reload_tx,
+        ));
+        let admin_stop = CancellationToken::new();
+        if let Some(socket) = &admin {
+            serve_admin(socket, admin_backend.clone(), admin_stop.clone())?;
+        }
+        let mut master = Self {
+            exe,
+            path: path.to_path_buf(),
+            generation,
+            ctx,
+            slots: Vec::new(),
+            status,
+            health,
+            checker,
+            metrics,
+            reopen_logs,
+            admin_backend,
+            admin,
+            admin_stop,
+            reloads,
+            predecessor,
+            last_text: Some(text),
+        };
+        master.resize_slots(slots);
+        Ok(master)
+    }
+
+    /// Starts supervisors for new slots, or retires the highest ones.
+    fn resize_slots(&mut self, slots: usize) {
+        self.status.resize(slots);
+        self.metrics
+            .slots
+            .set(i64::try_from(slots).unwrap_or(i64::MAX));
+        while self.slots.len() > slots {
+            if let Some(retired) = self.slots.pop() {
+                tracing::info!(slot = self.slots.len(), "retiring worker slot");
+                retired.stop.cancel();
+                // The supervisor drains its worker on its own.
+                drop(retired.task);
+            }
+        }
+        for slot in self.slots.len()..slots {
+            let stop = CancellationToken::new();
+            let task = tokio::spawn(slot::supervise(slot, self.ctx.clone(), stop.clone()));
+            self.slots.push(SlotHandle { stop, task });
+        }
+    }
+
+    async fn run(mut self) -> Result<(), RunError> {
+        let mut signals = Signals::new()?;
+        let (_watcher, mut file_events) = match filewatch::watch(&self.path) {
+            Ok((watcher, events)) => (Some(watcher), Some(events)),
+            Err(e) => {
+                tracing::warn!(error = %e, path = %self.path.display(), "cannot watch the config file; reload with SIGHUP or POST /reload");
+                (None, None)
+            }
+        };
+        let mut settle_at: Option<Instant> = None;
+        let mut announced = false;
+        loop {
+            tokio::select! {
+                () = self.status.all_ready(), if !announced => {
+                    announced = true;
+                    tracing::info!(workers = self.slots.len(), "ready");
+                    if let Some(reply) = self.predecessor.take() {
+                        if let Err(e) = upgrade::announce_ready(reply).await {
+                            tracing::warn!(error = %e, "could not tell the previous master we are ready");
+                        }
+                    }
+                }
+                _ = signals.hup.recv() => {
+                    // `reload` logs, counts and records its outcome itself.
+                    let _ = self.reload(Trigger::Signal).await;
+                }
+                _ = signals.usr1.recv() => {
+                    tracing::info!("SIGUSR1: workers reopen their log files");
+                    self.reopen_logs.send_modify(|n| *n += 1);
+                }
+                Some(request) = self.reloads.recv() => {
+                    let result = self.reload(Trigger::Admin).await;
+                    // The admin request may have been given up on; the
+                    // outcome is in /status and the log either way.
+                    let _ = request.reply.send(result);
+                }
+                Some(()) = recv(&mut file_events) => {
+                    // Editors and ConfigMap updates change several files in a
+                    // burst; act once it has settled.
+                    settle_at = Some(Instant::now() + filewatch::SETTLE);
+                }
+                () = sleep_until(settle_at) => {
+                    settle_at = None;
+                    if filewatch::changed(&self.path, self.last_text.as_deref()) {
+                        // Logged, counted and recorded by `reload`.
+                        let _ = self.reload(Trigger::File).await;
+                    } else {
+                        tracing::debug!("config file as last read; nothing to reload");
+                    }
+                }
+                _ = signals.term.recv() => {
+                    tracing::info!("SIGTERM: stopping gracefully");
+                    return self.stop(false).await;
+                }
+                _ = signals.int.recv() => {
+                    tracing::info!("SIGINT: stopping gracefully");
+                    return self.stop(false).await;
+                }
+                _ = signals.quit.recv() => {
+                    tracing::info!("SIGQUIT: stopping now");
+                    return self.stop(true).await;
+                }
+                _ = signals.usr2.recv() => {
+                    tracing::info!(exe = %self.exe.display(), "SIGUSR2: starting a new master");
+                    let (sockets, ready_timeout) = {
+                        let generation = self.generation.borrow();
+                        (generation.sockets.clone(), generation.plan.runtime.upgrade_timeout)
+                    };
+                    match upgrade::start_successor(&self.exe, &self.path, &sockets, self.admin.as_ref(), ready_timeout).await {
+                        Ok(pid) => {
+                            tracing::info!(new_master = pid, "the new master is serving; draining and exiting");
+                            return self.stop(false).await;
+                        }
+                        Err(e) => tracing::error!(error = %e, "binary upgrade failed; this master keeps serving"),
+                    }
+                }
+            }
+        }
+    }
+
+    async fn stop(mut self, fast: bool) -> Result<(), RunError> {
+        self.admin_stop.cancel();
+        self.admin = None;
+        if fast {
+            self.ctx.kill.cancel();
+        }
+        for slot in &self.slots {
+            slot.stop.cancel();
+        }
+        // Let go of every listening socket: each closes as soon as its
+        // worker stops accepting, so new connections are refused rather
+        // than queued and then reset (unless a new master holds them).
+        // Supervisors, already stopped, do not pass it on as a reload.
+        self.generation
+            .send_modify(|g| *g = Arc::new(g.without_sockets()));
+        for slot in self.slots.drain(..) {
+            // A supervisor that panicked has nothing left to stop.
+            let _ = slot.task.await;
+        }
+        tracing::info!("stopped");
+        Ok(())
+    }
+
+    async fn reload(&mut self, trigger: Trigger) -> Result<Reloaded, ReloadError> {
+        let started = std::time::Instant::now();
+        let result = self.apply().await;
+        let elapsed = started.elapsed();
+        let current = self.generation.borrow().number;
+        let record = |result, error| ReloadRecord {
+            result,
+            at: timestamp(SystemTime::now()),
+            trigger: trigger.as_str(),
+            generation: current,
+            error,
+            duration_ms: u64::try_from(elapsed.as_millis()).unwrap_or(u64::MAX),
+        };
+        match &result {
+            // Not a reload: no new generation, nothing counted or recorded.
+            Ok(done) if done.unchanged => {
+                tracing::info!(
+                    trigger = trigger.as_str(),
+                    generation = done.generation,
+                    "config unchanged; nothing to reload"
+                );
+            }
+            Ok(done) => {
+                self.metrics.reloads.with_label_values(&["success"]).inc();
+                self.metrics.reload_duration.observe(elapsed.as_secs_f64());
+                self.metrics
+                    .generation
+                    .set(i64::try_from(done.generation).unwrap_or(i64::MAX));
+                // `/status` first, then the log, so a log reader finds it updated.
+                self.admin_backend.record_reload(record("success", None));
+                let changes: String = done.changes.iter().map(|c| format!("\n  {c}")).collect();
+                tracing::info!(
+                    trigger = trigger.as_str(),
+                    generation = done.generation,
+                    ?elapsed,
+                    "config reloaded{changes}"
+                );
+            }
+            Err(e) => {
+                self.metrics.reloads.with_label_values(&["failure"]).inc();
+                self.metrics
+                    .generation
+                    .set(i64::try_from(current).unwrap_or(i64::MAX));
+                let error = e.lines().join("\n");
+                self.admin_backend
+                    .record_reload(record("failure", Some(error.clone())));
+                tracing::error!(
+                    trigger = trigger.as_str(),
+                    generation = current,
+                    "config reload failed; still serving generation {current}:\n{error}"
+                );
+            }
+        }
+        result
+    }
+
+    /// Makes the next generation, publishes it to every slot and waits for
+    /// the workers to confirm it.
+    async fn apply(&mut self) -> Result<Reloaded, ReloadError> {
+        let current = self.generation.borrow().clone();
+        let (next, changes) = match reload::prepare(&current, &self.path, &mut self.last_text)? {
+            Prepared::Unchanged => {
+                return Ok(Reloaded {
+                    generation: current.number,
+                    changes: Vec::new(),
+                    unchanged: true,
+                });
+            }
+            Prepared::Next {
+                generation,
+                changes,
+            } => (Arc::new(generation), changes),
+        };
+        drop(current);
+        self.generation.send_replace(next.clone());
+        self.checker.update(&next.upstreams);
+        self.health
+            .send_replace(Arc::new(health::health_of(&next.upstreams)));
+        self.resize_slots(next.plan.runtime.workers.get());
+
+        let confirmed =
+            tokio::time::timeout(reload::CONFIRM_TIMEOUT, self.status.all_at(next.number)).await;
+        if confirmed.is_err() {
+            let slots = self
+                .status
+                .workers()
+                .iter()
+                .filter(|w| w.generation < Some(next.number))
+                .map(|w| w.slot)
+                .collect();
+            return Err(ReloadError::NotConfirmed {
+                generation: next.number,
+                timeout: reload::CONFIRM_TIMEOUT,
+                slots,
+            });
+        }
+        Ok(Reloaded {
+            generation: next.number,
+            changes,
+            unchanged: false,
+        })
+    }
+}
+
+/// The admin socket: the one handed over by a previous master when its
+/// address is still the configured one, else a new one.
+fn bind_admin(
+    plan: &Plan,
+    inherited: Option<std::net::TcpListener>,
+) -> Result<Option<std::net::TcpListener>, RunError> {
+    let Some(admin) = &plan.admin else {
+        return Ok(None);
+    };
+    if let Some(socket) =
+        inherited.filter(|s| s.local_addr().is_ok_and(|l| same_addr(l, admin.listen)))
+    {
+        return Ok(Some(socket));
+    }
+    std::net::TcpListener::bind(admin.listen)
+        .map(Some)
+        .map_err(|source| RunError::Admin {
+            addr: admin.listen,
+            source,
+        })
+}
+
+/// Serves the admin endpoint on (a copy of) `socket` until `stop`.
+fn serve_admin(
+    socket: &std::net::TcpListener,
+    backend: Arc<AdminBackend>,
+    stop: CancellationToken,
+) -> std::io::Result<()> {
+    let socket = socket.try_clone()?;
+    socket.set_nonblocking(true)?;
+    let socket = tokio::net::TcpListener::from_std(socket)?;
+    tracing::info!(addr = %socket.local_addr()?, "admin endpoint listening");
+    tokio::spawn(crate::admin::serve(socket, backend, stop));
+    Ok(())
+}
+
+async fn recv(events: &mut Option<mpsc::UnboundedReceiver<()>>) -> Option<()> {
+    match events {
+        Some(events) => events.recv().await,
+        None => std::future::pending().await,
+    }
+}
+
+struct Signals {
+    term: Signal,
+    int: Signal,
+    quit: Signal,
+    usr1: Signal,
+    usr2: Signal,
+    hup: Signal,
+}
+
+impl Signals {
+    fn new() -> std::io::Result<Self> {
+        Ok(Self {
+            term: signal(SignalKind::terminate())?,
+            int: signal(SignalKind::interrupt())?,
+            quit: signal(SignalKind::quit())?,
+            usr1: signal(SignalKind::user_defined1())?,
+            usr2: signal(SignalKind::user_defined2())?,
+            hup: signal(SignalKind::hangup())?,
+        })
+    }
+}
+
+/// Each connection costs a descriptor (two when proxied); the usual soft
+/// limit of 1024 would cap a worker at a few hundred. Raise it to the hard
+/// limit, as the workers inherit it.
+fn raise_open_files_limit() {
+    use nix::sys::resource::{Resource, getrlimit, setrlimit};
+    match getrlimit(Resource::RLIMIT_NOFILE) {
+        Ok((soft, hard)) if soft < hard => {
+            if let Err(e) = setrlimit(Resource::RLIMIT_NOFILE, hard, hard) {
+                tracing::warn!(soft, hard, error = %e, "cannot raise the open files limit");
+            }
+        }
+        Ok(_) => {}
+        Err(e) => tracing::warn!(error = %e, "cannot read the open files limit"),
+    }
+}
+
+/// Port 0 in the config matches whatever port the inherited socket has.
+fn same_addr(bound: SocketAddr, configured: SocketAddr) -> bool {
+    bound == configured || (configured.port() == 0 && bound.ip() == configured.ip())
+}
+
+fn log_slot_retirement() {
+    match sockets::migrate_req_enabled() {
+        Some(true) => tracing::info!(
+            "net.ipv4.tcp_migrate_req is on: connections queued on a retired worker slot's socket move to the other slots"
+        ),
+        _ => tracing::info!(
+            "net.ipv4.tcp_migrate_req is off: retiring a worker slot would reset connections queued on its socket; \
+             replacing a worker never does, because the master keeps every slot's socket open"
+        ),
+    }
+}
