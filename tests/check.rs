@@ -174,3 +174,382 @@ certificates = [{ cert = "missing.pem", key = "missing.key" }]
 "#;
     expect_rejected(text, "\"missing.pem\"", "cannot read certificate");
 }
+
+/// Checks `text` and expects it rejected with exactly `problems` and no other
+/// line: each is a message in full and the text it is reported at (where that
+/// text first starts). `{dir}` in a message stands for the config's folder.
+fn expect_exactly(text: &str, problems: &[(&str, &str)]) {
+    let (ok, out, path) = check(text);
+    assert!(!ok, "accepted:\n{text}");
+    let dir = path.parent().unwrap().display().to_string();
+    let mut expected: Vec<String> = problems
+        .iter()
+        .map(|(needle, message)| {
+            let (line, col) = position(text, needle);
+            let message = message.replace("{dir}", &dir);
+            format!("{}:{line}:{col}: {message}", path.display())
+        })
+        .collect();
+    let mut printed: Vec<&str> = out.lines().collect();
+    expected.sort();
+    printed.sort();
+    assert_eq!(printed, expected, "for:\n{text}");
+}
+
+/// A certificate and its key for localhost, written to a folder that lives
+/// as long as the returned guard; their paths as TOML would quote them.
+fn certificate_files() -> (tempfile::TempDir, String, String) {
+    let dir = tempfile::tempdir().unwrap();
+    let pair = rcgen::generate_simple_self_signed(vec!["localhost".to_owned()]).unwrap();
+    let (cert, key) = (dir.path().join("site.pem"), dir.path().join("site.key"));
+    std::fs::write(&cert, pair.cert.pem()).unwrap();
+    std::fs::write(&key, pair.signing_key.serialize_pem()).unwrap();
+    let quoted = |p: &std::path::Path| format!("{:?}", p.display().to_string());
+    let (cert, key) = (quoted(&cert), quoted(&key));
+    (dir, cert, key)
+}
+
+const LISTENER_KEYS: &str = "expected one of `name`, `listen`, `tls`, `backlog`, `header_timeout`, `keepalive_timeout`, `body_timeout`, `max_request_body`, `max_header_bytes`";
+const HEALTH_CHECK_KEYS: &str =
+    "expected one of `path`, `interval`, `timeout`, `healthy_threshold`, `unhealthy_threshold`";
+
+#[test]
+fn every_unknown_key_is_reported_once_at_its_own_line_and_column() {
+    let (_dir, cert, key) = certificate_files();
+    let text = format!(
+        r#"
+[runtime]
+workrs = 2
+cpu_afinity = true
+
+[[listeners]]
+name = "public"
+listen = "127.0.0.1:8080"
+colour = "blue"
+flavour = "mint"
+[listeners.tls]
+certificates = [{{ cert = {cert}, key = {key}, comment = "site" }}]
+ciphers = "all"
+sessions = 10
+
+[[routes]]
+upstream = "web"
+priority = 1
+weighting = 2
+
+[[upstreams]]
+name = "web"
+servers = [{{ addr = "127.0.0.1:9001" }}, {{ addr = "127.0.0.1:9002", wieght = 2, zone = "a" }}]
+[upstreams.health_check]
+intervl = "2s"
+timout = "1s"
+"#
+    );
+    let runtime = "expected one of `workers`, `shutdown_timeout`, `cpu_affinity`, `heartbeat_timeout`, `upgrade_timeout`";
+    let route = "expected one of `name`, `host`, `path_prefix`, `upstream`, `strip_prefix`";
+    let unknown = |key: &str, table: &str, expected: &str| {
+        format!("{table}: unknown field `{key}`, {expected}")
+    };
+    let cases = [
+        ("workrs", unknown("workrs", "runtime", runtime)),
+        ("cpu_afinity", unknown("cpu_afinity", "runtime", runtime)),
+        ("colour", unknown("colour", "listeners", LISTENER_KEYS)),
+        ("flavour", unknown("flavour", "listeners", LISTENER_KEYS)),
+        (
+            "comment",
+            unknown(
+                "comment",
+                "listeners.tls.certificates",
+                "expected `cert` or `key`",
+            ),
+        ),
+        (
+            "ciphers",
+            unknown("ciphers", "listeners.tls", "expected `certificates`"),
+        ),
+        (
+            "sessions",
+            unknown("sessions", "listeners.tls", "expected `certificates`"),
+        ),
+        ("priority", unknown("priority", "routes", route)),
+        ("weighting", unknown("weighting", "routes", route)),
+        (
+            "wieght",
+            unknown("wieght", "upstreams.servers", "expected `addr` or `weight`"),
+        ),
+        (
+            "zone",
+            unknown("zone", "upstreams.servers", "expected `addr` or `weight`"),
+        ),
+        (
+            "intervl",
+            unknown("intervl", "upstreams.health_check", HEALTH_CHECK_KEYS),
+        ),
+        (
+            "timout",
+            unknown("timout", "upstreams.health_check", HEALTH_CHECK_KEYS),
+        ),
+    ];
+    let cases: Vec<(&str, &str)> = cases.iter().map(|(k, m)| (*k, m.as_str())).collect();
+    expect_exactly(&text, &cases);
+}
+
+#[test]
+fn a_typo_in_a_server_is_the_only_error_not_a_missing_upstream() {
+    let text = r#"
+[[listeners]]
+name = "public"
+listen = "127.0.0.1:8080"
+
+[[routes]]
+upstream = "web"
+
+[[upstreams]]
+name = "web"
+servers = [{ addr = "127.0.0.1:9001", wieght = 2 }]
+"#;
+    expect_exactly(
+        text,
+        &[(
+            "wieght",
+            "upstreams.servers: unknown field `wieght`, expected `addr` or `weight`",
+        )],
+    );
+}
+
+#[test]
+fn an_upstream_that_cannot_be_read_is_reported_where_it_is_not_where_it_is_named() {
+    let text = r#"
+[[listeners]]
+name = "public"
+listen = "127.0.0.1:8080"
+
+[[routes]]
+path_prefix = "/a/"
+upstream = "web"
+
+[[routes]]
+path_prefix = "/b/"
+upstream = "api"
+
+[[routes]]
+path_prefix = "/c/"
+upstream = "nope"
+
+[[upstreams]]
+name = "web"
+servers = "127.0.0.1:9001"
+
+[[upstreams]]
+name = "api"
+servers = [{ weight = 2 }]
+"#;
+    expect_exactly(
+        text,
+        &[
+            (
+                "\"127.0.0.1:9001\"",
+                "upstreams.servers: invalid type: string \"127.0.0.1:9001\", expected an array",
+            ),
+            ("{ weight", "upstreams.servers: missing field `addr`"),
+            (
+                "\"nope\"",
+                "routes.upstream: unknown upstream `nope` (defined: `api`, `web`)",
+            ),
+        ],
+    );
+}
+
+#[test]
+fn an_upstream_without_a_name_is_reported_once() {
+    // Any route might mean the upstream whose name is missing.
+    let text = r#"
+[[listeners]]
+name = "public"
+listen = "127.0.0.1:8080"
+
+[[routes]]
+upstream = "web"
+
+[[upstreams]]
+servers = [{ addr = "127.0.0.1:9001" }]
+"#;
+    expect_exactly(
+        text,
+        &[("[[upstreams]]", "upstreams: missing field `name`")],
+    );
+}
+
+#[test]
+fn a_bad_listen_address_does_not_hide_the_listener_s_other_problems() {
+    let text = r#"
+[[listeners]]
+name = "public"
+listen = "127.0.0.1:99999"
+backlog = "big"
+max_request_body = "ten megs"
+max_header_bytes = 100
+"#;
+    expect_exactly(
+        text,
+        &[
+            (
+                "\"127.0.0.1:99999\"",
+                "listeners.listen: `127.0.0.1:99999` is not an address, expected IP:PORT such as 127.0.0.1:8080 or [::1]:8080",
+            ),
+            (
+                "\"big\"",
+                "listeners.backlog: invalid type: string \"big\", expected an integer",
+            ),
+            (
+                "\"ten megs\"",
+                "listeners.max_request_body: not a size, expected bytes as a number or a string such as \"10 MiB\"",
+            ),
+            (
+                "100",
+                "listeners.max_header_bytes: 100 bytes is out of range, expected 8192 to 1048576",
+            ),
+        ],
+    );
+}
+
+#[test]
+fn every_table_reports_all_its_problems_and_none_that_follow_from_them() {
+    let text = r#"
+[[listeners]]
+name = "public"
+listen = "127.0.0.1:8080"
+[listeners.tls]
+certificates = [{ cert = "missing.pem", key = "missing.key" }]
+
+[[routes]]
+path_prefix = "api"
+upstream = "nope"
+
+[[routes]]
+name = "bad name"
+host = "bad host!"
+upstream = "api"
+
+# Without its host this route would read as the next one.
+[[routes]]
+host = 5
+upstream = "api"
+
+[[routes]]
+upstream = "api"
+
+[[upstreams]]
+name = "api"
+# A hash_key is fine with the balance meant here.
+balance = "consistent_hsah"
+hash_key = "header:x-user"
+servers = [{ addr = "localhost", weight = 0 }]
+# Not longer than an interval written right.
+[upstreams.health_check]
+interval = "often"
+timeout = "6s"
+"#;
+    expect_exactly(
+        text,
+        &[
+            (
+                "\"missing.pem\"",
+                "listeners.tls: cannot read certificate {dir}/missing.pem: No such file or directory (os error 2)",
+            ),
+            (
+                "\"missing.key\"",
+                "listeners.tls: cannot read private key {dir}/missing.key: No such file or directory (os error 2)",
+            ),
+            (
+                "\"api\"\nupstream",
+                "routes.path_prefix: `api` is not a path prefix, expected one starting with / and without ? or #",
+            ),
+            (
+                "\"nope\"",
+                "routes.upstream: unknown upstream `nope` (defined: `api`)",
+            ),
+            (
+                "\"bad name\"",
+                "route: name `bad name` must be non-empty and use only letters, digits, -, _ and .",
+            ),
+            (
+                "\"bad host!\"",
+                "routes.host: `bad host!` is not a host name, expected a name such as api.example.com or *.example.com (no port)",
+            ),
+            (
+                "5\n",
+                "routes.host: invalid type: integer `5`, expected a string",
+            ),
+            (
+                "\"consistent_hsah\"",
+                "upstreams.balance: unknown variant `consistent_hsah`, expected one of `round_robin`, `least_conn`, `random`, `p2c_ewma`, `consistent_hash`",
+            ),
+            (
+                "\"localhost\"",
+                "upstreams.servers.addr: `localhost` is not an address, expected IP:PORT such as 127.0.0.1:8080 or [::1]:8080",
+            ),
+            (
+                "0 }",
+                "upstreams.servers.weight: 0 is out of range, expected 1 to 10000",
+            ),
+            (
+                "\"often\"",
+                "upstreams.health_check.interval: `often` is not a duration (expected number at 0), expected e.g. \"150ms\", \"2s\" or \"1m\"",
+            ),
+        ],
+    );
+}
+
+#[test]
+fn a_value_of_the_wrong_type_names_its_key() {
+    let text = r#"
+[runtime]
+workers = true
+shutdown_timeout = 31
+
+[[listeners]]
+name = "public"
+listen = "127.0.0.1:8080"
+header_timeout = 30
+
+[[routes]]
+upstream = "api"
+strip_prefix = "yes"
+
+[[upstreams]]
+name = "api"
+servers = [{ addr = "127.0.0.1:9001", weight = "2" }]
+[upstreams.health_check]
+interval = 7
+"#;
+    expect_exactly(
+        text,
+        &[
+            (
+                "true",
+                "runtime.workers: invalid type: boolean `true`, expected an integer or a string",
+            ),
+            (
+                "31",
+                "runtime.shutdown_timeout: invalid type: integer `31`, expected a string",
+            ),
+            (
+                "30",
+                "listeners.header_timeout: invalid type: integer `30`, expected a string",
+            ),
+            (
+                "\"yes\"",
+                "routes.strip_prefix: invalid type: string \"yes\", expected a boolean",
+            ),
+            (
+                "\"2\"",
+                "upstreams.servers.weight: invalid type: string \"2\", expected an integer",
+            ),
+            (
+                "7\n",
+                "upstreams.health_check.interval: invalid type: integer `7`, expected a string",
+            ),
+        ],
+    );
+}

@@ -452,3 +452,20 @@ fn an_unknown_key_is_an_error_in_every_table() {
         "unknown field `colour`, expected `addr` or `weight`",
     );
 }
+
+#[test]
+fn a_certificate_without_its_key_is_one_problem_not_also_an_empty_list() {
+    let text = base_with(
+        "[listeners.tls]",
+        r#"certificates = [{ cert = "site.pem" }]"#,
+    );
+    let Err(ConfigError::Invalid { diagnostics }) = from_str(Path::new(CONFIG_PATH), &text) else {
+        panic!("accepted or unread:\n{text}");
+    };
+    let messages: Vec<&str> = diagnostics.iter().map(|d| d.message.as_str()).collect();
+    assert_eq!(
+        messages,
+        ["listeners.tls.certificates: missing field `key`"],
+        "{text}"
+    );
+}

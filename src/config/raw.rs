@@ -4,7 +4,9 @@
 //! keeps its span so the error can point at it. Nothing here checks meaning;
 //! that is `validate.rs`'s job.
 
+use std::collections::HashSet;
 use std::fmt;
+use std::ops::Range;
 
 use serde::Deserialize;
 use serde::de::{self, Deserializer, Visitor};
@@ -46,7 +48,7 @@ pub type Text = Spanned<String>;
 pub type Int = Spanned<i64>;
 
 #[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(deny_unknown_fields, expecting = "a table")]
 pub struct RawRuntime {
     pub workers: Option<Spanned<IntOrString>>,
     pub shutdown_timeout: Option<Text>,
@@ -56,13 +58,13 @@ pub struct RawRuntime {
 }
 
 #[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(deny_unknown_fields, expecting = "a table")]
 pub struct RawAdmin {
     pub listen: Text,
 }
 
 #[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(deny_unknown_fields, expecting = "a table")]
 pub struct RawListener {
     pub name: Text,
     pub listen: Text,
@@ -76,20 +78,20 @@ pub struct RawListener {
 }
 
 #[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(deny_unknown_fields, expecting = "a table")]
 pub struct RawTls {
     pub certificates: Spanned<Vec<RawCertificate>>,
 }
 
 #[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(deny_unknown_fields, expecting = "a table")]
 pub struct RawCertificate {
     pub cert: Text,
     pub key: Text,
 }
 
 #[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(deny_unknown_fields, expecting = "a table")]
 pub struct RawRoute {
     pub name: Option<Text>,
     pub host: Option<Text>,
@@ -117,7 +119,7 @@ pub enum RawProtocol {
 }
 
 #[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(deny_unknown_fields, expecting = "a table")]
 pub struct RawUpstream {
     pub name: Text,
     pub balance: Option<Spanned<RawBalance>>,
@@ -129,18 +131,18 @@ pub struct RawUpstream {
     pub idle_timeout: Option<Text>,
     pub max_idle_per_server: Option<Int>,
     pub fail_timeout: Option<Text>,
-    pub health_check: Option<RawHealthCheck>,
+    pub health_check: Option<Spanned<RawHealthCheck>>,
 }
 
 #[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(deny_unknown_fields, expecting = "a table")]
 pub struct RawServer {
     pub addr: Text,
     pub weight: Option<Int>,
 }
 
 #[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(deny_unknown_fields, expecting = "a table")]
 pub struct RawHealthCheck {
     pub path: Option<Text>,
     pub interval: Option<Text>,
@@ -157,7 +159,7 @@ pub enum RawLogFormat {
 }
 
 #[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(deny_unknown_fields, expecting = "a table")]
 pub struct RawAccessLog {
     pub path: Text,
     pub format: Option<RawLogFormat>,
@@ -173,6 +175,28 @@ pub struct RawConfig {
     pub listeners: Vec<Spanned<RawListener>>,
     pub routes: Vec<Spanned<RawRoute>>,
     pub upstreams: Vec<Spanned<RawUpstream>>,
+    pub dropped: Dropped,
+}
+
+/// What parsing reported and then left out, so that validation can tell a
+/// default from a value that was written but unreadable, and does not
+/// report a consequence of a reported problem as a new one.
+#[derive(Debug, Default)]
+pub struct Dropped {
+    /// Keys left out, by the span of the table that held them.
+    pub keys: HashSet<(Range<usize>, String)>,
+    /// Arrays that lost an unreadable element, by span.
+    pub elements: HashSet<Range<usize>>,
+    /// `[[upstreams]]` tables left out, by name (`None` where the name
+    /// itself could not be read): routes may name them.
+    pub upstreams: Vec<Option<String>>,
+}
+
+impl Dropped {
+    /// Whether `key` was written in the table at `table` but left out.
+    pub fn key(&self, table: &Range<usize>, key: &str) -> bool {
+        self.keys.contains(&(table.clone(), key.to_owned()))
+    }
 }
 
 #[cfg(test)]

@@ -52,6 +52,7 @@ pub fn validate(path: &Path, raw: RawConfig, problems: &mut Vec<Problem>) -> Opt
     let mut v = Validator {
         problems,
         base: path.parent().map(Path::to_path_buf).unwrap_or_default(),
+        dropped: raw.dropped,
     };
     let runtime = v.runtime(raw.runtime);
     let admin = raw.admin.and_then(|a| {
@@ -88,11 +89,21 @@ struct Validator<'a> {
     problems: &'a mut Vec<Problem>,
     /// The config file's folder; relative file paths resolve against it.
     base: PathBuf,
+    /// What parsing already reported and left out: a check that would only
+    /// repeat it in other words (a list now empty, a default now in force)
+    /// stays quiet.
+    dropped: Dropped,
 }
 
 impl Validator<'_> {
     fn problem(&mut self, span: Range<usize>, message: impl Into<String>) {
         self.problems.push(Problem::new(span, message));
+    }
+
+    /// How many problems are recorded: compared before and after a check,
+    /// it tells whether that check found its value at fault.
+    fn reported(&self) -> usize {
+        self.problems.len()
     }
 
     fn runtime(&mut self, raw: RawRuntime) -> RuntimeConfig {
@@ -178,16 +189,14 @@ impl Validator<'_> {
         for item in raw {
             let l = item.into_inner();
             names.check(self, &l.name);
-            let Some(addr) = self.socket_addr(&l.listen, "listeners.listen") else {
-                continue;
-            };
+            // A bad address still leaves the rest of the listener to check.
+            let addr = self.socket_addr(&l.listen, "listeners.listen");
             // Port 0 asks for any free port, so two such listeners never clash.
-            let taken = if addr.port() == 0 {
-                None
-            } else {
-                addrs.insert(addr, l.name.get_ref().clone())
+            let taken = match addr {
+                Some(addr) if addr.port() != 0 => addrs.insert(addr, l.name.get_ref().clone()),
+                _ => None,
             };
-            if let Some(other) = taken {
+            if let (Some(addr), Some(other)) = (addr, taken) {
                 self.problem(
                     l.listen.span(),
                     format!("listeners.listen: {addr} is already used by listener `{other}`"),
@@ -214,26 +223,32 @@ impl Validator<'_> {
                 })
                 .and_then(|n| usize::try_from(n).ok())
                 .unwrap_or(DEFAULT_MAX_HEADER_BYTES);
+            let header_timeout = self.timeout(
+                l.header_timeout.as_ref(),
+                "listeners.header_timeout",
+                DEFAULT_HEADER_TIMEOUT,
+            );
+            let keepalive_timeout = self.timeout(
+                l.keepalive_timeout.as_ref(),
+                "listeners.keepalive_timeout",
+                DEFAULT_KEEPALIVE_TIMEOUT,
+            );
+            let body_timeout = self.timeout(
+                l.body_timeout.as_ref(),
+                "listeners.body_timeout",
+                DEFAULT_BODY_TIMEOUT,
+            );
+            let Some(addr) = addr else {
+                continue;
+            };
             out.push(ListenerConfig {
                 name: l.name.into_inner(),
                 addr,
                 tls: tls.flatten(),
                 backlog,
-                header_timeout: self.timeout(
-                    l.header_timeout.as_ref(),
-                    "listeners.header_timeout",
-                    DEFAULT_HEADER_TIMEOUT,
-                ),
-                keepalive_timeout: self.timeout(
-                    l.keepalive_timeout.as_ref(),
-                    "listeners.keepalive_timeout",
-                    DEFAULT_KEEPALIVE_TIMEOUT,
-                ),
-                body_timeout: self.timeout(
-                    l.body_timeout.as_ref(),
-                    "listeners.body_timeout",
-                    DEFAULT_BODY_TIMEOUT,
-                ),
+                header_timeout,
+                keepalive_timeout,
+                body_timeout,
                 max_request_body,
                 max_header_bytes,
             });
@@ -244,70 +259,84 @@ impl Validator<'_> {
     fn tls(&mut self, raw: Spanned<RawTls>) -> Option<TlsConfig> {
         let certs = raw.into_inner().certificates;
         if certs.get_ref().is_empty() {
-            self.problem(
-                certs.span(),
-                "listeners.tls.certificates: at least one { cert, key } pair is needed",
-            );
+            // Emptied by parsing, which reported why.
+            if !self.dropped.elements.contains(&certs.span()) {
+                self.problem(
+                    certs.span(),
+                    "listeners.tls.certificates: at least one { cert, key } pair is needed",
+                );
+            }
             return None;
         }
         let mut certificates = Vec::new();
         for c in certs.into_inner() {
-            match self.certificate(&c) {
-                Ok(certificate) => certificates.push(certificate),
-                Err((at, why)) => self.problem(at, format!("listeners.tls: {why}")),
-            }
+            certificates.extend(self.certificate(&c));
         }
         (!certificates.is_empty()).then_some(TlsConfig { certificates })
     }
 
     /// Reads a chain and its key, once: the plan carries these bytes, so
-    /// what was checked here is what every worker serves. On failure, the
-    /// span at fault and why.
-    fn certificate(
-        &self,
-        raw: &RawCertificate,
-    ) -> Result<CertificateConfig, (Range<usize>, String)> {
+    /// what was checked here is what every worker serves. Both files are
+    /// read, so that two unreadable files are two problems reported at once.
+    fn certificate(&mut self, raw: &RawCertificate) -> Option<CertificateConfig> {
         let cert = self.base.join(raw.cert.get_ref());
         let key = self.base.join(raw.key.get_ref());
-        let read = |path: &Path, what: &str, span: Range<usize>| {
-            std::fs::read(path)
+        let mut read = |path: &Path, what: &str, span: Range<usize>| {
+            let text = std::fs::read(path)
                 .map_err(|e| e.to_string())
-                .and_then(|bytes| String::from_utf8(bytes).map_err(|_| "not PEM text".to_owned()))
-                .map_err(|e| (span, format!("cannot read {what} {}: {e}", path.display())))
+                .and_then(|bytes| String::from_utf8(bytes).map_err(|_| "not PEM text".to_owned()));
+            text.map_err(|e| {
+                self.problem(
+                    span,
+                    format!("listeners.tls: cannot read {what} {}: {e}", path.display()),
+                );
+            })
+            .ok()
         };
+        let chain = read(&cert, "certificate", raw.cert.span());
+        let key_pem = read(&key, "private key", raw.key.span());
         let pem = CertifiedPem {
-            chain: read(&cert, "certificate", raw.cert.span())?,
-            key: read(&key, "private key", raw.key.span())?,
+            chain: chain?,
+            key: key_pem?,
         };
-        match crate::tls::certified_key(&pem) {
-            Ok(_) => Ok(CertificateConfig { cert, key, pem }),
-            Err(e @ TlsError::Chain(_)) => Err((
+        let (at, why) = match crate::tls::certified_key(&pem) {
+            Ok(_) => return Some(CertificateConfig { cert, key, pem }),
+            Err(e @ TlsError::Chain(_)) => (
                 raw.cert.span(),
                 format!("cannot read certificate {}: {e}", cert.display()),
-            )),
-            Err(e @ TlsError::Key(_)) => Err((
+            ),
+            Err(e @ TlsError::Key(_)) => (
                 raw.key.span(),
                 format!("cannot read private key {}: {e}", key.display()),
-            )),
-            Err(e) => Err((
+            ),
+            Err(e) => (
                 raw.key.span(),
                 format!(
                     "key {} does not fit certificate {}: {e}",
                     key.display(),
                     cert.display()
                 ),
-            )),
-        }
+            ),
+        };
+        self.problem(at, format!("listeners.tls: {why}"));
+        None
     }
 
     fn upstreams(&mut self, raw: Vec<Spanned<RawUpstream>>) -> Vec<UpstreamConfig> {
         let mut names = Names::new("upstream");
         let mut out = Vec::new();
         for item in raw {
+            let span = item.span();
             let u = item.into_inner();
             names.check(self, &u.name);
             let servers = self.servers(&u.servers);
-            let balance = self.balance(u.balance.as_ref(), u.hash_key.as_ref());
+            // A balance written but unreadable is not round_robin: a hash_key
+            // beside it may well be meant for it.
+            let balance = if self.dropped.key(&span, "balance") {
+                Balance::RoundRobin
+            } else {
+                self.balance(u.balance.as_ref(), u.hash_key.as_ref())
+            };
             let health_check = u.health_check.map(|h| self.health_check(h));
             out.push(UpstreamConfig {
                 name: u.name.into_inner(),
@@ -348,16 +377,15 @@ impl Validator<'_> {
     }
 
     fn servers(&mut self, raw: &Spanned<Vec<RawServer>>) -> Vec<ServerConfig> {
-        if raw.get_ref().is_empty() {
+        // A list emptied by parsing was not written empty; parsing said why.
+        if raw.get_ref().is_empty() && !self.dropped.elements.contains(&raw.span()) {
             self.problem(raw.span(), "upstreams.servers: the list is empty, expected at least one { addr = \"IP:PORT\" }");
         }
         let mut seen = HashSet::new();
         let mut out = Vec::new();
         for s in raw.get_ref() {
-            let Some(addr) = self.socket_addr(&s.addr, "upstreams.servers.addr") else {
-                continue;
-            };
-            if !seen.insert(addr) {
+            let addr = self.socket_addr(&s.addr, "upstreams.servers.addr");
+            if let Some(addr) = addr.filter(|a| !seen.insert(*a)) {
                 self.problem(
                     s.addr.span(),
                     format!("upstreams.servers.addr: {addr} is listed twice in this upstream"),
@@ -371,7 +399,9 @@ impl Validator<'_> {
                     .and_then(NonZeroU32::new)
                     .unwrap_or(NonZeroU32::MIN),
             };
-            out.push(ServerConfig { addr, weight });
+            if let Some(addr) = addr {
+                out.push(ServerConfig { addr, weight });
+            }
         }
         out
     }
@@ -417,7 +447,9 @@ impl Validator<'_> {
         key
     }
 
-    fn health_check(&mut self, raw: RawHealthCheck) -> HealthCheckConfig {
+    fn health_check(&mut self, raw: Spanned<RawHealthCheck>) -> HealthCheckConfig {
+        let span = raw.span();
+        let raw = raw.into_inner();
         let path = match raw.path {
             None => DEFAULT_HEALTH_PATH.to_owned(),
             Some(p)
@@ -437,18 +469,22 @@ impl Validator<'_> {
                 .and_then(NonZeroU32::new)
                 .unwrap_or(default)
         };
+        let before = self.reported();
         let interval = self.timeout(
             raw.interval.as_ref(),
             "upstreams.health_check.interval",
             DEFAULT_HEALTH_INTERVAL,
         );
+        // Compared with an interval that was written wrong, the timeout
+        // would be faulted for the interval's mistake.
+        let interval_as_written = self.reported() == before && !self.dropped.key(&span, "interval");
         let timeout = self.timeout(
             raw.timeout.as_ref(),
             "upstreams.health_check.timeout",
             DEFAULT_HEALTH_TIMEOUT.min(interval),
         );
         // A check still waiting when the next is due would overlap it.
-        if timeout > interval {
+        if timeout > interval && interval_as_written {
             let at = raw.timeout.as_ref().or(raw.interval.as_ref());
             let span = at.map_or(0..0, Spanned::span);
             self.problem(span, format!(
@@ -487,51 +523,41 @@ impl Validator<'_> {
         for item in raw {
             let span = item.span();
             let r = item.into_inner();
-            let host = r.host.as_ref().and_then(|h| self.host(h));
+            let host = r.host.as_ref().map(|h| self.host(h));
             let path_prefix = match &r.path_prefix {
-                None => "/".to_owned(),
+                None => Some("/".to_owned()),
                 Some(p)
                     if p.get_ref().starts_with('/') && !p.get_ref().contains(['?', '#', ' ']) =>
                 {
-                    p.get_ref().clone()
+                    Some(p.get_ref().clone())
                 }
                 Some(p) => {
                     self.problem(p.span(), format!("routes.path_prefix: `{}` is not a path prefix, expected one starting with / and without ? or #", p.get_ref()));
-                    continue;
+                    None
                 }
             };
-            if !upstreams.iter().any(|u| &u.name == r.upstream.get_ref()) {
-                let known = upstreams
-                    .iter()
-                    .map(|u| format!("`{}`", u.name))
-                    .collect::<Vec<_>>();
-                let hint = if known.is_empty() {
-                    "no upstreams are defined".to_owned()
-                } else {
-                    format!("defined: {}", known.join(", "))
-                };
-                self.problem(
-                    r.upstream.span(),
-                    format!(
-                        "routes.upstream: unknown upstream `{}` ({hint})",
-                        r.upstream.get_ref()
-                    ),
-                );
+            self.upstream_ref(&r.upstream, upstreams);
+            if let Some(n) = &r.name {
+                names.check(self, n);
             }
-            if r.host.is_some() && host.is_none() {
-                continue;
-            }
+            // Only a route whose host and prefix are as written can be
+            // compared with the others: a bad or unreadable one reads as the
+            // default, and would clash for that reason alone.
+            let (host, path_prefix) = match (host, path_prefix) {
+                (Some(None), _) | (_, None) => continue,
+                _ if self.dropped.key(&span, "host") || self.dropped.key(&span, "path_prefix") => {
+                    continue;
+                }
+                (host, Some(path_prefix)) => (host.flatten(), path_prefix),
+            };
             if !seen.insert((host.clone(), path_prefix.clone())) {
                 self.problem(span, format!(
                     "routes: a route for host {} and path_prefix `{path_prefix}` is already defined above; it would never match",
                     host.as_ref().map_or("(any)".to_owned(), |h| format!("`{h}`"))
                 ));
             }
-            let name = match &r.name {
-                Some(n) => {
-                    names.check(self, n);
-                    n.get_ref().clone()
-                }
+            let name = match r.name {
+                Some(n) => n.into_inner(),
                 None => format!(
                     "{}{path_prefix}",
                     host.as_ref().map_or("*".to_owned(), ToString::to_string)
@@ -546,6 +572,37 @@ impl Validator<'_> {
             });
         }
         out
+    }
+
+    /// A route's upstream must be defined. One that was written but could
+    /// not be read was reported where it is; naming it here is no second
+    /// problem. Nor is any name, when an upstream's own name was unreadable:
+    /// the route may name that one.
+    fn upstream_ref(&mut self, name: &Text, upstreams: &[UpstreamConfig]) {
+        let wanted = name.get_ref();
+        let unreadable = &self.dropped.upstreams;
+        if upstreams.iter().any(|u| &u.name == wanted)
+            || unreadable
+                .iter()
+                .any(|u| u.as_ref().is_none_or(|u| u == wanted))
+        {
+            return;
+        }
+        let known = upstreams
+            .iter()
+            .map(|u| &u.name)
+            .chain(unreadable.iter().flatten())
+            .map(|u| format!("`{u}`"))
+            .collect::<Vec<_>>();
+        let hint = if known.is_empty() {
+            "no upstreams are defined".to_owned()
+        } else {
+            format!("defined: {}", known.join(", "))
+        };
+        self.problem(
+            name.span(),
+            format!("routes.upstream: unknown upstream `{wanted}` ({hint})"),
+        );
     }
 
     fn host(&mut self, raw: &Text) -> Option<HostPattern> {
