@@ -6,11 +6,14 @@
 //! ([`slot`]), applies config reloads ([`reload`]) from SIGHUP, the admin
 //! endpoint and a file watcher ([`filewatch`]), runs the active health
 //! checks once for the whole cluster and sends the results to every worker,
-//! serves the admin endpoint ([`view`]), and handles signals: SIGTERM/SIGINT
-//! graceful stop, SIGQUIT fast stop, SIGUSR2 binary upgrade ([`upgrade`]).
+//! serves the admin endpoint ([`view`]), tells a service manager when it is
+//! ready, reloading or stopping ([`notify`]), and handles signals:
+//! SIGTERM/SIGINT graceful stop, SIGQUIT fast stop, SIGUSR2 binary upgrade
+//! ([`upgrade`]).
 //! It never serves client traffic itself.
 
 mod filewatch;
+mod notify;
 mod reload;
 mod slot;
 pub mod sockets;
@@ -106,6 +109,8 @@ struct Master {
     reloads: mpsc::Receiver<ReloadRequest>,
     /// Where to say `Ready` when this master took over from another.
     predecessor: Option<ipc::Sender>,
+    /// The service manager's socket (`NOTIFY_SOCKET`), if any.
+    notify: notify::Notifier,
     /// The config text as last read, valid or not (`None`: unreadable): a
     /// file event reloads only when the file reads differently, so a broken
     /// file is reported once per change.
@@ -224,6 +229,7 @@ impl Master {
             admin_stop,
             reloads,
             predecessor,
+            notify: notify::Notifier::from_env(),
             last_text: Some(text),
         };
         master.resize_slots(slots);
@@ -272,6 +278,10 @@ impl Master {
                             tracing::warn!(error = %e, "could not tell the previous master we are ready");
                         }
                     }
+                    // Only once the predecessor has agreed to go: a service
+                    // manager told that this is the main process would take
+                    // the service for dead if the predecessor killed it now.
+                    self.notify_ready();
                 }
                 _ = signals.hup.recv() => {
                     let _ = self.reload(Trigger::Signal).await;
@@ -318,6 +328,7 @@ impl Master {
                     match upgrade::start_successor(&self.exe, &self.path, &sockets, self.admin.as_ref(), ready_timeout).await {
                         Ok(pid) => {
                             tracing::info!(new_master = pid, "the new master is serving; draining and exiting");
+                            self.notify.handed_over(pid);
                             return self.stop(false).await;
                         }
                         Err(e) => tracing::error!(error = %e, "binary upgrade failed; this master keeps serving"),
@@ -328,6 +339,7 @@ impl Master {
     }
 
     async fn stop(mut self, fast: bool) -> Result<(), RunError> {
+        self.notify.stopping(fast);
         self.admin_stop.cancel();
         self.admin = None;
         if fast {

@@ -112,6 +112,7 @@ pub struct ReloadRecord {
 
 impl Master {
     pub(super) async fn reload(&mut self, trigger: Trigger) -> Result<Reloaded, ReloadError> {
+        self.notify.reloading();
         let started = std::time::Instant::now();
         let result = self.apply().await;
         let elapsed = started.elapsed();
@@ -164,6 +165,7 @@ impl Master {
                 );
             }
         }
+        self.notify_reloaded(&result);
         result
     }
 
