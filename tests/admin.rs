@@ -16,7 +16,6 @@
 mod common;
 
 use std::collections::HashSet;
-use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::sync::atomic::Ordering;
@@ -454,14 +453,21 @@ struct Run {
     stderr: watch::Receiver<Vec<String>>,
     stderr_done: tokio::task::JoinHandle<()>,
     stdout: tokio::task::JoinHandle<String>,
+    notices: Notices,
+    /// The notify socket's folder: not the config's, whose files a test counts.
+    _notify_dir: tempfile::TempDir,
 }
 
 impl Run {
     /// Spawns `command` (which must end up running `corral run`) in its own
-    /// process group, with stdout and stderr captured.
+    /// process group, with stdout and stderr captured and `NOTIFY_SOCKET`
+    /// set.
     fn spawn(mut command: tokio::process::Command) -> Self {
+        let notify_dir = tempfile::tempdir().unwrap();
+        let notices = Notices::bind(&notify_dir.path().join("notify.sock"));
         let mut child = command
             .env("CORRAL_LOG", "info,corral=debug")
+            .env("NOTIFY_SOCKET", notices.address())
             .process_group(0)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
@@ -489,23 +495,14 @@ impl Run {
             stderr,
             stderr_done,
             stdout,
+            notices,
+            _notify_dir: notify_dir,
         }
     }
 
-    async fn wait_for_log(&self, needle: &str) -> String {
-        let mut log = self.stderr.clone();
-        let found = tokio::time::timeout(
-            PATIENCE,
-            log.wait_for(|l| l.iter().any(|line| line.contains(needle))),
-        )
-        .await;
-        assert!(
-            matches!(found, Ok(Ok(_))),
-            "no log line with {needle:?}: {:#?}",
-            self.stderr.borrow()
-        );
-        let lines = self.stderr.borrow();
-        lines.iter().find(|l| l.contains(needle)).unwrap().clone()
+    /// Waits until corral serves (its first `READY=1`).
+    async fn ready(&self) -> Notice {
+        self.notices.wait_ready(1).await
     }
 
     /// Stops corral gracefully and returns all it wrote: stdout, and
@@ -541,9 +538,7 @@ async fn access_logs_are_off_by_default() {
     let mut command = tokio::process::Command::new(BIN);
     command.args(["run", "--config"]).arg(&config);
     let run = Run::spawn(command);
-    run.wait_for_log("corral::master::process: ready").await;
-    let line = run.wait_for_log(" listening listener=public ").await;
-    let public: SocketAddr = log_field(&line, "addr").unwrap().parse().unwrap();
+    let public = run.ready().await.listeners()["public"];
     // A path no log line of corral's own has reason to name.
     for i in 0..10 {
         let reply = get(public, &format!("/never-logged-{i}"), &[]).await;
@@ -613,29 +608,24 @@ async fn after_an_upgrade_the_new_masters_pid_is_logged_and_its_counters_start_f
     let requests = |s: &[Sample]| metric_sum(s, "corral_requests_total", &[]);
     assert_eq!(requests(&scrape_metrics(&corral).await), 5.0);
     let old = corral.pid();
-    corral
-        .wait_for_log(&format!(
-            "master{{pid={old}}}: corral::master::process: ready"
-        ))
-        .await;
+    // Every line a master logs names it.
+    corral.wait_for_log(&format!("master{{pid={old}}}: ")).await;
 
     corral.signal(Signal::SIGUSR2);
-    let serving = corral.wait_for_log("the new master is serving").await;
+    let ready = corral.wait_successor_ready().await;
     assert_eq!(corral.wait_exit().await, Some(0));
     // The old master and its workers are gone: only the new one answers.
     let status = corral.wait_status(all_ready).await;
     let new = status["pid"].as_u64().unwrap();
     assert_ne!(new, u64::from(old));
+    assert_eq!(ready.main_pid().map(u64::from), Some(new), "{ready:?}");
+    let serving = corral.wait_for_log("the new master is serving").await;
     assert_eq!(
         log_field(&serving, "new_master"),
         Some(new.to_string()),
         "{serving}"
     );
-    corral
-        .wait_for_log(&format!(
-            "master{{pid={new}}}: corral::master::process: ready"
-        ))
-        .await;
+    corral.wait_for_log(&format!("master{{pid={new}}}: ")).await;
 
     assert_eq!(requests(&scrape_metrics(&corral).await), 0.0);
     for _ in 0..3 {
@@ -669,9 +659,13 @@ fn migrate_req_line(lines: &[String]) -> (String, Option<bool>) {
 async fn the_startup_log_says_whether_tcp_migrate_req_is_on() {
     // The host as it is.
     let app = echo("app").await;
-    let corral = Corral::start(&simple_config(&[app.addr], "")).await;
+    let mut corral = Corral::start(&simple_config(&[app.addr], "")).await;
     let host = std::fs::read_to_string("/proc/sys/net/ipv4/tcp_migrate_req")
         .is_ok_and(|v| v.trim() == "1");
+    // Stopped, so that every startup line has been read.
+    corral.signal(Signal::SIGTERM);
+    assert_eq!(corral.wait_exit().await, Some(0));
+    corral.wait_for_log("corral::master::process: stopped").await;
     let (line, says) = migrate_req_line(&corral.logged(""));
     assert_eq!(says, Some(host), "{line}");
     drop(corral);
@@ -693,8 +687,9 @@ async fn the_startup_log_says_whether_tcp_migrate_req_is_on() {
             .arg(BIN)
             .arg(&config);
         let run = Run::spawn(command);
-        run.wait_for_log("corral::master::process: ready").await;
-        let (line, says) = migrate_req_line(&run.stderr.borrow());
+        run.ready().await;
+        let (_, stderr) = run.stop().await;
+        let (line, says) = migrate_req_line(&stderr);
         assert_eq!(says, Some(value == 1), "tcp_migrate_req = {value}: {line}");
     }
 }

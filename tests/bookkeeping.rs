@@ -182,10 +182,9 @@ async fn a_changed_listener_address_serves_on_the_new_one_and_stops_accepting_on
     corral.write_config(&config(app.addr, "127.0.0.2:0", ""));
     let (code, body) = post_reload(&corral).await;
     assert_eq!(code, StatusCode::OK, "{body}");
-    corral.wait_status(|s| s["generation"] == 2).await;
-    let lines = corral.wait_for_logs(" listening listener=public ", 2).await;
-    let moved: SocketAddr = log_field(&lines[1], "addr").unwrap().parse().unwrap();
-    assert_eq!(moved.ip().to_string(), "127.0.0.2", "{}", lines[1]);
+    let ready = corral.wait_ready(2).await;
+    let moved = ready.listeners()["public"];
+    assert_eq!(moved.ip().to_string(), "127.0.0.2", "{ready:?}");
     for _ in 0..6 {
         assert_eq!(get(moved, "/app/x", &[]).await.status, StatusCode::OK);
     }

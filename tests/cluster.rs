@@ -314,7 +314,7 @@ async fn a_binary_upgrade_under_load_loses_nothing() {
 
     corral.signal(Signal::SIGUSR2);
     let old_pid = u64::from(corral.pid());
-    corral.wait_for_log("the new master is serving").await;
+    corral.wait_successor_ready().await;
     assert_eq!(
         corral.wait_exit().await,
         Some(0),
@@ -446,7 +446,9 @@ async fn sigterm_finishes_in_flight_requests_then_everything_exits() {
         .await
         .unwrap();
     corral.signal(Signal::SIGTERM);
-    corral.wait_for_log("SIGTERM: stopping gracefully").await;
+    corral
+        .wait_for_notice("STOPPING=1", Notice::is_stopping)
+        .await;
     // Nothing accepts new connections any more, on any worker.
     corral
         .wait_for_logs("draining on the master's request", workers.len())

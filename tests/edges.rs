@@ -598,9 +598,9 @@ async fn a_reload_that_keeps_a_listeners_address_keeps_its_sockets_and_one_that_
         listening_inodes(old).is_disjoint(&before),
         "the old address's sockets are still open"
     );
-    let line = corral.wait_for_logs(" listening listener=public ", 2).await[1].clone();
-    let new: SocketAddr = log_field(&line, "addr").unwrap().parse().unwrap();
-    assert_eq!(new.ip().to_string(), "127.0.0.2", "{line}");
+    let ready = corral.wait_ready(3).await;
+    let new = ready.listeners()["public"];
+    assert_eq!(new.ip().to_string(), "127.0.0.2", "{ready:?}");
     let after = listening_inodes(new);
     assert_eq!(after.len(), 2, "one socket per slot: {after:?}");
     assert!(after.is_disjoint(&before));
@@ -649,7 +649,9 @@ async fn new_connections_are_refused_while_a_graceful_stop_drains() {
     patiently("the request upstream", arrived).await.unwrap();
 
     corral.signal(Signal::SIGTERM);
-    corral.wait_for_log("SIGTERM: stopping gracefully").await;
+    corral
+        .wait_for_notice("STOPPING=1", Notice::is_stopping)
+        .await;
     // The sockets close at once, not when the drain ends: polled in
     // /proc, the one place their closing shows.
     patiently("the listening sockets to close", async {

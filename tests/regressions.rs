@@ -40,7 +40,8 @@ async fn the_master_reads_a_changed_config_once_and_reports_a_broken_file_once()
     let good = cluster_config(&[app.addr], "");
     let corral = Corral::start(&good).await;
     corral.write_config(&format!("{good}\nbroken = \n"));
-    corral.wait_for_log("config reload failed").await;
+    // Startup's READY=1, then the failed reload's.
+    corral.wait_readies(2).await;
     assert_eq!(reloads(&corral, "failure").await, 1);
 
     // The master's own read must not count as a change, nor must other
@@ -142,32 +143,17 @@ async fn access_log_stdout_writes_to_stdout_not_a_file_named_stdout() {
         simple_config(&[app.addr], "").replace("workers = 2", "workers = 1")
     );
     std::fs::write(&config, text).unwrap();
+    let notices = Notices::bind(&dir.path().join("notify.sock"));
     let mut child = tokio::process::Command::new(BIN)
         .args(["run", "--config"])
         .arg(&config)
+        .env("NOTIFY_SOCKET", notices.address())
         .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
+        .stderr(Stdio::null())
         .kill_on_drop(true)
         .spawn()
         .unwrap();
-    let mut stderr = tokio::io::BufReader::new(child.stderr.take().unwrap());
-    let mut addr = None;
-    patiently("corral to start", async {
-        use tokio::io::AsyncBufReadExt;
-        let mut line = String::new();
-        while stderr.read_line(&mut line).await.unwrap() > 0 {
-            if line.contains(" listening ") && line.contains("listener=public") {
-                addr = log_field(&line, "addr");
-            }
-            if line.contains("corral::master::process: ready") {
-                return;
-            }
-            line.clear();
-        }
-        panic!("corral exited before it was ready");
-    })
-    .await;
-    let addr = addr.unwrap().parse().unwrap();
+    let addr = notices.wait_ready(1).await.listeners()["public"];
     assert_eq!(get(addr, "/logged", &[]).await.status, StatusCode::OK);
     let mut stdout = tokio::io::BufReader::new(child.stdout.take().unwrap());
     let line = patiently("an access log line on stdout", async {
@@ -191,31 +177,18 @@ async fn check_diff_works_from_another_folder_than_the_one_corral_was_started_in
         cluster_config(&[app.addr], ""),
     )
     .unwrap();
+    let notices = Notices::bind(&dir.path().join("notify.sock"));
     // Started with a relative path, from the config's folder.
-    let mut child = tokio::process::Command::new(BIN)
+    let _child = tokio::process::Command::new(BIN)
         .args(["run", "--config", "corral.toml"])
         .current_dir(dir.path())
-        .stderr(Stdio::piped())
+        .env("NOTIFY_SOCKET", notices.address())
+        .stderr(Stdio::null())
         .kill_on_drop(true)
         .spawn()
         .unwrap();
-    let mut stderr = tokio::io::BufReader::new(child.stderr.take().unwrap());
-    let admin = patiently("corral to start", async {
-        use tokio::io::AsyncBufReadExt;
-        let (mut line, mut admin) = (String::new(), None);
-        while stderr.read_line(&mut line).await.unwrap() > 0 {
-            if line.contains("admin endpoint listening") {
-                admin = log_field(&line, "addr");
-            }
-            if line.contains("corral::master::process: ready") {
-                return admin.unwrap();
-            }
-            line.clear();
-        }
-        panic!("corral exited before it was ready");
-    })
-    .await;
-    let addr = admin.parse().unwrap();
+    let addr = notices.wait_ready(1).await.admin().unwrap();
+    let admin = addr.to_string();
     let (_, body) = admin_call(addr, Method::GET, "/config").await;
     let config: serde_json::Value = serde_json::from_str(&body).unwrap();
     let path = config["path"].as_str().unwrap();
@@ -427,9 +400,7 @@ async fn a_graceful_stop_is_not_logged_as_a_reload_or_a_crash() {
     let group = nix::unistd::Pid::from_raw(corral.pid() as i32);
     nix::sys::signal::killpg(group, nix::sys::signal::Signal::SIGINT).unwrap();
     assert_eq!(corral.wait_exit().await, Some(0));
-    let log = corral
-        .wait_for_log("corral::master::process: stopped")
-        .await;
+    let log = corral.wait_for_log("corral::master::process: stopped").await;
     assert!(!log.is_empty());
     for wrong in [
         "worker exited; replacing it",

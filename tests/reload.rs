@@ -279,8 +279,7 @@ async fn listeners_added_by_reload_serve_and_removed_ones_stop_accepting() {
     let (code, body) = admin_call(corral.admin.unwrap(), Method::POST, "/reload").await;
     assert_eq!(code, StatusCode::OK, "{body}");
     assert!(body.contains("+ listener `second`"), "{body}");
-    let line = corral.wait_for_log("listening listener=second").await;
-    let added: SocketAddr = log_field(&line, "addr").unwrap().parse().unwrap();
+    let added = corral.wait_ready(2).await.listeners()["second"];
     for _ in 0..10 {
         assert_eq!(get(added, "/", &[]).await.backend(), "a");
     }

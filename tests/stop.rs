@@ -441,7 +441,9 @@ async fn sigint_stops_gracefully_like_sigterm() {
     let in_flight = tokio::spawn(async move { get(addr, "/slow", &[]).await });
     arrived.await.unwrap();
     corral.signal(Signal::SIGINT);
-    corral.wait_for_log("SIGINT: stopping gracefully").await;
+    corral
+        .wait_for_notice("STOPPING=1", Notice::is_stopping)
+        .await;
     corral
         .wait_for_logs("draining on the master's request", workers.len())
         .await;

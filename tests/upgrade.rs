@@ -156,7 +156,7 @@ async fn assert_old_master_serves_alone(corral: &Upgradable, pid: u32, workers: 
 async fn assert_a_good_upgrade_still_works(corral: &mut Upgradable) {
     corral.replace_exe(Path::new(BIN));
     corral.signal(Signal::SIGUSR2);
-    corral.wait_for_log("the new master is serving").await;
+    corral.wait_successor_ready().await;
     assert_eq!(corral.wait_exit().await, Some(0));
     let status = corral.status().await;
     let new_master = status["pid"].as_u64().unwrap();

@@ -1,5 +1,6 @@
-//! Active health checks: a periodic `GET` to each server of an upstream that
-//! has `[upstreams.health_check]`.
+//! Active health checks, run by the master for the whole cluster: a
+//! periodic `GET` to each server of an upstream that has
+//! `[upstreams.health_check]`. Workers get the verdicts.
 //!
 //! A 2xx or 3xx answer within the timeout passes. The first probe decides a
 //! server's state at once; after that it takes `unhealthy_threshold` failures
@@ -15,13 +16,12 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use http_body_util::Empty;
-use tokio_util::sync::CancellationToken;
-
-use crate::plan::HealthCheckConfig;
 use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
 
 use super::generation::Generation;
 use crate::ipc::ServerHealth;
+use crate::plan::HealthCheckConfig;
 use crate::upstream::{ConnectError, Connector, Server, Upstream};
 
 /// Called when a server's health changes: (upstream name, server, healthy).

@@ -7,7 +7,8 @@
 //! SIGHUP, the admin endpoint and a file watcher (`filewatch`), runs the
 //! active health checks once for the whole cluster and sends the results to
 //! every worker ([`health`]), answers the admin endpoint
-//! (`admin_backend`), and handles signals: SIGTERM/SIGINT graceful stop,
+//! (`admin_backend`), tells a service manager when it is ready, reloading or
+//! stopping (`notify`), and handles signals: SIGTERM/SIGINT graceful stop,
 //! SIGQUIT fast stop, SIGUSR2 binary upgrade ([`upgrade`]). What it holds
 //! about the running config is one `generation`; its state and event loop
 //! are in `process`. It never serves client traffic itself.
@@ -16,6 +17,7 @@ mod admin_backend;
 mod filewatch;
 mod generation;
 pub mod health;
+mod notify;
 mod process;
 mod reload;
 mod slot;

@@ -21,6 +21,7 @@ use super::admin_backend::AdminBackend;
 use super::filewatch;
 use super::generation::Generation;
 use super::health::{self, HealthChecker};
+use super::notify::Notifier;
 use super::reload::{self, Prepared, ReloadError, ReloadRecord, ReloadRequest, Reloaded, Trigger};
 use super::slot::{self, SlotContext, sleep_until};
 use super::sockets::{self, BindError, Inherited};
@@ -92,6 +93,8 @@ struct Master {
     reloads: mpsc::Receiver<ReloadRequest>,
     /// Where to say `Ready` when this master took over from another.
     predecessor: Option<ipc::Sender>,
+    /// The service manager's socket (`NOTIFY_SOCKET`), if any.
+    notify: Notifier,
     /// The config text as last read, valid or not (`None`: unreadable): a
     /// file event reloads only when the file reads differently, so a broken
     /// file is reported once per change.
@@ -161,6 +164,7 @@ impl Master {
         if let Some(socket) = &admin {
             serve_admin(socket, admin_backend.clone(), admin_stop.clone())?;
         }
+        let notify = Notifier::from_env(admin.as_ref().and_then(|a| a.local_addr().ok()));
         let mut master = Self {
             exe,
             path: path.to_path_buf(),
@@ -177,6 +181,7 @@ impl Master {
             admin_stop,
             reloads,
             predecessor,
+            notify,
             last_text: Some(text),
         };
         master.resize_slots(slots);
@@ -225,6 +230,10 @@ impl Master {
                             tracing::warn!(error = %e, "could not tell the previous master we are ready");
                         }
                     }
+                    // Only once the predecessor has agreed to go: a service
+                    // manager told that this is the main process would take
+                    // the service for dead if the predecessor killed it now.
+                    self.notify.serving(&self.generation.borrow(), self.slots.len());
                 }
                 _ = signals.hup.recv() => {
                     // `reload` logs, counts and records its outcome itself.
@@ -275,6 +284,7 @@ impl Master {
                     match upgrade::start_successor(&self.exe, &self.path, &sockets, self.admin.as_ref(), ready_timeout).await {
                         Ok(pid) => {
                             tracing::info!(new_master = pid, "the new master is serving; draining and exiting");
+                            self.notify.handed_over(pid);
                             return self.stop(false).await;
                         }
                         Err(e) => tracing::error!(error = %e, "binary upgrade failed; this master keeps serving"),
@@ -285,6 +295,7 @@ impl Master {
     }
 
     async fn stop(mut self, fast: bool) -> Result<(), RunError> {
+        self.notify.stopping(fast);
         self.admin_stop.cancel();
         self.admin = None;
         if fast {
@@ -308,6 +319,7 @@ impl Master {
     }
 
     async fn reload(&mut self, trigger: Trigger) -> Result<Reloaded, ReloadError> {
+        self.notify.reloading();
         let started = std::time::Instant::now();
         let result = self.apply().await;
         let elapsed = started.elapsed();
@@ -360,6 +372,7 @@ impl Master {
                 );
             }
         }
+        self.notify.reloaded(&self.generation.borrow(), &result);
         result
     }
 

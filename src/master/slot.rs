@@ -237,6 +237,7 @@ impl Worker {
             .env(ENV_MASTER_PID, std::process::id().to_string())
             .env(ENV_SLOT, slot.to_string())
             .env_remove(super::upgrade::ENV_UPGRADE)
+            .env_remove(super::notify::ENV_SOCKET)
             .kill_on_drop(true);
         if generation.plan.runtime.cpu_affinity {
             command.env(ENV_CPU_AFFINITY, "1");

@@ -8,7 +8,9 @@
 //! the old workers drain and the old master exit. Connections queued on the
 //! shared sockets are accepted by whichever generation is accepting, so none
 //! is refused or reset. If the new master exits or is not ready in time, the
-//! old one kills it and keeps serving.
+//! old one kills it and keeps serving. The new master inherits
+//! `NOTIFY_SOCKET` and tells the service manager itself that it is ready
+//! (see `master/notify.rs`).
 
 use std::net::TcpListener;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};

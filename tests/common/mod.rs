@@ -103,13 +103,181 @@ fn real_time_alarm(after: Duration) -> tokio::sync::oneshot::Receiver<()> {
     rung
 }
 
+/// One datagram corral sent to its `NOTIFY_SOCKET` (sd_notify(3)): its
+/// `KEY=VALUE` lines, in order.
+#[derive(Debug, Clone)]
+pub struct Notice(Vec<(String, String)>);
+
+impl Notice {
+    fn parse(datagram: &[u8]) -> Self {
+        let text = String::from_utf8_lossy(datagram);
+        let fields = text
+            .lines()
+            .map(|l| {
+                let (key, value) = l.split_once('=').unwrap_or((l, ""));
+                (key.to_owned(), value.to_owned())
+            })
+            .collect();
+        Self(fields)
+    }
+
+    pub fn get(&self, key: &str) -> Option<&str> {
+        self.0
+            .iter()
+            .find(|(k, _)| k == key)
+            .map(|(_, v)| v.as_str())
+    }
+
+    pub fn keys(&self) -> Vec<&str> {
+        self.0.iter().map(|(k, _)| k.as_str()).collect()
+    }
+
+    /// `READY=1`: every worker slot serves (at startup, or as a reload ends).
+    pub fn is_ready(&self) -> bool {
+        self.get("READY") == Some("1")
+    }
+
+    pub fn is_reloading(&self) -> bool {
+        self.get("RELOADING") == Some("1")
+    }
+
+    pub fn is_stopping(&self) -> bool {
+        self.get("STOPPING") == Some("1")
+    }
+
+    pub fn main_pid(&self) -> Option<u32> {
+        self.get("MAINPID")?.parse().ok()
+    }
+
+    pub fn generation(&self) -> Option<u64> {
+        self.get("X_CORRAL_GENERATION")?.parse().ok()
+    }
+
+    /// `X_CORRAL_LISTENERS`: each listener's bound address by name.
+    pub fn listeners(&self) -> HashMap<String, SocketAddr> {
+        let value = self
+            .get("X_CORRAL_LISTENERS")
+            .unwrap_or_else(|| panic!("no X_CORRAL_LISTENERS in {self:?}"));
+        value
+            .split_whitespace()
+            .map(|pair| {
+                let (name, addr) = pair.split_once('=').unwrap();
+                (name.to_owned(), addr.parse().unwrap())
+            })
+            .collect()
+    }
+
+    /// `X_CORRAL_ADMIN`: the admin endpoint's address, if there is one.
+    pub fn admin(&self) -> Option<SocketAddr> {
+        Some(self.get("X_CORRAL_ADMIN")?.parse().unwrap())
+    }
+}
+
+/// The service manager's end of sd_notify(3): a datagram socket that
+/// corral is pointed at with `NOTIFY_SOCKET`, and every notice it has
+/// received so far (from every corral process that inherited the variable).
+pub struct Notices {
+    /// `NOTIFY_SOCKET`'s value for it.
+    address: std::ffi::OsString,
+    received: watch::Receiver<Vec<Notice>>,
+    /// Shut down when dropped, which ends the receiving thread.
+    socket: std::os::unix::net::UnixDatagram,
+}
+
+impl Notices {
+    /// A socket at `path` (in the test's temp dir).
+    pub fn bind(path: &Path) -> Self {
+        let socket = std::os::unix::net::UnixDatagram::bind(path).unwrap();
+        Self::receive(socket, path.as_os_str().to_owned())
+    }
+
+    /// A socket in the abstract namespace, `@name` in `NOTIFY_SOCKET`.
+    pub fn bind_abstract(name: &str) -> Self {
+        use std::os::linux::net::SocketAddrExt;
+        let addr = std::os::unix::net::SocketAddr::from_abstract_name(name).unwrap();
+        let socket = std::os::unix::net::UnixDatagram::bind_addr(&addr).unwrap();
+        Self::receive(socket, format!("@{name}").into())
+    }
+
+    /// A thread reads each datagram as it comes: corral sends without
+    /// waiting, so a queue left unread would lose notices.
+    fn receive(socket: std::os::unix::net::UnixDatagram, address: std::ffi::OsString) -> Self {
+        let reader = socket.try_clone().unwrap();
+        let (notices, received) = watch::channel(Vec::new());
+        std::thread::spawn(move || {
+            let mut buf = vec![0; 64 * 1024];
+            // 0 bytes: shut down (corral never sends an empty datagram).
+            while let Ok(n @ 1..) = reader.recv(&mut buf) {
+                let notice = Notice::parse(&buf[..n]);
+                eprintln!("[notify] {notice:?}");
+                notices.send_modify(|all| all.push(notice));
+            }
+        });
+        Self {
+            address,
+            received,
+            socket,
+        }
+    }
+
+    /// The value to give corral as `NOTIFY_SOCKET`.
+    pub fn address(&self) -> &std::ffi::OsStr {
+        &self.address
+    }
+
+    /// Every notice received so far.
+    pub fn all(&self) -> Vec<Notice> {
+        self.received.borrow().clone()
+    }
+
+    /// Waits until `n` notices satisfy `matches` (seen before or after
+    /// now) and returns them; `what` names them if they do not come.
+    pub async fn wait_for(
+        &self,
+        what: &str,
+        n: usize,
+        matches: impl Fn(&Notice) -> bool,
+    ) -> Vec<Notice> {
+        let mut received = self.received.clone();
+        let enough = |all: &Vec<Notice>| all.iter().filter(|m| matches(m)).count() >= n;
+        match tokio::time::timeout(PATIENCE, received.wait_for(enough)).await {
+            Ok(Ok(all)) => all.iter().filter(|m| matches(m)).cloned().collect(),
+            _ => panic!(
+                "fewer than {n} notices {what}; received: {:#?}",
+                self.received.borrow()
+            ),
+        }
+    }
+
+    /// The first `READY=1` of generation `generation`.
+    pub async fn wait_ready(&self, generation: u64) -> Notice {
+        let what = format!("READY=1 of generation {generation}");
+        let ready = |m: &Notice| m.is_ready() && m.generation() == Some(generation);
+        self.wait_for(&what, 1, ready).await.remove(0)
+    }
+
+    /// The first `n` `READY=1` notices: startup is the first, and the end
+    /// of each reload, applied or not, one more.
+    pub async fn wait_readies(&self, n: usize) -> Vec<Notice> {
+        self.wait_for("READY=1", n, Notice::is_ready).await
+    }
+}
+
+impl Drop for Notices {
+    fn drop(&mut self) {
+        let _ = self.socket.shutdown(std::net::Shutdown::Read);
+    }
+}
+
 /// The corral binary, running `corral run` on a config. Every wait is
 /// async: tests serve their upstreams on their own runtime, which a blocking
 /// wait would freeze.
 ///
-/// Waits are woken by what corral writes to stderr: corral updates its
-/// state (`/status`, sockets, files) before it logs the change, so each new
-/// line is the moment to look again.
+/// Readiness comes from corral's notices (sd_notify(3), see [`Notices`]):
+/// corral starts with `NOTIFY_SOCKET` set, and its `READY=1` says where it
+/// listens. Waits on `/status` are woken by what corral writes to stderr:
+/// corral updates its state (`/status`, sockets, files) before it logs the
+/// change, so each new line is the moment to look again.
 pub struct Corral {
     child: tokio::process::Child,
     pid: u32,
@@ -118,6 +286,8 @@ pub struct Corral {
     pub config_path: PathBuf,
     /// Every stderr line of every corral process so far.
     log: watch::Receiver<Vec<String>>,
+    /// What every corral process has told its service manager so far.
+    pub notices: Notices,
     _dir: tempfile::TempDir,
 }
 
@@ -138,12 +308,25 @@ impl Corral {
     /// [`Corral::start_at`] with the binary at `exe` (a copy that a test
     /// may replace, as an upgrade does).
     pub async fn start_exe(exe: &Path, dir: tempfile::TempDir, config_path: PathBuf) -> Self {
+        let notices = Notices::bind(&dir.path().join("notify.sock"));
+        Self::start_notifying(exe, dir, config_path, notices).await
+    }
+
+    /// [`Corral::start_exe`] with the service manager's socket of the
+    /// test's choice.
+    pub async fn start_notifying(
+        exe: &Path,
+        dir: tempfile::TempDir,
+        config_path: PathBuf,
+        notices: Notices,
+    ) -> Self {
         // Its own process group, so that dropping the fixture also ends
         // masters started by an upgrade and every worker.
         let mut child = tokio::process::Command::new(exe)
             .args(["run", "--config"])
             .arg(&config_path)
             .env("CORRAL_LOG", "info,corral=debug")
+            .env("NOTIFY_SOCKET", notices.address())
             .process_group(0)
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
@@ -158,26 +341,20 @@ impl Corral {
                 lines.send_modify(|lines| lines.push(line));
             }
         });
-        let mut corral = Self {
+        let ready = tokio::select! {
+            ready = notices.wait_ready(1) => ready,
+            exited = child.wait() => panic!("corral exited before it was ready: {exited:?}"),
+        };
+        Self {
             child,
             pid,
-            listeners: HashMap::new(),
-            admin: None,
+            listeners: ready.listeners(),
+            admin: ready.admin(),
             config_path,
             log,
+            notices,
             _dir: dir,
-        };
-        corral.wait_for_log("corral::master::process: ready").await;
-        for line in corral.log.borrow().iter() {
-            if line.contains(" admin endpoint listening ") {
-                corral.admin = Some(field(line, "addr").unwrap().parse().unwrap());
-            } else if line.contains(" listening ") {
-                let name = field(line, "listener").unwrap();
-                let addr = field(line, "addr").unwrap().parse().unwrap();
-                corral.listeners.insert(name, addr);
-            }
         }
-        corral
     }
 
     pub fn addr(&self, listener: &str) -> SocketAddr {
@@ -186,6 +363,31 @@ impl Corral {
 
     pub fn pid(&self) -> u32 {
         self.pid
+    }
+
+    /// The first `READY=1` of generation `generation` (see [`Notices`]).
+    pub async fn wait_ready(&self, generation: u64) -> Notice {
+        self.notices.wait_ready(generation).await
+    }
+
+    /// The first `n` `READY=1` notices: startup, then one as each reload ends.
+    pub async fn wait_readies(&self, n: usize) -> Vec<Notice> {
+        self.notices.wait_readies(n).await
+    }
+
+    /// The first notice that satisfies `matches`; `what` names it if it
+    /// does not come.
+    pub async fn wait_for_notice(&self, what: &str, matches: impl Fn(&Notice) -> bool) -> Notice {
+        self.notices.wait_for(what, 1, matches).await.remove(0)
+    }
+
+    /// `READY=1` from a master other than the first: the new master of a
+    /// binary upgrade serves.
+    pub async fn wait_successor_ready(&self) -> Notice {
+        let first = self.pid;
+        let successor = |m: &Notice| m.is_ready() && m.main_pid().is_some_and(|p| p != first);
+        self.wait_for_notice("READY=1 from a new master", successor)
+            .await
     }
 
     /// Waits for a log line containing `needle` (seen before or after now).
