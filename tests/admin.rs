@@ -665,7 +665,9 @@ async fn the_startup_log_says_whether_tcp_migrate_req_is_on() {
     // Stopped, so that every startup line has been read.
     corral.signal(Signal::SIGTERM);
     assert_eq!(corral.wait_exit().await, Some(0));
-    corral.wait_for_log("corral::master::process: stopped").await;
+    corral
+        .wait_for_log("corral::master::process: stopped")
+        .await;
     let (line, says) = migrate_req_line(&corral.logged(""));
     assert_eq!(says, Some(host), "{line}");
     drop(corral);

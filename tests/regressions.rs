@@ -400,7 +400,9 @@ async fn a_graceful_stop_is_not_logged_as_a_reload_or_a_crash() {
     let group = nix::unistd::Pid::from_raw(corral.pid() as i32);
     nix::sys::signal::killpg(group, nix::sys::signal::Signal::SIGINT).unwrap();
     assert_eq!(corral.wait_exit().await, Some(0));
-    let log = corral.wait_for_log("corral::master::process: stopped").await;
+    let log = corral
+        .wait_for_log("corral::master::process: stopped")
+        .await;
     assert!(!log.is_empty());
     for wrong in [
         "worker exited; replacing it",
