@@ -42,8 +42,12 @@ pub struct Snapshot {
 
 #[derive(Debug, thiserror::Error)]
 pub enum BuildError {
-    #[error(transparent)]
-    Tls(#[from] TlsError),
+    #[error("listener `{listener}`: {source}")]
+    Tls {
+        listener: String,
+        #[source]
+        source: TlsError,
+    },
     #[error("cannot open the access log: {0}")]
     AccessLog(#[source] std::io::Error),
 }
@@ -113,7 +117,15 @@ impl Snapshot {
             .listeners
             .iter()
             .map(|l| {
-                let tls = l.tls.as_ref().map(tls::server_config).transpose()?;
+                let tls = l
+                    .tls
+                    .as_ref()
+                    .map(tls::server_config)
+                    .transpose()
+                    .map_err(|source| BuildError::Tls {
+                        listener: l.name.clone(),
+                        source,
+                    })?;
                 Ok(Arc::new(ListenerSnapshot {
                     config: l.clone(),
                     tls,
@@ -122,7 +134,7 @@ impl Snapshot {
                         .gauge(Family::ConnectionsActive, &[&l.name, recorder.worker()]),
                 }))
             })
-            .collect::<Result<_, TlsError>>()?;
+            .collect::<Result<_, BuildError>>()?;
         Ok(Self {
             generation,
             plan: Arc::new(plan),

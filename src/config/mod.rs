@@ -1,7 +1,7 @@
 //! Configuration: the TOML file, checked before anything uses it.
 //!
-//! Two stages, as the rest of corral expects: [`raw`] mirrors the file with
-//! serde (unknown keys rejected, spans kept), then [`validate`] turns it into
+//! Two stages, as the rest of corral expects: `raw` mirrors the file with
+//! serde (unknown keys rejected, spans kept), then `validate` turns it into
 //! the [`Plan`]: durations, socket addresses, non-zero weights, resolved
 //! references, certificates read and checked. Every problem is reported as
 //! `FILE:LINE:COL: reason`, all of them at once. Only the master (and
@@ -51,7 +51,7 @@ pub fn from_str(path: &Path, text: &str) -> Result<Plan, ConfigError> {
 
 #[cfg(test)]
 mod tests {
-    //! Validation through [`Config::from_str`], the one way in: what a file
+    //! Validation through [`from_str`], the one way in: what a file
     //! may say and what it becomes.
     use std::num::NonZeroUsize;
     use std::time::Duration;

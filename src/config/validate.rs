@@ -1,4 +1,5 @@
-//! [`RawConfig`] -> [`Config`]: meaning, defaults and cross-references.
+//! [`RawConfig`] -> [`Plan`]: meaning, defaults, cross-references, and the
+//! certificate files read and checked.
 //!
 //! Each check records a [`Problem`] at the span of the value at fault and
 //! carries on, so one run reports everything wrong with the file.
@@ -284,7 +285,10 @@ impl Validator<'_> {
         let mut read = |path: &Path, what: &str, span: Range<usize>| {
             let text = std::fs::read(path)
                 .map_err(|e| e.to_string())
-                .and_then(|bytes| String::from_utf8(bytes).map_err(|_| "not PEM text".to_owned()));
+                .and_then(|bytes| {
+                    String::from_utf8(bytes)
+                        .map_err(|e| format!("not PEM text ({})", e.utf8_error()))
+                });
             text.map_err(|e| {
                 self.problem(
                     span,

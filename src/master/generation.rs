@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::SystemTime;
 
 use super::sockets::ListenerSockets;
-use crate::plan::Plan;
+use crate::plan::{CertifiedPem, Plan};
 use crate::upstream::Upstream;
 
 /// One config generation: the file's text, the plan made from it (what
@@ -20,10 +20,6 @@ pub struct Generation {
     pub number: u64,
     pub path: PathBuf,
     pub text: String,
-    /// A digest of the files the config names (certificates, keys), as the
-    /// plan holds them, so that files renewed under an unchanged text still
-    /// make a new generation.
-    pub files: u64,
     pub plan: Arc<Plan>,
     pub sockets: Arc<Vec<ListenerSockets>>,
     /// Health-checked here; workers get the verdicts, not these objects.
@@ -34,27 +30,29 @@ pub struct Generation {
 impl Generation {
     /// The first generation, from the file as read at start.
     pub fn first(path: PathBuf, text: String, plan: Plan, sockets: Vec<ListenerSockets>) -> Self {
-        Self {
-            number: 1,
-            path,
-            text,
-            files: files_digest(&plan),
-            upstreams: Arc::new(crate::upstream::rebuild(&plan.upstreams, &[])),
-            plan: Arc::new(plan),
-            sockets: Arc::new(sockets),
-            loaded_at: SystemTime::now(),
-        }
+        Self::build(1, path, text, plan, sockets, &[])
     }
 
     /// The generation after this one. Upstream servers whose settings are
     /// unchanged keep their state (the health checks' verdicts among it).
     pub fn next(&self, text: String, plan: Plan, sockets: Vec<ListenerSockets>) -> Self {
+        let path = self.path.clone();
+        Self::build(self.number + 1, path, text, plan, sockets, &self.upstreams)
+    }
+
+    fn build(
+        number: u64,
+        path: PathBuf,
+        text: String,
+        plan: Plan,
+        sockets: Vec<ListenerSockets>,
+        previous: &[Arc<Upstream>],
+    ) -> Self {
         Self {
-            number: self.number + 1,
-            path: self.path.clone(),
+            number,
+            path,
             text,
-            files: files_digest(&plan),
-            upstreams: Arc::new(crate::upstream::rebuild(&plan.upstreams, &self.upstreams)),
+            upstreams: Arc::new(crate::upstream::rebuild(&plan.upstreams, previous)),
             plan: Arc::new(plan),
             sockets: Arc::new(sockets),
             loaded_at: SystemTime::now(),
@@ -81,18 +79,14 @@ impl Generation {
     }
 }
 
-/// A digest of the certificate and key bytes `plan` holds.
-pub fn files_digest(plan: &Plan) -> u64 {
-    let mut hasher = xxhash_rust::xxh3::Xxh3::new();
-    let pems = plan
-        .listeners
+/// The certificate chains and keys `plan` holds, in order: what a reload
+/// compares to see whether files renewed under an unchanged text call for
+/// a new generation.
+pub fn certificates(plan: &Plan) -> Vec<&CertifiedPem> {
+    plan.listeners
         .iter()
         .filter_map(|l| l.tls.as_ref())
         .flat_map(|t| &t.certificates)
-        .flat_map(|c| [&c.pem.chain, &c.pem.key]);
-    for pem in pems {
-        hasher.update(&(pem.len() as u64).to_le_bytes());
-        hasher.update(pem.as_bytes());
-    }
-    hasher.digest()
+        .map(|c| &c.pem)
+        .collect()
 }

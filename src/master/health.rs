@@ -30,9 +30,27 @@ pub type OnChange = Arc<dyn Fn(&str, &Server, bool) + Send + Sync>;
 /// Runs one check task per checked server; tasks stop when dropped.
 pub struct HealthChecker {
     on_change: OnChange,
-    /// By (upstream, server address): the check, the server it runs
-    /// against, and its task's stop token.
-    tasks: HashMap<(String, SocketAddr), (HealthCheckConfig, Arc<Server>, CancellationToken)>,
+    /// By (upstream, server address): what its task checks, and the task's
+    /// stop token.
+    tasks: HashMap<(String, SocketAddr), (Probe, CancellationToken)>,
+}
+
+/// What one task checks: the check, the server it runs against, and how it
+/// connects.
+#[derive(Clone)]
+struct Probe {
+    check: HealthCheckConfig,
+    server: Arc<Server>,
+    connector: Connector,
+}
+
+impl Probe {
+    /// Whether a task running `self` can go on as `wanted`.
+    fn same(&self, wanted: &Probe) -> bool {
+        self.check == wanted.check
+            && Arc::ptr_eq(&self.server, &wanted.server)
+            && self.connector == wanted.connector
+    }
 }
 
 impl std::fmt::Debug for HealthChecker {
@@ -54,8 +72,8 @@ impl HealthChecker {
     }
 
     /// Follows a config reload: checks for servers that are gone stop, new
-    /// ones start, and those whose server and check are unchanged keep
-    /// running undisturbed (no re-probe, no lost streak).
+    /// ones start, and those whose server, check and connection settings
+    /// are unchanged keep running undisturbed (no re-probe, no lost streak).
     pub fn update(&mut self, upstreams: &[Arc<Upstream>]) {
         let mut wanted = HashMap::new();
         for upstream in upstreams {
@@ -63,43 +81,37 @@ impl HealthChecker {
                 continue;
             };
             for server in &upstream.servers {
-                wanted.insert(
-                    (upstream.name().to_owned(), server.addr),
-                    (check.clone(), server.clone(), upstream.connector.clone()),
-                );
+                let probe = Probe {
+                    check: check.clone(),
+                    server: server.clone(),
+                    connector: upstream.connector.clone(),
+                };
+                wanted.insert((upstream.name().to_owned(), server.addr), probe);
             }
         }
-        self.tasks.retain(|key, (check, server, stop)| {
-            let keep = wanted
-                .get(key)
-                .is_some_and(|(c, s, _)| c == check && Arc::ptr_eq(s, server));
+        self.tasks.retain(|key, (running, stop)| {
+            let keep = wanted.get(key).is_some_and(|w| running.same(w));
             if !keep {
                 stop.cancel();
             }
             keep
         });
-        for (key, (check, server, connector)) in wanted {
+        for (key, probe) in wanted {
             if self.tasks.contains_key(&key) {
                 continue;
             }
             let stop = CancellationToken::new();
-            let task = watch(
-                key.0.clone(),
-                server.clone(),
-                connector,
-                check.clone(),
-                self.on_change.clone(),
-            );
+            let task = watch(key.0.clone(), probe.clone(), self.on_change.clone());
             let token = stop.clone();
             tokio::spawn(async move { token.run_until_cancelled(task).await });
-            self.tasks.insert(key, (check, server, stop));
+            self.tasks.insert(key, (probe, stop));
         }
     }
 }
 
 impl Drop for HealthChecker {
     fn drop(&mut self) {
-        for (_, _, stop) in self.tasks.values() {
+        for (_, stop) in self.tasks.values() {
             stop.cancel();
         }
     }
@@ -131,13 +143,12 @@ pub fn health_of(upstreams: &[Arc<Upstream>]) -> Vec<ServerHealth> {
         .collect()
 }
 
-async fn watch(
-    upstream: String,
-    server: Arc<Server>,
-    connector: Connector,
-    check: HealthCheckConfig,
-    on_change: OnChange,
-) {
+async fn watch(upstream: String, checked: Probe, on_change: OnChange) {
+    let Probe {
+        check,
+        server,
+        connector,
+    } = checked;
     let mut interval = tokio::time::interval(check.interval);
     interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut first = true;

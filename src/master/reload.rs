@@ -1,14 +1,14 @@
-//! Config reload: read, validate, publish the next generation, and wait for
-//! every worker to confirm it.
+//! Config reload: what asks for one, what it answers, and [`prepare`],
+//! which reads and checks the file and makes the next generation.
 //!
 //! A file that does not validate is rejected whole: the running generation
 //! keeps serving, and the failure is logged, shown in `/status` and counted.
 //! A valid one gets the next generation number; listeners whose address is
 //! unchanged keep their sockets, new ones are bound before anything is
-//! published (a port in use rejects the reload), and each slot supervisor
-//! sends its worker the new config and any new sockets. Workers keep serving
-//! throughout; the master reports success once all of them serve the new
-//! generation.
+//! published (a port in use rejects the reload). The master then publishes
+//! it (`process`): each slot supervisor sends its worker the new plan and
+//! any new sockets, workers keep serving throughout, and the reload
+//! succeeds once all of them serve the new generation.
 
 use std::path::Path;
 use std::time::Duration;
@@ -17,7 +17,7 @@ use http::StatusCode;
 use serde::Serialize;
 use tokio::sync::oneshot;
 
-use super::generation::{Generation, files_digest};
+use super::generation::{Generation, certificates};
 use super::sockets::{self, BindError};
 use crate::config::{ConfigError, diff};
 
@@ -135,12 +135,12 @@ pub fn prepare(
         source,
     })?;
     let plan = crate::config::from_str(path, &text)?;
-    let files = files_digest(&plan);
-    if text == current.text && files == current.files {
+    let renewed = certificates(&plan) != certificates(&current.plan);
+    if text == current.text && !renewed {
         return Ok(Prepared::Unchanged);
     }
     let mut changes = diff::diff(&current.plan, &plan);
-    if files != current.files {
+    if renewed {
         changes.push("~ certificate or key files: contents changed, read again".to_owned());
     }
     if plan.admin != current.plan.admin {

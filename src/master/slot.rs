@@ -147,15 +147,15 @@ async fn run_worker(
     stop: &CancellationToken,
     region: OwnedFd,
 ) -> End {
-    let born = Instant::now();
     let mut generation = ctx.generation.clone();
     let current = generation.borrow_and_update().clone();
     let mut worker = match Worker::start(slot, ctx, &current, region).await {
         Ok(worker) => worker,
+        // It never ran: a quick exit, as far as the backoff goes.
         Err(how) => {
             return End::Exited {
                 how,
-                lived: born.elapsed(),
+                lived: Duration::ZERO,
             };
         }
     };
@@ -370,11 +370,18 @@ impl Worker {
         }
     }
 
+    /// Kills the worker. `stopping`: the slot is stopping (as it is
+    /// already when the worker was draining), so its exit ends the slot.
     fn kill(&mut self, stopping: bool) {
         if let Err(e) = self.child.start_kill() {
             // Only when it has exited already, which `wait` reports.
             tracing::debug!(slot = self.slot, error = %e, "could not kill the worker");
         }
+        let stopping = stopping
+            || matches!(
+                self.life,
+                Life::Draining { .. } | Life::Killed { stopping: true }
+            );
         self.life = Life::Killed { stopping };
     }
 

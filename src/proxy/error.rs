@@ -68,53 +68,83 @@ impl ProxyError {
         use BodyError as Body;
         use ConnectError as Connect;
         let (status, fault, kind, detail) = match self {
-            Self::MissingHost => (400, Fault::Client, None, "missing Host header"),
-            Self::NoRoute => (404, Fault::Config, None, "no route for this request"),
-            Self::BodyTooLarge { .. } | Self::ClientBody(Body::TooLarge { .. }) => {
-                (413, Fault::Client, None, "request body too large")
-            }
-            Self::ClientBody(Body::Timeout(_)) => {
-                (408, Fault::Client, None, "request body timed out")
-            }
-            Self::ClientBody(Body::Client(_)) => {
-                (400, Fault::Client, None, "request body incomplete")
-            }
+            Self::MissingHost => (
+                StatusCode::BAD_REQUEST,
+                Fault::Client,
+                None,
+                "missing Host header",
+            ),
+            Self::NoRoute => (
+                StatusCode::NOT_FOUND,
+                Fault::Config,
+                None,
+                "no route for this request",
+            ),
+            Self::BodyTooLarge { .. } | Self::ClientBody(Body::TooLarge { .. }) => (
+                StatusCode::PAYLOAD_TOO_LARGE,
+                Fault::Client,
+                None,
+                "request body too large",
+            ),
+            Self::ClientBody(Body::Timeout(_)) => (
+                StatusCode::REQUEST_TIMEOUT,
+                Fault::Client,
+                None,
+                "request body timed out",
+            ),
+            Self::ClientBody(Body::Client(_)) => (
+                StatusCode::BAD_REQUEST,
+                Fault::Client,
+                None,
+                "request body incomplete",
+            ),
             // Every server is down or failing: the upstream's doing. No
-            // server to count it against; it is logged where it happens.
-            Self::NoServer { .. } => (503, Fault::Upstream, None, "no healthy upstream server"),
-            Self::Connect(Connect::Timeout { .. }) => {
-                (504, Fault::Upstream, Some("timeout"), "upstream timed out")
-            }
+            // server to count it against.
+            Self::NoServer { .. } => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                Fault::Upstream,
+                None,
+                "no healthy upstream server",
+            ),
+            Self::Connect(Connect::Timeout { .. }) => (
+                StatusCode::GATEWAY_TIMEOUT,
+                Fault::Upstream,
+                Some("timeout"),
+                "upstream timed out",
+            ),
             Self::Connect(Connect::Io { .. }) => (
-                502,
+                StatusCode::BAD_GATEWAY,
                 Fault::Upstream,
                 Some("connect"),
                 "upstream unreachable",
             ),
             Self::Connect(Connect::Handshake { .. }) => (
-                502,
+                StatusCode::BAD_GATEWAY,
                 Fault::Upstream,
                 Some("protocol"),
                 "upstream unreachable",
             ),
-            Self::ResponseTimeout(_) => {
-                (504, Fault::Upstream, Some("timeout"), "upstream timed out")
-            }
+            Self::ResponseTimeout(_) => (
+                StatusCode::GATEWAY_TIMEOUT,
+                Fault::Upstream,
+                Some("timeout"),
+                "upstream timed out",
+            ),
             Self::Upstream(e) if e.is_parse() || e.is_parse_status() => (
-                502,
+                StatusCode::BAD_GATEWAY,
                 Fault::Upstream,
                 Some("protocol"),
                 "invalid response from upstream",
             ),
             Self::Upstream(_) => (
-                502,
+                StatusCode::BAD_GATEWAY,
                 Fault::Upstream,
                 Some("reset"),
                 "invalid response from upstream",
             ),
         };
         Verdict {
-            status: StatusCode::from_u16(status).unwrap_or(StatusCode::BAD_GATEWAY),
+            status,
             fault,
             kind,
             detail,

@@ -32,7 +32,7 @@ pub enum ConnectError {
 }
 
 /// How to reach the servers of one upstream.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Connector {
     timeout: Duration,
 }

@@ -1,4 +1,4 @@
-//! Connections to one server: opening them, and keeping them for reuse.
+//! Connections to one server kept for reuse (the connector opens them).
 //!
 //! HTTP/1.1 connections wait in a LIFO list (the most recently used is the
 //! least likely to have been closed by the server) and are closed once idle
@@ -145,9 +145,6 @@ impl Pool {
         idle.swept = next.is_some();
         next
     }
-}
-
-impl Pool {
     /// Takes back an HTTP/1.1 connection whose request and response both
     /// ended.
     pub(super) fn checkin(self: &Arc<Self>, conn: http1::SendRequest<RequestBody>) {

@@ -26,7 +26,7 @@ pub async fn serve(
     stream: TcpStream,
     peer: SocketAddr,
     listener: Arc<ListenerSnapshot>,
-    runtime: SharedSnapshot,
+    snapshot: SharedSnapshot,
     shutdown: CancellationToken,
 ) {
     listener.connections.add(1);
@@ -40,7 +40,7 @@ pub async fn serve(
     let conn = Conn {
         peer,
         listener,
-        runtime,
+        snapshot,
         activity,
         shutdown,
         client,

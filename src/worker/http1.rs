@@ -86,7 +86,7 @@ where
                     Err(e) => {
                         if let Some(status) = conn.activity.take_refused() {
                             let elapsed = conn.activity.head_elapsed().unwrap_or_default();
-                            parse_error::record(&conn.runtime.load(), conn.peer.ip(), status, elapsed);
+                            parse_error::record(&conn.snapshot.load(), conn.peer.ip(), status, elapsed);
                         }
                         return tracing::debug!(client = %conn.peer, error = %e, "connection ended with an error");
                     }

@@ -3,7 +3,7 @@
 //! - [`process`]: the process itself (signals, CPU pinning, its runtime),
 //!   and [`control`]: its side of the control channel (start, reloads,
 //!   health, heartbeats, drain).
-//! - [`server`]: the accept loops over the listening sockets, and drain.
+//! - `server`: the accept loops over the listening sockets, and drain.
 //! - `connection`: one client connection's set-up (TLS or protocol
 //!   sniffing), then `http1` (serving and parking) or `http2`, through the
 //!   `service` every request goes through.

@@ -39,7 +39,7 @@ pub enum Drained {
 /// The accept loops and connections of one worker.
 #[derive(Debug)]
 pub struct Server {
-    runtime: SharedSnapshot,
+    snapshot: SharedSnapshot,
     shutdown: CancellationToken,
     connections: TaskTracker,
     /// Accept loops by listener name; cancelling one stops that loop only.
@@ -54,9 +54,9 @@ struct AcceptLoop {
 }
 
 impl Server {
-    pub fn new(runtime: SharedSnapshot, shutdown: CancellationToken) -> Self {
+    pub fn new(snapshot: SharedSnapshot, shutdown: CancellationToken) -> Self {
         Self {
-            runtime,
+            snapshot,
             shutdown,
             connections: TaskTracker::new(),
             accepting: HashMap::new(),
@@ -70,7 +70,7 @@ impl Server {
         let name = listener.name.clone();
         let task = tokio::spawn(accept_loop(
             listener,
-            self.runtime.clone(),
+            self.snapshot.clone(),
             stop.clone(),
             self.shutdown.clone(),
             self.connections.clone(),
@@ -110,11 +110,11 @@ impl Server {
 /// `drain_timeout`.
 pub async fn serve(
     listeners: Vec<Listener>,
-    runtime: SharedSnapshot,
+    snapshot: SharedSnapshot,
     shutdown: CancellationToken,
     drain_timeout: Duration,
 ) -> Drained {
-    let mut server = Server::new(runtime, shutdown.clone());
+    let mut server = Server::new(snapshot, shutdown.clone());
     for listener in listeners {
         server.listen(listener).await;
     }
@@ -124,7 +124,7 @@ pub async fn serve(
 
 async fn accept_loop(
     listener: Listener,
-    runtime: SharedSnapshot,
+    snapshot: SharedSnapshot,
     stop: CancellationToken,
     shutdown: CancellationToken,
     connections: TaskTracker,
@@ -132,7 +132,7 @@ async fn accept_loop(
     while let Some((stream, peer)) = accept::next(&listener.socket, &listener.name, &stop).await {
         // Each connection reads its listener's settings (timeouts,
         // certificates) from the snapshot current when it arrives.
-        let Some(settings) = runtime.load().listener(&listener.name).cloned() else {
+        let Some(settings) = snapshot.load().listener(&listener.name).cloned() else {
             tracing::debug!(listener = %listener.name, "listener is no longer configured; refusing");
             continue;
         };
@@ -142,7 +142,7 @@ async fn accept_loop(
             stream,
             peer,
             settings,
-            runtime.clone(),
+            snapshot.clone(),
             shutdown.clone(),
         )));
     }

@@ -26,7 +26,7 @@ use crate::snapshot::{ListenerSnapshot, SharedSnapshot};
 pub struct Conn {
     pub peer: SocketAddr,
     pub listener: Arc<ListenerSnapshot>,
-    pub runtime: SharedSnapshot,
+    pub snapshot: SharedSnapshot,
     pub activity: Arc<Activity>,
     pub shutdown: CancellationToken,
     pub client: Arc<Client>,
@@ -45,12 +45,12 @@ pub fn service(
 + Send
 + use<> {
     let activity = conn.activity.clone();
-    let runtime = conn.runtime.clone();
+    let shared = conn.snapshot.clone();
     let client = conn.client.clone();
     service_fn(move |request: Request<Incoming>| {
         let multiplexed = request.version() == Version::HTTP_2;
         let guard = activity.begin(multiplexed);
-        let snapshot = runtime.load_full();
+        let snapshot = shared.load_full();
         let client = client.clone();
         // A combinator, not an `async` block (see `proxy::handle`).
         proxy::handle(snapshot, client, request).map(move |mut response| {
