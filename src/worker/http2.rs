@@ -1,7 +1,9 @@
 //! Serving a client connection over HTTP/2: its streams run inside the
 //! connection's own task, and the responses that finish together leave in
 //! one write (see `batched_writes`). The header and keep-alive timeouts end
-//! the connection with GOAWAY, as a drain does.
+//! the connection with GOAWAY, as a drain does. Settings a client may ask
+//! of an HTTP/2 connection (extended CONNECT for WebSockets, RFC 8441) are
+//! set here.
 
 use std::pin::Pin;
 use std::sync::{Arc, Mutex, MutexGuard};
