@@ -3,7 +3,7 @@
 //! one write (see `batched_writes`). The header and keep-alive timeouts end
 //! the connection with GOAWAY, as a drain does. Settings a client may ask
 //! of an HTTP/2 connection (extended CONNECT for WebSockets, RFC 8441) are
-//! set here.
+//! belong here.
 
 use std::pin::Pin;
 use std::sync::{Arc, Mutex, MutexGuard};
