@@ -2,7 +2,7 @@
 //! connection's own task, and the responses that finish together leave in
 //! one write (see `batched_writes`). The header and keep-alive timeouts end
 //! the connection with GOAWAY, as a drain does. Settings a client may ask
-//! of an HTTP/2 connection (extended CONNECT for WebSockets, RFC 8441) are
+//! of an HTTP/2 connection (extended CONNECT for WebSockets, RFC 8441)
 //! belong here.
 
 use std::pin::Pin;
