@@ -1,0 +1,44 @@
+//! The admin endpoint from a test: one call, and what a `/status`
+//! document says of the workers.
+
+use std::net::SocketAddr;
+
+use http::StatusCode;
+
+use super::patience::patiently;
+
+pub async fn admin_call(
+    addr: SocketAddr,
+    method: http::Method,
+    path: &str,
+) -> (StatusCode, String) {
+    patiently(
+        &format!("{method} {path} on the admin endpoint"),
+        corral::admin::client::call(addr, method.clone(), path),
+    )
+    .await
+    .unwrap()
+}
+
+/// Worker pids by slot in a `/status` document; every slot must have one.
+pub fn pids_of(status: &serde_json::Value) -> Vec<u64> {
+    status["workers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|w| {
+            w["pid"]
+                .as_u64()
+                .unwrap_or_else(|| panic!("no worker: {w}"))
+        })
+        .collect()
+}
+
+/// Whether every worker slot in a `/status` document is serving.
+pub fn all_ready(status: &serde_json::Value) -> bool {
+    status["workers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .all(|w| w["state"] == "ready")
+}

@@ -1,0 +1,176 @@
+//! The readiness notices corral sends its service manager (sd_notify(3)):
+//! the socket a test listens on, and each notice parsed.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::Path;
+
+use tokio::sync::watch;
+
+use super::patience::PATIENCE;
+
+/// One datagram corral sent to its `NOTIFY_SOCKET` (sd_notify(3)): its
+/// `KEY=VALUE` lines, in order.
+#[derive(Debug, Clone)]
+pub struct Notice(Vec<(String, String)>);
+
+impl Notice {
+    fn parse(datagram: &[u8]) -> Self {
+        let text = String::from_utf8_lossy(datagram);
+        let fields = text
+            .lines()
+            .map(|l| {
+                let (key, value) = l.split_once('=').unwrap_or((l, ""));
+                (key.to_owned(), value.to_owned())
+            })
+            .collect();
+        Self(fields)
+    }
+
+    pub fn get(&self, key: &str) -> Option<&str> {
+        self.0
+            .iter()
+            .find(|(k, _)| k == key)
+            .map(|(_, v)| v.as_str())
+    }
+
+    pub fn keys(&self) -> Vec<&str> {
+        self.0.iter().map(|(k, _)| k.as_str()).collect()
+    }
+
+    /// `READY=1`: every worker slot serves (at startup, or as a reload ends).
+    pub fn is_ready(&self) -> bool {
+        self.get("READY") == Some("1")
+    }
+
+    pub fn is_reloading(&self) -> bool {
+        self.get("RELOADING") == Some("1")
+    }
+
+    pub fn is_stopping(&self) -> bool {
+        self.get("STOPPING") == Some("1")
+    }
+
+    pub fn main_pid(&self) -> Option<u32> {
+        self.get("MAINPID")?.parse().ok()
+    }
+
+    pub fn generation(&self) -> Option<u64> {
+        self.get("X_CORRAL_GENERATION")?.parse().ok()
+    }
+
+    /// `X_CORRAL_LISTENERS`: each listener's bound address by name.
+    pub fn listeners(&self) -> HashMap<String, SocketAddr> {
+        let value = self
+            .get("X_CORRAL_LISTENERS")
+            .unwrap_or_else(|| panic!("no X_CORRAL_LISTENERS in {self:?}"));
+        value
+            .split_whitespace()
+            .map(|pair| {
+                let (name, addr) = pair.split_once('=').unwrap();
+                (name.to_owned(), addr.parse().unwrap())
+            })
+            .collect()
+    }
+
+    /// `X_CORRAL_ADMIN`: the admin endpoint's address, if there is one.
+    pub fn admin(&self) -> Option<SocketAddr> {
+        Some(self.get("X_CORRAL_ADMIN")?.parse().unwrap())
+    }
+}
+
+/// The service manager's end of sd_notify(3): a datagram socket that
+/// corral is pointed at with `NOTIFY_SOCKET`, and every notice it has
+/// received so far (from every corral process that inherited the variable).
+pub struct Notices {
+    /// `NOTIFY_SOCKET`'s value for it.
+    address: std::ffi::OsString,
+    received: watch::Receiver<Vec<Notice>>,
+    /// Shut down when dropped, which ends the receiving thread.
+    socket: std::os::unix::net::UnixDatagram,
+}
+
+impl Notices {
+    /// A socket at `path` (in the test's temp dir).
+    pub fn bind(path: &Path) -> Self {
+        let socket = std::os::unix::net::UnixDatagram::bind(path).unwrap();
+        Self::receive(socket, path.as_os_str().to_owned())
+    }
+
+    /// A socket in the abstract namespace, `@name` in `NOTIFY_SOCKET`.
+    pub fn bind_abstract(name: &str) -> Self {
+        use std::os::linux::net::SocketAddrExt;
+        let addr = std::os::unix::net::SocketAddr::from_abstract_name(name).unwrap();
+        let socket = std::os::unix::net::UnixDatagram::bind_addr(&addr).unwrap();
+        Self::receive(socket, format!("@{name}").into())
+    }
+
+    /// A thread reads each datagram as it comes: corral sends without
+    /// waiting, so a queue left unread would lose notices.
+    fn receive(socket: std::os::unix::net::UnixDatagram, address: std::ffi::OsString) -> Self {
+        let reader = socket.try_clone().unwrap();
+        let (notices, received) = watch::channel(Vec::new());
+        std::thread::spawn(move || {
+            let mut buf = vec![0; 64 * 1024];
+            // 0 bytes: shut down (corral never sends an empty datagram).
+            while let Ok(n @ 1..) = reader.recv(&mut buf) {
+                let notice = Notice::parse(&buf[..n]);
+                eprintln!("[notify] {notice:?}");
+                notices.send_modify(|all| all.push(notice));
+            }
+        });
+        Self {
+            address,
+            received,
+            socket,
+        }
+    }
+
+    /// The value to give corral as `NOTIFY_SOCKET`.
+    pub fn address(&self) -> &std::ffi::OsStr {
+        &self.address
+    }
+
+    /// Every notice received so far.
+    pub fn all(&self) -> Vec<Notice> {
+        self.received.borrow().clone()
+    }
+
+    /// Waits until `n` notices satisfy `matches` (seen before or after
+    /// now) and returns them; `what` names them if they do not come.
+    pub async fn wait_for(
+        &self,
+        what: &str,
+        n: usize,
+        matches: impl Fn(&Notice) -> bool,
+    ) -> Vec<Notice> {
+        let mut received = self.received.clone();
+        let enough = |all: &Vec<Notice>| all.iter().filter(|m| matches(m)).count() >= n;
+        match tokio::time::timeout(PATIENCE, received.wait_for(enough)).await {
+            Ok(Ok(all)) => all.iter().filter(|m| matches(m)).cloned().collect(),
+            _ => panic!(
+                "fewer than {n} notices {what}; received: {:#?}",
+                self.received.borrow()
+            ),
+        }
+    }
+
+    /// The first `READY=1` of generation `generation`.
+    pub async fn wait_ready(&self, generation: u64) -> Notice {
+        let what = format!("READY=1 of generation {generation}");
+        let ready = |m: &Notice| m.is_ready() && m.generation() == Some(generation);
+        self.wait_for(&what, 1, ready).await.remove(0)
+    }
+
+    /// The first `n` `READY=1` notices: startup is the first, and the end
+    /// of each reload, applied or not, one more.
+    pub async fn wait_readies(&self, n: usize) -> Vec<Notice> {
+        self.wait_for("READY=1", n, Notice::is_ready).await
+    }
+}
+
+impl Drop for Notices {
+    fn drop(&mut self) {
+        let _ = self.socket.shutdown(std::net::Shutdown::Read);
+    }
+}
