@@ -21,7 +21,7 @@
 //! [`admin`] or [`config`], directly or through another file: a worker reads
 //! no file and parses no config, it builds what it serves from the plan
 //! alone. No two source files import each other, directly or around a loop.
-//! No file is over 800 lines, no function over 100. `tests/layout.rs` holds
+//! No file is over 800 lines, no function over 100. `tests/layout/` holds
 //! the source tree to all of this.
 //!
 //! # Map
