@@ -274,14 +274,14 @@ async fn exchange(
         };
         let (conn, lease) = picked.connect(snapshot, &mut rng, &mut now).await?;
         (index, may_move) = (picked.index, picked.may_move);
-        let server = lease.server().clone();
+        let server = &upstream.servers[index];
         let deadline = response_deadline(upstream, &mut outgoing.body_sent, now);
         let (sent, reusable) = match conn {
             Conn::Http1(mut sender) => {
                 let result = tokio::select! {
                     biased;
                     r = sender.try_send_request(outgoing.request) => r,
-                    timeout = deadline => return Err(failed(snapshot, upstream, &server, ProxyError::ResponseTimeout(timeout))),
+                    timeout = deadline => return Err(failed(snapshot, upstream, server, ProxyError::ResponseTimeout(timeout))),
                 };
                 (result, Some(sender))
             }
@@ -289,7 +289,7 @@ async fn exchange(
                 let result = tokio::select! {
                     biased;
                     r = sender.try_send_request(outgoing.request) => r,
-                    timeout = deadline => return Err(failed(snapshot, upstream, &server, ProxyError::ResponseTimeout(timeout))),
+                    timeout = deadline => return Err(failed(snapshot, upstream, server, ProxyError::ResponseTimeout(timeout))),
                 };
                 (result, None)
             }
@@ -316,7 +316,7 @@ async fn exchange(
                 }
                 _ => {
                     let e = ProxyError::from_send(e.into_error());
-                    return Err(failed(snapshot, upstream, &server, e));
+                    return Err(failed(snapshot, upstream, server, e));
                 }
             },
         }
