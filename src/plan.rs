@@ -89,6 +89,19 @@ pub struct ListenerConfig {
     pub max_request_body: Option<u64>,
     /// Largest request head (request line and headers) accepted.
     pub max_header_bytes: usize,
+    /// What an encoded slash or backslash in a request path gets.
+    pub path_encoded_slashes: EncodedSlashes,
+}
+
+/// What a listener does with `%2F` and `%5C` in a request path.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum EncodedSlashes {
+    /// 400: the upstream might decode it into a path the router never saw.
+    Reject,
+    /// Into `/` and `\`, before dot segments are resolved.
+    Decode,
+    /// Passed on as is.
+    Keep,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -210,6 +210,10 @@ fn listener(l: &ListenerConfig) -> Fields {
             l.max_request_body.map_or(UNSET.into(), |b| b.to_string()),
         ),
         ("max_header_bytes", l.max_header_bytes.to_string()),
+        (
+            "path_encoded_slashes",
+            string(format!("{:?}", l.path_encoded_slashes).to_lowercase()),
+        ),
     ]
 }
 
@@ -314,7 +318,7 @@ servers = [{ addr = "127.0.0.1:9001" }, { addr = "127.0.0.1:9002" }]
             [
                 "~ runtime: workers 2 -> 4",
                 "~ listener `public`: listen \"127.0.0.1:8080\" -> \"127.0.0.1:8081\"",
-                "+ listener `internal` (listen \"127.0.0.1:9000\", backlog 1024, header_timeout \"10s\", keepalive_timeout \"1m\", body_timeout \"1m\", max_header_bytes 65536)",
+                "+ listener `internal` (listen \"127.0.0.1:9000\", backlog 1024, header_timeout \"10s\", keepalive_timeout \"1m\", body_timeout \"1m\", max_header_bytes 65536, path_encoded_slashes \"reject\")",
                 "+ route `v2` (path_prefix \"/v2/\", upstream \"api\", strip_prefix false)",
                 "+ server 127.0.0.1:9003 in upstream `api` (weight 2)",
                 "- server 127.0.0.1:9002 in upstream `api`",

@@ -162,6 +162,25 @@ upstream = "api"
     }
 
     #[test]
+    fn encoded_slashes_are_rejected_unless_a_listener_decodes_or_keeps_them() {
+        let policy = |v: &str| {
+            accepted(&listener(&format!("path_encoded_slashes = \"{v}\""))).listeners[1]
+                .path_encoded_slashes
+        };
+        assert_eq!(
+            accepted("").listeners[0].path_encoded_slashes,
+            EncodedSlashes::Reject
+        );
+        assert_eq!(policy("reject"), EncodedSlashes::Reject);
+        assert_eq!(policy("decode"), EncodedSlashes::Decode);
+        assert_eq!(policy("keep"), EncodedSlashes::Keep);
+        rejected(
+            &listener("path_encoded_slashes = \"allow\""),
+            "listeners.path_encoded_slashes: unknown variant `allow`",
+        );
+    }
+
+    #[test]
     fn listeners_may_share_port_0_but_no_other_address() {
         let c = accepted(
             &listener("")

@@ -75,6 +75,15 @@ pub struct RawListener {
     pub body_timeout: Option<Text>,
     pub max_request_body: Option<Spanned<IntOrString>>,
     pub max_header_bytes: Option<Spanned<IntOrString>>,
+    pub path_encoded_slashes: Option<RawEncodedSlashes>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RawEncodedSlashes {
+    Reject,
+    Decode,
+    Keep,
 }
 
 #[derive(Debug, Deserialize)]

@@ -252,6 +252,11 @@ impl Validator<'_> {
                 body_timeout,
                 max_request_body,
                 max_header_bytes,
+                path_encoded_slashes: match l.path_encoded_slashes {
+                    None | Some(RawEncodedSlashes::Reject) => EncodedSlashes::Reject,
+                    Some(RawEncodedSlashes::Decode) => EncodedSlashes::Decode,
+                    Some(RawEncodedSlashes::Keep) => EncodedSlashes::Keep,
+                },
             });
         }
         out

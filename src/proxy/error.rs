@@ -10,6 +10,7 @@
 
 use http::{Response, StatusCode, header};
 
+use super::path::PathError;
 use crate::body::request::BodyError;
 use crate::body::response::ResponseBody;
 use crate::upstream::ConnectError;
@@ -26,6 +27,8 @@ pub enum Fault {
 pub enum ProxyError {
     #[error("request has no Host header")]
     MissingHost,
+    #[error(transparent)]
+    BadPath(#[from] PathError),
     #[error("no route matches the request")]
     NoRoute,
     #[error("request body of {length} bytes exceeds the limit of {limit}")]
@@ -73,6 +76,18 @@ impl ProxyError {
                 Fault::Client,
                 None,
                 "missing Host header",
+            ),
+            Self::BadPath(PathError::EncodedSlash) => (
+                StatusCode::BAD_REQUEST,
+                Fault::Client,
+                None,
+                "encoded slash in path",
+            ),
+            Self::BadPath(PathError::BadEscape) => (
+                StatusCode::BAD_REQUEST,
+                Fault::Client,
+                None,
+                "malformed path",
             ),
             Self::NoRoute => (
                 StatusCode::NOT_FOUND,

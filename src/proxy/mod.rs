@@ -9,10 +9,12 @@
 
 mod error;
 pub mod headers;
+pub mod path;
 mod upgrade;
 
 pub use upgrade::Tunnel;
 
+use std::borrow::Cow;
 use std::future::Future;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
@@ -33,7 +35,7 @@ use crate::balance::hash_key;
 use crate::body::request::{BodySent, RequestBody};
 use crate::body::response::{Completion, ResponseBody};
 use crate::metrics::RouteSeries;
-use crate::plan::{HashKey, Protocol};
+use crate::plan::{EncodedSlashes, HashKey, Protocol};
 use crate::routing::{Route, rewrite_path};
 use crate::snapshot::{ListenerSnapshot, Snapshot};
 use crate::upstream::{Conn, Lease, Server, Upstream};
@@ -80,19 +82,25 @@ impl Client {
 pub fn handle(
     snapshot: Arc<Snapshot>,
     client: Arc<Client>,
-    request: Request<Incoming>,
+    mut request: Request<Incoming>,
 ) -> impl Future<Output = Response<ResponseBody>> + Send + 'static {
     let started = Instant::now();
     let log = snapshot
         .access_log
         .as_ref()
         .map(|l| Box::new(l.entry(&request, client.addr.ip())));
+    // The path routed is the path forwarded: normalised first.
+    let normalized = normalize_path(&mut request, client.listener.config.path_encoded_slashes);
     let host = request_host(&request);
-    let route = route_of(&snapshot, &request, host.as_ref());
+    let route = normalized
+        .is_ok()
+        .then(|| route_of(&snapshot, &request, host.as_ref()))
+        .flatten();
     let series = route
         .map_or(&snapshot.unrouted, |r| &snapshot.route_series[r.index])
         .clone();
-    let outgoing = prepare(&snapshot, &client, request, host, route, &series, started);
+    let outgoing = normalized
+        .and_then(|()| prepare(&snapshot, &client, request, host, route, &series, started));
     let answer = Answer {
         client,
         series,
@@ -144,6 +152,26 @@ impl Answer {
             })
         })
     }
+}
+
+/// Normalises the request's path in place (see [`path`]), keeping its
+/// query; most paths are normal already and cost one scan.
+fn normalize_path<B>(request: &mut Request<B>, slashes: EncodedSlashes) -> Result<(), ProxyError> {
+    let uri = request.uri();
+    let mut target = match path::normalize(uri.path(), slashes)? {
+        Cow::Borrowed(_) => return Ok(()),
+        Cow::Owned(normal) => normal,
+    };
+    if let Some(query) = uri.query() {
+        target.push('?');
+        target.push_str(query);
+    }
+    let mut parts = uri.clone().into_parts();
+    // What normalising makes of a valid target is a valid target.
+    parts.path_and_query =
+        Some(PathAndQuery::try_from(target).map_err(|_| path::PathError::BadEscape)?);
+    *request.uri_mut() = Uri::from_parts(parts).map_err(|_| path::PathError::BadEscape)?;
+    Ok(())
 }
 
 /// The route for a request with `host`, if any (none also when HTTP/1.1
