@@ -5,6 +5,7 @@
 mod common;
 
 use std::collections::HashSet;
+use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use common::*;
@@ -63,18 +64,11 @@ async fn wait_stopped(pid: u64) {
 /// port `port`: the connections it accepted on that listener.
 fn clients_held_by(pid: u64, port: u16) -> HashSet<u16> {
     let inodes = socket_inodes(pid);
-    std::fs::read_to_string("/proc/net/tcp")
-        .unwrap()
-        .lines()
-        .skip(1)
-        .filter_map(|l| {
-            let f: Vec<&str> = l.split_whitespace().collect();
-            let local = u16::from_str_radix(f[1].rsplit(':').next()?, 16).ok()?;
-            let remote = u16::from_str_radix(f[2].rsplit(':').next()?, 16).ok()?;
-            let inode: u64 = f[9].parse().ok()?;
-            // 0A is LISTEN: the slot's socket itself, not a connection.
-            (local == port && f[3] != "0A" && inodes.contains(&inode)).then_some(remote)
-        })
+    tcp_sockets()
+        .into_iter()
+        // A listening one is the slot's socket itself, not a connection.
+        .filter(|s| s.local.port() == port && !s.listening && inodes.contains(&s.inode))
+        .map(|s| s.remote.port())
         .collect()
 }
 
@@ -357,6 +351,17 @@ async fn a_failed_upgrade_leaves_the_old_master_serving() {
     );
 }
 
+/// `GET /held` to `addr`, for a test whose upstream never answers it.
+async fn send_held(
+    addr: SocketAddr,
+) -> Result<http::Response<hyper::body::Incoming>, hyper::Error> {
+    let request = http::Request::get("/held")
+        .header("host", "x")
+        .body(empty())
+        .unwrap();
+    H1::connect(addr).await.send(request).await
+}
+
 #[tokio::test]
 async fn workers_leave_when_the_master_is_killed() {
     let (app, arrived, _release) = holding().await;
@@ -369,13 +374,7 @@ async fn workers_leave_when_the_master_is_killed() {
     // A request the upstream never answers: its worker leaves only by
     // draining for shutdown_timeout and then cutting it.
     let addr = corral.addr("public");
-    let _held = tokio::spawn(async move {
-        let request = http::Request::get("/held")
-            .header("host", "x")
-            .body(empty())
-            .unwrap();
-        H1::connect(addr).await.send(request).await
-    });
+    let _held = tokio::spawn(send_held(addr));
     patiently("the held request to arrive", arrived)
         .await
         .unwrap();
@@ -531,13 +530,7 @@ async fn sigquit_stops_at_once() {
     // A request in flight that the upstream never answers: a graceful stop
     // would wait the whole shutdown_timeout for it.
     let addr = corral.addr("public");
-    let _held = tokio::spawn(async move {
-        let request = http::Request::get("/held")
-            .header("host", "x")
-            .body(empty())
-            .unwrap();
-        H1::connect(addr).await.send(request).await
-    });
+    let _held = tokio::spawn(send_held(addr));
     patiently("the held request to arrive", arrived)
         .await
         .unwrap();

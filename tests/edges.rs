@@ -468,22 +468,6 @@ async fn a_pause_over_body_timeout_after_some_of_the_body_gets_408_at_the_timeou
 
 const CHECK_INTERVAL: Duration = Duration::from_secs(1);
 
-/// Whether, of ten requests (all answered), `a_share` went to `a` and the
-/// rest to `b`.
-async fn spread(addr: SocketAddr, a_share: usize) -> bool {
-    let mut a_count = 0;
-    for _ in 0..10 {
-        let reply = get(addr, "/", &[]).await;
-        assert_eq!(reply.status, StatusCode::OK, "{reply:?}");
-        match reply.backend().as_str() {
-            "a" => a_count += 1,
-            "b" => {}
-            other => panic!("answered by {other:?}"),
-        }
-    }
-    a_count == a_share
-}
-
 #[tokio::test(start_paused = true)]
 async fn a_health_check_answered_3xx_passes_and_one_answered_4xx_fails() {
     // `a`'s `/healthz` answers with `code`; a redirect points at a page that

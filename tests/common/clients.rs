@@ -292,3 +292,19 @@ impl Load {
         failures
     }
 }
+
+/// Whether, of ten requests to `addr` (all answered), `a_share` went to
+/// the echo named `a` and the rest to `b`.
+pub async fn spread(addr: SocketAddr, a_share: usize) -> bool {
+    let mut a_count = 0;
+    for _ in 0..10 {
+        let reply = get(addr, "/", &[]).await;
+        assert_eq!(reply.status, StatusCode::OK, "{reply:?}");
+        match reply.backend().as_str() {
+            "a" => a_count += 1,
+            "b" => {}
+            other => panic!("answered by {other:?}"),
+        }
+    }
+    a_count == a_share
+}

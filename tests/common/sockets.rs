@@ -1,5 +1,5 @@
-//! Loopback sockets that hold a port without serving it, and the listening
-//! sockets the kernel reports on an address.
+//! Loopback sockets that hold a port without serving it, and the TCP
+//! sockets the kernel reports (`/proc/net/tcp`).
 
 use std::net::SocketAddr;
 
@@ -20,28 +20,50 @@ pub fn refusing_addr() -> (Refusing, SocketAddr) {
     (Refusing(socket), addr)
 }
 
-/// Inodes of the TCP sockets listening on exactly `addr` (IPv4). The
-/// address counts, not only the port: a port number in use on one loopback
-/// address may be handed out again on another.
-pub fn listening_inodes(addr: SocketAddr) -> std::collections::HashSet<u64> {
-    let std::net::IpAddr::V4(ip) = addr.ip() else {
-        panic!("{addr} is not IPv4");
+/// One IPv4 TCP socket as `/proc/net/tcp` reports it.
+#[derive(Debug, Clone, Copy)]
+pub struct TcpSocket {
+    pub local: SocketAddr,
+    pub remote: SocketAddr,
+    pub listening: bool,
+    pub inode: u64,
+}
+
+/// Every IPv4 TCP socket of this network namespace.
+pub fn tcp_sockets() -> Vec<TcpSocket> {
+    // `0100007F:1F90`: the address as the kernel stores it, then the port.
+    let addr = |field: &str| -> Option<SocketAddr> {
+        let (ip, port) = field.split_once(':')?;
+        let ip = u32::from_str_radix(ip, 16).ok()?;
+        let ip = std::net::Ipv4Addr::from(ip.to_ne_bytes());
+        Some(SocketAddr::from((ip, u16::from_str_radix(port, 16).ok()?)))
     };
-    let wanted = format!(
-        "{:08X}:{:04X}",
-        u32::from_ne_bytes(ip.octets()),
-        addr.port()
-    );
     std::fs::read_to_string("/proc/net/tcp")
         .unwrap()
         .lines()
         .skip(1)
         .filter_map(|l| {
             let f: Vec<&str> = l.split_whitespace().collect();
-            (f[1] == wanted && f[3] == "0A")
-                .then(|| f[9].parse().ok())
-                .flatten()
+            Some(TcpSocket {
+                local: addr(f[1])?,
+                remote: addr(f[2])?,
+                // 0A is LISTEN.
+                listening: f[3] == "0A",
+                inode: f[9].parse().ok()?,
+            })
         })
+        .collect()
+}
+
+/// Inodes of the TCP sockets listening on exactly `addr` (IPv4). The
+/// address counts, not only the port: a port number in use on one loopback
+/// address may be handed out again on another.
+pub fn listening_inodes(addr: SocketAddr) -> std::collections::HashSet<u64> {
+    assert!(addr.is_ipv4(), "{addr} is not IPv4");
+    tcp_sockets()
+        .into_iter()
+        .filter(|s| s.listening && s.local == addr)
+        .map(|s| s.inode)
         .collect()
 }
 
