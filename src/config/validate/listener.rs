@@ -1,0 +1,174 @@
+//! `[[listeners]]`: addresses, limits, timeouts and certificates.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::ops::Range;
+use std::path::Path;
+use std::time::Duration;
+
+use toml::Spanned;
+
+use crate::config::raw::*;
+use crate::plan::*;
+use crate::tls::TlsError;
+
+use super::validator::{Names, Validator};
+
+const DEFAULT_BACKLOG: u32 = 1024;
+const DEFAULT_HEADER_TIMEOUT: Duration = Duration::from_secs(10);
+const DEFAULT_KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(60);
+const DEFAULT_BODY_TIMEOUT: Duration = Duration::from_secs(60);
+const DEFAULT_MAX_HEADER_BYTES: usize = 64 * 1024;
+/// hyper needs room for at least one full read buffer.
+const MIN_HEADER_BYTES: u64 = 8 * 1024;
+const MAX_HEADER_BYTES: u64 = 1024 * 1024;
+
+impl Validator<'_> {
+    pub fn listeners(&mut self, raw: Vec<Spanned<RawListener>>) -> Vec<ListenerConfig> {
+        let mut names = Names::new("listener");
+        let mut addrs: HashMap<SocketAddr, String> = HashMap::new();
+        let mut out = Vec::new();
+        for item in raw {
+            let l = item.into_inner();
+            names.check(self, &l.name);
+            // A bad address still leaves the rest of the listener to check.
+            let addr = self.socket_addr(&l.listen, "listeners.listen");
+            // Port 0 asks for any free port, so two such listeners never clash.
+            let taken = match addr {
+                Some(addr) if addr.port() != 0 => addrs.insert(addr, l.name.get_ref().clone()),
+                _ => None,
+            };
+            if let (Some(addr), Some(other)) = (addr, taken) {
+                self.problem(
+                    l.listen.span(),
+                    format!("listeners.listen: {addr} is already used by listener `{other}`"),
+                );
+            }
+            let tls = l.tls.map(|t| self.tls(t));
+            let backlog = l
+                .backlog
+                .and_then(|b| self.int_in(&b, 1, 65535, "listeners.backlog"))
+                .and_then(|b| u32::try_from(b).ok())
+                .unwrap_or(DEFAULT_BACKLOG);
+            let max_request_body = l
+                .max_request_body
+                .and_then(|s| self.size(&s, 1, u64::MAX, "listeners.max_request_body"));
+            let max_header_bytes = l
+                .max_header_bytes
+                .and_then(|s| {
+                    self.size(
+                        &s,
+                        MIN_HEADER_BYTES,
+                        MAX_HEADER_BYTES,
+                        "listeners.max_header_bytes",
+                    )
+                })
+                .and_then(|n| usize::try_from(n).ok())
+                .unwrap_or(DEFAULT_MAX_HEADER_BYTES);
+            let header_timeout = self.timeout(
+                l.header_timeout.as_ref(),
+                "listeners.header_timeout",
+                DEFAULT_HEADER_TIMEOUT,
+            );
+            let keepalive_timeout = self.timeout(
+                l.keepalive_timeout.as_ref(),
+                "listeners.keepalive_timeout",
+                DEFAULT_KEEPALIVE_TIMEOUT,
+            );
+            let body_timeout = self.timeout(
+                l.body_timeout.as_ref(),
+                "listeners.body_timeout",
+                DEFAULT_BODY_TIMEOUT,
+            );
+            let Some(addr) = addr else {
+                continue;
+            };
+            out.push(ListenerConfig {
+                name: l.name.into_inner(),
+                addr,
+                tls: tls.flatten(),
+                backlog,
+                header_timeout,
+                keepalive_timeout,
+                body_timeout,
+                max_request_body,
+                max_header_bytes,
+                path_encoded_slashes: match l.path_encoded_slashes {
+                    None | Some(RawEncodedSlashes::Reject) => EncodedSlashes::Reject,
+                    Some(RawEncodedSlashes::Decode) => EncodedSlashes::Decode,
+                    Some(RawEncodedSlashes::Keep) => EncodedSlashes::Keep,
+                },
+            });
+        }
+        out
+    }
+
+    pub fn tls(&mut self, raw: Spanned<RawTls>) -> Option<TlsConfig> {
+        let certs = raw.into_inner().certificates;
+        if certs.get_ref().is_empty() {
+            // Emptied by parsing, which reported why.
+            if !self.dropped.elements.contains(&certs.span()) {
+                self.problem(
+                    certs.span(),
+                    "listeners.tls.certificates: at least one { cert, key } pair is needed",
+                );
+            }
+            return None;
+        }
+        let mut certificates = Vec::new();
+        for c in certs.into_inner() {
+            certificates.extend(self.certificate(&c));
+        }
+        (!certificates.is_empty()).then_some(TlsConfig { certificates })
+    }
+
+    /// Reads a chain and its key, once: the plan carries these bytes, so
+    /// what was checked here is what every worker serves. Both files are
+    /// read, so that two unreadable files are two problems reported at once.
+    pub fn certificate(&mut self, raw: &RawCertificate) -> Option<CertificateConfig> {
+        let cert = self.base.join(raw.cert.get_ref());
+        let key = self.base.join(raw.key.get_ref());
+        let mut read = |path: &Path, what: &str, span: Range<usize>| {
+            let text = std::fs::read(path)
+                .map_err(|e| e.to_string())
+                .and_then(|bytes| {
+                    String::from_utf8(bytes)
+                        .map_err(|e| format!("not PEM text ({})", e.utf8_error()))
+                });
+            text.map_err(|e| {
+                self.problem(
+                    span,
+                    format!("listeners.tls: cannot read {what} {}: {e}", path.display()),
+                );
+            })
+            .ok()
+        };
+        let chain = read(&cert, "certificate", raw.cert.span());
+        let key_pem = read(&key, "private key", raw.key.span());
+        let pem = CertifiedPem {
+            chain: chain?,
+            key: key_pem?,
+        };
+        let (at, why) = match crate::tls::certified_key(&pem) {
+            Ok(_) => return Some(CertificateConfig { cert, key, pem }),
+            Err(e @ TlsError::Chain(_)) => (
+                raw.cert.span(),
+                format!("cannot read certificate {}: {e}", cert.display()),
+            ),
+            Err(e @ TlsError::Key(_)) => (
+                raw.key.span(),
+                format!("cannot read private key {}: {e}", key.display()),
+            ),
+            Err(e) => (
+                raw.key.span(),
+                format!(
+                    "key {} does not fit certificate {}: {e}",
+                    key.display(),
+                    cert.display()
+                ),
+            ),
+        };
+        self.problem(at, format!("listeners.tls: {why}"));
+        None
+    }
+}

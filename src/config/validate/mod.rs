@@ -1,0 +1,52 @@
+//! [`RawConfig`] -> [`Plan`]: meaning, defaults, cross-references, and the
+//! certificate files read and checked.
+//!
+//! Each check records a [`Problem`] at the span of the value at fault and
+//! carries on, so one run reports everything wrong with the file. One file
+//! per section; `validator.rs` holds the checks of single values they share.
+
+mod listener;
+mod route;
+mod runtime;
+mod upstream;
+mod validator;
+
+use std::path::Path;
+
+use super::error::Problem;
+use super::raw::*;
+use crate::plan::*;
+use validator::Validator;
+
+pub fn validate(path: &Path, raw: RawConfig, problems: &mut Vec<Problem>) -> Option<Plan> {
+    let mut v = Validator::new(path, problems, raw.dropped);
+    let runtime = v.runtime(raw.runtime);
+    let admin = raw.admin.and_then(|a| {
+        v.socket_addr(&a.listen, "admin.listen")
+            .map(|listen| AdminConfig { listen })
+    });
+    let access_log = raw.access_log.map(|a| AccessLogConfig {
+        target: v.log_target(&a.path),
+        format: match a.format {
+            None | Some(RawLogFormat::Json) => LogFormat::Json,
+            Some(RawLogFormat::Combined) => LogFormat::Combined,
+        },
+    });
+    let listeners = v.listeners(raw.listeners);
+    if listeners.is_empty() && v.problems.is_empty() {
+        v.problem(
+            0..0,
+            "no listeners: add a [[listeners]] table with a name and a listen address",
+        );
+    }
+    let upstreams = v.upstreams(raw.upstreams);
+    let routes = v.routes(raw.routes, &upstreams);
+    Some(Plan {
+        runtime,
+        admin,
+        access_log,
+        listeners,
+        routes,
+        upstreams,
+    })
+}

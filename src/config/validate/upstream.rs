@@ -1,0 +1,220 @@
+//! `[[upstreams]]`: servers, balancing and health checks.
+
+use std::collections::HashSet;
+use std::num::NonZeroU32;
+use std::time::Duration;
+
+use http::HeaderName;
+use toml::Spanned;
+
+use crate::config::raw::*;
+use crate::plan::*;
+
+use super::validator::{Names, Validator};
+
+const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+const DEFAULT_RESPONSE_TIMEOUT: Duration = Duration::from_secs(60);
+const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(20);
+const DEFAULT_MAX_IDLE_PER_SERVER: usize = 128;
+const DEFAULT_FAIL_TIMEOUT: Duration = Duration::from_secs(10);
+const DEFAULT_HEALTH_PATH: &str = "/";
+const DEFAULT_HEALTH_INTERVAL: Duration = Duration::from_secs(5);
+const DEFAULT_HEALTH_TIMEOUT: Duration = Duration::from_secs(2);
+const DEFAULT_HEALTHY_THRESHOLD: NonZeroU32 = NonZeroU32::new(2).expect("non-zero");
+const DEFAULT_UNHEALTHY_THRESHOLD: NonZeroU32 = NonZeroU32::new(3).expect("non-zero");
+
+impl Validator<'_> {
+    pub fn upstreams(&mut self, raw: Vec<Spanned<RawUpstream>>) -> Vec<UpstreamConfig> {
+        let mut names = Names::new("upstream");
+        let mut out = Vec::new();
+        for item in raw {
+            let span = item.span();
+            let u = item.into_inner();
+            names.check(self, &u.name);
+            let servers = self.servers(&u.servers);
+            // A balance written but unreadable is not round_robin: a hash_key
+            // beside it may well be meant for it.
+            let balance = if self.dropped.key(&span, "balance") {
+                Balance::RoundRobin
+            } else {
+                self.balance(u.balance.as_ref(), u.hash_key.as_ref())
+            };
+            let health_check = u.health_check.map(|h| self.health_check(h));
+            out.push(UpstreamConfig {
+                name: u.name.into_inner(),
+                balance,
+                protocol: match u.protocol {
+                    None | Some(RawProtocol::Http1) => Protocol::Http1,
+                    Some(RawProtocol::H2) => Protocol::H2,
+                },
+                servers,
+                connect_timeout: self.timeout(
+                    u.connect_timeout.as_ref(),
+                    "upstreams.connect_timeout",
+                    DEFAULT_CONNECT_TIMEOUT,
+                ),
+                response_timeout: self.timeout(
+                    u.response_timeout.as_ref(),
+                    "upstreams.response_timeout",
+                    DEFAULT_RESPONSE_TIMEOUT,
+                ),
+                idle_timeout: self.timeout(
+                    u.idle_timeout.as_ref(),
+                    "upstreams.idle_timeout",
+                    DEFAULT_IDLE_TIMEOUT,
+                ),
+                max_idle_per_server: u
+                    .max_idle_per_server
+                    .and_then(|n| self.int_in(&n, 0, 65535, "upstreams.max_idle_per_server"))
+                    .map_or(DEFAULT_MAX_IDLE_PER_SERVER, |n| n as usize),
+                fail_timeout: self.timeout(
+                    u.fail_timeout.as_ref(),
+                    "upstreams.fail_timeout",
+                    DEFAULT_FAIL_TIMEOUT,
+                ),
+                health_check,
+            });
+        }
+        out
+    }
+
+    pub fn servers(&mut self, raw: &Spanned<Vec<RawServer>>) -> Vec<ServerConfig> {
+        // A list emptied by parsing was not written empty; parsing said why.
+        if raw.get_ref().is_empty() && !self.dropped.elements.contains(&raw.span()) {
+            self.problem(raw.span(), "upstreams.servers: the list is empty, expected at least one { addr = \"IP:PORT\" }");
+        }
+        let mut seen = HashSet::new();
+        let mut out = Vec::new();
+        for s in raw.get_ref() {
+            let addr = self.socket_addr(&s.addr, "upstreams.servers.addr");
+            if let Some(addr) = addr.filter(|a| !seen.insert(*a)) {
+                self.problem(
+                    s.addr.span(),
+                    format!("upstreams.servers.addr: {addr} is listed twice in this upstream"),
+                );
+            }
+            let weight = match &s.weight {
+                None => NonZeroU32::MIN,
+                Some(w) => self
+                    .int_in(w, 1, 10_000, "upstreams.servers.weight")
+                    .and_then(|n| u32::try_from(n).ok())
+                    .and_then(NonZeroU32::new)
+                    .unwrap_or(NonZeroU32::MIN),
+            };
+            if let Some(addr) = addr {
+                out.push(ServerConfig { addr, weight });
+            }
+        }
+        out
+    }
+
+    pub fn balance(
+        &mut self,
+        raw: Option<&Spanned<RawBalance>>,
+        hash_key: Option<&Text>,
+    ) -> Balance {
+        let kind = raw.map_or(RawBalance::RoundRobin, |b| *b.get_ref());
+        if kind != RawBalance::ConsistentHash {
+            if let Some(k) = hash_key {
+                self.problem(
+                    k.span(),
+                    "upstreams.hash_key: only used with balance = \"consistent_hash\"",
+                );
+            }
+        }
+        match kind {
+            RawBalance::RoundRobin => Balance::RoundRobin,
+            RawBalance::LeastConn => Balance::LeastConn,
+            RawBalance::Random => Balance::Random,
+            RawBalance::P2cEwma => Balance::P2cEwma,
+            RawBalance::ConsistentHash => Balance::ConsistentHash(match hash_key {
+                None => HashKey::ClientIp,
+                Some(k) => self.hash_key(k).unwrap_or(HashKey::ClientIp),
+            }),
+        }
+    }
+
+    pub fn hash_key(&mut self, raw: &Text) -> Option<HashKey> {
+        let text = raw.get_ref().as_str();
+        let key = match text.split_once(':') {
+            None if text == "client_ip" => Some(HashKey::ClientIp),
+            None if text == "path" => Some(HashKey::Path),
+            Some(("header", name)) => HeaderName::from_bytes(name.as_bytes())
+                .ok()
+                .map(HashKey::Header),
+            Some(("cookie", name)) if !name.is_empty() && !name.contains([';', '=', ' ']) => {
+                Some(HashKey::Cookie(name.to_owned()))
+            }
+            _ => None,
+        };
+        if key.is_none() {
+            self.problem(raw.span(), format!("upstreams.hash_key: `{text}` is not a hash key, expected client_ip, path, header:NAME or cookie:NAME"));
+        }
+        key
+    }
+
+    pub fn health_check(&mut self, raw: Spanned<RawHealthCheck>) -> HealthCheckConfig {
+        let span = raw.span();
+        let raw = raw.into_inner();
+        let path = match raw.path {
+            None => DEFAULT_HEALTH_PATH.to_owned(),
+            Some(p)
+                if p.get_ref().starts_with('/')
+                    && p.get_ref().parse::<http::uri::PathAndQuery>().is_ok() =>
+            {
+                p.into_inner()
+            }
+            Some(p) => {
+                self.problem(p.span(), format!("upstreams.health_check.path: `{}` is not a request path, expected one starting with /", p.get_ref()));
+                DEFAULT_HEALTH_PATH.to_owned()
+            }
+        };
+        let threshold = |v: &mut Self, raw: Option<Int>, key, default| {
+            raw.and_then(|n| v.int_in(&n, 1, 100, key))
+                .and_then(|n| u32::try_from(n).ok())
+                .and_then(NonZeroU32::new)
+                .unwrap_or(default)
+        };
+        let before = self.reported();
+        let interval = self.timeout(
+            raw.interval.as_ref(),
+            "upstreams.health_check.interval",
+            DEFAULT_HEALTH_INTERVAL,
+        );
+        // Compared with an interval that was written wrong, the timeout
+        // would be faulted for the interval's mistake.
+        let interval_as_written = self.reported() == before && !self.dropped.key(&span, "interval");
+        let timeout = self.timeout(
+            raw.timeout.as_ref(),
+            "upstreams.health_check.timeout",
+            DEFAULT_HEALTH_TIMEOUT.min(interval),
+        );
+        // A check still waiting when the next is due would overlap it.
+        if timeout > interval && interval_as_written {
+            let at = raw.timeout.as_ref().or(raw.interval.as_ref());
+            let span = at.map_or(0..0, Spanned::span);
+            self.problem(span, format!(
+                "upstreams.health_check.timeout: {} is longer than the interval {}, expected a timeout no longer than the interval",
+                humantime::format_duration(timeout),
+                humantime::format_duration(interval),
+            ));
+        }
+        HealthCheckConfig {
+            path,
+            interval,
+            timeout,
+            healthy_threshold: threshold(
+                self,
+                raw.healthy_threshold,
+                "upstreams.health_check.healthy_threshold",
+                DEFAULT_HEALTHY_THRESHOLD,
+            ),
+            unhealthy_threshold: threshold(
+                self,
+                raw.unhealthy_threshold,
+                "upstreams.health_check.unhealthy_threshold",
+                DEFAULT_UNHEALTHY_THRESHOLD,
+            ),
+        }
+    }
+}

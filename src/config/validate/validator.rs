@@ -1,0 +1,183 @@
+//! The validator's state and the checks of single values (addresses,
+//! durations, integers, sizes, names) that every section uses.
+
+use std::collections::HashSet;
+use std::net::SocketAddr;
+use std::ops::Range;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use toml::Spanned;
+
+use crate::config::error::Problem;
+use crate::config::raw::*;
+
+pub struct Validator<'a> {
+    pub problems: &'a mut Vec<Problem>,
+    /// The config file's folder; relative file paths resolve against it.
+    pub base: PathBuf,
+    /// What parsing already reported and left out: a check that would only
+    /// repeat it in other words (a list now empty, a default now in force)
+    /// stays quiet.
+    pub dropped: Dropped,
+}
+
+impl<'a> Validator<'a> {
+    pub fn new(path: &Path, problems: &'a mut Vec<Problem>, dropped: Dropped) -> Self {
+        Self {
+            problems,
+            base: path.parent().map(Path::to_path_buf).unwrap_or_default(),
+            dropped,
+        }
+    }
+
+    pub fn problem(&mut self, span: Range<usize>, message: impl Into<String>) {
+        self.problems.push(Problem::new(span, message));
+    }
+
+    /// How many problems are recorded: compared before and after a check,
+    /// it tells whether that check found its value at fault.
+    pub fn reported(&self) -> usize {
+        self.problems.len()
+    }
+
+    pub fn socket_addr(&mut self, raw: &Text, key: &str) -> Option<SocketAddr> {
+        match raw.get_ref().parse::<SocketAddr>() {
+            Ok(addr) => Some(addr),
+            Err(_) => {
+                self.problem(raw.span(), format!("{key}: `{}` is not an address, expected IP:PORT such as 127.0.0.1:8080 or [::1]:8080", raw.get_ref()));
+                None
+            }
+        }
+    }
+
+    /// A duration that must be greater than zero; `default` when absent or invalid.
+    pub fn timeout(&mut self, raw: Option<&Text>, key: &str, default: Duration) -> Duration {
+        match self.duration_allow_zero(raw, key) {
+            Some(d) if d.is_zero() => {
+                if let Some(raw) = raw {
+                    self.problem(raw.span(), format!("{key}: must be greater than zero"));
+                }
+                default
+            }
+            Some(d) => d,
+            None => default,
+        }
+    }
+
+    /// A duration of at least `min`; `default` when absent or invalid.
+    pub fn timeout_at_least(
+        &mut self,
+        raw: Option<&Text>,
+        key: &str,
+        min: Duration,
+        default: Duration,
+    ) -> Duration {
+        match self.duration_allow_zero(raw, key) {
+            Some(d) if d < min => {
+                if let Some(raw) = raw {
+                    let min = humantime::format_duration(min);
+                    self.problem(
+                        raw.span(),
+                        format!(
+                            "{key}: `{}` is too short, expected at least {min}",
+                            raw.get_ref()
+                        ),
+                    );
+                }
+                default
+            }
+            Some(d) => d,
+            None => default,
+        }
+    }
+
+    pub fn duration_allow_zero(&mut self, raw: Option<&Text>, key: &str) -> Option<Duration> {
+        let raw = raw?;
+        match humantime::parse_duration(raw.get_ref()) {
+            Ok(d) => Some(d),
+            Err(e) => {
+                self.problem(raw.span(), format!("{key}: `{}` is not a duration ({e}), expected e.g. \"150ms\", \"2s\" or \"1m\"", raw.get_ref()));
+                None
+            }
+        }
+    }
+
+    pub fn int_in(&mut self, raw: &Int, min: i64, max: i64, key: &str) -> Option<i64> {
+        let n = *raw.get_ref();
+        if (min..=max).contains(&n) {
+            Some(n)
+        } else {
+            self.problem(
+                raw.span(),
+                format!("{key}: {n} is out of range, expected {min} to {max}"),
+            );
+            None
+        }
+    }
+
+    /// A byte size written as a number of bytes or a string like "10 MiB".
+    pub fn size(
+        &mut self,
+        raw: &Spanned<IntOrString>,
+        min: u64,
+        max: u64,
+        key: &str,
+    ) -> Option<u64> {
+        let n = match raw.get_ref() {
+            IntOrString::Int(n) => u64::try_from(*n).ok(),
+            IntOrString::Str(s) => s.parse::<bytesize::ByteSize>().ok().map(|b| b.as_u64()),
+        };
+        match n {
+            Some(n) if (min..=max).contains(&n) => Some(n),
+            Some(n) => {
+                self.problem(
+                    raw.span(),
+                    format!("{key}: {n} bytes is out of range, expected {min} to {max}"),
+                );
+                None
+            }
+            None => {
+                self.problem(raw.span(), format!("{key}: not a size, expected bytes as a number or a string such as \"10 MiB\""));
+                None
+            }
+        }
+    }
+}
+
+/// Reports a name defined twice in one section.
+pub struct Names {
+    what: &'static str,
+    seen: HashSet<String>,
+}
+
+impl Names {
+    pub fn new(what: &'static str) -> Self {
+        Self {
+            what,
+            seen: HashSet::new(),
+        }
+    }
+
+    pub fn check(&mut self, v: &mut Validator<'_>, name: &Text) {
+        let n = name.get_ref();
+        if n.is_empty()
+            || !n
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
+        {
+            v.problem(
+                name.span(),
+                format!(
+                    "{}: name `{n}` must be non-empty and use only letters, digits, -, _ and .",
+                    self.what
+                ),
+            );
+        } else if !self.seen.insert(n.clone()) {
+            v.problem(
+                name.span(),
+                format!("{}: the name `{n}` is defined twice", self.what),
+            );
+        }
+    }
+}
