@@ -15,6 +15,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use http::HeaderName;
+use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
 
 /// A validated configuration, every value resolved. Built only by
@@ -91,6 +92,37 @@ pub struct ListenerConfig {
     pub max_header_bytes: usize,
     /// What an encoded slash or backslash in a request path gets.
     pub path_encoded_slashes: EncodedSlashes,
+    /// What a request header whose name holds `_` gets.
+    pub underscores_in_headers: Underscores,
+    /// Peers whose `X-Forwarded-For`, `-Proto` and `-Host` are kept and
+    /// extended; `None`: everyone's are (appended to, as nginx does).
+    /// Once set, anyone else's are replaced.
+    pub trusted_proxies: Option<Vec<IpNet>>,
+    /// Whether connections start with a PROXY protocol header (v1 or v2),
+    /// and from which peers it is believed.
+    pub proxy_protocol: Option<ProxyProtocolConfig>,
+    /// Open connections a worker serves on this listener at once; at the
+    /// limit it stops accepting until one closes. `None`: no limit.
+    pub max_connections: Option<NonZeroUsize>,
+}
+
+/// What a listener does with a request header whose name holds `_`, which
+/// upstreams that map headers to variables (CGI, many frameworks) cannot
+/// tell from `-`: `X_Forwarded_For` would pass for `X-Forwarded-For`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Underscores {
+    /// Removed before forwarding, as nginx does.
+    Drop,
+    /// 400.
+    Reject,
+    /// Forwarded.
+    Allow,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ProxyProtocolConfig {
+    /// The peers (load balancers) whose PROXY header is believed.
+    pub trusted: Vec<IpNet>,
 }
 
 /// What a listener does with `%2F` and `%5C` in a request path.

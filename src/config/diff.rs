@@ -214,7 +214,30 @@ fn listener(l: &ListenerConfig) -> Fields {
             "path_encoded_slashes",
             string(format!("{:?}", l.path_encoded_slashes).to_lowercase()),
         ),
+        (
+            "underscores_in_headers",
+            string(format!("{:?}", l.underscores_in_headers).to_lowercase()),
+        ),
+        (
+            "trusted_proxies",
+            l.trusted_proxies.as_deref().map_or(UNSET.into(), networks),
+        ),
+        (
+            "proxy_protocol.trusted",
+            l.proxy_protocol
+                .as_ref()
+                .map_or(UNSET.into(), |p| networks(&p.trusted)),
+        ),
+        (
+            "max_connections",
+            l.max_connections.map_or(UNSET.into(), |n| n.to_string()),
+        ),
     ]
+}
+
+fn networks(list: &[ipnet::IpNet]) -> String {
+    let list: Vec<String> = list.iter().map(string).collect();
+    format!("[{}]", list.join(", "))
 }
 
 fn route(r: &RouteConfig) -> Fields {
@@ -318,7 +341,7 @@ servers = [{ addr = "127.0.0.1:9001" }, { addr = "127.0.0.1:9002" }]
             [
                 "~ runtime: workers 2 -> 4",
                 "~ listener `public`: listen \"127.0.0.1:8080\" -> \"127.0.0.1:8081\"",
-                "+ listener `internal` (listen \"127.0.0.1:9000\", backlog 1024, header_timeout \"10s\", keepalive_timeout \"1m\", body_timeout \"1m\", max_header_bytes 65536, path_encoded_slashes \"reject\")",
+                "+ listener `internal` (listen \"127.0.0.1:9000\", backlog 1024, header_timeout \"10s\", keepalive_timeout \"1m\", body_timeout \"1m\", max_header_bytes 65536, path_encoded_slashes \"reject\", underscores_in_headers \"drop\")",
                 "+ route `v2` (path_prefix \"/v2/\", upstream \"api\", strip_prefix false)",
                 "+ server 127.0.0.1:9003 in upstream `api` (weight 2)",
                 "- server 127.0.0.1:9002 in upstream `api`",

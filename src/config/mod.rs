@@ -181,6 +181,60 @@ upstream = "api"
     }
 
     #[test]
+    fn underscored_header_names_are_dropped_unless_a_listener_rejects_or_allows_them() {
+        let policy = |v: &str| {
+            accepted(&listener(&format!("underscores_in_headers = \"{v}\""))).listeners[1]
+                .underscores_in_headers
+        };
+        assert_eq!(
+            accepted("").listeners[0].underscores_in_headers,
+            Underscores::Drop
+        );
+        assert_eq!(policy("reject"), Underscores::Reject);
+        assert_eq!(policy("allow"), Underscores::Allow);
+        rejected(
+            &listener("underscores_in_headers = \"keep\""),
+            "listeners.underscores_in_headers: unknown variant `keep`",
+        );
+    }
+
+    #[test]
+    fn trusted_networks_are_cidrs_or_addresses() {
+        let c = accepted(&listener(
+            "trusted_proxies = [\"10.1.2.3/8\", \"::1\"]\n[listeners.proxy_protocol]\ntrusted = [\"127.0.0.1\"]",
+        ));
+        let nets = |list: &[ipnet::IpNet]| list.iter().map(ToString::to_string).collect::<Vec<_>>();
+        assert_eq!(c.listeners[0].trusted_proxies, None);
+        assert_eq!(c.listeners[0].proxy_protocol, None);
+        let extra = &c.listeners[1];
+        assert_eq!(
+            nets(extra.trusted_proxies.as_deref().unwrap_or_default()),
+            ["10.0.0.0/8", "::1/128"]
+        );
+        let pp = extra.proxy_protocol.as_ref().map(|p| nets(&p.trusted));
+        assert_eq!(pp, Some(vec!["127.0.0.1/32".to_owned()]));
+        rejected(
+            &listener("trusted_proxies = [\"10.0.0.0/33\"]"),
+            "listeners.trusted_proxies: `10.0.0.0/33` is not a network",
+        );
+        rejected(
+            &listener("[listeners.proxy_protocol]\ntrusted = [\"lb\"]"),
+            "listeners.proxy_protocol.trusted: `lb` is not a network",
+        );
+    }
+
+    #[test]
+    fn a_connection_limit_is_positive() {
+        let c = accepted(&listener("max_connections = 5000"));
+        assert_eq!(c.listeners[0].max_connections, None);
+        assert_eq!(c.listeners[1].max_connections.map(|n| n.get()), Some(5000));
+        rejected(
+            &listener("max_connections = 0"),
+            "listeners.max_connections: 0 is out of range",
+        );
+    }
+
+    #[test]
     fn listeners_may_share_port_0_but_no_other_address() {
         let c = accepted(
             &listener("")

@@ -76,6 +76,24 @@ pub struct RawListener {
     pub max_request_body: Option<Spanned<IntOrString>>,
     pub max_header_bytes: Option<Spanned<IntOrString>>,
     pub path_encoded_slashes: Option<RawEncodedSlashes>,
+    pub underscores_in_headers: Option<RawUnderscores>,
+    pub trusted_proxies: Option<Spanned<Vec<Text>>>,
+    pub proxy_protocol: Option<RawProxyProtocol>,
+    pub max_connections: Option<Int>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RawUnderscores {
+    Drop,
+    Reject,
+    Allow,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, expecting = "a table")]
+pub struct RawProxyProtocol {
+    pub trusted: Spanned<Vec<Text>>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]

@@ -2,6 +2,7 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
+use std::num::NonZeroUsize;
 use std::ops::Range;
 use std::path::Path;
 use std::time::Duration;
@@ -80,6 +81,17 @@ impl Validator<'_> {
                 "listeners.body_timeout",
                 DEFAULT_BODY_TIMEOUT,
             );
+            let trusted_proxies = l
+                .trusted_proxies
+                .map(|t| self.networks(&t, "listeners.trusted_proxies"));
+            let proxy_protocol = l.proxy_protocol.map(|p| ProxyProtocolConfig {
+                trusted: self.networks(&p.trusted, "listeners.proxy_protocol.trusted"),
+            });
+            let max_connections = l
+                .max_connections
+                .and_then(|n| self.int_in(&n, 1, 1 << 24, "listeners.max_connections"))
+                .and_then(|n| usize::try_from(n).ok())
+                .and_then(NonZeroUsize::new);
             let Some(addr) = addr else {
                 continue;
             };
@@ -98,6 +110,14 @@ impl Validator<'_> {
                     Some(RawEncodedSlashes::Decode) => EncodedSlashes::Decode,
                     Some(RawEncodedSlashes::Keep) => EncodedSlashes::Keep,
                 },
+                underscores_in_headers: match l.underscores_in_headers {
+                    None | Some(RawUnderscores::Drop) => Underscores::Drop,
+                    Some(RawUnderscores::Reject) => Underscores::Reject,
+                    Some(RawUnderscores::Allow) => Underscores::Allow,
+                },
+                trusted_proxies,
+                proxy_protocol,
+                max_connections,
             });
         }
         out

@@ -2,11 +2,12 @@
 //! durations, integers, sizes, names) that every section uses.
 
 use std::collections::HashSet;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::ops::Range;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use ipnet::IpNet;
 use toml::Spanned;
 
 use crate::config::error::Problem;
@@ -114,6 +115,24 @@ impl<'a> Validator<'a> {
             );
             None
         }
+    }
+
+    /// Networks written as CIDRs (`10.0.0.0/8`, `fd00::/8`) or single
+    /// addresses; the unreadable ones are reported and left out.
+    pub fn networks(&mut self, raw: &Spanned<Vec<Text>>, key: &str) -> Vec<IpNet> {
+        let mut out = Vec::new();
+        for text in raw.get_ref() {
+            let t = text.get_ref().trim();
+            match t.parse::<IpNet>().or_else(|_| t.parse::<IpAddr>().map(IpNet::from)) {
+                // `10.1.2.3/8` means `10.0.0.0/8`: the host bits say nothing.
+                Ok(net) => out.push(net.trunc()),
+                Err(_) => self.problem(
+                    text.span(),
+                    format!("{key}: `{t}` is not a network, expected a CIDR such as \"10.0.0.0/8\" or \"fd00::/8\", or an address"),
+                ),
+            }
+        }
+        out
     }
 
     /// A byte size written as a number of bytes or a string like "10 MiB".
