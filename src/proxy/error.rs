@@ -11,6 +11,7 @@
 use http::{Response, StatusCode, header};
 
 use super::path::PathError;
+use super::target::TargetError;
 use crate::body::request::BodyError;
 use crate::body::response::ResponseBody;
 use crate::upstream::ConnectError;
@@ -25,10 +26,14 @@ pub enum Fault {
 
 #[derive(Debug, thiserror::Error)]
 pub enum ProxyError {
-    #[error("request has no Host header")]
-    MissingHost,
+    #[error(transparent)]
+    BadTarget(#[from] TargetError),
     #[error(transparent)]
     BadPath(#[from] PathError),
+    #[error("a transfer coding other than chunked")]
+    TransferCoding,
+    #[error("a request header name holds an underscore")]
+    UnderscoredHeader,
     #[error("no route matches the request")]
     NoRoute,
     #[error("request body of {length} bytes exceeds the limit of {limit}")]
@@ -70,49 +75,28 @@ impl ProxyError {
     fn verdict(&self) -> Verdict {
         use BodyError as Body;
         use ConnectError as Connect;
+        use StatusCode as S;
         let (status, fault, kind, detail) = match self {
-            Self::MissingHost => (
-                StatusCode::BAD_REQUEST,
-                Fault::Client,
-                None,
-                "missing Host header",
-            ),
-            Self::BadPath(PathError::EncodedSlash) => (
-                StatusCode::BAD_REQUEST,
-                Fault::Client,
-                None,
-                "encoded slash in path",
-            ),
-            Self::BadPath(PathError::BadEscape) => (
-                StatusCode::BAD_REQUEST,
-                Fault::Client,
-                None,
-                "malformed path",
-            ),
+            Self::BadTarget(e) => client(e.status(), e.detail()),
+            Self::TransferCoding => client(S::NOT_IMPLEMENTED, "transfer coding not supported"),
+            Self::UnderscoredHeader => client(S::BAD_REQUEST, "underscore in a header name"),
+            Self::BadPath(PathError::EncodedSlash) => {
+                client(S::BAD_REQUEST, "encoded slash in path")
+            }
+            Self::BadPath(PathError::BadEscape) => client(S::BAD_REQUEST, "malformed path"),
             Self::NoRoute => (
                 StatusCode::NOT_FOUND,
                 Fault::Config,
                 None,
                 "no route for this request",
             ),
-            Self::BodyTooLarge { .. } | Self::ClientBody(Body::TooLarge { .. }) => (
-                StatusCode::PAYLOAD_TOO_LARGE,
-                Fault::Client,
-                None,
-                "request body too large",
-            ),
-            Self::ClientBody(Body::Timeout(_)) => (
-                StatusCode::REQUEST_TIMEOUT,
-                Fault::Client,
-                None,
-                "request body timed out",
-            ),
-            Self::ClientBody(Body::Client(_)) => (
-                StatusCode::BAD_REQUEST,
-                Fault::Client,
-                None,
-                "request body incomplete",
-            ),
+            Self::BodyTooLarge { .. } | Self::ClientBody(Body::TooLarge { .. }) => {
+                client(S::PAYLOAD_TOO_LARGE, "request body too large")
+            }
+            Self::ClientBody(Body::Timeout(_)) => {
+                client(S::REQUEST_TIMEOUT, "request body timed out")
+            }
+            Self::ClientBody(Body::Client(_)) => client(S::BAD_REQUEST, "request body incomplete"),
             // Every server is down or failing: the upstream's doing. No
             // server to count it against.
             Self::NoServer { .. } => (
@@ -194,6 +178,14 @@ impl ProxyError {
         local_response(status, detail)
     }
 }
+
+/// A row for a request the client got wrong, which no server is blamed for.
+fn client(status: StatusCode, detail: &'static str) -> Row {
+    (status, Fault::Client, None, detail)
+}
+
+/// Status, fault, `kind` label and the client's words.
+type Row = (StatusCode, Fault, Option<&'static str>, &'static str);
 
 struct Verdict {
     status: StatusCode,

@@ -11,14 +11,43 @@ use http::header::{self, Entry, HeaderMap, HeaderName, HeaderValue};
 
 static KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
 static PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
+static HTTP2_SETTINGS: HeaderName = HeaderName::from_static("http2-settings");
 pub static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 pub static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 pub static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
 
-/// Whether `headers` ask to switch protocols (`Connection: upgrade` plus an
-/// `Upgrade` header), as a WebSocket handshake does.
-pub fn wants_upgrade(headers: &HeaderMap) -> bool {
-    headers.contains_key(header::UPGRADE) && connection_has(headers, "upgrade")
+/// The protocols `headers` ask to switch to (`Connection: upgrade` plus
+/// one `Upgrade` line), as a WebSocket handshake does. `h2c` among them is
+/// no upgrade: HTTP/2 is spoken to corral, not through it, and a tunnel
+/// to an upstream that accepted it would carry requests the router never
+/// saw; such a request is served as plain HTTP/1.1.
+pub fn upgrade_offer(headers: &HeaderMap) -> Option<&HeaderValue> {
+    let mut lines = headers.get_all(header::UPGRADE).iter();
+    let offer = lines.next()?;
+    let single = lines.next().is_none();
+    let h2c = tokens(offer).any(|p| p.eq_ignore_ascii_case(b"h2c"));
+    (single && !h2c && connection_has(headers, "upgrade")).then_some(offer)
+}
+
+/// Whether the protocols a 101 switches to (its `Upgrade`) were all
+/// offered: a 101 that names none, or one the client did not ask for, is
+/// no switch the client can follow.
+pub fn accepts_offer(response: &HeaderMap, offer: &HeaderValue) -> bool {
+    let mut chosen = response
+        .get_all(header::UPGRADE)
+        .iter()
+        .flat_map(tokens)
+        .peekable();
+    chosen.peek().is_some() && chosen.all(|p| tokens(offer).any(|o| o.eq_ignore_ascii_case(p)))
+}
+
+/// The comma-separated, trimmed, non-empty tokens of a header value.
+fn tokens(value: &HeaderValue) -> impl Iterator<Item = &[u8]> {
+    value
+        .as_bytes()
+        .split(|&b| b == b',')
+        .map(<[u8]>::trim_ascii)
+        .filter(|t| !t.is_empty())
 }
 
 fn connection_has(headers: &HeaderMap, token: &str) -> bool {
@@ -28,16 +57,12 @@ fn connection_has(headers: &HeaderMap, token: &str) -> bool {
 /// The comma-separated tokens of `Connection`, as bytes: a token that is
 /// not a valid header name names nothing to remove, so no text check is due.
 fn connection_tokens(headers: &HeaderMap) -> impl Iterator<Item = &[u8]> {
-    headers
-        .get_all(header::CONNECTION)
-        .iter()
-        .flat_map(|v| v.as_bytes().split(|&b| b == b','))
-        .map(<[u8]>::trim_ascii)
-        .filter(|t| !t.is_empty())
+    headers.get_all(header::CONNECTION).iter().flat_map(tokens)
 }
 
 /// Removes hop-by-hop headers: `Connection` and every header it names,
-/// `Keep-Alive`, `Proxy-Connection`, `TE` (except `TE: trailers`, which gRPC
+/// `Keep-Alive`, `Proxy-Connection`, `HTTP2-Settings` (RFC 7540 §3.2.1,
+/// meant for the next hop alone), `TE` (except `TE: trailers`, which gRPC
 /// needs end to end), `Transfer-Encoding` and `Upgrade`. With `upgrading`,
 /// `Upgrade` and `Connection: upgrade` stay so the next hop can switch too.
 pub fn remove_hop_by_hop(headers: &mut HeaderMap, upgrading: bool) {
@@ -59,6 +84,7 @@ pub fn remove_hop_by_hop(headers: &mut HeaderMap, upgrading: bool) {
             "upgrade" => found.upgrade = true,
             "keep-alive" => found.keep_alive = true,
             "proxy-connection" => found.proxy_connection = true,
+            "http2-settings" => found.http2_settings = true,
             _ => {}
         }
     }
@@ -82,8 +108,14 @@ pub fn remove_hop_by_hop(headers: &mut HeaderMap, upgrading: bool) {
     if found.proxy_connection {
         headers.remove(&PROXY_CONNECTION);
     }
+    if found.http2_settings {
+        headers.remove(&HTTP2_SETTINGS);
+    }
     if found.transfer_encoding {
         headers.remove(header::TRANSFER_ENCODING);
+        // The chunked framing decided the length, not any `Content-Length`
+        // beside it (RFC 9112 §6.3); the next hop frames the message anew.
+        headers.remove(header::CONTENT_LENGTH);
     }
     if found.te {
         let trailers = headers
@@ -116,9 +148,62 @@ struct Found {
     names_headers: bool,
     keep_alive: bool,
     proxy_connection: bool,
+    http2_settings: bool,
     te: bool,
     transfer_encoding: bool,
     upgrade: bool,
+}
+
+/// Whether a request's `Transfer-Encoding` asks for more than `chunked`,
+/// the one transfer coding corral decodes (RFC 9112 §6.1: 501): passed on
+/// dechunked, a body the client also compressed would lose its coding.
+pub fn unknown_transfer_coding(headers: &HeaderMap) -> bool {
+    let mut codings = headers
+        .get_all(header::TRANSFER_ENCODING)
+        .iter()
+        .flat_map(tokens);
+    match codings.next() {
+        None => false,
+        Some(first) => !first.eq_ignore_ascii_case(b"chunked") || codings.next().is_some(),
+    }
+}
+
+/// Makes `Content-Length` one plain number: a list of equal values
+/// (`5, 5`, or two such lines), which the parser accepted, reaches the next
+/// hop as the single value it means, not as text the next parser may read
+/// otherwise.
+pub fn collapse_content_length(headers: &mut HeaderMap) {
+    let mut lines = headers.get_all(header::CONTENT_LENGTH).iter();
+    let Some(first) = lines.next() else {
+        return;
+    };
+    if lines.next().is_none() && !first.as_bytes().contains(&b',') {
+        return;
+    }
+    let Some(value) = tokens(first)
+        .next()
+        .and_then(|v| HeaderValue::from_bytes(v).ok())
+    else {
+        return;
+    };
+    headers.insert(header::CONTENT_LENGTH, value);
+}
+
+/// Whether any header name holds `_`.
+pub fn any_underscored(headers: &HeaderMap) -> bool {
+    headers.keys().any(underscored)
+}
+
+/// Removes every header whose name holds `_`.
+pub fn remove_underscored(headers: &mut HeaderMap) {
+    let names: Vec<HeaderName> = headers.keys().filter(|n| underscored(n)).cloned().collect();
+    for name in names {
+        headers.remove(name);
+    }
+}
+
+fn underscored(name: &HeaderName) -> bool {
+    name.as_str().as_bytes().contains(&b'_')
 }
 
 /// The client's address as a header value, made once per connection (IPv4
@@ -236,7 +321,7 @@ mod tests {
             ("upgrade", "websocket"),
             ("x-other", "1"),
         ]);
-        assert!(wants_upgrade(&h));
+        assert!(upgrade_offer(&h).is_some());
         remove_hop_by_hop(&mut h, true);
         assert_eq!(h["upgrade"], "websocket");
         assert_eq!(h["connection"], "upgrade");
@@ -245,6 +330,7 @@ mod tests {
 
     #[test]
     fn an_upgrade_needs_both_the_upgrade_header_and_connection_upgrade() {
+        let wants_upgrade = |h: &HeaderMap| upgrade_offer(h).is_some();
         assert!(wants_upgrade(&map(&[
             ("connection", "keep-alive"),
             ("connection", "UPGRADE"),
@@ -257,6 +343,105 @@ mod tests {
         ])));
         assert!(!wants_upgrade(&map(&[("connection", "upgrade")])));
         assert!(!wants_upgrade(&HeaderMap::new()));
+    }
+
+    #[test]
+    fn h2c_is_never_an_upgrade_nor_are_two_upgrade_lines() {
+        for offer in ["h2c", "websocket, H2C"] {
+            let h = map(&[
+                ("connection", "Upgrade, HTTP2-Settings"),
+                ("upgrade", offer),
+            ]);
+            assert_eq!(upgrade_offer(&h), None, "{offer}");
+        }
+        let two = map(&[
+            ("connection", "upgrade"),
+            ("upgrade", "websocket"),
+            ("upgrade", "foo"),
+        ]);
+        assert_eq!(upgrade_offer(&two), None);
+    }
+
+    #[test]
+    fn a_switch_is_to_a_protocol_offered() {
+        let offer = HeaderValue::from_static("websocket, foo/2");
+        let switched = |to: &[&str]| {
+            let pairs: Vec<(&str, &str)> = to.iter().map(|t| ("upgrade", *t)).collect();
+            accepts_offer(&map(&pairs), &offer)
+        };
+        assert!(switched(&["WebSocket"]));
+        assert!(switched(&["foo/2"]));
+        assert!(!switched(&[]));
+        assert!(!switched(&["h2c"]));
+        assert!(!switched(&["websocket, h2c"]));
+    }
+
+    #[test]
+    fn http2_settings_is_hop_by_hop_even_unnamed() {
+        let mut h = map(&[
+            ("http2-settings", "AAMAAABkAAQCAAAAAAIAAAAA"),
+            ("x-kept", "1"),
+        ]);
+        remove_hop_by_hop(&mut h, false);
+        assert_eq!(h.len(), 1, "{h:?}");
+    }
+
+    #[test]
+    fn chunked_framing_removes_any_content_length_beside_it() {
+        let mut h = map(&[("transfer-encoding", "chunked"), ("content-length", "3")]);
+        remove_hop_by_hop(&mut h, false);
+        assert!(h.is_empty(), "{h:?}");
+    }
+
+    #[test]
+    fn chunked_alone_is_a_known_transfer_coding() {
+        assert!(!unknown_transfer_coding(&map(&[])));
+        assert!(!unknown_transfer_coding(&map(&[(
+            "transfer-encoding",
+            "Chunked"
+        )])));
+        for codings in [
+            &["gzip, chunked"][..],
+            &["gzip", "chunked"],
+            &["identity"],
+            &["chunked, chunked"],
+        ] {
+            let pairs: Vec<(&str, &str)> =
+                codings.iter().map(|c| ("transfer-encoding", *c)).collect();
+            assert!(unknown_transfer_coding(&map(&pairs)), "{codings:?}");
+        }
+    }
+
+    #[test]
+    fn a_content_length_list_becomes_its_one_value() {
+        for pairs in [
+            &[("content-length", "5, 5")][..],
+            &[("content-length", "5"), ("content-length", "5")],
+        ] {
+            let mut h = map(pairs);
+            collapse_content_length(&mut h);
+            assert_eq!(
+                h.get_all("content-length").iter().collect::<Vec<_>>(),
+                ["5"]
+            );
+        }
+        let mut h = map(&[("content-length", "7")]);
+        collapse_content_length(&mut h);
+        assert_eq!(h["content-length"], "7");
+    }
+
+    #[test]
+    fn underscored_names_are_found_and_removed_alone() {
+        let mut h = map(&[
+            ("x_forwarded_for", "1.2.3.4"),
+            ("x-real", "1"),
+            ("a_b", "2"),
+        ]);
+        assert!(any_underscored(&h));
+        remove_underscored(&mut h);
+        assert!(!any_underscored(&h));
+        assert_eq!(h.len(), 1, "{h:?}");
+        assert!(!any_underscored(&map(&[("x-forwarded-for", "1")])));
     }
 
     #[test]
@@ -317,14 +502,14 @@ mod tests {
             for n in named.iter().chain(&others) {
                 h.append(HeaderName::from_bytes(n.as_bytes()).unwrap(), HeaderValue::from_static("v"));
             }
-            for fixed in ["keep-alive", "proxy-connection", "te", "transfer-encoding", "upgrade"] {
+            for fixed in ["keep-alive", "proxy-connection", "http2-settings", "te", "transfer-encoding", "upgrade"] {
                 h.insert(HeaderName::from_static(fixed), HeaderValue::from_static("v"));
             }
             remove_hop_by_hop(&mut h, false);
             for n in &named {
                 prop_assert!(!h.contains_key(n.as_str()));
             }
-            for fixed in ["connection", "keep-alive", "proxy-connection", "te", "transfer-encoding", "upgrade"] {
+            for fixed in ["connection", "keep-alive", "proxy-connection", "http2-settings", "te", "transfer-encoding", "upgrade"] {
                 prop_assert!(!h.contains_key(fixed));
             }
             for o in others.iter().filter(|o| !named.contains(o)) {

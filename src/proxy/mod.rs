@@ -10,6 +10,7 @@
 mod error;
 pub mod headers;
 pub mod path;
+mod target;
 mod upgrade;
 
 pub use upgrade::Tunnel;
@@ -35,7 +36,7 @@ use crate::balance::hash_key;
 use crate::body::request::{BodySent, RequestBody};
 use crate::body::response::{Completion, ResponseBody};
 use crate::metrics::RouteSeries;
-use crate::plan::{EncodedSlashes, HashKey, Protocol};
+use crate::plan::{EncodedSlashes, HashKey, Protocol, Underscores};
 use crate::routing::{Route, rewrite_path};
 use crate::snapshot::{ListenerSnapshot, Snapshot};
 use crate::upstream::{Conn, Lease, Server, Upstream};
@@ -89,18 +90,16 @@ pub fn handle(
         .access_log
         .as_ref()
         .map(|l| Box::new(l.entry(&request, client.addr.ip())));
-    // The path routed is the path forwarded: normalised first.
-    let normalized = normalize_path(&mut request, client.listener.config.path_encoded_slashes);
-    let host = request_host(&request);
-    let route = normalized
-        .is_ok()
-        .then(|| route_of(&snapshot, &request, host.as_ref()))
-        .flatten();
+    let host = check(&mut request, client.listener.config.path_encoded_slashes);
+    let route = host
+        .as_ref()
+        .ok()
+        .and_then(|host| route_of(&snapshot, &request, host.as_ref()));
     let series = route
         .map_or(&snapshot.unrouted, |r| &snapshot.route_series[r.index])
         .clone();
-    let outgoing = normalized
-        .and_then(|()| prepare(&snapshot, &client, request, host, route, &series, started));
+    let outgoing =
+        host.and_then(|host| prepare(&snapshot, &client, request, host, route, &series, started));
     let answer = Answer {
         client,
         series,
@@ -108,11 +107,12 @@ pub fn handle(
         log,
     };
     match outgoing {
-        Ok(outgoing) => {
-            let upgrading = outgoing.upgrading;
+        Ok(mut outgoing) => {
+            let upgrade = outgoing.upgrade.take();
             Either::Left(exchange(snapshot, outgoing).map(move |exchanged| {
                 let forwarded = exchanged.and_then(|(response, lease)| {
-                    respond(response, lease, upgrading.then_some(&answer.client))
+                    let upgrading = upgrade.as_ref().map(|offer| (&*answer.client, offer));
+                    respond(response, lease, upgrading)
                 });
                 answer.finish(forwarded)
             }))
@@ -154,6 +154,20 @@ impl Answer {
     }
 }
 
+/// Checks the request's target and host (see [`target`]) and normalises
+/// its path, so that the path routed is the path forwarded; the host it is
+/// for.
+fn check<B>(
+    request: &mut Request<B>,
+    slashes: EncodedSlashes,
+) -> Result<Option<HeaderValue>, ProxyError> {
+    let target = target::check(request)?;
+    if !target.asterisk {
+        normalize_path(request, slashes)?;
+    }
+    Ok(target.host)
+}
+
 /// Normalises the request's path in place (see [`path`]), keeping its
 /// query; most paths are normal already and cost one scan.
 fn normalize_path<B>(request: &mut Request<B>, slashes: EncodedSlashes) -> Result<(), ProxyError> {
@@ -174,19 +188,20 @@ fn normalize_path<B>(request: &mut Request<B>, slashes: EncodedSlashes) -> Resul
     Ok(())
 }
 
-/// The route for a request with `host`, if any (none also when HTTP/1.1
-/// lacks a Host).
+/// The route for a request with `host`, if any.
 fn route_of<'r, B>(
     snapshot: &'r Snapshot,
     request: &Request<B>,
     host: Option<&HeaderValue>,
 ) -> Option<&'r Route> {
-    if host.is_none() && request.version() == Version::HTTP_11 {
-        return None;
-    }
+    // `OPTIONS *` asks about the host's server as a whole: its root's.
+    let path = match request.uri().path() {
+        "*" => "/",
+        path => path,
+    };
     snapshot
         .routes
-        .find(host.and_then(|h| h.to_str().ok()), request.uri().path())
+        .find(host.and_then(|h| h.to_str().ok()), path)
 }
 
 /// A request rewritten for its upstream, ready to go.
@@ -198,8 +213,8 @@ struct Outgoing {
     body_sent: BodySent,
     /// The consistent-hashing key, if the upstream balances by one.
     key: Option<u64>,
-    /// Whether the client asked to switch protocols.
-    upgrading: bool,
+    /// The protocols the client offered to switch to, if it asked to.
+    upgrade: Option<HeaderValue>,
     /// When the request arrived: the clock reading its exchange goes by.
     started: Instant,
 }
@@ -218,7 +233,7 @@ fn prepare(
 ) -> Result<Outgoing, ProxyError> {
     let Some(route) = route else {
         return Err(if host.is_none() {
-            ProxyError::MissingHost
+            ProxyError::BadTarget(target::TargetError::MissingHost)
         } else {
             ProxyError::NoRoute
         });
@@ -230,17 +245,28 @@ fn prepare(
             return Err(ProxyError::BodyTooLarge { length, limit });
         }
     }
+    if headers::unknown_transfer_coding(request.headers()) {
+        return Err(ProxyError::TransferCoding);
+    }
+    let underscored = listener.underscores_in_headers != Underscores::Allow
+        && headers::any_underscored(request.headers());
+    if underscored && listener.underscores_in_headers == Underscores::Reject {
+        return Err(ProxyError::UnderscoredHeader);
+    }
     let protocol = upstream.config.protocol;
-    let upgrading = protocol == Protocol::Http1
-        && request.version() == Version::HTTP_11
-        && headers::wants_upgrade(request.headers());
+    let upgrade = (protocol == Protocol::Http1 && request.version() == Version::HTTP_11)
+        .then(|| headers::upgrade_offer(request.headers()).cloned())
+        .flatten();
 
     let key = upstream
         .hash_key()
         .and_then(|k| request_key(k, &request, client.addr.ip()));
 
     let (mut parts, body) = request.into_parts();
-    headers::remove_hop_by_hop(&mut parts.headers, upgrading);
+    if underscored {
+        headers::remove_underscored(&mut parts.headers);
+    }
+    headers::remove_hop_by_hop(&mut parts.headers, upgrade.is_some());
     // corral answers `Expect: 100-continue` itself when it starts reading the body.
     parts.headers.remove(header::EXPECT);
     headers::add_forwarded(
@@ -261,7 +287,7 @@ fn prepare(
         request: Request::from_parts(parts, body),
         body_sent,
         key,
-        upgrading,
+        upgrade,
         started,
     })
 }
@@ -434,15 +460,18 @@ fn failed(snapshot: &Snapshot, upstream: &Upstream, server: &Server, e: ProxyErr
 }
 
 /// Turns the upstream's response into the client's. `upgrading` is the
-/// client when it asked to switch protocols.
+/// client and the protocols it offered, when it asked to switch.
 fn respond(
     mut response: Response<Incoming>,
     lease: Lease,
-    upgrading: Option<&Client>,
+    upgrading: Option<(&Client, &HeaderValue)>,
 ) -> Result<Response<ResponseBody>, ProxyError> {
     if response.status() == StatusCode::SWITCHING_PROTOCOLS {
-        let Some(client) = upgrading else {
-            // A 101 nobody asked for cannot be relayed.
+        // Only a 101 to a protocol the client offered is a switch: any
+        // other would tunnel bytes that neither side framed as agreed.
+        let switch =
+            upgrading.filter(|(_, offer)| headers::accepts_offer(response.headers(), offer));
+        let Some((client, _)) = switch else {
             return Ok(local_response(
                 StatusCode::BAD_GATEWAY,
                 "invalid response from upstream",
@@ -458,19 +487,11 @@ fn respond(
     }
     let (mut parts, body) = response.into_parts();
     headers::remove_hop_by_hop(&mut parts.headers, false);
+    headers::collapse_content_length(&mut parts.headers);
     Ok(Response::from_parts(
         parts,
         ResponseBody::upstream(body, lease),
     ))
-}
-
-/// The request's host: the URI authority (HTTP/2, absolute-form) or the
-/// `Host` header.
-fn request_host<B>(request: &Request<B>) -> Option<HeaderValue> {
-    match request.uri().authority() {
-        Some(a) => HeaderValue::from_str(a.as_str()).ok(),
-        None => request.headers().get(header::HOST).cloned(),
-    }
 }
 
 fn content_length<B>(request: &Request<B>) -> Option<u64> {
@@ -483,8 +504,8 @@ fn content_length<B>(request: &Request<B>) -> Option<u64> {
         .ok()
 }
 
-/// Points the request at the upstream: origin-form with a `Host` header for
-/// HTTP/1.1, an absolute URI (whose authority becomes `:authority`) for h2.
+/// Points the request at the upstream: origin-form (or `*`) with a `Host`
+/// header for HTTP/1.1, an absolute URI (whose authority becomes `:authority`) for h2.
 /// The path loses the route's prefix when the route strips it.
 fn set_target(
     parts: &mut http::request::Parts,
@@ -506,8 +527,12 @@ fn set_target(
             if let Some(path) = path {
                 parts.uri = Uri::from(path);
             }
-            if let (false, Some(host)) = (parts.headers.contains_key(header::HOST), host) {
-                parts.headers.insert(header::HOST, host.clone());
+            // An absolute-form target's authority is the host (checked to
+            // agree with any `Host`, but written as the target has it).
+            if let Some(host) = host {
+                if needs_origin_form || !parts.headers.contains_key(header::HOST) {
+                    parts.headers.insert(header::HOST, host.clone());
+                }
             }
         }
         Protocol::H2 => {

@@ -13,6 +13,7 @@ mod in_process;
 mod metrics;
 mod notices;
 mod patience;
+mod recording;
 mod sockets;
 mod upstreams;
 
@@ -21,5 +22,5 @@ mod upstreams;
 #[allow(unused_imports)]
 pub use self::{
     admin::*, cli::*, clients::*, configs::*, corral_fixture::*, files::*, in_process::*,
-    metrics::*, notices::*, patience::*, sockets::*, upstreams::*,
+    metrics::*, notices::*, patience::*, recording::*, sockets::*, upstreams::*,
 };
