@@ -3,10 +3,14 @@
 //! `corral reload` and `corral check --diff` use to reach it.
 //!
 //! The endpoint knows nothing of workers or configs itself: it asks a
-//! [`Backend`] (the master) and renders the answer.
+//! [`Backend`] (the master) and renders the answer. With a token
+//! configured (required off loopback), every client must send it as
+//! `Authorization: Bearer`; actions take `POST` alone, so no link or
+//! prefetch can trigger one.
 
 use std::convert::Infallible;
 use std::future::Future;
+use std::net::IpAddr;
 use std::pin::Pin;
 use std::sync::Arc;
 
@@ -19,6 +23,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::accept;
 use crate::body::response::ResponseBody;
+use crate::plan::AdminToken;
 use crate::proxy::local_response;
 
 /// What the admin endpoint reports on.
@@ -33,6 +38,9 @@ pub trait Backend: Send + Sync + 'static {
     fn config(&self) -> serde_json::Value;
     /// Reloads the config file.
     fn reload(&self) -> Pin<Box<dyn Future<Output = ReloadAnswer> + Send>>;
+    /// The token clients off loopback must present, as the running
+    /// generation has it (a reload rotates it).
+    fn token(&self) -> Option<AdminToken>;
 }
 
 /// How a `POST /reload` ended.
@@ -55,14 +63,20 @@ pub enum ReloadAnswer {
 
 /// Serves the admin endpoint until `stop` is cancelled.
 pub async fn serve(listener: TcpListener, backend: Arc<dyn Backend>, stop: CancellationToken) {
-    while let Some((stream, _)) = accept::next(&listener, "admin", &stop).await {
+    while let Some((stream, peer)) = accept::next(&listener, "admin", &stop).await {
         let backend = backend.clone();
         // One request per connection, and no cut-off at stop: during a
         // binary upgrade a request the old master accepted is still answered.
         tokio::spawn(async move {
             let service = service_fn(move |request| {
                 let backend = backend.clone();
-                async move { Ok::<_, Infallible>(answer(&*backend, &request).await) }
+                async move {
+                    let answer = match refusal(&*backend, peer.ip(), &request) {
+                        Some(refused) => refused,
+                        None => answer(&*backend, &request).await,
+                    };
+                    Ok::<_, Infallible>(answer)
+                }
             });
             let served = hyper::server::conn::http1::Builder::new()
                 .keep_alive(false)
@@ -75,6 +89,31 @@ pub async fn serve(listener: TcpListener, backend: Arc<dyn Backend>, stop: Cance
             }
         });
     }
+}
+
+/// The answer to a client that may not use the endpoint: with a token
+/// configured (always, off loopback), one that does not present it. `None`
+/// lets the request through.
+fn refusal<B>(
+    backend: &dyn Backend,
+    peer: IpAddr,
+    request: &Request<B>,
+) -> Option<Response<ResponseBody>> {
+    let token = backend.token()?;
+    let presented = request
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.as_bytes().strip_prefix(b"Bearer "));
+    if presented.is_some_and(|p| token.matches(p.trim_ascii())) {
+        return None;
+    }
+    tracing::info!(client = %peer, path = %request.uri().path(), "admin request refused: no valid token");
+    let mut refused = local_response(StatusCode::UNAUTHORIZED, "a valid bearer token is required");
+    refused.headers_mut().insert(
+        header::WWW_AUTHENTICATE,
+        header::HeaderValue::from_static("Bearer realm=\"corral\""),
+    );
+    Some(refused)
 }
 
 async fn answer(backend: &dyn Backend, request: &Request<Incoming>) -> Response<ResponseBody> {
@@ -155,13 +194,15 @@ pub mod client {
     /// only a hung endpoint runs into it.
     const TIMEOUT: Duration = Duration::from_secs(30);
 
-    /// Sends `method path` and returns the status and body text.
+    /// Sends `method path`, with `token` as a bearer token if given, and
+    /// returns the status and body text.
     pub async fn call(
         addr: SocketAddr,
         method: Method,
         path: &str,
+        token: Option<&str>,
     ) -> Result<(StatusCode, String), AdminError> {
-        tokio::time::timeout(TIMEOUT, exchange(addr, method, path))
+        tokio::time::timeout(TIMEOUT, exchange(addr, method, path, token))
             .await
             .unwrap_or(Err(AdminError::Timeout(TIMEOUT)))
     }
@@ -170,6 +211,7 @@ pub mod client {
         addr: SocketAddr,
         method: Method,
         path: &str,
+        token: Option<&str>,
     ) -> Result<(StatusCode, String), AdminError> {
         let stream = TcpStream::connect(addr)
             .await
@@ -177,11 +219,14 @@ pub mod client {
         let (mut sender, conn) =
             hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
         tokio::spawn(conn);
-        let request = Request::builder()
+        let mut request = Request::builder()
             .method(method)
             .uri(path)
-            .header(http::header::HOST, addr.to_string())
-            .body(Empty::<Bytes>::new())?;
+            .header(http::header::HOST, addr.to_string());
+        if let Some(token) = token {
+            request = request.header(http::header::AUTHORIZATION, format!("Bearer {token}"));
+        }
+        let request = request.body(Empty::<Bytes>::new())?;
         let response = sender.send_request(request).await?;
         let status = response.status();
         let body = response.into_body().collect().await?.to_bytes();

@@ -173,6 +173,13 @@ fn check(path: &std::path::Path, diff_against: Option<SocketAddr>) -> ExitCode {
     }
 }
 
+/// The token to send the admin endpoint, if the environment has one.
+fn admin_token() -> Option<String> {
+    std::env::var(corral::config::ADMIN_TOKEN_ENV)
+        .ok()
+        .map(|t| t.trim().to_owned())
+}
+
 /// The config the corral at `admin` runs, from `GET /config`.
 fn running_config(admin: SocketAddr) -> anyhow::Result<(u64, Plan)> {
     let (status, body) = current_thread()?
@@ -180,6 +187,7 @@ fn running_config(admin: SocketAddr) -> anyhow::Result<(u64, Plan)> {
             admin,
             http::Method::GET,
             "/config",
+            admin_token().as_deref(),
         ))
         .with_context(|| format!("cannot reach the admin endpoint at {admin}"))?;
     anyhow::ensure!(
@@ -203,9 +211,14 @@ fn current_thread() -> anyhow::Result<tokio::runtime::Runtime> {
 
 fn reload(admin: SocketAddr) -> anyhow::Result<()> {
     current_thread()?.block_on(async {
-        let (status, body) = corral::admin::client::call(admin, http::Method::POST, "/reload")
-            .await
-            .with_context(|| format!("cannot reach the admin endpoint at {admin}"))?;
+        let (status, body) = corral::admin::client::call(
+            admin,
+            http::Method::POST,
+            "/reload",
+            admin_token().as_deref(),
+        )
+        .await
+        .with_context(|| format!("cannot reach the admin endpoint at {admin}"))?;
         anyhow::ensure!(status.is_success(), "reload refused ({status}):\n{body}");
         let answer: serde_json::Value =
             serde_json::from_str(&body).context("the admin endpoint's answer is not JSON")?;

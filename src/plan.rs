@@ -49,6 +49,39 @@ pub struct RuntimeConfig {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct AdminConfig {
     pub listen: SocketAddr,
+    /// What every client must send as `Authorization: Bearer`, when set;
+    /// read from `admin.token_file` or `CORRAL_ADMIN_TOKEN`, never the
+    /// config text. Always set when `listen` is not a loopback address.
+    pub token: Option<AdminToken>,
+}
+
+/// A bearer token: visible ASCII, compared in constant time, never printed.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AdminToken(String);
+
+impl AdminToken {
+    /// `None` unless `text` is a non-empty run of visible ASCII.
+    pub fn new(text: &str) -> Option<Self> {
+        let valid = !text.is_empty() && text.bytes().all(|b| b.is_ascii_graphic());
+        valid.then(|| Self(text.to_owned()))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    /// Whether `presented` is the token, in time that does not depend on
+    /// where they differ.
+    pub fn matches(&self, presented: &[u8]) -> bool {
+        use subtle::ConstantTimeEq as _;
+        self.0.as_bytes().ct_eq(presented).into()
+    }
+}
+
+impl std::fmt::Debug for AdminToken {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("AdminToken(redacted)")
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -17,6 +17,7 @@ mod validate;
 use std::path::Path;
 
 pub use error::{ConfigError, Diagnostic, Problem};
+pub use validate::ADMIN_TOKEN_ENV;
 
 use crate::plan::Plan;
 

@@ -61,6 +61,7 @@ pub struct RawRuntime {
 #[serde(deny_unknown_fields, expecting = "a table")]
 pub struct RawAdmin {
     pub listen: Text,
+    pub token_file: Option<Text>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -15,6 +15,7 @@ use super::reload::{ReloadError, ReloadRecord, ReloadRequest, Reloaded};
 use super::status::{StatusBoard, WorkerState, timestamp};
 use crate::admin::{Backend, ReloadAnswer};
 use crate::metrics::cluster::ClusterMetrics;
+use crate::plan::AdminToken;
 
 pub struct AdminBackend {
     pid: u32,
@@ -49,6 +50,11 @@ impl AdminBackend {
 }
 
 impl Backend for AdminBackend {
+    fn token(&self) -> Option<AdminToken> {
+        let generation = self.generation.borrow();
+        generation.plan.admin.as_ref()?.token.clone()
+    }
+
     fn status(&self) -> serde_json::Value {
         let generation = self.generation.borrow().clone();
         let in_flight = self.metrics.workers.in_flight();

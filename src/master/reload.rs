@@ -20,6 +20,7 @@ use tokio::sync::oneshot;
 use super::generation::{Generation, certificates};
 use super::sockets::{self, BindError};
 use crate::config::{ConfigError, diff};
+use crate::plan::Plan;
 
 /// How long workers get to confirm a new generation.
 pub const CONFIRM_TIMEOUT: Duration = Duration::from_secs(10);
@@ -110,7 +111,7 @@ pub struct ReloadRecord {
 /// What a reload found in the file.
 #[derive(Debug)]
 pub enum Prepared {
-    /// The same text and the same certificate bytes: nothing to do.
+    /// The same text, certificate bytes and admin token: nothing to do.
     Unchanged,
     /// The generation to publish (its new sockets already bound), and what
     /// changed, one line each.
@@ -136,14 +137,20 @@ pub fn prepare(
     })?;
     let plan = crate::config::from_str(path, &text)?;
     let renewed = certificates(&plan) != certificates(&current.plan);
-    if text == current.text && !renewed {
+    let token = |p: &Plan| p.admin.as_ref().and_then(|a| a.token.clone());
+    let rotated = token(&plan) != token(&current.plan);
+    if text == current.text && !renewed && !rotated {
         return Ok(Prepared::Unchanged);
     }
     let mut changes = diff::diff(&current.plan, &plan);
     if renewed {
         changes.push("~ certificate or key files: contents changed, read again".to_owned());
     }
-    if plan.admin != current.plan.admin {
+    if rotated {
+        changes.push("~ admin token: changed".to_owned());
+    }
+    let listen = |p: &Plan| p.admin.as_ref().map(|a| a.listen);
+    if listen(&plan) != listen(&current.plan) {
         tracing::warn!("admin.listen changed; it {}", diff::ADMIN_AT_RESTART);
     }
     let listeners = sockets::rebind(&current.sockets, &plan, plan.runtime.workers.get())?;

@@ -12,9 +12,19 @@ pub async fn admin_call(
     method: http::Method,
     path: &str,
 ) -> (StatusCode, String) {
+    admin_call_with(addr, method, path, None).await
+}
+
+/// [`admin_call`] presenting `token` as a bearer token.
+pub async fn admin_call_with(
+    addr: SocketAddr,
+    method: http::Method,
+    path: &str,
+    token: Option<&str>,
+) -> (StatusCode, String) {
     patiently(
         &format!("{method} {path} on the admin endpoint"),
-        corral::admin::client::call(addr, method.clone(), path),
+        corral::admin::client::call(addr, method.clone(), path, token),
     )
     .await
     .unwrap()

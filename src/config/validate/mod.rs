@@ -5,6 +5,7 @@
 //! carries on, so one run reports everything wrong with the file. One file
 //! per section; `validator.rs` holds the checks of single values they share.
 
+mod admin;
 mod listener;
 mod route;
 mod runtime;
@@ -16,15 +17,13 @@ use std::path::Path;
 use super::error::Problem;
 use super::raw::*;
 use crate::plan::*;
+pub use admin::ADMIN_TOKEN_ENV;
 use validator::Validator;
 
 pub fn validate(path: &Path, raw: RawConfig, problems: &mut Vec<Problem>) -> Option<Plan> {
     let mut v = Validator::new(path, problems, raw.dropped);
     let runtime = v.runtime(raw.runtime);
-    let admin = raw.admin.and_then(|a| {
-        v.socket_addr(&a.listen, "admin.listen")
-            .map(|listen| AdminConfig { listen })
-    });
+    let admin = raw.admin.and_then(|a| v.admin(&a));
     let access_log = raw.access_log.map(|a| AccessLogConfig {
         target: v.log_target(&a.path),
         format: match a.format {
