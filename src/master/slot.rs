@@ -253,9 +253,16 @@ async fn run_worker(
             () = stop.cancelled(), if !matches!(worker.life, Life::Draining { .. } | Life::Killed { stopping: true }) => {
                 let grace = ctx.generation.borrow().plan.runtime.shutdown_timeout;
                 worker.drain(ctx, grace).await;
-                // Retired, the slot's sockets go on queueing until they
-                // close: cover them while the worker drains.
-                *relay = (!ctx.stopping.is_cancelled()).then(|| cover(slot, ctx, worker.sockets()));
+                if ctx.stopping.is_cancelled() {
+                    // A stopping master lets every socket close as soon as
+                    // its worker stops accepting.
+                    worker.held.clear();
+                    *relay = None;
+                } else {
+                    // Retired, the slot's sockets go on queueing until they
+                    // close: cover them while the worker drains.
+                    *relay = Some(cover(slot, ctx, worker.sockets()));
+                }
             }
             () = sleep_until(drain_deadline) => {
                 tracing::warn!(slot, "worker did not finish draining in time; killing it");
