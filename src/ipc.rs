@@ -3,10 +3,11 @@
 //!
 //! One Unix stream socketpair per peer carries typed messages, each framed as
 //! an 8-byte header (`version: u16`, `fd_count: u16`, `length: u32`, big
-//! endian) and a JSON body. File descriptors (listening sockets) travel with
-//! their message as `SCM_RIGHTS`. A peer that speaks another protocol version
-//! is refused with an error naming both versions, so a new master never
-//! misreads an old worker. Nothing here knows about HTTP.
+//! endian) and a JSON body. File descriptors (listening sockets, and the
+//! client connections the master relays, see `master::relay`) travel with
+//! their message as `SCM_RIGHTS`. A peer that speaks another protocol
+//! version is refused with an error naming both versions, so a new master
+//! never misreads an old worker. Nothing here knows about HTTP.
 
 use std::collections::VecDeque;
 use std::io::{self, IoSlice, IoSliceMut};
@@ -79,6 +80,9 @@ pub enum ToWorker {
     ReopenLogs,
     /// Stop accepting, finish in-flight work, exit.
     Drain,
+    /// Serve a client connection that the master accepted on `listener`'s
+    /// socket of a slot with no worker; its descriptor comes with this.
+    Connection { listener: String },
 }
 
 /// Worker -> master.

@@ -325,8 +325,7 @@ async fn changing_the_worker_count_adds_and_retires_slots() {
             "{status:#}"
         );
         // A retired slot's socket closes once its worker has drained and
-        // exited; connections queued on it in that moment would be reset
-        // (unless the kernel migrates them), so traffic resumes after.
+        // exited, and the master has relayed what was queued on it.
         for slot in workers..3 {
             corral
                 .wait_for_log(&format!("worker slot stopped slot={slot}"))

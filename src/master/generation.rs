@@ -72,7 +72,7 @@ impl Generation {
     pub fn slot_sockets(
         &self,
         slot: usize,
-    ) -> impl Iterator<Item = (&str, &std::net::TcpListener, SocketAddr)> {
+    ) -> impl Iterator<Item = (&str, &Arc<std::net::TcpListener>, SocketAddr)> {
         self.sockets
             .iter()
             .filter_map(move |l| Some((l.name.as_str(), l.slots.get(slot)?, l.bound)))

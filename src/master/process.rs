@@ -4,8 +4,11 @@
 //! Everything the master holds about the running config is one
 //! [`Generation`], published through a watch channel that every slot
 //! supervisor and the admin endpoint read; a reload makes the next one
-//! whole ([`reload::prepare`]) before anything is published.
+//! whole ([`reload::prepare`]) before anything is published, and is then
+//! pending until its workers confirm it: the loop goes on meanwhile, and
+//! never waits for one worker.
 
+use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -22,7 +25,10 @@ use super::filewatch;
 use super::generation::Generation;
 use super::health::{self, HealthChecker};
 use super::notify::Notifier;
-use super::reload::{self, Prepared, ReloadError, ReloadRecord, ReloadRequest, Reloaded, Trigger};
+use super::relay::Inboxes;
+use super::reload::{
+    self, Pending, Prepared, ReloadError, ReloadRecord, ReloadRequest, Reloaded, Reply, Trigger,
+};
 use super::slot::{self, SlotContext, sleep_until};
 use super::sockets::{self, BindError, Inherited};
 use super::status::{StatusBoard, timestamp};
@@ -68,6 +74,9 @@ pub fn run(path: &Path) -> Result<(), RunError> {
     })
 }
 
+/// A generation just published, and what changed, one line each.
+type Published = (Arc<Generation>, Vec<String>);
+
 struct SlotHandle {
     /// Stops this slot alone (retirement) or with all others (a stop).
     stop: CancellationToken,
@@ -91,6 +100,8 @@ struct Master {
     admin: Option<std::net::TcpListener>,
     admin_stop: CancellationToken,
     reloads: mpsc::Receiver<ReloadRequest>,
+    /// Reloads published and not yet confirmed, oldest first.
+    pending: VecDeque<Pending>,
     /// Where to say `Ready` when this master took over from another.
     predecessor: Option<ipc::Sender>,
     /// The service manager's socket (`NOTIFY_SOCKET`), if any.
@@ -144,6 +155,7 @@ impl Master {
             Arc::new(ClusterMetrics::new().map_err(|e| std::io::Error::other(e.to_string()))?);
         metrics.generation.set(1);
         let (reopen_logs, reopen_rx) = watch::channel(0);
+        let stopping = CancellationToken::new();
         let ctx = Arc::new(SlotContext {
             exe: exe.clone(),
             generation: generation_rx.clone(),
@@ -152,6 +164,8 @@ impl Master {
             metrics: metrics.clone(),
             reopen_logs: reopen_rx,
             kill: CancellationToken::new(),
+            stopping: stopping.clone(),
+            inboxes: Arc::new(Inboxes::new(stopping)),
         });
         let (reload_tx, reloads) = mpsc::channel(8);
         let admin_backend = Arc::new(AdminBackend::new(
@@ -180,28 +194,33 @@ impl Master {
             admin,
             admin_stop,
             reloads,
+            pending: VecDeque::new(),
             predecessor,
             notify,
             last_text: Some(text),
         };
-        master.resize_slots(slots);
+        master.add_slots(slots);
         Ok(master)
     }
 
-    /// Starts supervisors for new slots, or retires the highest ones.
-    fn resize_slots(&mut self, slots: usize) {
-        self.status.resize(slots);
-        self.metrics
-            .slots
-            .set(i64::try_from(slots).unwrap_or(i64::MAX));
+    /// Retires the slots from `slots` up. Each supervisor drains its worker
+    /// and empties the slot's sockets on its own.
+    fn retire_slots(&mut self, slots: usize) {
         while self.slots.len() > slots {
             if let Some(retired) = self.slots.pop() {
                 tracing::info!(slot = self.slots.len(), "retiring worker slot");
                 retired.stop.cancel();
-                // The supervisor drains its worker on its own.
                 drop(retired.task);
             }
         }
+    }
+
+    /// Starts supervisors for slots up to `slots`, and shows that many.
+    fn add_slots(&mut self, slots: usize) {
+        self.status.resize(slots);
+        self.metrics
+            .slots
+            .set(i64::try_from(slots).unwrap_or(i64::MAX));
         for slot in self.slots.len()..slots {
             let stop = CancellationToken::new();
             let task = tokio::spawn(slot::supervise(slot, self.ctx.clone(), stop.clone()));
@@ -235,19 +254,17 @@ impl Master {
                     // the service for dead if the predecessor killed it now.
                     self.notify.serving(&self.generation.borrow(), self.slots.len());
                 }
-                _ = signals.hup.recv() => {
-                    // `reload` logs, counts and records its outcome itself.
-                    let _ = self.reload(Trigger::Signal).await;
-                }
+                // Each reload logs, counts and records its outcome itself.
+                _ = signals.hup.recv() => self.reload(Trigger::Signal, None),
                 _ = signals.usr1.recv() => {
                     tracing::info!("SIGUSR1: workers reopen their log files");
                     self.reopen_logs.send_modify(|n| *n += 1);
                 }
-                Some(request) = self.reloads.recv() => {
-                    let result = self.reload(Trigger::Admin).await;
-                    // The admin request may have been given up on; the
-                    // outcome is in /status and the log either way.
-                    let _ = request.reply.send(result);
+                Some(request) = self.reloads.recv() => self.reload(Trigger::Admin, Some(request.reply)),
+                outcome = reload::settled(&self.status, self.pending.front()) => {
+                    if let Some(pending) = self.pending.pop_front() {
+                        self.conclude(pending, outcome);
+                    }
                 }
                 Some(()) = recv(&mut file_events) => {
                     // Editors and ConfigMap updates change several files in a
@@ -257,8 +274,7 @@ impl Master {
                 () = sleep_until(settle_at) => {
                     settle_at = None;
                     if filewatch::changed(&self.path, self.last_text.as_deref()) {
-                        // Logged, counted and recorded by `reload`.
-                        let _ = self.reload(Trigger::File).await;
+                        self.reload(Trigger::File, None);
                     } else {
                         tracing::debug!("config file as last read; nothing to reload");
                     }
@@ -296,6 +312,9 @@ impl Master {
 
     async fn stop(mut self, fast: bool) -> Result<(), RunError> {
         self.notify.stopping(fast);
+        // Their requests are answered that the master stops.
+        self.pending.clear();
+        self.ctx.stopping.cancel();
         self.admin_stop.cancel();
         self.admin = None;
         if fast {
@@ -318,17 +337,79 @@ impl Master {
         Ok(())
     }
 
-    async fn reload(&mut self, trigger: Trigger) -> Result<Reloaded, ReloadError> {
+    /// Starts a reload: reads and checks the file and publishes the next
+    /// generation. It is then pending, and ends when its workers confirm
+    /// it ([`reload::settled`], then `conclude`); nothing waits for that.
+    fn reload(&mut self, trigger: Trigger, reply: Option<Reply>) {
         self.notify.reloading();
         let started = std::time::Instant::now();
-        let result = self.apply().await;
+        match self.publish() {
+            Ok(Some((generation, changes))) => self.pending.push_back(Pending {
+                trigger,
+                started,
+                generation,
+                changes,
+                deadline: Instant::now() + reload::CONFIRM_TIMEOUT,
+                reply,
+            }),
+            Ok(None) => {
+                let current = self.generation.borrow().clone();
+                let unchanged = Reloaded {
+                    generation: current.number,
+                    changes: Vec::new(),
+                    unchanged: true,
+                };
+                self.end_reload(trigger, started, &current, Ok(unchanged), reply);
+            }
+            Err(e) => {
+                let current = self.generation.borrow().clone();
+                self.end_reload(trigger, started, &current, Err(e), reply);
+            }
+        }
+    }
+
+    /// Ends a pending reload with its workers' `outcome`.
+    fn conclude(&mut self, pending: Pending, outcome: Result<(), ReloadError>) {
+        let Pending {
+            trigger,
+            started,
+            generation,
+            changes,
+            reply,
+            ..
+        } = pending;
+        let result = outcome.map(|()| Reloaded {
+            generation: generation.number,
+            changes,
+            unchanged: false,
+        });
+        // A success says where the generation it confirmed listens; a
+        // failure, what serves now.
+        let shown = match result {
+            Ok(_) => generation,
+            Err(_) => self.generation.borrow().clone(),
+        };
+        self.end_reload(trigger, started, &shown, result, reply);
+    }
+
+    /// Logs, counts and records how a reload ended, and answers whoever
+    /// asked for it (an admin request may have been given up on; the outcome
+    /// is in `/status` and the log either way).
+    fn end_reload(
+        &mut self,
+        trigger: Trigger,
+        started: std::time::Instant,
+        shown: &Generation,
+        result: Result<Reloaded, ReloadError>,
+        reply: Option<Reply>,
+    ) {
         let elapsed = started.elapsed();
         let current = self.generation.borrow().number;
-        let record = |result, error| ReloadRecord {
+        let record = |result, generation, error| ReloadRecord {
             result,
             at: timestamp(SystemTime::now()),
             trigger: trigger.as_str(),
-            generation: current,
+            generation,
             error,
             duration_ms: u64::try_from(elapsed.as_millis()).unwrap_or(u64::MAX),
         };
@@ -348,7 +429,8 @@ impl Master {
                     .generation
                     .set(i64::try_from(done.generation).unwrap_or(i64::MAX));
                 // `/status` first, then the log, so a log reader finds it updated.
-                self.admin_backend.record_reload(record("success", None));
+                self.admin_backend
+                    .record_reload(record("success", done.generation, None));
                 let changes: String = done.changes.iter().map(|c| format!("\n  {c}")).collect();
                 tracing::info!(
                     trigger = trigger.as_str(),
@@ -364,7 +446,7 @@ impl Master {
                     .set(i64::try_from(current).unwrap_or(i64::MAX));
                 let error = e.lines().join("\n");
                 self.admin_backend
-                    .record_reload(record("failure", Some(error.clone())));
+                    .record_reload(record("failure", current, Some(error.clone())));
                 tracing::error!(
                     trigger = trigger.as_str(),
                     generation = current,
@@ -372,55 +454,36 @@ impl Master {
                 );
             }
         }
-        self.notify.reloaded(&self.generation.borrow(), &result);
-        result
+        self.notify.reloaded(shown, &result);
+        if let Some(reply) = reply {
+            let _ = reply.send(result);
+        }
     }
 
-    /// Makes the next generation, publishes it to every slot and waits for
-    /// the workers to confirm it.
-    async fn apply(&mut self) -> Result<Reloaded, ReloadError> {
+    /// Makes the next generation and publishes it to every slot; `None`
+    /// when the file and what it names read as the running generation's.
+    fn publish(&mut self) -> Result<Option<Published>, ReloadError> {
         let current = self.generation.borrow().clone();
         let (next, changes) = match reload::prepare(&current, &self.path, &mut self.last_text)? {
-            Prepared::Unchanged => {
-                return Ok(Reloaded {
-                    generation: current.number,
-                    changes: Vec::new(),
-                    unchanged: true,
-                });
-            }
+            Prepared::Unchanged => return Ok(None),
             Prepared::Next {
                 generation,
                 changes,
             } => (Arc::new(generation), changes),
         };
         drop(current);
+        let slots = next.plan.runtime.workers.get();
+        // Retired before the generation that leaves them out is published,
+        // so their supervisors never pass it on as a reload: a retired
+        // worker keeps accepting on the sockets it has until it drains, and
+        // its slot's relay takes over those sockets.
+        self.retire_slots(slots);
         self.generation.send_replace(next.clone());
         self.checker.update(&next.upstreams);
         self.health
             .send_replace(Arc::new(health::health_of(&next.upstreams)));
-        self.resize_slots(next.plan.runtime.workers.get());
-
-        let confirmed =
-            tokio::time::timeout(reload::CONFIRM_TIMEOUT, self.status.all_at(next.number)).await;
-        if confirmed.is_err() {
-            let slots = self
-                .status
-                .workers()
-                .iter()
-                .filter(|w| w.generation < Some(next.number))
-                .map(|w| w.slot)
-                .collect();
-            return Err(ReloadError::NotConfirmed {
-                generation: next.number,
-                timeout: reload::CONFIRM_TIMEOUT,
-                slots,
-            });
-        }
-        Ok(Reloaded {
-            generation: next.number,
-            changes,
-            unchanged: false,
-        })
+        self.add_slots(slots);
+        Ok(Some((next, changes)))
     }
 }
 
@@ -513,11 +576,12 @@ fn same_addr(bound: SocketAddr, configured: SocketAddr) -> bool {
 fn log_slot_retirement() {
     match sockets::migrate_req_enabled() {
         Some(true) => tracing::info!(
-            "net.ipv4.tcp_migrate_req is on: connections queued on a retired worker slot's socket move to the other slots"
+            "net.ipv4.tcp_migrate_req is on: the master relays what queues on a retired worker slot's socket \
+             to the other workers, and the kernel moves what arrives as it closes"
         ),
         _ => tracing::info!(
-            "net.ipv4.tcp_migrate_req is off: retiring a worker slot would reset connections queued on its socket; \
-             replacing a worker never does, because the master keeps every slot's socket open"
+            "net.ipv4.tcp_migrate_req is off: the master relays what queues on a retired worker slot's socket \
+             to the other workers before closing it"
         ),
     }
 }

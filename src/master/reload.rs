@@ -7,10 +7,16 @@
 //! unchanged keep their sockets, new ones are bound before anything is
 //! published (a port in use rejects the reload). The master then publishes
 //! it (`process`): each slot supervisor sends its worker the new plan and
-//! any new sockets, workers keep serving throughout, and the reload
-//! succeeds once all of them serve the new generation.
+//! any new sockets, and workers keep serving throughout. The reload is then
+//! [`Pending`]: it succeeds once every live slot serves the new generation
+//! ([`settled`]). A slot that has no worker meanwhile (one died, or backs
+//! off) is not waited for: whichever worker it starts next starts on the
+//! new generation, and is waited for once it is starting. Nothing else
+//! waits for a pending reload: the next one may be published meanwhile, and
+//! the admin endpoint answers throughout.
 
 use std::path::Path;
+use std::sync::Arc;
 use std::time::Duration;
 
 use http::StatusCode;
@@ -19,10 +25,13 @@ use tokio::sync::oneshot;
 
 use super::generation::{Generation, certificates};
 use super::sockets::{self, BindError};
+use super::status::{Confirmation, StatusBoard};
 use crate::config::{ConfigError, diff};
 use crate::plan::Plan;
 
-/// How long workers get to confirm a new generation.
+/// How long a live worker gets to confirm a new generation. One that takes
+/// longer is stuck (a dead one is not waited for), and its heartbeat
+/// timeout replaces it.
 pub const CONFIRM_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// What asked for a reload, for the log.
@@ -43,10 +52,48 @@ impl Trigger {
     }
 }
 
+/// Where a reload's outcome goes.
+pub type Reply = oneshot::Sender<Result<Reloaded, ReloadError>>;
+
 /// A reload asked for through the admin endpoint.
 #[derive(Debug)]
 pub struct ReloadRequest {
-    pub reply: oneshot::Sender<Result<Reloaded, ReloadError>>,
+    pub reply: Reply,
+}
+
+/// A reload published and not yet confirmed by every live worker.
+#[derive(Debug)]
+pub struct Pending {
+    pub trigger: Trigger,
+    pub started: std::time::Instant,
+    pub generation: Arc<Generation>,
+    pub changes: Vec<String>,
+    pub deadline: tokio::time::Instant,
+    pub reply: Option<Reply>,
+}
+
+/// Resolves once `pending` (the oldest; never, without one) has an outcome:
+/// every live slot serves its generation or a later one, a worker could not
+/// apply it, or live workers did not confirm it by its deadline.
+pub async fn settled(status: &StatusBoard, pending: Option<&Pending>) -> Result<(), ReloadError> {
+    let Some(pending) = pending else {
+        return std::future::pending().await;
+    };
+    let generation = pending.generation.number;
+    let settled = tokio::time::timeout_at(pending.deadline, status.settled(generation)).await;
+    match settled.unwrap_or_else(|_| status.confirmation(generation)) {
+        Confirmation::Confirmed => Ok(()),
+        Confirmation::Waiting(slots) => Err(ReloadError::NotConfirmed {
+            generation,
+            timeout: CONFIRM_TIMEOUT,
+            slots,
+        }),
+        Confirmation::Refused { slot, error } => Err(ReloadError::Refused {
+            generation,
+            slot,
+            error,
+        }),
+    }
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -73,6 +120,13 @@ pub enum ReloadError {
         timeout: Duration,
         slots: Vec<usize>,
     },
+    /// The worker's own words, from the control channel.
+    #[error("the worker of slot {slot} could not apply generation {generation}: {error}")]
+    Refused {
+        generation: u64,
+        slot: usize,
+        error: String,
+    },
     #[error("the master is stopping")]
     Stopping,
 }
@@ -83,7 +137,7 @@ impl ReloadError {
         match self {
             Self::Invalid(_) => StatusCode::BAD_REQUEST,
             Self::Bind(_) => StatusCode::CONFLICT,
-            Self::NotConfirmed { .. } => StatusCode::INTERNAL_SERVER_ERROR,
+            Self::NotConfirmed { .. } | Self::Refused { .. } => StatusCode::INTERNAL_SERVER_ERROR,
             Self::Stopping => StatusCode::SERVICE_UNAVAILABLE,
         }
     }

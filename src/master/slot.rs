@@ -6,6 +6,11 @@
 //! within `STABLE` of starting backs off exponentially (250 ms doubling to
 //! 30 s), which shows in `/status` and the log. The master never dies
 //! because a worker did.
+//!
+//! While the slot has no serving worker, or is retired and its worker
+//! drains, a [`Relay`] takes what queues on its sockets to the other slots'
+//! workers; while its own worker serves, the supervisor sends it what the
+//! other slots' relays hand to its [`Inbox`].
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -21,6 +26,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use super::generation::Generation;
+use super::relay::{Inbox, Inboxes, Relay, Relayed, Sockets};
 use super::status::{StatusBoard, describe};
 use crate::ipc::{self, ServerHealth, ToMaster, ToWorker};
 use crate::metrics::cluster::ClusterMetrics;
@@ -44,11 +50,21 @@ pub struct SlotContext {
     pub reopen_logs: watch::Receiver<u64>,
     /// Fast stop: kill every worker.
     pub kill: CancellationToken,
+    /// The master stops (rather than a reload retiring a slot): nothing is
+    /// relayed any more.
+    pub stopping: CancellationToken,
+    /// Where covered slots' relays hand connections to serving workers.
+    pub inboxes: Arc<Inboxes>,
 }
 
 /// How a worker's life ended.
 enum End {
-    Exited { how: String, lived: Duration },
+    Exited {
+        how: String,
+        lived: Duration,
+        /// The sockets its worker had.
+        held: Sockets,
+    },
     Stopped,
 }
 
@@ -56,6 +72,7 @@ enum End {
 /// retirement): then its worker drains and is not replaced.
 pub async fn supervise(slot: usize, ctx: Arc<SlotContext>, stop: CancellationToken) {
     let mut quick_exits = 0u32;
+    let mut relay = Some(cover(slot, &ctx, Sockets::new()));
     while !stop.is_cancelled() {
         // The worker counts into memory this master owns; whatever it
         // counted stays in the cluster's totals after it ends.
@@ -69,11 +86,12 @@ pub async fn supervise(slot: usize, ctx: Arc<SlotContext>, stop: CancellationTok
                 }
             }
         };
-        let end = run_worker(slot, &ctx, &stop, region_fd).await;
+        let end = run_worker(slot, &ctx, &stop, region_fd, &mut relay).await;
         ctx.metrics.workers.retire(region);
         match end {
             End::Stopped => break,
-            End::Exited { how, lived } => {
+            End::Exited { how, lived, held } => {
+                relay.get_or_insert_with(|| cover(slot, &ctx, held));
                 ctx.metrics.restarts.inc();
                 quick_exits = if lived < STABLE { quick_exits + 1 } else { 0 };
                 let delay = backoff(quick_exits);
@@ -99,8 +117,20 @@ pub async fn supervise(slot: usize, ctx: Arc<SlotContext>, stop: CancellationTok
             }
         }
     }
+    // Retired: its worker is gone, and the relay empties its sockets
+    // before they close. A stopping master lets them go as they are.
+    if let Some(relay) = relay.take() {
+        if !ctx.stopping.is_cancelled() {
+            relay.finish().await;
+        }
+    }
     ctx.status.stopped(slot);
     tracing::info!(slot, "worker slot stopped");
+}
+
+/// A relay for `slot`, which has no serving worker.
+fn cover(slot: usize, ctx: &SlotContext, held: Sockets) -> Relay {
+    Relay::start(slot, ctx.generation.clone(), held, ctx.inboxes.clone())
 }
 
 /// No wait for the first quick exit, then 250 ms doubling up to 30 s.
@@ -114,7 +144,7 @@ fn backoff(quick_exits: u32) -> Duration {
 }
 
 /// The sockets a worker has, by listener name: what it was last sent.
-type Held = HashMap<String, SocketAddr>;
+type Held = HashMap<String, (SocketAddr, Arc<std::net::TcpListener>)>;
 
 /// Where a worker is in its life, as its supervisor sees it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -139,13 +169,22 @@ struct Worker {
     held: Held,
     life: Life,
     born: Instant,
+    /// The generation it was started on.
+    started_on: u64,
+    /// How long it may leave its channel unread (the heartbeat timeout).
+    hung_after: Duration,
+    /// Open while it serves: connections other slots' relays hand it.
+    inbox: Option<Inbox>,
 }
 
+/// Runs one worker until it ends. `relay` covers the slot until the worker
+/// serves, and again while a retired slot's worker drains.
 async fn run_worker(
     slot: usize,
     ctx: &SlotContext,
     stop: &CancellationToken,
     region: OwnedFd,
+    relay: &mut Option<Relay>,
 ) -> End {
     let mut generation = ctx.generation.clone();
     let current = generation.borrow_and_update().clone();
@@ -156,6 +195,7 @@ async fn run_worker(
             return End::Exited {
                 how,
                 lived: Duration::ZERO,
+                held: Sockets::new(),
             };
         }
     };
@@ -179,7 +219,12 @@ async fn run_worker(
                 if worker.received(message, ctx) {
                     last_pong = Instant::now();
                 }
+                if worker.inbox.is_some() {
+                    // It serves: the slot needs no cover.
+                    *relay = None;
+                }
             }
+            Some(conn) = next_relayed(&mut worker.inbox) => worker.pass(conn, ctx).await,
             _ = heartbeat.tick(), if running => {
                 if last_pong.elapsed() > heartbeat_timeout {
                     tracing::error!(slot, pid = worker.child.id(), timeout = ?heartbeat_timeout, "worker stopped answering heartbeats; killing it");
@@ -208,6 +253,16 @@ async fn run_worker(
             () = stop.cancelled(), if !matches!(worker.life, Life::Draining { .. } | Life::Killed { stopping: true }) => {
                 let grace = ctx.generation.borrow().plan.runtime.shutdown_timeout;
                 worker.drain(ctx, grace).await;
+                if ctx.stopping.is_cancelled() {
+                    // A stopping master lets every socket close as soon as
+                    // its worker stops accepting.
+                    worker.held.clear();
+                    *relay = None;
+                } else {
+                    // Retired, the slot's sockets go on queueing until they
+                    // close: cover them while the worker drains.
+                    *relay = Some(cover(slot, ctx, worker.sockets()));
+                }
             }
             () = sleep_until(drain_deadline) => {
                 tracing::warn!(slot, "worker did not finish draining in time; killing it");
@@ -259,6 +314,9 @@ impl Worker {
             held: Held::new(),
             life: Life::Running,
             born: Instant::now(),
+            started_on: generation.number,
+            hung_after: generation.plan.runtime.heartbeat_timeout,
+            inbox: None,
         };
         let (listeners, mut fds) = sockets_to_send(generation, slot, &mut worker.held);
         fds.insert(0, region.as_fd());
@@ -282,7 +340,28 @@ impl Worker {
             Life::Running | Life::Killed { stopping: false } => End::Exited {
                 how: status.map_or_else(|e| format!("wait failed: {e}"), describe),
                 lived: self.born.elapsed(),
+                held: self.sockets(),
             },
+        }
+    }
+
+    /// The sockets it was sent, by listener name.
+    fn sockets(&self) -> Sockets {
+        self.held
+            .iter()
+            .map(|(name, (_, socket))| (name.clone(), socket.clone()))
+            .collect()
+    }
+
+    /// Sends the worker a connection another slot's relay accepted; if it
+    /// cannot take it (it is going), another worker gets it.
+    async fn pass(&mut self, conn: Relayed, ctx: &SlotContext) {
+        let message = ToWorker::Connection {
+            listener: conn.listener.clone(),
+        };
+        if !self.transmit(&message, &[conn.stream.as_fd()]).await {
+            self.inbox = None;
+            ctx.inboxes.redeliver(conn);
         }
     }
 
@@ -298,6 +377,9 @@ impl Worker {
                 ToMaster::Ready { generation } | ToMaster::Reloaded { generation } => {
                     if self.life == Life::Running {
                         ctx.status.ready(slot, generation);
+                        if self.inbox.is_none() {
+                            self.inbox = Some(ctx.inboxes.open(slot));
+                        }
                     }
                     tracing::info!(slot, pid = self.child.id(), generation, "worker ready");
                     true
@@ -305,6 +387,7 @@ impl Worker {
                 ToMaster::Pong { .. } => true,
                 ToMaster::Failed { error } => {
                     tracing::error!(slot, error, "worker could not start");
+                    ctx.status.refused(slot, self.started_on, error);
                     false
                 }
                 ToMaster::ReloadFailed { generation, error } => {
@@ -316,6 +399,7 @@ impl Worker {
                         error,
                         "worker could not reload; replacing it"
                     );
+                    ctx.status.refused(slot, generation, error);
                     self.kill(false);
                     false
                 }
@@ -346,10 +430,13 @@ impl Worker {
                 .collect(),
             sockets,
         };
-        if let Err(e) = self.tx.send_with_fds(&reload, &fds).await {
+        if !self.transmit(&reload, &fds).await && self.life == Life::Running {
             // A worker that missed a generation must not go on serving the
             // old one: its replacement starts on the new.
-            tracing::warn!(slot = self.slot, error = %e, "could not send the reload; replacing the worker");
+            tracing::warn!(
+                slot = self.slot,
+                "could not send the reload; replacing the worker"
+            );
             self.kill(false);
         }
     }
@@ -357,6 +444,8 @@ impl Worker {
     /// Asks the worker to drain, giving it `grace` (and a second) to go.
     async fn drain(&mut self, ctx: &SlotContext, grace: Duration) {
         ctx.status.draining(self.slot);
+        // What is relayed to it from now on would not be served.
+        self.inbox = None;
         self.life = Life::Draining {
             deadline: Instant::now() + grace + Duration::from_secs(1),
         };
@@ -373,6 +462,7 @@ impl Worker {
     /// Kills the worker. `stopping`: the slot is stopping (as it is
     /// already when the worker was draining), so its exit ends the slot.
     fn kill(&mut self, stopping: bool) {
+        self.inbox = None;
         if let Err(e) = self.child.start_kill() {
             // Only when it has exited already, which `wait` reports.
             tracing::debug!(slot = self.slot, error = %e, "could not kill the worker");
@@ -389,8 +479,27 @@ impl Worker {
     /// is going (its channel closed); its exit is what the supervisor acts
     /// on, so the failure is only noted.
     async fn send(&mut self, message: &ToWorker) {
-        if let Err(e) = self.tx.send(message).await {
-            tracing::debug!(slot = self.slot, error = %e, "could not reach the worker");
+        self.transmit(message, &[]).await;
+    }
+
+    /// Sends `message` with `fds`; whether it went. A failed send means the
+    /// worker is going. One that takes nothing from its channel for a
+    /// heartbeat timeout is hung, and killed as if it had missed its
+    /// heartbeats: else a full channel (relayed connections fill it fast)
+    /// would hold this supervisor, heartbeat checks included, for good.
+    async fn transmit(&mut self, message: &ToWorker, fds: &[BorrowedFd<'_>]) -> bool {
+        let sent = tokio::time::timeout(self.hung_after, self.tx.send_with_fds(message, fds));
+        match sent.await {
+            Ok(Ok(())) => true,
+            Ok(Err(e)) => {
+                tracing::debug!(slot = self.slot, error = %e, "could not reach the worker");
+                false
+            }
+            Err(_) => {
+                tracing::error!(slot = self.slot, pid = self.child.id(), timeout = ?self.hung_after, "worker stopped reading its control channel; killing it");
+                self.kill(false);
+                false
+            }
         }
     }
 }
@@ -405,14 +514,22 @@ fn sockets_to_send<'g>(
     let mut names = Vec::new();
     let mut fds = Vec::new();
     for (name, socket, bound) in generation.slot_sockets(slot) {
-        if held.get(name) != Some(&bound) {
-            held.insert(name.to_owned(), bound);
+        if held.get(name).map(|(addr, _)| *addr) != Some(bound) {
+            held.insert(name.to_owned(), (bound, socket.clone()));
             names.push(name.to_owned());
             fds.push(socket.as_fd());
         }
     }
     held.retain(|name, _| generation.slot_sockets(slot).any(|(n, ..)| n == name));
     (names, fds)
+}
+
+/// The next connection relayed to a serving worker; never, without an inbox.
+async fn next_relayed(inbox: &mut Option<Inbox>) -> Option<Relayed> {
+    match inbox {
+        Some(inbox) => inbox.recv().await,
+        None => std::future::pending().await,
+    }
 }
 
 /// Kills a worker that could not be started and waits for it to go.

@@ -3,12 +3,14 @@
 //! For every listener the master binds one `SO_REUSEPORT` socket per worker
 //! slot and hands slot i's sockets to worker i. Because the master keeps its
 //! own descriptor for each, a worker that dies never closes its socket:
-//! connections the kernel queued on it wait for the replacement instead of
-//! being reset. A binary upgrade passes the same sockets to the new master.
+//! connections the kernel queued on it are not reset, and the master relays
+//! them to the other workers until the replacement serves (`relay`). A
+//! binary upgrade passes the same sockets to the new master.
 
 use std::collections::HashMap;
 use std::io;
 use std::net::{SocketAddr, TcpListener};
+use std::sync::Arc;
 
 use socket2::{Domain, Protocol, Socket, Type};
 
@@ -41,7 +43,9 @@ pub struct ListenerSockets {
     /// The address actually bound (differs from `addr` when its port is 0).
     pub bound: SocketAddr,
     pub backlog: u32,
-    pub slots: Vec<TcpListener>,
+    /// Shared, not duplicated: whoever holds one (a generation, a slot
+    /// supervisor relaying a retired slot's queue) keeps it open.
+    pub slots: Vec<Arc<TcpListener>>,
 }
 
 impl ListenerSockets {
@@ -87,7 +91,9 @@ pub fn bind_all(
         .iter()
         .map(|l| {
             bind_listener(l, slots, |slot| {
-                inherited.remove(&(l.name.clone(), l.addr, slot))
+                inherited
+                    .remove(&(l.name.clone(), l.addr, slot))
+                    .map(Arc::new)
             })
         })
         .collect()
@@ -107,7 +113,7 @@ pub fn rebind(
         .iter()
         .map(|l| {
             let old = previous.iter().find(|p| p.serves(l));
-            let sockets = bind_listener(l, slots, |slot| old?.slots.get(slot)?.try_clone().ok())?;
+            let sockets = bind_listener(l, slots, |slot| old?.slots.get(slot).cloned())?;
             if old.is_some_and(|o| o.backlog != l.backlog) {
                 // listen(2) on a listening socket just resizes its queue.
                 for s in &sockets.slots {
@@ -124,7 +130,7 @@ pub fn rebind(
 fn bind_listener(
     l: &ListenerConfig,
     slots: usize,
-    mut reuse: impl FnMut(usize) -> Option<TcpListener>,
+    mut reuse: impl FnMut(usize) -> Option<Arc<TcpListener>>,
 ) -> Result<ListenerSockets, BindError> {
     let error = BindError::of(l);
     let mut sockets = Vec::with_capacity(slots);
@@ -134,7 +140,7 @@ fn bind_listener(
             Some(socket) => socket,
             // Port 0 asks the kernel for a free port; every further slot
             // must join that same port.
-            None => bind(bound, l.backlog).map_err(&error)?,
+            None => Arc::new(bind(bound, l.backlog).map_err(&error)?),
         };
         bound = socket.local_addr().map_err(&error)?;
         sockets.push(socket);

@@ -33,6 +33,38 @@ pub struct WorkerStatus {
     /// Quick exits in a row; above one the slot backs off before respawning.
     pub crash_loop: u32,
     pub next_start_in_ms: Option<u64>,
+    /// The latest generation a worker of this slot could not apply, and why.
+    #[serde(skip)]
+    pub refused: Option<(u64, String)>,
+}
+
+impl WorkerStatus {
+    /// Whether the slot has a worker that serves or is about to: one a
+    /// reload waits for, as it does for a replacement that starts at once.
+    /// A slot backing off has none; whichever worker it starts next starts
+    /// on the current generation.
+    fn live(&self) -> bool {
+        match self.state {
+            WorkerState::Starting | WorkerState::Ready => true,
+            WorkerState::Backoff => self.next_start_in_ms == Some(0),
+            WorkerState::Draining | WorkerState::Stopped => false,
+        }
+    }
+
+    fn serves(&self, generation: u64) -> bool {
+        self.state == WorkerState::Ready && self.generation >= Some(generation)
+    }
+}
+
+/// Where the slots stand with a published generation.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Confirmation {
+    /// Every live slot serves it or a later one.
+    Confirmed,
+    /// These slots' workers do not serve it yet.
+    Waiting(Vec<usize>),
+    /// A worker of `slot` could not apply it or a later one.
+    Refused { slot: usize, error: String },
 }
 
 #[derive(Debug)]
@@ -66,6 +98,7 @@ impl StatusBoard {
             last_exit: None,
             crash_loop: 0,
             next_start_in_ms: None,
+            refused: None,
         }
     }
 
@@ -96,6 +129,11 @@ impl StatusBoard {
             w.state = WorkerState::Ready;
             w.generation = Some(generation);
         });
+    }
+
+    /// A worker of `slot` could not start on, or switch to, `generation`.
+    pub fn refused(&self, slot: usize, generation: u64, error: String) {
+        self.update(slot, |w| w.refused = Some((generation, error)));
     }
 
     pub fn draining(&self, slot: usize) {
@@ -158,10 +196,40 @@ impl StatusBoard {
         self.wait_for(|w| w.state == WorkerState::Ready).await;
     }
 
-    /// Resolves once every slot's worker serves `generation` or later.
-    pub async fn all_at(&self, generation: u64) {
-        self.wait_for(|w| w.state == WorkerState::Ready && w.generation >= Some(generation))
-            .await;
+    /// Where the slots stand with `generation`. A worker's death is its
+    /// own event, not the generation's: its slot backs off or starts its
+    /// next worker on the current generation, and counts once that one
+    /// serves. Only a worker that could not apply the generation refuses it.
+    pub fn confirmation(&self, generation: u64) -> Confirmation {
+        let workers = self.workers();
+        let refusal = workers.iter().find_map(|w| match &w.refused {
+            Some((refused, error)) if *refused >= generation => Some((w.slot, error.clone())),
+            _ => None,
+        });
+        if let Some((slot, error)) = refusal {
+            return Confirmation::Refused { slot, error };
+        }
+        let waiting: Vec<usize> = workers
+            .iter()
+            .filter(|w| w.live() && !w.serves(generation))
+            .map(|w| w.slot)
+            .collect();
+        if waiting.is_empty() {
+            Confirmation::Confirmed
+        } else {
+            Confirmation::Waiting(waiting)
+        }
+    }
+
+    /// Resolves once `generation` is confirmed or refused.
+    pub async fn settled(&self, generation: u64) -> Confirmation {
+        let mut changes = self.version.subscribe();
+        loop {
+            let now = self.confirmation(generation);
+            if !matches!(now, Confirmation::Waiting(_)) || changes.changed().await.is_err() {
+                return now;
+            }
+        }
     }
 
     async fn wait_for(&self, done: impl Fn(&WorkerStatus) -> bool) {
@@ -184,5 +252,90 @@ pub fn describe(status: ExitStatus) -> String {
             Err(_) => format!("killed by signal {signal}"),
         },
         (None, None) => "ended".to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Two slots serving generation 1.
+    fn serving() -> StatusBoard {
+        let board = StatusBoard::new(2);
+        for slot in 0..2 {
+            board.spawned(slot, Some(100 + slot as u32));
+            board.ready(slot, 1);
+        }
+        board
+    }
+
+    #[test]
+    fn a_generation_is_confirmed_once_every_live_slot_serves_it() {
+        let board = serving();
+        assert_eq!(board.confirmation(2), Confirmation::Waiting(vec![0, 1]));
+        board.ready(0, 2);
+        assert_eq!(board.confirmation(2), Confirmation::Waiting(vec![1]));
+        board.ready(1, 3);
+        assert_eq!(board.confirmation(2), Confirmation::Confirmed);
+    }
+
+    #[test]
+    fn a_slot_backing_off_is_not_waited_for_but_a_replacement_starting_at_once_is() {
+        let board = serving();
+        board.ready(0, 2);
+        // Slot 1's worker confirmed, then died: the board keeps its last
+        // generation, which must not make the slot look served.
+        board.ready(1, 2);
+        board.exited(1, "killed by SIGKILL".into(), 1, Some(Duration::ZERO));
+        assert_eq!(board.confirmation(3), Confirmation::Waiting(vec![0, 1]));
+        board.exited(
+            1,
+            "killed by SIGKILL".into(),
+            3,
+            Some(Duration::from_secs(8)),
+        );
+        assert_eq!(board.confirmation(3), Confirmation::Waiting(vec![0]));
+        board.ready(0, 3);
+        assert_eq!(board.confirmation(3), Confirmation::Confirmed);
+        // Its replacement starts on the current generation and is waited for.
+        board.spawned(1, Some(200));
+        assert_eq!(board.confirmation(3), Confirmation::Waiting(vec![1]));
+        board.ready(1, 3);
+        assert_eq!(board.confirmation(3), Confirmation::Confirmed);
+    }
+
+    #[test]
+    fn a_worker_that_cannot_apply_a_generation_refuses_it_but_not_an_earlier_one() {
+        let board = serving();
+        board.refused(1, 2, "cannot open the access log".into());
+        assert_eq!(
+            board.confirmation(2),
+            Confirmation::Refused {
+                slot: 1,
+                error: "cannot open the access log".into()
+            }
+        );
+        board.ready(0, 3);
+        board.ready(1, 3);
+        assert_eq!(board.confirmation(3), Confirmation::Confirmed);
+    }
+
+    #[tokio::test]
+    async fn settling_waits_for_the_board_to_change() {
+        let board = std::sync::Arc::new(serving());
+        let waiting = tokio::spawn({
+            let board = board.clone();
+            async move { board.settled(2).await }
+        });
+        tokio::task::yield_now().await;
+        assert!(!waiting.is_finished());
+        board.ready(0, 2);
+        board.exited(
+            1,
+            "killed by SIGKILL".into(),
+            2,
+            Some(Duration::from_millis(250)),
+        );
+        assert_eq!(waiting.await.unwrap(), Confirmation::Confirmed);
     }
 }

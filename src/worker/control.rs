@@ -4,7 +4,8 @@
 //! metrics region and the listening sockets. The worker builds its snapshot
 //! from the plan alone, starts accepting and says `Ready` (or `Failed`, and
 //! exits). Then it answers heartbeats, applies health updates and reloads
-//! (a new plan, and any new sockets), reopens its logs, and drains when
+//! (a new plan, and any new sockets), serves the client connections the
+//! master relays to it, reopens its logs, and drains when
 //! told to, when the master's end of the channel closes, or on SIGTERM.
 
 use std::net::SocketAddr;
@@ -165,6 +166,13 @@ async fn answer(
         ToWorker::Drain => {
             tracing::info!("draining on the master's request");
             shutdown.cancel();
+            None
+        }
+        ToWorker::Connection { listener } => {
+            match received.fds.into_iter().next() {
+                Some(fd) => server.serve_relayed(&listener, std::net::TcpStream::from(fd)),
+                None => tracing::warn!(listener, "relayed connection came without its socket"),
+            }
             None
         }
         ToWorker::Start { .. } => {

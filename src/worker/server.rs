@@ -11,7 +11,7 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -86,6 +86,38 @@ impl Server {
             accepting.stop.cancel();
             let _ = accepting.task.await;
         }
+    }
+
+    /// Serves a connection the master accepted on `listener`'s socket of a
+    /// slot that had no worker (see `master::relay`), as if accepted here.
+    pub fn serve_relayed(&self, listener: &str, stream: std::net::TcpStream) {
+        let accepted = stream
+            .set_nonblocking(true)
+            .and_then(|()| TcpStream::from_std(stream))
+            .and_then(|stream| Ok((stream.peer_addr()?, stream)));
+        let (peer, stream) = match accepted {
+            Ok(accepted) => accepted,
+            Err(e) => {
+                // The client is gone already.
+                tracing::debug!(listener, error = %e, "relayed connection unusable");
+                return;
+            }
+        };
+        // A reload may have removed the listener since the master took it.
+        let Some(settings) = self.snapshot.load().listener(listener).cloned() else {
+            tracing::debug!(
+                listener,
+                "relayed connection for an unknown listener; refusing"
+            );
+            return;
+        };
+        self.connections.spawn(Box::pin(connection::serve(
+            stream,
+            peer,
+            settings,
+            self.snapshot.clone(),
+            self.shutdown.clone(),
+        )));
     }
 
     pub fn listening(&self) -> impl Iterator<Item = &str> {

@@ -1,0 +1,427 @@
+//! Relaying what queues on a slot that has no serving worker.
+//!
+//! The kernel spreads a port's new connections over every slot's socket,
+//! whether or not a worker accepts on it. A slot without a serving worker
+//! (its first worker starting, a replacement on its way, a crash loop's
+//! backoff, a retirement by a reload that lowers `runtime.workers`) would
+//! leave its share of clients waiting. So the master, which holds every
+//! slot's sockets, covers such a slot: a [`Relay`] accepts on its sockets
+//! and hands each connection to a live worker, in turn, through that
+//! worker's [`Inbox`]; the slot's supervisor sends it over the control
+//! channel, the descriptor as `SCM_RIGHTS`. A crash loop costs the port
+//! capacity, never a stalled client.
+//!
+//! A retired slot is covered until its worker is gone; then what is still
+//! queued is accepted once more and relayed, and only then do its sockets
+//! close. So shrinking resets nothing, also where the kernel does not move
+//! a closing socket's queue (`net.ipv4.tcp_migrate_req`).
+//!
+//! It must not block on one worker: each inbox is bounded and a full one is
+//! passed over. It must not take a connection that no worker can serve: it
+//! accepts only while some inbox is open, and lets go of what it holds when
+//! the master stops.
+
+use std::future::poll_fn;
+use std::net::TcpListener as StdListener;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::task::Poll;
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+use tokio::sync::mpsc::{self, error::TrySendError};
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+use super::generation::Generation;
+
+/// How many relayed connections may wait in the master for one worker. A
+/// worker this far behind is passed over: the others take the next ones.
+const INBOX: usize = 256;
+
+/// After an accept error that is not the client's (out of descriptors), the
+/// pause before the next try, so that the relay does not spin.
+const ACCEPT_PAUSE: Duration = Duration::from_millis(10);
+
+/// A slot's sockets, by listener name.
+pub type Sockets = Vec<(String, Arc<StdListener>)>;
+
+/// A client connection accepted on `listener`'s socket of a covered slot.
+#[derive(Debug)]
+pub struct Relayed {
+    pub listener: String,
+    pub stream: std::net::TcpStream,
+}
+
+/// The inbox of every slot whose worker serves.
+#[derive(Debug)]
+pub struct Inboxes {
+    open: watch::Sender<Vec<(usize, mpsc::Sender<Relayed>)>>,
+    /// Where the next offer starts, so connections go round the workers.
+    turn: AtomicUsize,
+    /// The master is stopping: nothing relayed will be served.
+    closed: CancellationToken,
+}
+
+impl Inboxes {
+    /// `closed` is cancelled when the master stops.
+    pub fn new(closed: CancellationToken) -> Self {
+        Self {
+            open: watch::Sender::new(Vec::new()),
+            turn: AtomicUsize::new(0),
+            closed,
+        }
+    }
+
+    /// Opens `slot`'s inbox: its worker serves and takes relayed connections.
+    pub fn open(self: &Arc<Self>, slot: usize) -> Inbox {
+        let (tx, rx) = mpsc::channel(INBOX);
+        self.open.send_modify(|open| {
+            open.retain(|(s, _)| *s != slot);
+            open.push((slot, tx));
+        });
+        Inbox {
+            slot,
+            rx,
+            inboxes: self.clone(),
+        }
+    }
+
+    /// Delivers `conn` to some open inbox, waiting for one if need be.
+    pub fn redeliver(self: &Arc<Self>, conn: Relayed) {
+        let Err(conn) = self.offer(conn) else {
+            return;
+        };
+        // Called from drops too, which a runtime shutting down runs last;
+        // nothing would serve the connection then.
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            let inboxes = self.clone();
+            runtime.spawn(async move { inboxes.deliver(conn).await });
+        }
+    }
+
+    /// Puts `conn` in the next open inbox with room, if there is one.
+    fn offer(&self, mut conn: Relayed) -> Result<(), Relayed> {
+        let open = self.open.borrow();
+        let first = self.turn.fetch_add(1, Ordering::Relaxed);
+        let n = open.len();
+        for (_, tx) in open.iter().cycle().skip(first % n.max(1)).take(n) {
+            match tx.try_send(conn) {
+                Ok(()) => return Ok(()),
+                Err(TrySendError::Full(c) | TrySendError::Closed(c)) => conn = c,
+            }
+        }
+        Err(conn)
+    }
+
+    /// Delivers `conn`, waiting while every inbox is full or none is open;
+    /// drops it (the client sees it close) if the master stops first.
+    async fn deliver(&self, mut conn: Relayed) {
+        let mut open = self.open.subscribe();
+        loop {
+            open.mark_unchanged();
+            conn = match self.offer(conn) {
+                Ok(()) => return,
+                Err(conn) => conn,
+            };
+            let first = open.borrow().first().map(|(_, tx)| tx.clone());
+            tokio::select! {
+                () = self.closed.cancelled() => return,
+                Ok(()) = open.changed() => {}
+                Some(permit) = reserve(first.as_ref()) => {
+                    permit.send(conn);
+                    return;
+                }
+            }
+        }
+    }
+
+    /// Resolves once some inbox is open.
+    async fn any_open(&self) {
+        let mut open = self.open.subscribe();
+        // The sender lives in `self`: this never fails.
+        let _ = open.wait_for(|open| !open.is_empty()).await;
+    }
+}
+
+/// Room in `tx`'s inbox; never, without one or once it has closed.
+async fn reserve(tx: Option<&mpsc::Sender<Relayed>>) -> Option<mpsc::Permit<'_, Relayed>> {
+    match tx {
+        Some(tx) => tx.reserve().await.ok(),
+        None => std::future::pending().await,
+    }
+}
+
+/// One serving worker's relayed connections, for its supervisor to send.
+/// Dropping it (the worker drains, dies, or is killed) closes it, and what
+/// is still in it goes to the other workers.
+#[derive(Debug)]
+pub struct Inbox {
+    slot: usize,
+    rx: mpsc::Receiver<Relayed>,
+    inboxes: Arc<Inboxes>,
+}
+
+impl Inbox {
+    pub async fn recv(&mut self) -> Option<Relayed> {
+        self.rx.recv().await
+    }
+}
+
+impl Drop for Inbox {
+    fn drop(&mut self) {
+        let slot = self.slot;
+        self.inboxes
+            .open
+            .send_modify(|open| open.retain(|(s, _)| *s != slot));
+        self.rx.close();
+        while let Ok(conn) = self.rx.try_recv() {
+            self.inboxes.redeliver(conn);
+        }
+    }
+}
+
+/// Covers one slot: accepts on its sockets and relays each connection,
+/// until dropped (its worker serves again, or the master stops) or
+/// [`finish`](Relay::finish)ed.
+#[derive(Debug)]
+pub struct Relay {
+    stop: CancellationToken,
+    sweep: CancellationToken,
+    task: Option<JoinHandle<()>>,
+}
+
+impl Relay {
+    /// Covers `slot` on its sockets in the current generation, following
+    /// reloads. Once a reload has retired the slot, it keeps the sockets
+    /// it last had, or `held` (what its worker was sent) if it never had
+    /// any: those of a retired slot are what it must empty.
+    pub fn start(
+        slot: usize,
+        generation: watch::Receiver<Arc<Generation>>,
+        held: Sockets,
+        inboxes: Arc<Inboxes>,
+    ) -> Self {
+        let current = slot_sockets(&generation.borrow(), slot);
+        let sockets = if current.is_empty() { held } else { current };
+        let (stop, sweep) = (CancellationToken::new(), CancellationToken::new());
+        let task = tokio::spawn(run(
+            slot,
+            generation,
+            sockets,
+            inboxes,
+            stop.clone(),
+            sweep.clone(),
+        ));
+        Self {
+            stop,
+            sweep,
+            task: Some(task),
+        }
+    }
+
+    /// The slot is retired and its worker gone, so only this relay still
+    /// holds its sockets: accepts what is queued on them once more, relays
+    /// it, and lets the sockets close.
+    pub async fn finish(mut self) {
+        self.sweep.cancel();
+        if let Some(task) = self.task.take() {
+            // A relay that panicked has let go of its sockets already.
+            let _ = task.await;
+        }
+    }
+}
+
+impl Drop for Relay {
+    fn drop(&mut self) {
+        // A connection being delivered still goes; nothing more is accepted.
+        self.stop.cancel();
+    }
+}
+
+/// Slot `slot`'s sockets in `generation`; none if it has no such slot.
+pub fn slot_sockets(generation: &Generation, slot: usize) -> Sockets {
+    generation
+        .slot_sockets(slot)
+        .map(|(name, socket, _)| (name.to_owned(), socket.clone()))
+        .collect()
+}
+
+async fn run(
+    slot: usize,
+    mut generation: watch::Receiver<Arc<Generation>>,
+    mut sockets: Sockets,
+    inboxes: Arc<Inboxes>,
+    stop: CancellationToken,
+    sweep: CancellationToken,
+) {
+    let mut following = true;
+    loop {
+        let listening = listen(slot, &sockets);
+        loop {
+            let accepted = tokio::select! {
+                biased;
+                () = stop.cancelled() => return,
+                () = sweep.cancelled() => return sweep_queued(&sockets, &inboxes).await,
+                changed = generation.changed(), if following => match changed {
+                    Ok(()) => break,
+                    Err(_) => {
+                        following = false;
+                        continue;
+                    }
+                },
+                accepted = accept(&listening, &inboxes) => accepted,
+            };
+            if let Some(conn) = accepted {
+                // Not cancelled by a stop: an accepted connection is served.
+                inboxes.deliver(conn).await;
+            }
+        }
+        let current = slot_sockets(&generation.borrow_and_update(), slot);
+        if !current.is_empty() {
+            sockets = current;
+        }
+    }
+}
+
+/// Registers a copy of each socket with this runtime, to accept on.
+fn listen(slot: usize, sockets: &Sockets) -> Vec<(String, TcpListener)> {
+    sockets
+        .iter()
+        .filter_map(|(name, socket)| {
+            let copy = socket
+                .try_clone()
+                .and_then(TcpListener::from_std)
+                .inspect_err(|e| tracing::warn!(slot, listener = %name, error = %e, "cannot cover this socket"))
+                .ok()?;
+            Some((name.clone(), copy))
+        })
+        .collect()
+}
+
+/// The next connection on any of `listening`, once some worker can take
+/// it; `None` after an accept error.
+async fn accept(listening: &[(String, TcpListener)], inboxes: &Inboxes) -> Option<Relayed> {
+    inboxes.any_open().await;
+    let accepted = poll_fn(|cx| {
+        for (name, listener) in listening {
+            if let Poll::Ready(accepted) = listener.poll_accept(cx) {
+                return Poll::Ready(accepted.map(|(stream, _)| (name, stream)));
+            }
+        }
+        Poll::Pending
+    })
+    .await;
+    match accepted.and_then(|(name, stream)| Ok((name, stream.into_std()?))) {
+        Ok((name, stream)) => Some(Relayed {
+            listener: name.clone(),
+            stream,
+        }),
+        Err(e) => {
+            tracing::debug!(error = %e, "accept failed on a covered slot's socket");
+            tokio::time::sleep(ACCEPT_PAUSE).await;
+            None
+        }
+    }
+}
+
+/// Accepts and relays whatever `sockets` hold queued now.
+async fn sweep_queued(sockets: &Sockets, inboxes: &Inboxes) {
+    for (name, socket) in sockets {
+        if let Err(e) = socket.set_nonblocking(true) {
+            tracing::warn!(listener = %name, error = %e, "cannot empty a retired socket");
+            continue;
+        }
+        loop {
+            match socket.accept() {
+                Ok((stream, _)) => {
+                    let listener = name.clone();
+                    inboxes.deliver(Relayed { listener, stream }).await;
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
+                Err(e) if e.kind() == std::io::ErrorKind::ConnectionAborted => {}
+                Err(e) => {
+                    tracing::warn!(listener = %name, error = %e, "cannot empty a retired socket");
+                    break;
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A connected client socket, as a relay would have accepted it.
+    fn accepted(on: &StdListener, listener: &str) -> (Relayed, std::net::TcpStream) {
+        let client = std::net::TcpStream::connect(on.local_addr().unwrap()).unwrap();
+        let (stream, _) = on.accept().unwrap();
+        let relayed = Relayed {
+            listener: listener.to_owned(),
+            stream,
+        };
+        (relayed, client)
+    }
+
+    #[tokio::test]
+    async fn connections_go_round_the_open_inboxes() {
+        let on = StdListener::bind("127.0.0.1:0").unwrap();
+        let inboxes = Arc::new(Inboxes::new(CancellationToken::new()));
+        let (mut a, mut b) = (inboxes.open(0), inboxes.open(1));
+        let mut clients = Vec::new();
+        for i in 0..4 {
+            let (relayed, client) = accepted(&on, &format!("l{i}"));
+            inboxes.redeliver(relayed);
+            clients.push(client);
+        }
+        let names = |inbox: &mut Inbox| {
+            std::iter::from_fn(|| inbox.rx.try_recv().ok())
+                .map(|r| r.listener)
+                .collect::<Vec<_>>()
+        };
+        let (to_a, to_b) = (names(&mut a), names(&mut b));
+        assert_eq!((to_a.len(), to_b.len()), (2, 2), "{to_a:?} {to_b:?}");
+    }
+
+    #[tokio::test]
+    async fn what_a_closing_inbox_holds_goes_to_the_others() {
+        let on = StdListener::bind("127.0.0.1:0").unwrap();
+        let inboxes = Arc::new(Inboxes::new(CancellationToken::new()));
+        let closing = inboxes.open(0);
+        let (relayed, _client) = accepted(&on, "public");
+        inboxes.redeliver(relayed);
+        let mut open = inboxes.open(1);
+        drop(closing);
+        let moved = open.rx.try_recv().expect("the connection moved");
+        assert_eq!(moved.listener, "public");
+        assert!(inboxes.open.borrow().iter().all(|(slot, _)| *slot == 1));
+    }
+
+    #[tokio::test]
+    async fn a_relayed_connection_waits_for_an_inbox_and_a_stop_lets_it_go() {
+        let on = StdListener::bind("127.0.0.1:0").unwrap();
+        let closed = CancellationToken::new();
+        let inboxes = Arc::new(Inboxes::new(closed.clone()));
+        let (relayed, _client) = accepted(&on, "public");
+        // No worker serves: it waits, then goes to the first that does.
+        inboxes.redeliver(relayed);
+        tokio::task::yield_now().await;
+        let mut late = inboxes.open(3);
+        let got = tokio::time::timeout(Duration::from_secs(5), late.recv()).await;
+        assert_eq!(got.unwrap().unwrap().listener, "public");
+        // Once the master stops, nothing waits.
+        drop(late);
+        let (relayed, _client) = accepted(&on, "public");
+        let delivering = tokio::spawn({
+            let inboxes = inboxes.clone();
+            async move { inboxes.deliver(relayed).await }
+        });
+        closed.cancel();
+        tokio::time::timeout(Duration::from_secs(5), delivering)
+            .await
+            .unwrap()
+            .unwrap();
+    }
+}
