@@ -47,7 +47,7 @@ async fn wait_stopped(pid: u64) {
 
 /// An admin call that must answer within [`ANSWERED`].
 async fn admin_soon(corral: &Corral, method: Method, path: &str) -> (StatusCode, String) {
-    let call = corral::admin::client::call(corral.admin.unwrap(), method.clone(), path);
+    let call = corral::admin::client::call(corral.admin.unwrap(), method.clone(), path, None);
     match tokio::time::timeout(ANSWERED, call).await {
         Ok(answer) => answer.unwrap(),
         Err(_) => panic!("{method} {path} not answered within {ANSWERED:?}"),
@@ -157,7 +157,7 @@ async fn the_admin_endpoint_answers_while_a_reload_waits_on_a_worker_and_a_kill_
     let admin = corral.admin.unwrap();
     let reload = tokio::spawn(async move {
         let started = Instant::now();
-        let answer = corral::admin::client::call(admin, Method::POST, "/reload").await;
+        let answer = corral::admin::client::call(admin, Method::POST, "/reload", None).await;
         (answer.unwrap(), started.elapsed())
     });
     corral
@@ -393,7 +393,8 @@ async fn inject(
             let n = faults.reloads.len();
             corral.write_config(&format!("{config}\n# reload {n}\n"));
             let asked = Instant::now();
-            let call = corral::admin::client::call(corral.admin.unwrap(), Method::POST, "/reload");
+            let call =
+                corral::admin::client::call(corral.admin.unwrap(), Method::POST, "/reload", None);
             let answer = tokio::time::timeout(RELOADED, call).await;
             let took = asked.elapsed();
             let (code, body) = answer
