@@ -100,10 +100,13 @@ fn refusal<B>(
     request: &Request<B>,
 ) -> Option<Response<ResponseBody>> {
     let token = backend.token()?;
+    // The scheme's name is case-insensitive (RFC 9110 §11.1).
     let presented = request
         .headers()
         .get(header::AUTHORIZATION)
-        .and_then(|v| v.as_bytes().strip_prefix(b"Bearer "));
+        .map(|v| v.as_bytes())
+        .filter(|v| v.len() > 7 && v[..7].eq_ignore_ascii_case(b"bearer "))
+        .map(|v| &v[7..]);
     if presented.is_some_and(|p| token.matches(p.trim_ascii())) {
         return None;
     }

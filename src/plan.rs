@@ -52,11 +52,13 @@ pub struct AdminConfig {
     /// What every client must send as `Authorization: Bearer`, when set;
     /// read from `admin.token_file` or `CORRAL_ADMIN_TOKEN`, never the
     /// config text. Always set when `listen` is not a loopback address.
+    /// The master's alone: workers, which get the plan, never see it.
+    #[serde(skip)]
     pub token: Option<AdminToken>,
 }
 
 /// A bearer token: visible ASCII, compared in constant time, never printed.
-#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, PartialEq, Eq)]
 pub struct AdminToken(String);
 
 impl AdminToken {
@@ -64,10 +66,6 @@ impl AdminToken {
     pub fn new(text: &str) -> Option<Self> {
         let valid = !text.is_empty() && text.bytes().all(|b| b.is_ascii_graphic());
         valid.then(|| Self(text.to_owned()))
-    }
-
-    pub fn as_str(&self) -> &str {
-        &self.0
     }
 
     /// Whether `presented` is the token, in time that does not depend on

@@ -106,6 +106,22 @@ async fn with_a_token_every_request_must_present_it() {
     }
     let (status, body) = admin_call_with(admin, Method::GET, "/status", Some(TOKEN)).await;
     assert_eq!(status, StatusCode::OK, "{body}");
+    // The scheme's name in any case (RFC 9110 §11.1).
+    let mut stream = tokio::net::TcpStream::connect(admin).await.unwrap();
+    let request = format!(
+        "GET /healthz HTTP/1.1\r\nHost: a\r\nAuthorization: bEARER {TOKEN}\r\nConnection: close\r\n\r\n"
+    );
+    tokio::io::AsyncWriteExt::write_all(&mut stream, request.as_bytes())
+        .await
+        .unwrap();
+    let mut answer = String::new();
+    patiently(
+        "the answer",
+        tokio::io::AsyncReadExt::read_to_string(&mut stream, &mut answer),
+    )
+    .await
+    .unwrap();
+    assert!(answer.starts_with("HTTP/1.1 200 "), "{answer}");
     let (status, body) = admin_call_with(admin, Method::POST, "/reload", Some(TOKEN)).await;
     assert_eq!(status, StatusCode::OK, "{body}");
 }

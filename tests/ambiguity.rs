@@ -369,6 +369,20 @@ async fn over_http2_the_authority_wins_and_must_agree_with_any_host() {
 }
 
 #[tokio::test]
+async fn over_http2_an_asterisk_with_any_method_but_options_is_refused() {
+    let f = fixture("").await;
+    let mut request = http::Request::builder()
+        .uri("http://a.example/")
+        .body(empty())
+        .unwrap();
+    let mut parts = request.uri().clone().into_parts();
+    parts.path_and_query = Some("*".parse().unwrap());
+    *request.uri_mut() = http::Uri::from_parts(parts).unwrap();
+    assert_eq!(h2_status(&f.proxy, request).await, 400);
+    assert!(f.forwarded().is_empty(), "{:?}", f.forwarded());
+}
+
+#[tokio::test]
 async fn over_http2_connect_is_refused() {
     let f = fixture("").await;
     let connect = http::Request::builder()

@@ -11,6 +11,7 @@
 //! - `CONNECT` never: no route tunnels.
 
 use http::header::{self, HeaderValue};
+use http::uri::PathAndQuery;
 use http::{Method, Request, StatusCode, Uri, Version};
 
 /// What makes a request's target unusable.
@@ -115,41 +116,42 @@ pub fn check<B>(request: &Request<B>) -> Result<Target, TargetError> {
     })
 }
 
-/// Whether `uri` is the asterisk-form `*`.
+/// Whether `uri`'s path is the asterisk-form `*` (over HTTP/2 the URI
+/// carries `:authority` beside it).
 pub fn is_asterisk(uri: &Uri) -> bool {
-    uri.path() == "*" && uri.authority().is_none()
+    uri.path_and_query().map(PathAndQuery::as_str) == Some("*")
 }
 
-/// Whether `bytes` is `host [":" port]` (RFC 3986 §3.2.2-3): a reg-name or
-/// IPv4 address of unreserved characters, sub-delims and escapes, or a
-/// bracketed IPv6 literal; then digits after one colon. Userinfo (`@`), a
-/// path, a query, spaces and backslashes are all refused.
+/// Whether `bytes` is `host [":" port]` (RFC 3986 §3.2.2-3): a non-empty
+/// reg-name or IPv4 address of unreserved characters, sub-delims and
+/// escapes, or a bracketed IPv6 literal; then digits after one colon.
+/// Userinfo (`@`), a path, a query, spaces and backslashes are refused.
 fn valid_authority(bytes: &[u8]) -> bool {
-    let (host, port) = match bytes.split_first() {
-        Some((b'[', rest)) => match rest.iter().position(|&b| b == b']') {
+    let (host, port) = match bytes.strip_prefix(b"[") {
+        Some(rest) => match rest.iter().position(|&b| b == b']') {
             Some(end) => {
                 let literal = &rest[..end];
-                let ok = !literal.is_empty()
-                    && literal
-                        .iter()
-                        .all(|&b| b.is_ascii_hexdigit() || b == b':' || b == b'.');
-                if !ok {
-                    return false;
-                }
-                match &rest[end + 1..] {
-                    [] => return true,
-                    [b':', port @ ..] => (&[][..], port),
-                    _ => return false,
-                }
+                let valid = literal
+                    .iter()
+                    .all(|&b| b.is_ascii_hexdigit() || b == b':' || b == b'.');
+                (valid && !literal.is_empty(), &rest[end + 1..])
             }
             None => return false,
         },
-        _ => match bytes.iter().position(|&b| b == b':') {
-            Some(colon) => (&bytes[..colon], &bytes[colon + 1..]),
-            None => (bytes, &[][..]),
-        },
+        None => {
+            let end = bytes.iter().position(|&b| b == b':').unwrap_or(bytes.len());
+            let name = &bytes[..end];
+            // An http(s) URI's host is never empty (RFC 9110 §4.2.1).
+            let valid = !name.is_empty() && name.iter().all(|&b| REG_NAME[usize::from(b)]);
+            (valid, &bytes[end..])
+        }
     };
-    host.iter().all(|&b| REG_NAME[usize::from(b)]) && port.iter().all(u8::is_ascii_digit)
+    let port = match port {
+        [] => true,
+        [b':', digits @ ..] => digits.iter().all(u8::is_ascii_digit),
+        _ => false,
+    };
+    host && port
 }
 
 /// Bytes a reg-name may hold: unreserved, sub-delims and `%` of escapes.
@@ -244,6 +246,7 @@ mod tests {
         assert_eq!(refused("http://u@a.example/", &[]), TargetError::BadHost);
         for bad in [
             "a@b", "a/b", "a b", "a\\b", "a?b", "a#b", "a:8x", "[::1", "[zz]", "[::1]x", "a:1:2",
+            "", ":80", "[]", "[::1]:8x",
         ] {
             assert_eq!(refused("/", &[bad]), TargetError::BadHost, "{bad}");
         }
