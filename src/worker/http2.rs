@@ -3,7 +3,8 @@
 //! one write (see `batched_writes`). The header and keep-alive timeouts end
 //! the connection with GOAWAY, as a drain does. Settings a client may ask
 //! of an HTTP/2 connection (extended CONNECT for WebSockets, RFC 8441)
-//! belong here, and so do the limits h2 enforces on a client.
+//! belong here, and so do the limits h2 enforces on a client; those it does
+//! not are `http2_guard`'s.
 
 use std::pin::Pin;
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -17,6 +18,7 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::io::{AsyncRead, AsyncWrite};
 
 use super::batched_writes::NextTurn;
+use super::http2_guard::{Guard, Guarded};
 use super::service::{Conn, service};
 use super::socket::Prefixed;
 use super::timeouts::Expired;
@@ -24,7 +26,7 @@ use crate::plan::ListenerConfig;
 
 /// Streams a client may have open at once (SETTINGS_MAX_CONCURRENT_STREAMS;
 /// RFC 9113 advises no fewer than 100). h2 refuses those beyond it with
-/// REFUSED_STREAM.
+/// REFUSED_STREAM, and each refusal counts as a reset (see `http2_guard`).
 const MAX_CONCURRENT_STREAMS: u32 = 100;
 
 /// Streams the client may reset before corral has taken them up; past it,
@@ -34,7 +36,8 @@ const MAX_CONCURRENT_STREAMS: u32 = 100;
 const MAX_PENDING_ACCEPT_RESETS: usize = 20;
 
 /// Streams corral may reset for the client's protocol errors over the
-/// connection's life (MadeYouReset's lever); past it, GOAWAY.
+/// connection's life (MadeYouReset's lever); past it, GOAWAY. A backstop:
+/// `http2_guard` counts the same resets against a budget that refills.
 const MAX_LOCAL_ERROR_RESETS: usize = 1024;
 
 /// How much of a request body the client may send ahead of the upstream
@@ -67,7 +70,8 @@ fn builder(settings: &ListenerConfig, streams: Streams) -> Builder<Streams> {
         .initial_stream_window_size(STREAM_WINDOW)
         .initial_connection_window_size(CONNECTION_WINDOW)
         .max_send_buf_size(SEND_BUFFER)
-        // corral's own timeouts end idle connections.
+        // corral's own timeouts end idle connections; a server PING would
+        // only add acks to the client's control budget.
         .keep_alive_interval(None);
     builder
 }
@@ -77,13 +81,15 @@ where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let settings = &conn.listener.config;
+    let guard = Arc::new(Guard::default());
     let service = service(conn);
     // hyper moves each stream's future on its way to `Streams`; boxed, a
     // move is a pointer instead of kilobytes.
     let service = service_fn(move |request| Box::pin(service.call(request)));
     let running = Running(Streams::default());
     let streams = &running.0;
-    let serving = builder(settings, streams.clone()).serve_connection(TokioIo::new(io), service);
+    let serving = builder(settings, streams.clone())
+        .serve_connection(TokioIo::new(Guarded::new(io, guard.clone())), service);
     tokio::pin!(serving);
     // Once GOAWAY is sent, the connection only finishes its streams: the
     // shutdown and the idle timer, both still ready, must not fire again.
@@ -107,6 +113,10 @@ where
                 streams.run(cx, &mut turn);
                 ended
             }) => {
+                if let Some(why) = guard.tripped() {
+                    // Its streams end here, and their upstream requests.
+                    return tracing::info!(client = %conn.peer, abuse = why.as_str(), "HTTP/2 client over its limits; sent GOAWAY(ENHANCE_YOUR_CALM)");
+                }
                 if let Err(e) = ended {
                     tracing::debug!(client = %conn.peer, error = %e, "connection ended with an error");
                 }
