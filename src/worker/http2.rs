@@ -4,21 +4,24 @@
 //! the connection with GOAWAY, as a drain does. Settings a client may ask
 //! of an HTTP/2 connection (extended CONNECT for WebSockets, RFC 8441)
 //! belong here, and so do the limits h2 enforces on a client; those it does
-//! not are `http2_guard`'s.
+//! not are `http2_guard`'s and `http2_stalls`'.
 
 use std::pin::Pin;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::{Context, Poll};
 
+use futures_util::FutureExt as _;
 use futures_util::StreamExt as _;
 use futures_util::stream::FuturesUnordered;
 use hyper::server::conn::http2::Builder;
 use hyper::service::{Service as _, service_fn};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::time::Instant;
 
 use super::batched_writes::NextTurn;
-use super::http2_guard::{Guard, Guarded};
+use super::http2_guard::{Abuse, Guard, Guarded};
+use super::http2_stalls::{Stalling, Stalls};
 use super::service::{Conn, service};
 use super::socket::Prefixed;
 use super::timeouts::Expired;
@@ -82,10 +85,19 @@ where
 {
     let settings = &conn.listener.config;
     let guard = Arc::new(Guard::default());
+    let stalls = Arc::new(Stalls::default());
     let service = service(conn);
+    let watched = stalls.clone();
     // hyper moves each stream's future on its way to `Streams`; boxed, a
     // move is a pointer instead of kilobytes.
-    let service = service_fn(move |request| Box::pin(service.call(request)));
+    let service = service_fn(move |request| {
+        let stalls = watched.clone();
+        Box::pin(
+            service
+                .call(request)
+                .map(|r| r.map(|response| response.map(|body| Stalling::new(body, stalls)))),
+        )
+    });
     let running = Running(Streams::default());
     let streams = &running.0;
     let serving = builder(settings, streams.clone())
@@ -96,6 +108,9 @@ where
     let mut closing = false;
     // Responses that finish wait for the worker's next turn (see `batched_writes`).
     let mut turn = NextTurn::default();
+    // A response the client's flow control holds back gets as long as a
+    // request body may pause (one to two periods, see `http2_stalls`).
+    let mut sweep_at = Instant::now() + settings.body_timeout;
     loop {
         let (header, idle) = (settings.header_timeout, settings.keepalive_timeout);
         let (deadline, _) = conn.activity.deadline(header, idle);
@@ -139,6 +154,13 @@ where
                 }
                 None => {}
             },
+            // The guard sends the GOAWAY as the connection is next polled.
+            () = tokio::time::sleep_until(sweep_at) => {
+                sweep_at += settings.body_timeout;
+                if stalls.sweep() {
+                    guard.trip(Abuse::Stalled);
+                }
+            }
         }
     }
 }

@@ -7,8 +7,8 @@
 //!
 //! [`Guarded`] sits between hyper and the client's socket and reads the
 //! 9-byte frame headers as the bytes pass, both ways, never copying a
-//! payload. A client over its budget, or one that [`Guard::trip`] names,
-//! gets GOAWAY(ENHANCE_YOUR_CALM) at the next frame
+//! payload. A client over its budget, or one that [`Guard::trip`] names
+//! (see `http2_stalls`), gets GOAWAY(ENHANCE_YOUR_CALM) at the next frame
 //! boundary of what corral writes, and its connection ends there, its
 //! streams and their upstream requests with it.
 //!
@@ -80,6 +80,8 @@ pub enum Abuse {
     ControlFlood = 1,
     /// The reset budget ran dry.
     ResetFlood = 2,
+    /// Responses waited on the client's flow control for too long.
+    Stalled = 3,
 }
 
 impl Abuse {
@@ -88,11 +90,12 @@ impl Abuse {
         match self {
             Self::ControlFlood => "control frame flood",
             Self::ResetFlood => "stream reset flood",
+            Self::Stalled => "responses stalled by flow control",
         }
     }
 
     fn from_u8(code: u8) -> Option<Self> {
-        [Self::ControlFlood, Self::ResetFlood]
+        [Self::ControlFlood, Self::ResetFlood, Self::Stalled]
             .into_iter()
             .find(|a| *a as u8 == code)
     }
