@@ -8,9 +8,9 @@
 //! [`Guarded`] sits between hyper and the client's socket and reads the
 //! 9-byte frame headers as the bytes pass, both ways, never copying a
 //! payload. A client over its budget, or one that [`Guard::trip`] names
-//! (see `http2_stalls`), gets GOAWAY(ENHANCE_YOUR_CALM) at the next frame
-//! boundary of what corral writes, and its connection ends there, its
-//! streams and their upstream requests with it.
+//! (see `http2_stalls`), gets GOAWAY(ENHANCE_YOUR_CALM) once the frames
+//! corral is writing are out, and its connection ends there, its streams
+//! and their upstream requests with it.
 //!
 //! What h2 bounds itself (CONTINUATION floods, resets of streams not yet
 //! accepted, the header list, small DATA frames, streams beyond
