@@ -5,8 +5,9 @@
 //!   health, heartbeats, drain).
 //! - `server`: the accept loops over the listening sockets, and drain.
 //! - `connection`: one client connection's set-up (TLS or protocol
-//!   sniffing), then `http1` (serving and parking) or `http2`, through the
-//!   `service` every request goes through.
+//!   sniffing), then `http1` (serving and parking) or `http2` (with
+//!   `http2_guard` and `http2_stalls`, the limits h2 leaves to corral),
+//!   through the `service` every request goes through.
 //! - `timeouts` (client-side header and keep-alive timekeeping), `socket`
 //!   (the socket layers under hyper), `parse_error` (corral's answers to
 //!   unparsable requests) and `batched_writes`.
@@ -16,6 +17,8 @@ mod connection;
 pub mod control;
 mod http1;
 mod http2;
+mod http2_guard;
+mod http2_stalls;
 mod memory;
 mod parse_error;
 pub mod process;
