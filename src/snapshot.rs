@@ -59,6 +59,8 @@ pub struct ListenerSnapshot {
     pub tls: Option<Arc<rustls::ServerConfig>>,
     pub connections: Counter,
     pub connections_active: Gauge,
+    /// Times accepting paused at `max_connections`.
+    pub accept_pauses: Counter,
 }
 
 impl Snapshot {
@@ -132,6 +134,7 @@ impl Snapshot {
                     connections: recorder.counter(Family::Connections, &[&l.name]),
                     connections_active: recorder
                         .gauge(Family::ConnectionsActive, &[&l.name, recorder.worker()]),
+                    accept_pauses: recorder.counter(Family::AcceptPauses, &[&l.name]),
                 }))
             })
             .collect::<Result<_, BuildError>>()?;

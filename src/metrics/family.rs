@@ -33,10 +33,11 @@ pub enum Family {
     ConnectionsActive,
     Connections,
     UpstreamInFlight,
+    AcceptPauses,
 }
 
 impl Family {
-    pub const ALL: [Family; 8] = [
+    pub const ALL: [Family; 9] = [
         Family::Requests,
         Family::RequestDuration,
         Family::RequestBytes,
@@ -45,6 +46,7 @@ impl Family {
         Family::ConnectionsActive,
         Family::Connections,
         Family::UpstreamInFlight,
+        Family::AcceptPauses,
     ];
 
     pub fn id(self) -> u64 {
@@ -65,6 +67,7 @@ impl Family {
             Self::ConnectionsActive => "corral_connections_active",
             Self::Connections => "corral_connections_total",
             Self::UpstreamInFlight => "corral_upstream_in_flight",
+            Self::AcceptPauses => "corral_accept_pauses_total",
         }
     }
 
@@ -81,6 +84,9 @@ impl Family {
             Self::Connections => "Client connections accepted, per listener.",
             Self::UpstreamInFlight => {
                 "Requests being served by each upstream server now, per worker."
+            }
+            Self::AcceptPauses => {
+                "Times a worker stopped accepting on a listener because it held max_connections."
             }
         }
     }
@@ -101,7 +107,7 @@ impl Family {
             }
             Self::UpstreamErrors => &["upstream", "server", "kind"],
             Self::ConnectionsActive => &["listener", "worker"],
-            Self::Connections => &["listener"],
+            Self::Connections | Self::AcceptPauses => &["listener"],
             Self::UpstreamInFlight => &["upstream", "server", "worker"],
         }
     }

@@ -3,7 +3,8 @@
 //! - [`process`]: the process itself (signals, CPU pinning, its runtime),
 //!   and [`control`]: its side of the control channel (start, reloads,
 //!   health, heartbeats, drain).
-//! - `server`: the accept loops over the listening sockets, and drain.
+//! - `server`: the accept loops over the listening sockets, and drain;
+//!   `open_connections` (what `max_connections` counts).
 //! - `connection`: one client connection's set-up (TLS or protocol
 //!   sniffing), then `http1` (serving and parking) or `http2`, through the
 //!   `service` every request goes through.
@@ -17,6 +18,7 @@ pub mod control;
 mod http1;
 mod http2;
 mod memory;
+mod open_connections;
 mod parse_error;
 pub mod process;
 mod server;

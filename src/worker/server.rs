@@ -7,8 +7,14 @@
 //! it serves (a reload); connections already accepted are never affected. On
 //! shutdown it stops accepting, asks every connection to finish its in-flight
 //! requests and close, and waits for them up to the drain timeout.
+//!
+//! A listener's `max_connections` pauses its accept loop: with that many of
+//! its connections open, the loop stops calling accept (the kernel queues
+//! new connections, up to the backlog) until one closes or a reload changes
+//! the limit.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::net::TcpListener;
@@ -17,6 +23,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use super::connection;
+use super::open_connections::OpenConnections;
 use crate::accept;
 use crate::snapshot::SharedSnapshot;
 
@@ -51,6 +58,15 @@ struct AcceptLoop {
     stop: CancellationToken,
     /// Ends once the loop has dropped its socket.
     task: JoinHandle<()>,
+    open: Arc<OpenConnections>,
+}
+
+/// What an accept loop hands each connection it accepts, besides the socket.
+#[derive(Debug, Clone)]
+struct Shared {
+    snapshot: SharedSnapshot,
+    shutdown: CancellationToken,
+    connections: TaskTracker,
 }
 
 impl Server {
@@ -63,33 +79,44 @@ impl Server {
         }
     }
 
-    /// Starts accepting on `listener`, replacing any listener of that name.
+    /// Starts accepting on `listener`, replacing any listener of that name
+    /// (whose open connections still count against its limit).
     pub async fn listen(&mut self, listener: Listener) {
-        self.stop_listening(&listener.name).await;
+        let open = self
+            .stop_listening(&listener.name)
+            .await
+            .unwrap_or_default();
         let stop = self.shutdown.child_token();
         let name = listener.name.clone();
-        let task = tokio::spawn(accept_loop(
-            listener,
-            self.snapshot.clone(),
-            stop.clone(),
-            self.shutdown.clone(),
-            self.connections.clone(),
-        ));
-        self.accepting.insert(name, AcceptLoop { stop, task });
+        let shared = Shared {
+            snapshot: self.snapshot.clone(),
+            shutdown: self.shutdown.clone(),
+            connections: self.connections.clone(),
+        };
+        let task = tokio::spawn(accept_loop(listener, open.clone(), stop.clone(), shared));
+        self.accepting.insert(name, AcceptLoop { stop, task, open });
     }
 
     /// Stops accepting on `name` and returns once its socket is closed (so
-    /// the master can report a removed listener gone); its open connections
-    /// carry on.
-    pub async fn stop_listening(&mut self, name: &str) {
-        if let Some(accepting) = self.accepting.remove(name) {
-            accepting.stop.cancel();
-            let _ = accepting.task.await;
-        }
+    /// the master can report a removed listener gone), with the count of
+    /// its open connections, which carry on.
+    pub async fn stop_listening(&mut self, name: &str) -> Option<Arc<OpenConnections>> {
+        let accepting = self.accepting.remove(name)?;
+        accepting.stop.cancel();
+        let _ = accepting.task.await;
+        Some(accepting.open)
     }
 
     pub fn listening(&self) -> impl Iterator<Item = &str> {
         self.accepting.keys().map(String::as_str)
+    }
+
+    /// To be called once a new snapshot is in place: accept loops paused at
+    /// their listener's `max_connections` look at the limit again.
+    pub fn reconfigured(&self) {
+        for accepting in self.accepting.values() {
+            accepting.open.wake();
+        }
     }
 
     /// Stops accepting everywhere and waits at most `timeout` for open
@@ -124,26 +151,56 @@ pub async fn serve(
 
 async fn accept_loop(
     listener: Listener,
-    snapshot: SharedSnapshot,
+    open: Arc<OpenConnections>,
     stop: CancellationToken,
-    shutdown: CancellationToken,
-    connections: TaskTracker,
+    shared: Shared,
 ) {
-    while let Some((stream, peer)) = accept::next(&listener.socket, &listener.name, &stop).await {
+    let name = &listener.name;
+    let mut paused = false;
+    loop {
+        // The limit of the snapshot current now, so that a reload applies
+        // at the next connection.
+        let snapshot = shared.snapshot.load();
+        let settings = snapshot.listener(name);
+        if open.at(settings.and_then(|l| l.config.max_connections)) {
+            if let Some(settings) = settings.filter(|_| !paused) {
+                paused = true;
+                settings.accept_pauses.add(1);
+                tracing::debug!(listener = %name, "at max_connections; accepting paused");
+            }
+            drop(snapshot);
+            // Not a poll: a connection's close or a reload wakes the loop.
+            tokio::select! {
+                () = stop.cancelled() => return,
+                () = open.changed() => continue,
+            }
+        }
+        drop(snapshot);
+        if std::mem::take(&mut paused) {
+            tracing::debug!(listener = %name, "below max_connections; accepting again");
+        }
+        let Some((stream, peer)) = accept::next(&listener.socket, name, &stop).await else {
+            return;
+        };
         // Each connection reads its listener's settings (timeouts,
         // certificates) from the snapshot current when it arrives.
-        let Some(settings) = snapshot.load().listener(&listener.name).cloned() else {
-            tracing::debug!(listener = %listener.name, "listener is no longer configured; refusing");
+        let Some(settings) = shared.snapshot.load().listener(name).cloned() else {
+            tracing::debug!(listener = %name, "listener is no longer configured; refusing");
             continue;
         };
+        let opened = open.open();
         // Boxed: a connection's future is a few kilobytes, and spawning
         // moves it several times on its way into the task.
-        connections.spawn(Box::pin(connection::serve(
+        let serving = Box::pin(connection::serve(
             stream,
             peer,
             settings,
-            snapshot.clone(),
-            shutdown.clone(),
-        )));
+            shared.snapshot.clone(),
+            shared.shutdown.clone(),
+        ));
+        shared.connections.spawn(async move {
+            serving.await;
+            drop(opened);
+        });
     }
 }
