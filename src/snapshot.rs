@@ -61,6 +61,8 @@ pub struct ListenerSnapshot {
     pub connections_active: Gauge,
     /// Times accepting paused at `max_connections`.
     pub accept_pauses: Counter,
+    /// Connections shed to keep request heads within the worker's budget.
+    pub connections_shed: Counter,
 }
 
 impl Snapshot {
@@ -135,6 +137,7 @@ impl Snapshot {
                     connections_active: recorder
                         .gauge(Family::ConnectionsActive, &[&l.name, recorder.worker()]),
                     accept_pauses: recorder.counter(Family::AcceptPauses, &[&l.name]),
+                    connections_shed: recorder.counter(Family::ConnectionsShed, &[&l.name]),
                 }))
             })
             .collect::<Result<_, BuildError>>()?;

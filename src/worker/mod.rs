@@ -4,7 +4,8 @@
 //!   and [`control`]: its side of the control channel (start, reloads,
 //!   health, heartbeats, drain).
 //! - `server`: the accept loops over the listening sockets, and drain;
-//!   `open_connections` (what `max_connections` counts).
+//!   `open_connections` (what `max_connections` counts) and `head_budget`
+//!   (the memory request heads in flight may hold, and shedding past it).
 //! - `connection`: one client connection's set-up (TLS or protocol
 //!   sniffing), then `http1` (serving and parking) or `http2`, through the
 //!   `service` every request goes through.
@@ -15,6 +16,7 @@
 mod batched_writes;
 mod connection;
 pub mod control;
+mod head_budget;
 mod http1;
 mod http2;
 mod memory;

@@ -11,7 +11,8 @@
 //! A listener's `max_connections` pauses its accept loop: with that many of
 //! its connections open, the loop stops calling accept (the kernel queues
 //! new connections, up to the backlog) until one closes or a reload changes
-//! the limit.
+//! the limit. The server also holds the worker's budget for request heads
+//! in flight (see `head_budget`), which every connection shares.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -23,8 +24,10 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use super::connection;
+use super::head_budget::HeadBudget;
 use super::open_connections::OpenConnections;
 use crate::accept;
+use crate::metrics::Family;
 use crate::snapshot::SharedSnapshot;
 
 /// A bound listening socket and the name of its `[[listeners]]` entry.
@@ -51,6 +54,7 @@ pub struct Server {
     connections: TaskTracker,
     /// Accept loops by listener name; cancelling one stops that loop only.
     accepting: HashMap<String, AcceptLoop>,
+    heads: Arc<HeadBudget>,
 }
 
 #[derive(Debug)]
@@ -67,15 +71,19 @@ struct Shared {
     snapshot: SharedSnapshot,
     shutdown: CancellationToken,
     connections: TaskTracker,
+    heads: Arc<HeadBudget>,
 }
 
 impl Server {
     pub fn new(snapshot: SharedSnapshot, shutdown: CancellationToken) -> Self {
+        let recorder = snapshot.load().recorder.clone();
+        let charged = recorder.gauge(Family::RequestHeadsBytes, &[recorder.worker()]);
         Self {
             snapshot,
             shutdown,
             connections: TaskTracker::new(),
             accepting: HashMap::new(),
+            heads: HeadBudget::new(charged),
         }
     }
 
@@ -92,6 +100,7 @@ impl Server {
             snapshot: self.snapshot.clone(),
             shutdown: self.shutdown.clone(),
             connections: self.connections.clone(),
+            heads: self.heads.clone(),
         };
         let task = tokio::spawn(accept_loop(listener, open.clone(), stop.clone(), shared));
         self.accepting.insert(name, AcceptLoop { stop, task, open });
@@ -197,6 +206,7 @@ async fn accept_loop(
             settings,
             shared.snapshot.clone(),
             shared.shutdown.clone(),
+            shared.heads.clone(),
         ));
         shared.connections.spawn(async move {
             serving.await;
