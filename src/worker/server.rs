@@ -170,10 +170,11 @@ async fn accept_loop(
         // The limit of the snapshot current now, so that a reload applies
         // at the next connection.
         let snapshot = shared.snapshot.load();
-        let settings = snapshot.listener(name);
-        if open.at(settings.and_then(|l| l.config.max_connections)) {
-            if let Some(settings) = settings.filter(|_| !paused) {
-                paused = true;
+        let at_limit = snapshot
+            .listener(name)
+            .filter(|l| open.at(l.config.max_connections));
+        if let Some(settings) = at_limit {
+            if !std::mem::replace(&mut paused, true) {
                 settings.accept_pauses.add(1);
                 tracing::debug!(listener = %name, "at max_connections; accepting paused");
             }
