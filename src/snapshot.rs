@@ -59,6 +59,10 @@ pub struct ListenerSnapshot {
     pub tls: Option<Arc<rustls::ServerConfig>>,
     pub connections: Counter,
     pub connections_active: Gauge,
+    /// Times accepting paused at `max_connections`.
+    pub accept_pauses: Counter,
+    /// Connections shed to keep request heads within the worker's budget.
+    pub connections_shed: Counter,
 }
 
 impl Snapshot {
@@ -132,6 +136,8 @@ impl Snapshot {
                     connections: recorder.counter(Family::Connections, &[&l.name]),
                     connections_active: recorder
                         .gauge(Family::ConnectionsActive, &[&l.name, recorder.worker()]),
+                    accept_pauses: recorder.counter(Family::AcceptPauses, &[&l.name]),
+                    connections_shed: recorder.counter(Family::ConnectionsShed, &[&l.name]),
                 }))
             })
             .collect::<Result<_, BuildError>>()?;

@@ -131,6 +131,9 @@ async fn counts_are_exact_across_workers_and_never_go_back() {
         "corral_request_bytes_total",
         "corral_response_bytes_total",
         "corral_config_reload_duration_seconds_count",
+        "corral_accept_pauses_total",
+        "corral_connections_shed_total",
+        "corral_request_heads_bytes",
     ] {
         assert!(
             samples.iter().any(|s| s.name == name),

@@ -33,10 +33,13 @@ pub enum Family {
     ConnectionsActive,
     Connections,
     UpstreamInFlight,
+    AcceptPauses,
+    ConnectionsShed,
+    RequestHeadsBytes,
 }
 
 impl Family {
-    pub const ALL: [Family; 8] = [
+    pub const ALL: [Family; 11] = [
         Family::Requests,
         Family::RequestDuration,
         Family::RequestBytes,
@@ -45,6 +48,9 @@ impl Family {
         Family::ConnectionsActive,
         Family::Connections,
         Family::UpstreamInFlight,
+        Family::AcceptPauses,
+        Family::ConnectionsShed,
+        Family::RequestHeadsBytes,
     ];
 
     pub fn id(self) -> u64 {
@@ -65,6 +71,9 @@ impl Family {
             Self::ConnectionsActive => "corral_connections_active",
             Self::Connections => "corral_connections_total",
             Self::UpstreamInFlight => "corral_upstream_in_flight",
+            Self::AcceptPauses => "corral_accept_pauses_total",
+            Self::ConnectionsShed => "corral_connections_shed_total",
+            Self::RequestHeadsBytes => "corral_request_heads_bytes",
         }
     }
 
@@ -82,13 +91,24 @@ impl Family {
             Self::UpstreamInFlight => {
                 "Requests being served by each upstream server now, per worker."
             }
+            Self::AcceptPauses => {
+                "Times a worker stopped accepting on a listener because it held max_connections."
+            }
+            Self::ConnectionsShed => {
+                "Client connections answered 503 and closed mid-head to keep the request heads in flight within a worker's memory budget."
+            }
+            Self::RequestHeadsBytes => {
+                "Memory charged to the request heads being received now, per worker (max_header_bytes plus 16 KiB each)."
+            }
         }
     }
 
     pub fn kind(self) -> Kind {
         match self {
             Self::RequestDuration => Kind::Histogram,
-            Self::ConnectionsActive | Self::UpstreamInFlight => Kind::Gauge,
+            Self::ConnectionsActive | Self::UpstreamInFlight | Self::RequestHeadsBytes => {
+                Kind::Gauge
+            }
             _ => Kind::Counter,
         }
     }
@@ -101,8 +121,9 @@ impl Family {
             }
             Self::UpstreamErrors => &["upstream", "server", "kind"],
             Self::ConnectionsActive => &["listener", "worker"],
-            Self::Connections => &["listener"],
+            Self::Connections | Self::AcceptPauses | Self::ConnectionsShed => &["listener"],
             Self::UpstreamInFlight => &["upstream", "server", "worker"],
+            Self::RequestHeadsBytes => &["worker"],
         }
     }
 }

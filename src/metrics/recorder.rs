@@ -131,6 +131,14 @@ impl Gauge {
     pub fn dec(&self) {
         self.0.add(0, u64::MAX);
     }
+
+    pub fn add(&self, n: u64) {
+        self.0.add(0, n);
+    }
+
+    pub fn sub(&self, n: u64) {
+        self.0.add(0, n.wrapping_neg());
+    }
 }
 
 /// A histogram: non-cumulative bucket counts, then count, then the sum in

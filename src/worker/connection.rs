@@ -13,6 +13,7 @@ use tokio::io::AsyncReadExt;
 use tokio::net::TcpStream;
 use tokio_util::sync::CancellationToken;
 
+use super::head_budget::HeadBudget;
 use super::http1::serve_h1;
 use super::http2::serve_h2;
 use super::service::Conn;
@@ -28,6 +29,7 @@ pub async fn serve(
     listener: Arc<ListenerSnapshot>,
     snapshot: SharedSnapshot,
     shutdown: CancellationToken,
+    heads: Arc<HeadBudget>,
 ) {
     listener.connections.add(1);
     listener.connections_active.inc();
@@ -44,6 +46,7 @@ pub async fn serve(
         activity,
         shutdown,
         client,
+        heads,
     };
     match conn.listener.tls.clone() {
         None => serve_plain(stream, &conn).await,

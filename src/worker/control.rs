@@ -145,6 +145,7 @@ async fn answer(
             sockets: names,
         } => Some(match reload(shared, generation, plan).await {
             Ok(()) => {
+                server.reconfigured();
                 adopt_listeners(server, &listeners, names, received.fds).await?;
                 tracing::info!(generation, "worker reloaded");
                 ToMaster::Reloaded { generation }

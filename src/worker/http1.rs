@@ -5,7 +5,9 @@
 //! the client's next request arrives and a fresh hyper connection picks it
 //! up. So ten thousand idle keep-alive connections cost their sockets, not
 //! 160 MiB of buffers. The same mechanism hands the socket to the tunnel
-//! after a protocol switch (WebSocket).
+//! after a protocol switch (WebSocket). A request head that takes more than
+//! one read is charged to the worker's budget for heads in flight while it
+//! arrives, and shed past it (see `head_budget`).
 
 use std::time::Duration;
 
@@ -14,6 +16,7 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::time::Instant;
 
+use super::head_budget::HeadAccount;
 use super::parse_error::{self, ParseErrors};
 use super::service::{Conn, service};
 use super::socket::{Prefixed, WaitReadable};
@@ -34,17 +37,14 @@ where
     S: AsyncRead + AsyncWrite + WaitReadable + Unpin + Send + 'static,
 {
     let settings = &conn.listener.config;
-    let mut builder = hyper::server::conn::http1::Builder::new();
-    builder
-        .timer(TokioTimer::new())
-        // `Activity` enforces the header and keep-alive timeouts (see there).
-        .header_read_timeout(None)
-        .max_buf_size(settings.max_header_bytes)
-        // One buffer per response (head and small body copied together)
-        // costs fewer instructions than hyper's vectored writes.
-        .writev(false)
-        .keep_alive(true);
+    let builder = builder(settings.max_header_bytes);
     let service = service(conn);
+    // Charges the heads that take more than one read (see `head_budget`).
+    let mut head = HeadAccount::new(
+        conn.heads.clone(),
+        settings.max_header_bytes,
+        conn.listener.connections_shed.clone(),
+    );
     let mut parked = false;
     loop {
         if parked && !io.has_prefix() {
@@ -81,13 +81,14 @@ where
                 // turn already asks the client to close.
                 biased;
                 () = conn.shutdown.cancelled(), if !conn.activity.is_draining() => conn.activity.drain(),
-                ended = serving.as_mut() => match ended {
+                ended = std::future::poll_fn(|cx| {
+                    let ended = serving.as_mut().poll(cx);
+                    head.settle(&conn.activity, cx);
+                    ended
+                }) => match ended {
                     Ok(parts) => break parts,
                     Err(e) => {
-                        if let Some(status) = conn.activity.take_refused() {
-                            let elapsed = conn.activity.head_elapsed().unwrap_or_default();
-                            parse_error::record(&conn.snapshot.load(), conn.peer.ip(), status, elapsed);
-                        }
+                        record_refusal(conn);
                         return tracing::debug!(client = %conn.peer, error = %e, "connection ended with an error");
                     }
                 },
@@ -105,6 +106,11 @@ where
                 },
             }
         };
+        if record_refusal(conn) {
+            // Shed before its first byte (a TLS connection's first head):
+            // dropped whole, the socket lingers after the answer.
+            return;
+        }
         parked = conn.activity.take_park();
         let mut rest = parts.io.into_inner().into_inner();
         rest.unread(parts.read_buf);
@@ -118,6 +124,35 @@ where
         }
         io = rest;
     }
+}
+
+/// hyper's HTTP/1.1 server, as every connection uses it.
+fn builder(max_header_bytes: usize) -> hyper::server::conn::http1::Builder {
+    let mut builder = hyper::server::conn::http1::Builder::new();
+    builder
+        .timer(TokioTimer::new())
+        // `Activity` enforces the header and keep-alive timeouts (see there).
+        .header_read_timeout(None)
+        .max_buf_size(max_header_bytes)
+        // One buffer per response (head and small body copied together)
+        // costs fewer instructions than hyper's vectored writes.
+        .writev(false)
+        .keep_alive(true);
+    builder
+}
+
+/// Counts and logs the request corral refused on `conn`, if it refused one;
+/// whether it did.
+fn record_refusal(conn: &Conn) -> bool {
+    let Some(status) = conn.activity.take_refused() else {
+        return false;
+    };
+    if status == http::StatusCode::SERVICE_UNAVAILABLE {
+        tracing::debug!(client = %conn.peer, "request head shed: the worker's heads in flight are over budget");
+    }
+    let elapsed = conn.activity.head_elapsed().unwrap_or_default();
+    parse_error::record(&conn.snapshot.load(), conn.peer.ip(), status, elapsed);
+    true
 }
 
 /// Waits, with no HTTP state, for the next request; `None` when the

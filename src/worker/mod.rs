@@ -3,7 +3,9 @@
 //! - [`process`]: the process itself (signals, CPU pinning, its runtime),
 //!   and [`control`]: its side of the control channel (start, reloads,
 //!   health, heartbeats, drain).
-//! - `server`: the accept loops over the listening sockets, and drain.
+//! - `server`: the accept loops over the listening sockets, and drain;
+//!   `open_connections` (what `max_connections` counts) and `head_budget`
+//!   (the memory request heads in flight may hold, and shedding past it).
 //! - `connection`: one client connection's set-up (TLS or protocol
 //!   sniffing), then `http1` (serving and parking) or `http2` (with
 //!   `http2_guard` and `http2_stalls`, the limits h2 leaves to corral),
@@ -15,11 +17,13 @@
 mod batched_writes;
 mod connection;
 pub mod control;
+mod head_budget;
 mod http1;
 mod http2;
 mod http2_guard;
 mod http2_stalls;
 mod memory;
+mod open_connections;
 mod parse_error;
 pub mod process;
 mod server;

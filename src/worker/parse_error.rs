@@ -7,7 +7,8 @@
 //! [`ParseErrors`] sits between hyper and the socket and puts corral's own
 //! short plain-text answer in place of hyper's, noting its status in the
 //! connection's [`Activity`]; the connection then records the refusal like
-//! any other answer ([`record`]).
+//! any other answer ([`record`]). A head shed for the worker's memory
+//! budget (see `head_budget`) is refused the same way, with a 503.
 //!
 //! hyper's automatic answer is recognised as a response head written when
 //! every request hyper handed to the service already has its response head:
@@ -139,6 +140,19 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send + 'static> AsyncRead for ParseErro
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
+        if self.activity.shed_requested() {
+            // Shed (see `head_budget`): corral's 503 goes out, and the end
+            // of file that hyper then reads mid-head ends its connection.
+            if self.answer.is_none() {
+                self.activity.refused(StatusCode::SERVICE_UNAVAILABLE);
+                self.answer = Some(Refusal {
+                    bytes: page(StatusCode::SERVICE_UNAVAILABLE),
+                    written: 0,
+                });
+            }
+            ready!(self.poll_answer(cx))?;
+            return Poll::Ready(Ok(()));
+        }
         self.inner().poll_read(cx, buf)
     }
 }
@@ -212,6 +226,7 @@ fn body(status: StatusCode) -> String {
     let detail = match status.as_u16() {
         414 => "request target too long",
         431 => "request head too large",
+        503 => "overloaded, try again later",
         _ => "malformed request",
     };
     error_text(status, detail)

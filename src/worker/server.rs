@@ -7,8 +7,15 @@
 //! it serves (a reload); connections already accepted are never affected. On
 //! shutdown it stops accepting, asks every connection to finish its in-flight
 //! requests and close, and waits for them up to the drain timeout.
+//!
+//! A listener's `max_connections` pauses its accept loop: with that many of
+//! its connections open, the loop stops calling accept (the kernel queues
+//! new connections, up to the backlog) until one closes or a reload changes
+//! the limit. The server also holds the worker's budget for request heads
+//! in flight (see `head_budget`), which every connection shares.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::net::{TcpListener, TcpStream};
@@ -17,8 +24,11 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use super::connection;
+use super::head_budget::HeadBudget;
+use super::open_connections::{OpenConnections, Opened};
 use crate::accept;
-use crate::snapshot::SharedSnapshot;
+use crate::metrics::Family;
+use crate::snapshot::{ListenerSnapshot, SharedSnapshot};
 
 /// A bound listening socket and the name of its `[[listeners]]` entry.
 #[derive(Debug)]
@@ -39,9 +49,7 @@ pub enum Drained {
 /// The accept loops and connections of one worker.
 #[derive(Debug)]
 pub struct Server {
-    snapshot: SharedSnapshot,
-    shutdown: CancellationToken,
-    connections: TaskTracker,
+    shared: Shared,
     /// Accept loops by listener name; cancelling one stops that loop only.
     accepting: HashMap<String, AcceptLoop>,
 }
@@ -51,41 +59,55 @@ struct AcceptLoop {
     stop: CancellationToken,
     /// Ends once the loop has dropped its socket.
     task: JoinHandle<()>,
+    open: Arc<OpenConnections>,
+}
+
+/// What every connection of the worker is served with, besides its socket.
+#[derive(Debug, Clone)]
+struct Shared {
+    snapshot: SharedSnapshot,
+    shutdown: CancellationToken,
+    connections: TaskTracker,
+    heads: Arc<HeadBudget>,
 }
 
 impl Server {
     pub fn new(snapshot: SharedSnapshot, shutdown: CancellationToken) -> Self {
+        let recorder = snapshot.load().recorder.clone();
+        let charged = recorder.gauge(Family::RequestHeadsBytes, &[recorder.worker()]);
         Self {
-            snapshot,
-            shutdown,
-            connections: TaskTracker::new(),
+            shared: Shared {
+                snapshot,
+                shutdown,
+                connections: TaskTracker::new(),
+                heads: HeadBudget::new(charged),
+            },
             accepting: HashMap::new(),
         }
     }
 
-    /// Starts accepting on `listener`, replacing any listener of that name.
+    /// Starts accepting on `listener`, replacing any listener of that name
+    /// (whose open connections still count against its limit).
     pub async fn listen(&mut self, listener: Listener) {
-        self.stop_listening(&listener.name).await;
-        let stop = self.shutdown.child_token();
+        let open = self
+            .stop_listening(&listener.name)
+            .await
+            .unwrap_or_default();
+        let stop = self.shared.shutdown.child_token();
         let name = listener.name.clone();
-        let task = tokio::spawn(accept_loop(
-            listener,
-            self.snapshot.clone(),
-            stop.clone(),
-            self.shutdown.clone(),
-            self.connections.clone(),
-        ));
-        self.accepting.insert(name, AcceptLoop { stop, task });
+        let shared = self.shared.clone();
+        let task = tokio::spawn(accept_loop(listener, open.clone(), stop.clone(), shared));
+        self.accepting.insert(name, AcceptLoop { stop, task, open });
     }
 
     /// Stops accepting on `name` and returns once its socket is closed (so
-    /// the master can report a removed listener gone); its open connections
-    /// carry on.
-    pub async fn stop_listening(&mut self, name: &str) {
-        if let Some(accepting) = self.accepting.remove(name) {
-            accepting.stop.cancel();
-            let _ = accepting.task.await;
-        }
+    /// the master can report a removed listener gone), with the count of
+    /// its open connections, which carry on.
+    pub async fn stop_listening(&mut self, name: &str) -> Option<Arc<OpenConnections>> {
+        let accepting = self.accepting.remove(name)?;
+        accepting.stop.cancel();
+        let _ = accepting.task.await;
+        Some(accepting.open)
     }
 
     /// Serves a connection the master accepted on `listener`'s socket of a
@@ -104,35 +126,41 @@ impl Server {
             }
         };
         // A reload may have removed the listener since the master took it.
-        let Some(settings) = self.snapshot.load().listener(listener).cloned() else {
+        let Some(settings) = self.shared.snapshot.load().listener(listener).cloned() else {
             tracing::debug!(
                 listener,
                 "relayed connection for an unknown listener; refusing"
             );
             return;
         };
-        self.connections.spawn(Box::pin(connection::serve(
-            stream,
-            peer,
-            settings,
-            self.snapshot.clone(),
-            self.shutdown.clone(),
-        )));
+        // Counted against `max_connections` like an accepted one, but
+        // served even at the limit: it was accepted already, and refusing
+        // it now would reset its client.
+        let opened = self.accepting.get(listener).map(|a| a.open.open());
+        self.shared.serve(stream, peer, settings, opened);
     }
 
     pub fn listening(&self) -> impl Iterator<Item = &str> {
         self.accepting.keys().map(String::as_str)
     }
 
+    /// To be called once a new snapshot is in place: accept loops paused at
+    /// their listener's `max_connections` look at the limit again.
+    pub fn reconfigured(&self) {
+        for accepting in self.accepting.values() {
+            accepting.open.wake();
+        }
+    }
+
     /// Stops accepting everywhere and waits at most `timeout` for open
     /// connections (which see the shutdown token) to finish.
     pub async fn drain(self, timeout: Duration) -> Drained {
-        self.shutdown.cancel();
-        self.connections.close();
-        match tokio::time::timeout(timeout, self.connections.wait()).await {
+        self.shared.shutdown.cancel();
+        self.shared.connections.close();
+        match tokio::time::timeout(timeout, self.shared.connections.wait()).await {
             Ok(()) => Drained::Clean,
             Err(_) => Drained::TimedOut {
-                open: self.connections.len(),
+                open: self.shared.connections.len(),
             },
         }
     }
@@ -156,26 +184,71 @@ pub async fn serve(
 
 async fn accept_loop(
     listener: Listener,
-    snapshot: SharedSnapshot,
+    open: Arc<OpenConnections>,
     stop: CancellationToken,
-    shutdown: CancellationToken,
-    connections: TaskTracker,
+    shared: Shared,
 ) {
-    while let Some((stream, peer)) = accept::next(&listener.socket, &listener.name, &stop).await {
+    let name = &listener.name;
+    let mut paused = false;
+    loop {
+        // The limit of the snapshot current now, so that a reload applies
+        // at the next connection.
+        let snapshot = shared.snapshot.load();
+        let at_limit = snapshot
+            .listener(name)
+            .filter(|l| open.at(l.config.max_connections));
+        if let Some(settings) = at_limit {
+            if !std::mem::replace(&mut paused, true) {
+                settings.accept_pauses.add(1);
+                tracing::debug!(listener = %name, "at max_connections; accepting paused");
+            }
+            drop(snapshot);
+            // Not a poll: a connection's close or a reload wakes the loop.
+            tokio::select! {
+                () = stop.cancelled() => return,
+                () = open.changed() => continue,
+            }
+        }
+        drop(snapshot);
+        if std::mem::take(&mut paused) {
+            tracing::debug!(listener = %name, "below max_connections; accepting again");
+        }
+        let Some((stream, peer)) = accept::next(&listener.socket, name, &stop).await else {
+            return;
+        };
         // Each connection reads its listener's settings (timeouts,
         // certificates) from the snapshot current when it arrives.
-        let Some(settings) = snapshot.load().listener(&listener.name).cloned() else {
-            tracing::debug!(listener = %listener.name, "listener is no longer configured; refusing");
+        let Some(settings) = shared.snapshot.load().listener(name).cloned() else {
+            tracing::debug!(listener = %name, "listener is no longer configured; refusing");
             continue;
         };
+        shared.serve(stream, peer, settings, Some(open.open()));
+    }
+}
+
+impl Shared {
+    /// Serves one connection on its own task, counted open (`opened`) until
+    /// it closes.
+    fn serve(
+        &self,
+        stream: TcpStream,
+        peer: std::net::SocketAddr,
+        settings: Arc<ListenerSnapshot>,
+        opened: Option<Opened>,
+    ) {
         // Boxed: a connection's future is a few kilobytes, and spawning
         // moves it several times on its way into the task.
-        connections.spawn(Box::pin(connection::serve(
+        let serving = Box::pin(connection::serve(
             stream,
             peer,
             settings,
-            snapshot.clone(),
-            shutdown.clone(),
-        )));
+            self.snapshot.clone(),
+            self.shutdown.clone(),
+            self.heads.clone(),
+        ));
+        self.connections.spawn(async move {
+            serving.await;
+            drop(opened);
+        });
     }
 }

@@ -17,6 +17,7 @@ use hyper::body::Incoming;
 use hyper::service::service_fn;
 use tokio_util::sync::CancellationToken;
 
+use super::head_budget::HeadBudget;
 use super::timeouts::{Activity, RequestGuard};
 use crate::body::response::ResponseBody;
 use crate::proxy::{self, Client};
@@ -30,6 +31,8 @@ pub struct Conn {
     pub activity: Arc<Activity>,
     pub shutdown: CancellationToken,
     pub client: Arc<Client>,
+    /// The worker's budget for request heads in flight.
+    pub heads: Arc<HeadBudget>,
 }
 
 /// The service every request of `conn` goes through (it owns what it

@@ -41,6 +41,9 @@ pub struct Activity {
     /// Set to end an idle HTTP/1.1 connection's hyper state at its next read
     /// (see `socket::Prefixed`).
     park: AtomicBool,
+    /// Set once the worker's request-head budget shed the head being read
+    /// (see `head_budget`): the connection answers 503 and closes.
+    shed: AtomicBool,
     /// Set once the connection has seen the worker start to drain. A flag
     /// the request path can read for the price of a load, where the
     /// shutdown token takes a lock.
@@ -68,6 +71,7 @@ impl Activity {
             head_since: AtomicU64::new(0),
             multiplexed: AtomicBool::new(false),
             park: AtomicBool::new(false),
+            shed: AtomicBool::new(false),
             draining: AtomicBool::new(false),
         })
     }
@@ -130,6 +134,27 @@ impl Activity {
         (quiet && idle != 0)
             .then(|| self.now_ms().saturating_sub(idle))
             .map(Duration::from_millis)
+    }
+
+    /// Whether an HTTP/1.1 connection is waiting for the rest of a request
+    /// head (or, new, for its first one): no request in flight, and not
+    /// idle between requests.
+    pub fn reading_head(&self) -> bool {
+        !self.multiplexed.load(Ordering::Relaxed)
+            && self.in_flight.load(Ordering::Relaxed) == 0
+            && self.head_since.load(Ordering::Relaxed) != NONE
+    }
+
+    /// Sheds the request head being read: the connection is to answer 503
+    /// and close.
+    pub fn request_shed(&self) {
+        self.shed.store(true, Ordering::Relaxed);
+    }
+
+    /// Whether the head being read was shed. Never while a request is in
+    /// flight: a response may be on its way, and the shed concerns a head.
+    pub fn shed_requested(&self) -> bool {
+        self.shed.load(Ordering::Relaxed) && self.in_flight.load(Ordering::Relaxed) == 0
     }
 
     /// Notes that the worker is draining.
@@ -244,6 +269,18 @@ mod tests {
         let _g = a.begin(false);
         a.saw_bytes();
         assert_eq!(a.deadline(HEADER, KEEPALIVE).1, None);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_head_is_being_read_from_the_start_and_after_bytes_between_requests() {
+        let a = Activity::new();
+        assert!(a.reading_head());
+        let request = a.begin(false);
+        assert!(!a.reading_head());
+        drop(request);
+        assert!(!a.reading_head(), "idle between requests");
+        a.saw_bytes();
+        assert!(a.reading_head());
     }
 
     #[tokio::test(start_paused = true)]

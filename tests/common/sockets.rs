@@ -26,6 +26,9 @@ pub struct TcpSocket {
     pub local: SocketAddr,
     pub remote: SocketAddr,
     pub listening: bool,
+    /// Bytes waiting to be read; on a listening socket, the connections
+    /// waiting to be accepted.
+    pub rx_queue: u64,
     pub inode: u64,
 }
 
@@ -49,6 +52,8 @@ pub fn tcp_sockets() -> Vec<TcpSocket> {
                 remote: addr(f[2])?,
                 // 0A is LISTEN.
                 listening: f[3] == "0A",
+                // `tx_queue:rx_queue`, in hex.
+                rx_queue: u64::from_str_radix(f[4].split_once(':')?.1, 16).ok()?,
                 inode: f[9].parse().ok()?,
             })
         })
@@ -65,6 +70,16 @@ pub fn listening_inodes(addr: SocketAddr) -> std::collections::HashSet<u64> {
         .filter(|s| s.listening && s.local == addr)
         .map(|s| s.inode)
         .collect()
+}
+
+/// Connections the kernel has queued, not yet accepted, on the sockets
+/// listening on exactly `addr` (IPv4).
+pub fn accept_queue(addr: SocketAddr) -> u64 {
+    tcp_sockets()
+        .into_iter()
+        .filter(|s| s.listening && s.local == addr)
+        .map(|s| s.rx_queue)
+        .sum()
 }
 
 /// Keeps `addr`'s port from being taken by anyone else while it lives, and
