@@ -124,8 +124,11 @@ fn report(error: &anyhow::Error) -> String {
 }
 
 fn init_logging() {
+    // The protocol libraries warn about what clients send (h2 of each
+    // unsolicited PING ack): at the edge that is the client's text, and
+    // a client could fill the log with it. corral logs what it decides.
     let filter = tracing_subscriber::EnvFilter::try_from_env("CORRAL_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,h2=error,hyper=error"));
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
