@@ -4,7 +4,8 @@
 //!   and [`control`]: its side of the control channel (start, reloads,
 //!   health, heartbeats, drain).
 //! - `server`: the accept loops over the listening sockets, and drain.
-//! - `connection`: one client connection's set-up (TLS or protocol
+//! - `connection`: one client connection's set-up (a trusted load
+//!   balancer's PROXY header, read in `proxy_header`; TLS or protocol
 //!   sniffing), then `http1` (serving and parking) or `http2`, through the
 //!   `service` every request goes through.
 //! - `timeouts` (client-side header and keep-alive timekeeping), `socket`
@@ -19,6 +20,7 @@ mod http2;
 mod memory;
 mod parse_error;
 pub mod process;
+mod proxy_header;
 mod server;
 mod service;
 mod socket;
