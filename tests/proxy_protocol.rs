@@ -244,6 +244,31 @@ async fn a_tls_listener_reads_the_header_before_the_handshake() {
     assert_eq!((xff.as_str(), proto.as_str()), ("198.51.100.4", "https"));
 }
 
+#[tokio::test]
+async fn http2_prior_knowledge_follows_the_header() {
+    let (corral, _app) = corral(PROXY_FROM_LOCALHOST).await;
+    let mut tcp = TcpStream::connect(corral.addr("public")).await.unwrap();
+    tcp.write_all(&v1(addr("[2001:db8::9]:40000")))
+        .await
+        .unwrap();
+    let io = hyper_util::rt::TokioIo::new(tcp);
+    let executor = hyper_util::rt::TokioExecutor::new();
+    let (mut h2, conn) = patiently(
+        "an HTTP/2 handshake",
+        hyper::client::conn::http2::handshake(executor, io),
+    )
+    .await
+    .unwrap();
+    tokio::spawn(conn);
+    let request = http::Request::get("http://app.test/")
+        .body(empty())
+        .unwrap();
+    let response = patiently("an answer", h2.send_request(request)).await;
+    let reply = read(response.unwrap()).await;
+    assert_eq!(reply.version, http::Version::HTTP_2);
+    assert_eq!(reply.json()["headers"]["x-forwarded-for"], "2001:db8::9");
+}
+
 /// What a client claims of itself, to be believed or not.
 const FORGED: [(&str, &str); 3] = [
     ("X-Forwarded-For", "6.6.6.6"),
