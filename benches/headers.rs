@@ -4,7 +4,7 @@
 
 use std::hint::black_box;
 
-use corral::proxy::headers::{add_forwarded, client_value, remove_hop_by_hop};
+use corral::proxy::headers::{Earlier, add_forwarded, client_value, remove_hop_by_hop};
 use criterion::{BatchSize, Criterion, criterion_group, criterion_main};
 use http::{HeaderMap, HeaderName, HeaderValue};
 
@@ -41,7 +41,7 @@ fn bench(c: &mut Criterion) {
             browser_request,
             |h| {
                 remove_hop_by_hop(h, false);
-                add_forwarded(h, black_box(&client), false, Some(&host));
+                add_forwarded(h, black_box(&client), false, Some(&host), Earlier::Extended);
             },
             BatchSize::SmallInput,
         )
@@ -56,27 +56,38 @@ fn bench(c: &mut Criterion) {
     g.bench_function("X-Forwarded-* only", |b| {
         b.iter_batched_ref(
             browser_request,
-            |h| add_forwarded(h, black_box(&client), false, Some(&host)),
+            |h| add_forwarded(h, black_box(&client), false, Some(&host), Earlier::Extended),
             BatchSize::SmallInput,
         )
     });
-    g.bench_function("behind another proxy (X-Forwarded-For present)", |b| {
-        b.iter_batched_ref(
-            || {
-                let mut h = browser_request();
-                h.insert(
-                    "x-forwarded-for",
-                    HeaderValue::from_static("198.51.100.1, 192.0.2.9"),
-                );
-                h
-            },
-            |h| {
-                remove_hop_by_hop(h, false);
-                add_forwarded(h, black_box(&client), true, Some(&host));
-            },
-            BatchSize::SmallInput,
-        )
-    });
+    for (name, earlier) in [
+        (
+            "behind another proxy (X-Forwarded-For present)",
+            Earlier::Extended,
+        ),
+        (
+            "X-Forwarded-For from an untrusted client, replaced",
+            Earlier::Replaced,
+        ),
+    ] {
+        g.bench_function(name, |b| {
+            b.iter_batched_ref(
+                || {
+                    let mut h = browser_request();
+                    h.insert(
+                        "x-forwarded-for",
+                        HeaderValue::from_static("198.51.100.1, 192.0.2.9"),
+                    );
+                    h
+                },
+                |h| {
+                    remove_hop_by_hop(h, false);
+                    add_forwarded(h, black_box(&client), true, Some(&host), earlier);
+                },
+                BatchSize::SmallInput,
+            )
+        });
+    }
     g.finish();
 }
 

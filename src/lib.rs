@@ -16,11 +16,11 @@
 //! # The rule
 //!
 //! The data path never imports the control path. Nothing under [`worker`],
-//! [`proxy`], [`upstream`], [`balance`], [`routing`], [`body`] or
-//! [`snapshot`], nor [`plan`] or [`tls`] which it shares, uses [`master`],
-//! [`admin`] or [`config`], directly or through another file: a worker reads
-//! no file and parses no config, it builds what it serves from the plan
-//! alone. No two source files import each other, directly or around a loop.
+//! [`proxy`], [`proxy_protocol`], [`upstream`], [`balance`], [`routing`],
+//! [`body`] or [`snapshot`], nor [`plan`] or [`tls`] which it shares, uses
+//! [`master`], [`admin`] or [`config`], directly or through another file: a
+//! worker reads no file and parses no config, it builds what it serves from
+//! the plan alone. No two source files import each other, directly or around a loop.
 //! No file is over 800 lines, no function over 100. `tests/layout/` holds
 //! the source tree to all of this.
 //!
@@ -45,6 +45,8 @@
 //!   connection (TLS or sniffing, HTTP/1.1 with parking, HTTP/2, timeouts).
 //! - [`snapshot`]: one generation's plan compiled into what requests use.
 //! - [`proxy`]: one request: route, rewrite, pick, forward, answer; errors.
+//! - [`proxy_protocol`]: the PROXY protocol header a load balancer sends
+//!   first, parsed.
 //! - [`routing`]: the route table. [`balance`]: the policies.
 //! - [`upstream`]: servers, their live state, pools and the connector.
 //! - [`body`]: request and response bodies, streamed.
@@ -62,6 +64,7 @@ pub mod master;
 pub mod metrics;
 pub mod plan;
 pub mod proxy;
+pub mod proxy_protocol;
 pub mod routing;
 pub mod snapshot;
 pub mod tls;

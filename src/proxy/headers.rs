@@ -8,6 +8,7 @@ use std::net::IpAddr;
 
 use bytes::Bytes;
 use http::header::{self, Entry, HeaderMap, HeaderName, HeaderValue};
+use ipnet::IpNet;
 
 static KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
 static PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
@@ -231,14 +232,43 @@ pub fn client_value(client: IpAddr) -> HeaderValue {
         .unwrap_or_else(|_| HeaderValue::from_static("unknown"))
 }
 
-/// Appends the client (see [`client_value`]) to `X-Forwarded-For` and sets
-/// `X-Forwarded-Proto` and `X-Forwarded-Host`. Several `X-Forwarded-For`
-/// lines are joined into one, in order, as RFC 9110 §5.3 allows.
+/// What becomes of the `X-Forwarded-*` headers a request arrives with,
+/// decided once per connection by who sent them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Earlier {
+    /// No `trusted_proxies` set: the client is appended to
+    /// `X-Forwarded-For`; `-Proto` and `-Host` are corral's (as nginx does).
+    Extended,
+    /// From a trusted proxy: all three are kept, the client appended to
+    /// `X-Forwarded-For`; corral sets `-Proto` and `-Host` only if absent.
+    Kept,
+    /// From anyone else once `trusted_proxies` is set: all three are
+    /// replaced, so a client cannot forge its address to the upstream.
+    Replaced,
+}
+
+impl Earlier {
+    /// For a client at `client` on a listener trusting `trusted_proxies`.
+    pub fn of(client: IpAddr, trusted_proxies: Option<&[IpNet]>) -> Self {
+        let client = client.to_canonical();
+        match trusted_proxies {
+            None => Self::Extended,
+            Some(nets) if nets.iter().any(|n| n.contains(&client)) => Self::Kept,
+            Some(_) => Self::Replaced,
+        }
+    }
+}
+
+/// Adds the client (see [`client_value`]) to `X-Forwarded-For` and sets
+/// `X-Forwarded-Proto` and `X-Forwarded-Host`, keeping or replacing what
+/// the request carried as `earlier` says. Several `X-Forwarded-For` lines
+/// are joined into one, in order, as RFC 9110 §5.3 allows.
 pub fn add_forwarded(
     headers: &mut HeaderMap,
     client: &HeaderValue,
     tls: bool,
     host: Option<&HeaderValue>,
+    earlier: Earlier,
 ) {
     // Room for all three at once: a map sized for the parsed headers alone
     // would otherwise grow, and rehash, more than once.
@@ -247,31 +277,46 @@ pub fn add_forwarded(
         Entry::Vacant(slot) => {
             slot.insert(client.clone());
         }
-        Entry::Occupied(mut earlier) => {
-            let mut chain = String::new();
-            for v in earlier
-                .iter()
-                .filter_map(|v| v.to_str().ok())
-                .map(str::trim)
-            {
-                if !v.is_empty() {
-                    chain.push_str(v);
-                    chain.push_str(", ");
-                }
-            }
-            chain.push_str(client.to_str().unwrap_or_default());
-            // The client's own visible-ASCII header text plus an address.
-            if let Ok(value) = HeaderValue::from_str(&chain) {
-                earlier.insert(value);
+        Entry::Occupied(mut earlier_hops) => {
+            if earlier == Earlier::Replaced {
+                earlier_hops.insert(client.clone());
+            } else if let Some(chain) = extended(earlier_hops.iter(), client) {
+                earlier_hops.insert(chain);
             }
         }
     }
-    let proto = if tls { "https" } else { "http" };
-    headers.insert(&X_FORWARDED_PROTO, HeaderValue::from_static(proto));
+    let proto = HeaderValue::from_static(if tls { "https" } else { "http" });
+    if earlier == Earlier::Kept {
+        headers.entry(&X_FORWARDED_PROTO).or_insert(proto);
+        if let Some(h) = host {
+            headers
+                .entry(&X_FORWARDED_HOST)
+                .or_insert_with(|| h.clone());
+        }
+        return;
+    }
+    headers.insert(&X_FORWARDED_PROTO, proto);
     match host {
         Some(h) => headers.insert(&X_FORWARDED_HOST, h.clone()),
         None => headers.remove(&X_FORWARDED_HOST),
     };
+}
+
+/// The `X-Forwarded-For` chain `hops` with `client` appended, as one value.
+fn extended<'a>(
+    hops: impl Iterator<Item = &'a HeaderValue>,
+    client: &HeaderValue,
+) -> Option<HeaderValue> {
+    let mut chain = String::new();
+    for v in hops.filter_map(|v| v.to_str().ok()).map(str::trim) {
+        if !v.is_empty() {
+            chain.push_str(v);
+            chain.push_str(", ");
+        }
+    }
+    chain.push_str(client.to_str().unwrap_or_default());
+    // The client's own visible-ASCII header text plus an address.
+    HeaderValue::from_str(&chain).ok()
 }
 
 #[cfg(test)]
@@ -456,6 +501,7 @@ mod tests {
             &client_value("10.0.0.9".parse().unwrap()),
             true,
             Some(&host),
+            Earlier::Extended,
         );
         assert_eq!(h["x-forwarded-for"], "1.1.1.1, 2.2.2.2, 3.3.3.3, 10.0.0.9");
         assert_eq!(h["x-forwarded-proto"], "https");
@@ -470,9 +516,76 @@ mod tests {
             &client_value("::ffff:127.0.0.1".parse().unwrap()),
             false,
             None,
+            Earlier::Extended,
         );
         assert_eq!(h["x-forwarded-for"], "127.0.0.1");
         assert_eq!(h["x-forwarded-proto"], "http");
+    }
+
+    /// What a client behind another proxy sends: a chain, the scheme and
+    /// the host as that proxy saw them.
+    fn forwarded_request() -> HeaderMap {
+        map(&[
+            ("x-forwarded-for", "203.0.113.50"),
+            ("x-forwarded-proto", "https"),
+            ("x-forwarded-host", "shop.example.com"),
+        ])
+    }
+
+    fn forward(earlier: Earlier, mut h: HeaderMap) -> HeaderMap {
+        let host = HeaderValue::from_static("internal:8080");
+        let client = client_value("10.0.0.9".parse().unwrap());
+        add_forwarded(&mut h, &client, false, Some(&host), earlier);
+        h
+    }
+
+    #[test]
+    fn an_untrusted_clients_forwarded_headers_are_replaced() {
+        let h = forward(Earlier::Replaced, forwarded_request());
+        assert_eq!(h["x-forwarded-for"], "10.0.0.9");
+        assert_eq!(h["x-forwarded-proto"], "http");
+        assert_eq!(h["x-forwarded-host"], "internal:8080");
+        assert_eq!(h.get_all("x-forwarded-for").iter().count(), 1);
+    }
+
+    #[test]
+    fn a_trusted_proxys_forwarded_headers_are_kept_and_extended() {
+        let h = forward(Earlier::Kept, forwarded_request());
+        assert_eq!(h["x-forwarded-for"], "203.0.113.50, 10.0.0.9");
+        assert_eq!(h["x-forwarded-proto"], "https");
+        assert_eq!(h["x-forwarded-host"], "shop.example.com");
+        // What the trusted proxy did not say, corral does.
+        let h = forward(Earlier::Kept, HeaderMap::new());
+        assert_eq!(h["x-forwarded-for"], "10.0.0.9");
+        assert_eq!(h["x-forwarded-proto"], "http");
+        assert_eq!(h["x-forwarded-host"], "internal:8080");
+    }
+
+    #[test]
+    fn without_trusted_proxies_the_chain_is_extended_and_the_rest_set() {
+        let h = forward(Earlier::Extended, forwarded_request());
+        assert_eq!(h["x-forwarded-for"], "203.0.113.50, 10.0.0.9");
+        assert_eq!(h["x-forwarded-proto"], "http");
+        assert_eq!(h["x-forwarded-host"], "internal:8080");
+    }
+
+    #[test]
+    fn trust_follows_the_listed_networks() {
+        let nets: Vec<IpNet> = vec!["10.0.0.0/8".parse().unwrap(), "::1/128".parse().unwrap()];
+        let of = |ip: &str| Earlier::of(ip.parse().unwrap(), Some(&nets));
+        assert_eq!(of("10.1.2.3"), Earlier::Kept);
+        assert_eq!(of("::ffff:10.1.2.3"), Earlier::Kept);
+        assert_eq!(of("::1"), Earlier::Kept);
+        assert_eq!(of("11.0.0.1"), Earlier::Replaced);
+        assert_eq!(of("127.0.0.1"), Earlier::Replaced);
+        assert_eq!(
+            Earlier::of("11.0.0.1".parse().unwrap(), None),
+            Earlier::Extended
+        );
+        assert_eq!(
+            Earlier::of("11.0.0.1".parse().unwrap(), Some(&[])),
+            Earlier::Replaced
+        );
     }
 
     proptest! {

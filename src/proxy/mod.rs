@@ -47,6 +47,8 @@ pub struct Client {
     pub addr: SocketAddr,
     /// `addr`'s IP as it goes into `X-Forwarded-For`.
     pub forwarded_for: HeaderValue,
+    /// Whether the request's `X-Forwarded-*` headers are believed.
+    pub earlier_forwarded: headers::Earlier,
     pub tls: bool,
     pub listener: Arc<ListenerSnapshot>,
     /// The tunnel to start once this connection has switched protocols.
@@ -58,6 +60,10 @@ impl Client {
         Self {
             addr,
             forwarded_for: headers::client_value(addr.ip()),
+            earlier_forwarded: headers::Earlier::of(
+                addr.ip(),
+                listener.config.trusted_proxies.as_deref(),
+            ),
             tls,
             listener,
             tunnel: std::sync::Mutex::new(None),
@@ -274,6 +280,7 @@ fn prepare(
         &client.forwarded_for,
         client.tls,
         host.as_ref(),
+        client.earlier_forwarded,
     );
     set_target(&mut parts, route, protocol, host.as_ref());
     let (body, body_sent) = RequestBody::new(

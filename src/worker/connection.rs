@@ -1,9 +1,11 @@
-//! Setting up one client connection: counting it, the TLS handshake (ALPN
+//! Setting up one client connection: counting it, the PROXY protocol
+//! header from a trusted load balancer (see
+//! [`proxy_header`](super::proxy_header)), then the TLS handshake (ALPN
 //! picks the protocol) or, on a plain listener, sniffing for HTTP/2's
 //! prior-knowledge preface, all within the header timeout; then the
 //! connection is served by [`http1`](super::http1) or
 //! [`http2`](super::http2). Anything a connection must do before its first
-//! request (the PROXY protocol header, for one) belongs here.
+//! request belongs here.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -11,11 +13,13 @@ use std::sync::Arc;
 use bytes::{Bytes, BytesMut};
 use tokio::io::AsyncReadExt;
 use tokio::net::TcpStream;
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use super::head_budget::HeadBudget;
 use super::http1::serve_h1;
 use super::http2::serve_h2;
+use super::proxy_header::client_of;
 use super::service::Conn;
 use super::socket::{Prefixed, Watched};
 use super::timeouts::Activity;
@@ -24,7 +28,7 @@ use crate::snapshot::{ListenerSnapshot, SharedSnapshot};
 
 /// Serves one accepted connection until it closes.
 pub async fn serve(
-    stream: TcpStream,
+    mut stream: TcpStream,
     peer: SocketAddr,
     listener: Arc<ListenerSnapshot>,
     snapshot: SharedSnapshot,
@@ -37,6 +41,15 @@ pub async fn serve(
     // No TCP_NODELAY call here: accepted sockets inherit it from the
     // listening socket (see `master::sockets::bind`).
     let activity = Activity::new();
+    // One header timeout for everything before the first request, as
+    // `Activity` counts it from the connection's start.
+    let deadline = Instant::now() + listener.config.header_timeout;
+    let proxy_protocol = listener.config.proxy_protocol.as_ref();
+    // From here on `peer` is the client, whom a load balancer's header may
+    // have named.
+    let Some(peer) = client_of(&mut stream, peer, proxy_protocol, deadline).await else {
+        return;
+    };
     let stream = Watched::new(stream, activity.clone());
     let client = Arc::new(Client::new(peer, listener.tls.is_some(), listener.clone()));
     let conn = Conn {
@@ -49,19 +62,18 @@ pub async fn serve(
         heads,
     };
     match conn.listener.tls.clone() {
-        None => serve_plain(stream, &conn).await,
+        None => serve_plain(stream, &conn, deadline).await,
         // Boxed: the handshake's state is large, and plain connections
         // should not carry room for it.
-        Some(tls) => Box::pin(serve_tls(stream, tls, &conn)).await,
+        Some(tls) => Box::pin(serve_tls(stream, tls, &conn, deadline)).await,
     }
 }
 
 /// The first bytes of an HTTP/2 connection with prior knowledge.
 const H2_PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 
-async fn serve_plain(mut stream: Watched<TcpStream>, conn: &Conn) {
-    let sniffed =
-        tokio::time::timeout(conn.listener.config.header_timeout, sniff(&mut stream)).await;
+async fn serve_plain(mut stream: Watched<TcpStream>, conn: &Conn, deadline: Instant) {
+    let sniffed = tokio::time::timeout_at(deadline, sniff(&mut stream)).await;
     let (prefix, h2) = match sniffed {
         Ok(Ok(sniffed)) => sniffed,
         Ok(Err(e)) => {
@@ -105,9 +117,14 @@ async fn sniff(stream: &mut Watched<TcpStream>) -> std::io::Result<(Bytes, bool)
     }
 }
 
-async fn serve_tls(stream: Watched<TcpStream>, tls: Arc<rustls::ServerConfig>, conn: &Conn) {
+async fn serve_tls(
+    stream: Watched<TcpStream>,
+    tls: Arc<rustls::ServerConfig>,
+    conn: &Conn,
+    deadline: Instant,
+) {
     let accept = tokio_rustls::TlsAcceptor::from(tls).accept(stream);
-    let stream = match tokio::time::timeout(conn.listener.config.header_timeout, accept).await {
+    let stream = match tokio::time::timeout_at(deadline, accept).await {
         Ok(Ok(stream)) => stream,
         Ok(Err(e)) => {
             return tracing::debug!(client = %conn.peer, error = %e, "TLS handshake failed");
@@ -147,7 +164,7 @@ mod tests {
     #[test]
     #[allow(unreachable_code, clippy::diverging_sub_expression)]
     fn a_plain_connection_does_not_carry_http2_state() {
-        let plain = future_size(|| serve_plain(unreachable!(), unreachable!()));
+        let plain = future_size(|| serve_plain(unreachable!(), unreachable!(), unreachable!()));
         let h1 = future_size(|| serve_h1::<Watched<TcpStream>>(unreachable!(), unreachable!()));
         let h2 = future_size(|| serve_h2::<Watched<TcpStream>>(unreachable!(), unreachable!()));
         assert!(h2 > h1, "HTTP/2 state {h2} bytes, HTTP/1.1 {h1}");

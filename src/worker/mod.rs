@@ -6,7 +6,8 @@
 //! - `server`: the accept loops over the listening sockets, and drain;
 //!   `open_connections` (what `max_connections` counts) and `head_budget`
 //!   (the memory request heads in flight may hold, and shedding past it).
-//! - `connection`: one client connection's set-up (TLS or protocol
+//! - `connection`: one client connection's set-up (a trusted load
+//!   balancer's PROXY header, read in `proxy_header`; TLS or protocol
 //!   sniffing), then `http1` (serving and parking) or `http2` (with
 //!   `http2_guard` and `http2_stalls`, the limits h2 leaves to corral),
 //!   through the `service` every request goes through.
@@ -26,6 +27,7 @@ mod memory;
 mod open_connections;
 mod parse_error;
 pub mod process;
+mod proxy_header;
 mod server;
 mod service;
 mod socket;
