@@ -150,7 +150,7 @@ impl Master {
             &generation.borrow().upstreams,
             health::on_change_publish(generation_rx.clone(), health.clone()),
         );
-        let status = Arc::new(StatusBoard::new(slots));
+        let status = Arc::new(StatusBoard::new());
         let metrics =
             Arc::new(ClusterMetrics::new().map_err(|e| std::io::Error::other(e.to_string()))?);
         metrics.generation.set(1);
@@ -217,13 +217,13 @@ impl Master {
 
     /// Starts supervisors for slots up to `slots`, and shows that many.
     fn add_slots(&mut self, slots: usize) {
-        self.status.resize(slots);
+        let seats = self.status.resize(slots);
         self.metrics
             .slots
             .set(i64::try_from(slots).unwrap_or(i64::MAX));
-        for slot in self.slots.len()..slots {
+        for seat in seats {
             let stop = CancellationToken::new();
-            let task = tokio::spawn(slot::supervise(slot, self.ctx.clone(), stop.clone()));
+            let task = tokio::spawn(slot::supervise(seat, self.ctx.clone(), stop.clone()));
             self.slots.push(SlotHandle { stop, task });
         }
     }

@@ -27,7 +27,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::generation::Generation;
 use super::relay::{Inbox, Inboxes, Relay, Relayed, Sockets};
-use super::status::{StatusBoard, describe};
+use super::status::{Seat, StatusBoard, describe};
 use crate::ipc::{self, ServerHealth, ToMaster, ToWorker};
 use crate::metrics::cluster::ClusterMetrics;
 use crate::plan::Plan;
@@ -70,7 +70,8 @@ enum End {
 
 /// Keeps slot `slot` served until `stop` (a graceful stop or the slot's
 /// retirement): then its worker drains and is not replaced.
-pub async fn supervise(slot: usize, ctx: Arc<SlotContext>, stop: CancellationToken) {
+pub async fn supervise(seat: Seat, ctx: Arc<SlotContext>, stop: CancellationToken) {
+    let slot = seat.slot;
     let mut quick_exits = 0u32;
     let mut relay = Some(cover(slot, &ctx, Sockets::new()));
     while !stop.is_cancelled() {
@@ -86,7 +87,7 @@ pub async fn supervise(slot: usize, ctx: Arc<SlotContext>, stop: CancellationTok
                 }
             }
         };
-        let end = run_worker(slot, &ctx, &stop, region_fd, &mut relay).await;
+        let end = run_worker(seat, &ctx, &stop, region_fd, &mut relay).await;
         ctx.metrics.workers.retire(region);
         match end {
             End::Stopped => break,
@@ -98,7 +99,7 @@ pub async fn supervise(slot: usize, ctx: Arc<SlotContext>, stop: CancellationTok
                 // The board first, then the log: whoever reads the log
                 // line finds `/status` already saying so.
                 ctx.status
-                    .exited(slot, how.clone(), quick_exits, Some(delay));
+                    .exited(seat, how.clone(), quick_exits, Some(delay));
                 if delay.is_zero() {
                     tracing::warn!(slot, how, "worker exited; replacing it");
                 } else {
@@ -124,7 +125,7 @@ pub async fn supervise(slot: usize, ctx: Arc<SlotContext>, stop: CancellationTok
             relay.finish().await;
         }
     }
-    ctx.status.stopped(slot);
+    ctx.status.stopped(seat);
     tracing::info!(slot, "worker slot stopped");
 }
 
@@ -160,6 +161,7 @@ enum Life {
 
 /// One worker process and its end of the control channel.
 struct Worker {
+    seat: Seat,
     slot: usize,
     child: Child,
     tx: ipc::Sender,
@@ -180,7 +182,7 @@ struct Worker {
 /// Runs one worker until it ends. `relay` covers the slot until the worker
 /// serves, and again while a retired slot's worker drains.
 async fn run_worker(
-    slot: usize,
+    seat: Seat,
     ctx: &SlotContext,
     stop: &CancellationToken,
     region: OwnedFd,
@@ -188,7 +190,8 @@ async fn run_worker(
 ) -> End {
     let mut generation = ctx.generation.clone();
     let current = generation.borrow_and_update().clone();
-    let mut worker = match Worker::start(slot, ctx, &current, region).await {
+    let slot = seat.slot;
+    let mut worker = match Worker::start(seat, ctx, &current, region).await {
         Ok(worker) => worker,
         // It never ran: a quick exit, as far as the backoff goes.
         Err(how) => {
@@ -278,11 +281,12 @@ impl Worker {
     /// the metrics `region`, its sockets and the health of every checked
     /// server. On failure, how it ended.
     async fn start(
-        slot: usize,
+        seat: Seat,
         ctx: &SlotContext,
         generation: &Generation,
         region: OwnedFd,
     ) -> Result<Self, String> {
+        let slot = seat.slot;
         let (ours, theirs) =
             ipc::pair().map_err(|e| format!("could not create a control channel: {e}"))?;
         let mut command = Command::new(&ctx.exe);
@@ -300,12 +304,13 @@ impl Worker {
         let mut child = command
             .spawn()
             .map_err(|e| format!("could not start: {e}"))?;
-        ctx.status.spawned(slot, child.id());
+        ctx.status.spawned(seat, child.id());
         let (tx, rx) = match ipc::channel(ours) {
             Ok(halves) => halves,
             Err(e) => return Err(reap(&mut child, format!("control channel failed: {e}")).await),
         };
         let mut worker = Self {
+            seat,
             slot,
             child,
             tx,
@@ -371,12 +376,12 @@ impl Worker {
         message: Result<Option<ipc::Received<ToMaster>>, ipc::IpcError>,
         ctx: &SlotContext,
     ) -> bool {
-        let slot = self.slot;
+        let (seat, slot) = (self.seat, self.slot);
         match message {
             Ok(Some(received)) => match received.message {
                 ToMaster::Ready { generation } | ToMaster::Reloaded { generation } => {
                     if self.life == Life::Running {
-                        ctx.status.ready(slot, generation);
+                        ctx.status.ready(seat, generation);
                         if self.inbox.is_none() {
                             self.inbox = Some(ctx.inboxes.open(slot));
                         }
@@ -387,7 +392,7 @@ impl Worker {
                 ToMaster::Pong { .. } => true,
                 ToMaster::Failed { error } => {
                     tracing::error!(slot, error, "worker could not start");
-                    ctx.status.refused(slot, self.started_on, error);
+                    ctx.status.refused(seat, self.started_on, error);
                     false
                 }
                 ToMaster::ReloadFailed { generation, error } => {
@@ -399,7 +404,7 @@ impl Worker {
                         error,
                         "worker could not reload; replacing it"
                     );
-                    ctx.status.refused(slot, generation, error);
+                    ctx.status.refused(seat, generation, error);
                     self.kill(false);
                     false
                 }
@@ -443,7 +448,7 @@ impl Worker {
 
     /// Asks the worker to drain, giving it `grace` (and a second) to go.
     async fn drain(&mut self, ctx: &SlotContext, grace: Duration) {
-        ctx.status.draining(self.slot);
+        ctx.status.draining(self.seat);
         // What is relayed to it from now on would not be served.
         self.inbox = None;
         self.life = Life::Draining {
