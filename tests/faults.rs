@@ -319,6 +319,53 @@ async fn lowering_the_worker_count_resets_no_connection_queued_on_a_retired_slot
     assert_eq!(fresh_get(public, SERVED).await, Ending::Answered(200));
 }
 
+#[tokio::test]
+async fn a_pending_reload_keeps_no_socket_of_a_slot_a_later_reload_retires() {
+    let app = echo("app").await;
+    let config = cluster_config(&[app.addr], "").replace("workers = 2", "workers = 3");
+    let corral = Corral::start(&config).await;
+    let workers = pids_of(&corral.wait_status(all_ready).await);
+    let public = corral.addr("public");
+    let retired = listener_held_by(workers[2], public);
+    // Stopped, slot 0's worker confirms nothing: reload A stays pending.
+    kill(workers[0], Signal::SIGSTOP);
+    wait_stopped(workers[0]).await;
+    corral.write_config(&format!("{config}\n# generation 2\n"));
+    let admin = corral.admin.unwrap();
+    let reload = |admin| {
+        tokio::spawn(corral::admin::client::call(
+            admin,
+            Method::POST,
+            "/reload",
+            None,
+        ))
+    };
+    let a = reload(admin);
+    corral
+        .wait_status(|s| s["workers"][1]["generation"] == 2)
+        .await;
+    // Reload B retires slot 2 meanwhile.
+    corral.write_config(&config.replace("workers = 3", "workers = 2"));
+    let b = reload(admin);
+    corral.wait_for_log("worker slot stopped slot=2").await;
+    let closed = tokio::time::timeout(ANSWERED, async {
+        while listening_inodes(public).contains(&retired) {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    });
+    assert!(
+        closed.await.is_ok(),
+        "slot 2's socket still listens, with nobody accepting on it"
+    );
+    assert!(!a.is_finished(), "reload A was no longer pending");
+
+    kill(workers[0], Signal::SIGCONT);
+    for (name, reload) in [("A", a), ("B", b)] {
+        let (code, body) = patiently("the reloads", reload).await.unwrap().unwrap();
+        assert_eq!(code, StatusCode::OK, "reload {name}: {body}");
+    }
+}
+
 /// corral's echo server on a port it can be stopped and started again on.
 struct Restartable {
     name: &'static str,

@@ -37,6 +37,30 @@ use super::reload::{ReloadError, Reloaded};
 /// Where the service manager listens; removed from every worker's environment.
 pub const ENV_SOCKET: &str = "NOTIFY_SOCKET";
 
+/// What a `READY=1` says about a generation: its number and where its
+/// listeners are bound. A pending reload keeps this, not the generation,
+/// whose sockets would stay open with it.
+#[derive(Debug, Clone)]
+pub(super) struct Summary {
+    number: u64,
+    /// `NAME=ADDR NAME=ADDR …`
+    listeners: String,
+}
+
+impl Summary {
+    pub(super) fn of(generation: &Generation) -> Self {
+        let listeners: Vec<String> = generation
+            .sockets
+            .iter()
+            .map(|l| format!("{}={}", l.name, l.bound))
+            .collect();
+        Self {
+            number: generation.number,
+            listeners: listeners.join(" "),
+        }
+    }
+}
+
 /// Where this master is in the protocol.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Phase {
@@ -80,13 +104,13 @@ impl Notifier {
             "serving generation {} on {workers} workers",
             generation.number
         );
-        self.ready(&status, generation);
+        self.ready(&status, &Summary::of(generation));
         self.phase = Phase::Serving;
     }
 
     /// `READY=1` at the end of a reload, saying how it went; `current` is
     /// the generation serving now.
-    pub(super) fn reloaded(&self, current: &Generation, result: &Result<Reloaded, ReloadError>) {
+    pub(super) fn reloaded(&self, current: &Summary, result: &Result<Reloaded, ReloadError>) {
         if self.phase != Phase::Serving {
             return;
         }
@@ -149,13 +173,8 @@ impl Notifier {
     }
 
     /// `READY=1` with where corral listens.
-    fn ready(&self, status: &str, generation: &Generation) {
-        let listeners: Vec<String> = generation
-            .sockets
-            .iter()
-            .map(|l| format!("{}={}", l.name, l.bound))
-            .collect();
-        let listeners = format!("X_CORRAL_LISTENERS={}", listeners.join(" "));
+    fn ready(&self, status: &str, generation: &Summary) {
+        let listeners = format!("X_CORRAL_LISTENERS={}", generation.listeners);
         let number = format!("X_CORRAL_GENERATION={}", generation.number);
         let admin = self.admin.map(|a| format!("X_CORRAL_ADMIN={a}"));
         let mut states = vec![

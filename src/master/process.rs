@@ -24,7 +24,7 @@ use super::admin_backend::AdminBackend;
 use super::filewatch;
 use super::generation::Generation;
 use super::health::{self, HealthChecker};
-use super::notify::Notifier;
+use super::notify::{Notifier, Summary};
 use super::relay::Inboxes;
 use super::reload::{
     self, Pending, Prepared, ReloadError, ReloadRecord, ReloadRequest, Reloaded, Reply, Trigger,
@@ -347,22 +347,23 @@ impl Master {
             Ok(Some((generation, changes))) => self.pending.push_back(Pending {
                 trigger,
                 started,
-                generation,
+                generation: generation.number,
+                summary: Summary::of(&generation),
                 changes,
                 deadline: Instant::now() + reload::CONFIRM_TIMEOUT,
                 reply,
             }),
             Ok(None) => {
-                let current = self.generation.borrow().clone();
+                let current = Summary::of(&self.generation.borrow());
                 let unchanged = Reloaded {
-                    generation: current.number,
+                    generation: self.generation.borrow().number,
                     changes: Vec::new(),
                     unchanged: true,
                 };
                 self.end_reload(trigger, started, &current, Ok(unchanged), reply);
             }
             Err(e) => {
-                let current = self.generation.borrow().clone();
+                let current = Summary::of(&self.generation.borrow());
                 self.end_reload(trigger, started, &current, Err(e), reply);
             }
         }
@@ -374,20 +375,21 @@ impl Master {
             trigger,
             started,
             generation,
+            summary,
             changes,
             reply,
             ..
         } = pending;
         let result = outcome.map(|()| Reloaded {
-            generation: generation.number,
+            generation,
             changes,
             unchanged: false,
         });
         // A success says where the generation it confirmed listens; a
         // failure, what serves now.
         let shown = match result {
-            Ok(_) => generation,
-            Err(_) => self.generation.borrow().clone(),
+            Ok(_) => summary,
+            Err(_) => Summary::of(&self.generation.borrow()),
         };
         self.end_reload(trigger, started, &shown, result, reply);
     }
@@ -399,7 +401,7 @@ impl Master {
         &mut self,
         trigger: Trigger,
         started: std::time::Instant,
-        shown: &Generation,
+        shown: &Summary,
         result: Result<Reloaded, ReloadError>,
         reply: Option<Reply>,
     ) {
