@@ -24,13 +24,13 @@
 use std::future::poll_fn;
 use std::net::TcpListener as StdListener;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::task::Poll;
 use std::time::Duration;
 
 use tokio::net::TcpListener;
 use tokio::sync::mpsc::{self, error::TrySendError};
-use tokio::sync::watch;
+use tokio::sync::{Notify, watch};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
@@ -54,10 +54,19 @@ pub struct Relayed {
     pub stream: std::net::TcpStream,
 }
 
-/// The inbox of every slot whose worker serves.
+/// The inbox of every serving worker, each under an id of its own (not its
+/// slot's number: a retired slot's worker and the one of a slot that took
+/// its number may both have had one).
 #[derive(Debug)]
 pub struct Inboxes {
-    open: watch::Sender<Vec<(usize, mpsc::Sender<Relayed>)>>,
+    open: watch::Sender<Vec<(u64, mpsc::Sender<Relayed>)>>,
+    /// The next inbox's id.
+    next_id: AtomicU64,
+    /// How many connections each inbox holds at most.
+    room: usize,
+    /// Woken whenever a supervisor takes a connection out of its inbox:
+    /// a delivery waiting for room may find it there.
+    taken: Notify,
     /// Where the next offer starts, so connections go round the workers.
     turn: AtomicUsize,
     /// The master is stopping: nothing relayed will be served.
@@ -67,22 +76,27 @@ pub struct Inboxes {
 impl Inboxes {
     /// `closed` is cancelled when the master stops.
     pub fn new(closed: CancellationToken) -> Self {
+        Self::with_room(closed, INBOX)
+    }
+
+    fn with_room(closed: CancellationToken, room: usize) -> Self {
         Self {
             open: watch::Sender::new(Vec::new()),
+            next_id: AtomicU64::new(0),
+            room,
+            taken: Notify::new(),
             turn: AtomicUsize::new(0),
             closed,
         }
     }
 
-    /// Opens `slot`'s inbox: its worker serves and takes relayed connections.
-    pub fn open(self: &Arc<Self>, slot: usize) -> Inbox {
-        let (tx, rx) = mpsc::channel(INBOX);
-        self.open.send_modify(|open| {
-            open.retain(|(s, _)| *s != slot);
-            open.push((slot, tx));
-        });
+    /// Opens an inbox for a worker that serves and takes relayed connections.
+    pub fn open(self: &Arc<Self>) -> Inbox {
+        let (tx, rx) = mpsc::channel(self.room);
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        self.open.send_modify(|open| open.push((id, tx)));
         Inbox {
-            slot,
+            id,
             rx,
             inboxes: self.clone(),
         }
@@ -115,24 +129,26 @@ impl Inboxes {
         Err(conn)
     }
 
-    /// Delivers `conn`, waiting while every inbox is full or none is open;
+    /// Delivers `conn`, waiting while every inbox is full or none is open
+    /// (for room in any of them: one whose worker hangs holds up nothing);
     /// drops it (the client sees it close) if the master stops first.
     async fn deliver(&self, mut conn: Relayed) {
         let mut open = self.open.subscribe();
         loop {
+            // Registered before the offer, so that room made between the
+            // offer and the wait is not missed.
+            let taken = self.taken.notified();
+            tokio::pin!(taken);
+            taken.as_mut().enable();
             open.mark_unchanged();
             conn = match self.offer(conn) {
                 Ok(()) => return,
                 Err(conn) => conn,
             };
-            let first = open.borrow().first().map(|(_, tx)| tx.clone());
             tokio::select! {
                 () = self.closed.cancelled() => return,
                 Ok(()) = open.changed() => {}
-                Some(permit) = reserve(first.as_ref()) => {
-                    permit.send(conn);
-                    return;
-                }
+                () = taken => {}
             }
         }
     }
@@ -145,36 +161,30 @@ impl Inboxes {
     }
 }
 
-/// Room in `tx`'s inbox; never, without one or once it has closed.
-async fn reserve(tx: Option<&mpsc::Sender<Relayed>>) -> Option<mpsc::Permit<'_, Relayed>> {
-    match tx {
-        Some(tx) => tx.reserve().await.ok(),
-        None => std::future::pending().await,
-    }
-}
-
 /// One serving worker's relayed connections, for its supervisor to send.
 /// Dropping it (the worker drains, dies, or is killed) closes it, and what
 /// is still in it goes to the other workers.
 #[derive(Debug)]
 pub struct Inbox {
-    slot: usize,
+    id: u64,
     rx: mpsc::Receiver<Relayed>,
     inboxes: Arc<Inboxes>,
 }
 
 impl Inbox {
     pub async fn recv(&mut self) -> Option<Relayed> {
-        self.rx.recv().await
+        let conn = self.rx.recv().await;
+        self.inboxes.taken.notify_waiters();
+        conn
     }
 }
 
 impl Drop for Inbox {
     fn drop(&mut self) {
-        let slot = self.slot;
+        let id = self.id;
         self.inboxes
             .open
-            .send_modify(|open| open.retain(|(s, _)| *s != slot));
+            .send_modify(|open| open.retain(|(i, _)| *i != id));
         self.rx.close();
         while let Ok(conn) = self.rx.try_recv() {
             self.inboxes.redeliver(conn);
@@ -369,7 +379,7 @@ mod tests {
     async fn connections_go_round_the_open_inboxes() {
         let on = StdListener::bind("127.0.0.1:0").unwrap();
         let inboxes = Arc::new(Inboxes::new(CancellationToken::new()));
-        let (mut a, mut b) = (inboxes.open(0), inboxes.open(1));
+        let (mut a, mut b) = (inboxes.open(), inboxes.open());
         let mut clients = Vec::new();
         for i in 0..4 {
             let (relayed, client) = accepted(&on, &format!("l{i}"));
@@ -389,14 +399,14 @@ mod tests {
     async fn what_a_closing_inbox_holds_goes_to_the_others() {
         let on = StdListener::bind("127.0.0.1:0").unwrap();
         let inboxes = Arc::new(Inboxes::new(CancellationToken::new()));
-        let closing = inboxes.open(0);
+        let closing = inboxes.open();
         let (relayed, _client) = accepted(&on, "public");
         inboxes.redeliver(relayed);
-        let mut open = inboxes.open(1);
+        let mut open = inboxes.open();
         drop(closing);
         let moved = open.rx.try_recv().expect("the connection moved");
         assert_eq!(moved.listener, "public");
-        assert!(inboxes.open.borrow().iter().all(|(slot, _)| *slot == 1));
+        assert!(inboxes.open.borrow().iter().all(|(id, _)| *id == open.id));
     }
 
     #[tokio::test]
@@ -408,7 +418,7 @@ mod tests {
         // No worker serves: it waits, then goes to the first that does.
         inboxes.redeliver(relayed);
         tokio::task::yield_now().await;
-        let mut late = inboxes.open(3);
+        let mut late = inboxes.open();
         let got = tokio::time::timeout(Duration::from_secs(5), late.recv()).await;
         assert_eq!(got.unwrap().unwrap().listener, "public");
         // Once the master stops, nothing waits.
@@ -423,5 +433,32 @@ mod tests {
             .await
             .unwrap()
             .unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_relayed_connection_takes_room_in_whichever_inbox_frees_first() {
+        let on = StdListener::bind("127.0.0.1:0").unwrap();
+        let inboxes = Arc::new(Inboxes::with_room(CancellationToken::new(), 1));
+        // The first inbox's worker hangs; the second's takes its next one.
+        let (_hung, mut live) = (inboxes.open(), inboxes.open());
+        let mut clients = Vec::new();
+        for i in 0..2 {
+            let (relayed, client) = accepted(&on, &format!("filling {i}"));
+            inboxes.redeliver(relayed);
+            clients.push(client);
+        }
+        let (relayed, _client) = accepted(&on, "waiting");
+        let delivering = tokio::spawn({
+            let inboxes = inboxes.clone();
+            async move { inboxes.deliver(relayed).await }
+        });
+        tokio::task::yield_now().await;
+        assert!(!delivering.is_finished(), "both inboxes were full");
+        assert!(live.recv().await.is_some());
+        tokio::time::timeout(Duration::from_secs(5), delivering)
+            .await
+            .expect("the delivery waited on the hung worker's inbox")
+            .unwrap();
+        assert_eq!(live.rx.try_recv().unwrap().listener, "waiting");
     }
 }

@@ -383,7 +383,7 @@ impl Worker {
                     if self.life == Life::Running {
                         ctx.status.ready(seat, generation);
                         if self.inbox.is_none() {
-                            self.inbox = Some(ctx.inboxes.open(slot));
+                            self.inbox = Some(ctx.inboxes.open());
                         }
                     }
                     tracing::info!(slot, pid = self.child.id(), generation, "worker ready");
