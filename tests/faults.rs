@@ -366,6 +366,72 @@ async fn a_pending_reload_keeps_no_socket_of_a_slot_a_later_reload_retires() {
     }
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slot_number_given_back_while_its_retired_worker_drains_keeps_both_slots_whole() {
+    let app = echo("app").await;
+    // The retired workers, stopped, cannot drain: they are killed once
+    // the shutdown timeout (and a second) has passed.
+    let config = cluster_config(&[app.addr], "")
+        .replace("workers = 2", "workers = 4")
+        .replace("shutdown_timeout = \"5s\"", "shutdown_timeout = \"4s\"");
+    let corral = Corral::start(&config).await;
+    let workers = pids_of(&corral.wait_status(all_ready).await);
+    let public = corral.addr("public");
+    for pid in &workers[2..] {
+        kill(*pid, Signal::SIGSTOP);
+        wait_stopped(*pid).await;
+    }
+    corral.write_config(&config.replace("workers = 4", "workers = 2"));
+    let (code, body) = admin_soon(&corral, Method::POST, "/reload").await;
+    assert_eq!(code, StatusCode::OK, "{body}");
+    corral.write_config(&config);
+    let admin = corral.admin.unwrap();
+    let grown = tokio::spawn(corral::admin::client::call(
+        admin,
+        Method::POST,
+        "/reload",
+        None,
+    ));
+    corral.wait_status(|s| s["generation"] == 3).await;
+
+    // While the retired workers still hold their sockets, every fresh
+    // connection is served, whichever socket the kernel gives it to.
+    let clients: Vec<_> = (0..4)
+        .map(|_| {
+            tokio::spawn(async move {
+                let mut endings = Vec::new();
+                for _ in 0..8 {
+                    endings.push(fresh_get(public, SERVED).await);
+                }
+                endings
+            })
+        })
+        .collect();
+    for client in clients {
+        for ending in client.await.unwrap() {
+            assert_eq!(ending, Ending::Answered(200));
+        }
+    }
+    let (code, body) = patiently("the reload to 4 workers", grown)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(code, StatusCode::OK, "{body}");
+
+    // The old supervisors' last words leave the new slots' rows alone.
+    corral.wait_for_log("worker slot stopped slot=2").await;
+    corral.wait_for_log("worker slot stopped slot=3").await;
+    let status = corral.status().await;
+    assert!(all_ready(&status), "{status:#}");
+    for slot in 2..4 {
+        let pid = status["workers"][slot]["pid"].as_u64();
+        assert!(pid.is_some() && pid != Some(workers[slot]), "{status:#}");
+    }
+    let (code, body) = admin_soon(&corral, Method::GET, "/healthz").await;
+    assert_eq!(code, StatusCode::OK, "{body}");
+    assert_eq!(fresh_get(public, SERVED).await, Ending::Answered(200));
+}
+
 /// corral's echo server on a port it can be stopped and started again on.
 struct Restartable {
     name: &'static str,

@@ -204,21 +204,34 @@ pub struct Relay {
 
 impl Relay {
     /// Covers `slot` on its sockets in the current generation, following
-    /// reloads. Once a reload has retired the slot, it keeps the sockets
-    /// it last had, or `held` (what its worker was sent) if it never had
-    /// any: those of a retired slot are what it must empty.
+    /// reloads until `retired` is cancelled. From then on it keeps the
+    /// sockets it has, or `held` (what the slot's worker was sent) if it
+    /// starts retired: those of a retired slot are what it must empty, and
+    /// a later reload may give the slot's number to a new slot with sockets
+    /// of its own.
     pub fn start(
         slot: usize,
         generation: watch::Receiver<Arc<Generation>>,
         held: Sockets,
+        retired: CancellationToken,
         inboxes: Arc<Inboxes>,
     ) -> Self {
+        // Borrowed before the check: the master retires a slot before it
+        // publishes the generation without it, so a generation borrowed
+        // while the slot is not retired has the slot's current sockets.
         let current = slot_sockets(&generation.borrow(), slot);
-        let sockets = if current.is_empty() { held } else { current };
+        let sockets = if current.is_empty() || retired.is_cancelled() {
+            held
+        } else {
+            current
+        };
         let (stop, sweep) = (CancellationToken::new(), CancellationToken::new());
         let task = tokio::spawn(run(
             slot,
-            generation,
+            Following {
+                generation,
+                retired,
+            },
             sockets,
             inboxes,
             stop.clone(),
@@ -258,15 +271,21 @@ pub fn slot_sockets(generation: &Generation, slot: usize) -> Sockets {
         .collect()
 }
 
+/// The generations a relay follows, until its slot is retired.
+struct Following {
+    generation: watch::Receiver<Arc<Generation>>,
+    retired: CancellationToken,
+}
+
 async fn run(
     slot: usize,
-    mut generation: watch::Receiver<Arc<Generation>>,
+    mut following: Following,
     mut sockets: Sockets,
     inboxes: Arc<Inboxes>,
     stop: CancellationToken,
     sweep: CancellationToken,
 ) {
-    let mut following = true;
+    let mut follows = !following.retired.is_cancelled();
     loop {
         let listening = listen(slot, &sockets);
         loop {
@@ -274,10 +293,10 @@ async fn run(
                 biased;
                 () = stop.cancelled() => return,
                 () = sweep.cancelled() => return sweep_queued(&sockets, &inboxes).await,
-                changed = generation.changed(), if following => match changed {
+                changed = following.generation.changed(), if follows => match changed {
                     Ok(()) => break,
                     Err(_) => {
-                        following = false;
+                        follows = false;
                         continue;
                     }
                 },
@@ -288,8 +307,11 @@ async fn run(
                 inboxes.deliver(conn).await;
             }
         }
-        let current = slot_sockets(&generation.borrow_and_update(), slot);
-        if !current.is_empty() {
+        let current = slot_sockets(&following.generation.borrow_and_update(), slot);
+        // Checked after the borrow, as in `Relay::start`.
+        if following.retired.is_cancelled() {
+            follows = false;
+        } else if !current.is_empty() {
             sockets = current;
         }
     }

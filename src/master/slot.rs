@@ -73,7 +73,7 @@ enum End {
 pub async fn supervise(seat: Seat, ctx: Arc<SlotContext>, stop: CancellationToken) {
     let slot = seat.slot;
     let mut quick_exits = 0u32;
-    let mut relay = Some(cover(slot, &ctx, Sockets::new()));
+    let mut relay = Some(cover(slot, &ctx, Sockets::new(), &stop));
     while !stop.is_cancelled() {
         // The worker counts into memory this master owns; whatever it
         // counted stays in the cluster's totals after it ends.
@@ -92,7 +92,7 @@ pub async fn supervise(seat: Seat, ctx: Arc<SlotContext>, stop: CancellationToke
         match end {
             End::Stopped => break,
             End::Exited { how, lived, held } => {
-                relay.get_or_insert_with(|| cover(slot, &ctx, held));
+                relay.get_or_insert_with(|| cover(slot, &ctx, held, &stop));
                 ctx.metrics.restarts.inc();
                 quick_exits = if lived < STABLE { quick_exits + 1 } else { 0 };
                 let delay = backoff(quick_exits);
@@ -129,9 +129,15 @@ pub async fn supervise(seat: Seat, ctx: Arc<SlotContext>, stop: CancellationToke
     tracing::info!(slot, "worker slot stopped");
 }
 
-/// A relay for `slot`, which has no serving worker.
-fn cover(slot: usize, ctx: &SlotContext, held: Sockets) -> Relay {
-    Relay::start(slot, ctx.generation.clone(), held, ctx.inboxes.clone())
+/// A relay for `slot`, which has no serving worker; `stop` retires it.
+fn cover(slot: usize, ctx: &SlotContext, held: Sockets, stop: &CancellationToken) -> Relay {
+    Relay::start(
+        slot,
+        ctx.generation.clone(),
+        held,
+        stop.clone(),
+        ctx.inboxes.clone(),
+    )
 }
 
 /// No wait for the first quick exit, then 250 ms doubling up to 30 s.
@@ -264,7 +270,7 @@ async fn run_worker(
                 } else {
                     // Retired, the slot's sockets go on queueing until they
                     // close: cover them while the worker drains.
-                    *relay = Some(cover(slot, ctx, worker.sockets()));
+                    *relay = Some(cover(slot, ctx, worker.sockets(), stop));
                 }
             }
             () = sleep_until(drain_deadline) => {
