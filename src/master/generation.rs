@@ -79,6 +79,30 @@ impl Generation {
     }
 }
 
+/// A generation's number and where its listeners are bound: what a reload
+/// pending confirmation keeps of it (the service manager is told this when
+/// it ends), rather than the generation, whose sockets would stay open with
+/// it.
+#[derive(Debug, Clone)]
+pub struct Summary {
+    pub number: u64,
+    /// Each listener's name and bound address.
+    pub listeners: Vec<(String, SocketAddr)>,
+}
+
+impl Summary {
+    pub fn of(generation: &Generation) -> Self {
+        Self {
+            number: generation.number,
+            listeners: generation
+                .sockets
+                .iter()
+                .map(|l| (l.name.clone(), l.bound))
+                .collect(),
+        }
+    }
+}
+
 /// The certificate chains and keys `plan` holds, in order: what a reload
 /// compares to see whether files renewed under an unchanged text call for
 /// a new generation.

@@ -31,35 +31,11 @@ use std::os::unix::net::{self, UnixDatagram};
 
 use sd_notify::NotifyState;
 
-use super::generation::Generation;
+use super::generation::{Generation, Summary};
 use super::reload::{ReloadError, Reloaded};
 
 /// Where the service manager listens; removed from every worker's environment.
 pub const ENV_SOCKET: &str = "NOTIFY_SOCKET";
-
-/// What a `READY=1` says about a generation: its number and where its
-/// listeners are bound. A pending reload keeps this, not the generation,
-/// whose sockets would stay open with it.
-#[derive(Debug, Clone)]
-pub(super) struct Summary {
-    number: u64,
-    /// `NAME=ADDR NAME=ADDR …`
-    listeners: String,
-}
-
-impl Summary {
-    pub(super) fn of(generation: &Generation) -> Self {
-        let listeners: Vec<String> = generation
-            .sockets
-            .iter()
-            .map(|l| format!("{}={}", l.name, l.bound))
-            .collect();
-        Self {
-            number: generation.number,
-            listeners: listeners.join(" "),
-        }
-    }
-}
 
 /// Where this master is in the protocol.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -174,7 +150,12 @@ impl Notifier {
 
     /// `READY=1` with where corral listens.
     fn ready(&self, status: &str, generation: &Summary) {
-        let listeners = format!("X_CORRAL_LISTENERS={}", generation.listeners);
+        let listeners: Vec<String> = generation
+            .listeners
+            .iter()
+            .map(|(name, addr)| format!("{name}={addr}"))
+            .collect();
+        let listeners = format!("X_CORRAL_LISTENERS={}", listeners.join(" "));
         let number = format!("X_CORRAL_GENERATION={}", generation.number);
         let admin = self.admin.map(|a| format!("X_CORRAL_ADMIN={a}"));
         let mut states = vec![

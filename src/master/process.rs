@@ -22,9 +22,9 @@ use tokio_util::sync::CancellationToken;
 
 use super::admin_backend::AdminBackend;
 use super::filewatch;
-use super::generation::Generation;
+use super::generation::{Generation, Summary};
 use super::health::{self, HealthChecker};
-use super::notify::{Notifier, Summary};
+use super::notify::Notifier;
 use super::relay::Inboxes;
 use super::reload::{
     self, Pending, Prepared, ReloadError, ReloadRecord, ReloadRequest, Reloaded, Reply, Trigger,

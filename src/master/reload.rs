@@ -22,8 +22,7 @@ use http::StatusCode;
 use serde::Serialize;
 use tokio::sync::oneshot;
 
-use super::generation::{Generation, certificates};
-use super::notify::Summary;
+use super::generation::{Generation, Summary, certificates};
 use super::sockets::{self, BindError};
 use super::status::{Confirmation, StatusBoard};
 use crate::config::{ConfigError, diff};
