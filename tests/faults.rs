@@ -432,6 +432,88 @@ async fn a_slot_number_given_back_while_its_retired_worker_drains_keeps_both_slo
     assert_eq!(fresh_get(public, SERVED).await, Ending::Answered(200));
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_retired_slots_socket_gets_no_new_connection_while_it_is_emptied() {
+    let app = echo("app").await;
+    let config = cluster_config(&[app.addr], "");
+    let corral = Corral::start(&config).await;
+    let workers = pids_of(&corral.wait_status(all_ready).await);
+    let public = corral.addr("public");
+    // Stopped, slot 1's retired worker keeps its socket open.
+    kill(workers[1], Signal::SIGSTOP);
+    wait_stopped(workers[1]).await;
+    corral.write_config(&config.replace("workers = 2", "workers = 1"));
+    let (code, body) = admin_soon(&corral, Method::POST, "/reload").await;
+    assert_eq!(code, StatusCode::OK, "{body}");
+    // With the master stopped too, nobody accepts on the retired socket:
+    // a connection the kernel gave it would wait.
+    let master = u64::from(corral.pid());
+    kill(master, Signal::SIGSTOP);
+    wait_stopped(master).await;
+    let mut endings = Vec::new();
+    for _ in 0..24 {
+        endings.push(fresh_get(public, SERVED).await);
+    }
+    kill(master, Signal::SIGCONT);
+    kill(workers[1], Signal::SIGCONT);
+    assert!(
+        endings.iter().all(|e| *e == Ending::Answered(200)),
+        "{endings:?}"
+    );
+    corral.wait_for_log("worker slot stopped slot=1").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shrinking_the_cluster_under_fresh_connections_resets_none() {
+    let app = echo("app").await;
+    let config = cluster_config(&[app.addr], "").replace("workers = 2", "workers = 4");
+    let corral = Corral::start(&config).await;
+    let workers = pids_of(&corral.wait_status(all_ready).await);
+    let public = corral.addr("public");
+    let retired: Vec<u64> = workers[1..]
+        .iter()
+        .map(|pid| listener_held_by(*pid, public))
+        .collect();
+    let stop = CancellationToken::new();
+    let clients: Vec<_> = (0..4)
+        .map(|_| {
+            let stop = stop.clone();
+            tokio::spawn(async move {
+                let mut endings = Vec::new();
+                while !stop.is_cancelled() {
+                    endings.push(fresh_get(public, SERVED).await);
+                }
+                endings
+            })
+        })
+        .collect();
+    corral.write_config(&config.replace("workers = 4", "workers = 1"));
+    let (code, body) = admin_soon(&corral, Method::POST, "/reload").await;
+    assert_eq!(code, StatusCode::OK, "{body}");
+    for slot in 1..4 {
+        corral
+            .wait_for_log(&format!("worker slot stopped slot={slot}"))
+            .await;
+    }
+    stop.cancel();
+    let mut endings = Vec::new();
+    for client in clients {
+        endings.extend(client.await.unwrap());
+    }
+    let failed: Vec<&Ending> = endings
+        .iter()
+        .filter(|e| **e != Ending::Answered(200))
+        .collect();
+    eprintln!(
+        "{} requests, {} not answered 200",
+        endings.len(),
+        failed.len()
+    );
+    assert!(failed.is_empty(), "{failed:?}");
+    let listening = listening_inodes(public);
+    assert!(retired.iter().all(|i| !listening.contains(i)));
+}
+
 /// corral's echo server on a port it can be stopped and started again on.
 struct Restartable {
     name: &'static str,

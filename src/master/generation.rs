@@ -7,6 +7,7 @@ use std::sync::Arc;
 use std::time::SystemTime;
 
 use super::sockets::ListenerSockets;
+use super::steering::PortSocket;
 use crate::plan::{CertifiedPem, Plan};
 use crate::upstream::Upstream;
 
@@ -72,7 +73,7 @@ impl Generation {
     pub fn slot_sockets(
         &self,
         slot: usize,
-    ) -> impl Iterator<Item = (&str, &Arc<std::net::TcpListener>, SocketAddr)> {
+    ) -> impl Iterator<Item = (&str, &Arc<PortSocket>, SocketAddr)> {
         self.sockets
             .iter()
             .filter_map(move |l| Some((l.name.as_str(), l.slots.get(slot)?, l.bound)))

@@ -327,6 +327,7 @@ impl Master {
         // worker stops accepting, so new connections are refused rather
         // than queued and then reset (unless a new master holds them).
         // Supervisors, already stopped, do not pass it on as a reload.
+        sockets::release(&self.generation.borrow().sockets);
         self.generation
             .send_modify(|g| *g = Arc::new(g.without_sockets()));
         for slot in self.slots.drain(..) {
@@ -481,6 +482,9 @@ impl Master {
         // its slot's relay takes over those sockets.
         self.retire_slots(slots);
         self.generation.send_replace(next.clone());
+        // From here on the retired slots' sockets get no new connection;
+        // their relays empty what queued there before.
+        sockets::steer(&next.sockets);
         self.checker.update(&next.upstreams);
         self.health
             .send_replace(Arc::new(health::health_of(&next.upstreams)));

@@ -11,18 +11,21 @@
 //! channel, the descriptor as `SCM_RIGHTS`. A crash loop costs the port
 //! capacity, never a stalled client.
 //!
-//! A retired slot is covered until its worker is gone; then what is still
-//! queued is accepted once more and relayed, and only then do its sockets
-//! close. So shrinking resets nothing, also where the kernel does not move
-//! a closing socket's queue (`net.ipv4.tcp_migrate_req`).
+//! A retired slot's sockets get no new connection (the master steers them
+//! away, see `steering`), and its relay keeps them, whatever later reloads
+//! do with the slot's number, until its worker is gone and handshakes begun
+//! there before the retirement have had [`HANDSHAKES`]; then it takes what
+//! is queued, and closes each socket as soon as a pass finds it empty. So
+//! shrinking resets nothing, also where the kernel does not move a closing
+//! socket's queue (`net.ipv4.tcp_migrate_req`).
 //!
-//! It must not block on one worker: each inbox is bounded and a full one is
-//! passed over. It must not take a connection that no worker can serve: it
-//! accepts only while some inbox is open, and lets go of what it holds when
-//! the master stops.
+//! It must not block on one worker: each inbox is bounded, a full one is
+//! passed over, and a connection that finds all full takes room in any.
+//! It must not take a connection that no worker can serve: it accepts only
+//! while some inbox is open, and lets go of what it holds when the master
+//! stops.
 
 use std::future::poll_fn;
-use std::net::TcpListener as StdListener;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::task::Poll;
@@ -32,9 +35,11 @@ use tokio::net::TcpListener;
 use tokio::sync::mpsc::{self, error::TrySendError};
 use tokio::sync::{Notify, watch};
 use tokio::task::JoinHandle;
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use super::generation::Generation;
+use super::steering::PortSocket;
 
 /// How many relayed connections may wait in the master for one worker. A
 /// worker this far behind is passed over: the others take the next ones.
@@ -44,8 +49,20 @@ const INBOX: usize = 256;
 /// pause before the next try, so that the relay does not spin.
 const ACCEPT_PAUSE: Duration = Duration::from_millis(10);
 
+/// How long after its retirement a slot's sockets are still accepted on as
+/// before, for handshakes begun there before new connections were steered
+/// away: one whose SYN-ACK was lost once is retransmitted after a second
+/// (RFC 6298's initial timeout), and its client answers a round trip later.
+const HANDSHAKES: Duration = Duration::from_secs(2);
+
+/// The most passes of the last sweep over a retired slot's sockets. Each
+/// closes the sockets it finds empty; with new connections steered away,
+/// the second finds every one so. More are for where steering failed and
+/// connections keep arriving: the last closes whatever is left.
+const SWEEPS: usize = 4;
+
 /// A slot's sockets, by listener name.
-pub type Sockets = Vec<(String, Arc<StdListener>)>;
+pub type Sockets = Vec<(String, Arc<PortSocket>)>;
 
 /// A client connection accepted on `listener`'s socket of a covered slot.
 #[derive(Debug)]
@@ -286,13 +303,22 @@ async fn run(
     sweep: CancellationToken,
 ) {
     let mut follows = !following.retired.is_cancelled();
+    let mut retired_at = None;
     loop {
         let listening = listen(slot, &sockets);
         loop {
             let accepted = tokio::select! {
                 biased;
                 () = stop.cancelled() => return,
-                () = sweep.cancelled() => return sweep_queued(&sockets, &inboxes).await,
+                () = sweep.cancelled() => {
+                    let retired_at = retired_at.unwrap_or_else(Instant::now);
+                    return finish(sockets, listening, &inboxes, retired_at).await;
+                }
+                () = following.retired.cancelled(), if retired_at.is_none() => {
+                    retired_at = Some(Instant::now());
+                    follows = false;
+                    continue;
+                }
                 changed = following.generation.changed(), if follows => match changed {
                     Ok(()) => break,
                     Err(_) => {
@@ -358,25 +384,64 @@ async fn accept(listening: &[(String, TcpListener)], inboxes: &Inboxes) -> Optio
     }
 }
 
-/// Accepts and relays whatever `sockets` hold queued now.
-async fn sweep_queued(sockets: &Sockets, inboxes: &Inboxes) {
-    for (name, socket) in sockets {
-        if let Err(e) = socket.set_nonblocking(true) {
-            tracing::warn!(listener = %name, error = %e, "cannot empty a retired socket");
-            continue;
+/// The last of a retired slot, whose worker is gone: relays as before
+/// until [`HANDSHAKES`] after `retired_at`, then what is queued on each
+/// socket until a pass finds it empty, closing each as soon as it is.
+async fn finish(
+    sockets: Sockets,
+    listening: Vec<(String, TcpListener)>,
+    inboxes: &Inboxes,
+    retired_at: Instant,
+) {
+    let until = retired_at + HANDSHAKES;
+    loop {
+        let accepted = tokio::select! {
+            () = tokio::time::sleep_until(until) => break,
+            accepted = accept(&listening, inboxes) => accepted,
+        };
+        if let Some(conn) = accepted {
+            inboxes.deliver(conn).await;
         }
-        loop {
-            match socket.accept() {
-                Ok((stream, _)) => {
-                    let listener = name.clone();
-                    inboxes.deliver(Relayed { listener, stream }).await;
-                }
-                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
-                Err(e) if e.kind() == std::io::ErrorKind::ConnectionAborted => {}
-                Err(e) => {
-                    tracing::warn!(listener = %name, error = %e, "cannot empty a retired socket");
-                    break;
-                }
+    }
+    // The copies registered to accept on would keep the sockets open.
+    drop(listening);
+    let mut open = sockets;
+    for pass in 1..=SWEEPS {
+        let mut left = Sockets::new();
+        for (name, socket) in open {
+            let took = take_queued(&name, &socket, inboxes).await;
+            if took > 0 && pass < SWEEPS {
+                left.push((name, socket));
+            }
+            // Otherwise dropped here, and closed: only this relay still
+            // held it.
+        }
+        if left.is_empty() {
+            return;
+        }
+        open = left;
+    }
+}
+
+/// Accepts and relays what `socket` has queued now; how many.
+async fn take_queued(name: &str, socket: &PortSocket, inboxes: &Inboxes) -> usize {
+    if let Err(e) = socket.set_nonblocking(true) {
+        tracing::warn!(listener = %name, error = %e, "cannot empty a retired socket");
+        return 0;
+    }
+    let mut took = 0;
+    loop {
+        match socket.accept() {
+            Ok((stream, _)) => {
+                took += 1;
+                let listener = name.to_owned();
+                inboxes.deliver(Relayed { listener, stream }).await;
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return took,
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionAborted => {}
+            Err(e) => {
+                tracing::warn!(listener = %name, error = %e, "cannot empty a retired socket");
+                return took;
             }
         }
     }
@@ -384,6 +449,8 @@ async fn sweep_queued(sockets: &Sockets, inboxes: &Inboxes) {
 
 #[cfg(test)]
 mod tests {
+    use std::net::TcpListener as StdListener;
+
     use super::*;
 
     /// A connected client socket, as a relay would have accepted it.

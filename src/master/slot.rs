@@ -28,6 +28,7 @@ use tokio_util::sync::CancellationToken;
 use super::generation::Generation;
 use super::relay::{Inbox, Inboxes, Relay, Relayed, Sockets};
 use super::status::{Seat, StatusBoard, describe};
+use super::steering::PortSocket;
 use crate::ipc::{self, ServerHealth, ToMaster, ToWorker};
 use crate::metrics::cluster::ClusterMetrics;
 use crate::plan::Plan;
@@ -151,7 +152,7 @@ fn backoff(quick_exits: u32) -> Duration {
 }
 
 /// The sockets a worker has, by listener name: what it was last sent.
-type Held = HashMap<String, (SocketAddr, Arc<std::net::TcpListener>)>;
+type Held = HashMap<String, (SocketAddr, Arc<PortSocket>)>;
 
 /// Where a worker is in its life, as its supervisor sees it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
