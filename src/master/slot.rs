@@ -169,7 +169,6 @@ enum Life {
 /// One worker process and its end of the control channel.
 struct Worker {
     seat: Seat,
-    slot: usize,
     child: Child,
     tx: ipc::Sender,
     rx: ipc::Receiver,
@@ -318,7 +317,6 @@ impl Worker {
         };
         let mut worker = Self {
             seat,
-            slot,
             child,
             tx,
             rx,
@@ -383,7 +381,7 @@ impl Worker {
         message: Result<Option<ipc::Received<ToMaster>>, ipc::IpcError>,
         ctx: &SlotContext,
     ) -> bool {
-        let (seat, slot) = (self.seat, self.slot);
+        let (seat, slot) = (self.seat, self.seat.slot);
         match message {
             Ok(Some(received)) => match received.message {
                 ToMaster::Ready { generation } | ToMaster::Reloaded { generation } => {
@@ -432,12 +430,12 @@ impl Worker {
 
     /// Sends the worker the next generation's plan and any new sockets.
     async fn reload(&mut self, next: &Generation) {
-        let (sockets, fds) = sockets_to_send(next, self.slot, &mut self.held);
+        let (sockets, fds) = sockets_to_send(next, self.seat.slot, &mut self.held);
         let reload = ToWorker::Reload {
             generation: next.number,
             plan: Plan::clone(&next.plan),
             listeners: next
-                .slot_sockets(self.slot)
+                .slot_sockets(self.seat.slot)
                 .map(|(name, ..)| name.to_owned())
                 .collect(),
             sockets,
@@ -446,7 +444,7 @@ impl Worker {
             // A worker that missed a generation must not go on serving the
             // old one: its replacement starts on the new.
             tracing::warn!(
-                slot = self.slot,
+                slot = self.seat.slot,
                 "could not send the reload; replacing the worker"
             );
             self.kill(false);
@@ -477,7 +475,7 @@ impl Worker {
         self.inbox = None;
         if let Err(e) = self.child.start_kill() {
             // Only when it has exited already, which `wait` reports.
-            tracing::debug!(slot = self.slot, error = %e, "could not kill the worker");
+            tracing::debug!(slot = self.seat.slot, error = %e, "could not kill the worker");
         }
         let stopping = stopping
             || matches!(
@@ -504,11 +502,11 @@ impl Worker {
         match sent.await {
             Ok(Ok(())) => true,
             Ok(Err(e)) => {
-                tracing::debug!(slot = self.slot, error = %e, "could not reach the worker");
+                tracing::debug!(slot = self.seat.slot, error = %e, "could not reach the worker");
                 false
             }
             Err(_) => {
-                tracing::error!(slot = self.slot, pid = self.child.id(), timeout = ?self.hung_after, "worker stopped reading its control channel; killing it");
+                tracing::error!(slot = self.seat.slot, pid = self.child.id(), timeout = ?self.hung_after, "worker stopped reading its control channel; killing it");
                 self.kill(false);
                 false
             }
