@@ -45,6 +45,19 @@ fn open_files_limit(pid: u64) -> (u64, u64) {
     (numbers[0], numbers[1])
 }
 
+/// Connections to `addr` that corral has not closed yet, queued ones among
+/// them (`/proc/net/tcp`: neither listening, 0A, nor in TIME_WAIT, 06).
+fn connections_on(addr: std::net::SocketAddr) -> usize {
+    assert_eq!(addr.ip(), std::net::Ipv4Addr::LOCALHOST);
+    let local = format!("0100007F:{:04X}", addr.port());
+    std::fs::read_to_string("/proc/net/tcp")
+        .unwrap()
+        .lines()
+        .map(|l| l.split_whitespace().collect::<Vec<_>>())
+        .filter(|f| f.get(1) == Some(&local.as_str()) && !["0A", "06"].contains(&f[3]))
+        .count()
+}
+
 /// Starts corral on `config` through `exe`.
 async fn start_through(exe: &Path, config: &str) -> Corral {
     let dir = tempfile::tempdir().unwrap();
@@ -152,7 +165,18 @@ async fn a_worker_at_its_open_files_limit_loses_a_relayed_client_not_its_channel
         tokio::task::yield_now().await;
     }
     assert!(corral.logged("draining").is_empty(), "a worker drained");
+    // Once the worker has accepted and closed what the idle clients left,
+    // it takes relayed connections again.
     drop(idle);
+    patiently(
+        "the idle connections to be closed on corral's side",
+        async {
+            while connections_on(public) > 0 {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        },
+    )
+    .await;
     let served = tokio::time::timeout(Duration::from_secs(5), get(public, "/", &[])).await;
     assert_eq!(served.expect("not served").status, 200);
     let status = corral.status().await;
