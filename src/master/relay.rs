@@ -451,6 +451,8 @@ async fn take_queued(name: &str, socket: &PortSocket, inboxes: &Inboxes) -> usiz
 mod tests {
     use std::net::TcpListener as StdListener;
 
+    use super::super::sockets::{ListenerSockets, bind};
+    use super::super::steering::Port;
     use super::*;
 
     /// A connected client socket, as a relay would have accepted it.
@@ -549,5 +551,59 @@ mod tests {
             .expect("the delivery waited on the hung worker's inbox")
             .unwrap();
         assert_eq!(live.rx.try_recv().unwrap().listener, "waiting");
+    }
+
+    /// Generation `number`, whose listener `public` has `slots`.
+    fn generation(number: u64, port: &Arc<Port>, slots: Vec<Arc<PortSocket>>) -> Arc<Generation> {
+        let text = "[[listeners]]\nname = \"public\"\nlisten = \"127.0.0.1:0\"\n\n\
+                    [[routes]]\nupstream = \"app\"\n\n\
+                    [[upstreams]]\nname = \"app\"\nservers = [{ addr = \"127.0.0.1:9\" }]\n";
+        let path = std::path::PathBuf::from("corral.toml");
+        let plan = crate::config::from_str(&path, text).unwrap();
+        let bound = slots[0].local_addr().unwrap();
+        let sockets = vec![ListenerSockets {
+            name: "public".to_owned(),
+            addr: bound,
+            bound,
+            backlog: 16,
+            slots,
+            port: port.clone(),
+        }];
+        let mut generation = Generation::first(path, text.to_owned(), plan, sockets);
+        generation.number = number;
+        Arc::new(generation)
+    }
+
+    #[tokio::test]
+    async fn a_retired_relay_keeps_its_sockets_when_a_reload_gives_its_slot_number_back() {
+        let inboxes = Arc::new(Inboxes::new(CancellationToken::new()));
+        let mut serving = inboxes.open();
+        let port = Port::new();
+        // Each on a port of its own: only the relay accepts there.
+        let socket = || Arc::new(port.join(bind("127.0.0.1:0".parse().unwrap(), 16).unwrap()));
+        let (first, old) = (socket(), socket());
+        let (publish, generations) =
+            watch::channel(generation(1, &port, vec![first.clone(), old.clone()]));
+        let retired = CancellationToken::new();
+        // Slot 1 backs off, covered; then a reload retires it and the next
+        // adds a slot 1 again, with a new socket.
+        let _relay = Relay::start(
+            1,
+            generations,
+            Sockets::new(),
+            retired.clone(),
+            inboxes.clone(),
+        );
+        // It is accepting on the old socket when the slot is retired.
+        tokio::task::yield_now().await;
+        retired.cancel();
+        publish.send_replace(generation(2, &port, vec![first.clone()]));
+        publish.send_replace(generation(3, &port, vec![first.clone(), socket()]));
+        let _client = std::net::TcpStream::connect(old.local_addr().unwrap()).unwrap();
+        let relayed = tokio::time::timeout(Duration::from_secs(5), serving.recv()).await;
+        assert!(
+            matches!(relayed, Ok(Some(_))),
+            "what queued on the retired socket was not relayed"
+        );
     }
 }
