@@ -146,6 +146,11 @@ pub struct ServerHealth {
 pub struct Received<T> {
     pub message: T,
     pub fds: Vec<OwnedFd>,
+    /// Descriptors the message announced that never arrived: the kernel
+    /// drops those a receiver at its open-files limit cannot take, and
+    /// says so (`MSG_CTRUNC`). The message itself is whole; whether it is
+    /// of use without them is the receiver's call.
+    pub missing: usize,
 }
 
 /// Creates a connected pair: our end, and the end to hand to a child process
@@ -171,7 +176,8 @@ pub fn channel(fd: OwnedFd) -> io::Result<(Sender, Receiver)> {
         Receiver {
             stream,
             buf: Vec::new(),
-            fds: VecDeque::new(),
+            consumed: 0,
+            batches: VecDeque::new(),
         },
     ))
 }
@@ -240,8 +246,20 @@ impl Sender {
 pub struct Receiver {
     stream: Arc<UnixStream>,
     buf: Vec<u8>,
-    /// Descriptors that arrived ahead of the frame that claims them.
-    fds: VecDeque<OwnedFd>,
+    /// Where in the stream `buf` starts.
+    consumed: u64,
+    /// Descriptors received, each batch with the frame it came with.
+    batches: VecDeque<Batch>,
+}
+
+/// The descriptors of one frame, as they arrived.
+#[derive(Debug)]
+struct Batch {
+    /// Where the frame starts in the stream.
+    frame: u64,
+    fds: Vec<OwnedFd>,
+    /// The kernel dropped some of them.
+    truncated: bool,
 }
 
 impl Receiver {
@@ -273,22 +291,49 @@ impl Receiver {
         if self.buf.len() < HEADER + len {
             return Ok(None);
         }
-        if self.fds.len() < fd_count {
-            return Err(IpcError::MissingFds {
-                expected: fd_count,
-                got: self.fds.len(),
-            });
-        }
+        let (fds, missing) = self.fds_of_frame(fd_count)?;
         let message = serde_json::from_slice(&self.buf[HEADER..HEADER + len])?;
         self.buf.drain(..HEADER + len);
-        let fds = self.fds.drain(..fd_count).collect();
-        Ok(Some(Received { message, fds }))
+        self.consumed += (HEADER + len) as u64;
+        Ok(Some(Received {
+            message,
+            fds,
+            missing,
+        }))
+    }
+
+    /// The descriptors of the frame at the front of `buf`, which announced
+    /// `expected`, and how many of those the kernel dropped.
+    fn fds_of_frame(&mut self, expected: usize) -> Result<(Vec<OwnedFd>, usize), IpcError> {
+        // A batch no earlier frame claimed is the peer's mistake; closed.
+        while self
+            .batches
+            .front()
+            .is_some_and(|b| b.frame < self.consumed)
+        {
+            self.batches.pop_front();
+        }
+        if expected == 0 {
+            return Ok((Vec::new(), 0));
+        }
+        let batch = match self.batches.front() {
+            Some(b) if b.frame == self.consumed => self.batches.pop_front(),
+            _ => None,
+        };
+        let (fds, truncated) = batch.map_or((Vec::new(), false), |b| (b.fds, b.truncated));
+        match expected.checked_sub(fds.len()) {
+            Some(missing) if missing == 0 || truncated => Ok((fds, missing)),
+            _ => Err(IpcError::MissingFds {
+                expected,
+                got: fds.len(),
+            }),
+        }
     }
 
     async fn read_more(&mut self) -> Result<usize, IpcError> {
         let mut chunk = [0u8; 16 * 1024];
         let mut space = nix::cmsg_space!([RawFd; MAX_FDS]);
-        let (n, fds) = self
+        let (n, fds, truncated) = self
             .stream
             .async_io(Interest::READABLE, || {
                 let mut iov = [IoSliceMut::new(&mut chunk)];
@@ -300,17 +345,58 @@ impl Receiver {
                 )
                 .map_err(io::Error::from)?;
                 let mut fds = Vec::new();
-                for cmsg in msg.cmsgs().map_err(io::Error::from)? {
-                    if let ControlMessageOwned::ScmRights(raw) = cmsg {
-                        fds.extend(raw.into_iter().map(adopt_fd));
+                // Truncated, the control data is not read (nix refuses to):
+                // the space here fits any message a peer sends, so only a
+                // receiver at its open-files limit sees this, and the
+                // kernel installed none of a one-descriptor message's (a
+                // relayed connection); the few it may have installed of a
+                // larger one stay open until this process, which cannot
+                // go on without them, exits.
+                let truncated = msg.flags.contains(MsgFlags::MSG_CTRUNC);
+                if !truncated {
+                    for cmsg in msg.cmsgs().map_err(io::Error::from)? {
+                        if let ControlMessageOwned::ScmRights(raw) = cmsg {
+                            fds.extend(raw.into_iter().map(adopt_fd));
+                        }
                     }
                 }
-                Ok((msg.bytes, fds))
+                Ok((msg.bytes, fds, truncated))
             })
             .await?;
+        let from = self.buf.len();
         self.buf.extend_from_slice(&chunk[..n]);
-        self.fds.extend(fds);
+        if !fds.is_empty() || truncated {
+            // The kernel ends a read with the data its descriptors came
+            // with, and they ride on the first byte of their frame: they
+            // belong to the last frame that starts in this read.
+            let frame = self.consumed + last_frame_start(&self.buf, from) as u64;
+            self.batches.push_back(Batch {
+                frame,
+                fds,
+                truncated,
+            });
+        }
         Ok(n)
+    }
+}
+
+/// Where in `buf` (which starts with a frame) the last frame starting at
+/// or after `from` starts; the first start past `from` if none is in `buf`.
+fn last_frame_start(buf: &[u8], from: usize) -> usize {
+    let mut at = 0usize;
+    let mut last = None;
+    loop {
+        if at >= from {
+            if at >= buf.len() {
+                return last.unwrap_or(at);
+            }
+            last = Some(at);
+        }
+        let Some(header) = buf.get(at..at + HEADER) else {
+            return last.unwrap_or(at);
+        };
+        let len = u32::from_be_bytes([header[4], header[5], header[6], header[7]]) as usize;
+        at = at.saturating_add(HEADER + len);
     }
 }
 

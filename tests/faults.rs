@@ -319,6 +319,201 @@ async fn lowering_the_worker_count_resets_no_connection_queued_on_a_retired_slot
     assert_eq!(fresh_get(public, SERVED).await, Ending::Answered(200));
 }
 
+#[tokio::test]
+async fn a_pending_reload_keeps_no_socket_of_a_slot_a_later_reload_retires() {
+    let app = echo("app").await;
+    let config = cluster_config(&[app.addr], "").replace("workers = 2", "workers = 3");
+    let corral = Corral::start(&config).await;
+    let workers = pids_of(&corral.wait_status(all_ready).await);
+    let public = corral.addr("public");
+    let retired = listener_held_by(workers[2], public);
+    // Stopped, slot 0's worker confirms nothing: reload A stays pending.
+    kill(workers[0], Signal::SIGSTOP);
+    wait_stopped(workers[0]).await;
+    corral.write_config(&format!("{config}\n# generation 2\n"));
+    let admin = corral.admin.unwrap();
+    let reload = |admin| {
+        tokio::spawn(corral::admin::client::call(
+            admin,
+            Method::POST,
+            "/reload",
+            None,
+        ))
+    };
+    let a = reload(admin);
+    corral
+        .wait_status(|s| s["workers"][1]["generation"] == 2)
+        .await;
+    // Reload B retires slot 2 meanwhile.
+    corral.write_config(&config.replace("workers = 3", "workers = 2"));
+    let b = reload(admin);
+    corral.wait_for_log("worker slot stopped slot=2").await;
+    let closed = tokio::time::timeout(ANSWERED, async {
+        while listening_inodes(public).contains(&retired) {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    });
+    assert!(
+        closed.await.is_ok(),
+        "slot 2's socket still listens, with nobody accepting on it"
+    );
+    assert!(!a.is_finished(), "reload A was no longer pending");
+
+    kill(workers[0], Signal::SIGCONT);
+    for (name, reload) in [("A", a), ("B", b)] {
+        let (code, body) = patiently("the reloads", reload).await.unwrap().unwrap();
+        assert_eq!(code, StatusCode::OK, "reload {name}: {body}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slot_number_given_back_while_its_retired_worker_drains_keeps_both_slots_whole() {
+    let app = echo("app").await;
+    // The retired workers, stopped, cannot drain: they are killed once
+    // the shutdown timeout (and a second) has passed.
+    let config = cluster_config(&[app.addr], "")
+        .replace("workers = 2", "workers = 4")
+        .replace("shutdown_timeout = \"5s\"", "shutdown_timeout = \"4s\"");
+    let corral = Corral::start(&config).await;
+    let workers = pids_of(&corral.wait_status(all_ready).await);
+    let public = corral.addr("public");
+    for pid in &workers[2..] {
+        kill(*pid, Signal::SIGSTOP);
+        wait_stopped(*pid).await;
+    }
+    corral.write_config(&config.replace("workers = 4", "workers = 2"));
+    let (code, body) = admin_soon(&corral, Method::POST, "/reload").await;
+    assert_eq!(code, StatusCode::OK, "{body}");
+    corral.write_config(&config);
+    let admin = corral.admin.unwrap();
+    let grown = tokio::spawn(corral::admin::client::call(
+        admin,
+        Method::POST,
+        "/reload",
+        None,
+    ));
+    corral.wait_status(|s| s["generation"] == 3).await;
+
+    // While the retired workers still hold their sockets, every fresh
+    // connection is served, whichever socket the kernel gives it to.
+    let clients: Vec<_> = (0..4)
+        .map(|_| {
+            tokio::spawn(async move {
+                let mut endings = Vec::new();
+                for _ in 0..8 {
+                    endings.push(fresh_get(public, SERVED).await);
+                }
+                endings
+            })
+        })
+        .collect();
+    for client in clients {
+        for ending in client.await.unwrap() {
+            assert_eq!(ending, Ending::Answered(200));
+        }
+    }
+    let (code, body) = patiently("the reload to 4 workers", grown)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(code, StatusCode::OK, "{body}");
+
+    // The old supervisors' last words leave the new slots' rows alone.
+    corral.wait_for_log("worker slot stopped slot=2").await;
+    corral.wait_for_log("worker slot stopped slot=3").await;
+    let status = corral.status().await;
+    assert!(all_ready(&status), "{status:#}");
+    for slot in 2..4 {
+        let pid = status["workers"][slot]["pid"].as_u64();
+        assert!(pid.is_some() && pid != Some(workers[slot]), "{status:#}");
+    }
+    let (code, body) = admin_soon(&corral, Method::GET, "/healthz").await;
+    assert_eq!(code, StatusCode::OK, "{body}");
+    assert_eq!(fresh_get(public, SERVED).await, Ending::Answered(200));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_retired_slots_socket_gets_no_new_connection_while_it_is_emptied() {
+    let app = echo("app").await;
+    let config = cluster_config(&[app.addr], "");
+    let corral = Corral::start(&config).await;
+    let workers = pids_of(&corral.wait_status(all_ready).await);
+    let public = corral.addr("public");
+    // Stopped, slot 1's retired worker keeps its socket open.
+    kill(workers[1], Signal::SIGSTOP);
+    wait_stopped(workers[1]).await;
+    corral.write_config(&config.replace("workers = 2", "workers = 1"));
+    let (code, body) = admin_soon(&corral, Method::POST, "/reload").await;
+    assert_eq!(code, StatusCode::OK, "{body}");
+    // With the master stopped too, nobody accepts on the retired socket:
+    // a connection the kernel gave it would wait.
+    let master = u64::from(corral.pid());
+    kill(master, Signal::SIGSTOP);
+    wait_stopped(master).await;
+    let mut endings = Vec::new();
+    for _ in 0..24 {
+        endings.push(fresh_get(public, SERVED).await);
+    }
+    kill(master, Signal::SIGCONT);
+    kill(workers[1], Signal::SIGCONT);
+    assert!(
+        endings.iter().all(|e| *e == Ending::Answered(200)),
+        "{endings:?}"
+    );
+    corral.wait_for_log("worker slot stopped slot=1").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shrinking_the_cluster_under_fresh_connections_resets_none() {
+    let app = echo("app").await;
+    let config = cluster_config(&[app.addr], "").replace("workers = 2", "workers = 4");
+    let corral = Corral::start(&config).await;
+    let workers = pids_of(&corral.wait_status(all_ready).await);
+    let public = corral.addr("public");
+    let retired: Vec<u64> = workers[1..]
+        .iter()
+        .map(|pid| listener_held_by(*pid, public))
+        .collect();
+    let stop = CancellationToken::new();
+    let clients: Vec<_> = (0..4)
+        .map(|_| {
+            let stop = stop.clone();
+            tokio::spawn(async move {
+                let mut endings = Vec::new();
+                while !stop.is_cancelled() {
+                    endings.push(fresh_get(public, SERVED).await);
+                }
+                endings
+            })
+        })
+        .collect();
+    corral.write_config(&config.replace("workers = 4", "workers = 1"));
+    let (code, body) = admin_soon(&corral, Method::POST, "/reload").await;
+    assert_eq!(code, StatusCode::OK, "{body}");
+    for slot in 1..4 {
+        corral
+            .wait_for_log(&format!("worker slot stopped slot={slot}"))
+            .await;
+    }
+    stop.cancel();
+    let mut endings = Vec::new();
+    for client in clients {
+        endings.extend(client.await.unwrap());
+    }
+    let failed: Vec<&Ending> = endings
+        .iter()
+        .filter(|e| **e != Ending::Answered(200))
+        .collect();
+    eprintln!(
+        "{} requests, {} not answered 200",
+        endings.len(),
+        failed.len()
+    );
+    assert!(failed.is_empty(), "{failed:?}");
+    let listening = listening_inodes(public);
+    assert!(retired.iter().all(|i| !listening.contains(i)));
+}
+
 /// corral's echo server on a port it can be stopped and started again on.
 struct Restartable {
     name: &'static str,

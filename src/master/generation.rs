@@ -7,6 +7,7 @@ use std::sync::Arc;
 use std::time::SystemTime;
 
 use super::sockets::ListenerSockets;
+use super::steering::PortSocket;
 use crate::plan::{CertifiedPem, Plan};
 use crate::upstream::Upstream;
 
@@ -72,10 +73,34 @@ impl Generation {
     pub fn slot_sockets(
         &self,
         slot: usize,
-    ) -> impl Iterator<Item = (&str, &Arc<std::net::TcpListener>, SocketAddr)> {
+    ) -> impl Iterator<Item = (&str, &Arc<PortSocket>, SocketAddr)> {
         self.sockets
             .iter()
             .filter_map(move |l| Some((l.name.as_str(), l.slots.get(slot)?, l.bound)))
+    }
+}
+
+/// A generation's number and where its listeners are bound: what a reload
+/// pending confirmation keeps of it (the service manager is told this when
+/// it ends), rather than the generation, whose sockets would stay open with
+/// it.
+#[derive(Debug, Clone)]
+pub struct Summary {
+    pub number: u64,
+    /// Each listener's name and bound address.
+    pub listeners: Vec<(String, SocketAddr)>,
+}
+
+impl Summary {
+    pub fn of(generation: &Generation) -> Self {
+        Self {
+            number: generation.number,
+            listeners: generation
+                .sockets
+                .iter()
+                .map(|l| (l.name.clone(), l.bound))
+                .collect(),
+        }
     }
 }
 

@@ -4,7 +4,8 @@
 //! `SO_REUSEPORT` socket per listener and worker slot, see [`sockets`]),
 //! spawns one worker process per slot by re-executing its own binary,
 //! supervises them (`slot`), hands what queues on a slot without a serving
-//! worker to the others' workers (`relay`), applies config reloads
+//! worker to the others' workers (`relay`), steers new connections away
+//! from retired slots' sockets (`steering`), applies config reloads
 //! (`reload`, confirmed without holding up anything else) from
 //! SIGHUP, the admin endpoint and a file watcher (`filewatch`), runs the
 //! active health checks once for the whole cluster and sends the results to
@@ -27,6 +28,7 @@ mod reload;
 mod slot;
 pub mod sockets;
 mod status;
+mod steering;
 pub mod upgrade;
 
 pub use process::{RunError, run};

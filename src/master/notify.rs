@@ -31,7 +31,7 @@ use std::os::unix::net::{self, UnixDatagram};
 
 use sd_notify::NotifyState;
 
-use super::generation::Generation;
+use super::generation::{Generation, Summary};
 use super::reload::{ReloadError, Reloaded};
 
 /// Where the service manager listens; removed from every worker's environment.
@@ -80,13 +80,13 @@ impl Notifier {
             "serving generation {} on {workers} workers",
             generation.number
         );
-        self.ready(&status, generation);
+        self.ready(&status, &Summary::of(generation));
         self.phase = Phase::Serving;
     }
 
     /// `READY=1` at the end of a reload, saying how it went; `current` is
     /// the generation serving now.
-    pub(super) fn reloaded(&self, current: &Generation, result: &Result<Reloaded, ReloadError>) {
+    pub(super) fn reloaded(&self, current: &Summary, result: &Result<Reloaded, ReloadError>) {
         if self.phase != Phase::Serving {
             return;
         }
@@ -149,11 +149,11 @@ impl Notifier {
     }
 
     /// `READY=1` with where corral listens.
-    fn ready(&self, status: &str, generation: &Generation) {
+    fn ready(&self, status: &str, generation: &Summary) {
         let listeners: Vec<String> = generation
-            .sockets
+            .listeners
             .iter()
-            .map(|l| format!("{}={}", l.name, l.bound))
+            .map(|(name, addr)| format!("{name}={addr}"))
             .collect();
         let listeners = format!("X_CORRAL_LISTENERS={}", listeners.join(" "));
         let number = format!("X_CORRAL_GENERATION={}", generation.number);

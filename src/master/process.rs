@@ -22,7 +22,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::admin_backend::AdminBackend;
 use super::filewatch;
-use super::generation::Generation;
+use super::generation::{Generation, Summary};
 use super::health::{self, HealthChecker};
 use super::notify::Notifier;
 use super::relay::Inboxes;
@@ -150,7 +150,7 @@ impl Master {
             &generation.borrow().upstreams,
             health::on_change_publish(generation_rx.clone(), health.clone()),
         );
-        let status = Arc::new(StatusBoard::new(slots));
+        let status = Arc::new(StatusBoard::new());
         let metrics =
             Arc::new(ClusterMetrics::new().map_err(|e| std::io::Error::other(e.to_string()))?);
         metrics.generation.set(1);
@@ -217,13 +217,13 @@ impl Master {
 
     /// Starts supervisors for slots up to `slots`, and shows that many.
     fn add_slots(&mut self, slots: usize) {
-        self.status.resize(slots);
+        let seats = self.status.resize(slots);
         self.metrics
             .slots
             .set(i64::try_from(slots).unwrap_or(i64::MAX));
-        for slot in self.slots.len()..slots {
+        for seat in seats {
             let stop = CancellationToken::new();
-            let task = tokio::spawn(slot::supervise(slot, self.ctx.clone(), stop.clone()));
+            let task = tokio::spawn(slot::supervise(seat, self.ctx.clone(), stop.clone()));
             self.slots.push(SlotHandle { stop, task });
         }
     }
@@ -327,6 +327,7 @@ impl Master {
         // worker stops accepting, so new connections are refused rather
         // than queued and then reset (unless a new master holds them).
         // Supervisors, already stopped, do not pass it on as a reload.
+        sockets::release(&self.generation.borrow().sockets);
         self.generation
             .send_modify(|g| *g = Arc::new(g.without_sockets()));
         for slot in self.slots.drain(..) {
@@ -347,22 +348,23 @@ impl Master {
             Ok(Some((generation, changes))) => self.pending.push_back(Pending {
                 trigger,
                 started,
-                generation,
+                generation: generation.number,
+                summary: Summary::of(&generation),
                 changes,
                 deadline: Instant::now() + reload::CONFIRM_TIMEOUT,
                 reply,
             }),
             Ok(None) => {
-                let current = self.generation.borrow().clone();
+                let current = Summary::of(&self.generation.borrow());
                 let unchanged = Reloaded {
-                    generation: current.number,
+                    generation: self.generation.borrow().number,
                     changes: Vec::new(),
                     unchanged: true,
                 };
                 self.end_reload(trigger, started, &current, Ok(unchanged), reply);
             }
             Err(e) => {
-                let current = self.generation.borrow().clone();
+                let current = Summary::of(&self.generation.borrow());
                 self.end_reload(trigger, started, &current, Err(e), reply);
             }
         }
@@ -374,20 +376,21 @@ impl Master {
             trigger,
             started,
             generation,
+            summary,
             changes,
             reply,
             ..
         } = pending;
         let result = outcome.map(|()| Reloaded {
-            generation: generation.number,
+            generation,
             changes,
             unchanged: false,
         });
         // A success says where the generation it confirmed listens; a
         // failure, what serves now.
         let shown = match result {
-            Ok(_) => generation,
-            Err(_) => self.generation.borrow().clone(),
+            Ok(_) => summary,
+            Err(_) => Summary::of(&self.generation.borrow()),
         };
         self.end_reload(trigger, started, &shown, result, reply);
     }
@@ -399,7 +402,7 @@ impl Master {
         &mut self,
         trigger: Trigger,
         started: std::time::Instant,
-        shown: &Generation,
+        shown: &Summary,
         result: Result<Reloaded, ReloadError>,
         reply: Option<Reply>,
     ) {
@@ -479,6 +482,9 @@ impl Master {
         // its slot's relay takes over those sockets.
         self.retire_slots(slots);
         self.generation.send_replace(next.clone());
+        // From here on the retired slots' sockets get no new connection;
+        // their relays empty what queued there before.
+        sockets::steer(&next.sockets);
         self.checker.update(&next.upstreams);
         self.health
             .send_replace(Arc::new(health::health_of(&next.upstreams)));

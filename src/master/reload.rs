@@ -16,14 +16,13 @@
 //! the admin endpoint answers throughout.
 
 use std::path::Path;
-use std::sync::Arc;
 use std::time::Duration;
 
 use http::StatusCode;
 use serde::Serialize;
 use tokio::sync::oneshot;
 
-use super::generation::{Generation, certificates};
+use super::generation::{Generation, Summary, certificates};
 use super::sockets::{self, BindError};
 use super::status::{Confirmation, StatusBoard};
 use crate::config::{ConfigError, diff};
@@ -61,12 +60,16 @@ pub struct ReloadRequest {
     pub reply: Reply,
 }
 
-/// A reload published and not yet confirmed by every live worker.
+/// A reload published and not yet confirmed by every live worker. It holds
+/// no [`Generation`]: that would keep the sockets of slots that a later
+/// reload retires open, and queueing, for as long as this one is pending.
 #[derive(Debug)]
 pub struct Pending {
     pub trigger: Trigger,
     pub started: std::time::Instant,
-    pub generation: Arc<Generation>,
+    pub generation: u64,
+    /// What the service manager is told when it is confirmed.
+    pub summary: Summary,
     pub changes: Vec<String>,
     pub deadline: tokio::time::Instant,
     pub reply: Option<Reply>,
@@ -79,7 +82,7 @@ pub async fn settled(status: &StatusBoard, pending: Option<&Pending>) -> Result<
     let Some(pending) = pending else {
         return std::future::pending().await;
     };
-    let generation = pending.generation.number;
+    let generation = pending.generation;
     let settled = tokio::time::timeout_at(pending.deadline, status.settled(generation)).await;
     match settled.unwrap_or_else(|_| status.confirmation(generation)) {
         Confirmation::Confirmed => Ok(()),

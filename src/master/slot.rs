@@ -27,7 +27,8 @@ use tokio_util::sync::CancellationToken;
 
 use super::generation::Generation;
 use super::relay::{Inbox, Inboxes, Relay, Relayed, Sockets};
-use super::status::{StatusBoard, describe};
+use super::status::{Seat, StatusBoard, describe};
+use super::steering::PortSocket;
 use crate::ipc::{self, ServerHealth, ToMaster, ToWorker};
 use crate::metrics::cluster::ClusterMetrics;
 use crate::plan::Plan;
@@ -70,9 +71,10 @@ enum End {
 
 /// Keeps slot `slot` served until `stop` (a graceful stop or the slot's
 /// retirement): then its worker drains and is not replaced.
-pub async fn supervise(slot: usize, ctx: Arc<SlotContext>, stop: CancellationToken) {
+pub async fn supervise(seat: Seat, ctx: Arc<SlotContext>, stop: CancellationToken) {
+    let slot = seat.slot;
     let mut quick_exits = 0u32;
-    let mut relay = Some(cover(slot, &ctx, Sockets::new()));
+    let mut relay = Some(cover(slot, &ctx, Sockets::new(), &stop));
     while !stop.is_cancelled() {
         // The worker counts into memory this master owns; whatever it
         // counted stays in the cluster's totals after it ends.
@@ -86,19 +88,19 @@ pub async fn supervise(slot: usize, ctx: Arc<SlotContext>, stop: CancellationTok
                 }
             }
         };
-        let end = run_worker(slot, &ctx, &stop, region_fd, &mut relay).await;
+        let end = run_worker(seat, &ctx, &stop, region_fd, &mut relay).await;
         ctx.metrics.workers.retire(region);
         match end {
             End::Stopped => break,
             End::Exited { how, lived, held } => {
-                relay.get_or_insert_with(|| cover(slot, &ctx, held));
+                relay.get_or_insert_with(|| cover(slot, &ctx, held, &stop));
                 ctx.metrics.restarts.inc();
                 quick_exits = if lived < STABLE { quick_exits + 1 } else { 0 };
                 let delay = backoff(quick_exits);
                 // The board first, then the log: whoever reads the log
                 // line finds `/status` already saying so.
                 ctx.status
-                    .exited(slot, how.clone(), quick_exits, Some(delay));
+                    .exited(seat, how.clone(), quick_exits, Some(delay));
                 if delay.is_zero() {
                     tracing::warn!(slot, how, "worker exited; replacing it");
                 } else {
@@ -124,13 +126,19 @@ pub async fn supervise(slot: usize, ctx: Arc<SlotContext>, stop: CancellationTok
             relay.finish().await;
         }
     }
-    ctx.status.stopped(slot);
+    ctx.status.stopped(seat);
     tracing::info!(slot, "worker slot stopped");
 }
 
-/// A relay for `slot`, which has no serving worker.
-fn cover(slot: usize, ctx: &SlotContext, held: Sockets) -> Relay {
-    Relay::start(slot, ctx.generation.clone(), held, ctx.inboxes.clone())
+/// A relay for `slot`, which has no serving worker; `stop` retires it.
+fn cover(slot: usize, ctx: &SlotContext, held: Sockets, stop: &CancellationToken) -> Relay {
+    Relay::start(
+        slot,
+        ctx.generation.clone(),
+        held,
+        stop.clone(),
+        ctx.inboxes.clone(),
+    )
 }
 
 /// No wait for the first quick exit, then 250 ms doubling up to 30 s.
@@ -144,7 +152,7 @@ fn backoff(quick_exits: u32) -> Duration {
 }
 
 /// The sockets a worker has, by listener name: what it was last sent.
-type Held = HashMap<String, (SocketAddr, Arc<std::net::TcpListener>)>;
+type Held = HashMap<String, (SocketAddr, Arc<PortSocket>)>;
 
 /// Where a worker is in its life, as its supervisor sees it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -160,7 +168,7 @@ enum Life {
 
 /// One worker process and its end of the control channel.
 struct Worker {
-    slot: usize,
+    seat: Seat,
     child: Child,
     tx: ipc::Sender,
     rx: ipc::Receiver,
@@ -180,7 +188,7 @@ struct Worker {
 /// Runs one worker until it ends. `relay` covers the slot until the worker
 /// serves, and again while a retired slot's worker drains.
 async fn run_worker(
-    slot: usize,
+    seat: Seat,
     ctx: &SlotContext,
     stop: &CancellationToken,
     region: OwnedFd,
@@ -188,7 +196,8 @@ async fn run_worker(
 ) -> End {
     let mut generation = ctx.generation.clone();
     let current = generation.borrow_and_update().clone();
-    let mut worker = match Worker::start(slot, ctx, &current, region).await {
+    let slot = seat.slot;
+    let mut worker = match Worker::start(seat, ctx, &current, region).await {
         Ok(worker) => worker,
         // It never ran: a quick exit, as far as the backoff goes.
         Err(how) => {
@@ -261,7 +270,7 @@ async fn run_worker(
                 } else {
                     // Retired, the slot's sockets go on queueing until they
                     // close: cover them while the worker drains.
-                    *relay = Some(cover(slot, ctx, worker.sockets()));
+                    *relay = Some(cover(slot, ctx, worker.sockets(), stop));
                 }
             }
             () = sleep_until(drain_deadline) => {
@@ -278,11 +287,12 @@ impl Worker {
     /// the metrics `region`, its sockets and the health of every checked
     /// server. On failure, how it ended.
     async fn start(
-        slot: usize,
+        seat: Seat,
         ctx: &SlotContext,
         generation: &Generation,
         region: OwnedFd,
     ) -> Result<Self, String> {
+        let slot = seat.slot;
         let (ours, theirs) =
             ipc::pair().map_err(|e| format!("could not create a control channel: {e}"))?;
         let mut command = Command::new(&ctx.exe);
@@ -300,13 +310,13 @@ impl Worker {
         let mut child = command
             .spawn()
             .map_err(|e| format!("could not start: {e}"))?;
-        ctx.status.spawned(slot, child.id());
+        ctx.status.spawned(seat, child.id());
         let (tx, rx) = match ipc::channel(ours) {
             Ok(halves) => halves,
             Err(e) => return Err(reap(&mut child, format!("control channel failed: {e}")).await),
         };
         let mut worker = Self {
-            slot,
+            seat,
             child,
             tx,
             rx,
@@ -371,14 +381,14 @@ impl Worker {
         message: Result<Option<ipc::Received<ToMaster>>, ipc::IpcError>,
         ctx: &SlotContext,
     ) -> bool {
-        let slot = self.slot;
+        let (seat, slot) = (self.seat, self.seat.slot);
         match message {
             Ok(Some(received)) => match received.message {
                 ToMaster::Ready { generation } | ToMaster::Reloaded { generation } => {
                     if self.life == Life::Running {
-                        ctx.status.ready(slot, generation);
+                        ctx.status.ready(seat, generation);
                         if self.inbox.is_none() {
-                            self.inbox = Some(ctx.inboxes.open(slot));
+                            self.inbox = Some(ctx.inboxes.open());
                         }
                     }
                     tracing::info!(slot, pid = self.child.id(), generation, "worker ready");
@@ -387,7 +397,7 @@ impl Worker {
                 ToMaster::Pong { .. } => true,
                 ToMaster::Failed { error } => {
                     tracing::error!(slot, error, "worker could not start");
-                    ctx.status.refused(slot, self.started_on, error);
+                    ctx.status.refused(seat, self.started_on, error);
                     false
                 }
                 ToMaster::ReloadFailed { generation, error } => {
@@ -399,7 +409,7 @@ impl Worker {
                         error,
                         "worker could not reload; replacing it"
                     );
-                    ctx.status.refused(slot, generation, error);
+                    ctx.status.refused(seat, generation, error);
                     self.kill(false);
                     false
                 }
@@ -420,12 +430,12 @@ impl Worker {
 
     /// Sends the worker the next generation's plan and any new sockets.
     async fn reload(&mut self, next: &Generation) {
-        let (sockets, fds) = sockets_to_send(next, self.slot, &mut self.held);
+        let (sockets, fds) = sockets_to_send(next, self.seat.slot, &mut self.held);
         let reload = ToWorker::Reload {
             generation: next.number,
             plan: Plan::clone(&next.plan),
             listeners: next
-                .slot_sockets(self.slot)
+                .slot_sockets(self.seat.slot)
                 .map(|(name, ..)| name.to_owned())
                 .collect(),
             sockets,
@@ -434,7 +444,7 @@ impl Worker {
             // A worker that missed a generation must not go on serving the
             // old one: its replacement starts on the new.
             tracing::warn!(
-                slot = self.slot,
+                slot = self.seat.slot,
                 "could not send the reload; replacing the worker"
             );
             self.kill(false);
@@ -443,7 +453,7 @@ impl Worker {
 
     /// Asks the worker to drain, giving it `grace` (and a second) to go.
     async fn drain(&mut self, ctx: &SlotContext, grace: Duration) {
-        ctx.status.draining(self.slot);
+        ctx.status.draining(self.seat);
         // What is relayed to it from now on would not be served.
         self.inbox = None;
         self.life = Life::Draining {
@@ -465,7 +475,7 @@ impl Worker {
         self.inbox = None;
         if let Err(e) = self.child.start_kill() {
             // Only when it has exited already, which `wait` reports.
-            tracing::debug!(slot = self.slot, error = %e, "could not kill the worker");
+            tracing::debug!(slot = self.seat.slot, error = %e, "could not kill the worker");
         }
         let stopping = stopping
             || matches!(
@@ -492,11 +502,11 @@ impl Worker {
         match sent.await {
             Ok(Ok(())) => true,
             Ok(Err(e)) => {
-                tracing::debug!(slot = self.slot, error = %e, "could not reach the worker");
+                tracing::debug!(slot = self.seat.slot, error = %e, "could not reach the worker");
                 false
             }
             Err(_) => {
-                tracing::error!(slot = self.slot, pid = self.child.id(), timeout = ?self.hung_after, "worker stopped reading its control channel; killing it");
+                tracing::error!(slot = self.seat.slot, pid = self.child.id(), timeout = ?self.hung_after, "worker stopped reading its control channel; killing it");
                 self.kill(false);
                 false
             }

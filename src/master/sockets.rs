@@ -5,7 +5,9 @@
 //! own descriptor for each, a worker that dies never closes its socket:
 //! connections the kernel queued on it are not reset, and the master relays
 //! them to the other workers until the replacement serves (`relay`). A
-//! binary upgrade passes the same sockets to the new master.
+//! binary upgrade passes the same sockets to the new master. Each
+//! address's sockets are one `steering::Port`, which steers new connections
+//! away from those of retired slots ([`steer`]).
 
 use std::collections::HashMap;
 use std::io;
@@ -14,6 +16,7 @@ use std::sync::Arc;
 
 use socket2::{Domain, Protocol, Socket, Type};
 
+use super::steering::{Port, PortSocket};
 use crate::plan::{ListenerConfig, Plan};
 
 /// Binds a non-blocking TCP listener with `SO_REUSEPORT`, so that several
@@ -45,7 +48,9 @@ pub struct ListenerSockets {
     pub backlog: u32,
     /// Shared, not duplicated: whoever holds one (a generation, a slot
     /// supervisor relaying a retired slot's queue) keeps it open.
-    pub slots: Vec<Arc<TcpListener>>,
+    pub slots: Vec<Arc<PortSocket>>,
+    /// The group these sockets are in, with any retired ones still open.
+    pub port: Arc<Port>,
 }
 
 impl ListenerSockets {
@@ -90,10 +95,10 @@ pub fn bind_all(
         .listeners
         .iter()
         .map(|l| {
-            bind_listener(l, slots, |slot| {
-                inherited
-                    .remove(&(l.name.clone(), l.addr, slot))
-                    .map(Arc::new)
+            let port = Port::new();
+            bind_listener(l, slots, &port, |slot| {
+                let socket = inherited.remove(&(l.name.clone(), l.addr, slot))?;
+                Some(Arc::new(port.join(socket)))
             })
         })
         .collect()
@@ -113,11 +118,12 @@ pub fn rebind(
         .iter()
         .map(|l| {
             let old = previous.iter().find(|p| p.serves(l));
-            let sockets = bind_listener(l, slots, |slot| old?.slots.get(slot).cloned())?;
+            let port = old.map_or_else(Port::new, |o| o.port.clone());
+            let sockets = bind_listener(l, slots, &port, |slot| old?.slots.get(slot).cloned())?;
             if old.is_some_and(|o| o.backlog != l.backlog) {
                 // listen(2) on a listening socket just resizes its queue.
                 for s in &sockets.slots {
-                    socket2::SockRef::from(s)
+                    socket2::SockRef::from(&**s)
                         .listen(i32::try_from(l.backlog).unwrap_or(i32::MAX))
                         .map_err(BindError::of(l))?;
                 }
@@ -127,10 +133,13 @@ pub fn rebind(
         .collect()
 }
 
+/// `l`'s sockets for `slots`: those `reuse` gives, and new ones, which
+/// join `port` as they start listening, in slot order.
 fn bind_listener(
     l: &ListenerConfig,
     slots: usize,
-    mut reuse: impl FnMut(usize) -> Option<Arc<TcpListener>>,
+    port: &Arc<Port>,
+    mut reuse: impl FnMut(usize) -> Option<Arc<PortSocket>>,
 ) -> Result<ListenerSockets, BindError> {
     let error = BindError::of(l);
     let mut sockets = Vec::with_capacity(slots);
@@ -140,7 +149,7 @@ fn bind_listener(
             Some(socket) => socket,
             // Port 0 asks the kernel for a free port; every further slot
             // must join that same port.
-            None => Arc::new(bind(bound, l.backlog).map_err(&error)?),
+            None => Arc::new(port.join(bind(bound, l.backlog).map_err(&error)?)),
         };
         bound = socket.local_addr().map_err(&error)?;
         sockets.push(socket);
@@ -151,7 +160,25 @@ fn bind_listener(
         bound,
         backlog: l.backlog,
         slots: sockets,
+        port: port.clone(),
     })
+}
+
+/// Steers each port's new connections to the sockets of `listeners` (the
+/// current generation's): those of retired slots, still open while their
+/// relays empty them, get none.
+pub fn steer(listeners: &[ListenerSockets]) {
+    for l in listeners {
+        l.port.serve(l.slots.iter().map(|s| &**s));
+    }
+}
+
+/// Lets go of the steering of `listeners`' ports (the master stops or hands
+/// over): the kernel's hash picks again.
+pub fn release(listeners: &[ListenerSockets]) {
+    for l in listeners {
+        l.port.release();
+    }
 }
 
 /// What the kernel does with connections queued on a socket that closes:

@@ -1,5 +1,12 @@
 //! What the master knows about its worker slots, for `/status`, `/healthz`
-//! and the startup wait. Slot supervisors write it; readers take copies.
+//! and the startup wait. Slot supervisors write it, each through the
+//! [`Seat`] it was given; readers take copies.
+//!
+//! A slot number comes back when a reload retires a slot and a later one
+//! adds it again, possibly while the retired slot's supervisor still drains
+//! its worker. Each seat carries the epoch of the slot it was made for, and
+//! what a stale seat reports is ignored, so the old supervisor's last words
+//! never overwrite the new slot's row.
 
 use std::process::ExitStatus;
 use std::sync::Mutex;
@@ -35,7 +42,28 @@ pub struct WorkerStatus {
     pub next_start_in_ms: Option<u64>,
     /// The latest generation a worker of this slot could not apply, and why.
     #[serde(skip)]
-    pub refused: Option<(u64, String)>,
+    pub refused: Option<Refusal>,
+    /// Which supervisor's row this is (see [`Seat`]).
+    #[serde(skip)]
+    epoch: u64,
+}
+
+/// A worker's refusal of a generation.
+#[derive(Debug, Clone)]
+pub struct Refusal {
+    pub generation: u64,
+    pub error: String,
+    /// What the slot served when its worker refused: the refusal concerns
+    /// no generation up to that one, which the slot did confirm.
+    served: Option<u64>,
+}
+
+/// Where one slot supervisor writes on the board: its slot's row, for as
+/// long as the row is the one made for it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Seat {
+    pub slot: usize,
+    epoch: u64,
 }
 
 impl WorkerStatus {
@@ -54,6 +82,15 @@ impl WorkerStatus {
     fn serves(&self, generation: u64) -> bool {
         self.state == WorkerState::Ready && self.generation >= Some(generation)
     }
+
+    /// Its worker's refusal, if that stands in the way of `generation`:
+    /// one of it or a later one (a worker may be sent only the latest of
+    /// several), while the slot does not serve it and had not served it.
+    fn refusal_of(&self, generation: u64) -> Option<&Refusal> {
+        self.refused.as_ref().filter(|r| {
+            r.generation >= generation && r.served < Some(generation) && !self.serves(generation)
+        })
+    }
 }
 
 /// Where the slots stand with a published generation.
@@ -69,9 +106,16 @@ pub enum Confirmation {
 
 #[derive(Debug)]
 pub struct StatusBoard {
-    workers: Mutex<Vec<WorkerStatus>>,
+    workers: Mutex<Rows>,
     /// Bumped on every change, so waiters can `changed().await` without races.
     version: watch::Sender<u64>,
+}
+
+#[derive(Debug, Default)]
+struct Rows {
+    rows: Vec<WorkerStatus>,
+    /// The epoch the next new row gets.
+    next_epoch: u64,
 }
 
 pub fn timestamp(at: SystemTime) -> String {
@@ -79,15 +123,15 @@ pub fn timestamp(at: SystemTime) -> String {
 }
 
 impl StatusBoard {
-    pub fn new(slots: usize) -> Self {
-        let workers = (0..slots).map(Self::fresh).collect();
+    /// A board without slots; [`resize`](Self::resize) adds them.
+    pub fn new() -> Self {
         Self {
-            workers: Mutex::new(workers),
+            workers: Mutex::new(Rows::default()),
             version: watch::Sender::new(0),
         }
     }
 
-    fn fresh(slot: usize) -> WorkerStatus {
+    fn fresh(slot: usize, epoch: u64) -> WorkerStatus {
         WorkerStatus {
             slot,
             pid: None,
@@ -99,23 +143,30 @@ impl StatusBoard {
             crash_loop: 0,
             next_start_in_ms: None,
             refused: None,
+            epoch,
         }
     }
 
-    fn update(&self, slot: usize, change: impl FnOnce(&mut WorkerStatus)) {
-        if let Some(w) = self
-            .workers
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .get_mut(slot)
-        {
-            change(w);
+    fn rows(&self) -> std::sync::MutexGuard<'_, Rows> {
+        self.workers.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Applies `change` to `seat`'s row, unless the row is another seat's.
+    fn update(&self, seat: Seat, change: impl FnOnce(&mut WorkerStatus)) {
+        let mut rows = self.rows();
+        let Some(w) = rows.rows.get_mut(seat.slot) else {
+            return;
+        };
+        if w.epoch != seat.epoch {
+            return;
         }
+        change(w);
+        drop(rows);
         self.version.send_modify(|v| *v += 1);
     }
 
-    pub fn spawned(&self, slot: usize, pid: Option<u32>) {
-        self.update(slot, |w| {
+    pub fn spawned(&self, seat: Seat, pid: Option<u32>) {
+        self.update(seat, |w| {
             w.pid = pid;
             w.state = WorkerState::Starting;
             w.started_at = Some(timestamp(SystemTime::now()));
@@ -124,24 +175,39 @@ impl StatusBoard {
         });
     }
 
-    pub fn ready(&self, slot: usize, generation: u64) {
-        self.update(slot, |w| {
+    /// The slot's worker serves `generation`: a refusal of it or of an
+    /// earlier one no longer stands.
+    pub fn ready(&self, seat: Seat, generation: u64) {
+        self.update(seat, |w| {
             w.state = WorkerState::Ready;
             w.generation = Some(generation);
+            if w.refused
+                .as_ref()
+                .is_some_and(|r| r.generation <= generation)
+            {
+                w.refused = None;
+            }
         });
     }
 
-    /// A worker of `slot` could not start on, or switch to, `generation`.
-    pub fn refused(&self, slot: usize, generation: u64, error: String) {
-        self.update(slot, |w| w.refused = Some((generation, error)));
+    /// A worker of the slot could not start on, or switch to, `generation`.
+    pub fn refused(&self, seat: Seat, generation: u64, error: String) {
+        self.update(seat, |w| {
+            let served = w.generation.filter(|_| w.state == WorkerState::Ready);
+            w.refused = Some(Refusal {
+                generation,
+                error,
+                served,
+            });
+        });
     }
 
-    pub fn draining(&self, slot: usize) {
-        self.update(slot, |w| w.state = WorkerState::Draining);
+    pub fn draining(&self, seat: Seat) {
+        self.update(seat, |w| w.state = WorkerState::Draining);
     }
 
-    pub fn exited(&self, slot: usize, how: String, crash_loop: u32, next_start: Option<Duration>) {
-        self.update(slot, |w| {
+    pub fn exited(&self, seat: Seat, how: String, crash_loop: u32, next_start: Option<Duration>) {
+        self.update(seat, |w| {
             w.pid = None;
             w.state = if next_start.is_some() {
                 WorkerState::Backoff
@@ -156,30 +222,33 @@ impl StatusBoard {
         });
     }
 
-    pub fn stopped(&self, slot: usize) {
-        self.update(slot, |w| {
+    pub fn stopped(&self, seat: Seat) {
+        self.update(seat, |w| {
             w.pid = None;
             w.state = WorkerState::Stopped;
         });
     }
 
-    /// Follows a change of `runtime.workers`: new slots start out as
-    /// starting, retired ones leave the board.
-    pub fn resize(&self, slots: usize) {
-        let mut workers = self.workers.lock().unwrap_or_else(|e| e.into_inner());
-        workers.truncate(slots);
-        for slot in workers.len()..slots {
-            workers.push(Self::fresh(slot));
+    /// Follows a change of `runtime.workers`: retired slots leave the
+    /// board, and new ones start out as starting, each with a new epoch;
+    /// the seats of the new ones, for their supervisors.
+    pub fn resize(&self, slots: usize) -> Vec<Seat> {
+        let mut rows = self.rows();
+        rows.rows.truncate(slots);
+        let mut seats = Vec::new();
+        for slot in rows.rows.len()..slots {
+            let epoch = rows.next_epoch;
+            rows.next_epoch += 1;
+            rows.rows.push(Self::fresh(slot, epoch));
+            seats.push(Seat { slot, epoch });
         }
-        drop(workers);
+        drop(rows);
         self.version.send_modify(|v| *v += 1);
+        seats
     }
 
     pub fn workers(&self) -> Vec<WorkerStatus> {
-        self.workers
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone()
+        self.rows().rows.clone()
     }
 
     /// Slots without a serving worker, for `/healthz`.
@@ -202,10 +271,9 @@ impl StatusBoard {
     /// serves. Only a worker that could not apply the generation refuses it.
     pub fn confirmation(&self, generation: u64) -> Confirmation {
         let workers = self.workers();
-        let refusal = workers.iter().find_map(|w| match &w.refused {
-            Some((refused, error)) if *refused >= generation => Some((w.slot, error.clone())),
-            _ => None,
-        });
+        let refusal = workers
+            .iter()
+            .find_map(|w| Some((w.slot, w.refusal_of(generation)?.error.clone())));
         if let Some((slot, error)) = refusal {
             return Confirmation::Refused { slot, error };
         }
@@ -259,55 +327,56 @@ pub fn describe(status: ExitStatus) -> String {
 mod tests {
     use super::*;
 
-    /// Two slots serving generation 1.
-    fn serving() -> StatusBoard {
-        let board = StatusBoard::new(2);
-        for slot in 0..2 {
-            board.spawned(slot, Some(100 + slot as u32));
-            board.ready(slot, 1);
+    /// Two slots serving generation 1, and their seats.
+    fn serving() -> (StatusBoard, Vec<Seat>) {
+        let board = StatusBoard::new();
+        let seats = board.resize(2);
+        for seat in &seats {
+            board.spawned(*seat, Some(100 + seat.slot as u32));
+            board.ready(*seat, 1);
         }
-        board
+        (board, seats)
     }
 
     #[test]
     fn a_generation_is_confirmed_once_every_live_slot_serves_it() {
-        let board = serving();
+        let (board, s) = serving();
         assert_eq!(board.confirmation(2), Confirmation::Waiting(vec![0, 1]));
-        board.ready(0, 2);
+        board.ready(s[0], 2);
         assert_eq!(board.confirmation(2), Confirmation::Waiting(vec![1]));
-        board.ready(1, 3);
+        board.ready(s[1], 3);
         assert_eq!(board.confirmation(2), Confirmation::Confirmed);
     }
 
     #[test]
     fn a_slot_backing_off_is_not_waited_for_but_a_replacement_starting_at_once_is() {
-        let board = serving();
-        board.ready(0, 2);
+        let (board, s) = serving();
+        board.ready(s[0], 2);
         // Slot 1's worker confirmed, then died: the board keeps its last
         // generation, which must not make the slot look served.
-        board.ready(1, 2);
-        board.exited(1, "killed by SIGKILL".into(), 1, Some(Duration::ZERO));
+        board.ready(s[1], 2);
+        board.exited(s[1], "killed by SIGKILL".into(), 1, Some(Duration::ZERO));
         assert_eq!(board.confirmation(3), Confirmation::Waiting(vec![0, 1]));
         board.exited(
-            1,
+            s[1],
             "killed by SIGKILL".into(),
             3,
             Some(Duration::from_secs(8)),
         );
         assert_eq!(board.confirmation(3), Confirmation::Waiting(vec![0]));
-        board.ready(0, 3);
+        board.ready(s[0], 3);
         assert_eq!(board.confirmation(3), Confirmation::Confirmed);
         // Its replacement starts on the current generation and is waited for.
-        board.spawned(1, Some(200));
+        board.spawned(s[1], Some(200));
         assert_eq!(board.confirmation(3), Confirmation::Waiting(vec![1]));
-        board.ready(1, 3);
+        board.ready(s[1], 3);
         assert_eq!(board.confirmation(3), Confirmation::Confirmed);
     }
 
     #[test]
     fn a_worker_that_cannot_apply_a_generation_refuses_it_but_not_an_earlier_one() {
-        let board = serving();
-        board.refused(1, 2, "cannot open the access log".into());
+        let (board, s) = serving();
+        board.refused(s[1], 2, "cannot open the access log".into());
         assert_eq!(
             board.confirmation(2),
             Confirmation::Refused {
@@ -315,23 +384,71 @@ mod tests {
                 error: "cannot open the access log".into()
             }
         );
-        board.ready(0, 3);
-        board.ready(1, 3);
+        board.ready(s[0], 3);
+        board.ready(s[1], 3);
         assert_eq!(board.confirmation(3), Confirmation::Confirmed);
+    }
+
+    #[test]
+    fn a_refusal_of_the_next_generation_does_not_fail_one_every_slot_served() {
+        let (board, s) = serving();
+        board.ready(s[0], 2);
+        board.ready(s[1], 2);
+        // Before the master looks at generation 2, slot 1 refuses 3.
+        board.refused(s[1], 3, "cannot open the access log".into());
+        assert_eq!(board.confirmation(2), Confirmation::Confirmed);
+        // Its worker is replaced for that, and the replacement is waited
+        // for; the refusal still fails generation 3 itself.
+        board.exited(s[1], "killed by SIGKILL".into(), 1, Some(Duration::ZERO));
+        board.spawned(s[1], Some(300));
+        assert_eq!(board.confirmation(2), Confirmation::Waiting(vec![1]));
+        assert!(matches!(
+            board.confirmation(3),
+            Confirmation::Refused { slot: 1, .. }
+        ));
+        // Once the replacement serves 3, the refusal no longer stands.
+        board.ready(s[1], 3);
+        board.ready(s[0], 3);
+        assert_eq!(board.confirmation(2), Confirmation::Confirmed);
+        assert_eq!(board.confirmation(3), Confirmation::Confirmed);
+    }
+
+    #[test]
+    fn a_retired_slots_supervisor_cannot_write_over_the_slot_that_took_its_number() {
+        let board = StatusBoard::new();
+        let first = board.resize(4);
+        for seat in &first {
+            board.spawned(*seat, Some(100 + seat.slot as u32));
+            board.ready(*seat, 1);
+        }
+        // Slots 2 and 3 are retired; before their supervisors are done, a
+        // reload adds them again.
+        assert!(board.resize(2).is_empty());
+        let again = board.resize(4);
+        assert_eq!(again.iter().map(|s| s.slot).collect::<Vec<_>>(), [2, 3]);
+        board.spawned(again[0], Some(300));
+        board.ready(again[0], 2);
+        // The old supervisor of slot 2 finishes.
+        board.draining(first[2]);
+        board.stopped(first[2]);
+        let row = &board.workers()[2];
+        assert_eq!((row.state, row.pid), (WorkerState::Ready, Some(300)));
+        assert_eq!(board.confirmation(2), Confirmation::Waiting(vec![0, 1, 3]));
     }
 
     #[tokio::test]
     async fn settling_waits_for_the_board_to_change() {
-        let board = std::sync::Arc::new(serving());
+        let (board, s) = serving();
+        let board = std::sync::Arc::new(board);
         let waiting = tokio::spawn({
             let board = board.clone();
             async move { board.settled(2).await }
         });
         tokio::task::yield_now().await;
         assert!(!waiting.is_finished());
-        board.ready(0, 2);
+        board.ready(s[0], 2);
         board.exited(
-            1,
+            s[1],
             "killed by SIGKILL".into(),
             2,
             Some(Duration::from_millis(250)),

@@ -69,7 +69,11 @@ pub async fn start_successor(
     let mut sockets = Vec::new();
     let mut fds: Vec<BorrowedFd<'_>> = Vec::new();
     for l in listeners {
-        for (slot, socket) in l.slots.iter().enumerate() {
+        // In the kernel's order, which the new master's slots then follow:
+        // it knows where each socket is in the port's array.
+        let mut ordered: Vec<_> = l.slots.iter().collect();
+        ordered.sort_by_key(|s| l.port.index_of(s));
+        for (slot, socket) in ordered.into_iter().enumerate() {
             sockets.push(HandedSocket::Listener {
                 name: l.name.clone(),
                 addr: l.addr,

@@ -76,6 +76,10 @@ pub async fn serve(control: OwnedFd) -> Result<(), WorkerError> {
     while !shutdown.is_cancelled() {
         tokio::select! {
             message = rx.recv::<ToWorker>() => match message {
+                Ok(Some(received)) if incomplete(&received) => {
+                    tracing::error!(missing = received.missing, "a control message came without its descriptors (at the open files limit?); draining");
+                    shutdown.cancel();
+                }
                 Ok(Some(received)) => {
                     if let Some(reply) = answer(received, &shared, &mut server, &shutdown).await? {
                         tx.send(&reply).await?;
@@ -172,7 +176,12 @@ async fn answer(
         ToWorker::Connection { listener } => {
             match received.fds.into_iter().next() {
                 Some(fd) => server.serve_relayed(&listener, std::net::TcpStream::from(fd)),
-                None => tracing::warn!(listener, "relayed connection came without its socket"),
+                // Its client is lost (the master's copy closes); this
+                // worker goes on serving, and the channel stays in step.
+                None => tracing::warn!(
+                    listener,
+                    "relayed connection came without its socket (at the open files limit?)"
+                ),
             }
             None
         }
@@ -182,6 +191,13 @@ async fn answer(
         }
     };
     Ok(reply)
+}
+
+/// Whether a message lacks descriptors it cannot do without: any but a
+/// relayed connection, which costs only its own client when the kernel
+/// could not give this worker its descriptor.
+fn incomplete(received: &Received<ToWorker>) -> bool {
+    received.missing > 0 && !matches!(received.message, ToWorker::Connection { .. })
 }
 
 /// Builds the next snapshot on a blocking thread (decoding certificates
