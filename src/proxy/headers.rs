@@ -67,28 +67,12 @@ fn connection_tokens(headers: &HeaderMap) -> impl Iterator<Item = &[u8]> {
 /// needs end to end), `Transfer-Encoding` and `Upgrade`. With `upgrading`,
 /// `Upgrade` and `Connection: upgrade` stay so the next hop can switch too.
 pub fn remove_hop_by_hop(headers: &mut HeaderMap, upgrading: bool) {
-    // One pass over the names finds what is there: most messages carry at
-    // most `Connection`, and a lookup by name costs a hash each, so only the
-    // names present are removed.
-    let mut found = Found::default();
-    for (name, value) in headers.iter() {
-        // Names are lowercase; a match on the text is one length switch.
-        match name.as_str() {
-            "connection" => {
-                found.connection = true;
-                // `keep-alive` or `close` alone, by far the most common,
-                // needs no splitting into tokens.
-                found.names_headers |= !names_nothing(value.as_bytes());
-            }
-            "te" => found.te = true,
-            "transfer-encoding" => found.transfer_encoding = true,
-            "upgrade" => found.upgrade = true,
-            "keep-alive" => found.keep_alive = true,
-            "proxy-connection" => found.proxy_connection = true,
-            "http2-settings" => found.http2_settings = true,
-            _ => {}
-        }
-    }
+    let found = Found::of(headers, false);
+    remove_found(headers, &found, upgrading);
+}
+
+/// [`remove_hop_by_hop`] with the names `found` in `headers` already.
+pub fn remove_found(headers: &mut HeaderMap, found: &Found, upgrading: bool) {
     if found.names_headers {
         let named: Vec<HeaderName> = connection_tokens(headers)
             .filter(|t| !names_nothing(t))
@@ -141,9 +125,13 @@ fn names_nothing(token: &[u8]) -> bool {
     token.eq_ignore_ascii_case(b"keep-alive") || token.eq_ignore_ascii_case(b"close")
 }
 
-/// Which hop-by-hop headers a message carries.
-#[derive(Default)]
-struct Found {
+/// What one pass over a message's header names found: the hop-by-hop
+/// headers it carries, and, if asked, whether any name holds `_`. One pass
+/// because most messages carry at most `Connection`, and a lookup by name
+/// costs a hash each, so only the names present are looked at again.
+#[derive(Debug, Default)]
+pub struct Found {
+    underscore: bool,
     connection: bool,
     /// `Connection` names headers (beyond `keep-alive` and `close`).
     names_headers: bool,
@@ -153,6 +141,46 @@ struct Found {
     te: bool,
     transfer_encoding: bool,
     upgrade: bool,
+}
+
+impl Found {
+    /// The names in `headers`; with `underscores`, also whether one holds
+    /// `_`.
+    pub fn of(headers: &HeaderMap, underscores: bool) -> Self {
+        let mut found = Self::default();
+        for (name, value) in headers {
+            // Names are lowercase; a match on the text is one length switch.
+            match name.as_str() {
+                "connection" => {
+                    found.connection = true;
+                    // `keep-alive` or `close` alone, by far the most
+                    // common, needs no splitting into tokens.
+                    found.names_headers |= !names_nothing(value.as_bytes());
+                }
+                "te" => found.te = true,
+                "transfer-encoding" => found.transfer_encoding = true,
+                "upgrade" => found.upgrade = true,
+                "keep-alive" => found.keep_alive = true,
+                "proxy-connection" => found.proxy_connection = true,
+                "http2-settings" => found.http2_settings = true,
+                other => found.underscore |= underscores && other.as_bytes().contains(&b'_'),
+            }
+        }
+        found
+    }
+
+    /// Whether a name holds `_` (when [`Found::of`] was asked to look).
+    pub fn underscore(&self) -> bool {
+        self.underscore
+    }
+
+    pub fn transfer_encoding(&self) -> bool {
+        self.transfer_encoding
+    }
+
+    pub fn upgrade(&self) -> bool {
+        self.upgrade
+    }
 }
 
 /// Whether a request's `Transfer-Encoding` asks for more than `chunked`,
@@ -190,21 +218,16 @@ pub fn collapse_content_length(headers: &mut HeaderMap) {
     headers.insert(header::CONTENT_LENGTH, value);
 }
 
-/// Whether any header name holds `_`.
-pub fn any_underscored(headers: &HeaderMap) -> bool {
-    headers.keys().any(underscored)
-}
-
 /// Removes every header whose name holds `_`.
 pub fn remove_underscored(headers: &mut HeaderMap) {
-    let names: Vec<HeaderName> = headers.keys().filter(|n| underscored(n)).cloned().collect();
+    let names: Vec<HeaderName> = headers
+        .keys()
+        .filter(|n| n.as_str().as_bytes().contains(&b'_'))
+        .cloned()
+        .collect();
     for name in names {
         headers.remove(name);
     }
-}
-
-fn underscored(name: &HeaderName) -> bool {
-    name.as_str().as_bytes().contains(&b'_')
 }
 
 /// The client's address as a header value, made once per connection (IPv4
@@ -482,11 +505,12 @@ mod tests {
             ("x-real", "1"),
             ("a_b", "2"),
         ]);
-        assert!(any_underscored(&h));
+        assert!(Found::of(&h, true).underscore());
+        assert!(!Found::of(&h, false).underscore());
         remove_underscored(&mut h);
-        assert!(!any_underscored(&h));
+        assert!(!Found::of(&h, true).underscore());
         assert_eq!(h.len(), 1, "{h:?}");
-        assert!(!any_underscored(&map(&[("x-forwarded-for", "1")])));
+        assert!(!Found::of(&map(&[("x-forwarded-for", "1")]), true).underscore());
     }
 
     #[test]

@@ -251,28 +251,29 @@ fn prepare(
             return Err(ProxyError::BodyTooLarge { length, limit });
         }
     }
-    if headers::unknown_transfer_coding(request.headers()) {
+    let underscores = listener.underscores_in_headers;
+    let found = headers::Found::of(request.headers(), underscores != Underscores::Allow);
+    if found.transfer_encoding() && headers::unknown_transfer_coding(request.headers()) {
         return Err(ProxyError::TransferCoding);
     }
-    let underscored = listener.underscores_in_headers != Underscores::Allow
-        && headers::any_underscored(request.headers());
-    if underscored && listener.underscores_in_headers == Underscores::Reject {
+    if found.underscore() && underscores == Underscores::Reject {
         return Err(ProxyError::UnderscoredHeader);
     }
     let protocol = upstream.config.protocol;
-    let upgrade = (protocol == Protocol::Http1 && request.version() == Version::HTTP_11)
-        .then(|| headers::upgrade_offer(request.headers()).cloned())
-        .flatten();
+    let upgrade =
+        (found.upgrade() && protocol == Protocol::Http1 && request.version() == Version::HTTP_11)
+            .then(|| headers::upgrade_offer(request.headers()).cloned())
+            .flatten();
 
     let key = upstream
         .hash_key()
         .and_then(|k| request_key(k, &request, client.addr.ip()));
 
     let (mut parts, body) = request.into_parts();
-    if underscored {
+    if found.underscore() {
         headers::remove_underscored(&mut parts.headers);
     }
-    headers::remove_hop_by_hop(&mut parts.headers, upgrade.is_some());
+    headers::remove_found(&mut parts.headers, &found, upgrade.is_some());
     // corral answers `Expect: 100-continue` itself when it starts reading the body.
     parts.headers.remove(header::EXPECT);
     headers::add_forwarded(
