@@ -33,14 +33,9 @@ fn kill(pid: u64, signal: Signal) {
 
 /// Waits until process `pid` is stopped (SIGSTOP has taken effect).
 async fn wait_stopped(pid: u64) {
-    patiently(&format!("process {pid} to stop"), async {
-        loop {
-            let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
-            if stat.rsplit_once(") ").unwrap().1.starts_with('T') {
-                return;
-            }
-            tokio::time::sleep(Duration::from_millis(1)).await;
-        }
+    until(&format!("process {pid} to stop"), async || {
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+        stat.rsplit_once(") ").unwrap().1.starts_with('T')
     })
     .await;
 }
@@ -284,10 +279,8 @@ async fn lowering_the_worker_count_resets_no_connection_queued_on_a_retired_slot
             })
         })
         .collect();
-    patiently("every client answered or queued on slot 1", async {
-        while *answered.lock().unwrap() + queued_on(retired) < CLIENTS {
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
+    until("every client answered or queued on slot 1", async || {
+        *answered.lock().unwrap() + queued_on(retired) >= CLIENTS
     })
     .await;
     let queued = queued_on(retired);
@@ -310,10 +303,8 @@ async fn lowering_the_worker_count_resets_no_connection_queued_on_a_retired_slot
     // Only now may it drain; its socket then closes.
     kill(workers[1], Signal::SIGCONT);
     corral.wait_for_log("worker slot stopped slot=1").await;
-    patiently("the retired socket to close", async {
-        while listening_inodes(public).contains(&retired) {
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
+    until("the retired socket to close", async || {
+        !listening_inodes(public).contains(&retired)
     })
     .await;
     assert_eq!(fresh_get(public, SERVED).await, Ending::Answered(200));
@@ -348,11 +339,12 @@ async fn a_pending_reload_keeps_no_socket_of_a_slot_a_later_reload_retires() {
     corral.write_config(&config.replace("workers = 3", "workers = 2"));
     let b = reload(admin);
     corral.wait_for_log("worker slot stopped slot=2").await;
-    let closed = tokio::time::timeout(ANSWERED, async {
-        while listening_inodes(public).contains(&retired) {
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
-    });
+    let closed = tokio::time::timeout(
+        ANSWERED,
+        until("slot 2's socket to close", async || {
+            !listening_inodes(public).contains(&retired)
+        }),
+    );
     assert!(
         closed.await.is_ok(),
         "slot 2's socket still listens, with nobody accepting on it"

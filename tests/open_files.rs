@@ -168,13 +168,9 @@ async fn a_worker_at_its_open_files_limit_loses_a_relayed_client_not_its_channel
     // Once the worker has accepted and closed what the idle clients left,
     // it takes relayed connections again.
     drop(idle);
-    patiently(
+    until(
         "the idle connections to be closed on corral's side",
-        async {
-            while connections_on(public) > 0 {
-                tokio::time::sleep(Duration::from_millis(5)).await;
-            }
-        },
+        async || connections_on(public) == 0,
     )
     .await;
     let served = tokio::time::timeout(Duration::from_secs(5), get(public, "/", &[])).await;

@@ -1,5 +1,6 @@
-//! How long a test waits: [`PATIENCE`], the real-time guard against a hang,
-//! and [`within_intervals`], for outcomes on tokio's paused clock.
+//! How long a test waits: [`PATIENCE`], the real-time guard against a hang;
+//! [`until`], for state nothing announces; and [`within_intervals`], for
+//! outcomes on tokio's paused clock.
 
 use std::collections::VecDeque;
 use std::future::Future;
@@ -32,6 +33,25 @@ pub async fn patiently<F: Future>(what: &str, future: F) -> F::Output {
     within_patience(future)
         .await
         .unwrap_or_else(|| panic!("{what}: nothing after {PATIENCE:?}"))
+}
+
+/// How often [`until`] looks again: cheap on a 2-core machine, quick
+/// against anything a test waits for.
+const LOOK_AGAIN: Duration = Duration::from_millis(10);
+
+/// Returns once `holds` is true; panics, naming `what`, after [`PATIENCE`].
+///
+/// For state that nothing announces: the kernel's accept queues and
+/// sockets, a process's state or memory in /proc, a metrics scrape. Where
+/// corral says what happened (a log line, a notice, `/status`), wait on
+/// that instead (see `Corral::wait_for_log` and `Corral::wait_status`).
+pub async fn until(what: &str, mut holds: impl AsyncFnMut() -> bool) {
+    patiently(what, async {
+        while !holds().await {
+            tokio::time::sleep(LOOK_AGAIN).await;
+        }
+    })
+    .await;
 }
 
 /// An alarm that rings after `after` of real time.
