@@ -72,21 +72,6 @@ fn clients_held_by(pid: u64, port: u16) -> HashSet<u16> {
         .collect()
 }
 
-/// Socket inodes a process holds.
-fn socket_inodes(pid: u64) -> HashSet<u64> {
-    std::fs::read_dir(format!("/proc/{pid}/fd"))
-        .unwrap()
-        .filter_map(|e| std::fs::read_link(e.unwrap().path()).ok())
-        .filter_map(|l| {
-            l.to_str()?
-                .strip_prefix("socket:[")?
-                .strip_suffix(']')?
-                .parse()
-                .ok()
-        })
-        .collect()
-}
-
 #[tokio::test]
 async fn workers_share_per_slot_reuseport_sockets_held_by_the_master() {
     let app = echo("app").await;

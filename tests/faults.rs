@@ -7,7 +7,6 @@
 mod common;
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -47,19 +46,6 @@ async fn admin_soon(corral: &Corral, method: Method, path: &str) -> (StatusCode,
         Ok(answer) => answer.unwrap(),
         Err(_) => panic!("{method} {path} not answered within {ANSWERED:?}"),
     }
-}
-
-/// A config with an access log in a folder the test can remove: workers
-/// that start then cannot open it, and exit at once (a crash loop).
-fn crash_prone(app: SocketAddr) -> (tempfile::TempDir, PathBuf, String) {
-    let logs = tempfile::tempdir().unwrap();
-    let dir = logs.path().join("logs");
-    std::fs::create_dir(&dir).unwrap();
-    let extra = format!(
-        "[access_log]\npath = \"{}\"\n",
-        dir.join("access.log").display()
-    );
-    (logs, dir, cluster_config(&[app], &extra))
 }
 
 /// How a request on a fresh connection ended.
@@ -109,29 +95,37 @@ async fn exchange(stream: &mut tokio::net::TcpStream) -> Result<u16, String> {
 /// Connections the kernel has queued on the listening socket `inode`, not
 /// yet accepted (`/proc/net/tcp` shows a listener's queue as `rx_queue`).
 fn queued_on(inode: u64) -> usize {
-    let table = std::fs::read_to_string("/proc/net/tcp").unwrap();
-    table
-        .lines()
-        .skip(1)
-        .map(|l| l.split_whitespace().collect::<Vec<_>>())
-        .find(|f| f[9].parse() == Ok(inode))
-        .map(|f| usize::from_str_radix(f[4].split_once(':').unwrap().1, 16).unwrap())
+    tcp_sockets()
+        .into_iter()
+        .find(|s| s.inode == inode)
+        .map(|s| s.rx_queue as usize)
         .unwrap_or_else(|| panic!("no socket with inode {inode}"))
+}
+
+/// `clients` clients at once, each sending `each` requests on a fresh
+/// connection to `addr`: every one is answered 200 within [`SERVED`].
+async fn all_served_fresh(addr: SocketAddr, clients: usize, each: usize) {
+    let clients: Vec<_> = (0..clients)
+        .map(|_| {
+            tokio::spawn(async move {
+                let mut endings = Vec::new();
+                for _ in 0..each {
+                    endings.push(fresh_get(addr, SERVED).await);
+                }
+                endings
+            })
+        })
+        .collect();
+    for client in clients {
+        for ending in client.await.unwrap() {
+            assert_eq!(ending, Ending::Answered(200));
+        }
+    }
 }
 
 /// The listening socket of `addr` that process `pid` holds.
 fn listener_held_by(pid: u64, addr: SocketAddr) -> u64 {
-    let held: Vec<u64> = std::fs::read_dir(format!("/proc/{pid}/fd"))
-        .unwrap()
-        .filter_map(|e| std::fs::read_link(e.unwrap().path()).ok())
-        .filter_map(|l| {
-            l.to_str()?
-                .strip_prefix("socket:[")?
-                .strip_suffix(']')?
-                .parse()
-                .ok()
-        })
-        .collect();
+    let held = socket_inodes(pid);
     let listening = listening_inodes(addr);
     let mut mine = held.into_iter().filter(|i| listening.contains(i));
     let inode = mine.next().expect("the worker holds no listening socket");
@@ -235,22 +229,7 @@ async fn no_fresh_connection_waits_on_a_crash_looping_slot() {
     // connections (about half): each must be served, through slot 1's
     // worker, across backoffs and failing starts alike.
     let public = corral.addr("public");
-    let clients: Vec<_> = (0..4)
-        .map(|_| {
-            tokio::spawn(async move {
-                let mut endings = Vec::new();
-                for _ in 0..12 {
-                    endings.push(fresh_get(public, SERVED).await);
-                }
-                endings
-            })
-        })
-        .collect();
-    for client in clients {
-        for ending in client.await.unwrap() {
-            assert_eq!(ending, Ending::Answered(200));
-        }
-    }
+    all_served_fresh(public, 4, 12).await;
     let status = corral.status().await;
     assert_ne!(status["workers"][0]["state"], "ready", "{status:#}");
 }
@@ -388,22 +367,7 @@ async fn a_slot_number_given_back_while_its_retired_worker_drains_keeps_both_slo
 
     // While the retired workers still hold their sockets, every fresh
     // connection is served, whichever socket the kernel gives it to.
-    let clients: Vec<_> = (0..4)
-        .map(|_| {
-            tokio::spawn(async move {
-                let mut endings = Vec::new();
-                for _ in 0..8 {
-                    endings.push(fresh_get(public, SERVED).await);
-                }
-                endings
-            })
-        })
-        .collect();
-    for client in clients {
-        for ending in client.await.unwrap() {
-            assert_eq!(ending, Ending::Answered(200));
-        }
-    }
+    all_served_fresh(public, 4, 8).await;
     let (code, body) = patiently("the reload to 4 workers", grown)
         .await
         .unwrap()

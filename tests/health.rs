@@ -268,29 +268,19 @@ async fn a_check_slower_than_the_timeout_fails() {
 /// of it or `None` of them, or `Err` when the connection closed before it
 /// could be traced (a probe that timed out on a loaded machine).
 fn owner(peer: SocketAddr, server: SocketAddr, pids: &[u32]) -> Result<Option<u32>, ()> {
+    // A closed socket's row lingers with inode 0.
     let inode = || {
-        let port = |field: &str| u16::from_str_radix(field.rsplit(':').next()?, 16).ok();
-        std::fs::read_to_string("/proc/net/tcp")
-            .unwrap()
-            .lines()
-            .skip(1)
-            .find_map(|l| {
-                let f: Vec<&str> = l.split_whitespace().collect();
-                (port(f[1]) == Some(peer.port()) && port(f[2]) == Some(server.port()))
-                    .then(|| f[9].to_owned())
-            })
-            // A closed socket's row lingers with inode 0.
-            .filter(|inode| inode != "0")
+        tcp_sockets()
+            .into_iter()
+            .find(|s| s.local.port() == peer.port() && s.remote.port() == server.port())
+            .map(|s| s.inode)
+            .filter(|&inode| inode != 0)
     };
     let before = inode().ok_or(())?;
-    let link = format!("socket:[{before}]");
-    let found = pids.iter().copied().find(|pid| {
-        std::fs::read_dir(format!("/proc/{pid}/fd"))
-            .into_iter()
-            .flatten()
-            .flatten()
-            .any(|fd| std::fs::read_link(fd.path()).is_ok_and(|l| l.to_str() == Some(&link)))
-    });
+    let found = pids
+        .iter()
+        .copied()
+        .find(|&pid| socket_inodes(u64::from(pid)).contains(&before));
     match found {
         None if inode().as_ref() != Some(&before) => Err(()),
         found => Ok(found),

@@ -135,14 +135,8 @@ async fn a_worker_at_its_open_files_limit_loses_a_relayed_client_not_its_channel
     // Workers that start once its folder is gone cannot open the access
     // log, and exit at once: slot 0 crash-loops, and what queues on its
     // socket is relayed to slot 1's worker.
-    let logs = tempfile::tempdir().unwrap();
-    let folder = logs.path().join("logs");
-    std::fs::create_dir(&folder).unwrap();
-    let extra = format!(
-        "[access_log]\npath = \"{}\"\n",
-        folder.join("access.log").display()
-    );
-    let corral = start_through(&exe, &cluster_config(&[app.addr], &extra)).await;
+    let (_logs, folder, config) = crash_prone(app.addr);
+    let corral = start_through(&exe, &config).await;
     let workers = pids_of(&corral.wait_status(all_ready).await);
     std::fs::remove_dir_all(&folder).unwrap();
     nix::sys::signal::kill(

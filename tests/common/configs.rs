@@ -60,3 +60,16 @@ pub fn cluster_config(servers: &[SocketAddr], extra: &str) -> String {
 pub fn path_of(p: &Path) -> String {
     p.display().to_string()
 }
+
+/// A config with an access log in a folder the test can remove: workers
+/// that start then cannot open it, and exit at once (a crash loop).
+pub fn crash_prone(app: SocketAddr) -> (tempfile::TempDir, std::path::PathBuf, String) {
+    let logs = tempfile::tempdir().unwrap();
+    let dir = logs.path().join("logs");
+    std::fs::create_dir(&dir).unwrap();
+    let extra = format!(
+        "[access_log]\npath = \"{}\"\n",
+        dir.join("access.log").display()
+    );
+    (logs, dir, cluster_config(&[app], &extra))
+}

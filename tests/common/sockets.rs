@@ -92,3 +92,19 @@ pub fn hold_port(addr: SocketAddr) -> socket2::Socket {
     socket.bind(&addr.into()).unwrap();
     socket
 }
+
+/// The inodes of the sockets process `pid` holds (none once it is gone).
+pub fn socket_inodes(pid: u64) -> std::collections::HashSet<u64> {
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .into_iter()
+        .flatten()
+        .filter_map(|e| std::fs::read_link(e.ok()?.path()).ok())
+        .filter_map(|l| {
+            l.to_str()?
+                .strip_prefix("socket:[")?
+                .strip_suffix(']')?
+                .parse()
+                .ok()
+        })
+        .collect()
+}
