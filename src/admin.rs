@@ -38,8 +38,8 @@ pub trait Backend: Send + Sync + 'static {
     fn config(&self) -> serde_json::Value;
     /// Reloads the config file.
     fn reload(&self) -> Pin<Box<dyn Future<Output = ReloadAnswer> + Send>>;
-    /// The token clients off loopback must present, as the running
-    /// generation has it (a reload rotates it).
+    /// The token every client must present, if one is set, as the
+    /// running generation has it (a reload rotates it).
     fn token(&self) -> Option<AdminToken>;
 }
 

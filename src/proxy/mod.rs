@@ -201,9 +201,10 @@ fn route_of<'r, B>(
     host: Option<&HeaderValue>,
 ) -> Option<&'r Route> {
     // `OPTIONS *` asks about the host's server as a whole: its root's.
-    let path = match request.uri().path() {
-        "*" => "/",
-        path => path,
+    let path = if target::is_asterisk(request.uri()) {
+        "/"
+    } else {
+        request.uri().path()
     };
     snapshot
         .routes
