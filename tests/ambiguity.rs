@@ -431,18 +431,14 @@ async fn relayed(response: &'static str) -> String {
 }
 
 #[tokio::test]
-async fn an_upstream_s_double_framing_reaches_the_client_as_one() {
-    // Chunked wins over the Content-Length beside it: the client gets the
-    // whole body, framed once.
+async fn an_upstream_s_double_framing_is_a_502_and_a_list_of_one_length_is_that_length() {
+    // Content-Length beside Transfer-Encoding is a message two parsers may
+    // end in two places (RFC 9112 §6.3): no client gets it.
     let answer =
         relayed("HTTP/1.1 200 OK\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n")
             .await;
-    let (head, body) = answer.split_once("\r\n\r\n").unwrap();
-    assert!(
-        !head.to_ascii_lowercase().contains("content-length"),
-        "{head}"
-    );
-    assert!(body.contains("hello"), "{answer}");
+    assert!(answer.starts_with("HTTP/1.1 502 "), "{answer}");
+    assert!(!answer.contains("hel"), "{answer}");
 
     // A list of one length reaches the client as that length.
     let answer = relayed("HTTP/1.1 200 OK\r\nContent-Length: 5, 5\r\n\r\nhello").await;

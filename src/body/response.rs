@@ -14,6 +14,10 @@ use tokio::time::Instant;
 use crate::access_log::{Entry, Outcome};
 use crate::metrics::RouteSeries;
 use crate::upstream::Lease;
+use crate::upstream::http1::Http1Body;
+
+/// Why a response body broke off.
+pub type BodyError = Box<dyn std::error::Error + Send + Sync>;
 
 /// What to count (and log) when a request is over.
 #[derive(Debug)]
@@ -49,28 +53,30 @@ pub struct ResponseBody {
     inner: Inner,
     /// Body bytes handed to the client so far.
     sent: u64,
-    /// The upstream's body said it had ended. hyper knows the end of a body
-    /// of known length in advance (`is_end_stream`), but the end of a
-    /// chunked or close-delimited one only once it was read.
-    ended: bool,
     /// Released when the body is dropped.
     lease: Option<Lease>,
     completion: Option<Completion>,
 }
 
+/// An upstream's body, as each protocol's client reads it.
+#[derive(Debug)]
+pub enum Upstream {
+    Http1(Http1Body),
+    Http2(Incoming),
+}
+
 #[derive(Debug)]
 enum Inner {
-    Upstream(Incoming),
+    Upstream(Upstream),
     Local(Option<Bytes>),
 }
 
 impl ResponseBody {
     /// An upstream's body; `lease` is released when it ends.
-    pub fn upstream(inner: Incoming, lease: Lease) -> Self {
+    pub fn upstream(inner: Upstream, lease: Lease) -> Self {
         Self {
             inner: Inner::Upstream(inner),
             sent: 0,
-            ended: false,
             lease: Some(lease),
             completion: None,
         }
@@ -82,7 +88,6 @@ impl ResponseBody {
         Self {
             inner: Inner::Local((!bytes.is_empty()).then_some(bytes)),
             sent: 0,
-            ended: false,
             lease: None,
             completion: None,
         }
@@ -105,11 +110,13 @@ impl Drop for ResponseBody {
         // no longer in flight anywhere.
         let server = self.lease.take().map(|lease| {
             let server = lease.server().clone();
-            // Read to the end: the connection is clean and can serve again.
-            // Dropped early (client gone, upstream error): it cannot.
-            let clean =
-                self.ended || matches!(&self.inner, Inner::Upstream(b) if b.is_end_stream());
-            lease.release(clean);
+            // Read to a clean end, an HTTP/1.1 connection serves again;
+            // dropped early (client gone, upstream error), it cannot.
+            let conn = match &mut self.inner {
+                Inner::Upstream(Upstream::Http1(body)) => body.take_reusable(),
+                _ => None,
+            };
+            lease.release(conn);
             server
         });
         if let Some(completion) = self.completion.take() {
@@ -120,23 +127,24 @@ impl Drop for ResponseBody {
 
 impl Body for ResponseBody {
     type Data = Bytes;
-    type Error = hyper::Error;
+    type Error = BodyError;
 
     fn poll_frame(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+    ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
         let this = &mut *self;
         let polled = match &mut this.inner {
             Inner::Local(bytes) => Poll::Ready(bytes.take().map(|b| Ok(Frame::data(b)))),
-            Inner::Upstream(body) => Pin::new(body).poll_frame(cx),
-        };
-        match &polled {
-            Poll::Ready(Some(Ok(frame))) => {
-                this.sent += frame.data_ref().map_or(0, |d| d.len() as u64);
+            Inner::Upstream(Upstream::Http1(body)) => {
+                Pin::new(body).poll_frame(cx).map_err(BodyError::from)
             }
-            Poll::Ready(None) => this.ended = true,
-            _ => {}
+            Inner::Upstream(Upstream::Http2(body)) => {
+                Pin::new(body).poll_frame(cx).map_err(BodyError::from)
+            }
+        };
+        if let Poll::Ready(Some(Ok(frame))) = &polled {
+            this.sent += frame.data_ref().map_or(0, |d| d.len() as u64);
         }
         polled
     }
@@ -144,7 +152,8 @@ impl Body for ResponseBody {
     fn is_end_stream(&self) -> bool {
         match &self.inner {
             Inner::Local(bytes) => bytes.is_none(),
-            Inner::Upstream(body) => body.is_end_stream(),
+            Inner::Upstream(Upstream::Http1(body)) => body.is_end_stream(),
+            Inner::Upstream(Upstream::Http2(body)) => body.is_end_stream(),
         }
     }
 
@@ -153,7 +162,8 @@ impl Body for ResponseBody {
             Inner::Local(bytes) => {
                 SizeHint::with_exact(bytes.as_ref().map_or(0, |b| b.len() as u64))
             }
-            Inner::Upstream(body) => body.size_hint(),
+            Inner::Upstream(Upstream::Http1(body)) => body.size_hint(),
+            Inner::Upstream(Upstream::Http2(body)) => body.size_hint(),
         }
     }
 }

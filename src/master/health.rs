@@ -14,15 +14,13 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::Bytes;
-use http_body_util::Empty;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 use super::generation::Generation;
 use crate::ipc::ServerHealth;
 use crate::plan::HealthCheckConfig;
-use crate::upstream::{ConnectError, Connector, Server, Upstream};
+use crate::upstream::{ConnectError, Connector, Server, Upstream, http1};
 
 /// Called when a server's health changes: (upstream name, server, healthy).
 pub type OnChange = Arc<dyn Fn(&str, &Server, bool) + Send + Sync>;
@@ -186,10 +184,13 @@ pub enum ProbeError {
     #[error(transparent)]
     Connect(#[from] ConnectError),
     #[error("HTTP failed: {0}")]
-    Http(#[source] hyper::Error),
+    Http(#[source] http1::Error),
     #[error("answered {0}")]
     Status(http::StatusCode),
 }
+
+/// The most a probe's response head may take.
+const PROBE_HEAD_LIMIT: usize = 64 * 1024;
 
 /// One health probe: `GET path` on a fresh connection.
 pub async fn probe(
@@ -199,19 +200,28 @@ pub async fn probe(
     timeout: Duration,
 ) -> Result<(), ProbeError> {
     let attempt = async {
-        let mut sender = connector.http1::<Empty<Bytes>>(addr).await?;
-        let request = http::Request::get(path)
+        let stream = connector.stream(addr).await?;
+        let (request, ()) = http::Request::get(path)
             .header(http::header::HOST, addr.to_string())
             .header(
                 http::header::USER_AGENT,
                 concat!("corral-health/", env!("CARGO_PKG_VERSION")),
             )
-            .body(Empty::<Bytes>::new())
-            .map_err(|_| ProbeError::Status(http::StatusCode::BAD_REQUEST))?;
-        let response = sender
-            .send_request(request)
+            .body(())
+            .map_err(|_| ProbeError::Status(http::StatusCode::BAD_REQUEST))?
+            .into_parts();
+        let outbound = Box::new(http1::Outbound::new(&request, None));
+        let connection = http1::Connection::new(stream);
+        let response = http1::send(connection, outbound, PROBE_HEAD_LIMIT)
             .await
-            .map_err(ProbeError::Http)?;
+            .map_err(|e| {
+                ProbeError::Http(match e {
+                    http1::SendError::Upstream(e) => e,
+                    http1::SendError::Unsent(e, _) => http1::Error::Io(e),
+                    // A probe has no body to fail.
+                    http1::SendError::ClientBody(_) => http1::Error::Closed,
+                })
+            })?;
         let status = response.status();
         if status.is_success() || status.is_redirection() {
             Ok(())

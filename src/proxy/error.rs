@@ -15,6 +15,7 @@ use super::target::TargetError;
 use crate::body::request::BodyError;
 use crate::body::response::ResponseBody;
 use crate::upstream::ConnectError;
+use crate::upstream::http1::{self, SendError};
 
 /// Who caused a failure.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -48,6 +49,20 @@ pub enum ProxyError {
     ResponseTimeout(std::time::Duration),
     #[error("upstream request failed: {0}")]
     Upstream(#[source] hyper::Error),
+    #[error("upstream exchange failed: {0}")]
+    Http1(#[source] http1::Error),
+    #[error("a server's protocol is not its upstream's")]
+    ProtocolMismatch,
+}
+
+impl From<SendError> for ProxyError {
+    fn from(e: SendError) -> Self {
+        match e {
+            SendError::Unsent(e, _) => Self::Http1(http1::Error::Io(e)),
+            SendError::Upstream(e) => Self::Http1(e),
+            SendError::ClientBody(e) => Self::ClientBody(e),
+        }
+    }
 }
 
 impl ProxyError {
@@ -135,7 +150,13 @@ impl ProxyError {
                 Some("protocol"),
                 "invalid response from upstream",
             ),
-            Self::Upstream(_) => (
+            Self::Http1(e) if e.is_protocol() => (
+                StatusCode::BAD_GATEWAY,
+                Fault::Upstream,
+                Some("protocol"),
+                "invalid response from upstream",
+            ),
+            Self::Upstream(_) | Self::Http1(_) | Self::ProtocolMismatch => (
                 StatusCode::BAD_GATEWAY,
                 Fault::Upstream,
                 Some("reset"),

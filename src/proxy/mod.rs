@@ -34,11 +34,12 @@ pub use error::{Fault, ProxyError, error_text, local_response};
 use crate::access_log::Entry;
 use crate::balance::hash_key;
 use crate::body::request::{BodySent, RequestBody};
-use crate::body::response::{Completion, ResponseBody};
+use crate::body::response::{Completion, ResponseBody, Upstream as UpstreamBody};
 use crate::metrics::RouteSeries;
 use crate::plan::{EncodedSlashes, HashKey, Protocol, Underscores};
 use crate::routing::{Route, rewrite_path};
 use crate::snapshot::{ListenerSnapshot, Snapshot};
+use crate::upstream::http1::{self, Outbound, SendError};
 use crate::upstream::{Conn, Lease, Server, Upstream};
 
 /// What the proxy knows about the client connection a request came on.
@@ -215,7 +216,10 @@ fn route_of<'r, B>(
 struct Outgoing {
     /// The index of the route's upstream in the snapshot.
     upstream: usize,
-    request: Request<RequestBody>,
+    message: Message,
+    /// The most bytes an HTTP/1.1 response head may take: the listener's
+    /// `max_header_bytes`, as for a request head.
+    max_head: usize,
     /// Completes once the request body has been sent.
     body_sent: BodySent,
     /// The consistent-hashing key, if the upstream balances by one.
@@ -224,6 +228,16 @@ struct Outgoing {
     upgrade: Option<HeaderValue>,
     /// When the request arrived: the clock reading its exchange goes by.
     started: Instant,
+}
+
+/// The request as its upstream's protocol sends it.
+enum Message {
+    /// The head already encoded. Both are boxed: every request's future
+    /// holds one, and would otherwise be larger by a whole request.
+    Http1(Box<Outbound>),
+    Http2(Box<Request<RequestBody>>),
+    /// Taken by an exchange that did not hand it back.
+    Sent,
 }
 
 /// Checks the request against the route and listener, and rewrites it for
@@ -291,9 +305,14 @@ fn prepare(
         listener.body_timeout,
         series.clone(),
     );
+    let message = match protocol {
+        Protocol::Http1 => Message::Http1(Box::new(Outbound::new(&parts, Some(body)))),
+        Protocol::H2 => Message::Http2(Box::new(Request::from_parts(parts, body))),
+    };
     Ok(Outgoing {
         upstream: route.upstream,
-        request: Request::from_parts(parts, body),
+        message,
+        max_head: listener.max_header_bytes,
         body_sent,
         key,
         upgrade,
@@ -308,7 +327,7 @@ fn prepare(
 async fn exchange(
     snapshot: Arc<Snapshot>,
     mut outgoing: Outgoing,
-) -> Result<(Response<Incoming>, Lease), ProxyError> {
+) -> Result<(Response<UpstreamBody>, Lease), ProxyError> {
     let snapshot = &*snapshot;
     let upstream = &snapshot.upstreams[outgoing.upstream];
     let mut rng = fastrand::Rng::new();
@@ -321,8 +340,8 @@ async fn exchange(
     // A connection that could not be opened moves the request to another
     // server once per request, however many connections it takes.
     let mut may_move = true;
-    // A pooled connection can close between checkout and send; hyper then
-    // hands the unsent request back and it goes out on a fresh connection.
+    // A connection can close between checkout and send; a request none of
+    // which left goes out again on a fresh connection.
     let mut unsent_retries = 2;
     // The latest clock reading: the request's arrival until time may have
     // passed (a new connection, a retry), so that a pooled exchange reads
@@ -339,22 +358,52 @@ async fn exchange(
         (index, may_move) = (picked.index, picked.may_move);
         let server = &upstream.servers[index];
         let deadline = response_deadline(upstream, &mut outgoing.body_sent, now);
-        let (sent, reusable) = match conn {
-            Conn::Http1(mut sender) => {
+        let message = std::mem::replace(&mut outgoing.message, Message::Sent);
+        let sent = match (conn, message) {
+            (Conn::Http1(conn), Message::Http1(outbound)) => {
                 let result = tokio::select! {
                     biased;
-                    r = sender.try_send_request(outgoing.request) => r,
+                    r = http1::send(conn, outbound, outgoing.max_head) => r,
                     timeout = deadline => return Err(failed(snapshot, upstream, server, ProxyError::ResponseTimeout(timeout))),
                 };
-                (result, Some(sender))
+                match result {
+                    Ok(response) => Ok(response.map(UpstreamBody::Http1)),
+                    Err(SendError::Unsent(e, outbound)) if unsent_retries > 0 => {
+                        tracing::debug!(server = %server.addr, error = %e, "connection closed before the request left; sending it again");
+                        outgoing.message = Message::Http1(outbound);
+                        Err(())
+                    }
+                    Err(e) => return Err(failed(snapshot, upstream, server, ProxyError::from(e))),
+                }
             }
-            Conn::Http2(mut sender) => {
+            (Conn::Http2(mut sender), Message::Http2(request)) => {
                 let result = tokio::select! {
                     biased;
-                    r = sender.try_send_request(outgoing.request) => r,
+                    r = sender.try_send_request(*request) => r,
                     timeout = deadline => return Err(failed(snapshot, upstream, server, ProxyError::ResponseTimeout(timeout))),
                 };
-                (result, None)
+                match result {
+                    Ok(response) => Ok(response.map(UpstreamBody::Http2)),
+                    Err(mut e) => match e.take_message() {
+                        Some(unsent) if unsent_retries > 0 => {
+                            outgoing.message = Message::Http2(Box::new(unsent));
+                            Err(())
+                        }
+                        _ => {
+                            let e = ProxyError::from_send(e.into_error());
+                            return Err(failed(snapshot, upstream, server, e));
+                        }
+                    },
+                }
+            }
+            // A server's protocol is its upstream's, which prepared the message.
+            _ => {
+                return Err(failed(
+                    snapshot,
+                    upstream,
+                    server,
+                    ProxyError::ProtocolMismatch,
+                ));
             }
         };
         match sent {
@@ -362,26 +411,12 @@ async fn exchange(
                 if upstream.balancer.wants_latency() {
                     server.observe_latency(now.elapsed());
                 }
-                let mut lease = lease;
-                // An upgraded connection belongs to its tunnel.
-                if let Some(sender) =
-                    reusable.filter(|_| response.status() != StatusCode::SWITCHING_PROTOCOLS)
-                {
-                    lease.hold(sender, std::mem::take(&mut outgoing.body_sent));
-                }
                 return Ok((response, lease));
             }
-            Err(mut e) => match e.take_message() {
-                Some(unsent) if unsent_retries > 0 => {
-                    unsent_retries -= 1;
-                    outgoing.request = unsent;
-                    now = Instant::now();
-                }
-                _ => {
-                    let e = ProxyError::from_send(e.into_error());
-                    return Err(failed(snapshot, upstream, server, e));
-                }
-            },
+            Err(()) => {
+                unsent_retries -= 1;
+                now = Instant::now();
+            }
         }
     }
 }
@@ -471,30 +506,31 @@ fn failed(snapshot: &Snapshot, upstream: &Upstream, server: &Server, e: ProxyErr
 /// Turns the upstream's response into the client's. `upgrading` is the
 /// client and the protocols it offered, when it asked to switch.
 fn respond(
-    mut response: Response<Incoming>,
+    response: Response<UpstreamBody>,
     lease: Lease,
     upgrading: Option<(&Client, &HeaderValue)>,
 ) -> Result<Response<ResponseBody>, ProxyError> {
-    if response.status() == StatusCode::SWITCHING_PROTOCOLS {
+    let (mut parts, mut body) = response.into_parts();
+    if parts.status == StatusCode::SWITCHING_PROTOCOLS {
         // Only a 101 to a protocol the client offered is a switch: any
         // other would tunnel bytes that neither side framed as agreed.
-        let switch =
-            upgrading.filter(|(_, offer)| headers::accepts_offer(response.headers(), offer));
-        let Some((client, _)) = switch else {
+        let switch = upgrading.filter(|(_, offer)| headers::accepts_offer(&parts.headers, offer));
+        let upstream = match &mut body {
+            UpstreamBody::Http1(body) => body.take_upgraded(),
+            UpstreamBody::Http2(_) => None,
+        };
+        let (Some((client, _)), Some(upstream)) = (switch, upstream) else {
             return Ok(local_response(
                 StatusCode::BAD_GATEWAY,
                 "invalid response from upstream",
             ));
         };
-        let upstream = hyper::upgrade::on(&mut response);
-        let (mut parts, _) = response.into_parts();
         headers::remove_hop_by_hop(&mut parts.headers, true);
         // The client's connection switches once the 101 is written; its
         // serving loop takes the tunnel from here then.
         client.upgrade(Tunnel { upstream, lease });
         return Ok(Response::from_parts(parts, ResponseBody::empty()));
     }
-    let (mut parts, body) = response.into_parts();
     headers::remove_hop_by_hop(&mut parts.headers, false);
     headers::collapse_content_length(&mut parts.headers);
     Ok(Response::from_parts(

@@ -2,16 +2,16 @@
 //! `Upgrade`): once the upstream answers 101, bytes are copied both ways
 //! until either side closes.
 
-use hyper::upgrade::OnUpgrade;
-use hyper_util::rt::TokioIo;
-use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 
 use crate::upstream::Lease;
+use crate::upstream::http1::Connection;
 
 /// An upstream that answered 101, waiting for the client's side.
 #[derive(Debug)]
 pub struct Tunnel {
-    pub(super) upstream: OnUpgrade,
+    /// The upstream connection, with any bytes it sent after its 101.
+    pub(super) upstream: Connection,
     /// Keeps the server's in-flight count up for as long as the tunnel lives.
     pub(super) lease: Lease,
 }
@@ -24,16 +24,17 @@ impl Tunnel {
         C: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
         tokio::spawn(async move {
-            let upstream = match self.upstream.await {
-                Ok(upstream) => upstream,
-                Err(e) => return tracing::debug!(error = %e, "upstream upgrade did not complete"),
-            };
             let server = self.lease.server().addr;
-            match tokio::io::copy_bidirectional(&mut client, &mut TokioIo::new(upstream)).await {
+            let (mut upstream, early) = self.upstream.into_parts();
+            if let Err(e) = client.write_all(&early).await {
+                self.lease.release(None);
+                return tracing::debug!(error = %e, %server, "tunnel ended before it began");
+            }
+            match tokio::io::copy_bidirectional(&mut client, &mut upstream).await {
                 Ok((up, down)) => tracing::debug!(up, down, %server, "tunnel closed"),
                 Err(e) => tracing::debug!(error = %e, %server, "tunnel ended with an error"),
             }
-            self.lease.release(false);
+            self.lease.release(None);
         });
     }
 }

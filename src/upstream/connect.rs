@@ -7,7 +7,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use hyper::body::Body;
-use hyper::client::conn::{http1, http2};
+use hyper::client::conn::http2;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::net::TcpStream;
 
@@ -44,30 +44,6 @@ impl Connector {
         }
     }
 
-    /// An HTTP/1.1 connection to `addr`, its driver running on its own task
-    /// (with upgrades, so a WebSocket can take the connection over).
-    pub async fn http1<B>(&self, addr: SocketAddr) -> Result<http1::SendRequest<B>, ConnectError>
-    where
-        B: Body + Send + 'static,
-        B::Data: Send,
-        B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
-    {
-        let stream = self.stream(addr).await?;
-        let (conn, driver) = http1::Builder::new()
-            // Copy small bodies into the head's buffer and write once:
-            // cheaper than vectored writes for typical API requests.
-            .writev(false)
-            .handshake(TokioIo::new(stream))
-            .await
-            .map_err(|source| ConnectError::Handshake { addr, source })?;
-        tokio::spawn(async move {
-            if let Err(e) = driver.with_upgrades().await {
-                tracing::debug!(%addr, error = %e, "upstream connection ended");
-            }
-        });
-        Ok(conn)
-    }
-
     /// An HTTP/2 connection to `addr` (prior knowledge), pinged every 30 s
     /// so that a dead peer is noticed while the connection is idle.
     pub async fn http2<B>(&self, addr: SocketAddr) -> Result<http2::SendRequest<B>, ConnectError>
@@ -91,7 +67,8 @@ impl Connector {
         Ok(conn)
     }
 
-    async fn stream(&self, addr: SocketAddr) -> Result<TcpStream, ConnectError> {
+    /// A TCP connection to `addr`, ready for HTTP/1.1.
+    pub async fn stream(&self, addr: SocketAddr) -> Result<TcpStream, ConnectError> {
         let timeout = self.timeout;
         let stream = tokio::time::timeout(timeout, TcpStream::connect(addr))
             .await

@@ -8,6 +8,7 @@
 //! into the next snapshot.
 
 mod connect;
+pub mod http1;
 mod pool;
 mod server;
 

@@ -1,7 +1,8 @@
 //! Connections to one server kept for reuse (the connector opens them).
 //!
 //! HTTP/1.1 connections wait in a LIFO list (the most recently used is the
-//! least likely to have been closed by the server) and are closed once idle
+//! least likely to have been closed by the server; one the server did close
+//! is noticed before it is handed out) and are closed once idle
 //! for `idle_timeout` (by a sweeper task that runs while the list is not
 //! empty, so an unused server holds no sockets open) or beyond
 //! `max_idle_per_server`. An HTTP/2 server gets one shared, multiplexed
@@ -11,23 +12,24 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::time::Duration;
 
-use hyper::client::conn::{http1, http2};
+use hyper::client::conn::http2;
 use tokio::time::Instant;
 
 use super::connect::{ConnectError, Connector};
+use super::http1;
 use crate::body::request::RequestBody;
 use crate::plan::{Protocol, UpstreamConfig};
 
 /// A connection ready to carry one request.
 #[derive(Debug)]
 pub enum Conn {
-    Http1(http1::SendRequest<RequestBody>),
+    Http1(http1::Connection),
     Http2(http2::SendRequest<RequestBody>),
 }
 
 #[derive(Debug)]
 struct Idle {
-    conn: http1::SendRequest<RequestBody>,
+    conn: http1::Connection,
     since: Instant,
 }
 
@@ -80,19 +82,13 @@ impl Pool {
     ) -> Result<(Conn, bool), ConnectError> {
         match self.protocol {
             Protocol::Http1 => {
-                while let Some(mut conn) = self.take_idle(now) {
-                    // hyper marks a connection ready once its driver task has
-                    // seen the previous exchange end, which may not have run
-                    // yet; only connections whose request and response both
-                    // ended are pooled, so this takes a moment at most.
-                    if conn.ready().await.is_ok() {
-                        return Ok((Conn::Http1(conn), true));
-                    }
+                if let Some(conn) = self.take_idle(now) {
+                    return Ok((Conn::Http1(conn), true));
                 }
-                // Boxed: the handshake's state is large and rarely needed, and
-                // every request's future would otherwise carry room for it.
-                let conn = Box::pin(connector.http1(addr)).await?;
-                Ok((Conn::Http1(conn), false))
+                // Boxed: connecting is rarer than reusing, and every
+                // request's future would otherwise carry room for it.
+                let stream = Box::pin(connector.stream(addr)).await?;
+                Ok((Conn::Http1(http1::Connection::new(stream)), false))
             }
             Protocol::H2 => {
                 if let Some(conn) = lock(&self.shared).as_ref().filter(|c| !c.is_closed()) {
@@ -105,7 +101,7 @@ impl Pool {
         }
     }
 
-    fn take_idle(&self, now: Instant) -> Option<http1::SendRequest<RequestBody>> {
+    fn take_idle(&self, now: Instant) -> Option<http1::Connection> {
         let mut idle = lock(&self.idle);
         while let Some(entry) = idle.conns.pop() {
             if now.saturating_duration_since(entry.since) >= self.idle_timeout {
@@ -121,7 +117,7 @@ impl Pool {
     }
 
     /// Pools `conn`; says whether a sweeper must be started for the list.
-    fn put_idle(&self, conn: http1::SendRequest<RequestBody>) -> bool {
+    fn put_idle(&self, conn: http1::Connection) -> bool {
         let mut idle = lock(&self.idle);
         if idle.conns.len() >= self.max_idle {
             return false;
@@ -146,9 +142,9 @@ impl Pool {
         next
     }
     /// Takes back an HTTP/1.1 connection whose request and response both
-    /// ended.
-    pub(super) fn checkin(self: &Arc<Self>, conn: http1::SendRequest<RequestBody>) {
-        if conn.is_closed() || !self.put_idle(conn) {
+    /// ended cleanly.
+    pub(super) fn checkin(self: &Arc<Self>, conn: http1::Connection) {
+        if !self.put_idle(conn) {
             return;
         }
         // Outside a runtime (never while serving) the list is only trimmed

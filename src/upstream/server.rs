@@ -7,13 +7,12 @@ use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
-use hyper::client::conn::http1;
 use tokio::time::Instant;
 
 use super::connect::{ConnectError, Connector};
+use super::http1;
 use super::pool::{Conn, Pool};
 use crate::balance::PeakEwma;
-use crate::body::request::{BodySent, RequestBody};
 use crate::metrics::Gauge;
 use crate::plan::{Protocol, UpstreamConfig};
 
@@ -106,8 +105,6 @@ impl Server {
         }
         Lease {
             server: self.clone(),
-            conn: None,
-            body_sent: None,
         }
     }
 
@@ -128,15 +125,10 @@ impl Server {
     }
 }
 
-/// A request's claim on a server: counted in flight while it lives, and
-/// holding the HTTP/1.1 connection to return to the pool once the response
-/// has been read to its end.
+/// A request's claim on a server: counted in flight while it lives.
 #[derive(Debug)]
 pub struct Lease {
     server: Arc<Server>,
-    conn: Option<http1::SendRequest<RequestBody>>,
-    /// Completes when the request body has been sent in full (or dropped).
-    body_sent: Option<BodySent>,
 }
 
 impl Lease {
@@ -144,19 +136,10 @@ impl Lease {
         &self.server
     }
 
-    /// Keeps `conn` to give back to the pool on a clean release, once
-    /// `body_sent` says the request body is through too.
-    pub fn hold(&mut self, conn: http1::SendRequest<RequestBody>, body_sent: BodySent) {
-        self.conn = Some(conn);
-        self.body_sent = Some(body_sent);
-    }
-
-    /// Ends the lease; `clean` when the response was read to its end. The
-    /// connection then serves another request, unless its request body is
-    /// still being sent (an upstream may answer before reading it all).
-    pub fn release(mut self, clean: bool) {
-        let body_done = self.body_sent.as_mut().is_some_and(BodySent::is_done);
-        if let Some(conn) = self.conn.take().filter(|_| clean && body_done) {
+    /// Ends the lease, giving back `conn` (an HTTP/1.1 connection whose
+    /// exchange ended cleanly) to serve another request.
+    pub fn release(self, conn: Option<http1::Connection>) {
+        if let Some(conn) = conn {
             self.server.pool.checkin(conn);
         }
     }

@@ -19,7 +19,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::head_budget::HeadBudget;
 use super::timeouts::{Activity, RequestGuard};
-use crate::body::response::ResponseBody;
+use crate::body::response::{BodyError, ResponseBody};
 use crate::proxy::{self, Client};
 use crate::snapshot::{ListenerSnapshot, SharedSnapshot};
 
@@ -82,12 +82,12 @@ pub struct Tracked {
 
 impl Body for Tracked {
     type Data = Bytes;
-    type Error = hyper::Error;
+    type Error = BodyError;
 
     fn poll_frame(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+    ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
         Pin::new(&mut self.body).poll_frame(cx)
     }
 

@@ -1,0 +1,112 @@
+//! One request and its response head over a [`Connection`]: the writing
+//! and the reading are polled together, so a server that answers before
+//! the request body is through (413, say) is heard at once, and a body
+//! still being sent then travels on with the response body.
+
+use std::io;
+use std::task::{Context, Poll, ready};
+
+use http::{Response, StatusCode};
+
+use super::body::Http1Body;
+use super::connection::{Connection, FIRST_READ};
+use super::error::Error;
+use super::head::{self, Head};
+use super::request::{Outbound, WriteError};
+use crate::body::request::BodyError;
+
+#[derive(Debug)]
+pub enum SendError {
+    /// Nothing of the request reached the server: it may go out again, on
+    /// another connection.
+    Unsent(io::Error, Box<Outbound>),
+    Upstream(Error),
+    /// The client's body failed while it was being sent.
+    ClientBody(BodyError),
+}
+
+/// Sends `outbound` over `conn` and reads the response head, skipping
+/// interim (1xx) responses other than 101. `max_head` bounds the head.
+pub async fn send(
+    mut conn: Connection,
+    mut outbound: Box<Outbound>,
+    max_head: usize,
+) -> Result<Response<Http1Body>, SendError> {
+    let mut write_failed = None;
+    let head = std::future::poll_fn(|cx| {
+        if write_failed.is_none() && !outbound.is_sent() {
+            match outbound.poll_write(&conn.stream, cx) {
+                Poll::Ready(Err(WriteError::Io(e))) if !outbound.has_left() => {
+                    return Poll::Ready(Err(Stop::Unsent(e)));
+                }
+                // The server may have answered and stopped reading: hear it out.
+                Poll::Ready(Err(WriteError::Io(e))) => write_failed = Some(e),
+                Poll::Ready(Err(WriteError::Body(e))) => {
+                    return Poll::Ready(Err(Stop::ClientBody(e)));
+                }
+                Poll::Ready(Ok(())) | Poll::Pending => {}
+            }
+        }
+        poll_head(&mut conn, cx, max_head, outbound.to_head).map_err(Stop::Upstream)
+    })
+    .await;
+    let head = match head {
+        Ok(head) => head,
+        Err(Stop::Unsent(e)) => return Err(SendError::Unsent(e, outbound)),
+        Err(Stop::ClientBody(e)) => return Err(SendError::ClientBody(e)),
+        // A write that failed explains an end of stream better.
+        Err(Stop::Upstream(Error::Closed)) if write_failed.is_some() => {
+            return Err(SendError::Upstream(Error::Io(
+                write_failed.unwrap_or_else(|| io::ErrorKind::BrokenPipe.into()),
+            )));
+        }
+        Err(Stop::Upstream(e)) => return Err(SendError::Upstream(e)),
+    };
+    let Head {
+        status,
+        version,
+        headers,
+        framing,
+        keep_alive,
+    } = head;
+    let sending = (!outbound.is_sent() && write_failed.is_none()).then_some(outbound);
+    let body = if status == StatusCode::SWITCHING_PROTOCOLS {
+        Http1Body::upgraded(conn)
+    } else {
+        Http1Body::new(conn, framing, keep_alive, sending, max_head)
+    };
+    let mut response = Response::new(body);
+    *response.status_mut() = status;
+    *response.version_mut() = version;
+    *response.headers_mut() = headers;
+    Ok(response)
+}
+
+enum Stop {
+    Unsent(io::Error),
+    ClientBody(BodyError),
+    Upstream(Error),
+}
+
+/// Reads until a final response head (or a 101) is complete.
+fn poll_head(
+    conn: &mut Connection,
+    cx: &mut Context<'_>,
+    max_head: usize,
+    to_head: bool,
+) -> Poll<Result<Head, Error>> {
+    loop {
+        if !conn.buf.is_empty() {
+            if let Some(head) = head::parse(&mut conn.buf, max_head, to_head)? {
+                if head.status.is_informational() && head.status != StatusCode::SWITCHING_PROTOCOLS
+                {
+                    continue;
+                }
+                return Poll::Ready(Ok(head));
+            }
+        }
+        if ready!(conn.poll_read(cx, FIRST_READ))? == 0 {
+            return Poll::Ready(Err(Error::Closed));
+        }
+    }
+}

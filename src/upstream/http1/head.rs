@@ -1,0 +1,459 @@
+//! Reading an upstream's response head: httparse for the syntax, then the
+//! checks that turn a lying or sloppy upstream into an error instead of a
+//! second opinion on where the message ends (RFC 9112 §2.2, §6).
+//!
+//! Refused: bare LF line ends, obs-fold, a head over the listener's
+//! `max_header_bytes`, `Content-Length` beside `Transfer-Encoding`,
+//! `Transfer-Encoding` in an HTTP/1.0 response, a transfer coding other
+//! than a lone `chunked`, and a `Content-Length` that is not one plain
+//! number (a list of equal ones is that number).
+
+use std::mem::MaybeUninit;
+
+use bytes::{Bytes, BytesMut};
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::{StatusCode, Version};
+
+/// The most header lines a response head may have.
+pub const MAX_HEADERS: usize = 100;
+
+/// A parsed response head, and how its body is framed.
+#[derive(Debug)]
+pub struct Head {
+    pub status: StatusCode,
+    pub version: Version,
+    pub headers: HeaderMap,
+    pub framing: Framing,
+    /// The server keeps the connection open after this response: HTTP/1.1
+    /// without `Connection: close`.
+    pub keep_alive: bool,
+}
+
+/// Where a response body ends (RFC 9112 §6.3).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Framing {
+    /// No body: 1xx, 204, 304, or an answer to HEAD.
+    Empty,
+    Length(u64),
+    Chunked,
+    /// Neither length nor chunked: the body ends when the server closes.
+    Close,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum HeadError {
+    #[error("malformed response head: {0}")]
+    Syntax(httparse::Error),
+    #[error("response head larger than {0} bytes")]
+    TooLarge(usize),
+    #[error("bare LF in the response head")]
+    BareLf,
+    #[error("status code out of range")]
+    Status,
+    #[error("malformed header line")]
+    Header,
+    #[error("malformed or conflicting Content-Length")]
+    ContentLength,
+    #[error("Content-Length beside Transfer-Encoding")]
+    BothFramings,
+    #[error("Transfer-Encoding in an HTTP/1.0 response")]
+    TransferEncodingInHttp10,
+    #[error("a transfer coding other than chunked")]
+    TransferCoding,
+}
+
+/// Offsets of one header line's name and value in the head.
+type Line = (u32, u32, u32, u32);
+
+/// Parses the response head at the start of `buf`: `None` while it is
+/// incomplete (and under `max_bytes`). A complete head is taken off the
+/// front of `buf`, and header values share its bytes rather than copying
+/// them. `to_head` says the request was HEAD, whose answer has no body.
+pub fn parse(
+    buf: &mut BytesMut,
+    max_bytes: usize,
+    to_head: bool,
+) -> Result<Option<Head>, HeadError> {
+    let mut lines: [Line; MAX_HEADERS] = [(0, 0, 0, 0); MAX_HEADERS];
+    let (len, code, version, count) = {
+        let mut headers = [const { MaybeUninit::uninit() }; MAX_HEADERS];
+        let mut response = httparse::Response::new(&mut []);
+        let len =
+            match parser().parse_response_with_uninit_headers(&mut response, buf, &mut headers) {
+                Ok(httparse::Status::Complete(len)) if len <= max_bytes => len,
+                Ok(httparse::Status::Partial) if buf.len() <= max_bytes => return Ok(None),
+                Ok(_) | Err(httparse::Error::TooManyHeaders) => {
+                    return Err(HeadError::TooLarge(max_bytes));
+                }
+                Err(e) => return Err(HeadError::Syntax(e)),
+            };
+        if has_bare_lf(&buf[..len]) {
+            return Err(HeadError::BareLf);
+        }
+        let base = buf.as_ptr() as usize;
+        let offset = |s: &[u8]| (s.as_ptr() as usize - base) as u32;
+        for (line, h) in lines.iter_mut().zip(response.headers.iter()) {
+            let (name, value) = (h.name.as_bytes(), h.value);
+            *line = (
+                offset(name),
+                offset(name) + name.len() as u32,
+                offset(value),
+                offset(value) + value.len() as u32,
+            );
+        }
+        let version = match response.version {
+            Some(0) => Version::HTTP_10,
+            _ => Version::HTTP_11,
+        };
+        (
+            len,
+            response.code.unwrap_or(0),
+            version,
+            response.headers.len(),
+        )
+    };
+    let status = StatusCode::from_u16(code).map_err(|_| HeadError::Status)?;
+    let bytes = buf.split_to(len).freeze();
+    let headers = header_map(&bytes, &lines[..count])?;
+    let framing = framing(status, version, &headers, to_head)?;
+    let keep_alive = version == Version::HTTP_11 && !says_close(&headers);
+    Ok(Some(Head {
+        status,
+        version,
+        headers,
+        framing,
+        keep_alive,
+    }))
+}
+
+/// httparse's defaults are its strict settings: obs-fold, a space before
+/// a colon and extra spaces around the status code are all errors (see
+/// the tests below, which hold them to that).
+fn parser() -> httparse::ParserConfig {
+    httparse::ParserConfig::default()
+}
+
+/// Whether any line of `head` ends in LF alone (httparse accepts that;
+/// RFC 9112 §2.2 lets a recipient, and a proxy should not).
+pub(super) fn has_bare_lf(head: &[u8]) -> bool {
+    head.iter()
+        .enumerate()
+        .any(|(i, &b)| b == b'\n' && (i == 0 || head[i - 1] != b'\r'))
+}
+
+fn header_map(bytes: &Bytes, lines: &[Line]) -> Result<HeaderMap, HeadError> {
+    let mut headers = HeaderMap::with_capacity(lines.len());
+    for &(ns, ne, vs, ve) in lines {
+        let name = HeaderName::from_bytes(&bytes[ns as usize..ne as usize])
+            .map_err(|_| HeadError::Header)?;
+        let value = HeaderValue::from_maybe_shared(bytes.slice(vs as usize..ve as usize))
+            .map_err(|_| HeadError::Header)?;
+        headers.append(name, value);
+    }
+    Ok(headers)
+}
+
+fn framing(
+    status: StatusCode,
+    version: Version,
+    headers: &HeaderMap,
+    to_head: bool,
+) -> Result<Framing, HeadError> {
+    let no_body = status.is_informational()
+        || status == StatusCode::NO_CONTENT
+        || status == StatusCode::NOT_MODIFIED
+        || to_head;
+    let length = content_length(headers)?;
+    let coded = headers.contains_key(header::TRANSFER_ENCODING);
+    if no_body {
+        return Ok(Framing::Empty);
+    }
+    if coded {
+        if version == Version::HTTP_10 {
+            return Err(HeadError::TransferEncodingInHttp10);
+        }
+        if length.is_some() {
+            return Err(HeadError::BothFramings);
+        }
+        if !only_chunked(headers) {
+            return Err(HeadError::TransferCoding);
+        }
+        return Ok(Framing::Chunked);
+    }
+    Ok(length.map_or(Framing::Close, Framing::Length))
+}
+
+/// The one length every `Content-Length` line and list item says, if any.
+fn content_length(headers: &HeaderMap) -> Result<Option<u64>, HeadError> {
+    let mut length = None;
+    for value in headers.get_all(header::CONTENT_LENGTH) {
+        for item in value.as_bytes().split(|&b| b == b',') {
+            let n = digits(trim(item)).ok_or(HeadError::ContentLength)?;
+            if length.is_some_and(|l| l != n) {
+                return Err(HeadError::ContentLength);
+            }
+            length = Some(n);
+        }
+    }
+    Ok(length)
+}
+
+/// A non-empty run of ASCII digits as a number, without overflow.
+fn digits(s: &[u8]) -> Option<u64> {
+    if s.is_empty() {
+        return None;
+    }
+    s.iter().try_fold(0u64, |n, &b| {
+        b.is_ascii_digit()
+            .then(|| n.checked_mul(10)?.checked_add(u64::from(b - b'0')))
+            .flatten()
+    })
+}
+
+fn trim(s: &[u8]) -> &[u8] {
+    s.trim_ascii()
+}
+
+/// Whether the transfer codings, over every line, are `chunked` alone.
+fn only_chunked(headers: &HeaderMap) -> bool {
+    let mut codings = headers
+        .get_all(header::TRANSFER_ENCODING)
+        .iter()
+        .flat_map(|v| v.as_bytes().split(|&b| b == b','))
+        .map(trim)
+        .filter(|c| !c.is_empty());
+    codings
+        .next()
+        .is_some_and(|c| c.eq_ignore_ascii_case(b"chunked"))
+        && codings.next().is_none()
+}
+
+fn says_close(headers: &HeaderMap) -> bool {
+    headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .flat_map(|v| v.as_bytes().split(|&b| b == b','))
+        .any(|t| trim(t).eq_ignore_ascii_case(b"close"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse_all(wire: &[u8], to_head: bool) -> Result<Option<Head>, HeadError> {
+        parse(&mut BytesMut::from(wire), 8192, to_head)
+    }
+
+    fn framing_of(wire: &str) -> Result<Framing, HeadError> {
+        parse_all(wire.as_bytes(), false).map(|h| h.expect("complete").framing)
+    }
+
+    #[test]
+    fn a_head_is_taken_off_the_buffer_and_its_values_share_it() {
+        let mut buf = BytesMut::from(
+            &b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nX-A: 1\r\nX-A: 2\r\n\r\nhello"[..],
+        );
+        let head = parse(&mut buf, 8192, false).unwrap().unwrap();
+        assert_eq!(head.status, StatusCode::OK);
+        assert_eq!(head.version, Version::HTTP_11);
+        assert_eq!(head.framing, Framing::Length(5));
+        assert!(head.keep_alive);
+        let values: Vec<_> = head.headers.get_all("x-a").iter().collect();
+        assert_eq!(values, ["1", "2"]);
+        assert_eq!(&buf[..], b"hello");
+    }
+
+    #[test]
+    fn every_prefix_of_a_head_is_incomplete() {
+        let wire = b"HTTP/1.1 204 No Content\r\nServer: x\r\n\r\n";
+        for cut in 0..wire.len() {
+            assert!(
+                parse_all(&wire[..cut], false).unwrap().is_none(),
+                "cut at {cut}"
+            );
+        }
+        assert!(parse_all(wire, false).unwrap().is_some());
+    }
+
+    #[test]
+    fn framing_follows_rfc_9112_section_6_3() {
+        assert_eq!(
+            framing_of("HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"),
+            Ok(Framing::Chunked)
+        );
+        assert_eq!(
+            framing_of("HTTP/1.1 200 OK\r\nTransfer-Encoding: Chunked \r\n\r\n"),
+            Ok(Framing::Chunked)
+        );
+        assert_eq!(framing_of("HTTP/1.1 200 OK\r\n\r\n"), Ok(Framing::Close));
+        assert_eq!(
+            framing_of("HTTP/1.0 200 OK\r\nContent-Length: 3\r\n\r\n"),
+            Ok(Framing::Length(3))
+        );
+        assert_eq!(
+            framing_of("HTTP/1.1 200 OK\r\nContent-Length: 7, 7\r\nContent-Length: 7\r\n\r\n"),
+            Ok(Framing::Length(7))
+        );
+        for empty in [
+            "204 No Content",
+            "304 Not Modified",
+            "100 Continue",
+            "103 Early Hints",
+            "101 Switching Protocols",
+        ] {
+            let wire = format!("HTTP/1.1 {empty}\r\nContent-Length: 9\r\n\r\n");
+            assert_eq!(framing_of(&wire), Ok(Framing::Empty), "{empty}");
+        }
+        let to_head = parse_all(b"HTTP/1.1 200 OK\r\nContent-Length: 9\r\n\r\n", true)
+            .unwrap()
+            .unwrap();
+        assert_eq!(to_head.framing, Framing::Empty);
+        assert_eq!(to_head.headers["content-length"], "9");
+    }
+
+    #[test]
+    fn keep_alive_is_http_1_1_without_close() {
+        let keeps = |wire: &str| {
+            parse_all(wire.as_bytes(), false)
+                .unwrap()
+                .unwrap()
+                .keep_alive
+        };
+        assert!(keeps("HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n"));
+        assert!(!keeps(
+            "HTTP/1.1 200 OK\r\nConnection: keep-alive, Close\r\nContent-Length: 0\r\n\r\n"
+        ));
+        assert!(!keeps(
+            "HTTP/1.0 200 OK\r\nConnection: keep-alive\r\nContent-Length: 0\r\n\r\n"
+        ));
+    }
+
+    #[test]
+    fn lies_about_framing_are_errors() {
+        use HeadError as E;
+        let cases = [
+            (
+                "HTTP/1.1 200 OK\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n",
+                E::BothFramings,
+            ),
+            (
+                "HTTP/1.0 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n",
+                E::TransferEncodingInHttp10,
+            ),
+            (
+                "HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip\r\n\r\n",
+                E::TransferCoding,
+            ),
+            (
+                "HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip, chunked\r\n\r\n",
+                E::TransferCoding,
+            ),
+            (
+                "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked, chunked\r\n\r\n",
+                E::TransferCoding,
+            ),
+            (
+                "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nTransfer-Encoding: chunked\r\n\r\n",
+                E::TransferCoding,
+            ),
+            (
+                "HTTP/1.1 200 OK\r\nTransfer-Encoding: xchunked\r\n\r\n",
+                E::TransferCoding,
+            ),
+            (
+                "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked;q=1\r\n\r\n",
+                E::TransferCoding,
+            ),
+            (
+                "HTTP/1.1 200 OK\r\nTransfer-Encoding: \r\n\r\n",
+                E::TransferCoding,
+            ),
+            (
+                "HTTP/1.1 200 OK\r\nContent-Length: 3\r\nContent-Length: 4\r\n\r\n",
+                E::ContentLength,
+            ),
+            (
+                "HTTP/1.1 200 OK\r\nContent-Length: 3, 4\r\n\r\n",
+                E::ContentLength,
+            ),
+            (
+                "HTTP/1.1 200 OK\r\nContent-Length: +3\r\n\r\n",
+                E::ContentLength,
+            ),
+            (
+                "HTTP/1.1 200 OK\r\nContent-Length: -1\r\n\r\n",
+                E::ContentLength,
+            ),
+            (
+                "HTTP/1.1 200 OK\r\nContent-Length: 3x\r\n\r\n",
+                E::ContentLength,
+            ),
+            (
+                "HTTP/1.1 200 OK\r\nContent-Length: \r\n\r\n",
+                E::ContentLength,
+            ),
+            (
+                "HTTP/1.1 200 OK\r\nContent-Length: 3,\r\n\r\n",
+                E::ContentLength,
+            ),
+            (
+                "HTTP/1.1 200 OK\r\nContent-Length: 99999999999999999999\r\n\r\n",
+                E::ContentLength,
+            ),
+            (
+                "HTTP/1.1 304 Not Modified\r\nContent-Length: x\r\n\r\n",
+                E::ContentLength,
+            ),
+            ("HTTP/1.1 200 OK\nContent-Length: 0\r\n\r\n", E::BareLf),
+            ("HTTP/1.1 200 OK\r\nContent-Length: 0\n\r\n", E::BareLf),
+            ("HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\n", E::BareLf),
+            ("HTTP/1.1 099 Low\r\n\r\n", E::Status),
+        ];
+        for (wire, error) in cases {
+            assert_eq!(
+                parse_all(wire.as_bytes(), false).map(|_| ()),
+                Err(error),
+                "{wire:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn what_httparse_refuses_is_a_syntax_error() {
+        for wire in [
+            "HTTP/1.1 200 OK\r\nX-Folded: a\r\n b\r\n\r\n",
+            "HTTP/1.1 200 OK\r\nX-Space : a\r\n\r\n",
+            "HTTP/1.1 2000 OK\r\n\r\n",
+            "HTTP/1.1  200 OK\r\n\r\n",
+            "HTTP/2 200 OK\r\n\r\n",
+            "garbage\r\n\r\n",
+            "HTTP/1.1 200 OK\r\nBad\0Name: x\r\n\r\n",
+            "HTTP/1.1 200 OK\r\nX: a\0b\r\n\r\n",
+        ] {
+            assert!(
+                matches!(parse_all(wire.as_bytes(), false), Err(HeadError::Syntax(_))),
+                "{wire:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_head_past_the_limit_is_an_error_complete_or_not() {
+        let long = format!("HTTP/1.1 200 OK\r\nX-Long: {}\r\n\r\n", "a".repeat(200));
+        let limit = 100;
+        assert_eq!(
+            parse(&mut BytesMut::from(long.as_bytes()), limit, false).map(|_| ()),
+            Err(HeadError::TooLarge(limit))
+        );
+        assert_eq!(
+            parse(&mut BytesMut::from(&long.as_bytes()[..150]), limit, false).map(|_| ()),
+            Err(HeadError::TooLarge(limit))
+        );
+        let many: String = (0..=MAX_HEADERS).map(|i| format!("X-{i}: v\r\n")).collect();
+        let many = format!("HTTP/1.1 200 OK\r\n{many}\r\n");
+        assert_eq!(
+            parse_all(many.as_bytes(), false).map(|_| ()),
+            Err(HeadError::TooLarge(8192))
+        );
+    }
+}
