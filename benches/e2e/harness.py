@@ -11,6 +11,9 @@ Scenarios:
   keepalive  HTTP/1.1, 50 keep-alive connections (wrk)
   fresh      HTTP/1.1, a new connection per request (wrk, Connection: close)
   h2c        HTTP/2 with prior knowledge, 10 connections x 10 streams (h2load)
+  proxybound keepalive with the proxy the bottleneck: one worker (thread) pinned
+             to one CPU, wrk (one thread) and the upstream pinned to the others;
+             also reports how busy each side's CPU was (see cores.py)
   idle       10 000 idle keep-alive connections: memory per connection
 """
 
@@ -25,6 +28,8 @@ import sys
 import tempfile
 import threading
 import time
+
+import cores
 
 BODY = "hello from the benchmark upstream, a fixed body of about one hundred bytes, same for all...\n"
 CONTENDERS = ["corral", "nginx", "haproxy"]
@@ -113,6 +118,7 @@ class Bench:
         self.dir = tempfile.mkdtemp(prefix="corral-bench-")
         self.up = [free_port(), free_port()]
         self.procs = []
+        self.layout = None
 
     def write(self, name, text):
         path = os.path.join(self.dir, name)
@@ -120,8 +126,8 @@ class Bench:
             f.write(text)
         return path
 
-    def spawn(self, argv, port):
-        log = open(os.path.join(self.dir, os.path.basename(argv[0]) + ".log"), "a")
+    def spawn(self, argv, port, name):
+        log = open(os.path.join(self.dir, name + ".log"), "a")
         p = subprocess.Popen(argv, stdout=log, stderr=log, start_new_session=True)
         self.procs.append(p)
         wait_port(port)
@@ -149,11 +155,14 @@ http {{ access_log off; keepalive_requests 10000000; keepalive_timeout 300s; {se
 {servers}
 }}
 """)
-        self.upstream = self.spawn(["nginx", "-e", f"{self.dir}/upstream.err", "-c", conf, "-p", self.dir], self.up[0])
+        self.upstream = self.spawn(["nginx", "-e", f"{self.dir}/upstream.err", "-c", conf, "-p", self.dir],
+                                   self.up[0], "upstream")
 
-    def start(self, who, h2=False):
+    def start(self, who, h2=False, pinned=False):
+        """One contender; pinned: one worker (thread), on the layout's proxy CPU."""
         port = free_port()
-        w = self.args.workers
+        w = 1 if pinned else self.args.workers
+        on = (lambda argv: self.layout.command({self.layout.proxy}, argv)) if pinned else (lambda argv: argv)
         if who == "corral" or who in self.args.variants:
             binary = self.args.variants.get(who, self.args.corral)
             conf = self.write("corral.toml", f"""
@@ -171,7 +180,7 @@ servers = [{{ addr = "127.0.0.1:{self.up[0]}" }}, {{ addr = "127.0.0.1:{self.up[
 """)
             env = dict(os.environ, CORRAL_LOG="warn")
             log = open(os.path.join(self.dir, "corral.log"), "a")
-            p = subprocess.Popen([binary, "run", "--config", conf], stdout=log, stderr=log,
+            p = subprocess.Popen(on([binary, "run", "--config", conf]), stdout=log, stderr=log,
                                  start_new_session=True, env=env)
             self.procs.append(p)
             wait_port(port)
@@ -186,7 +195,7 @@ http {{ access_log off; keepalive_requests 10000000; keepalive_timeout 300s; {se
     location / {{ proxy_pass http://app; proxy_http_version 1.1; proxy_set_header Connection ""; }} }}
 }}
 """)
-            p = self.spawn(["nginx", "-e", f"{self.dir}/nginx.err", "-c", conf, "-p", self.dir], port)
+            p = self.spawn(on(["nginx", "-e", f"{self.dir}/nginx.err", "-c", conf, "-p", self.dir]), port, "nginx")
         else:
             proto = " proto h2" if h2 else ""
             conf = self.write("haproxy.cfg", f"""
@@ -208,7 +217,7 @@ backend app
   server a 127.0.0.1:{self.up[0]}
   server b 127.0.0.1:{self.up[1]}
 """)
-            p = self.spawn(["haproxy", "-f", conf], port)
+            p = self.spawn(on(["haproxy", "-f", conf]), port, "haproxy")
         return p, port
 
     def load(self, scenario, port):
@@ -230,11 +239,17 @@ backend app
             rps = done / float(d)
             pct = lambda q: lat[min(len(lat) - 1, int(q * len(lat)))] if lat else float("nan")
             return dict(rps=rps, requests=done, errors=failed, p50=pct(0.5), p99=pct(0.99))
-        argv = ["wrk", f"-t{self.args.threads}", f"-c{self.args.connections}", f"-d{d}s", "--latency", url]
+        # Proxy-bound: one wrk thread, which must not be what limits the run (its CPU share says).
+        threads = 1 if scenario == "proxybound" else self.args.threads
+        argv = ["wrk", f"-t{threads}", f"-c{self.args.connections}", f"-d{d}s", "--latency", url]
         if scenario == "fresh":
             argv[1:1] = ["-H", "Connection: close"]
+        if scenario == "proxybound":
+            argv = self.layout.command(self.layout.load, argv)
+        before, t0 = children_cpu(), time.monotonic()
         out = subprocess.run(argv, capture_output=True, text=True).stdout
-        res = dict(errors=0)
+        # wrk is the only child that ends meanwhile: the children's CPU time grew by its own.
+        res = dict(errors=0, load_cpu=100 * (children_cpu() - before) / (time.monotonic() - t0))
         for line in out.splitlines():
             s = line.split()
             if line.strip().startswith("50%"):
@@ -271,9 +286,43 @@ backend app
         self.stop(p)
         return dict(per_conn_kib=(after - before) / n, rss_mib=after / 1024, open=alive)
 
+    def measure(self, who, scenario):
+        """One contender under one load scenario: what the load generator saw, and the proxy's CPU and memory."""
+        pinned = scenario == "proxybound"
+        # Off the proxy's CPU: the upstream, and this harness itself (its memory sampler).
+        ours = tree(self.upstream.pid) + [os.getpid()]
+        if pinned:
+            cores.pin(ours, self.layout.load)
+        p, port = self.start(who, h2=scenario == "h2c", pinned=pinned)
+        if self.args.warmup:
+            self.load(scenario if scenario in ("h2c", "proxybound") else "keepalive", port)
+        sampler = Sampler(p.pid)
+        sampler.start()
+        t0, u0, busy0, w0 = cpu_ticks(p.pid), cpu_ticks(self.upstream.pid), cores.cpu_times(), time.monotonic()
+        res = self.load(scenario, port)
+        t1, u1, busy1, wall = cpu_ticks(p.pid), cpu_ticks(self.upstream.pid), cores.cpu_times(), time.monotonic() - w0
+        sampler.stop.set()
+        sampler.join()
+        placed = cores.affinity(tree(p.pid)) if pinned else None
+        self.stop(p)
+        tick = os.sysconf("SC_CLK_TCK")
+        res["cpu_us"] = (t1 - t0) / tick * 1e6 / max(res.get("requests", 0), 1)
+        res["rss_mib"] = sampler.peak / 1024
+        if pinned:
+            cores.pin(ours, self.layout.allowed)
+            if placed != {self.layout.proxy}:
+                raise RuntimeError(f"{who} ran on CPUs {sorted(placed)}, not on CPU {self.layout.proxy} alone")
+            res["proxy_cpu"] = 100 * (t1 - t0) / tick / wall
+            res["core_busy"] = cores.busy_percent(busy0, busy1, {self.layout.proxy})
+            res["upstream_cpu"] = 100 * (u1 - u0) / tick / wall
+            res["load_busy"] = cores.busy_percent(busy0, busy1, self.layout.load)
+        return res
+
     def run(self):
         self.start_upstreams()
-        scenarios = self.args.only or ["keepalive", "fresh", "h2c", "idle"]
+        scenarios = self.args.only or ["keepalive", "fresh", "h2c", "proxybound", "idle"]
+        if "proxybound" in scenarios:
+            self.layout = cores.Layout(self.args.proxy_cpu)
         contenders = self.args.contenders
         results = {s: {c: [] for c in contenders} for s in scenarios}
         try:
@@ -282,28 +331,22 @@ backend app
                 order = contenders[k:] + contenders[:k]
                 for scenario in scenarios:
                     for who in order:
-                        if scenario == "idle":
-                            res = self.idle(who)
-                        else:
-                            p, port = self.start(who, h2=scenario == "h2c")
-                            self.load("keepalive" if scenario != "h2c" else "h2c", port) if self.args.warmup else None
-                            sampler = Sampler(p.pid)
-                            sampler.start()
-                            t0 = cpu_ticks(p.pid)
-                            res = self.load(scenario, port)
-                            t1 = cpu_ticks(p.pid)
-                            sampler.stop.set()
-                            sampler.join()
-                            self.stop(p)
-                            tick = os.sysconf("SC_CLK_TCK")
-                            res["cpu_us"] = (t1 - t0) / tick * 1e6 / max(res.get("requests", 0), 1)
-                            res["rss_mib"] = sampler.peak / 1024
+                        res = self.idle(who) if scenario == "idle" else self.measure(who, scenario)
                         results[scenario][who].append(res)
-                        print(f"round {r + 1} {scenario:9} {who:8} {fmt(res)}", file=sys.stderr, flush=True)
+                        print(f"round {r + 1} {scenario:10} {who:8} {fmt(res)}", file=sys.stderr, flush=True)
+                        if scenario == "proxybound":
+                            for note in cores.notes(who, res):
+                                print(f"  note: {note}", file=sys.stderr, flush=True)
         finally:
             for p in self.procs:
                 self.stop(p)
         return results
+
+
+def children_cpu():
+    """CPU seconds of this process's children that have ended."""
+    r = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return r.ru_utime + r.ru_stime
 
 
 def ms(text):
@@ -339,25 +382,45 @@ def fmt(res):
     return " ".join(f"{k}={v:.2f}" if isinstance(v, float) else f"{k}={v}" for k, v in res.items())
 
 
+LOAD_METRICS = [("rps", "req/s"), ("p50", "p50 ms"), ("p99", "p99 ms"), ("cpu_us", "CPU µs/req"),
+                ("rss_mib", "peak RSS MiB")]
+# Where the proxy-bound run's time went; shares of a core, so no ratio between contenders.
+PLACEMENT = [("proxy_cpu", "proxy's CPU % of its core"), ("core_busy", "proxy core busy % (all processes)"),
+             ("load_cpu", "wrk CPU % of one core"), ("upstream_cpu", "upstream CPU % of one core"),
+             ("load_busy", "load cores busy % (all processes)")]
+
+
+def medians(by, key):
+    return {c: statistics.median(r[key] for r in runs) if runs else float("nan") for c, runs in by.items()}
+
+
 def table(results):
     contenders = list(next(iter(results.values())))
     rows = []
     metrics = {
-        "keepalive": [("rps", "req/s"), ("p50", "p50 ms"), ("p99", "p99 ms"), ("cpu_us", "CPU µs/req"), ("rss_mib", "peak RSS MiB")],
-        "fresh": [("rps", "req/s"), ("p50", "p50 ms"), ("p99", "p99 ms"), ("cpu_us", "CPU µs/req"), ("rss_mib", "peak RSS MiB")],
-        "h2c": [("rps", "req/s"), ("p50", "p50 ms"), ("p99", "p99 ms"), ("cpu_us", "CPU µs/req"), ("rss_mib", "peak RSS MiB")],
+        "keepalive": LOAD_METRICS,
+        "fresh": LOAD_METRICS,
+        "h2c": LOAD_METRICS,
+        "proxybound": LOAD_METRICS + PLACEMENT,
         "idle": [("per_conn_kib", "KiB per idle conn"), ("rss_mib", "RSS MiB")],
     }
     for scenario, by in results.items():
         rows.append(f"\n### {scenario}\n")
-        others = [c for c in contenders if c != "corral"]
-        rows.append("| metric | " + " | ".join(contenders) + " | " + " | ".join(f"corral / {o}" for o in others) + " |")
+        others = [c for c in contenders if c != "corral"] if "corral" in contenders else []
+        rows.append("| " + " | ".join(["metric"] + contenders + [f"corral / {o}" for o in others]) + " |")
         rows.append("| --- " * (len(contenders) + len(others) + 1) + "|")
         for key, label in metrics[scenario]:
-            med = {c: statistics.median(r[key] for r in by[c]) if by[c] else float("nan") for c in contenders}
-            ratio = lambda a, b: f"{a / b:.2f}x" if b else "-"
+            med = medians(by, key)
+            share = (key, label) in PLACEMENT
+            ratio = lambda a, b: f"{a / b:.2f}x" if b and not share else "-"
             cells = [f"{med[c]:.2f}" for c in contenders] + [ratio(med["corral"], med[o]) for o in others]
             rows.append(f"| {label} | " + " | ".join(cells) + " |")
+        if scenario == "proxybound":
+            keys = [key for key, _ in PLACEMENT]
+            placed = {c: {k: medians(by, k)[c] for k in keys} for c in contenders if by[c]}
+            notes = [n for c, res in placed.items() for n in cores.notes(c, res)]
+            rows.append("\n" + "\n".join(f"note (medians): {n}" for n in notes) if notes else
+                        "\nEvery proxy's core was saturated and the load side was not: the req/s are the proxies' own.")
     return "\n".join(rows)
 
 
@@ -373,7 +436,8 @@ def main():
     ap.add_argument("--connections", type=int, default=50, help="HTTP/1.1 client connections")
     ap.add_argument("--h2-connections", type=int, default=10, help="HTTP/2 client connections (10 streams each)")
     ap.add_argument("--warmup", action="store_true", help="drive load once before measuring")
-    ap.add_argument("--only", action="append", choices=["keepalive", "fresh", "h2c", "idle"])
+    ap.add_argument("--only", action="append", choices=["keepalive", "fresh", "h2c", "proxybound", "idle"])
+    ap.add_argument("--proxy-cpu", type=int, help="the CPU of the proxy in proxybound (default: the last one)")
     ap.add_argument("--json", help="also write the raw results here")
     ap.add_argument("--only-contenders", nargs="+", choices=CONTENDERS, help="measure only these")
     ap.add_argument("--variant", action="append", default=[], metavar="NAME=PATH",
@@ -389,11 +453,14 @@ def main():
         print(f"note: the open files limit ({hard}) allows {fits} idle connections per contender, not {args.idle}",
               file=sys.stderr)
         args.idle = fits
-    results = Bench(args).run()
+    bench = Bench(args)
+    results = bench.run()
     if args.json:
         with open(args.json, "w") as f:
             json.dump(results, f, indent=1)
     print(f"\n{args.rounds} rounds of {args.duration}s, {args.workers} workers each, medians:")
+    if bench.layout:
+        print(f"(proxybound: 1 worker each, {bench.layout.describe()})")
     print(table(results))
 
 

@@ -17,7 +17,9 @@
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 
-corral=target/dist/corral
+# What `cargo build --profile dist` makes, wherever CARGO_TARGET_DIR puts it.
+dist=${CARGO_TARGET_DIR:-target}/dist/corral
+corral=$dist
 requests=10000
 what=instructions
 precision=0
@@ -37,7 +39,7 @@ done
 
 . benches/e2e/packages.sh
 need_packages valgrind=valgrind strace=strace nginx=nginx-light haproxy=haproxy h2load=nghttp2-client
-[[ " ${contenders[*]} " != *" corral "* ]] || [ "$corral" != target/dist/corral ] || cargo build --profile dist
+[[ " ${contenders[*]} " != *" corral "* ]] || [ "$corral" != "$dist" ] || cargo build --profile dist
 
 dir=$(mktemp -d /tmp/corral-instructions.XXXXXX)
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }

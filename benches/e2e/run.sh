@@ -16,8 +16,8 @@ for svc in nginx haproxy; do
     (service "$svc" stop || true) >/dev/null 2>&1
 done
 
-# The profile corral ships with (see Cargo.toml).
+# The profile corral ships with (see Cargo.toml), wherever CARGO_TARGET_DIR puts it.
 cargo build --profile dist
 # 10 000 idle connections per contender, plus the harness's own sockets.
 ulimit -n 65536 || true
-exec python3 benches/e2e/harness.py --corral target/dist/corral "$@"
+exec python3 benches/e2e/harness.py --corral "${CARGO_TARGET_DIR:-target}/dist/corral" "$@"
