@@ -1,6 +1,7 @@
 //! Shared test fixtures: the real `corral` binary on a config written to a
 //! temp dir, in-process proxies for paused-clock tests, real upstreams on
-//! 127.0.0.1:0, and small HTTP clients, each concern in its own file below.
+//! 127.0.0.1:0 (among them a raw one that answers with scripted bytes), and
+//! small HTTP clients, each concern in its own file below.
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
 
 mod admin;
@@ -13,7 +14,9 @@ mod in_process;
 mod metrics;
 mod notices;
 mod patience;
+mod raw_requests;
 mod recording;
+mod scripted;
 mod sockets;
 mod upstreams;
 
@@ -22,5 +25,6 @@ mod upstreams;
 #[allow(unused_imports)]
 pub use self::{
     admin::*, cli::*, clients::*, configs::*, corral_fixture::*, files::*, in_process::*,
-    metrics::*, notices::*, patience::*, recording::*, sockets::*, upstreams::*,
+    metrics::*, notices::*, patience::*, raw_requests::*, recording::*, scripted::*, sockets::*,
+    upstreams::*,
 };
