@@ -12,7 +12,7 @@
 use std::time::Duration;
 
 use bytes::Bytes;
-use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::time::Instant;
 
@@ -129,9 +129,11 @@ where
 /// hyper's HTTP/1.1 server, as every connection uses it.
 fn builder(max_header_bytes: usize) -> hyper::server::conn::http1::Builder {
     let mut builder = hyper::server::conn::http1::Builder::new();
+    // No timer: hyper's HTTP/1.1 server uses one only for its header read
+    // timeout, off here because `Activity` enforces the header and
+    // keep-alive timeouts (see there). Left at its default, the timeout
+    // would be dropped with a warning at every connection.
     builder
-        .timer(TokioTimer::new())
-        // `Activity` enforces the header and keep-alive timeouts (see there).
         .header_read_timeout(None)
         .max_buf_size(max_header_bytes)
         // One buffer per response (head and small body copied together)

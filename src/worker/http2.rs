@@ -15,7 +15,7 @@ use futures_util::StreamExt as _;
 use futures_util::stream::FuturesUnordered;
 use hyper::server::conn::http2::Builder;
 use hyper::service::{Service as _, service_fn};
-use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::time::Instant;
 
@@ -64,8 +64,9 @@ fn builder(settings: &ListenerConfig, streams: Streams) -> Builder<Streams> {
     // may span a quarter more frames than the list needs), and closes
     // with GOAWAY(ENHANCE_YOUR_CALM) past that.
     let max_header_list = u32::try_from(settings.max_header_bytes).unwrap_or(u32::MAX);
+    // No timer: hyper's HTTP/2 server uses one only for keep-alive PINGs and
+    // the adaptive window, both off here.
     builder
-        .timer(TokioTimer::new())
         .max_header_list_size(max_header_list)
         .max_concurrent_streams(MAX_CONCURRENT_STREAMS)
         .max_pending_accept_reset_streams(MAX_PENDING_ACCEPT_RESETS)
