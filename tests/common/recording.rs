@@ -141,7 +141,11 @@ async fn serve(
 }
 
 /// Records and echoes what follows a 101, starting with what was buffered.
-async fn echo_tunnel(mut stream: TcpStream, early: Vec<u8>, tunnel: Arc<Mutex<Vec<u8>>>) {
+pub(super) async fn echo_tunnel(
+    mut stream: TcpStream,
+    early: Vec<u8>,
+    tunnel: Arc<Mutex<Vec<u8>>>,
+) {
     let mut chunk = early;
     loop {
         if !chunk.is_empty() {

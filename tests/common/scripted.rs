@@ -13,13 +13,14 @@ use std::io::Write;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 use super::patience::PATIENCE;
 use super::raw_requests::{Arrived, read_body, read_head};
+use super::recording::echo_tunnel;
 
 /// What happened at the upstream, in order.
 #[derive(Debug, Clone)]
@@ -211,24 +212,7 @@ async fn serve(conn: usize, mut stream: TcpStream, shared: &Shared) {
             (true, _) | (false, Then::Hold) => return shared.stop.cancelled().await,
             (false, Then::Next) => {}
             (false, Then::Close) => return,
-            (false, Then::Echo) => return echo(stream, buf, &shared.tunnel).await,
-        }
-    }
-}
-
-/// Records and echoes what follows, starting with what was buffered.
-async fn echo(mut stream: TcpStream, mut chunk: Vec<u8>, tunnel: &Mutex<Vec<u8>>) {
-    loop {
-        if !chunk.is_empty() {
-            tunnel.lock().unwrap().extend_from_slice(&chunk);
-            if stream.write_all(&chunk).await.is_err() {
-                return;
-            }
-        }
-        chunk = vec![0; 4096];
-        match stream.read(&mut chunk).await {
-            Ok(0) | Err(_) => return,
-            Ok(n) => chunk.truncate(n),
+            (false, Then::Echo) => return echo_tunnel(stream, buf, shared.tunnel.clone()).await,
         }
     }
 }
