@@ -36,94 +36,106 @@ pub async fn serve_h1<S>(mut io: Prefixed<S>, conn: &Conn)
 where
     S: AsyncRead + AsyncWrite + WaitReadable + Unpin + Send + 'static,
 {
-    let settings = &conn.listener.config;
-    let builder = builder(settings.max_header_bytes);
-    let service = service(conn);
-    // Charges the heads that take more than one read (see `head_budget`).
-    let mut head = HeadAccount::new(
-        conn.heads.clone(),
-        settings.max_header_bytes,
-        conn.listener.connections_shed.clone(),
-    );
-    let mut parked = false;
     loop {
-        if parked && !io.has_prefix() {
+        // Boxed: hyper's connection state is most of a connection's
+        // future, and a parked connection should not carry room for it.
+        io = match Box::pin(serve_until_parked(io, conn)).await {
+            Some(rest) => rest,
+            None => return,
+        };
+        if !io.has_prefix() {
             // Parked: wait for the next request with nothing but the socket.
             match park(&mut io, conn).await {
                 Some(first) => io.unread(first),
                 None => return,
             }
         }
-        let answering = ParseErrors::new(io, conn.activity.clone());
-        let serving = builder
-            .serve_connection(TokioIo::new(answering), service.clone())
-            .without_shutdown();
-        tokio::pin!(serving);
-        let mut parking = false;
-        // One timer, moved rather than re-created: it runs at least every
-        // PARK_AFTER, which is how an idle connection gets parked without
-        // waking its task on every request.
-        let timer = tokio::time::sleep(PARK_AFTER);
-        tokio::pin!(timer);
-        let parts = loop {
-            let idle = keepalive(conn).min(PARK_AFTER);
-            let header = settings.header_timeout;
-            let deadline = conn
-                .activity
-                .deadline(header, idle)
-                .0
-                .min(Instant::now() + PARK_AFTER);
-            if timer.deadline() != deadline {
-                timer.as_mut().reset(deadline);
-            }
-            tokio::select! {
-                // The drain first, so that a response finished in the same
-                // turn already asks the client to close.
-                biased;
-                () = conn.shutdown.cancelled(), if !conn.activity.is_draining() => conn.activity.drain(),
-                ended = std::future::poll_fn(|cx| {
-                    let ended = serving.as_mut().poll(cx);
-                    head.settle(&conn.activity, cx);
-                    ended
-                }) => match ended {
-                    Ok(parts) => break parts,
-                    Err(e) => {
-                        record_refusal(conn);
-                        return tracing::debug!(client = %conn.peer, error = %e, "connection ended with an error");
-                    }
-                },
-                () = timer.as_mut(), if !parking => match conn.activity.expired(header, idle) {
-                    Some(Expired::Header) => {
-                        return tracing::debug!(client = %conn.peer, "request head not received in time; closing");
-                    }
-                    // Idle: end hyper's connection at its next read (which
-                    // now reads as end-of-file) and keep the socket.
-                    Some(Expired::Idle) => {
-                        conn.activity.request_park();
-                        parking = true;
-                    }
-                    None => {}
-                },
-            }
-        };
-        if record_refusal(conn) {
-            // Shed before its first byte (a TLS connection's first head):
-            // dropped whole, the socket lingers after the answer.
-            return;
-        }
-        parked = conn.activity.take_park();
-        let mut rest = parts.io.into_inner().into_inner();
-        rest.unread(parts.read_buf);
-        if let Some(tunnel) = conn.client.take_tunnel() {
-            return tunnel.spawn(rest);
-        }
-        if !parked {
-            // hyper ended the connection itself: the client closed it, or
-            // asked for `Connection: close`.
-            return;
-        }
-        io = rest;
     }
+}
+
+/// Serves requests with one hyper connection until it is parked (the
+/// socket, with any bytes read past the last request, is handed back) or
+/// the connection is over (`None`).
+async fn serve_until_parked<S>(io: Prefixed<S>, conn: &Conn) -> Option<Prefixed<S>>
+where
+    S: AsyncRead + AsyncWrite + WaitReadable + Unpin + Send + 'static,
+{
+    let settings = &conn.listener.config;
+    // Charges the heads that take more than one read (see `head_budget`).
+    let mut head = HeadAccount::new(
+        conn.heads.clone(),
+        settings.max_header_bytes,
+        conn.listener.connections_shed.clone(),
+    );
+    let answering = ParseErrors::new(io, conn.activity.clone());
+    let serving = builder(settings.max_header_bytes)
+        .serve_connection(TokioIo::new(answering), service(conn))
+        .without_shutdown();
+    tokio::pin!(serving);
+    let mut parking = false;
+    // One timer, moved rather than re-created: it runs at least every
+    // PARK_AFTER, which is how an idle connection gets parked without
+    // waking its task on every request.
+    let timer = tokio::time::sleep(PARK_AFTER);
+    tokio::pin!(timer);
+    let parts = loop {
+        let idle = keepalive(conn).min(PARK_AFTER);
+        let header = settings.header_timeout;
+        let deadline = conn
+            .activity
+            .deadline(header, idle)
+            .0
+            .min(Instant::now() + PARK_AFTER);
+        if timer.deadline() != deadline {
+            timer.as_mut().reset(deadline);
+        }
+        tokio::select! {
+            // The drain first, so that a response finished in the same
+            // turn already asks the client to close.
+            biased;
+            () = conn.shutdown.cancelled(), if !conn.activity.is_draining() => conn.activity.drain(),
+            ended = std::future::poll_fn(|cx| {
+                let ended = serving.as_mut().poll(cx);
+                head.settle(&conn.activity, cx);
+                ended
+            }) => match ended {
+                Ok(parts) => break parts,
+                Err(e) => {
+                    record_refusal(conn);
+                    tracing::debug!(client = %conn.peer, error = %e, "connection ended with an error");
+                    return None;
+                }
+            },
+            () = timer.as_mut(), if !parking => match conn.activity.expired(header, idle) {
+                Some(Expired::Header) => {
+                    tracing::debug!(client = %conn.peer, "request head not received in time; closing");
+                    return None;
+                }
+                // Idle: end hyper's connection at its next read (which
+                // now reads as end-of-file) and keep the socket.
+                Some(Expired::Idle) => {
+                    conn.activity.request_park();
+                    parking = true;
+                }
+                None => {}
+            },
+        }
+    };
+    if record_refusal(conn) {
+        // Shed before its first byte (a TLS connection's first head):
+        // dropped whole, the socket lingers after the answer.
+        return None;
+    }
+    let parked = conn.activity.take_park();
+    let mut rest = parts.io.into_inner().into_inner();
+    rest.unread(parts.read_buf);
+    if let Some(tunnel) = conn.client.take_tunnel() {
+        tunnel.spawn(rest);
+        return None;
+    }
+    // Not parked: hyper ended the connection itself, because the client
+    // closed it or asked for `Connection: close`.
+    parked.then_some(rest)
 }
 
 /// hyper's HTTP/1.1 server, as every connection uses it.
@@ -165,7 +177,7 @@ async fn park<S: WaitReadable>(io: &mut Prefixed<S>, conn: &Conn) -> Option<Byte
         let limit = keepalive(conn);
         let deadline = Instant::now() + limit.saturating_sub(idle);
         tokio::select! {
-            read = io.get_mut().wait_readable() => return read.ok(),
+            read = std::future::poll_fn(|cx| io.get_mut().poll_readable(cx)) => return read.ok(),
             () = conn.shutdown.cancelled(), if !conn.activity.is_draining() => conn.activity.drain(),
             () = tokio::time::sleep_until(deadline) => return None,
         }

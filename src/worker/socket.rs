@@ -125,34 +125,41 @@ impl<S: AsyncRead + Unpin> AsyncRead for Prefixed<S> {
 forward_write!(Prefixed);
 
 /// Waiting, without buffers, for a parked connection's next request.
+///
+/// A poll rather than a future: the socket's own readiness holds the
+/// waker, so a parked connection keeps no waiting state of its own (tokio's
+/// readiness futures are a quarter of a kilobyte).
 pub trait WaitReadable {
-    /// Resolves once the client has sent something (or closed), with
+    /// Ready once the client has sent something (or closed), with
     /// whatever had to be read to find out.
-    fn wait_readable(&mut self) -> impl Future<Output = io::Result<Bytes>> + Send;
+    fn poll_readable(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<Bytes>>;
 }
 
 impl WaitReadable for Watched<tokio::net::TcpStream> {
-    async fn wait_readable(&mut self) -> io::Result<Bytes> {
+    fn poll_readable(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<Bytes>> {
         // Peek, not read: the bytes stay in the socket for hyper to read in
         // one go. (Readiness alone is not enough: tokio may still hold it
         // from before the socket was drained.)
-        match self.inner.peek(&mut [0u8; 1]).await? {
-            0 => Err(io::ErrorKind::UnexpectedEof.into()),
-            _ => Ok(Bytes::new()),
+        let mut byte = [0u8; 1];
+        let mut buf = ReadBuf::new(&mut byte);
+        match std::task::ready!(self.inner.poll_peek(cx, &mut buf))? {
+            0 => Poll::Ready(Err(io::ErrorKind::UnexpectedEof.into())),
+            _ => Poll::Ready(Ok(Bytes::new())),
         }
     }
 }
 
 impl<S: AsyncRead + AsyncWrite + Unpin + Send> WaitReadable for tokio_rustls::server::TlsStream<S> {
-    async fn wait_readable(&mut self) -> io::Result<Bytes> {
+    fn poll_readable(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<Bytes>> {
         // The socket being readable says nothing about decrypted bytes, so
         // read one.
-        use tokio::io::AsyncReadExt;
         let mut byte = [0u8; 1];
-        match self.read(&mut byte).await? {
-            0 => Err(io::ErrorKind::UnexpectedEof.into()),
-            _ => Ok(Bytes::copy_from_slice(&byte)),
-        }
+        let mut buf = ReadBuf::new(&mut byte);
+        std::task::ready!(Pin::new(self).poll_read(cx, &mut buf))?;
+        Poll::Ready(match buf.filled() {
+            [] => Err(io::ErrorKind::UnexpectedEof.into()),
+            read => Ok(Bytes::copy_from_slice(read)),
+        })
     }
 }
 
