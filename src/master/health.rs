@@ -210,7 +210,7 @@ pub async fn probe(
             .body(())
             .map_err(|_| ProbeError::Status(http::StatusCode::BAD_REQUEST))?
             .into_parts();
-        let outbound = Box::new(http1::Outbound::new(&request, None));
+        let outbound = Box::new(http1::Outbound::new(&request, std::iter::empty(), None));
         let connection = http1::Connection::new(stream);
         let response = http1::send(connection, outbound, PROBE_HEAD_LIMIT)
             .await

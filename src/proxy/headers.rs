@@ -141,6 +141,8 @@ pub struct Found {
     te: bool,
     transfer_encoding: bool,
     upgrade: bool,
+    /// Some `X-Forwarded-For`, `-Proto` or `-Host`.
+    forwarded: bool,
 }
 
 impl Found {
@@ -163,6 +165,9 @@ impl Found {
                 "keep-alive" => found.keep_alive = true,
                 "proxy-connection" => found.proxy_connection = true,
                 "http2-settings" => found.http2_settings = true,
+                "x-forwarded-for" | "x-forwarded-proto" | "x-forwarded-host" => {
+                    found.forwarded = true;
+                }
                 other => found.underscore |= underscores && other.as_bytes().contains(&b'_'),
             }
         }
@@ -181,6 +186,11 @@ impl Found {
     pub fn upgrade(&self) -> bool {
         self.upgrade
     }
+
+    /// Whether an `X-Forwarded-*` field corral sets is there already.
+    pub fn forwarded(&self) -> bool {
+        self.forwarded
+    }
 }
 
 /// Whether a request's `Transfer-Encoding` asks for more than `chunked`,
@@ -195,27 +205,6 @@ pub fn unknown_transfer_coding(headers: &HeaderMap) -> bool {
         None => false,
         Some(first) => !first.eq_ignore_ascii_case(b"chunked") || codings.next().is_some(),
     }
-}
-
-/// Makes `Content-Length` one plain number: a list of equal values
-/// (`5, 5`, or two such lines), which the parser accepted, reaches the next
-/// hop as the single value it means, not as text the next parser may read
-/// otherwise.
-pub fn collapse_content_length(headers: &mut HeaderMap) {
-    let mut lines = headers.get_all(header::CONTENT_LENGTH).iter();
-    let Some(first) = lines.next() else {
-        return;
-    };
-    if lines.next().is_none() && !first.as_bytes().contains(&b',') {
-        return;
-    }
-    let Some(value) = tokens(first)
-        .next()
-        .and_then(|v| HeaderValue::from_bytes(v).ok())
-    else {
-        return;
-    };
-    headers.insert(header::CONTENT_LENGTH, value);
 }
 
 /// Removes every header whose name holds `_`.
@@ -323,6 +312,23 @@ pub fn add_forwarded(
         Some(h) => headers.insert(&X_FORWARDED_HOST, h.clone()),
         None => headers.remove(&X_FORWARDED_HOST),
     };
+}
+
+/// What [`add_forwarded`] adds to a request that carries no
+/// `X-Forwarded-*` of its own (see [`Found::forwarded`]), whoever sent it:
+/// the fields to write behind the request's own, for an encoder that can,
+/// rather than inserting them into the map (three hashes and a rehash).
+pub fn fresh_forwarded<'a>(
+    client: &'a HeaderValue,
+    tls: bool,
+    host: Option<&'a HeaderValue>,
+) -> impl Iterator<Item = (&'a HeaderName, &'a HeaderValue)> + Clone {
+    static HTTP: HeaderValue = HeaderValue::from_static("http");
+    static HTTPS: HeaderValue = HeaderValue::from_static("https");
+    let proto = if tls { &HTTPS } else { &HTTP };
+    [(&X_FORWARDED_FOR, client), (&X_FORWARDED_PROTO, proto)]
+        .into_iter()
+        .chain(host.map(|h| (&X_FORWARDED_HOST, h)))
 }
 
 /// The `X-Forwarded-For` chain `hops` with `client` appended, as one value.
@@ -481,24 +487,6 @@ mod tests {
     }
 
     #[test]
-    fn a_content_length_list_becomes_its_one_value() {
-        for pairs in [
-            &[("content-length", "5, 5")][..],
-            &[("content-length", "5"), ("content-length", "5")],
-        ] {
-            let mut h = map(pairs);
-            collapse_content_length(&mut h);
-            assert_eq!(
-                h.get_all("content-length").iter().collect::<Vec<_>>(),
-                ["5"]
-            );
-        }
-        let mut h = map(&[("content-length", "7")]);
-        collapse_content_length(&mut h);
-        assert_eq!(h["content-length"], "7");
-    }
-
-    #[test]
     fn underscored_names_are_found_and_removed_alone() {
         let mut h = map(&[
             ("x_forwarded_for", "1.2.3.4"),
@@ -548,6 +536,29 @@ mod tests {
 
     /// What a client behind another proxy sends: a chain, the scheme and
     /// the host as that proxy saw them.
+    #[test]
+    fn fresh_fields_are_what_add_forwarded_adds_to_a_request_without_any() {
+        let client = client_value("10.0.0.9".parse().unwrap());
+        let host = HeaderValue::from_static("example.com");
+        for earlier in [Earlier::Extended, Earlier::Kept, Earlier::Replaced] {
+            for tls in [false, true] {
+                for host in [None, Some(&host)] {
+                    let mut added = map(&[("host", "example.com"), ("accept", "*/*")]);
+                    let mut written = added.clone();
+                    assert!(!Found::of(&added, false).forwarded());
+                    add_forwarded(&mut added, &client, tls, host, earlier);
+                    for (name, value) in fresh_forwarded(&client, tls, host) {
+                        written.append(name, value.clone());
+                    }
+                    assert_eq!(added, written, "{earlier:?} tls={tls} host={host:?}");
+                }
+            }
+        }
+        for name in ["x-forwarded-for", "X-Forwarded-Proto", "x-forwarded-host"] {
+            assert!(Found::of(&map(&[(name, "x")]), false).forwarded(), "{name}");
+        }
+    }
+
     fn forwarded_request() -> HeaderMap {
         map(&[
             ("x-forwarded-for", "203.0.113.50"),

@@ -11,6 +11,7 @@ mod error;
 pub mod headers;
 pub mod path;
 mod target;
+pub mod then;
 mod upgrade;
 
 pub use upgrade::Tunnel;
@@ -21,7 +22,6 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures_util::FutureExt as _;
 use futures_util::future::Either;
 use http::header::{self, HeaderValue};
 use http::uri::{Authority, PathAndQuery, Scheme, Uri};
@@ -116,7 +116,7 @@ pub fn handle(
     match outgoing {
         Ok(mut outgoing) => {
             let upgrade = outgoing.upgrade.take();
-            Either::Left(exchange(snapshot, outgoing).map(move |exchanged| {
+            Either::Left(then::then(exchange(snapshot, outgoing), move |exchanged| {
                 let forwarded = exchanged.and_then(|(response, lease)| {
                     let upgrading = upgrade.as_ref().map(|offer| (&*answer.client, offer));
                     respond(response, lease, upgrading)
@@ -291,13 +291,18 @@ fn prepare(
     headers::remove_found(&mut parts.headers, &found, upgrade.is_some());
     // corral answers `Expect: 100-continue` itself when it starts reading the body.
     parts.headers.remove(header::EXPECT);
-    headers::add_forwarded(
-        &mut parts.headers,
-        &client.forwarded_for,
-        client.tls,
-        host.as_ref(),
-        client.earlier_forwarded,
-    );
+    // Written behind the request's own fields where nothing is to be
+    // merged (most requests), not inserted into the map.
+    let fresh = protocol == Protocol::Http1 && !found.forwarded();
+    if !fresh {
+        headers::add_forwarded(
+            &mut parts.headers,
+            &client.forwarded_for,
+            client.tls,
+            host.as_ref(),
+            client.earlier_forwarded,
+        );
+    }
     set_target(&mut parts, route, protocol, host.as_ref());
     let (body, body_sent) = RequestBody::new(
         body,
@@ -306,7 +311,13 @@ fn prepare(
         series.clone(),
     );
     let message = match protocol {
-        Protocol::Http1 => Message::Http1(Box::new(Outbound::new(&parts, Some(body)))),
+        Protocol::Http1 => {
+            let added = fresh
+                .then(|| headers::fresh_forwarded(&client.forwarded_for, client.tls, host.as_ref()))
+                .into_iter()
+                .flatten();
+            Message::Http1(Box::new(Outbound::new(&parts, added, Some(body))))
+        }
         Protocol::H2 => Message::Http2(Box::new(Request::from_parts(parts, body))),
     };
     Ok(Outgoing {
@@ -531,8 +542,9 @@ fn respond(
         client.upgrade(Tunnel { upstream, lease });
         return Ok(Response::from_parts(parts, ResponseBody::empty()));
     }
+    // What is left of them: an HTTP/1.1 response's `Connection` naming
+    // other fields, `Upgrade` without a switch, `Proxy-Connection`.
     headers::remove_hop_by_hop(&mut parts.headers, false);
-    headers::collapse_content_length(&mut parts.headers);
     Ok(Response::from_parts(
         parts,
         ResponseBody::upstream(body, lease),

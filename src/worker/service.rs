@@ -10,7 +10,6 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use bytes::Bytes;
-use futures_util::FutureExt as _;
 use http::{Request, Version};
 use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
@@ -56,20 +55,23 @@ pub fn service(
         let snapshot = shared.load_full();
         let client = client.clone();
         // A combinator, not an `async` block (see `proxy::handle`).
-        proxy::handle(snapshot, client, request).map(move |mut response| {
-            if guard.activity().is_draining() && !multiplexed {
-                // Tell the client, before it sends another request on this
-                // connection, that the connection is closing.
-                let close = http::HeaderValue::from_static("close");
-                response
-                    .headers_mut()
-                    .insert(http::header::CONNECTION, close);
-            }
-            Ok::<_, Infallible>(response.map(|body| Tracked {
-                body,
-                _guard: guard,
-            }))
-        })
+        proxy::then::then(
+            proxy::handle(snapshot, client, request),
+            move |mut response| {
+                if guard.activity().is_draining() && !multiplexed {
+                    // Tell the client, before it sends another request on this
+                    // connection, that the connection is closing.
+                    let close = http::HeaderValue::from_static("close");
+                    response
+                        .headers_mut()
+                        .insert(http::header::CONNECTION, close);
+                }
+                Ok::<_, Infallible>(response.map(|body| Tracked {
+                    body,
+                    _guard: guard,
+                }))
+            },
+        )
     })
 }
 

@@ -114,15 +114,14 @@ pub fn parse(
     };
     let status = StatusCode::from_u16(code).map_err(|_| HeadError::Status)?;
     let bytes = buf.split_to(len).freeze();
-    let headers = header_map(&bytes, &lines[..count])?;
-    let framing = framing(status, version, &headers, to_head)?;
-    let keep_alive = version == Version::HTTP_11 && !says_close(&headers);
+    let (headers, fields) = header_map(&bytes, &lines[..count])?;
+    let framing = framing(status, version, &fields, to_head)?;
     Ok(Some(Head {
         status,
         version,
         headers,
         framing,
-        keep_alive,
+        keep_alive: version == Version::HTTP_11 && !fields.close,
     }))
 }
 
@@ -136,66 +135,152 @@ fn parser() -> httparse::ParserConfig {
 /// Whether any line of `head` ends in LF alone (httparse accepts that;
 /// RFC 9112 §2.2 lets a recipient, and a proxy should not).
 pub(super) fn has_bare_lf(head: &[u8]) -> bool {
-    head.iter()
-        .enumerate()
-        .any(|(i, &b)| b == b'\n' && (i == 0 || head[i - 1] != b'\r'))
+    // Every byte against the one before it, with no early exit: the
+    // compiler does this many bytes at a time, where stopping at each LF
+    // (or a search for it) cost more than parsing the head.
+    let after_first = head.iter().skip(1).zip(head);
+    after_first.fold(head.first() == Some(&b'\n'), |bare, (&byte, &before)| {
+        bare | ((byte == b'\n') & (before != b'\r'))
+    })
 }
 
-fn header_map(bytes: &Bytes, lines: &[Line]) -> Result<HeaderMap, HeadError> {
+/// What the fields that frame a message and manage its connection said.
+#[derive(Debug, Default)]
+struct Fields {
+    /// The one length every `Content-Length` line and list item says.
+    length: Option<u64>,
+    /// Some `Transfer-Encoding` line was there.
+    coded: bool,
+    /// The codings, over every line, are `chunked` alone.
+    only_chunked: bool,
+    /// `Connection` says `close`.
+    close: bool,
+}
+
+/// The header map of a head whose lines are at `lines` in `bytes`, less
+/// the fields that are this connection's alone, which the client consumes
+/// as it reads them: `Transfer-Encoding` (the body is handed on decoded),
+/// `Keep-Alive`, and a `Connection` line that names no other field (only
+/// `keep-alive` or `close`). A line that names fields stays, for the
+/// proxy to remove them with it. `Content-Length` stays as one plain
+/// number, so that a list of equal values reaches the next hop as the
+/// value it means, not as text the next parser may read otherwise.
+fn header_map(bytes: &Bytes, lines: &[Line]) -> Result<(HeaderMap, Fields), HeadError> {
     let mut headers = HeaderMap::with_capacity(lines.len());
+    let mut fields = Fields::default();
+    let mut codings = 0;
     for &(ns, ne, vs, ve) in lines {
-        let name = HeaderName::from_bytes(&bytes[ns as usize..ne as usize])
-            .map_err(|_| HeadError::Header)?;
-        let value = HeaderValue::from_maybe_shared(bytes.slice(vs as usize..ve as usize))
+        let name = header_name(&bytes[ns as usize..ne as usize])?;
+        let value = &bytes[vs as usize..ve as usize];
+        if name == header::CONTENT_LENGTH {
+            for item in value.split(|&b| b == b',') {
+                let item = item.trim_ascii();
+                let n = digits(item).ok_or(HeadError::ContentLength)?;
+                if fields.length.is_some_and(|l| l != n) {
+                    return Err(HeadError::ContentLength);
+                }
+                if fields.length.is_none() {
+                    // The first item, at the first line's place.
+                    let first = HeaderValue::from_maybe_shared(bytes.slice_ref(item))
+                        .map_err(|_| HeadError::Header)?;
+                    headers.append(header::CONTENT_LENGTH, first);
+                }
+                fields.length = Some(n);
+            }
+            continue;
+        }
+        if name == header::TRANSFER_ENCODING {
+            fields.coded = true;
+            for coding in tokens(value) {
+                codings += 1;
+                fields.only_chunked = codings == 1 && coding.eq_ignore_ascii_case(b"chunked");
+            }
+            continue;
+        }
+        if name == header::CONNECTION {
+            let mut names_fields = false;
+            for token in tokens(value) {
+                if token.eq_ignore_ascii_case(b"close") {
+                    fields.close = true;
+                } else if !token.eq_ignore_ascii_case(b"keep-alive") {
+                    names_fields = true;
+                }
+            }
+            if !names_fields {
+                continue;
+            }
+        } else if name == KEEP_ALIVE {
+            continue;
+        }
+        let value = HeaderValue::from_maybe_shared(bytes.slice_ref(value))
             .map_err(|_| HeadError::Header)?;
         headers.append(name, value);
     }
-    Ok(headers)
+    if fields.coded && fields.length.is_some() {
+        // Only a message without a body gets this far (see `framing`):
+        // the coding decides, so no length goes on.
+        headers.remove(header::CONTENT_LENGTH);
+    }
+    Ok((headers, fields))
+}
+
+/// The field name `bytes` spell. The names nearly every response carries,
+/// as servers capitalise them, are one comparison each; any other goes
+/// through `HeaderName::from_bytes`, which lowercases the name into a
+/// buffer and then looks it up, several times the work.
+fn header_name(bytes: &[u8]) -> Result<HeaderName, HeadError> {
+    Ok(match bytes {
+        b"Content-Length" => header::CONTENT_LENGTH,
+        b"Content-Type" => header::CONTENT_TYPE,
+        b"Date" => header::DATE,
+        b"Server" => header::SERVER,
+        b"Connection" => header::CONNECTION,
+        b"Cache-Control" => header::CACHE_CONTROL,
+        b"Transfer-Encoding" => header::TRANSFER_ENCODING,
+        b"Last-Modified" => header::LAST_MODIFIED,
+        b"ETag" => header::ETAG,
+        b"Vary" => header::VARY,
+        b"Set-Cookie" => header::SET_COOKIE,
+        _ => HeaderName::from_bytes(bytes).map_err(|_| HeadError::Header)?,
+    })
+}
+
+static KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
+
+/// The comma-separated, trimmed, non-empty tokens of a field value.
+fn tokens(value: &[u8]) -> impl Iterator<Item = &[u8]> {
+    value
+        .split(|&b| b == b',')
+        .map(<[u8]>::trim_ascii)
+        .filter(|t| !t.is_empty())
 }
 
 fn framing(
     status: StatusCode,
     version: Version,
-    headers: &HeaderMap,
+    fields: &Fields,
     to_head: bool,
 ) -> Result<Framing, HeadError> {
     let no_body = status.is_informational()
         || status == StatusCode::NO_CONTENT
         || status == StatusCode::NOT_MODIFIED
         || to_head;
-    let length = content_length(headers)?;
-    let coded = headers.contains_key(header::TRANSFER_ENCODING);
     if no_body {
         return Ok(Framing::Empty);
     }
-    if coded {
+    if fields.coded {
         if version == Version::HTTP_10 {
             return Err(HeadError::TransferEncodingInHttp10);
         }
-        if length.is_some() {
+        if fields.length.is_some() {
             return Err(HeadError::BothFramings);
         }
-        if !only_chunked(headers) {
+        if !fields.only_chunked {
             return Err(HeadError::TransferCoding);
         }
         return Ok(Framing::Chunked);
     }
-    Ok(length.map_or(Framing::Close, Framing::Length))
-}
-
-/// The one length every `Content-Length` line and list item says, if any.
-fn content_length(headers: &HeaderMap) -> Result<Option<u64>, HeadError> {
-    let mut length = None;
-    for value in headers.get_all(header::CONTENT_LENGTH) {
-        for item in value.as_bytes().split(|&b| b == b',') {
-            let n = digits(trim(item)).ok_or(HeadError::ContentLength)?;
-            if length.is_some_and(|l| l != n) {
-                return Err(HeadError::ContentLength);
-            }
-            length = Some(n);
-        }
-    }
-    Ok(length)
+    Ok(fields.length.map_or(Framing::Close, Framing::Length))
 }
 
 /// A non-empty run of ASCII digits as a number, without overflow.
@@ -208,32 +293,6 @@ fn digits(s: &[u8]) -> Option<u64> {
             .then(|| n.checked_mul(10)?.checked_add(u64::from(b - b'0')))
             .flatten()
     })
-}
-
-fn trim(s: &[u8]) -> &[u8] {
-    s.trim_ascii()
-}
-
-/// Whether the transfer codings, over every line, are `chunked` alone.
-fn only_chunked(headers: &HeaderMap) -> bool {
-    let mut codings = headers
-        .get_all(header::TRANSFER_ENCODING)
-        .iter()
-        .flat_map(|v| v.as_bytes().split(|&b| b == b','))
-        .map(trim)
-        .filter(|c| !c.is_empty());
-    codings
-        .next()
-        .is_some_and(|c| c.eq_ignore_ascii_case(b"chunked"))
-        && codings.next().is_none()
-}
-
-fn says_close(headers: &HeaderMap) -> bool {
-    headers
-        .get_all(header::CONNECTION)
-        .iter()
-        .flat_map(|v| v.as_bytes().split(|&b| b == b','))
-        .any(|t| trim(t).eq_ignore_ascii_case(b"close"))
 }
 
 #[cfg(test)]
@@ -261,6 +320,83 @@ mod tests {
         let values: Vec<_> = head.headers.get_all("x-a").iter().collect();
         assert_eq!(values, ["1", "2"]);
         assert_eq!(&buf[..], b"hello");
+    }
+
+    #[test]
+    fn the_connection_s_own_fields_are_consumed_and_the_length_made_one_number() {
+        let names = |wire: &str| {
+            let head = parse_all(wire.as_bytes(), false).unwrap().unwrap();
+            let fields: Vec<String> = head
+                .headers
+                .iter()
+                .map(|(n, v)| format!("{n}: {}", v.to_str().unwrap()))
+                .collect();
+            fields.join("; ")
+        };
+        assert_eq!(
+            names(
+                "HTTP/1.1 200 OK\r\nServer: a\r\nContent-Length: 5, 5\r\nConnection: keep-alive\r\nKeep-Alive: timeout=5\r\nContent-Length: 5\r\nX-B: 1\r\n\r\n"
+            ),
+            "server: a; content-length: 5; x-b: 1"
+        );
+        assert_eq!(
+            names("HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n"),
+            ""
+        );
+        // A line that names fields stays, for the proxy to remove them.
+        assert_eq!(
+            names(
+                "HTTP/1.1 200 OK\r\nConnection: keep-alive\r\nConnection: x-secret\r\nX-Secret: 1\r\nContent-Length: 0\r\n\r\n"
+            ),
+            "connection: x-secret; x-secret: 1; content-length: 0"
+        );
+        // Without a body, the coding still decides: no length goes on.
+        let head = parse_all(
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nContent-Length: 5\r\n\r\n",
+            true,
+        )
+        .unwrap()
+        .unwrap();
+        assert!(head.headers.is_empty());
+    }
+
+    #[test]
+    fn common_names_are_the_names_from_bytes_makes() {
+        for name in [
+            "Content-Length",
+            "Content-Type",
+            "Date",
+            "Server",
+            "Connection",
+            "Cache-Control",
+            "Transfer-Encoding",
+            "Last-Modified",
+            "ETag",
+            "Vary",
+            "Set-Cookie",
+            "content-length",
+            "X-Custom",
+        ] {
+            assert_eq!(
+                header_name(name.as_bytes()).unwrap(),
+                HeaderName::from_bytes(name.as_bytes()).unwrap()
+            );
+        }
+        assert_eq!(header_name(b"Bad Name"), Err(HeadError::Header));
+    }
+
+    #[test]
+    fn a_bare_lf_is_found_wherever_it_is() {
+        assert!(!has_bare_lf(b""));
+        assert!(!has_bare_lf(b"HTTP/1.1 200 OK\r\nA: b\r\n\r\n"));
+        for bare in [
+            &b"\n"[..],
+            b"\nHTTP/1.1",
+            b"HTTP/1.1 200 OK\nA: b\r\n\r\n",
+            b"A: b\r\n\n",
+        ] {
+            assert!(has_bare_lf(bare), "{:?}", String::from_utf8_lossy(bare));
+        }
     }
 
     #[test]

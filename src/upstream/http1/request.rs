@@ -8,7 +8,7 @@ use std::task::{Context, Poll, ready};
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 use http::Method;
-use http::header::{self, HeaderValue};
+use http::header::{self, HeaderName, HeaderValue};
 use http_body::{Body, Frame};
 use tokio::net::TcpStream;
 
@@ -56,8 +56,13 @@ impl Outbound {
     /// no framing of its own (any `Content-Length` the client gave stays);
     /// otherwise a `Content-Length` frames it, or one from the body's exact
     /// size, or else chunked.
-    /// `body` is `None` for a request that has none (a health probe).
-    pub fn new(parts: &http::request::Parts, body: Option<RequestBody>) -> Self {
+    /// `added` are fields written behind `parts`' own. `body` is `None`
+    /// for a request that has none (a health probe).
+    pub fn new<'a>(
+        parts: &'a http::request::Parts,
+        added: impl Iterator<Item = (&'a HeaderName, &'a HeaderValue)> + Clone,
+        body: Option<RequestBody>,
+    ) -> Self {
         let body = body.filter(|b| !b.is_end_stream());
         let mut framing = match &body {
             None => Framing::None,
@@ -66,12 +71,12 @@ impl Outbound {
         };
         let exact = body.as_ref().and_then(|b| b.size_hint().exact());
         let target = parts.uri.path_and_query().map_or("/", |p| p.as_str());
-        let mut head = BytesMut::with_capacity(head_size(parts, target));
+        let mut head = BytesMut::with_capacity(head_size(parts, added.clone(), target));
         head.put_slice(parts.method.as_str().as_bytes());
         head.put_u8(b' ');
         head.put_slice(target.as_bytes());
         head.put_slice(b" HTTP/1.1\r\n");
-        for (name, value) in &parts.headers {
+        for (name, value) in parts.headers.iter().chain(added) {
             field(&mut head, name.as_str().as_bytes(), value);
         }
         if framing == Framing::Chunked {
@@ -241,10 +246,15 @@ fn field(head: &mut BytesMut, name: &[u8], value: &HeaderValue) {
 }
 
 /// The head's size, so it is written into one allocation.
-fn head_size(parts: &http::request::Parts, target: &str) -> usize {
+fn head_size<'a>(
+    parts: &'a http::request::Parts,
+    added: impl Iterator<Item = (&'a HeaderName, &'a HeaderValue)>,
+    target: &str,
+) -> usize {
     let fields: usize = parts
         .headers
         .iter()
+        .chain(added)
         .map(|(n, v)| n.as_str().len() + v.len() + 4)
         .sum();
     // Request line, framing header, final CRLF, and room for a small body.
