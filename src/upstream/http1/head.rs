@@ -217,8 +217,8 @@ fn header_map(bytes: &Bytes, lines: &[Line]) -> Result<(HeaderMap, Fields), Head
         headers.append(name, value);
     }
     if fields.coded && fields.length.is_some() {
-        // Only a message without a body gets this far (see `framing`):
-        // the coding decides, so no length goes on.
+        // Both framings pass only on a message without a body (`framing`
+        // refuses them otherwise): the coding decides, so no length goes on.
         headers.remove(header::CONTENT_LENGTH);
     }
     Ok((headers, fields))
