@@ -534,8 +534,6 @@ mod tests {
         assert_eq!(h["x-forwarded-proto"], "http");
     }
 
-    /// What a client behind another proxy sends: a chain, the scheme and
-    /// the host as that proxy saw them.
     #[test]
     fn fresh_fields_are_what_add_forwarded_adds_to_a_request_without_any() {
         let client = client_value("10.0.0.9".parse().unwrap());
@@ -559,6 +557,8 @@ mod tests {
         }
     }
 
+    /// What a client behind another proxy sends: a chain, the scheme and
+    /// the host as that proxy saw them.
     fn forwarded_request() -> HeaderMap {
         map(&[
             ("x-forwarded-for", "203.0.113.50"),
