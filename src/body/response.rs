@@ -31,8 +31,8 @@ pub struct Completion {
 }
 
 impl Completion {
-    fn finish(self, sent: u64, server: Option<&str>) {
-        let elapsed = self.started.elapsed();
+    fn finish(self, sent: u64, server: Option<&str>, now: Instant) {
+        let elapsed = now.saturating_duration_since(self.started);
         self.series.record(self.status, elapsed, sent);
         if let Some(entry) = self.log {
             entry.write(Outcome {
@@ -104,8 +104,10 @@ impl ResponseBody {
     }
 }
 
-impl Drop for ResponseBody {
-    fn drop(&mut self) {
+impl ResponseBody {
+    /// Ends the request at `now`, as dropping the body does (which reads
+    /// the clock for it), for a caller that has read the clock already.
+    pub fn finish(&mut self, now: Instant) {
         // The lease goes first, so a request that is counted or logged is
         // no longer in flight anywhere.
         let server = self.lease.take().map(|lease| {
@@ -116,11 +118,19 @@ impl Drop for ResponseBody {
                 Inner::Upstream(Upstream::Http1(body)) => body.take_reusable(),
                 _ => None,
             };
-            lease.release(conn);
+            lease.release(conn, now);
             server
         });
         if let Some(completion) = self.completion.take() {
-            completion.finish(self.sent, server.as_ref().map(|s| s.label.as_str()));
+            completion.finish(self.sent, server.as_ref().map(|s| s.label.as_str()), now);
+        }
+    }
+}
+
+impl Drop for ResponseBody {
+    fn drop(&mut self) {
+        if self.lease.is_some() || self.completion.is_some() {
+            self.finish(Instant::now());
         }
     }
 }

@@ -212,14 +212,17 @@ pub async fn probe(
             .into_parts();
         let outbound = Box::new(http1::Outbound::new(&request, std::iter::empty(), None));
         let connection = http1::Connection::new(stream);
-        let response = http1::send(connection, outbound, PROBE_HEAD_LIMIT)
+        let response = http1::send(connection, outbound, PROBE_HEAD_LIMIT, None)
             .await
             .map_err(|e| {
                 ProbeError::Http(match e {
                     http1::SendError::Upstream(e) => e,
                     http1::SendError::Unsent(e, _) => http1::Error::Io(e),
-                    // A probe has no body to fail.
-                    http1::SendError::ClientBody(_) => http1::Error::Closed,
+                    // A probe has no body to fail, and its timeout is
+                    // the caller's.
+                    http1::SendError::ClientBody(_) | http1::SendError::TimedOut(_) => {
+                        http1::Error::Closed
+                    }
                 })
             })?;
         let status = response.status();

@@ -61,6 +61,7 @@ impl From<SendError> for ProxyError {
             SendError::Unsent(e, _) => Self::Http1(http1::Error::Io(e)),
             SendError::Upstream(e) => Self::Http1(e),
             SendError::ClientBody(e) => Self::ClientBody(e),
+            SendError::TimedOut(limit) => Self::ResponseTimeout(limit),
         }
     }
 }

@@ -27,6 +27,7 @@ use http::header::{self, HeaderValue};
 use http::uri::{Authority, PathAndQuery, Scheme, Uri};
 use http::{Request, Response, StatusCode, Version};
 use hyper::body::Incoming;
+use hyper::client::conn::{TrySendError, http2};
 use tokio::time::Instant;
 
 pub use error::{Fault, ProxyError, error_text, local_response};
@@ -53,7 +54,9 @@ pub struct Client {
     pub tls: bool,
     pub listener: Arc<ListenerSnapshot>,
     /// The tunnel to start once this connection has switched protocols.
-    pub tunnel: std::sync::Mutex<Option<Tunnel>>,
+    /// Boxed: every connection, idle ones too, holds the slot, and few
+    /// ever fill it.
+    pub tunnel: std::sync::Mutex<Option<Box<Tunnel>>>,
 }
 
 impl Client {
@@ -72,11 +75,11 @@ impl Client {
     }
 
     fn upgrade(&self, tunnel: Tunnel) {
-        *self.tunnel.lock().unwrap_or_else(|e| e.into_inner()) = Some(tunnel);
+        *self.tunnel.lock().unwrap_or_else(|e| e.into_inner()) = Some(Box::new(tunnel));
     }
 
     /// The tunnel a 101 response set up, if any.
-    pub fn take_tunnel(&self) -> Option<Tunnel> {
+    pub fn take_tunnel(&self) -> Option<Box<Tunnel>> {
         self.tunnel.lock().unwrap_or_else(|e| e.into_inner()).take()
     }
 }
@@ -368,16 +371,13 @@ async fn exchange(
         let (conn, lease) = picked.connect(snapshot, &mut rng, &mut now).await?;
         (index, may_move) = (picked.index, picked.may_move);
         let server = &upstream.servers[index];
-        let deadline = response_deadline(upstream, &mut outgoing.body_sent, now);
+        let limit = upstream.config.response_timeout;
         let message = std::mem::replace(&mut outgoing.message, Message::Sent);
         let sent = match (conn, message) {
             (Conn::Http1(conn), Message::Http1(outbound)) => {
-                let result = tokio::select! {
-                    biased;
-                    r = http1::send(conn, outbound, outgoing.max_head) => r,
-                    timeout = deadline => return Err(failed(snapshot, upstream, server, ProxyError::ResponseTimeout(timeout))),
-                };
-                match result {
+                // The connection's own timer, not one per request.
+                let timeout = http1::ResponseTimeout { sent: now, limit };
+                match http1::send(conn, outbound, outgoing.max_head, Some(timeout)).await {
                     Ok(response) => Ok(response.map(UpstreamBody::Http1)),
                     Err(SendError::Unsent(e, outbound)) if unsent_retries > 0 => {
                         tracing::debug!(server = %server.addr, error = %e, "connection closed before the request left; sending it again");
@@ -387,11 +387,15 @@ async fn exchange(
                     Err(e) => return Err(failed(snapshot, upstream, server, ProxyError::from(e))),
                 }
             }
-            (Conn::Http2(mut sender), Message::Http2(request)) => {
-                let result = tokio::select! {
-                    biased;
-                    r = sender.try_send_request(*request) => r,
-                    timeout = deadline => return Err(failed(snapshot, upstream, server, ProxyError::ResponseTimeout(timeout))),
+            (Conn::Http2(sender), Message::Http2(request)) => {
+                let body_sent = &mut outgoing.body_sent;
+                let result = match Box::pin(send_h2(sender, *request, limit, body_sent, now)).await
+                {
+                    Ok(result) => result,
+                    Err(timeout) => {
+                        let e = ProxyError::ResponseTimeout(timeout);
+                        return Err(failed(snapshot, upstream, server, e));
+                    }
                 };
                 match result {
                     Ok(response) => Ok(response.map(UpstreamBody::Http2)),
@@ -482,24 +486,32 @@ impl Picked<'_> {
     }
 }
 
-/// Resolves with the response timeout once it has passed, counted from the
-/// end of the request body, so a long upload is not cut off (a stalled one
-/// is, by the body timeout). `now` is when the request went out.
-fn response_deadline<'a>(
-    upstream: &Upstream,
-    body_sent: &'a mut BodySent,
+/// The HTTP/2 exchange: sends `request` and waits for the response head,
+/// or for the response timeout (`Err`, the limit), counted from the end of
+/// the request body, so that a long upload is not cut off (a stalled one
+/// is, by the body timeout); `now` is when the request went out. Boxed
+/// where it is awaited: it is the largest state a request's future would
+/// hold, and hyper moves every request's future, HTTP/1.1 ones too, whole.
+async fn send_h2(
+    mut sender: http2::SendRequest<RequestBody>,
+    request: Request<RequestBody>,
+    limit: Duration,
+    body_sent: &mut BodySent,
     now: Instant,
-) -> impl Future<Output = Duration> + 'a {
-    let timeout = upstream.config.response_timeout;
-    async move {
+) -> Result<Result<Response<Incoming>, TrySendError<Request<RequestBody>>>, Duration> {
+    let deadline = async {
         let from = if body_sent.is_done() {
             now
         } else {
             body_sent.wait().await;
             Instant::now()
         };
-        tokio::time::sleep_until(from + timeout).await;
-        timeout
+        tokio::time::sleep_until(from + limit).await;
+    };
+    tokio::select! {
+        biased;
+        r = sender.try_send_request(request) => Ok(r),
+        () = deadline => Err(limit),
     }
 }
 
@@ -542,9 +554,12 @@ fn respond(
         client.upgrade(Tunnel { upstream, lease });
         return Ok(Response::from_parts(parts, ResponseBody::empty()));
     }
-    // What is left of them: an HTTP/1.1 response's `Connection` naming
-    // other fields, `Upgrade` without a switch, `Proxy-Connection`.
-    headers::remove_hop_by_hop(&mut parts.headers, false);
+    // An HTTP/1.1 response comes without them: corral's client consumes
+    // them as it reads the head. The h2 crate refuses most in HTTP/2, but
+    // not all (`HTTP2-Settings`).
+    if let UpstreamBody::Http2(_) = body {
+        headers::remove_hop_by_hop(&mut parts.headers, false);
+    }
     Ok(Response::from_parts(
         parts,
         ResponseBody::upstream(body, lease),

@@ -27,14 +27,14 @@ impl Tunnel {
             let server = self.lease.server().addr;
             let (mut upstream, early) = self.upstream.into_parts();
             if let Err(e) = client.write_all(&early).await {
-                self.lease.release(None);
+                drop(self.lease);
                 return tracing::debug!(error = %e, %server, "tunnel ended before it began");
             }
             match tokio::io::copy_bidirectional(&mut client, &mut upstream).await {
                 Ok((up, down)) => tracing::debug!(up, down, %server, "tunnel closed"),
                 Err(e) => tracing::debug!(error = %e, %server, "tunnel ended with an error"),
             }
-            self.lease.release(None);
+            drop(self.lease);
         });
     }
 }

@@ -116,16 +116,14 @@ impl Pool {
         None
     }
 
-    /// Pools `conn`; says whether a sweeper must be started for the list.
-    fn put_idle(&self, conn: http1::Connection) -> bool {
+    /// Pools `conn`, idle since `now`; says whether a sweeper must be
+    /// started for the list.
+    fn put_idle(&self, conn: http1::Connection, now: Instant) -> bool {
         let mut idle = lock(&self.idle);
         if idle.conns.len() >= self.max_idle {
             return false;
         }
-        idle.conns.push(Idle {
-            conn,
-            since: Instant::now(),
-        });
+        idle.conns.push(Idle { conn, since: now });
         !std::mem::replace(&mut idle.swept, true)
     }
 
@@ -142,9 +140,9 @@ impl Pool {
         next
     }
     /// Takes back an HTTP/1.1 connection whose request and response both
-    /// ended cleanly.
-    pub(super) fn checkin(self: &Arc<Self>, conn: http1::Connection) {
-        if !self.put_idle(conn) {
+    /// ended cleanly, at `now`.
+    pub(super) fn checkin(self: &Arc<Self>, conn: http1::Connection, now: Instant) {
+        if !self.put_idle(conn, now) {
             return;
         }
         // Outside a runtime (never while serving) the list is only trimmed

@@ -136,11 +136,11 @@ impl Lease {
         &self.server
     }
 
-    /// Ends the lease, giving back `conn` (an HTTP/1.1 connection whose
-    /// exchange ended cleanly) to serve another request.
-    pub fn release(self, conn: Option<http1::Connection>) {
+    /// Ends the lease at `now`, giving back `conn` (an HTTP/1.1 connection
+    /// whose exchange ended cleanly) to serve another request.
+    pub fn release(self, conn: Option<http1::Connection>, now: Instant) {
         if let Some(conn) = conn {
-            self.server.pool.checkin(conn);
+            self.server.pool.checkin(conn, now);
         }
     }
 }

@@ -32,7 +32,7 @@ pub async fn serve(
     peer: SocketAddr,
     listener: Arc<ListenerSnapshot>,
     snapshot: SharedSnapshot,
-    shutdown: CancellationToken,
+    shutdown: Arc<CancellationToken>,
     heads: Arc<HeadBudget>,
 ) {
     listener.connections.add(1);

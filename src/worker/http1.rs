@@ -9,6 +9,7 @@
 //! one read is charged to the worker's budget for heads in flight while it
 //! arrives, and shed past it (see `head_budget`).
 
+use std::task::Poll;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -74,11 +75,18 @@ where
     tokio::pin!(serving);
     let mut parking = false;
     // One timer, moved rather than re-created: it runs at least every
-    // PARK_AFTER, which is how an idle connection gets parked without
+    // PARK_AFTER, which is how an idle connection gets parked, and how a
+    // connection between requests learns that the worker drains, without
     // waking its task on every request.
     let timer = tokio::time::sleep(PARK_AFTER);
     tokio::pin!(timer);
     let parts = loop {
+        // The drain is noticed here between requests; a response on its
+        // way looks for it itself (see `service`), so as to ask the client
+        // to close.
+        if !conn.activity.is_draining() && conn.shutdown.is_cancelled() {
+            conn.activity.drain();
+        }
         let idle = keepalive(conn).min(PARK_AFTER);
         let header = settings.header_timeout;
         let deadline = conn
@@ -89,36 +97,45 @@ where
         if timer.deadline() != deadline {
             timer.as_mut().reset(deadline);
         }
-        tokio::select! {
-            // The drain first, so that a response finished in the same
-            // turn already asks the client to close.
-            biased;
-            () = conn.shutdown.cancelled(), if !conn.activity.is_draining() => conn.activity.drain(),
-            ended = std::future::poll_fn(|cx| {
-                let ended = serving.as_mut().poll(cx);
-                head.settle(&conn.activity, cx);
-                ended
-            }) => match ended {
-                Ok(parts) => break parts,
-                Err(e) => {
-                    record_refusal(conn);
-                    tracing::debug!(client = %conn.peer, error = %e, "connection ended with an error");
-                    return None;
-                }
-            },
-            () = timer.as_mut(), if !parking => match conn.activity.expired(header, idle) {
-                Some(Expired::Header) => {
-                    tracing::debug!(client = %conn.peer, "request head not received in time; closing");
-                    return None;
-                }
-                // Idle: end hyper's connection at its next read (which
-                // now reads as end-of-file) and keep the socket.
-                Some(Expired::Idle) => {
-                    conn.activity.request_park();
-                    parking = true;
-                }
-                None => {}
-            },
+        // Whether the timer holds this task's waker for its deadline. A
+        // connection's future is polled by its own task only, so once it
+        // does, the timer needs a poll again only when it has fired: most
+        // wakes are the sockets', and they poll the HTTP state alone.
+        let mut armed = false;
+        let ended = std::future::poll_fn(|cx| {
+            let ended = serving.as_mut().poll(cx);
+            head.settle(&conn.activity, cx);
+            if let Poll::Ready(ended) = ended {
+                return Poll::Ready(Some(ended));
+            }
+            if parking || (armed && !timer.is_elapsed()) {
+                return Poll::Pending;
+            }
+            armed = true;
+            timer.as_mut().poll(cx).map(|()| None)
+        })
+        .await;
+        match ended {
+            Some(Ok(parts)) => break parts,
+            Some(Err(e)) => {
+                record_refusal(conn);
+                tracing::debug!(client = %conn.peer, error = %e, "connection ended with an error");
+                return None;
+            }
+            None => {}
+        }
+        match conn.activity.expired(header, idle) {
+            Some(Expired::Header) => {
+                tracing::debug!(client = %conn.peer, "request head not received in time; closing");
+                return None;
+            }
+            // Idle: end hyper's connection at its next read (which now
+            // reads as end-of-file) and keep the socket.
+            Some(Expired::Idle) => {
+                conn.activity.request_park();
+                parking = true;
+            }
+            None => {}
         }
     };
     if record_refusal(conn) {

@@ -66,7 +66,9 @@ struct AcceptLoop {
 #[derive(Debug, Clone)]
 struct Shared {
     snapshot: SharedSnapshot,
-    shutdown: CancellationToken,
+    /// Shared by reference count: every connection holds it, and cloning
+    /// the token itself takes its lock.
+    shutdown: Arc<CancellationToken>,
     connections: TaskTracker,
     heads: Arc<HeadBudget>,
 }
@@ -78,7 +80,7 @@ impl Server {
         Self {
             shared: Shared {
                 snapshot,
-                shutdown,
+                shutdown: Arc::new(shutdown),
                 connections: TaskTracker::new(),
                 heads: HeadBudget::new(charged),
             },

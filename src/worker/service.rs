@@ -28,7 +28,7 @@ pub struct Conn {
     pub listener: Arc<ListenerSnapshot>,
     pub snapshot: SharedSnapshot,
     pub activity: Arc<Activity>,
-    pub shutdown: CancellationToken,
+    pub shutdown: Arc<CancellationToken>,
     pub client: Arc<Client>,
     /// The worker's budget for request heads in flight.
     pub heads: Arc<HeadBudget>,
@@ -49,16 +49,20 @@ pub fn service(
     let activity = conn.activity.clone();
     let shared = conn.snapshot.clone();
     let client = conn.client.clone();
+    let shutdown = conn.shutdown.clone();
     service_fn(move |request: Request<Incoming>| {
         let multiplexed = request.version() == Version::HTTP_2;
         let guard = activity.begin(multiplexed);
         let snapshot = shared.load_full();
         let client = client.clone();
+        let shutdown = shutdown.clone();
         // A combinator, not an `async` block (see `proxy::handle`).
         proxy::then::then(
             proxy::handle(snapshot, client, request),
             move |mut response| {
-                if guard.activity().is_draining() && !multiplexed {
+                // Read as the response leaves, not when the connection
+                // task last looked (see `http1`).
+                if !multiplexed && draining(guard.activity(), &shutdown) {
                     // Tell the client, before it sends another request on this
                     // connection, that the connection is closing.
                     let close = http::HeaderValue::from_static("close");
@@ -66,20 +70,34 @@ pub fn service(
                         .headers_mut()
                         .insert(http::header::CONNECTION, close);
                 }
-                Ok::<_, Infallible>(response.map(|body| Tracked {
-                    body,
-                    _guard: guard,
-                }))
+                Ok::<_, Infallible>(response.map(|body| Tracked { body, guard }))
             },
         )
     })
+}
+
+/// Whether the worker drains, noted in `activity` once seen.
+fn draining(activity: &Activity, shutdown: &CancellationToken) -> bool {
+    if !activity.is_draining() && shutdown.is_cancelled() {
+        activity.drain();
+    }
+    activity.is_draining()
 }
 
 /// A response body that marks its request finished for [`Activity`] when
 /// hyper is done with it.
 pub struct Tracked {
     body: ResponseBody,
-    _guard: RequestGuard,
+    guard: RequestGuard,
+}
+
+impl Drop for Tracked {
+    fn drop(&mut self) {
+        // One clock reading for all that ends with the request.
+        let now = tokio::time::Instant::now();
+        self.body.finish(now);
+        self.guard.end(now);
+    }
 }
 
 impl Body for Tracked {

@@ -77,7 +77,12 @@ impl Activity {
     }
 
     fn now_ms(&self) -> u64 {
-        u64::try_from(self.epoch.elapsed().as_millis()).unwrap_or(NONE - 1)
+        self.ms_at(Instant::now())
+    }
+
+    fn ms_at(&self, at: Instant) -> u64 {
+        let ms = at.saturating_duration_since(self.epoch).as_millis();
+        u64::try_from(ms).unwrap_or(NONE - 1)
     }
 
     fn at(&self, ms: u64) -> Instant {
@@ -101,7 +106,10 @@ impl Activity {
         self.in_flight.fetch_add(1, Ordering::Relaxed);
         self.requests.fetch_add(1, Ordering::Relaxed);
         self.head_since.store(NONE, Ordering::Relaxed);
-        RequestGuard(self.clone())
+        RequestGuard {
+            activity: self.clone(),
+            ended: false,
+        }
     }
 
     /// Requests begun over the connection's life.
@@ -213,23 +221,36 @@ impl Activity {
     }
 }
 
-/// Marks the end of a request when dropped (with its response body).
+/// Marks the end of a request when dropped (with its response body), or
+/// at [`RequestGuard::end`].
 #[derive(Debug)]
-pub struct RequestGuard(Arc<Activity>);
+pub struct RequestGuard {
+    activity: Arc<Activity>,
+    ended: bool,
+}
 
 impl RequestGuard {
     pub fn activity(&self) -> &Activity {
-        &self.0
+        &self.activity
+    }
+
+    /// Marks the end of the request at `now`, a reading the caller has.
+    pub fn end(&mut self, now: Instant) {
+        if std::mem::replace(&mut self.ended, true) {
+            return;
+        }
+        let a = &self.activity;
+        if a.in_flight.fetch_sub(1, Ordering::Relaxed) == 1 {
+            // `max(1)`: 0 means "never idle yet" to `deadline`.
+            a.idle_since.store(a.ms_at(now).max(1), Ordering::Relaxed);
+        }
     }
 }
 
 impl Drop for RequestGuard {
     fn drop(&mut self) {
-        if self.0.in_flight.fetch_sub(1, Ordering::Relaxed) == 1 {
-            // `max(1)`: 0 means "never idle yet" to `deadline`.
-            self.0
-                .idle_since
-                .store(self.0.now_ms().max(1), Ordering::Relaxed);
+        if !self.ended {
+            self.end(Instant::now());
         }
     }
 }

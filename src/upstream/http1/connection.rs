@@ -1,11 +1,13 @@
-//! An HTTP/1.1 connection to an upstream server: its socket and the bytes
-//! read from it but not yet used.
+//! An HTTP/1.1 connection to an upstream server: its socket, the bytes
+//! read from it but not yet used, and the timer its exchanges wait on.
 
 use std::io;
+use std::pin::Pin;
 use std::task::{Context, Poll, ready};
 
 use bytes::BytesMut;
 use tokio::net::TcpStream;
+use tokio::time::{Instant, Sleep};
 
 /// The first read of a response reserves this much: most heads, and many
 /// whole responses, fit.
@@ -18,6 +20,10 @@ pub struct Connection {
     /// Bytes read and not yet used. Empty, and without an allocation, while
     /// the connection waits in the pool.
     pub(super) buf: BytesMut,
+    /// The response timeout of the exchange under way, kept from one
+    /// exchange to the next (see `poll_deadline`). Boxed: a timer is
+    /// pinned where it is registered, and the connection moves.
+    timer: Option<Pin<Box<Sleep>>>,
 }
 
 impl Connection {
@@ -25,6 +31,7 @@ impl Connection {
         Self {
             stream,
             buf: BytesMut::new(),
+            timer: None,
         }
     }
 
@@ -50,7 +57,11 @@ impl Connection {
         cx: &mut Context<'_>,
         size: usize,
     ) -> Poll<io::Result<usize>> {
-        if self.buf.capacity() - self.buf.len() < size / 2 {
+        if self.buf.capacity() == 0 {
+            // As it comes out of the pool: a plain allocation costs half
+            // what growing an empty buffer does.
+            self.buf = BytesMut::with_capacity(size);
+        } else if self.buf.capacity() - self.buf.len() < size / 2 {
             self.buf.reserve(size);
         }
         loop {
@@ -60,6 +71,32 @@ impl Connection {
                 read => return Poll::Ready(read),
             }
         }
+    }
+
+    /// Ready once `deadline` has passed; until then the task `cx` belongs
+    /// to is woken when it does.
+    ///
+    /// The timer stays registered between exchanges, and is moved only
+    /// when it fires before the deadline at hand (as nginx's timers are
+    /// lazy): with a timeout of seconds and exchanges of milliseconds, an
+    /// exchange then costs one poll of the timer rather than a timer's
+    /// registration and removal.
+    pub(super) fn poll_deadline(&mut self, cx: &mut Context<'_>, deadline: Instant) -> Poll<()> {
+        let timer = self
+            .timer
+            .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline)));
+        // Never later than the deadline: a reload may have shortened it.
+        if timer.deadline() > deadline {
+            timer.as_mut().reset(deadline);
+        }
+        while timer.as_mut().poll(cx).is_ready() {
+            if timer.deadline() == deadline {
+                return Poll::Ready(());
+            }
+            // An earlier exchange's deadline.
+            timer.as_mut().reset(deadline);
+        }
+        Poll::Pending
     }
 
     /// Leaves the connection as the pool keeps it: nothing buffered.

@@ -5,8 +5,10 @@
 
 use std::io;
 use std::task::{Context, Poll, ready};
+use std::time::Duration;
 
 use http::{Response, StatusCode};
+use tokio::time::Instant;
 
 use super::body::Http1Body;
 use super::connection::{Connection, FIRST_READ};
@@ -23,6 +25,18 @@ pub enum SendError {
     Upstream(Error),
     /// The client's body failed while it was being sent.
     ClientBody(BodyError),
+    /// No response head within the response timeout (the limit).
+    TimedOut(Duration),
+}
+
+/// How long a server has to answer: `limit`, counted from the end of the
+/// request body, so that a long upload is not cut off (a stalled one is,
+/// by the body timeout). `sent` is when the request went out, where the
+/// count starts for a request that leaves whole at once.
+#[derive(Debug, Clone, Copy)]
+pub struct ResponseTimeout {
+    pub sent: Instant,
+    pub limit: Duration,
 }
 
 /// Sends `outbound` over `conn` and reads the response head, skipping
@@ -31,8 +45,13 @@ pub async fn send(
     mut conn: Connection,
     mut outbound: Box<Outbound>,
     max_head: usize,
+    timeout: Option<ResponseTimeout>,
 ) -> Result<Response<Http1Body>, SendError> {
     let mut write_failed = None;
+    // Whether the request is still on its first poll, then when the
+    // response is due (once the request is through).
+    let mut first = true;
+    let mut due = None;
     let head = std::future::poll_fn(|cx| {
         if write_failed.is_none() && !outbound.is_sent() {
             match outbound.poll_write(&conn.stream, cx) {
@@ -47,13 +66,28 @@ pub async fn send(
                 Poll::Ready(Ok(())) | Poll::Pending => {}
             }
         }
-        poll_head(&mut conn, cx, max_head, outbound.to_head).map_err(Stop::Upstream)
+        if let Poll::Ready(head) = poll_head(&mut conn, cx, max_head, outbound.to_head) {
+            return Poll::Ready(head.map_err(Stop::Upstream));
+        }
+        let through = outbound.is_sent() || write_failed.is_some();
+        if let (Some(timeout), None, true) = (timeout, due, through) {
+            let from = if first { timeout.sent } else { Instant::now() };
+            due = Some(from + timeout.limit);
+        }
+        first = false;
+        match (timeout, due) {
+            (Some(timeout), Some(due)) => conn
+                .poll_deadline(cx, due)
+                .map(|()| Err(Stop::TimedOut(timeout.limit))),
+            _ => Poll::Pending,
+        }
     })
     .await;
     let head = match head {
         Ok(head) => head,
         Err(Stop::Unsent(e)) => return Err(SendError::Unsent(e, outbound)),
         Err(Stop::ClientBody(e)) => return Err(SendError::ClientBody(e)),
+        Err(Stop::TimedOut(limit)) => return Err(SendError::TimedOut(limit)),
         // A write that failed explains an end of stream better.
         Err(Stop::Upstream(Error::Closed)) if write_failed.is_some() => {
             return Err(SendError::Upstream(Error::Io(
@@ -86,6 +120,7 @@ enum Stop {
     Unsent(io::Error),
     ClientBody(BodyError),
     Upstream(Error),
+    TimedOut(Duration),
 }
 
 /// Reads until a final response head (or a 101) is complete.

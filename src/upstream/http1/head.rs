@@ -65,6 +65,11 @@ pub enum HeadError {
 /// Offsets of one header line's name and value in the head.
 type Line = (u32, u32, u32, u32);
 
+/// The header lines nearly every head fits in. Room for them costs a
+/// fraction of what room for [`MAX_HEADERS`] does to clear; a head with
+/// more is parsed again with that.
+const FEW_HEADERS: usize = 24;
+
 /// Parses the response head at the start of `buf`: `None` while it is
 /// incomplete (and under `max_bytes`). A complete head is taken off the
 /// front of `buf`, and header values share its bytes rather than copying
@@ -74,21 +79,32 @@ pub fn parse(
     max_bytes: usize,
     to_head: bool,
 ) -> Result<Option<Head>, HeadError> {
-    let mut lines: [Line; MAX_HEADERS] = [(0, 0, 0, 0); MAX_HEADERS];
+    parse_with::<FEW_HEADERS>(buf, max_bytes, to_head).unwrap_or_else(|| {
+        parse_with::<MAX_HEADERS>(buf, max_bytes, to_head)
+            .unwrap_or(Err(HeadError::TooLarge(max_bytes)))
+    })
+}
+
+/// [`parse`] with room for `N` header lines; `None` if the head has more.
+fn parse_with<const N: usize>(
+    buf: &mut BytesMut,
+    max_bytes: usize,
+    to_head: bool,
+) -> Option<Result<Option<Head>, HeadError>> {
+    let mut lines: [Line; N] = [(0, 0, 0, 0); N];
     let (len, code, version, count) = {
-        let mut headers = [const { MaybeUninit::uninit() }; MAX_HEADERS];
+        let mut headers = [const { MaybeUninit::uninit() }; N];
         let mut response = httparse::Response::new(&mut []);
         let len =
             match parser().parse_response_with_uninit_headers(&mut response, buf, &mut headers) {
                 Ok(httparse::Status::Complete(len)) if len <= max_bytes => len,
-                Ok(httparse::Status::Partial) if buf.len() <= max_bytes => return Ok(None),
-                Ok(_) | Err(httparse::Error::TooManyHeaders) => {
-                    return Err(HeadError::TooLarge(max_bytes));
-                }
-                Err(e) => return Err(HeadError::Syntax(e)),
+                Ok(httparse::Status::Partial) if buf.len() <= max_bytes => return Some(Ok(None)),
+                Err(httparse::Error::TooManyHeaders) => return None,
+                Ok(_) => return Some(Err(HeadError::TooLarge(max_bytes))),
+                Err(e) => return Some(Err(HeadError::Syntax(e))),
             };
         if has_bare_lf(&buf[..len]) {
-            return Err(HeadError::BareLf);
+            return Some(Err(HeadError::BareLf));
         }
         let base = buf.as_ptr() as usize;
         let offset = |s: &[u8]| (s.as_ptr() as usize - base) as u32;
@@ -112,17 +128,31 @@ pub fn parse(
             response.headers.len(),
         )
     };
+    Some(complete(buf, len, code, version, &lines[..count], to_head).map(Some))
+}
+
+/// The head of `len` bytes at the start of `buf`, whose status code and
+/// version httparse read and whose lines are at `lines`.
+fn complete(
+    buf: &mut BytesMut,
+    len: usize,
+    code: u16,
+    version: Version,
+    lines: &[Line],
+    to_head: bool,
+) -> Result<Head, HeadError> {
     let status = StatusCode::from_u16(code).map_err(|_| HeadError::Status)?;
     let bytes = buf.split_to(len).freeze();
-    let (headers, fields) = header_map(&bytes, &lines[..count])?;
+    let switching = status == StatusCode::SWITCHING_PROTOCOLS;
+    let (headers, fields) = header_map(&bytes, lines, switching)?;
     let framing = framing(status, version, &fields, to_head)?;
-    Ok(Some(Head {
+    Ok(Head {
         status,
         version,
         headers,
         framing,
         keep_alive: version == Version::HTTP_11 && !fields.close,
-    }))
+    })
 }
 
 /// httparse's defaults are its strict settings: obs-fold, a space before
@@ -158,17 +188,28 @@ struct Fields {
 }
 
 /// The header map of a head whose lines are at `lines` in `bytes`, less
-/// the fields that are this connection's alone, which the client consumes
-/// as it reads them: `Transfer-Encoding` (the body is handed on decoded),
-/// `Keep-Alive`, and a `Connection` line that names no other field (only
-/// `keep-alive` or `close`). A line that names fields stays, for the
-/// proxy to remove them with it. `Content-Length` stays as one plain
-/// number, so that a list of equal values reaches the next hop as the
-/// value it means, not as text the next parser may read otherwise.
-fn header_map(bytes: &Bytes, lines: &[Line]) -> Result<(HeaderMap, Fields), HeadError> {
+/// the fields that are this connection's alone (RFC 9110 §7.6.1), which
+/// the client consumes as it reads them, so that the proxy need not look
+/// for them again: `Transfer-Encoding` (the body is handed on decoded),
+/// `Connection` and every field it names, `Keep-Alive`, `Upgrade`, `TE`
+/// (but `TE: trailers`, as the proxy keeps it on requests),
+/// `Proxy-Connection` and `HTTP2-Settings`. A 101 (`switching`) keeps
+/// them but for `Transfer-Encoding`, `Keep-Alive` and a `Connection` line
+/// that names no field: the proxy decides what of the switch goes on.
+/// `Content-Length` stays as one plain number, so that a list of equal
+/// values reaches the next hop as the value it means, not as text the
+/// next parser may read otherwise.
+fn header_map(
+    bytes: &Bytes,
+    lines: &[Line],
+    switching: bool,
+) -> Result<(HeaderMap, Fields), HeadError> {
     let mut headers = HeaderMap::with_capacity(lines.len());
     let mut fields = Fields::default();
     let mut codings = 0;
+    // The fields `Connection` names, removed once every line is in.
+    let mut named = Vec::new();
+    let mut seen_te = false;
     for &(ns, ne, vs, ve) in lines {
         let name = header_name(&bytes[ns as usize..ne as usize])?;
         let value = &bytes[vs as usize..ve as usize];
@@ -181,9 +222,7 @@ fn header_map(bytes: &Bytes, lines: &[Line]) -> Result<(HeaderMap, Fields), Head
                 }
                 if fields.length.is_none() {
                     // The first item, at the first line's place.
-                    let first = HeaderValue::from_maybe_shared(bytes.slice_ref(item))
-                        .map_err(|_| HeadError::Header)?;
-                    headers.append(header::CONTENT_LENGTH, first);
+                    headers.append(header::CONTENT_LENGTH, parsed_value(bytes, item));
                 }
                 fields.length = Some(n);
             }
@@ -204,17 +243,34 @@ fn header_map(bytes: &Bytes, lines: &[Line]) -> Result<(HeaderMap, Fields), Head
                     fields.close = true;
                 } else if !token.eq_ignore_ascii_case(b"keep-alive") {
                     names_fields = true;
+                    // A token that is no field name names nothing.
+                    named.extend(HeaderName::from_bytes(token).ok());
                 }
             }
-            if !names_fields {
+            if !(names_fields && switching) {
                 continue;
             }
         } else if name == KEEP_ALIVE {
             continue;
+        } else if !switching {
+            if name == header::TE {
+                // The first line decides, as for requests.
+                if !std::mem::replace(&mut seen_te, true) && value.eq_ignore_ascii_case(b"trailers")
+                {
+                    headers.append(header::TE, HeaderValue::from_static("trailers"));
+                }
+                continue;
+            }
+            if name == header::UPGRADE || name == PROXY_CONNECTION || name == HTTP2_SETTINGS {
+                continue;
+            }
         }
-        let value = HeaderValue::from_maybe_shared(bytes.slice_ref(value))
-            .map_err(|_| HeadError::Header)?;
-        headers.append(name, value);
+        headers.append(name, parsed_value(bytes, value));
+    }
+    if !switching {
+        for name in named {
+            headers.remove(name);
+        }
     }
     if fields.coded && fields.length.is_some() {
         // Both framings pass only on a message without a body (`framing`
@@ -222,6 +278,20 @@ fn header_map(bytes: &Bytes, lines: &[Line]) -> Result<(HeaderMap, Fields), Head
         headers.remove(header::CONTENT_LENGTH);
     }
     Ok((headers, fields))
+}
+
+/// A header value as httparse read it from `bytes`, or part of one. The
+/// bytes httparse lets through in a value (HTAB, SP, visible ASCII and
+/// obs-text; never CR, LF or another control) are exactly the ones a
+/// `HeaderValue` may hold, as the test `every_byte_httparse_takes_in_a_value_is_one_a_header_value_takes`
+/// holds them to, so checking them again for `HeaderValue` (most of the
+/// cost of making one) is left out.
+#[allow(unsafe_code)]
+fn parsed_value(bytes: &Bytes, value: &[u8]) -> HeaderValue {
+    let shared = bytes.slice_ref(value);
+    // SAFETY: `value` lies in a header value httparse accepted (see above);
+    // a debug build checks it again.
+    unsafe { HeaderValue::from_maybe_shared_unchecked(shared) }
 }
 
 /// The field name `bytes` spell. The names nearly every response carries,
@@ -246,6 +316,8 @@ fn header_name(bytes: &[u8]) -> Result<HeaderName, HeadError> {
 }
 
 static KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
+static PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
+static HTTP2_SETTINGS: HeaderName = HeaderName::from_static("http2-settings");
 
 /// The comma-separated, trimmed, non-empty tokens of a field value.
 fn tokens(value: &[u8]) -> impl Iterator<Item = &[u8]> {
@@ -343,12 +415,30 @@ mod tests {
             names("HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n"),
             ""
         );
-        // A line that names fields stays, for the proxy to remove them.
+        // The fields a `Connection` line names go with it, wherever they are.
         assert_eq!(
             names(
-                "HTTP/1.1 200 OK\r\nConnection: keep-alive\r\nConnection: x-secret\r\nX-Secret: 1\r\nContent-Length: 0\r\n\r\n"
+                "HTTP/1.1 200 OK\r\nX-Secret: 0\r\nConnection: keep-alive\r\nConnection: x-secret, x-other\r\nX-Secret: 1\r\nX-Other: 2\r\nContent-Length: 0\r\n\r\n"
             ),
-            "connection: x-secret; x-secret: 1; content-length: 0"
+            "content-length: 0"
+        );
+        // The other hop-by-hop fields go too; `TE: trailers` stays.
+        assert_eq!(
+            names(
+                "HTTP/1.1 200 OK\r\nUpgrade: h2c\r\nProxy-Connection: keep-alive\r\nHTTP2-Settings: AAMAAABkAAQAoAAAAAIAAAAA\r\nTE: trailers\r\nX-A: 1\r\nContent-Length: 0\r\n\r\n"
+            ),
+            "te: trailers; x-a: 1; content-length: 0"
+        );
+        assert_eq!(
+            names("HTTP/1.1 200 OK\r\nTE: gzip\r\nContent-Length: 0\r\n\r\n"),
+            "content-length: 0"
+        );
+        // A switch keeps them but what frames this hop: the proxy decides.
+        assert_eq!(
+            names(
+                "HTTP/1.1 101 Switching Protocols\r\nConnection: keep-alive\r\nConnection: Upgrade\r\nUpgrade: websocket\r\nKeep-Alive: timeout=5\r\n\r\n"
+            ),
+            "connection: Upgrade; upgrade: websocket"
         );
         // Without a body, the coding still decides: no length goes on.
         let head = parse_all(
@@ -358,6 +448,20 @@ mod tests {
         .unwrap()
         .unwrap();
         assert!(head.headers.is_empty());
+    }
+
+    #[test]
+    fn every_byte_httparse_takes_in_a_value_is_one_a_header_value_takes() {
+        for byte in 0..=255u8 {
+            let mut wire = b"HTTP/1.1 200 OK\r\nX-A: a".to_vec();
+            wire.extend([byte, b'b']);
+            wire.extend(b"\r\n\r\n");
+            let mut headers = [httparse::EMPTY_HEADER; 4];
+            let mut response = httparse::Response::new(&mut headers);
+            let taken = parser().parse_response(&mut response, &wire).is_ok();
+            let value = HeaderValue::from_bytes(&[b'a', byte, b'b']).is_ok();
+            assert_eq!(taken, value, "byte {byte:#04x}");
+        }
     }
 
     #[test]
@@ -585,11 +689,27 @@ mod tests {
             parse(&mut BytesMut::from(&long.as_bytes()[..150]), limit, false).map(|_| ()),
             Err(HeadError::TooLarge(limit))
         );
-        let many: String = (0..=MAX_HEADERS).map(|i| format!("X-{i}: v\r\n")).collect();
-        let many = format!("HTTP/1.1 200 OK\r\n{many}\r\n");
+        let many = |n| {
+            let lines: String = (0..n).map(|i| format!("X-{i}: v\r\n")).collect();
+            format!("HTTP/1.1 200 OK\r\n{lines}Content-Length: 0\r\n\r\n")
+        };
         assert_eq!(
-            parse_all(many.as_bytes(), false).map(|_| ()),
+            parse_all(many(MAX_HEADERS).as_bytes(), false).map(|_| ()),
             Err(HeadError::TooLarge(8192))
         );
+        // More lines than the first try has room for, and fewer than the limit.
+        let head = parse_all(many(FEW_HEADERS).as_bytes(), false)
+            .unwrap()
+            .unwrap();
+        assert_eq!(head.headers.len(), FEW_HEADERS + 1);
+        assert_eq!(head.headers["x-23"], "v");
+        let head = parse_all(many(MAX_HEADERS - 1).as_bytes(), false)
+            .unwrap()
+            .unwrap();
+        assert_eq!(head.headers.len(), MAX_HEADERS);
+        // Partial, with more lines than the first try has room for.
+        let partial = many(FEW_HEADERS + 5);
+        let partial = &partial.as_bytes()[..partial.len() - 4];
+        assert!(parse_all(partial, false).unwrap().is_none());
     }
 }

@@ -23,6 +23,6 @@ pub use body::Http1Body;
 pub use chunked::{ChunkError, Chunked, Decoded, MAX_SIZE_LINE};
 pub use connection::Connection;
 pub use error::Error;
-pub use exchange::{SendError, send};
+pub use exchange::{ResponseTimeout, SendError, send};
 pub use head::{Framing, Head, HeadError, MAX_HEADERS, parse as parse_head};
 pub use request::Outbound;
