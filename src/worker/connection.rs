@@ -19,6 +19,7 @@ use tokio_util::sync::CancellationToken;
 use super::head_budget::HeadBudget;
 use super::http1::serve_h1;
 use super::http2::serve_h2;
+use super::open_connections::Opened;
 use super::proxy_header::client_of;
 use super::service::Conn;
 use super::socket::{Prefixed, Watched};
@@ -26,7 +27,8 @@ use super::timeouts::Activity;
 use crate::proxy::Client;
 use crate::snapshot::{ListenerSnapshot, SharedSnapshot};
 
-/// Serves one accepted connection until it closes.
+/// Serves one accepted connection until it closes; it counts against its
+/// listener's `max_connections` (`_opened`) until then.
 pub async fn serve(
     mut stream: TcpStream,
     peer: SocketAddr,
@@ -34,6 +36,7 @@ pub async fn serve(
     snapshot: SharedSnapshot,
     shutdown: Arc<CancellationToken>,
     heads: Arc<HeadBudget>,
+    _opened: Option<Opened>,
 ) {
     listener.connections.add(1);
     listener.connections_active.inc();
@@ -53,7 +56,6 @@ pub async fn serve(
     let stream = Watched::new(stream, activity.clone());
     let client = Arc::new(Client::new(peer, listener.tls.is_some(), listener.clone()));
     let conn = Conn {
-        peer,
         listener,
         snapshot,
         activity,
@@ -61,46 +63,59 @@ pub async fn serve(
         client,
         heads,
     };
-    match conn.listener.tls.clone() {
-        None => serve_plain(stream, &conn, deadline).await,
+    if let Some(tls) = conn.listener.tls.clone() {
         // Boxed: the handshake's state is large, and plain connections
         // should not carry room for it.
-        Some(tls) => Box::pin(serve_tls(stream, tls, &conn, deadline)).await,
+        return Box::pin(serve_tls(stream, tls, &conn, deadline)).await;
     }
-}
-
-/// The first bytes of an HTTP/2 connection with prior knowledge.
-const H2_PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
-
-async fn serve_plain(mut stream: Watched<TcpStream>, conn: &Conn, deadline: Instant) {
-    let sniffed = tokio::time::timeout_at(deadline, sniff(&mut stream)).await;
-    let (prefix, h2) = match sniffed {
-        Ok(Ok(sniffed)) => sniffed,
-        Ok(Err(e)) => {
-            return tracing::debug!(client = %conn.peer, error = %e, "reading the connection failed");
-        }
-        Err(_) => {
-            return tracing::debug!(client = %conn.peer, "request head not received in time; closing");
-        }
+    // A plain connection is served here rather than by a function of its
+    // own: an `async fn` keeps its arguments apart from its locals, and an
+    // idle connection would hold its socket twice.
+    let mut stream = stream;
+    let Some((prefix, h2)) = sniff(&mut stream, &conn, deadline).await else {
+        return;
     };
     let io = Prefixed::new(prefix, stream, conn.activity.clone());
     if h2 {
         // Boxed: an HTTP/2 connection's state is half again an HTTP/1.1
         // one's, and every idle keep-alive connection would carry room for
         // it.
-        Box::pin(serve_h2(io, conn)).await
+        Box::pin(serve_h2(io, &conn)).await
     } else {
-        serve_h1(io, conn).await
+        serve_h1(&mut Some(io), &conn).await
     }
 }
+
+/// The first bytes of an HTTP/2 connection with prior knowledge.
+const H2_PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 
 /// How much the first read of a plain connection asks for: a whole typical
 /// request head, which hyper then takes from the prefix, so that sniffing
 /// the protocol costs no read of its own.
 const FIRST_READ: usize = 4096;
 
+/// The first bytes of a plain connection, and whether they are HTTP/2's
+/// preface; `None` (logged) if they did not come by `deadline`.
+async fn sniff(
+    stream: &mut Watched<TcpStream>,
+    conn: &Conn,
+    deadline: Instant,
+) -> Option<(Bytes, bool)> {
+    match tokio::time::timeout_at(deadline, read_preface(stream)).await {
+        Ok(Ok(sniffed)) => Some(sniffed),
+        Ok(Err(e)) => {
+            tracing::debug!(client = %conn.peer(), error = %e, "reading the connection failed");
+            None
+        }
+        Err(_) => {
+            tracing::debug!(client = %conn.peer(), "request head not received in time; closing");
+            None
+        }
+    }
+}
+
 /// Reads until the bytes are, or cannot be, the HTTP/2 preface.
-async fn sniff(stream: &mut Watched<TcpStream>) -> std::io::Result<(Bytes, bool)> {
+async fn read_preface(stream: &mut Watched<TcpStream>) -> std::io::Result<(Bytes, bool)> {
     // The buffer is taken only once there is something to read, so that
     // connections that stay silent hold none.
     stream.get_ref().readable().await?;
@@ -127,9 +142,9 @@ async fn serve_tls(
     let stream = match tokio::time::timeout_at(deadline, accept).await {
         Ok(Ok(stream)) => stream,
         Ok(Err(e)) => {
-            return tracing::debug!(client = %conn.peer, error = %e, "TLS handshake failed");
+            return tracing::debug!(client = %conn.peer(), error = %e, "TLS handshake failed");
         }
-        Err(_) => return tracing::debug!(client = %conn.peer, "TLS handshake timed out"),
+        Err(_) => return tracing::debug!(client = %conn.peer(), "TLS handshake timed out"),
     };
     let h2 = stream.get_ref().1.alpn_protocol() == Some(b"h2");
     let io = Prefixed::new(Bytes::new(), stream, conn.activity.clone());
@@ -137,7 +152,7 @@ async fn serve_tls(
         // Boxed for the same reason as in `serve_plain`.
         Box::pin(serve_h2(io, conn)).await
     } else {
-        serve_h1(io, conn).await
+        serve_h1(&mut Some(io), conn).await
     }
 }
 
@@ -164,13 +179,23 @@ mod tests {
     #[test]
     #[allow(unreachable_code, clippy::diverging_sub_expression)]
     fn a_plain_connection_does_not_carry_http2_state() {
-        let plain = future_size(|| serve_plain(unreachable!(), unreachable!(), unreachable!()));
+        let connection = future_size(|| {
+            serve(
+                unreachable!(),
+                unreachable!(),
+                unreachable!(),
+                unreachable!(),
+                unreachable!(),
+                unreachable!(),
+                unreachable!(),
+            )
+        });
         let h1 = future_size(|| serve_h1::<Watched<TcpStream>>(unreachable!(), unreachable!()));
         let h2 = future_size(|| serve_h2::<Watched<TcpStream>>(unreachable!(), unreachable!()));
         assert!(h2 > h1, "HTTP/2 state {h2} bytes, HTTP/1.1 {h1}");
         assert!(
-            plain < h2,
-            "a plain connection holds {plain} bytes, HTTP/2 state {h2}"
+            connection < h2,
+            "a plain connection holds {connection} bytes, HTTP/2 state {h2}"
         );
     }
 }

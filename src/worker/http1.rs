@@ -33,21 +33,25 @@ const DRAIN_IDLE: Duration = Duration::from_secs(5);
 /// send requests back to back never pay for re-creating them.
 const PARK_AFTER: Duration = Duration::from_secs(1);
 
-pub async fn serve_h1<S>(mut io: Prefixed<S>, conn: &Conn)
+/// Serves the connection `io` holds. The caller keeps the socket (`io` is
+/// `None` while hyper has it): an `async fn` keeps its arguments apart from
+/// its locals, so a socket taken by value would be held twice for as long
+/// as the connection lives.
+pub async fn serve_h1<S>(io: &mut Option<Prefixed<S>>, conn: &Conn)
 where
     S: AsyncRead + AsyncWrite + WaitReadable + Unpin + Send + 'static,
 {
-    loop {
+    while let Some(serving) = io.take() {
         // Boxed: hyper's connection state is most of a connection's
         // future, and a parked connection should not carry room for it.
-        io = match Box::pin(serve_until_parked(io, conn)).await {
-            Some(rest) => rest,
-            None => return,
+        let Some(rest) = Box::pin(serve_until_parked(serving, conn)).await else {
+            return;
         };
-        if !io.has_prefix() {
+        let rest = io.insert(rest);
+        if !rest.has_prefix() {
             // Parked: wait for the next request with nothing but the socket.
-            match park(&mut io, conn).await {
-                Some(first) => io.unread(first),
+            match park(rest, conn).await {
+                Some(first) => rest.unread(first),
                 None => return,
             }
         }
@@ -119,14 +123,14 @@ where
             Some(Ok(parts)) => break parts,
             Some(Err(e)) => {
                 record_refusal(conn);
-                tracing::debug!(client = %conn.peer, error = %e, "connection ended with an error");
+                tracing::debug!(client = %conn.peer(), error = %e, "connection ended with an error");
                 return None;
             }
             None => {}
         }
         match conn.activity.expired(header, idle) {
             Some(Expired::Header) => {
-                tracing::debug!(client = %conn.peer, "request head not received in time; closing");
+                tracing::debug!(client = %conn.peer(), "request head not received in time; closing");
                 return None;
             }
             // Idle: end hyper's connection at its next read (which now
@@ -179,10 +183,10 @@ fn record_refusal(conn: &Conn) -> bool {
         return false;
     };
     if status == http::StatusCode::SERVICE_UNAVAILABLE {
-        tracing::debug!(client = %conn.peer, "request head shed: the worker's heads in flight are over budget");
+        tracing::debug!(client = %conn.peer(), "request head shed: the worker's heads in flight are over budget");
     }
     let elapsed = conn.activity.head_elapsed().unwrap_or_default();
-    parse_error::record(&conn.snapshot.load(), conn.peer.ip(), status, elapsed);
+    parse_error::record(&conn.snapshot.load(), conn.peer().ip(), status, elapsed);
     true
 }
 

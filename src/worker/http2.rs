@@ -131,10 +131,10 @@ where
             }) => {
                 if let Some(why) = guard.tripped() {
                     // Its streams end here, and their upstream requests.
-                    return tracing::info!(client = %conn.peer, abuse = why.as_str(), "HTTP/2 client over its limits; sent GOAWAY(ENHANCE_YOUR_CALM)");
+                    return tracing::info!(client = %conn.peer(), abuse = why.as_str(), "HTTP/2 client over its limits; sent GOAWAY(ENHANCE_YOUR_CALM)");
                 }
                 if let Err(e) = ended {
-                    tracing::debug!(client = %conn.peer, error = %e, "connection ended with an error");
+                    tracing::debug!(client = %conn.peer(), error = %e, "connection ended with an error");
                 }
                 // Streams still answering finish first.
                 return std::future::poll_fn(|cx| streams.poll_all(cx)).await;
@@ -147,7 +147,7 @@ where
             }
             () = tokio::time::sleep_until(deadline), if !closing => match conn.activity.expired(header, idle) {
                 Some(Expired::Header) => {
-                    return tracing::debug!(client = %conn.peer, "no request in time; closing");
+                    return tracing::debug!(client = %conn.peer(), "no request in time; closing");
                 }
                 Some(Expired::Idle) => {
                     closing = true;

@@ -38,7 +38,9 @@ pub async fn client_of(
         // and fails as HTTP.
         return Some(peer);
     }
-    match tokio::time::timeout_at(deadline, read_header(stream)).await {
+    // Boxed: reading the header takes room for the longest one, which the
+    // connection's future would otherwise carry for as long as it lives.
+    match Box::pin(tokio::time::timeout_at(deadline, read_header(stream))).await {
         Ok(Ok(header)) => Some(header.addresses.map_or(peer, |a| a.source)),
         Ok(Err(Refused::Header(e))) => {
             // A trusted peer that sends a bad header is misconfigured:

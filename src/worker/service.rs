@@ -24,7 +24,6 @@ use crate::snapshot::{ListenerSnapshot, SharedSnapshot};
 
 /// What every request of a connection shares.
 pub struct Conn {
-    pub peer: SocketAddr,
     pub listener: Arc<ListenerSnapshot>,
     pub snapshot: SharedSnapshot,
     pub activity: Arc<Activity>,
@@ -32,6 +31,13 @@ pub struct Conn {
     pub client: Arc<Client>,
     /// The worker's budget for request heads in flight.
     pub heads: Arc<HeadBudget>,
+}
+
+impl Conn {
+    /// The client (whom a load balancer's PROXY header may have named).
+    pub fn peer(&self) -> SocketAddr {
+        self.client.addr
+    }
 }
 
 /// The service every request of `conn` goes through (it owns what it
