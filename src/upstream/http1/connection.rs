@@ -3,7 +3,7 @@
 
 use std::io;
 use std::pin::Pin;
-use std::task::{Context, Poll, ready};
+use std::task::{Context, Poll};
 
 use bytes::BytesMut;
 use tokio::net::TcpStream;
@@ -64,13 +64,11 @@ impl Connection {
         } else if self.buf.capacity() - self.buf.len() < size / 2 {
             self.buf.reserve(size);
         }
-        loop {
-            ready!(self.stream.poll_read_ready(cx))?;
-            match self.stream.try_read_buf(&mut self.buf) {
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
-                read => return Poll::Ready(read),
-            }
-        }
+        // Through `AsyncRead`, which (unlike `try_read_buf`) takes a read
+        // that did not fill the buffer to have emptied the socket, and
+        // clears its readiness: `is_closed` then costs no system call when
+        // the connection is checked out again.
+        tokio_util::io::poll_read_buf(Pin::new(&mut self.stream), cx, &mut self.buf)
     }
 
     /// Ready once `deadline` has passed; until then the task `cx` belongs
