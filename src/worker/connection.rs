@@ -53,7 +53,7 @@ pub async fn serve(
     let Some(peer) = client_of(&mut stream, peer, proxy_protocol, deadline).await else {
         return;
     };
-    let stream = Watched::new(stream, activity.clone());
+    let mut stream = Watched::new(stream, activity.clone());
     let client = Arc::new(Client::new(peer, listener.tls.is_some(), listener.clone()));
     let conn = Conn {
         listener,
@@ -71,7 +71,6 @@ pub async fn serve(
     // A plain connection is served here rather than by a function of its
     // own: an `async fn` keeps its arguments apart from its locals, and an
     // idle connection would hold its socket twice.
-    let mut stream = stream;
     let Some((prefix, h2)) = sniff(&mut stream, &conn, deadline).await else {
         return;
     };
@@ -149,7 +148,7 @@ async fn serve_tls(
     let h2 = stream.get_ref().1.alpn_protocol() == Some(b"h2");
     let io = Prefixed::new(Bytes::new(), stream, conn.activity.clone());
     if h2 {
-        // Boxed for the same reason as in `serve_plain`.
+        // Boxed for the same reason as in `serve`.
         Box::pin(serve_h2(io, conn)).await
     } else {
         serve_h1(&mut Some(io), conn).await
