@@ -158,6 +158,39 @@ async fn an_upstream_that_never_answers_gets_504_at_the_response_timeout() {
     );
 }
 
+/// A pooled connection keeps one timer for its exchanges' response
+/// timeouts, left where an earlier exchange set it: a later request's
+/// timeout still counts from that request, whether the earlier deadline
+/// is still ahead or passed while the connection waited in the pool.
+#[tokio::test(start_paused = true)]
+async fn a_reused_connection_times_a_response_from_its_own_request() {
+    let (app, peers) = upstream_with_peers(|req: Request<hyper::body::Incoming>| async move {
+        if req.uri().path() == "/slow" {
+            std::future::pending::<()>().await;
+        }
+        Response::new(full("fast"))
+    })
+    .await;
+    let proxy = in_process(&simple_config(&[app.addr], "response_timeout = \"7s\"")).await;
+    for pause in [Duration::from_secs(5), Duration::from_secs(12)] {
+        assert_eq!(get(proxy.addr, "/fast", &[]).await.status, StatusCode::OK);
+        // The fast exchange's deadline is 7 s off: still ahead after 5 s,
+        // passed after 12 (the pool keeps connections 20 s).
+        tokio::time::advance(pause).await;
+        let started = Instant::now();
+        let reply = get(proxy.addr, "/slow", &[]).await;
+        assert_eq!(reply.status, StatusCode::GATEWAY_TIMEOUT);
+        let waited = started.elapsed();
+        assert!(
+            waited >= Duration::from_secs(7) && waited < Duration::from_secs(8),
+            "after {pause:?} in the pool: {waited:?}"
+        );
+    }
+    // Each slow request went out on the connection the fast one left in
+    // the pool (a timed-out exchange's connection is not kept).
+    assert_eq!(peers.lock().unwrap().len(), 2);
+}
+
 /// The response timeout counts from the end of the request body: an upload
 /// that takes longer than it, but never stalls, is answered.
 #[tokio::test(start_paused = true)]
