@@ -211,8 +211,12 @@ fn header_map(
     let mut named = Vec::new();
     let mut seen_te = false;
     for &(ns, ne, vs, ve) in lines {
-        let name = header_name(&bytes[ns as usize..ne as usize])?;
+        let (name, plain) = header_name(&bytes[ns as usize..ne as usize])?;
         let value = &bytes[vs as usize..ve as usize];
+        if plain {
+            headers.append(name, parsed_value(bytes, value));
+            continue;
+        }
         if name == header::CONTENT_LENGTH {
             for item in value.split(|&b| b == b',') {
                 let item = item.trim_ascii();
@@ -294,24 +298,29 @@ fn parsed_value(bytes: &Bytes, value: &[u8]) -> HeaderValue {
     unsafe { HeaderValue::from_maybe_shared_unchecked(shared) }
 }
 
-/// The field name `bytes` spell. The names nearly every response carries,
-/// as servers capitalise them, are one comparison each; any other goes
-/// through `HeaderName::from_bytes`, which lowercases the name into a
-/// buffer and then looks it up, several times the work.
-fn header_name(bytes: &[u8]) -> Result<HeaderName, HeadError> {
+/// The field name `bytes` spell, and whether it is known to be plain (no
+/// part in framing or in managing the connection, so nothing to look at
+/// but its value). The names nearly every response carries, as servers
+/// capitalise them, are one comparison each; any other goes through
+/// `HeaderName::from_bytes`, which lowercases the name into a buffer and
+/// then looks it up, several times the work.
+fn header_name(bytes: &[u8]) -> Result<(HeaderName, bool), HeadError> {
     Ok(match bytes {
-        b"Content-Length" => header::CONTENT_LENGTH,
-        b"Content-Type" => header::CONTENT_TYPE,
-        b"Date" => header::DATE,
-        b"Server" => header::SERVER,
-        b"Connection" => header::CONNECTION,
-        b"Cache-Control" => header::CACHE_CONTROL,
-        b"Transfer-Encoding" => header::TRANSFER_ENCODING,
-        b"Last-Modified" => header::LAST_MODIFIED,
-        b"ETag" => header::ETAG,
-        b"Vary" => header::VARY,
-        b"Set-Cookie" => header::SET_COOKIE,
-        _ => HeaderName::from_bytes(bytes).map_err(|_| HeadError::Header)?,
+        b"Content-Length" => (header::CONTENT_LENGTH, false),
+        b"Content-Type" => (header::CONTENT_TYPE, true),
+        b"Date" => (header::DATE, true),
+        b"Server" => (header::SERVER, true),
+        b"Connection" => (header::CONNECTION, false),
+        b"Cache-Control" => (header::CACHE_CONTROL, true),
+        b"Transfer-Encoding" => (header::TRANSFER_ENCODING, false),
+        b"Last-Modified" => (header::LAST_MODIFIED, true),
+        b"ETag" => (header::ETAG, true),
+        b"Vary" => (header::VARY, true),
+        b"Set-Cookie" => (header::SET_COOKIE, true),
+        _ => (
+            HeaderName::from_bytes(bytes).map_err(|_| HeadError::Header)?,
+            false,
+        ),
     })
 }
 
@@ -481,10 +490,12 @@ mod tests {
             "content-length",
             "X-Custom",
         ] {
-            assert_eq!(
-                header_name(name.as_bytes()).unwrap(),
-                HeaderName::from_bytes(name.as_bytes()).unwrap()
-            );
+            let (made, plain) = header_name(name.as_bytes()).unwrap();
+            assert_eq!(made, HeaderName::from_bytes(name.as_bytes()).unwrap());
+            // Only the names that take part in framing or the connection
+            // (and any not listed) are looked at again.
+            let special = ["content-length", "connection", "transfer-encoding", "x-custom"];
+            assert_eq!(plain, !special.contains(&made.as_str()), "{name}");
         }
         assert_eq!(header_name(b"Bad Name"), Err(HeadError::Header));
     }
