@@ -19,7 +19,7 @@ use tokio::time::Instant;
 
 use super::head_budget::HeadAccount;
 use super::parse_error::{self, ParseErrors};
-use super::service::{Conn, service};
+use super::service::{Conn, draining, service};
 use super::socket::{Prefixed, WaitReadable};
 use super::timeouts::Expired;
 
@@ -88,9 +88,7 @@ where
         // The drain is noticed here between requests; a response on its
         // way looks for it itself (see `service`), so as to ask the client
         // to close.
-        if !conn.activity.is_draining() && conn.shutdown.is_cancelled() {
-            conn.activity.drain();
-        }
+        draining(&conn.activity, &conn.shutdown);
         let idle = keepalive(conn).min(PARK_AFTER);
         let header = settings.header_timeout;
         let deadline = conn

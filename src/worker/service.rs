@@ -83,7 +83,7 @@ pub fn service(
 }
 
 /// Whether the worker drains, noted in `activity` once seen.
-fn draining(activity: &Activity, shutdown: &CancellationToken) -> bool {
+pub fn draining(activity: &Activity, shutdown: &CancellationToken) -> bool {
     if !activity.is_draining() && shutdown.is_cancelled() {
         activity.drain();
     }

@@ -494,7 +494,12 @@ mod tests {
             assert_eq!(made, HeaderName::from_bytes(name.as_bytes()).unwrap());
             // Only the names that take part in framing or the connection
             // (and any not listed) are looked at again.
-            let special = ["content-length", "connection", "transfer-encoding", "x-custom"];
+            let special = [
+                "content-length",
+                "connection",
+                "transfer-encoding",
+                "x-custom",
+            ];
             assert_eq!(plain, !special.contains(&made.as_str()), "{name}");
         }
         assert_eq!(header_name(b"Bad Name"), Err(HeadError::Header));
