@@ -43,7 +43,7 @@ pub async fn serve(
     let _open = Open(listener.clone());
     // No TCP_NODELAY call here: accepted sockets inherit it from the
     // listening socket (see `master::sockets::bind`).
-    let activity = Activity::new();
+    let activity = Activity::new(shutdown);
     // One header timeout for everything before the first request, as
     // `Activity` counts it from the connection's start.
     let deadline = Instant::now() + listener.config.header_timeout;
@@ -59,7 +59,6 @@ pub async fn serve(
         listener,
         snapshot,
         activity,
-        shutdown,
         client,
         heads,
     };

@@ -234,7 +234,7 @@ mod tests {
     fn connection(budget: &Arc<HeadBudget>, recorder: &Arc<Recorder>) -> Connection {
         let shed = recorder.counter(Family::ConnectionsShed, &["public"]);
         Connection {
-            activity: Activity::new(),
+            activity: Activity::new(Arc::default()),
             account: HeadAccount::new(budget.clone(), 8192, shed),
             woken: Arc::default(),
         }

@@ -19,7 +19,7 @@ use tokio::time::Instant;
 
 use super::head_budget::HeadAccount;
 use super::parse_error::{self, ParseErrors};
-use super::service::{Conn, draining, service};
+use super::service::{Conn, service};
 use super::socket::{Prefixed, WaitReadable};
 use super::timeouts::Expired;
 
@@ -88,7 +88,7 @@ where
         // The drain is noticed here between requests; a response on its
         // way looks for it itself (see `service`), so as to ask the client
         // to close.
-        draining(&conn.activity, &conn.shutdown);
+        conn.activity.draining();
         let idle = keepalive(conn).min(PARK_AFTER);
         let header = settings.header_timeout;
         let deadline = conn
@@ -197,7 +197,7 @@ async fn park<S: WaitReadable>(io: &mut Prefixed<S>, conn: &Conn) -> Option<Byte
         let deadline = Instant::now() + limit.saturating_sub(idle);
         tokio::select! {
             read = std::future::poll_fn(|cx| io.get_mut().poll_readable(cx)) => return read.ok(),
-            () = conn.shutdown.cancelled(), if !conn.activity.is_draining() => conn.activity.drain(),
+            () = conn.activity.shutdown().cancelled(), if !conn.activity.is_draining() => conn.activity.drain(),
             () = tokio::time::sleep_until(deadline) => return None,
         }
     }

@@ -141,7 +141,7 @@ where
             }
             // GOAWAY: the client finishes its streams and opens new ones
             // elsewhere, with no race.
-            () = conn.shutdown.cancelled(), if !closing => {
+            () = conn.activity.shutdown().cancelled(), if !closing => {
                 closing = true;
                 serving.as_mut().graceful_shutdown();
             }

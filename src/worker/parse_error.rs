@@ -280,7 +280,7 @@ mod tests {
     #[tokio::test]
     async fn an_upstreams_400_to_a_real_request_passes_through() {
         let upstream = b"HTTP/1.1 400 Bad Request\r\ncontent-length: 0\r\n\r\n";
-        let activity = Activity::new();
+        let activity = Activity::new(Arc::default());
         assert_eq!(written(&activity, 1, &[upstream]).await, upstream);
         assert_eq!(activity.take_refused(), None);
     }
@@ -290,7 +290,7 @@ mod tests {
         let ok = b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n";
         let continue_ = b"HTTP/1.1 100 Continue\r\n\r\n";
         let automatic = b"HTTP/1.1 400 Bad Request\r\ncontent-length: 0\r\n\r\n";
-        let activity = Activity::new();
+        let activity = Activity::new(Arc::default());
         // Ends only because the lingering socket is shut down for writing.
         let out = written(&activity, 1, &[continue_, ok, automatic]).await;
         let mut expected = [&continue_[..], &ok[..]].concat();

@@ -14,7 +14,6 @@ use http::{Request, Version};
 use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 use hyper::service::service_fn;
-use tokio_util::sync::CancellationToken;
 
 use super::head_budget::HeadBudget;
 use super::timeouts::{Activity, RequestGuard};
@@ -27,7 +26,6 @@ pub struct Conn {
     pub listener: Arc<ListenerSnapshot>,
     pub snapshot: SharedSnapshot,
     pub activity: Arc<Activity>,
-    pub shutdown: Arc<CancellationToken>,
     pub client: Arc<Client>,
     /// The worker's budget for request heads in flight.
     pub heads: Arc<HeadBudget>,
@@ -55,20 +53,18 @@ pub fn service(
     let activity = conn.activity.clone();
     let shared = conn.snapshot.clone();
     let client = conn.client.clone();
-    let shutdown = conn.shutdown.clone();
     service_fn(move |request: Request<Incoming>| {
         let multiplexed = request.version() == Version::HTTP_2;
         let guard = activity.begin(multiplexed);
         let snapshot = shared.load_full();
         let client = client.clone();
-        let shutdown = shutdown.clone();
         // A combinator, not an `async` block (see `proxy::handle`).
         proxy::then::then(
             proxy::handle(snapshot, client, request),
             move |mut response| {
                 // Read as the response leaves, not when the connection
                 // task last looked (see `http1`).
-                if !multiplexed && draining(guard.activity(), &shutdown) {
+                if !multiplexed && guard.activity().draining() {
                     // Tell the client, before it sends another request on this
                     // connection, that the connection is closing.
                     let close = http::HeaderValue::from_static("close");
@@ -80,14 +76,6 @@ pub fn service(
             },
         )
     })
-}
-
-/// Whether the worker drains, noted in `activity` once seen.
-pub fn draining(activity: &Activity, shutdown: &CancellationToken) -> bool {
-    if !activity.is_draining() && shutdown.is_cancelled() {
-        activity.drain();
-    }
-    activity.is_draining()
 }
 
 /// A response body that marks its request finished for [`Activity`] when

@@ -229,7 +229,7 @@ mod tests {
     async fn a_consumed_prefix_lets_go_of_its_buffer() {
         use tokio::io::AsyncReadExt as _;
         let (prefix, freed) = watched_buffer(b"GET / ");
-        let mut io = Prefixed::new(prefix, &b"HTTP/1.1"[..], Activity::new());
+        let mut io = Prefixed::new(prefix, &b"HTTP/1.1"[..], Activity::new(Arc::default()));
         let mut first = [0u8; 4];
         io.read_exact(&mut first).await.unwrap();
         assert!(!freed.load(Ordering::Relaxed), "still two bytes to read");
@@ -242,7 +242,7 @@ mod tests {
     #[test]
     fn an_empty_remnant_is_not_kept() {
         let (remnant, freed) = watched_buffer(b"");
-        let mut io = Prefixed::new(Bytes::new(), &b""[..], Activity::new());
+        let mut io = Prefixed::new(Bytes::new(), &b""[..], Activity::new(Arc::default()));
         io.unread(remnant);
         assert!(freed.load(Ordering::Relaxed));
         assert!(!io.has_prefix());

@@ -18,6 +18,7 @@ use std::sync::atomic::{AtomicBool, AtomicU16, AtomicU32, AtomicU64, Ordering};
 use std::time::Duration;
 
 use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
 
 const NONE: u64 = u64::MAX;
 
@@ -48,6 +49,8 @@ pub struct Activity {
     /// the request path can read for the price of a load, where the
     /// shutdown token takes a lock.
     draining: AtomicBool,
+    /// The worker's shutdown, which `draining` mirrors.
+    shutdown: Arc<CancellationToken>,
 }
 
 /// Why a connection's wait is over.
@@ -60,7 +63,8 @@ pub enum Expired {
 }
 
 impl Activity {
-    pub fn new() -> Arc<Self> {
+    /// A new connection's, in a worker that stops at `shutdown`.
+    pub fn new(shutdown: Arc<CancellationToken>) -> Arc<Self> {
         Arc::new(Self {
             epoch: Instant::now(),
             in_flight: AtomicU32::new(0),
@@ -73,6 +77,7 @@ impl Activity {
             park: AtomicBool::new(false),
             shed: AtomicBool::new(false),
             draining: AtomicBool::new(false),
+            shutdown,
         })
     }
 
@@ -170,8 +175,23 @@ impl Activity {
         self.draining.store(true, Ordering::Relaxed);
     }
 
+    /// Whether the connection has noted the drain yet (a load).
     pub fn is_draining(&self) -> bool {
         self.draining.load(Ordering::Relaxed)
+    }
+
+    /// Whether the worker drains, from its shutdown token (which takes a
+    /// lock) until that says so, noted from then on.
+    pub fn draining(&self) -> bool {
+        if !self.is_draining() && self.shutdown.is_cancelled() {
+            self.drain();
+        }
+        self.is_draining()
+    }
+
+    /// The worker's shutdown, for a wait that must end with it.
+    pub fn shutdown(&self) -> &CancellationToken {
+        &self.shutdown
     }
 
     /// Ends the HTTP/1.1 state of an idle connection at its next read.
@@ -264,7 +284,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn a_new_connection_owes_a_request_head() {
-        let a = Activity::new();
+        let a = Activity::new(Arc::default());
         let (at, why) = a.deadline(HEADER, KEEPALIVE);
         assert_eq!(why, Some(Expired::Header));
         assert_eq!(at, a.epoch + HEADER);
@@ -272,7 +292,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn idle_waits_keepalive_then_a_started_head_gets_header_timeout() {
-        let a = Activity::new();
+        let a = Activity::new(Arc::default());
         drop(a.begin(false));
         tokio::time::advance(Duration::from_secs(30)).await;
         let (at, why) = a.deadline(HEADER, KEEPALIVE);
@@ -286,7 +306,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn busy_connections_never_expire() {
-        let a = Activity::new();
+        let a = Activity::new(Arc::default());
         let _g = a.begin(false);
         a.saw_bytes();
         assert_eq!(a.deadline(HEADER, KEEPALIVE).1, None);
@@ -294,7 +314,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn a_head_is_being_read_from_the_start_and_after_bytes_between_requests() {
-        let a = Activity::new();
+        let a = Activity::new(Arc::default());
         assert!(a.reading_head());
         let request = a.begin(false);
         assert!(!a.reading_head());
@@ -306,7 +326,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn http2_control_frames_between_requests_do_not_start_a_head() {
-        let a = Activity::new();
+        let a = Activity::new(Arc::default());
         drop(a.begin(true));
         a.saw_bytes();
         assert_eq!(a.deadline(HEADER, KEEPALIVE).1, Some(Expired::Idle));
