@@ -27,6 +27,12 @@ fn at_deadline(waited: Duration, deadline: Duration) -> bool {
     waited >= deadline && waited < deadline + Duration::from_millis(1)
 }
 
+/// Whether `waited` ends within the second after `deadline` (for answers
+/// that go through more than one timer).
+fn in_the_second_after(waited: Duration, deadline: Duration) -> bool {
+    waited >= deadline && waited < deadline + Duration::from_secs(1)
+}
+
 #[tokio::test(start_paused = true)]
 async fn a_silent_connection_is_closed_after_the_header_timeout() {
     let app = echo("app").await;
@@ -134,7 +140,7 @@ async fn a_stalled_request_body_gets_408() {
     );
     let waited = started.elapsed();
     assert!(
-        waited >= Duration::from_secs(5) && waited < Duration::from_secs(6),
+        in_the_second_after(waited, Duration::from_secs(5)),
         "{waited:?}"
     );
 }
@@ -153,7 +159,7 @@ async fn an_upstream_that_never_answers_gets_504_at_the_response_timeout() {
     assert_eq!(reply.text(), "504 Gateway Timeout: upstream timed out\n");
     let waited = started.elapsed();
     assert!(
-        waited >= Duration::from_secs(7) && waited < Duration::from_secs(8),
+        in_the_second_after(waited, Duration::from_secs(7)),
         "{waited:?}"
     );
 }
@@ -182,7 +188,7 @@ async fn a_reused_connection_times_a_response_from_its_own_request() {
         assert_eq!(reply.status, StatusCode::GATEWAY_TIMEOUT);
         let waited = started.elapsed();
         assert!(
-            waited >= Duration::from_secs(7) && waited < Duration::from_secs(8),
+            in_the_second_after(waited, Duration::from_secs(7)),
             "after {pause:?} in the pool: {waited:?}"
         );
     }
@@ -243,7 +249,7 @@ async fn a_connect_that_hangs_gets_504_at_the_connect_timeout() {
     assert_eq!(reply.status, StatusCode::GATEWAY_TIMEOUT);
     let waited = started.elapsed();
     assert!(
-        waited >= Duration::from_secs(2) && waited < Duration::from_secs(3),
+        in_the_second_after(waited, Duration::from_secs(2)),
         "{waited:?}"
     );
 }
