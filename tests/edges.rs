@@ -604,9 +604,13 @@ async fn an_editors_write_and_rename_is_reloaded_without_a_signal_each_time() {
         let temp = corral.config_path.with_file_name(".corral.toml.swp");
         let looked = corral.logged(LOOKED).len();
         std::fs::write(&temp, cluster_config(&[server.addr], "")).unwrap();
-        // Once the temp file's own events are over, only the rename is
-        // left to show the change (a watcher that reacted to writes alone
-        // would otherwise pass by reading the file after the rename).
+        // The temp file is none of the watcher's business. The config
+        // written again as it is makes the master look once, after the
+        // temp file's events: from then on only the rename is left to show
+        // the change (a watcher that reacted to writes alone would
+        // otherwise pass by reading the file after the rename).
+        let text = std::fs::read_to_string(&corral.config_path).unwrap();
+        corral.write_config(&text);
         corral.wait_for_logs(LOOKED, looked + 1).await;
         std::fs::rename(&temp, &corral.config_path).unwrap();
         let status = at_generation(&corral, generation).await;

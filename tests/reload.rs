@@ -271,6 +271,42 @@ async fn a_configmap_style_symlink_swap_is_picked_up_without_a_signal() {
 }
 
 #[tokio::test]
+async fn a_busy_file_beside_the_config_does_not_hold_back_its_reload() {
+    let (a, b, ws) = (echo("a").await, echo("b").await, ws_upstream().await);
+    let corral = Corral::start(&config(a.addr, ws, "", 1)).await;
+    // A log beside the config, written more often than the watcher's
+    // settling time: were its writes taken for the config's, the burst
+    // would never settle.
+    let log = corral.config_path.with_file_name("access.log");
+    let writer = tokio::spawn(async move {
+        let mut every = tokio::time::interval(std::time::Duration::from_millis(20));
+        loop {
+            every.tick().await;
+            let mut f = std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(&log)
+                .unwrap();
+            std::io::Write::write_all(&mut f, b"GET / 200\n").unwrap();
+        }
+    });
+    // An edit in place, then an editor's write-and-rename.
+    corral.write_config(&config(b.addr, ws, "", 1));
+    corral
+        .wait_status(|s| s["generation"] == 2 && s["last_reload"]["trigger"] == "file change")
+        .await;
+    assert_eq!(get(corral.addr("public"), "/", &[]).await.backend(), "b");
+    let temp = corral.config_path.with_file_name(".corral.toml.swp");
+    std::fs::write(&temp, config(a.addr, ws, "", 1)).unwrap();
+    std::fs::rename(&temp, &corral.config_path).unwrap();
+    corral
+        .wait_status(|s| s["generation"] == 3 && s["last_reload"]["trigger"] == "file change")
+        .await;
+    writer.abort();
+    assert_eq!(get(corral.addr("public"), "/", &[]).await.backend(), "a");
+}
+
+#[tokio::test]
 async fn listeners_added_by_reload_serve_and_removed_ones_stop_accepting() {
     let (a, ws) = (echo("a").await, ws_upstream().await);
     let corral = Corral::start(&config(a.addr, ws, "", 2)).await;

@@ -230,11 +230,11 @@ impl Master {
 
     async fn run(mut self) -> Result<(), RunError> {
         let mut signals = Signals::new()?;
-        let (_watcher, mut file_events) = match filewatch::watch(&self.path) {
-            Ok((watcher, events)) => (Some(watcher), Some(events)),
+        let mut watch = match filewatch::Watch::start(&self.path) {
+            Ok(watch) => Some(watch),
             Err(e) => {
                 tracing::warn!(error = %e, path = %self.path.display(), "cannot watch the config file; reload with SIGHUP or POST /reload");
-                (None, None)
+                None
             }
         };
         let mut settle_at: Option<Instant> = None;
@@ -266,7 +266,7 @@ impl Master {
                         self.conclude(pending, outcome);
                     }
                 }
-                Some(()) = recv(&mut file_events) => {
+                () = changed(&mut watch) => {
                     // Editors and ConfigMap updates change several files in a
                     // burst; act once it has settled.
                     settle_at = Some(Instant::now() + filewatch::SETTLE);
@@ -529,9 +529,9 @@ fn serve_admin(
     Ok(())
 }
 
-async fn recv(events: &mut Option<mpsc::UnboundedReceiver<()>>) -> Option<()> {
-    match events {
-        Some(events) => events.recv().await,
+async fn changed(watch: &mut Option<filewatch::Watch>) {
+    match watch {
+        Some(watch) => watch.changed().await,
         None => std::future::pending().await,
     }
 }

@@ -17,22 +17,24 @@ pub fn read_lines(path: &Path) -> Vec<String> {
 /// Waits until `path` has `n` lines, looking again whenever its folder
 /// changes (workers write their lines off the request path).
 pub async fn wait_for_lines(path: &Path, n: usize) -> Vec<String> {
-    use notify::Watcher;
-    let (changed_tx, mut changed) = tokio::sync::mpsc::unbounded_channel();
-    let mut watcher = notify::recommended_watcher(move |_| {
-        let _ = changed_tx.send(());
-    })
-    .unwrap();
-    watcher
-        .watch(path.parent().unwrap(), notify::RecursiveMode::NonRecursive)
+    use futures_util::StreamExt;
+    use inotify::{Inotify, WatchMask};
+    let inotify = Inotify::init().unwrap();
+    inotify
+        .watches()
+        .add(
+            path.parent().unwrap(),
+            WatchMask::CREATE | WatchMask::MODIFY,
+        )
         .unwrap();
+    let mut changed = inotify.into_event_stream([0; 1024]).unwrap();
     let deadline = tokio::time::Instant::now() + PATIENCE;
     loop {
         let lines = read_lines(path);
         if lines.len() >= n {
             return lines;
         }
-        let event = tokio::time::timeout_at(deadline, changed.recv()).await;
+        let event = tokio::time::timeout_at(deadline, changed.next()).await;
         assert!(
             event.is_ok(),
             "{} of {n} lines in {}: {lines:?}",
