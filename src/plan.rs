@@ -301,6 +301,23 @@ pub struct HealthCheckConfig {
     pub healthy_threshold: NonZeroU32,
     /// Consecutive failures that take a server down.
     pub unhealthy_threshold: NonZeroU32,
+    /// The statuses that pass, sorted; empty: any 2xx or 3xx.
+    pub statuses: Vec<u16>,
+    /// The `Host` the probe sends; `None`: the server's address.
+    pub host: Option<String>,
+    /// What the start of the body must contain to pass (see
+    /// `master::health` for how much of it is read).
+    pub body_contains: Option<String>,
+}
+
+impl HealthCheckConfig {
+    pub fn passes(&self, status: http::StatusCode) -> bool {
+        if self.statuses.is_empty() {
+            status.is_success() || status.is_redirection()
+        } else {
+            self.statuses.binary_search(&status.as_u16()).is_ok()
+        }
+    }
 }
 
 impl Plan {

@@ -210,8 +210,7 @@ fn certificate_files() -> (tempfile::TempDir, String, String) {
 }
 
 const LISTENER_KEYS: &str = "expected one of `name`, `listen`, `tls`, `backlog`, `header_timeout`, `keepalive_timeout`, `body_timeout`, `max_request_body`, `max_header_bytes`, `path_encoded_slashes`, `underscores_in_headers`, `trusted_proxies`, `proxy_protocol`, `max_connections`";
-const HEALTH_CHECK_KEYS: &str =
-    "expected one of `path`, `interval`, `timeout`, `healthy_threshold`, `unhealthy_threshold`";
+const HEALTH_CHECK_KEYS: &str = "expected one of `path`, `interval`, `timeout`, `healthy_threshold`, `unhealthy_threshold`, `statuses`, `host`, `body_contains`";
 
 #[test]
 fn every_unknown_key_is_reported_once_at_its_own_line_and_column() {
@@ -292,6 +291,60 @@ timout = "1s"
     ];
     let cases: Vec<(&str, &str)> = cases.iter().map(|(k, m)| (*k, m.as_str())).collect();
     expect_exactly(&text, &cases);
+}
+
+#[test]
+fn a_health_check_judged_by_statuses_host_and_text_says_what_is_wrong_with_each() {
+    let base = r#"
+[[listeners]]
+name = "public"
+listen = "127.0.0.1:8080"
+
+[[routes]]
+upstream = "app"
+
+[[upstreams]]
+name = "app"
+servers = [{ addr = "127.0.0.1:9001" }]
+[upstreams.health_check]
+"#;
+    let cases = [
+        (
+            "statuses = [200, 99, 600]",
+            "99,",
+            "upstreams.health_check.statuses: 99 is out of range, expected 100 to 599",
+        ),
+        (
+            "statuses = []",
+            "[]",
+            "upstreams.health_check.statuses: empty, expected at least one status such as 200",
+        ),
+        (
+            r#"host = "user@api.internal""#,
+            r#""user@"#,
+            r#"upstreams.health_check.host: `user@api.internal` is not a host, expected a name or address with an optional port, such as "api.internal" or "10.0.0.5:8080""#,
+        ),
+        (
+            r#"host = "api internal""#,
+            r#""api "#,
+            r#"upstreams.health_check.host: `api internal` is not a host, expected a name or address with an optional port, such as "api.internal" or "10.0.0.5:8080""#,
+        ),
+        (
+            r#"body_contains = """#,
+            r#""""#,
+            "upstreams.health_check.body_contains: 0 bytes, expected 1 to 1024",
+        ),
+    ];
+    for (line, needle, message) in cases {
+        let text = format!("{base}{line}\n");
+        if line.starts_with("statuses = [200") {
+            // Both out-of-range entries are reported, each at its place.
+            let high = "upstreams.health_check.statuses: 600 is out of range, expected 100 to 599";
+            expect_exactly(&text, &[(needle, message), ("600]", high)]);
+        } else {
+            expect_exactly(&text, &[(needle, message)]);
+        }
+    }
 }
 
 #[test]

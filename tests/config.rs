@@ -469,3 +469,24 @@ fn a_certificate_without_its_key_is_one_problem_not_also_an_empty_list() {
         "{text}"
     );
 }
+
+#[test]
+fn health_check_statuses_are_sorted_and_replace_the_2xx_3xx_default() {
+    let h = health_check(&["statuses = [204, 200, 204]"]);
+    assert_eq!(h.statuses, [200, 204]);
+    assert!(h.passes(http::StatusCode::NO_CONTENT));
+    assert!(!h.passes(http::StatusCode::ACCEPTED));
+    assert!(!h.passes(http::StatusCode::MOVED_PERMANENTLY));
+    let default = health_check(&[]);
+    assert!(default.statuses.is_empty());
+    assert_eq!(
+        (default.host.as_deref(), default.body_contains.as_deref()),
+        (None, None)
+    );
+    assert!(default.passes(http::StatusCode::ACCEPTED));
+    assert!(default.passes(http::StatusCode::MOVED_PERMANENTLY));
+    assert!(!default.passes(http::StatusCode::NOT_FOUND));
+    let h = health_check(&[r#"host = "api.internal:8080""#, r#"body_contains = "ok""#]);
+    assert_eq!(h.host.as_deref(), Some("api.internal:8080"));
+    assert_eq!(h.body_contains.as_deref(), Some("ok"));
+}

@@ -292,6 +292,21 @@ fn upstream(u: &UpstreamConfig) -> Fields {
             "health_check.unhealthy_threshold",
             checked(&|h| h.unhealthy_threshold.to_string()),
         ),
+        (
+            "health_check.statuses",
+            checked(&|h| match h.statuses.as_slice() {
+                [] => UNSET.into(),
+                list => format!("{list:?}"),
+            }),
+        ),
+        (
+            "health_check.host",
+            checked(&|h| h.host.as_ref().map_or(UNSET.into(), string)),
+        ),
+        (
+            "health_check.body_contains",
+            checked(&|h| h.body_contains.as_ref().map_or(UNSET.into(), string)),
+        ),
     ]
 }
 

@@ -177,6 +177,9 @@ pub struct RawHealthCheck {
     pub timeout: Option<Text>,
     pub healthy_threshold: Option<Int>,
     pub unhealthy_threshold: Option<Int>,
+    pub statuses: Option<Spanned<Vec<Int>>>,
+    pub host: Option<Text>,
+    pub body_contains: Option<Text>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]

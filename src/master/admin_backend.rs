@@ -11,6 +11,7 @@ use serde_json::json;
 use tokio::sync::{mpsc, oneshot, watch};
 
 use super::generation::Generation;
+use super::health::DownNotes;
 use super::reload::{ReloadError, ReloadRecord, ReloadRequest, Reloaded};
 use super::status::{StatusBoard, WorkerState, timestamp};
 use crate::admin::{Backend, ReloadAnswer};
@@ -25,6 +26,8 @@ pub struct AdminBackend {
     reloads: mpsc::Sender<ReloadRequest>,
     /// The latest reload's outcome (their counts are in `metrics`).
     last_reload: Mutex<Option<ReloadRecord>>,
+    /// Why the servers their health checks took down are down.
+    down: Arc<DownNotes>,
 }
 
 impl AdminBackend {
@@ -33,6 +36,7 @@ impl AdminBackend {
         status: Arc<StatusBoard>,
         metrics: Arc<ClusterMetrics>,
         reloads: mpsc::Sender<ReloadRequest>,
+        down: Arc<DownNotes>,
     ) -> Self {
         Self {
             pid: std::process::id(),
@@ -41,6 +45,7 @@ impl AdminBackend {
             metrics,
             reloads,
             last_reload: Mutex::new(None),
+            down,
         }
     }
 
@@ -58,6 +63,7 @@ impl Backend for AdminBackend {
     fn status(&self) -> serde_json::Value {
         let generation = self.generation.borrow().clone();
         let in_flight = self.metrics.workers.in_flight();
+
         let upstreams: Vec<_> = generation
             .upstreams
             .iter()
@@ -72,6 +78,12 @@ impl Backend for AdminBackend {
                             "state": if s.is_healthy() { "healthy" } else { "unhealthy" },
                             "health_checked": u.config.health_check.is_some(),
                             "in_flight": in_flight.get(&(u.name().to_owned(), s.label.clone())).copied().unwrap_or(0),
+                            // A server a reload replaced is healthy until
+                            // its first check, whatever the old one said.
+                            "down": self.down.get(u.name(), s.addr).filter(|_| !s.is_healthy()).map(|d| json!({
+                                "since": timestamp(d.since),
+                                "reason": d.reason,
+                            })),
                         })
                     })
                     .collect();

@@ -2,18 +2,23 @@
 //! periodic `GET` to each server of an upstream that has
 //! `[upstreams.health_check]`. Workers get the verdicts.
 //!
-//! A 2xx or 3xx answer within the timeout passes. The first probe decides a
+//! An answer within the timeout passes if its status is one of the check's
+//! `statuses` (any 2xx or 3xx by default) and, with `body_contains`, the
+//! first 64 KiB of its body contain that text. The first probe decides a
 //! server's state at once; after that it takes `unhealthy_threshold` failures
 //! in a row to take a server down and `healthy_threshold` passes to bring it
 //! back, so one slow answer does not flap it. Probes use their own short-lived
 //! connections, never the request pools, made by the upstream's
-//! [`Connector`] as request connections are.
+//! [`Connector`] as request connections are. Why a server is down, and
+//! since when, is kept for `/status` ([`DownNotes`]).
 
 use std::collections::HashMap;
+use std::collections::hash_map::Entry;
 use std::net::SocketAddr;
-use std::sync::Arc;
-use std::time::Duration;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
 
+use http_body_util::BodyExt as _;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
@@ -28,6 +33,7 @@ pub type OnChange = Arc<dyn Fn(&str, &Server, bool) + Send + Sync>;
 /// Runs one check task per checked server; tasks stop when dropped.
 pub struct HealthChecker {
     on_change: OnChange,
+    notes: Arc<DownNotes>,
     /// By (upstream, server address): what its task checks, and the task's
     /// stop token.
     tasks: HashMap<(String, SocketAddr), (Probe, CancellationToken)>,
@@ -63,10 +69,16 @@ impl HealthChecker {
     pub fn start(upstreams: &[Arc<Upstream>], on_change: OnChange) -> Self {
         let mut checker = Self {
             on_change,
+            notes: Arc::default(),
             tasks: HashMap::new(),
         };
         checker.update(upstreams);
         checker
+    }
+
+    /// Why the servers whose checks took them down are down.
+    pub fn notes(&self) -> Arc<DownNotes> {
+        self.notes.clone()
     }
 
     /// Follows a config reload: checks for servers that are gone stop, new
@@ -87,6 +99,8 @@ impl HealthChecker {
                 wanted.insert((upstream.name().to_owned(), server.addr), probe);
             }
         }
+        // A check restarted with new settings keeps its server's note.
+        self.notes.retain(|key| wanted.contains_key(key));
         self.tasks.retain(|key, (running, stop)| {
             let keep = wanted.get(key).is_some_and(|w| running.same(w));
             if !keep {
@@ -99,7 +113,12 @@ impl HealthChecker {
                 continue;
             }
             let stop = CancellationToken::new();
-            let task = watch(key.0.clone(), probe.clone(), self.on_change.clone());
+            let task = watch(
+                key.clone(),
+                probe.clone(),
+                self.on_change.clone(),
+                self.notes.clone(),
+            );
             let token = stop.clone();
             tokio::spawn(async move { token.run_until_cancelled(task).await });
             self.tasks.insert(key, (probe, stop));
@@ -112,6 +131,57 @@ impl Drop for HealthChecker {
         for (_, stop) in self.tasks.values() {
             stop.cancel();
         }
+    }
+}
+
+/// Why each server that its checks took down is down, by (upstream,
+/// server address).
+#[derive(Debug, Default)]
+pub struct DownNotes(Mutex<HashMap<(String, SocketAddr), Down>>);
+
+/// A server its checks hold down: since when, and what its latest failed
+/// check said.
+#[derive(Debug, Clone)]
+pub struct Down {
+    pub since: SystemTime,
+    pub reason: String,
+}
+
+impl DownNotes {
+    /// The table guards no invariant a panic could break halfway.
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<(String, SocketAddr), Down>> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub fn get(&self, upstream: &str, addr: SocketAddr) -> Option<Down> {
+        self.lock().get(&(upstream.to_owned(), addr)).cloned()
+    }
+
+    /// A failed check of a server that is down: the reason is the latest,
+    /// the time the first. Whether the reason is new.
+    fn failed(&self, key: &(String, SocketAddr), reason: String) -> bool {
+        match self.lock().entry(key.clone()) {
+            Entry::Occupied(mut down) if down.get().reason != reason => {
+                down.get_mut().reason = reason;
+                true
+            }
+            Entry::Occupied(_) => false,
+            Entry::Vacant(slot) => {
+                slot.insert(Down {
+                    since: SystemTime::now(),
+                    reason,
+                });
+                true
+            }
+        }
+    }
+
+    fn cleared(&self, key: &(String, SocketAddr)) {
+        self.lock().remove(key);
+    }
+
+    fn retain(&self, keep: impl Fn(&(String, SocketAddr)) -> bool) {
+        self.lock().retain(|key, _| keep(key));
     }
 }
 
@@ -141,19 +211,25 @@ pub fn health_of(upstreams: &[Arc<Upstream>]) -> Vec<ServerHealth> {
         .collect()
 }
 
-async fn watch(upstream: String, checked: Probe, on_change: OnChange) {
+async fn watch(
+    key: (String, SocketAddr),
+    checked: Probe,
+    on_change: OnChange,
+    notes: Arc<DownNotes>,
+) {
     let Probe {
         check,
         server,
         connector,
     } = checked;
+    let upstream = key.0.as_str();
     let mut interval = tokio::time::interval(check.interval);
     interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut first = true;
     let mut streak = 0u32;
     loop {
         interval.tick().await;
-        let result = probe(&connector, server.addr, &check.path, check.timeout).await;
+        let result = probe(&connector, server.addr, &check).await;
         let passed = result.is_ok();
         let was = server.is_healthy();
         streak = if passed == was { 0 } else { streak + 1 };
@@ -162,7 +238,21 @@ async fn watch(upstream: String, checked: Probe, on_change: OnChange) {
         } else {
             check.healthy_threshold
         };
-        if (first && passed != was) || streak >= needed.get() {
+        let turns = (first && passed != was) || streak >= needed.get();
+        let healthy = if turns { passed } else { was };
+        // The note first: `/status` never shows a server down without why.
+        match &result {
+            _ if healthy => notes.cleared(&key),
+            Err(e) => {
+                // The log says what `/status` now says, once per change.
+                if notes.failed(&key, e.to_string()) && !turns {
+                    tracing::warn!(upstream, server = %server.addr, reason = %e, "server still unhealthy");
+                }
+            }
+            // A pass on the way back: the last failure still says why.
+            Ok(()) => {}
+        }
+        if turns {
             streak = 0;
             server.set_healthy(passed);
             match &result {
@@ -171,7 +261,7 @@ async fn watch(upstream: String, checked: Probe, on_change: OnChange) {
                     tracing::warn!(upstream, server = %server.addr, reason = %e, "server is unhealthy")
                 }
             }
-            on_change(&upstream, &server, passed);
+            on_change(upstream, &server, passed);
         }
         first = false;
     }
@@ -183,32 +273,42 @@ pub enum ProbeError {
     Timeout(Duration),
     #[error(transparent)]
     Connect(#[from] ConnectError),
+    /// Not for a check that validation let through.
+    #[error("cannot make the check's request: {0}")]
+    Request(String),
     #[error("HTTP failed: {0}")]
     Http(#[source] http1::Error),
-    #[error("answered {0}")]
-    Status(http::StatusCode),
+    #[error("answered {0}, expected {1}")]
+    Status(http::StatusCode, String),
+    #[error("answered {0} without {1:?} in the first 64 KiB of its body")]
+    Body(http::StatusCode, String),
 }
 
 /// The most a probe's response head may take.
 const PROBE_HEAD_LIMIT: usize = 64 * 1024;
 
-/// One health probe: `GET path` on a fresh connection.
+/// How much of a body `body_contains` looks through: enough for any status
+/// page, little enough that a server answering with a download costs the
+/// check no more.
+const PROBE_BODY_LIMIT: usize = 64 * 1024;
+
+/// One health probe: `GET path` on a fresh connection, judged by `check`.
 pub async fn probe(
     connector: &Connector,
     addr: SocketAddr,
-    path: &str,
-    timeout: Duration,
+    check: &HealthCheckConfig,
 ) -> Result<(), ProbeError> {
     let attempt = async {
         let stream = connector.stream(addr).await?;
-        let (request, ()) = http::Request::get(path)
-            .header(http::header::HOST, addr.to_string())
+        let host = check.host.clone().unwrap_or_else(|| addr.to_string());
+        let (request, ()) = http::Request::get(check.path.as_str())
+            .header(http::header::HOST, host)
             .header(
                 http::header::USER_AGENT,
                 concat!("corral-health/", env!("CARGO_PKG_VERSION")),
             )
             .body(())
-            .map_err(|_| ProbeError::Status(http::StatusCode::BAD_REQUEST))?
+            .map_err(|e| ProbeError::Request(e.to_string()))?
             .into_parts();
         let outbound = Box::new(http1::Outbound::new(&request, std::iter::empty(), None));
         let connection = http1::Connection::new(stream);
@@ -226,13 +326,82 @@ pub async fn probe(
                 })
             })?;
         let status = response.status();
-        if status.is_success() || status.is_redirection() {
-            Ok(())
-        } else {
-            Err(ProbeError::Status(status))
+        if !check.passes(status) {
+            return Err(ProbeError::Status(status, expected(&check.statuses)));
+        }
+        match &check.body_contains {
+            Some(needle) if !body_contains(response.into_body(), needle.as_bytes()).await? => {
+                Err(ProbeError::Body(status, needle.clone()))
+            }
+            _ => Ok(()),
         }
     };
-    tokio::time::timeout(timeout, attempt)
+    tokio::time::timeout(check.timeout, attempt)
         .await
-        .map_err(|_| ProbeError::Timeout(timeout))?
+        .map_err(|_| ProbeError::Timeout(check.timeout))?
+}
+
+/// The statuses a check passes on, as a failure names them.
+fn expected(statuses: &[u16]) -> String {
+    match statuses {
+        [] => "2xx or 3xx".to_owned(),
+        [one] => one.to_string(),
+        [some @ .., last] => {
+            let some: Vec<String> = some.iter().map(u16::to_string).collect();
+            format!("{} or {last}", some.join(", "))
+        }
+    }
+}
+
+/// Whether the first [`PROBE_BODY_LIMIT`] bytes of `body` contain `needle`;
+/// reads no further than it must.
+async fn body_contains(mut body: http1::Http1Body, needle: &[u8]) -> Result<bool, ProbeError> {
+    if needle.is_empty() {
+        return Ok(true);
+    }
+    let mut seen = Vec::new();
+    while seen.len() < PROBE_BODY_LIMIT {
+        let Some(frame) = body.frame().await else {
+            return Ok(false);
+        };
+        let Ok(data) = frame.map_err(ProbeError::Http)?.into_data() else {
+            continue;
+        };
+        // Only where the needle may end in the new bytes is new to look at.
+        let from = seen.len().saturating_sub(needle.len() - 1);
+        let room = PROBE_BODY_LIMIT - seen.len();
+        seen.extend_from_slice(&data[..data.len().min(room)]);
+        if seen[from..].windows(needle.len()).any(|w| w == needle) {
+            return Ok(true);
+        }
+    }
+    Ok(false)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_note_keeps_its_first_time_and_its_latest_reason() {
+        let notes = DownNotes::default();
+        let addr: SocketAddr = "127.0.0.1:1".parse().unwrap();
+        let key = ("app".to_owned(), addr);
+        assert!(notes.failed(&key, "first".to_owned()));
+        let since = notes.get("app", addr).unwrap().since;
+        assert!(!notes.failed(&key, "first".to_owned()), "no news");
+        assert!(notes.failed(&key, "second".to_owned()));
+        let down = notes.get("app", addr).unwrap();
+        assert_eq!((down.since, down.reason.as_str()), (since, "second"));
+        notes.cleared(&key);
+        assert!(notes.get("app", addr).is_none());
+    }
+
+    #[test]
+    fn a_failed_status_names_what_would_have_passed() {
+        assert_eq!(expected(&[]), "2xx or 3xx");
+        assert_eq!(expected(&[200]), "200");
+        assert_eq!(expected(&[200, 204]), "200 or 204");
+        assert_eq!(expected(&[200, 204, 301]), "200, 204 or 301");
+    }
 }

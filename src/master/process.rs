@@ -173,6 +173,7 @@ impl Master {
             status.clone(),
             metrics.clone(),
             reload_tx,
+            checker.notes(),
         ));
         let admin_stop = CancellationToken::new();
         if let Some(socket) = &admin {

@@ -20,6 +20,8 @@ const DEFAULT_FAIL_TIMEOUT: Duration = Duration::from_secs(10);
 const DEFAULT_HEALTH_PATH: &str = "/";
 const DEFAULT_HEALTH_INTERVAL: Duration = Duration::from_secs(5);
 const DEFAULT_HEALTH_TIMEOUT: Duration = Duration::from_secs(2);
+/// The longest text a health check may look for in a body.
+const MAX_BODY_CONTAINS: usize = 1024;
 const DEFAULT_HEALTHY_THRESHOLD: NonZeroU32 = NonZeroU32::new(2).expect("non-zero");
 const DEFAULT_UNHEALTHY_THRESHOLD: NonZeroU32 = NonZeroU32::new(3).expect("non-zero");
 
@@ -199,7 +201,29 @@ impl Validator<'_> {
                 humantime::format_duration(interval),
             ));
         }
+        let statuses = raw
+            .statuses
+            .map(|list| self.statuses(&list, "upstreams.health_check.statuses"));
+        let host = raw.host.and_then(|h| {
+            let host = h.get_ref();
+            let ok = !host.contains('@') && host.parse::<http::uri::Authority>().is_ok();
+            if !ok {
+                self.problem(h.span(), format!("upstreams.health_check.host: `{host}` is not a host, expected a name or address with an optional port, such as \"api.internal\" or \"10.0.0.5:8080\""));
+            }
+            ok.then(|| h.into_inner())
+        });
+        let body_contains = raw.body_contains.and_then(|b| {
+            let len = b.get_ref().len();
+            let ok = (1..=MAX_BODY_CONTAINS).contains(&len);
+            if !ok {
+                self.problem(b.span(), format!("upstreams.health_check.body_contains: {len} bytes, expected 1 to {MAX_BODY_CONTAINS}"));
+            }
+            ok.then(|| b.into_inner())
+        });
         HealthCheckConfig {
+            statuses: statuses.unwrap_or_default(),
+            host,
+            body_contains,
             path,
             interval,
             timeout,

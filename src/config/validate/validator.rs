@@ -117,6 +117,26 @@ impl<'a> Validator<'a> {
         }
     }
 
+    /// HTTP statuses (100 to 599), sorted and without repeats; the ones out
+    /// of range are reported and left out, and so is an empty list.
+    pub fn statuses(&mut self, raw: &Spanned<Vec<Int>>, key: &str) -> Vec<u16> {
+        if raw.get_ref().is_empty() {
+            self.problem(
+                raw.span(),
+                format!("{key}: empty, expected at least one status such as 200"),
+            );
+        }
+        let mut out: Vec<u16> = raw
+            .get_ref()
+            .iter()
+            .filter_map(|n| self.int_in(n, 100, 599, key))
+            .filter_map(|n| u16::try_from(n).ok())
+            .collect();
+        out.sort_unstable();
+        out.dedup();
+        out
+    }
+
     /// Networks written as CIDRs (`10.0.0.0/8`, `fd00::/8`) or single
     /// addresses; the unreadable ones are reported and left out.
     pub fn networks(&mut self, raw: &Spanned<Vec<Text>>, key: &str) -> Vec<IpNet> {
