@@ -257,6 +257,11 @@ pub struct UpstreamConfig {
     pub max_idle_per_server: usize,
     /// How long a server that refused a connection is skipped.
     pub fail_timeout: Duration,
+    /// Statuses on which an idempotent request without a body moves to
+    /// another server, sorted.
+    pub retry_on: Vec<u16>,
+    /// The share of requests that may be retries (see `upstream::budget`).
+    pub retry_budget: f64,
     pub health_check: Option<HealthCheckConfig>,
 }
 

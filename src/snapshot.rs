@@ -25,6 +25,9 @@ pub type SharedSnapshot = Arc<ArcSwap<Snapshot>>;
 /// The `kind` label values of `corral_upstream_errors_total`.
 pub const UPSTREAM_ERROR_KINDS: [&str; 4] = ["connect", "timeout", "reset", "protocol"];
 
+/// The `reason` label values of `corral_upstream_retries_total`.
+pub const RETRY_REASONS: [&str; 3] = ["connect", "status", "reset"];
+
 #[derive(Debug)]
 pub struct Snapshot {
     pub generation: u64,
@@ -105,6 +108,10 @@ impl Snapshot {
         // Every known error series exists from the start, at zero, so that
         // dashboards and alerts see them before the first error.
         for u in &upstreams {
+            for reason in RETRY_REASONS {
+                recorder.counter(Family::UpstreamRetries, &[u.name(), reason]);
+            }
+            recorder.counter(Family::RetryBudgetExhausted, &[u.name()]);
             for s in &u.servers {
                 for kind in UPSTREAM_ERROR_KINDS {
                     recorder.counter(Family::UpstreamErrors, &[u.name(), &s.label, kind]);
@@ -160,6 +167,20 @@ impl Snapshot {
 
     pub fn upstream(&self, name: &str) -> Option<&Arc<Upstream>> {
         self.upstreams.iter().find(|u| u.name() == name)
+    }
+
+    /// Counts a request sent again to another server of `upstream`.
+    pub fn count_retry(&self, upstream: &str, reason: &str) {
+        self.recorder
+            .counter(Family::UpstreamRetries, &[upstream, reason])
+            .add(1);
+    }
+
+    /// Counts a retry the budget of `upstream` did not allow.
+    pub fn count_budget_exhausted(&self, upstream: &str) {
+        self.recorder
+            .counter(Family::RetryBudgetExhausted, &[upstream])
+            .add(1);
     }
 
     /// Counts one failed exchange with `server` of `upstream`.

@@ -293,9 +293,8 @@ timout = "1s"
     expect_exactly(&text, &cases);
 }
 
-#[test]
-fn a_health_check_judged_by_statuses_host_and_text_says_what_is_wrong_with_each() {
-    let base = r#"
+/// One listener routing to one upstream `app`, whose keys may follow.
+const ONE_UPSTREAM: &str = r#"
 [[listeners]]
 name = "public"
 listen = "127.0.0.1:8080"
@@ -306,8 +305,11 @@ upstream = "app"
 [[upstreams]]
 name = "app"
 servers = [{ addr = "127.0.0.1:9001" }]
-[upstreams.health_check]
 "#;
+
+#[test]
+fn a_health_check_judged_by_statuses_host_and_text_says_what_is_wrong_with_each() {
+    let base = format!("{ONE_UPSTREAM}[upstreams.health_check]\n");
     let cases = [
         (
             "statuses = [200, 99, 600]",
@@ -345,6 +347,24 @@ servers = [{ addr = "127.0.0.1:9001" }]
             expect_exactly(&text, &[(needle, message)]);
         }
     }
+}
+
+#[test]
+fn a_retry_budget_outside_0_to_1_or_a_status_outside_100_to_599_is_refused() {
+    let text = format!("{ONE_UPSTREAM}retry_budget = 1.5\nretry_on = [502, 700]\n");
+    expect_exactly(
+        &text,
+        &[
+            (
+                "1.5",
+                "upstreams.retry_budget: 1.5 is out of range, expected a share from 0 to 1, such as 0.2",
+            ),
+            (
+                "700]",
+                "upstreams.retry_on: 700 is out of range, expected 100 to 599",
+            ),
+        ],
+    );
 }
 
 #[test]

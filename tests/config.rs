@@ -299,7 +299,22 @@ fn upstream_defaults_are_the_documented_ones() {
     assert_eq!(u.max_idle_per_server, 128);
     assert_eq!(u.fail_timeout, Duration::from_secs(10));
     assert_eq!(u.servers[0].weight.get(), 1);
+    assert_eq!(u.retry_on, [502, 503, 504]);
+    assert_eq!(u.retry_budget, 0.2);
     assert_eq!(u.health_check, None, "no active checks unless asked for");
+}
+
+#[test]
+fn retry_on_is_sorted_and_may_be_empty() {
+    let u = upstream(&format!(
+        "{BASE}retry_on = [504, 500, 500]\nretry_budget = 0.5\n"
+    ));
+    assert_eq!(
+        (u.retry_on.as_slice(), u.retry_budget),
+        (&[500, 504][..], 0.5)
+    );
+    let u = upstream(&format!("{BASE}retry_on = []\nretry_budget = 0\n"));
+    assert_eq!((u.retry_on.as_slice(), u.retry_budget), (&[][..], 0.0));
 }
 
 #[test]

@@ -29,7 +29,8 @@ pub enum BodyError {
 /// A client's request body on its way upstream.
 #[derive(Debug)]
 pub struct RequestBody {
-    inner: Incoming,
+    /// `None`: no body, as a request repeated elsewhere has.
+    inner: Option<Incoming>,
     limit: Option<u64>,
     seen: u64,
     idle_timeout: Duration,
@@ -84,7 +85,7 @@ impl RequestBody {
             (Some(tx), Some(rx))
         };
         let body = Self {
-            inner,
+            inner: Some(inner),
             limit,
             seen: 0,
             idle_timeout,
@@ -94,6 +95,20 @@ impl RequestBody {
             series,
         };
         (body, BodySent(rx))
+    }
+
+    /// No body, counted where `like`'s bytes are.
+    pub fn empty(like: &Self) -> Self {
+        Self {
+            inner: None,
+            limit: None,
+            seen: 0,
+            idle_timeout: like.idle_timeout,
+            idle: None,
+            idle_armed: false,
+            sent: None,
+            series: like.series.clone(),
+        }
     }
 
     fn mark_sent(&mut self) {
@@ -118,7 +133,10 @@ impl Body for RequestBody {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
         let this = &mut *self;
-        match Pin::new(&mut this.inner).poll_frame(cx) {
+        let Some(inner) = &mut this.inner else {
+            return Poll::Ready(None);
+        };
+        match Pin::new(&mut *inner).poll_frame(cx) {
             Poll::Ready(Some(Ok(frame))) => {
                 this.idle_armed = false;
                 if let Some(data) = frame.data_ref() {
@@ -127,7 +145,7 @@ impl Body for RequestBody {
                         return Poll::Ready(Some(Err(BodyError::TooLarge { limit })));
                     }
                 }
-                if this.inner.is_end_stream() {
+                if inner.is_end_stream() {
                     this.mark_sent();
                 }
                 Poll::Ready(Some(Ok(frame)))
@@ -153,10 +171,12 @@ impl Body for RequestBody {
     }
 
     fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
+        self.inner.as_ref().is_none_or(Incoming::is_end_stream)
     }
 
     fn size_hint(&self) -> SizeHint {
-        self.inner.size_hint()
+        self.inner
+            .as_ref()
+            .map_or_else(|| SizeHint::with_exact(0), Incoming::size_hint)
     }
 }

@@ -281,6 +281,8 @@ fn upstream(u: &UpstreamConfig) -> Fields {
         ("idle_timeout", duration(u.idle_timeout)),
         ("max_idle_per_server", u.max_idle_per_server.to_string()),
         ("fail_timeout", duration(u.fail_timeout)),
+        ("retry_on", format!("{:?}", u.retry_on)),
+        ("retry_budget", u.retry_budget.to_string()),
         ("health_check.path", checked(&|h| string(&h.path))),
         ("health_check.interval", checked(&|h| duration(h.interval))),
         ("health_check.timeout", checked(&|h| duration(h.timeout))),

@@ -159,6 +159,8 @@ pub struct RawUpstream {
     pub idle_timeout: Option<Text>,
     pub max_idle_per_server: Option<Int>,
     pub fail_timeout: Option<Text>,
+    pub retry_on: Option<Spanned<Vec<Int>>>,
+    pub retry_budget: Option<Spanned<f64>>,
     pub health_check: Option<Spanned<RawHealthCheck>>,
 }
 

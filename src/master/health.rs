@@ -316,7 +316,7 @@ pub async fn probe(
             .await
             .map_err(|e| {
                 ProbeError::Http(match e {
-                    http1::SendError::Upstream(e) => e,
+                    http1::SendError::Upstream(e) | http1::SendError::Unanswered(e) => e,
                     http1::SendError::Unsent(e, _) => http1::Error::Io(e),
                     // A probe has no body to fail, and its timeout is
                     // the caller's.

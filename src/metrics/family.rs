@@ -36,10 +36,12 @@ pub enum Family {
     AcceptPauses,
     ConnectionsShed,
     RequestHeadsBytes,
+    UpstreamRetries,
+    RetryBudgetExhausted,
 }
 
 impl Family {
-    pub const ALL: [Family; 11] = [
+    pub const ALL: [Family; 13] = [
         Family::Requests,
         Family::RequestDuration,
         Family::RequestBytes,
@@ -51,6 +53,8 @@ impl Family {
         Family::AcceptPauses,
         Family::ConnectionsShed,
         Family::RequestHeadsBytes,
+        Family::UpstreamRetries,
+        Family::RetryBudgetExhausted,
     ];
 
     pub fn id(self) -> u64 {
@@ -74,6 +78,8 @@ impl Family {
             Self::AcceptPauses => "corral_accept_pauses_total",
             Self::ConnectionsShed => "corral_connections_shed_total",
             Self::RequestHeadsBytes => "corral_request_heads_bytes",
+            Self::UpstreamRetries => "corral_upstream_retries_total",
+            Self::RetryBudgetExhausted => "corral_upstream_retry_budget_exhausted_total",
         }
     }
 
@@ -100,6 +106,12 @@ impl Family {
             Self::RequestHeadsBytes => {
                 "Memory charged to the request heads being received now, per worker (max_header_bytes plus 16 KiB each)."
             }
+            Self::UpstreamRetries => {
+                "Requests sent again to another server, by reason: connect, status, reset."
+            }
+            Self::RetryBudgetExhausted => {
+                "Retries not made because the upstream's retry budget was spent."
+            }
         }
     }
 
@@ -124,6 +136,8 @@ impl Family {
             Self::Connections | Self::AcceptPauses | Self::ConnectionsShed => &["listener"],
             Self::UpstreamInFlight => &["upstream", "server", "worker"],
             Self::RequestHeadsBytes => &["worker"],
+            Self::UpstreamRetries => &["upstream", "reason"],
+            Self::RetryBudgetExhausted => &["upstream"],
         }
     }
 }

@@ -59,7 +59,7 @@ impl From<SendError> for ProxyError {
     fn from(e: SendError) -> Self {
         match e {
             SendError::Unsent(e, _) => Self::Http1(http1::Error::Io(e)),
-            SendError::Upstream(e) => Self::Http1(e),
+            SendError::Upstream(e) | SendError::Unanswered(e) => Self::Http1(e),
             SendError::ClientBody(e) => Self::ClientBody(e),
             SendError::TimedOut(limit) => Self::ResponseTimeout(limit),
         }

@@ -8,6 +8,7 @@
 //! upstream is not retried, because its body may already be gone.
 
 mod error;
+mod exchange;
 pub mod headers;
 pub mod path;
 mod target;
@@ -20,28 +21,27 @@ use std::borrow::Cow;
 use std::future::Future;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
-use std::time::Duration;
 
 use futures_util::future::Either;
 use http::header::{self, HeaderValue};
 use http::uri::{Authority, PathAndQuery, Scheme, Uri};
 use http::{Request, Response, StatusCode, Version};
 use hyper::body::Incoming;
-use hyper::client::conn::{TrySendError, http2};
 use tokio::time::Instant;
 
 pub use error::{Fault, ProxyError, error_text, local_response};
 
+use self::exchange::{Message, Outgoing};
 use crate::access_log::Entry;
 use crate::balance::hash_key;
-use crate::body::request::{BodySent, RequestBody};
+use crate::body::request::RequestBody;
 use crate::body::response::{Completion, ResponseBody, Upstream as UpstreamBody};
 use crate::metrics::RouteSeries;
 use crate::plan::{EncodedSlashes, HashKey, Protocol, Underscores};
 use crate::routing::{Route, rewrite_path};
 use crate::snapshot::{ListenerSnapshot, Snapshot};
-use crate::upstream::http1::{self, Outbound, SendError};
-use crate::upstream::{Conn, Lease, Server, Upstream};
+use crate::upstream::Lease;
+use crate::upstream::http1::Outbound;
 
 /// What the proxy knows about the client connection a request came on.
 #[derive(Debug)]
@@ -119,13 +119,16 @@ pub fn handle(
     match outgoing {
         Ok(mut outgoing) => {
             let upgrade = outgoing.upgrade.take();
-            Either::Left(then::then(exchange(snapshot, outgoing), move |exchanged| {
-                let forwarded = exchanged.and_then(|(response, lease)| {
-                    let upgrading = upgrade.as_ref().map(|offer| (&*answer.client, offer));
-                    respond(response, lease, upgrading)
-                });
-                answer.finish(forwarded)
-            }))
+            Either::Left(then::then(
+                exchange::exchange(snapshot, outgoing),
+                move |exchanged| {
+                    let forwarded = exchanged.and_then(|(response, lease)| {
+                        let upgrading = upgrade.as_ref().map(|offer| (&*answer.client, offer));
+                        respond(response, lease, upgrading)
+                    });
+                    answer.finish(forwarded)
+                },
+            ))
         }
         Err(e) => Either::Right(std::future::ready(answer.finish(Err(e)))),
     }
@@ -215,34 +218,6 @@ fn route_of<'r, B>(
         .find(host.and_then(|h| h.to_str().ok()), path)
 }
 
-/// A request rewritten for its upstream, ready to go.
-struct Outgoing {
-    /// The index of the route's upstream in the snapshot.
-    upstream: usize,
-    message: Message,
-    /// The most bytes an HTTP/1.1 response head may take: the listener's
-    /// `max_header_bytes`, as for a request head.
-    max_head: usize,
-    /// Completes once the request body has been sent.
-    body_sent: BodySent,
-    /// The consistent-hashing key, if the upstream balances by one.
-    key: Option<u64>,
-    /// The protocols the client offered to switch to, if it asked to.
-    upgrade: Option<HeaderValue>,
-    /// When the request arrived: the clock reading its exchange goes by.
-    started: Instant,
-}
-
-/// The request as its upstream's protocol sends it.
-enum Message {
-    /// The head already encoded. Both are boxed: every request's future
-    /// holds one, and would otherwise be larger by a whole request.
-    Http1(Box<Outbound>),
-    Http2(Box<Request<RequestBody>>),
-    /// Taken by an exchange that did not hand it back.
-    Sent,
-}
-
 /// Checks the request against the route and listener, and rewrites it for
 /// the upstream. Synchronous, so that the request's future carries the
 /// rewritten request only, not the steps to it.
@@ -288,6 +263,12 @@ fn prepare(
         .and_then(|k| request_key(k, &request, client.addr.ip()));
 
     let (mut parts, body) = request.into_parts();
+    // A repeat must not do twice what the client asked once (RFC 9110
+    // §9.2.2), nor lack a body it no longer has.
+    let replayable = upstream.servers.len() > 1
+        && parts.method.is_idempotent()
+        && http_body::Body::is_end_stream(&body)
+        && upgrade.is_none();
     if found.underscore() {
         headers::remove_underscored(&mut parts.headers);
     }
@@ -313,15 +294,21 @@ fn prepare(
         listener.body_timeout,
         series.clone(),
     );
-    let message = match protocol {
-        Protocol::Http1 => {
-            let added = fresh
-                .then(|| headers::fresh_forwarded(&client.forwarded_for, client.tls, host.as_ref()))
-                .into_iter()
-                .flatten();
-            Message::Http1(Box::new(Outbound::new(&parts, added, Some(body))))
-        }
-        Protocol::H2 => Message::Http2(Box::new(Request::from_parts(parts, body))),
+    let (message, replay) = if protocol == Protocol::Http1 {
+        let added = fresh
+            .then(|| headers::fresh_forwarded(&client.forwarded_for, client.tls, host.as_ref()))
+            .into_iter()
+            .flatten();
+        let outbound = Box::new(Outbound::new(&parts, added, Some(body)));
+        let replay = replayable.then(|| outbound.replay()).flatten();
+        (Message::Http1(outbound), replay.map(Message::Http1))
+    } else {
+        let replay = replayable.then(|| {
+            let again = Request::from_parts(parts.clone(), RequestBody::empty(&body));
+            Message::Http2(Box::new(again))
+        });
+        let request = Request::from_parts(parts, body);
+        (Message::Http2(Box::new(request)), replay)
     };
     Ok(Outgoing {
         upstream: route.upstream,
@@ -331,199 +318,8 @@ fn prepare(
         key,
         upgrade,
         started,
+        replay,
     })
-}
-
-/// Picks a server, sends the request and waits for the response head.
-///
-/// `outgoing` is used in place, not taken apart or passed on by value: the
-/// parts would be copies in the future's state, beside the original.
-async fn exchange(
-    snapshot: Arc<Snapshot>,
-    mut outgoing: Outgoing,
-) -> Result<(Response<UpstreamBody>, Lease), ProxyError> {
-    let snapshot = &*snapshot;
-    let upstream = &snapshot.upstreams[outgoing.upstream];
-    let mut rng = fastrand::Rng::new();
-    let mut index =
-        upstream
-            .pick(outgoing.key, None, &mut rng)
-            .ok_or_else(|| ProxyError::NoServer {
-                upstream: upstream.name().to_owned(),
-            })?;
-    // A connection that could not be opened moves the request to another
-    // server once per request, however many connections it takes.
-    let mut may_move = true;
-    // A connection can close between checkout and send; a request none of
-    // which left goes out again on a fresh connection.
-    let mut unsent_retries = 2;
-    // The latest clock reading: the request's arrival until time may have
-    // passed (a new connection, a retry), so that a pooled exchange reads
-    // the clock no more.
-    let mut now = outgoing.started;
-    loop {
-        let mut picked = Picked {
-            upstream,
-            key: outgoing.key,
-            index,
-            may_move,
-        };
-        let (conn, lease) = picked.connect(snapshot, &mut rng, &mut now).await?;
-        (index, may_move) = (picked.index, picked.may_move);
-        let server = &upstream.servers[index];
-        let limit = upstream.config.response_timeout;
-        let message = std::mem::replace(&mut outgoing.message, Message::Sent);
-        let sent = match (conn, message) {
-            (Conn::Http1(conn), Message::Http1(outbound)) => {
-                // The connection's own timer, not one per request.
-                let timeout = http1::ResponseTimeout { sent: now, limit };
-                match http1::send(conn, outbound, outgoing.max_head, Some(timeout)).await {
-                    Ok(response) => Ok(response.map(UpstreamBody::Http1)),
-                    Err(SendError::Unsent(e, outbound)) if unsent_retries > 0 => {
-                        tracing::debug!(server = %server.addr, error = %e, "connection closed before the request left; sending it again");
-                        outgoing.message = Message::Http1(outbound);
-                        Err(())
-                    }
-                    Err(e) => return Err(failed(snapshot, upstream, server, ProxyError::from(e))),
-                }
-            }
-            (Conn::Http2(sender), Message::Http2(request)) => {
-                let body_sent = &mut outgoing.body_sent;
-                let result = match Box::pin(send_h2(sender, *request, limit, body_sent, now)).await
-                {
-                    Ok(result) => result,
-                    Err(timeout) => {
-                        let e = ProxyError::ResponseTimeout(timeout);
-                        return Err(failed(snapshot, upstream, server, e));
-                    }
-                };
-                match result {
-                    Ok(response) => Ok(response.map(UpstreamBody::Http2)),
-                    Err(mut e) => match e.take_message() {
-                        Some(unsent) if unsent_retries > 0 => {
-                            outgoing.message = Message::Http2(Box::new(unsent));
-                            Err(())
-                        }
-                        _ => {
-                            let e = ProxyError::from_send(e.into_error());
-                            return Err(failed(snapshot, upstream, server, e));
-                        }
-                    },
-                }
-            }
-            // A server's protocol is its upstream's, which prepared the message.
-            _ => {
-                return Err(failed(
-                    snapshot,
-                    upstream,
-                    server,
-                    ProxyError::ProtocolMismatch,
-                ));
-            }
-        };
-        match sent {
-            Ok(response) => {
-                if upstream.balancer.wants_latency() {
-                    server.observe_latency(now.elapsed());
-                }
-                return Ok((response, lease));
-            }
-            Err(()) => {
-                unsent_retries -= 1;
-                now = Instant::now();
-            }
-        }
-    }
-}
-
-/// The server picked for a request, and whether the request may still move
-/// to another one.
-struct Picked<'u> {
-    upstream: &'u Upstream,
-    key: Option<u64>,
-    index: usize,
-    may_move: bool,
-}
-
-impl Picked<'_> {
-    /// A connection to the picked server (pooled or new) and the request's
-    /// lease on it. A connection that cannot be opened marks its server
-    /// failed, and moves the request to another server when it still may
-    /// and the error says that is safe.
-    async fn connect(
-        &mut self,
-        snapshot: &Snapshot,
-        rng: &mut fastrand::Rng,
-        now: &mut Instant,
-    ) -> Result<(Conn, Lease), ProxyError> {
-        let upstream = self.upstream;
-        loop {
-            let server = &upstream.servers[self.index];
-            let lease = server.lease();
-            let e = match server.connection(&upstream.connector, *now).await {
-                Ok((conn, reused)) => {
-                    if !reused {
-                        *now = Instant::now();
-                    }
-                    return Ok((conn, lease));
-                }
-                Err(e) => ProxyError::from(e),
-            };
-            *now = Instant::now();
-            server.mark_failed();
-            let e = failed(snapshot, upstream, server, e);
-            let next = (self.may_move && e.retry_safe())
-                .then(|| upstream.pick(self.key, Some(self.index), rng))
-                .flatten();
-            match next {
-                Some(next) => {
-                    self.may_move = false;
-                    self.index = next;
-                }
-                None => return Err(e),
-            }
-        }
-    }
-}
-
-/// The HTTP/2 exchange: sends `request` and waits for the response head,
-/// or for the response timeout (`Err`, the limit), counted from the end of
-/// the request body, so that a long upload is not cut off (a stalled one
-/// is, by the body timeout); `now` is when the request went out. Boxed
-/// where it is awaited: it is the largest state a request's future would
-/// hold, and hyper moves every request's future, HTTP/1.1 ones too, whole.
-async fn send_h2(
-    mut sender: http2::SendRequest<RequestBody>,
-    request: Request<RequestBody>,
-    limit: Duration,
-    body_sent: &mut BodySent,
-    now: Instant,
-) -> Result<Result<Response<Incoming>, TrySendError<Request<RequestBody>>>, Duration> {
-    let deadline = async {
-        let from = if body_sent.is_done() {
-            now
-        } else {
-            body_sent.wait().await;
-            Instant::now()
-        };
-        tokio::time::sleep_until(from + limit).await;
-    };
-    tokio::select! {
-        biased;
-        r = sender.try_send_request(request) => Ok(r),
-        () = deadline => Err(limit),
-    }
-}
-
-/// Counts a failure against `server` and logs it; returns it.
-fn failed(snapshot: &Snapshot, upstream: &Upstream, server: &Server, e: ProxyError) -> ProxyError {
-    if let Some(kind) = e.upstream_kind() {
-        snapshot.count_upstream_error(upstream.name(), &server.label, kind);
-    }
-    if e.fault() == Fault::Upstream {
-        tracing::warn!(upstream = %upstream.name(), server = %server.addr, error = %e, "upstream failure");
-    }
-    e
 }
 
 /// Turns the upstream's response into the client's. `upgrading` is the

@@ -7,6 +7,7 @@
 //! (`Arc`) so that a config reload can carry unchanged ones, and their pools,
 //! into the next snapshot.
 
+mod budget;
 mod connect;
 pub mod http1;
 mod pool;
@@ -17,6 +18,7 @@ use std::sync::Arc;
 
 use tokio::time::Instant;
 
+pub use budget::RetryBudget;
 pub use connect::{ConnectError, Connector};
 pub use pool::Conn;
 pub use server::{Lease, Server};
@@ -31,6 +33,8 @@ pub struct Upstream {
     pub balancer: Balancer,
     /// How new connections to the servers are made.
     pub connector: Connector,
+    /// How many of this worker's requests to the upstream may be retries.
+    pub retries: RetryBudget,
 }
 
 impl Upstream {
@@ -52,6 +56,7 @@ impl Upstream {
         Self {
             balancer: Balancer::new(&config.balance, &weights, &ids),
             connector: Connector::new(config),
+            retries: RetryBudget::new(config.retry_budget),
             config: config.clone(),
             servers,
         }

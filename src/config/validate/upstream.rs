@@ -17,6 +17,10 @@ const DEFAULT_RESPONSE_TIMEOUT: Duration = Duration::from_secs(60);
 const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(20);
 const DEFAULT_MAX_IDLE_PER_SERVER: usize = 128;
 const DEFAULT_FAIL_TIMEOUT: Duration = Duration::from_secs(10);
+/// What a gateway says when the server behind it failed; a retry on
+/// another server may fare better.
+const DEFAULT_RETRY_ON: [u16; 3] = [502, 503, 504];
+const DEFAULT_RETRY_BUDGET: f64 = 0.2;
 const DEFAULT_HEALTH_PATH: &str = "/";
 const DEFAULT_HEALTH_INTERVAL: Duration = Duration::from_secs(5);
 const DEFAULT_HEALTH_TIMEOUT: Duration = Duration::from_secs(2);
@@ -74,6 +78,19 @@ impl Validator<'_> {
                     "upstreams.fail_timeout",
                     DEFAULT_FAIL_TIMEOUT,
                 ),
+                retry_on: u.retry_on.map_or_else(
+                    || DEFAULT_RETRY_ON.to_vec(),
+                    |list| self.statuses(&list, "upstreams.retry_on"),
+                ),
+                retry_budget: u.retry_budget.map_or(DEFAULT_RETRY_BUDGET, |b| {
+                    let share = *b.get_ref();
+                    if (0.0..=1.0).contains(&share) {
+                        share
+                    } else {
+                        self.problem(b.span(), format!("upstreams.retry_budget: {share} is out of range, expected a share from 0 to 1, such as 0.2"));
+                        DEFAULT_RETRY_BUDGET
+                    }
+                }),
                 health_check,
             });
         }
@@ -201,9 +218,12 @@ impl Validator<'_> {
                 humantime::format_duration(interval),
             ));
         }
-        let statuses = raw
-            .statuses
-            .map(|list| self.statuses(&list, "upstreams.health_check.statuses"));
+        let statuses = raw.statuses.map(|list| {
+            if list.get_ref().is_empty() {
+                self.problem(list.span(), "upstreams.health_check.statuses: empty, expected at least one status such as 200");
+            }
+            self.statuses(&list, "upstreams.health_check.statuses")
+        });
         let host = raw.host.and_then(|h| {
             let host = h.get_ref();
             let ok = !host.contains('@') && host.parse::<http::uri::Authority>().is_ok();

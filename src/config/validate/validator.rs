@@ -118,14 +118,8 @@ impl<'a> Validator<'a> {
     }
 
     /// HTTP statuses (100 to 599), sorted and without repeats; the ones out
-    /// of range are reported and left out, and so is an empty list.
+    /// of range are reported and left out.
     pub fn statuses(&mut self, raw: &Spanned<Vec<Int>>, key: &str) -> Vec<u16> {
-        if raw.get_ref().is_empty() {
-            self.problem(
-                raw.span(),
-                format!("{key}: empty, expected at least one status such as 200"),
-            );
-        }
         let mut out: Vec<u16> = raw
             .get_ref()
             .iter()

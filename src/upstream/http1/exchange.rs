@@ -23,6 +23,10 @@ pub enum SendError {
     /// another connection.
     Unsent(io::Error, Box<Outbound>),
     Upstream(Error),
+    /// The request left, and the connection ended or broke before a byte
+    /// of a response came back: a request that may be repeated may go to
+    /// another server.
+    Unanswered(Error),
     /// The client's body failed while it was being sent.
     ClientBody(BodyError),
     /// No response head within the response timeout (the limit).
@@ -52,6 +56,8 @@ pub async fn send(
     // response is due (once the request is through).
     let mut first = true;
     let mut due = None;
+    // Whether any byte of a response has come back.
+    let mut heard = false;
     let head = std::future::poll_fn(|cx| {
         if write_failed.is_none() && !outbound.is_sent() {
             match outbound.poll_write(&conn.stream, cx) {
@@ -66,7 +72,8 @@ pub async fn send(
                 Poll::Ready(Ok(())) | Poll::Pending => {}
             }
         }
-        if let Poll::Ready(head) = poll_head(&mut conn, cx, max_head, outbound.to_head) {
+        if let Poll::Ready(head) = poll_head(&mut conn, cx, max_head, outbound.to_head, &mut heard)
+        {
             return Poll::Ready(head.map_err(Stop::Upstream));
         }
         let through = outbound.is_sent() || write_failed.is_some();
@@ -88,13 +95,19 @@ pub async fn send(
         Err(Stop::Unsent(e)) => return Err(SendError::Unsent(e, outbound)),
         Err(Stop::ClientBody(e)) => return Err(SendError::ClientBody(e)),
         Err(Stop::TimedOut(limit)) => return Err(SendError::TimedOut(limit)),
-        // A write that failed explains an end of stream better.
-        Err(Stop::Upstream(Error::Closed)) if write_failed.is_some() => {
-            return Err(SendError::Upstream(Error::Io(
-                write_failed.unwrap_or_else(|| io::ErrorKind::BrokenPipe.into()),
-            )));
+        Err(Stop::Upstream(e)) => {
+            // A write that failed explains an end of stream better.
+            let e = match (e, write_failed) {
+                (Error::Closed, Some(written)) => Error::Io(written),
+                (e, _) => e,
+            };
+            let broke = matches!(e, Error::Closed | Error::Io(_));
+            return Err(if broke && !heard {
+                SendError::Unanswered(e)
+            } else {
+                SendError::Upstream(e)
+            });
         }
-        Err(Stop::Upstream(e)) => return Err(SendError::Upstream(e)),
     };
     let Head {
         status,
@@ -129,6 +142,7 @@ fn poll_head(
     cx: &mut Context<'_>,
     max_head: usize,
     to_head: bool,
+    heard: &mut bool,
 ) -> Poll<Result<Head, Error>> {
     loop {
         if !conn.buf.is_empty() {
@@ -143,5 +157,6 @@ fn poll_head(
         if ready!(conn.poll_read(cx, FIRST_READ))? == 0 {
             return Poll::Ready(Err(Error::Closed));
         }
+        *heard = true;
     }
 }

@@ -107,6 +107,22 @@ impl Outbound {
         }
     }
 
+    /// The request again, to send elsewhere, if it has no body: a copy of
+    /// its head, of which nothing has been written.
+    pub fn replay(&self) -> Option<Box<Self>> {
+        (self.body.is_none() && self.written == 0).then(|| {
+            Box::new(Self {
+                queued: self.queued.clone(),
+                frame: Bytes::new(),
+                frame_end: b"",
+                body: None,
+                framing: self.framing,
+                written: 0,
+                to_head: self.to_head,
+            })
+        })
+    }
+
     /// Whether any byte of the request has reached the socket: until then,
     /// it can still go out on another connection.
     pub fn has_left(&self) -> bool {
