@@ -262,6 +262,9 @@ pub struct UpstreamConfig {
     pub retry_on: Vec<u16>,
     /// The share of requests that may be retries (see `upstream::budget`).
     pub retry_budget: f64,
+    /// How long a server added by a reload, or back from a failed health
+    /// check, takes to ramp from a tenth of its weight to all of it.
+    pub slow_start: Option<Duration>,
     pub health_check: Option<HealthCheckConfig>,
 }
 

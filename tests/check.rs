@@ -350,8 +350,9 @@ fn a_health_check_judged_by_statuses_host_and_text_says_what_is_wrong_with_each(
 }
 
 #[test]
-fn a_retry_budget_outside_0_to_1_or_a_status_outside_100_to_599_is_refused() {
-    let text = format!("{ONE_UPSTREAM}retry_budget = 1.5\nretry_on = [502, 700]\n");
+fn a_retry_budget_outside_0_to_1_a_status_outside_100_to_599_or_no_slow_start_is_refused() {
+    let text =
+        format!("{ONE_UPSTREAM}retry_budget = 1.5\nretry_on = [502, 700]\nslow_start = \"0s\"\n");
     expect_exactly(
         &text,
         &[
@@ -363,6 +364,7 @@ fn a_retry_budget_outside_0_to_1_or_a_status_outside_100_to_599_is_refused() {
                 "700]",
                 "upstreams.retry_on: 700 is out of range, expected 100 to 599",
             ),
+            ("\"0s\"", "upstreams.slow_start: must be greater than zero"),
         ],
     );
 }

@@ -301,6 +301,7 @@ fn upstream_defaults_are_the_documented_ones() {
     assert_eq!(u.servers[0].weight.get(), 1);
     assert_eq!(u.retry_on, [502, 503, 504]);
     assert_eq!(u.retry_budget, 0.2);
+    assert_eq!(u.slow_start, None);
     assert_eq!(u.health_check, None, "no active checks unless asked for");
 }
 
@@ -315,6 +316,12 @@ fn retry_on_is_sorted_and_may_be_empty() {
     );
     let u = upstream(&format!("{BASE}retry_on = []\nretry_budget = 0\n"));
     assert_eq!((u.retry_on.as_slice(), u.retry_budget), (&[][..], 0.0));
+}
+
+#[test]
+fn slow_start_is_a_duration() {
+    let u = upstream(&format!("{BASE}slow_start = \"30s\"\n"));
+    assert_eq!(u.slow_start, Some(Duration::from_secs(30)));
 }
 
 #[test]

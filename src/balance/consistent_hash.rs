@@ -37,9 +37,16 @@ impl Ring {
         }
         let start = self.points.partition_point(|&(p, _)| p < key);
         let n = self.points.len();
+        // A server ramping up takes the keys whose coin falls within its
+        // share; the rest walk on, as past a server that is down.
+        let coin = || hash_key(&key.to_le_bytes()) as f64 / u64::MAX as f64;
         (0..n)
             .map(|k| self.points[(start + k) % n].1 as usize)
-            .find(|&i| i < servers.len() && servers.available(i))
+            .find(|&i| {
+                i < servers.len()
+                    && servers.available(i)
+                    && (!servers.ramping() || servers.ramp(i) >= 1.0 || coin() < servers.ramp(i))
+            })
     }
 }
 

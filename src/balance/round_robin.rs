@@ -33,7 +33,7 @@ impl SmoothRoundRobin {
         if n == 0 {
             return None;
         }
-        if self.uniform {
+        if self.uniform && !servers.ramping() {
             let turn = self.next.fetch_add(1, Ordering::Relaxed);
             if servers.available(turn % n) {
                 return Some(turn % n);

@@ -16,6 +16,15 @@ pub trait Servers {
     fn in_flight(&self, i: usize) -> u32;
     /// Smoothed response latency of server `i`, in seconds (0 when unknown).
     fn latency(&self, i: usize) -> f64;
+    /// Whether weights may change between picks (a slow start ramps them).
+    fn ramping(&self) -> bool {
+        false
+    }
+    /// The share of its weight server `i` takes now: below 1 while it
+    /// ramps up after a slow start began.
+    fn ramp(&self, _i: usize) -> f64 {
+        1.0
+    }
 }
 
 /// Hashes a request's key (client IP, header, cookie or path) for the ring.

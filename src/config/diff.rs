@@ -283,6 +283,7 @@ fn upstream(u: &UpstreamConfig) -> Fields {
         ("fail_timeout", duration(u.fail_timeout)),
         ("retry_on", format!("{:?}", u.retry_on)),
         ("retry_budget", u.retry_budget.to_string()),
+        ("slow_start", u.slow_start.map_or(UNSET.into(), duration)),
         ("health_check.path", checked(&|h| string(&h.path))),
         ("health_check.interval", checked(&|h| duration(h.interval))),
         ("health_check.timeout", checked(&|h| duration(h.timeout))),

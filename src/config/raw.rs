@@ -161,6 +161,7 @@ pub struct RawUpstream {
     pub fail_timeout: Option<Text>,
     pub retry_on: Option<Spanned<Vec<Int>>>,
     pub retry_budget: Option<Spanned<f64>>,
+    pub slow_start: Option<Text>,
     pub health_check: Option<Spanned<RawHealthCheck>>,
 }
 

@@ -15,6 +15,7 @@ mod server;
 
 use std::cell::OnceCell;
 use std::sync::Arc;
+use std::time::Duration;
 
 use tokio::time::Instant;
 
@@ -88,6 +89,7 @@ impl Upstream {
             exclude,
             now: OnceCell::new(),
             forgive: false,
+            slow_start: self.config.slow_start,
         };
         self.balancer.pick(&view, key, rng).or_else(|| {
             view.forgive = true;
@@ -99,19 +101,27 @@ impl Upstream {
 /// Builds the upstreams of a new config generation. A server whose upstream
 /// name, address, weight and connection settings are unchanged from
 /// `previous` is carried over as is: its pool, health and latency survive.
+/// A server new to an upstream that was there before starts slowly.
 pub fn rebuild(configs: &[UpstreamConfig], previous: &[Arc<Upstream>]) -> Vec<Arc<Upstream>> {
     configs
         .iter()
         .map(|config| {
-            let old = previous
-                .iter()
-                .find(|u| u.name() == config.name && keeps_servers(config, &u.config));
-            Arc::new(Upstream::new(config, |wanted| {
+            let named = previous.iter().find(|u| u.name() == config.name);
+            let old = named.filter(|u| keeps_servers(config, &u.config));
+            let upstream = Upstream::new(config, |wanted| {
                 old?.servers
                     .iter()
                     .find(|s| s.addr == wanted.addr && s.weight == wanted.weight.get())
                     .cloned()
-            }))
+            });
+            if let Some(before) = named {
+                for server in &upstream.servers {
+                    if !before.servers.iter().any(|s| s.addr == server.addr) {
+                        server.start_ramp();
+                    }
+                }
+            }
+            Arc::new(upstream)
         })
         .collect()
 }
@@ -133,20 +143,46 @@ struct View<'a> {
     now: OnceCell<Instant>,
     /// Ignore recent connect failures (health checks still count).
     forgive: bool,
+    /// The upstream's slow start, when it has one.
+    slow_start: Option<Duration>,
 }
+
+impl View<'_> {
+    fn now(&self) -> Instant {
+        *self.now.get_or_init(Instant::now)
+    }
+}
+
+/// Weights are scaled by this while a slow start may be under way, so that
+/// a tenth of weight 1 is still a whole number.
+const RAMP_SCALE: f64 = 100.0;
 
 impl Servers for View<'_> {
     fn len(&self) -> usize {
         self.servers.len()
     }
     fn weight(&self, i: usize) -> u32 {
-        self.servers[i].weight
+        let weight = self.servers[i].weight;
+        if self.slow_start.is_none() {
+            return weight;
+        }
+        // At most 10 000 x 100: it fits.
+        (f64::from(weight) * RAMP_SCALE * self.ramp(i))
+            .round()
+            .max(1.0) as u32
+    }
+    fn ramping(&self) -> bool {
+        self.slow_start.is_some()
+    }
+    fn ramp(&self, i: usize) -> f64 {
+        self.slow_start
+            .map_or(1.0, |over| self.servers[i].ramp(self.now(), over))
     }
     fn available(&self, i: usize) -> bool {
         let s = &self.servers[i];
         self.exclude != Some(i)
             && s.is_healthy()
-            && (self.forgive || !s.recently_failed(|| *self.now.get_or_init(Instant::now)))
+            && (self.forgive || !s.recently_failed(|| self.now()))
     }
     fn in_flight(&self, i: usize) -> u32 {
         self.servers[i].in_flight()

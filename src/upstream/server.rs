@@ -28,6 +28,9 @@ pub struct Server {
     /// Milliseconds after `born` until which the server is skipped because
     /// it refused or timed out a connection.
     failed_until: AtomicU64,
+    /// Milliseconds after `born`, plus one, at which a slow start began;
+    /// 0 when none did.
+    ramp_from: AtomicU64,
     born: Instant,
     fail_timeout: Duration,
     ewma: Mutex<PeakEwma>,
@@ -45,6 +48,7 @@ impl Server {
             in_flight: AtomicU32::new(0),
             healthy: AtomicBool::new(true),
             failed_until: AtomicU64::new(0),
+            ramp_from: AtomicU64::new(0),
             born: Instant::now(),
             fail_timeout: upstream.fail_timeout,
             ewma: Mutex::new(PeakEwma::new()),
@@ -66,8 +70,33 @@ impl Server {
         self.healthy.load(Ordering::Relaxed)
     }
 
+    /// A server that comes back from a failed health check starts slowly
+    /// (when its upstream has a `slow_start`).
     pub fn set_healthy(&self, healthy: bool) {
-        self.healthy.store(healthy, Ordering::Relaxed);
+        let was = self.healthy.swap(healthy, Ordering::Relaxed);
+        if healthy && !was {
+            self.start_ramp();
+        }
+    }
+
+    /// Begins a slow start: from now, the server takes a tenth of its
+    /// weight, rising evenly to all of it over its upstream's `slow_start`.
+    pub fn start_ramp(&self) {
+        let at = self.millis(Instant::now());
+        self.ramp_from
+            .store(at.saturating_add(1), Ordering::Relaxed);
+    }
+
+    /// The share of its weight the server takes at `now` under a slow start
+    /// `over` long: 1 when none began, or once it is over.
+    pub fn ramp(&self, now: Instant, over: Duration) -> f64 {
+        let from = self.ramp_from.load(Ordering::Relaxed);
+        if from == 0 {
+            return 1.0;
+        }
+        let elapsed = self.millis(now).saturating_sub(from - 1);
+        let done = elapsed as f64 / over.as_millis().max(1) as f64;
+        (0.1 + 0.9 * done).min(1.0)
     }
 
     fn millis(&self, at: Instant) -> u64 {

@@ -91,6 +91,9 @@ impl Validator<'_> {
                         DEFAULT_RETRY_BUDGET
                     }
                 }),
+                slow_start: u.slow_start.as_ref().map(|t| {
+                    self.timeout(Some(t), "upstreams.slow_start", Duration::from_secs(30))
+                }),
                 health_check,
             });
         }
