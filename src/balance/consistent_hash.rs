@@ -4,7 +4,8 @@
 //! hashing its address; a key goes to the first point at or after its hash.
 //! Removing one of N servers moves only the keys it owned (about 1/N), and a
 //! server that is down is skipped by walking on to the next point, so its keys
-//! spread over the others and come back when it does.
+//! spread over the others and come back when it does. A server in its slow
+//! start keeps only its share of its keys and passes the rest on the same way.
 
 use super::servers::{Servers, hash_key};
 
@@ -43,9 +44,10 @@ impl Ring {
         (0..n)
             .map(|k| self.points[(start + k) % n].1 as usize)
             .find(|&i| {
+                let admits = |ramp: f64| ramp >= 1.0 || coin() < ramp;
                 i < servers.len()
                     && servers.available(i)
-                    && (!servers.ramping() || servers.ramp(i) >= 1.0 || coin() < servers.ramp(i))
+                    && (!servers.ramping() || admits(servers.ramp(i)))
             })
     }
 }

@@ -1,7 +1,7 @@
 //! Load-balancing policies: given the servers of one upstream, pick one.
 //!
 //! Pure and I/O-free: a policy sees servers only through [`Servers`] (weight,
-//! availability, in-flight requests, latency) and takes its randomness from the
+//! availability, in-flight requests, latency, a slow start's ramp) and takes its randomness from the
 //! caller, so every policy is property-tested with a seeded generator. The
 //! request path owns the live numbers; this module owns only the state a policy
 //! needs between picks (round-robin weights, the hash ring).
