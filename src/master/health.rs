@@ -273,7 +273,8 @@ pub enum ProbeError {
     Timeout(Duration),
     #[error(transparent)]
     Connect(#[from] ConnectError),
-    /// Not for a check that validation let through.
+    /// A path or host the request cannot carry; validation keeps them out
+    /// of any config that loads.
     #[error("cannot make the check's request: {0}")]
     Request(String),
     #[error("HTTP failed: {0}")]
