@@ -265,6 +265,10 @@ pub struct UpstreamConfig {
     /// How long a server added by a reload, or back from a failed health
     /// check, takes to ramp from a tenth of its weight to all of it.
     pub slow_start: Option<Duration>,
+    /// Requests one worker sends one server at once; more wait in a queue.
+    pub max_in_flight: Option<u32>,
+    /// How long a request waits for room before it gets a 503.
+    pub queue_timeout: Duration,
     pub health_check: Option<HealthCheckConfig>,
 }
 

@@ -112,6 +112,9 @@ impl Snapshot {
                 recorder.counter(Family::UpstreamRetries, &[u.name(), reason]);
             }
             recorder.counter(Family::RetryBudgetExhausted, &[u.name()]);
+            for outcome in ["served", "timeout"] {
+                recorder.counter(Family::UpstreamQueued, &[u.name(), outcome]);
+            }
             for s in &u.servers {
                 for kind in UPSTREAM_ERROR_KINDS {
                     recorder.counter(Family::UpstreamErrors, &[u.name(), &s.label, kind]);
@@ -173,6 +176,13 @@ impl Snapshot {
     pub fn count_retry(&self, upstream: &str, reason: &str) {
         self.recorder
             .counter(Family::UpstreamRetries, &[upstream, reason])
+            .add(1);
+    }
+
+    /// Counts a request that waited for room at `upstream`'s servers.
+    pub fn count_queued(&self, upstream: &str, outcome: &str) {
+        self.recorder
+            .counter(Family::UpstreamQueued, &[upstream, outcome])
             .add(1);
     }
 

@@ -351,8 +351,9 @@ fn a_health_check_judged_by_statuses_host_and_text_says_what_is_wrong_with_each(
 
 #[test]
 fn a_retry_budget_outside_0_to_1_a_status_outside_100_to_599_or_no_slow_start_is_refused() {
-    let text =
-        format!("{ONE_UPSTREAM}retry_budget = 1.5\nretry_on = [502, 700]\nslow_start = \"0s\"\n");
+    let text = format!(
+        "{ONE_UPSTREAM}retry_budget = 1.5\nretry_on = [502, 700]\nslow_start = \"0s\"\nmax_in_flight = 0\n"
+    );
     expect_exactly(
         &text,
         &[
@@ -365,6 +366,10 @@ fn a_retry_budget_outside_0_to_1_a_status_outside_100_to_599_or_no_slow_start_is
                 "upstreams.retry_on: 700 is out of range, expected 100 to 599",
             ),
             ("\"0s\"", "upstreams.slow_start: must be greater than zero"),
+            (
+                "0\n",
+                "upstreams.max_in_flight: 0 is out of range, expected 1 to 1000000",
+            ),
         ],
     );
 }

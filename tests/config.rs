@@ -302,6 +302,8 @@ fn upstream_defaults_are_the_documented_ones() {
     assert_eq!(u.retry_on, [502, 503, 504]);
     assert_eq!(u.retry_budget, 0.2);
     assert_eq!(u.slow_start, None);
+    assert_eq!(u.max_in_flight, None);
+    assert_eq!(u.queue_timeout, Duration::from_secs(1));
     assert_eq!(u.health_check, None, "no active checks unless asked for");
 }
 

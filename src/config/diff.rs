@@ -284,6 +284,11 @@ fn upstream(u: &UpstreamConfig) -> Fields {
         ("retry_on", format!("{:?}", u.retry_on)),
         ("retry_budget", u.retry_budget.to_string()),
         ("slow_start", u.slow_start.map_or(UNSET.into(), duration)),
+        (
+            "max_in_flight",
+            u.max_in_flight.map_or(UNSET.into(), |n| n.to_string()),
+        ),
+        ("queue_timeout", duration(u.queue_timeout)),
         ("health_check.path", checked(&|h| string(&h.path))),
         ("health_check.interval", checked(&|h| duration(h.interval))),
         ("health_check.timeout", checked(&|h| duration(h.timeout))),

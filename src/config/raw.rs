@@ -162,6 +162,8 @@ pub struct RawUpstream {
     pub retry_on: Option<Spanned<Vec<Int>>>,
     pub retry_budget: Option<Spanned<f64>>,
     pub slow_start: Option<Text>,
+    pub max_in_flight: Option<Int>,
+    pub queue_timeout: Option<Text>,
     pub health_check: Option<Spanned<RawHealthCheck>>,
 }
 

@@ -38,10 +38,11 @@ pub enum Family {
     RequestHeadsBytes,
     UpstreamRetries,
     RetryBudgetExhausted,
+    UpstreamQueued,
 }
 
 impl Family {
-    pub const ALL: [Family; 13] = [
+    pub const ALL: [Family; 14] = [
         Family::Requests,
         Family::RequestDuration,
         Family::RequestBytes,
@@ -55,6 +56,7 @@ impl Family {
         Family::RequestHeadsBytes,
         Family::UpstreamRetries,
         Family::RetryBudgetExhausted,
+        Family::UpstreamQueued,
     ];
 
     pub fn id(self) -> u64 {
@@ -80,6 +82,7 @@ impl Family {
             Self::RequestHeadsBytes => "corral_request_heads_bytes",
             Self::UpstreamRetries => "corral_upstream_retries_total",
             Self::RetryBudgetExhausted => "corral_upstream_retry_budget_exhausted_total",
+            Self::UpstreamQueued => "corral_upstream_queued_total",
         }
     }
 
@@ -112,6 +115,9 @@ impl Family {
             Self::RetryBudgetExhausted => {
                 "Retries not made because the upstream's retry budget was spent."
             }
+            Self::UpstreamQueued => {
+                "Requests that waited for a server below max_in_flight, by outcome: served, timeout."
+            }
         }
     }
 
@@ -138,6 +144,7 @@ impl Family {
             Self::RequestHeadsBytes => &["worker"],
             Self::UpstreamRetries => &["upstream", "reason"],
             Self::RetryBudgetExhausted => &["upstream"],
+            Self::UpstreamQueued => &["upstream", "outcome"],
         }
     }
 }

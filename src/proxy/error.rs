@@ -43,6 +43,8 @@ pub enum ProxyError {
     ClientBody(#[source] BodyError),
     #[error("upstream `{upstream}` has no available server")]
     NoServer { upstream: String },
+    #[error("no server of upstream `{upstream}` had room within its queue_timeout")]
+    QueueFull { upstream: String },
     #[error(transparent)]
     Connect(#[from] ConnectError),
     #[error("no response within {0:?}")]
@@ -120,6 +122,13 @@ impl ProxyError {
                 Fault::Upstream,
                 None,
                 "no healthy upstream server",
+            ),
+            // Every server is as busy as the config lets it be.
+            Self::QueueFull { .. } => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                Fault::Upstream,
+                None,
+                "upstream servers busy",
             ),
             Self::Connect(Connect::Timeout { .. }) => (
                 StatusCode::GATEWAY_TIMEOUT,

@@ -18,7 +18,7 @@ use crate::body::request::{BodySent, RequestBody};
 use crate::body::response::Upstream as UpstreamBody;
 use crate::snapshot::Snapshot;
 use crate::upstream::http1::{self, Outbound, SendError};
-use crate::upstream::{Conn, Lease, Server, Upstream};
+use crate::upstream::{Conn, Lease, NoPick, Server, Upstream};
 
 /// A request rewritten for its upstream, ready to go.
 pub(super) struct Outgoing {
@@ -62,12 +62,12 @@ pub(super) async fn exchange(
     let snapshot = &*snapshot;
     let upstream = &snapshot.upstreams[outgoing.upstream];
     let mut rng = fastrand::Rng::new();
-    let mut index =
-        upstream
-            .pick(outgoing.key, None, &mut rng)
-            .ok_or_else(|| ProxyError::NoServer {
-                upstream: upstream.name().to_owned(),
-            })?;
+    let mut index = match upstream.pick(outgoing.key, None, &mut rng) {
+        Some(index) => index,
+        // Boxed: the wait is rare, and its state would otherwise be
+        // carried by every request's future.
+        None => Box::pin(queued(snapshot, upstream, outgoing.key, &mut rng)).await?,
+    };
     // A connection that could not be opened moves the request to another
     // server once per request, however many connections it takes.
     let mut may_move = true;
@@ -130,6 +130,28 @@ pub(super) async fn exchange(
             Next::Again(next) => index = next,
         }
         now = Instant::now();
+    }
+}
+
+/// A server for a request no server could take at once: one that had room
+/// within the upstream's `queue_timeout`, when it caps requests in flight.
+async fn queued(
+    snapshot: &Snapshot,
+    upstream: &Upstream,
+    key: Option<u64>,
+    rng: &mut fastrand::Rng,
+) -> Result<usize, ProxyError> {
+    let name = || upstream.name().to_owned();
+    match upstream.pick_or_queue(key, rng).await {
+        Ok(index) => {
+            snapshot.count_queued(upstream.name(), "served");
+            Ok(index)
+        }
+        Err(NoPick::Unavailable) => Err(ProxyError::NoServer { upstream: name() }),
+        Err(NoPick::Full) => {
+            snapshot.count_queued(upstream.name(), "timeout");
+            Err(ProxyError::QueueFull { upstream: name() })
+        }
     }
 }
 

@@ -54,6 +54,9 @@ impl Upstream {
             .collect();
         let weights: Vec<u32> = servers.iter().map(|s| s.weight).collect();
         let ids: Vec<String> = servers.iter().map(|s| s.label.clone()).collect();
+        for server in &servers {
+            server.set_limited(config.max_in_flight.is_some());
+        }
         Self {
             balancer: Balancer::new(&config.balance, &weights, &ids),
             connector: Connector::new(config),
@@ -84,12 +87,59 @@ impl Upstream {
         exclude: Option<usize>,
         rng: &mut fastrand::Rng,
     ) -> Option<usize> {
+        self.pick_within(key, exclude, rng, self.config.max_in_flight)
+    }
+
+    /// Picks a server for a new request, waiting up to `queue_timeout` for
+    /// one with room when every server that could take it has
+    /// `max_in_flight` requests already.
+    pub async fn pick_or_queue(
+        &self,
+        key: Option<u64>,
+        rng: &mut fastrand::Rng,
+    ) -> Result<usize, NoPick> {
+        if let Some(index) = self.pick(key, None, rng) {
+            return Ok(index);
+        }
+        if self.config.max_in_flight.is_none() || self.pick_within(key, None, rng, None).is_none() {
+            return Err(NoPick::Unavailable);
+        }
+        let deadline = Instant::now() + self.config.queue_timeout;
+        tracing::debug!(
+            upstream = self.name(),
+            "every server at max_in_flight; the request waits for room"
+        );
+        loop {
+            let mut room: Vec<_> = self.servers.iter().map(|s| Box::pin(s.room())).collect();
+            // Registered before the next look, so that a lease ending
+            // after it still wakes this request.
+            for wait in &mut room {
+                wait.as_mut().enable();
+            }
+            if let Some(index) = self.pick(key, None, rng) {
+                return Ok(index);
+            }
+            let woken = futures_util::future::select_all(room);
+            if tokio::time::timeout_at(deadline, woken).await.is_err() {
+                return Err(NoPick::Full);
+            }
+        }
+    }
+
+    fn pick_within(
+        &self,
+        key: Option<u64>,
+        exclude: Option<usize>,
+        rng: &mut fastrand::Rng,
+        max_in_flight: Option<u32>,
+    ) -> Option<usize> {
         let mut view = View {
             servers: &self.servers,
             exclude,
             now: OnceCell::new(),
             forgive: false,
             slow_start: self.config.slow_start,
+            max_in_flight,
         };
         self.balancer.pick(&view, key, rng).or_else(|| {
             view.forgive = true;
@@ -145,6 +195,18 @@ struct View<'a> {
     forgive: bool,
     /// The upstream's slow start, when it has one.
     slow_start: Option<Duration>,
+    /// Servers with this many requests in flight have no room.
+    max_in_flight: Option<u32>,
+}
+
+/// Why no server was picked.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NoPick {
+    /// None is healthy (or every one just refused a connection).
+    Unavailable,
+    /// Every one that could take the request stayed at `max_in_flight`
+    /// for `queue_timeout`.
+    Full,
 }
 
 impl View<'_> {
@@ -181,6 +243,7 @@ impl Servers for View<'_> {
     fn available(&self, i: usize) -> bool {
         let s = &self.servers[i];
         self.exclude != Some(i)
+            && self.max_in_flight.is_none_or(|max| s.in_flight() < max)
             && s.is_healthy()
             && (self.forgive || !s.recently_failed(|| self.now()))
     }

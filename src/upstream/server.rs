@@ -7,6 +7,7 @@ use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
+use tokio::sync::Notify;
 use tokio::time::Instant;
 
 use super::connect::{ConnectError, Connector};
@@ -31,6 +32,10 @@ pub struct Server {
     /// Milliseconds after `born`, plus one, at which a slow start began;
     /// 0 when none did.
     ramp_from: AtomicU64,
+    /// Whether its upstream caps requests in flight: then each lease that
+    /// ends wakes the requests waiting for room.
+    limited: AtomicBool,
+    room: Notify,
     born: Instant,
     fail_timeout: Duration,
     ewma: Mutex<PeakEwma>,
@@ -49,6 +54,8 @@ impl Server {
             healthy: AtomicBool::new(true),
             failed_until: AtomicU64::new(0),
             ramp_from: AtomicU64::new(0),
+            limited: AtomicBool::new(upstream.max_in_flight.is_some()),
+            room: Notify::new(),
             born: Instant::now(),
             fail_timeout: upstream.fail_timeout,
             ewma: Mutex::new(PeakEwma::new()),
@@ -77,6 +84,18 @@ impl Server {
         if healthy && !was {
             self.start_ramp();
         }
+    }
+
+    /// Follows its upstream's `max_in_flight` (a server a reload keeps
+    /// serves the new upstream).
+    pub(super) fn set_limited(&self, limited: bool) {
+        self.limited.store(limited, Ordering::Relaxed);
+    }
+
+    /// Completes when a lease on this server ends (once registered, see
+    /// [`tokio::sync::futures::Notified::enable`]).
+    pub(super) fn room(&self) -> tokio::sync::futures::Notified<'_> {
+        self.room.notified()
     }
 
     /// Begins a slow start: from now, the server takes a tenth of its
@@ -177,6 +196,9 @@ impl Lease {
 impl Drop for Lease {
     fn drop(&mut self) {
         self.server.in_flight.fetch_sub(1, Ordering::Relaxed);
+        if self.server.limited.load(Ordering::Relaxed) {
+            self.server.room.notify_waiters();
+        }
         if let Some(g) = self.server.shared_in_flight.get() {
             g.dec();
         }

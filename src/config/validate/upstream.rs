@@ -21,6 +21,9 @@ const DEFAULT_FAIL_TIMEOUT: Duration = Duration::from_secs(10);
 /// another server may fare better.
 const DEFAULT_RETRY_ON: [u16; 3] = [502, 503, 504];
 const DEFAULT_RETRY_BUDGET: f64 = 0.2;
+/// Long enough to ride out a burst, short enough that a client is not left
+/// guessing.
+const DEFAULT_QUEUE_TIMEOUT: Duration = Duration::from_secs(1);
 const DEFAULT_HEALTH_PATH: &str = "/";
 const DEFAULT_HEALTH_INTERVAL: Duration = Duration::from_secs(5);
 const DEFAULT_HEALTH_TIMEOUT: Duration = Duration::from_secs(2);
@@ -91,6 +94,15 @@ impl Validator<'_> {
                         DEFAULT_RETRY_BUDGET
                     }
                 }),
+                max_in_flight: u
+                    .max_in_flight
+                    .and_then(|n| self.int_in(&n, 1, 1_000_000, "upstreams.max_in_flight"))
+                    .and_then(|n| u32::try_from(n).ok()),
+                queue_timeout: self.timeout(
+                    u.queue_timeout.as_ref(),
+                    "upstreams.queue_timeout",
+                    DEFAULT_QUEUE_TIMEOUT,
+                ),
                 slow_start: u.slow_start.as_ref().map(|t| {
                     self.timeout(Some(t), "upstreams.slow_start", Duration::from_secs(30))
                 }),
