@@ -267,6 +267,9 @@ pub struct UpstreamConfig {
     pub slow_start: Option<Duration>,
     /// Requests one worker sends one server at once; more wait in a queue.
     pub max_in_flight: Option<u32>,
+    /// Connections one worker keeps to one server, busy and idle (HTTP/1.1:
+    /// each busy one carries a request, so this caps requests too).
+    pub max_connections: Option<u32>,
     /// How long a request waits for room before it gets a 503.
     pub queue_timeout: Duration,
     pub health_check: Option<HealthCheckConfig>,
@@ -320,6 +323,19 @@ pub struct HealthCheckConfig {
     /// What the start of the body must contain to pass (see
     /// `master::health` for how much of it is read).
     pub body_contains: Option<String>,
+}
+
+impl UpstreamConfig {
+    /// How many requests one worker may have in flight to one server.
+    pub fn request_cap(&self) -> Option<u32> {
+        let connections = self
+            .max_connections
+            .filter(|_| self.protocol == Protocol::Http1);
+        match (self.max_in_flight, connections) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
 }
 
 impl HealthCheckConfig {

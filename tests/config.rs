@@ -303,6 +303,8 @@ fn upstream_defaults_are_the_documented_ones() {
     assert_eq!(u.retry_budget, 0.2);
     assert_eq!(u.slow_start, None);
     assert_eq!(u.max_in_flight, None);
+    assert_eq!(u.max_connections, None);
+    assert_eq!(u.request_cap(), None);
     assert_eq!(u.queue_timeout, Duration::from_secs(1));
     assert_eq!(u.health_check, None, "no active checks unless asked for");
 }
@@ -513,4 +515,16 @@ fn health_check_statuses_are_sorted_and_replace_the_2xx_3xx_default() {
     let h = health_check(&[r#"host = "api.internal:8080""#, r#"body_contains = "ok""#]);
     assert_eq!(h.host.as_deref(), Some("api.internal:8080"));
     assert_eq!(h.body_contains.as_deref(), Some("ok"));
+}
+
+#[test]
+fn a_servers_request_cap_is_the_lower_limit_and_max_connections_counts_over_http1_only() {
+    let both = upstream(&format!("{BASE}max_in_flight = 8\nmax_connections = 3\n"));
+    assert_eq!(both.request_cap(), Some(3));
+    let h2 = upstream(&format!("{BASE}protocol = \"h2\"\nmax_connections = 3\n"));
+    assert_eq!(
+        h2.request_cap(),
+        None,
+        "one multiplexed connection carries them all"
+    );
 }

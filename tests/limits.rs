@@ -1,6 +1,7 @@
-//! `max_in_flight`: a server with as many requests in flight as the limit
-//! takes no more from that worker; a request no server has room for waits
-//! up to `queue_timeout` for one, then gets a 503, and both are counted.
+//! `max_in_flight` and `max_connections`: a server with as many requests in
+//! flight (or HTTP/1.1 connections) as the limit takes no more from that
+//! worker; a request no server has room for waits up to `queue_timeout` for
+//! one, then gets a 503, and both are counted.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
@@ -85,4 +86,47 @@ async fn a_server_at_its_limit_passes_the_next_request_to_another_with_room() {
     release.send(()).unwrap();
     assert_eq!(first.await.unwrap().status, StatusCode::OK);
     assert_eq!(queued(&scrape_metrics(&corral).await, "served"), 0.0);
+}
+
+#[tokio::test]
+async fn max_connections_caps_a_servers_connections_busy_and_idle() {
+    use std::sync::{Arc, Mutex};
+    let (arrived_tx, arrived) = tokio::sync::oneshot::channel::<()>();
+    let (release, released) = tokio::sync::oneshot::channel::<()>();
+    let gate = Arc::new(Mutex::new(Some((arrived_tx, released))));
+    let (app, peers) = upstream_with_peers(move |req: http::Request<hyper::body::Incoming>| {
+        let hold = (req.uri().path() == "/held")
+            .then(|| gate.lock().unwrap().take())
+            .flatten();
+        async move {
+            if let Some((arrived, released)) = hold {
+                arrived.send(()).unwrap();
+                let _ = released.await;
+            }
+            http::Response::new(full("done"))
+        }
+    })
+    .await;
+    let config = cluster_config(
+        &[app.addr],
+        "max_connections = 1\nqueue_timeout = \"60s\"\n",
+    )
+    .replace("workers = 2", "workers = 1");
+    let corral = Corral::start(&config).await;
+    let public = corral.addr("public");
+    let first = tokio::spawn(async move { get(public, "/held", &[]).await });
+    patiently("the first request upstream", arrived)
+        .await
+        .unwrap();
+    let second = tokio::spawn(async move { get(public, "/queued", &[]).await });
+    corral.wait_for_log("the request waits for room").await;
+    release.send(()).unwrap();
+    assert_eq!(first.await.unwrap().status, StatusCode::OK);
+    assert_eq!(second.await.unwrap().status, StatusCode::OK);
+    for _ in 0..5 {
+        assert_eq!(get(public, "/", &[]).await.status, StatusCode::OK);
+    }
+    // One connection carried all seven, one after another.
+    assert_eq!(peers.lock().unwrap().len(), 1);
+    assert_eq!(queued(&scrape_metrics(&corral).await, "served"), 1.0);
 }

@@ -288,6 +288,10 @@ fn upstream(u: &UpstreamConfig) -> Fields {
             "max_in_flight",
             u.max_in_flight.map_or(UNSET.into(), |n| n.to_string()),
         ),
+        (
+            "max_connections",
+            u.max_connections.map_or(UNSET.into(), |n| n.to_string()),
+        ),
         ("queue_timeout", duration(u.queue_timeout)),
         ("health_check.path", checked(&|h| string(&h.path))),
         ("health_check.interval", checked(&|h| duration(h.interval))),

@@ -163,6 +163,7 @@ pub struct RawUpstream {
     pub retry_budget: Option<Spanned<f64>>,
     pub slow_start: Option<Text>,
     pub max_in_flight: Option<Int>,
+    pub max_connections: Option<Int>,
     pub queue_timeout: Option<Text>,
     pub health_check: Option<Spanned<RawHealthCheck>>,
 }

@@ -55,7 +55,7 @@ impl Upstream {
         let weights: Vec<u32> = servers.iter().map(|s| s.weight).collect();
         let ids: Vec<String> = servers.iter().map(|s| s.label.clone()).collect();
         for server in &servers {
-            server.set_limited(config.max_in_flight.is_some());
+            server.set_limited(config.request_cap().is_some());
         }
         Self {
             balancer: Balancer::new(&config.balance, &weights, &ids),
@@ -87,12 +87,12 @@ impl Upstream {
         exclude: Option<usize>,
         rng: &mut fastrand::Rng,
     ) -> Option<usize> {
-        self.pick_within(key, exclude, rng, self.config.max_in_flight)
+        self.pick_within(key, exclude, rng, self.config.request_cap())
     }
 
     /// Picks a server for a new request, waiting up to `queue_timeout` for
-    /// one with room when every server that could take it has
-    /// `max_in_flight` requests already.
+    /// one with room when every server that could take it is at its cap
+    /// ([`UpstreamConfig::request_cap`]).
     pub async fn pick_or_queue(
         &self,
         key: Option<u64>,
@@ -101,13 +101,13 @@ impl Upstream {
         if let Some(index) = self.pick(key, None, rng) {
             return Ok(index);
         }
-        if self.config.max_in_flight.is_none() || self.pick_within(key, None, rng, None).is_none() {
+        if self.config.request_cap().is_none() || self.pick_within(key, None, rng, None).is_none() {
             return Err(NoPick::Unavailable);
         }
         let deadline = Instant::now() + self.config.queue_timeout;
         tracing::debug!(
             upstream = self.name(),
-            "every server at max_in_flight; the request waits for room"
+            "every server at its limit; the request waits for room"
         );
         loop {
             let mut room: Vec<_> = self.servers.iter().map(|s| Box::pin(s.room())).collect();
@@ -180,6 +180,7 @@ pub fn rebuild(configs: &[UpstreamConfig], previous: &[Arc<Upstream>]) -> Vec<Ar
 /// server or its pool was built from is the same.
 fn keeps_servers(new: &UpstreamConfig, old: &UpstreamConfig) -> bool {
     new.protocol == old.protocol
+        && new.max_connections == old.max_connections
         && new.idle_timeout == old.idle_timeout
         && new.max_idle_per_server == old.max_idle_per_server
         && new.fail_timeout == old.fail_timeout
@@ -204,8 +205,9 @@ struct View<'a> {
 pub enum NoPick {
     /// None is healthy (or every one just refused a connection).
     Unavailable,
-    /// Every one that could take the request stayed at `max_in_flight`
-    /// for `queue_timeout`.
+    /// Every one that could take the request stayed at its cap
+    /// (`max_in_flight`, or `max_connections` over HTTP/1.1) for
+    /// `queue_timeout`.
     Full,
 }
 

@@ -46,6 +46,8 @@ pub(super) struct Pool {
     protocol: Protocol,
     idle_timeout: Duration,
     max_idle: usize,
+    /// Busy and idle connections at most (`max_connections`).
+    max_connections: Option<usize>,
     idle: Mutex<IdleList>,
     shared: Mutex<Option<http2::SendRequest<RequestBody>>>,
 }
@@ -62,6 +64,7 @@ impl Pool {
             protocol: upstream.protocol,
             idle_timeout: upstream.idle_timeout,
             max_idle: upstream.max_idle_per_server,
+            max_connections: upstream.max_connections.map(|n| n as usize),
             idle: Mutex::new(IdleList::default()),
             shared: Mutex::new(None),
         }
@@ -118,9 +121,13 @@ impl Pool {
 
     /// Pools `conn`, idle since `now`; says whether a sweeper must be
     /// started for the list.
-    fn put_idle(&self, conn: http1::Connection, now: Instant) -> bool {
+    fn put_idle(&self, conn: http1::Connection, now: Instant, busy: usize) -> bool {
         let mut idle = lock(&self.idle);
-        if idle.conns.len() >= self.max_idle {
+        // Pooled, it turns from busy to idle: the total stays `idle + busy`.
+        let over = self
+            .max_connections
+            .is_some_and(|max| idle.conns.len() + busy > max);
+        if idle.conns.len() >= self.max_idle || over {
             return false;
         }
         idle.conns.push(Idle { conn, since: now });
@@ -140,9 +147,10 @@ impl Pool {
         next
     }
     /// Takes back an HTTP/1.1 connection whose request and response both
-    /// ended cleanly, at `now`.
-    pub(super) fn checkin(self: &Arc<Self>, conn: http1::Connection, now: Instant) {
-        if !self.put_idle(conn, now) {
+    /// ended cleanly, at `now`, while `busy` connections (this one among
+    /// them) carry requests.
+    pub(super) fn checkin(self: &Arc<Self>, conn: http1::Connection, now: Instant, busy: u32) {
+        if !self.put_idle(conn, now, busy as usize) {
             return;
         }
         // Outside a runtime (never while serving) the list is only trimmed

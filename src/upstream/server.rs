@@ -54,7 +54,7 @@ impl Server {
             healthy: AtomicBool::new(true),
             failed_until: AtomicU64::new(0),
             ramp_from: AtomicU64::new(0),
-            limited: AtomicBool::new(upstream.max_in_flight.is_some()),
+            limited: AtomicBool::new(upstream.request_cap().is_some()),
             room: Notify::new(),
             born: Instant::now(),
             fail_timeout: upstream.fail_timeout,
@@ -188,7 +188,7 @@ impl Lease {
     /// whose exchange ended cleanly) to serve another request.
     pub fn release(self, conn: Option<http1::Connection>, now: Instant) {
         if let Some(conn) = conn {
-            self.server.pool.checkin(conn, now);
+            self.server.pool.checkin(conn, now, self.server.in_flight());
         }
     }
 }

@@ -98,6 +98,10 @@ impl Validator<'_> {
                     .max_in_flight
                     .and_then(|n| self.int_in(&n, 1, 1_000_000, "upstreams.max_in_flight"))
                     .and_then(|n| u32::try_from(n).ok()),
+                max_connections: u
+                    .max_connections
+                    .and_then(|n| self.int_in(&n, 1, 1_000_000, "upstreams.max_connections"))
+                    .and_then(|n| u32::try_from(n).ok()),
                 queue_timeout: self.timeout(
                     u.queue_timeout.as_ref(),
                     "upstreams.queue_timeout",
