@@ -54,9 +54,6 @@ impl Upstream {
             .collect();
         let weights: Vec<u32> = servers.iter().map(|s| s.weight).collect();
         let ids: Vec<String> = servers.iter().map(|s| s.label.clone()).collect();
-        for server in &servers {
-            server.set_limited(config.request_cap().is_some());
-        }
         Self {
             balancer: Balancer::new(&config.balance, &weights, &ids),
             connector: Connector::new(config),
@@ -105,6 +102,7 @@ impl Upstream {
             return Err(NoPick::Unavailable);
         }
         let deadline = Instant::now() + self.config.queue_timeout;
+        let _waiting = server::Waiting::on(&self.servers);
         tracing::debug!(
             upstream = self.name(),
             "every server at its limit; the request waits for room"

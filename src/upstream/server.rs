@@ -17,6 +17,27 @@ use crate::balance::PeakEwma;
 use crate::metrics::Gauge;
 use crate::plan::{Protocol, UpstreamConfig};
 
+/// A request waiting for room on `servers`, counted on each while it waits
+/// (however the wait ends), so that their leases wake it.
+pub(super) struct Waiting<'a>(&'a [Arc<Server>]);
+
+impl<'a> Waiting<'a> {
+    pub(super) fn on(servers: &'a [Arc<Server>]) -> Self {
+        for server in servers {
+            server.waiting.fetch_add(1, Ordering::Relaxed);
+        }
+        Self(servers)
+    }
+}
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        for server in self.0 {
+            server.waiting.fetch_sub(1, Ordering::Relaxed);
+        }
+    }
+}
+
 /// One upstream server and what is known about it.
 #[derive(Debug)]
 pub struct Server {
@@ -32,9 +53,9 @@ pub struct Server {
     /// Milliseconds after `born`, plus one, at which a slow start began;
     /// 0 when none did.
     ramp_from: AtomicU64,
-    /// Whether its upstream caps requests in flight: then each lease that
-    /// ends wakes the requests waiting for room.
-    limited: AtomicBool,
+    /// Requests waiting for room on this server: while there are any, each
+    /// lease that ends wakes them.
+    waiting: AtomicU32,
     room: Notify,
     born: Instant,
     fail_timeout: Duration,
@@ -54,7 +75,7 @@ impl Server {
             healthy: AtomicBool::new(true),
             failed_until: AtomicU64::new(0),
             ramp_from: AtomicU64::new(0),
-            limited: AtomicBool::new(upstream.request_cap().is_some()),
+            waiting: AtomicU32::new(0),
             room: Notify::new(),
             born: Instant::now(),
             fail_timeout: upstream.fail_timeout,
@@ -86,14 +107,9 @@ impl Server {
         }
     }
 
-    /// Follows its upstream's `max_in_flight` (a server a reload keeps
-    /// serves the new upstream).
-    pub(super) fn set_limited(&self, limited: bool) {
-        self.limited.store(limited, Ordering::Relaxed);
-    }
-
     /// Completes when a lease on this server ends (once registered, see
-    /// [`tokio::sync::futures::Notified::enable`]).
+    /// [`tokio::sync::futures::Notified::enable`]), for a request counted
+    /// as waiting ([`Waiting`]).
     pub(super) fn room(&self) -> tokio::sync::futures::Notified<'_> {
         self.room.notified()
     }
@@ -196,7 +212,7 @@ impl Lease {
 impl Drop for Lease {
     fn drop(&mut self) {
         self.server.in_flight.fetch_sub(1, Ordering::Relaxed);
-        if self.server.limited.load(Ordering::Relaxed) {
+        if self.server.waiting.load(Ordering::Relaxed) > 0 {
             self.server.room.notify_waiters();
         }
         if let Some(g) = self.server.shared_in_flight.get() {
