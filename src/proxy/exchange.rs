@@ -100,8 +100,7 @@ pub(super) async fn exchange(
             unsent_retries: &mut unsent_retries,
         };
         let limit = upstream.config.response_timeout;
-        // The sends are awaited here, not in helpers of their own: a nested
-        // future would be one more state to move with every request's.
+        // The sends are awaited here; plain functions judge what they came to.
         let next = match (conn, message) {
             (Conn::Http1(conn), Message::Http1(outbound)) => {
                 // The connection's own timer, not one per request.
