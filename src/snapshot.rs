@@ -28,6 +28,9 @@ pub const UPSTREAM_ERROR_KINDS: [&str; 4] = ["connect", "timeout", "reset", "pro
 /// The `reason` label values of `corral_upstream_retries_total`.
 pub const RETRY_REASONS: [&str; 3] = ["connect", "status", "reset"];
 
+/// The `outcome` label values of `corral_upstream_queued_total`.
+pub const QUEUE_OUTCOMES: [&str; 2] = ["served", "timeout"];
+
 #[derive(Debug)]
 pub struct Snapshot {
     pub generation: u64,
@@ -112,7 +115,7 @@ impl Snapshot {
                 recorder.counter(Family::UpstreamRetries, &[u.name(), reason]);
             }
             recorder.counter(Family::RetryBudgetExhausted, &[u.name()]);
-            for outcome in ["served", "timeout"] {
+            for outcome in QUEUE_OUTCOMES {
                 recorder.counter(Family::UpstreamQueued, &[u.name(), outcome]);
             }
             for s in &u.servers {

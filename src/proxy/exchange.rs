@@ -141,7 +141,7 @@ async fn queued(
     rng: &mut fastrand::Rng,
 ) -> Result<usize, ProxyError> {
     let name = || upstream.name().to_owned();
-    match upstream.pick_or_queue(key, rng).await {
+    match upstream.queue(key, rng).await {
         Ok(index) => {
             snapshot.count_queued(upstream.name(), "served");
             Ok(index)

@@ -87,17 +87,12 @@ impl Upstream {
         self.pick_within(key, exclude, rng, self.config.request_cap())
     }
 
-    /// Picks a server for a new request, waiting up to `queue_timeout` for
-    /// one with room when every server that could take it is at its cap
-    /// ([`UpstreamConfig::request_cap`]).
-    pub async fn pick_or_queue(
-        &self,
-        key: Option<u64>,
-        rng: &mut fastrand::Rng,
-    ) -> Result<usize, NoPick> {
-        if let Some(index) = self.pick(key, None, rng) {
-            return Ok(index);
-        }
+    /// A server for a request that [`pick`](Self::pick) found none for: one
+    /// that has room within `queue_timeout`, when every server that could
+    /// take it is at its cap ([`UpstreamConfig::request_cap`]).
+    pub async fn queue(&self, key: Option<u64>, rng: &mut fastrand::Rng) -> Result<usize, NoPick> {
+        // Without a cap, or with no server that could take it at all, there
+        // is nothing to wait for.
         if self.config.request_cap().is_none() || self.pick_within(key, None, rng, None).is_none() {
             return Err(NoPick::Unavailable);
         }
@@ -129,7 +124,7 @@ impl Upstream {
         key: Option<u64>,
         exclude: Option<usize>,
         rng: &mut fastrand::Rng,
-        max_in_flight: Option<u32>,
+        cap: Option<u32>,
     ) -> Option<usize> {
         let mut view = View {
             servers: &self.servers,
@@ -137,7 +132,7 @@ impl Upstream {
             now: OnceCell::new(),
             forgive: false,
             slow_start: self.config.slow_start,
-            max_in_flight,
+            cap,
         };
         self.balancer.pick(&view, key, rng).or_else(|| {
             view.forgive = true;
@@ -195,7 +190,7 @@ struct View<'a> {
     /// The upstream's slow start, when it has one.
     slow_start: Option<Duration>,
     /// Servers with this many requests in flight have no room.
-    max_in_flight: Option<u32>,
+    cap: Option<u32>,
 }
 
 /// Why no server was picked.
@@ -243,7 +238,7 @@ impl Servers for View<'_> {
     fn available(&self, i: usize) -> bool {
         let s = &self.servers[i];
         self.exclude != Some(i)
-            && self.max_in_flight.is_none_or(|max| s.in_flight() < max)
+            && self.cap.is_none_or(|cap| s.in_flight() < cap)
             && s.is_healthy()
             && (self.forgive || !s.recently_failed(|| self.now()))
     }
