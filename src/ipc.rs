@@ -25,6 +25,7 @@ use tokio::io::Interest;
 use tokio::net::UnixStream;
 
 use crate::plan::Plan;
+use crate::upstream::Ejection;
 
 /// Bumped whenever a message changes shape.
 pub const VERSION: u16 = 2;
@@ -89,6 +90,10 @@ pub enum ToWorker {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum ToMaster {
+    /// A server this worker took out of its picks (passive health).
+    Ejected {
+        ejection: Ejection,
+    },
     /// Serving `generation`.
     Ready {
         generation: u64,

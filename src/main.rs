@@ -146,6 +146,9 @@ fn check(path: &std::path::Path, diff_against: Option<SocketAddr>) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    for warning in &plan.warnings {
+        eprintln!("warning: {warning}");
+    }
     println!(
         "{}: ok ({} listeners, {} routes, {} upstreams)",
         path.display(),

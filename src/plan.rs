@@ -29,6 +29,10 @@ pub struct Plan {
     pub listeners: Vec<ListenerConfig>,
     pub routes: Vec<RouteConfig>,
     pub upstreams: Vec<UpstreamConfig>,
+    /// What the file allows but should not (`FILE:LINE:COL: reason`), for
+    /// `corral check` and the master's log; workers never see them.
+    #[serde(skip)]
+    pub warnings: Vec<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -273,6 +277,51 @@ pub struct UpstreamConfig {
     /// How long a request waits for room before it gets a 503.
     pub queue_timeout: Duration,
     pub health_check: Option<HealthCheckConfig>,
+    /// TLS to the servers (health checks included); `None`: plain TCP.
+    pub tls: Option<UpstreamTls>,
+    /// Passive health (see `upstream::eject`); `None`: off.
+    pub eject: Option<EjectConfig>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct EjectConfig {
+    /// Failures in a row that take a server out.
+    pub consecutive_failures: NonZeroU32,
+    /// Answers that count as failures, sorted; empty: none do.
+    pub statuses: Vec<u16>,
+    /// The first cool-down; each ejection soon after the last doubles it.
+    pub base_time: Duration,
+    /// The largest share of the upstream's servers out at once.
+    pub max_share: f64,
+}
+
+/// How corral speaks TLS to an upstream's servers.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct UpstreamTls {
+    /// The name sent as SNI and that each server's certificate must carry;
+    /// `None`: the server's address.
+    pub server_name: Option<String>,
+    /// Where `roots` were read from, for messages; `None`: the system's
+    /// trust store.
+    pub ca: Option<PathBuf>,
+    /// The CA certificates servers are verified against, as the master
+    /// read them; empty with `insecure_skip_verify`.
+    pub roots: Certificates,
+    /// The certificate corral shows servers that ask for one (mTLS).
+    pub client: Option<CertificateConfig>,
+    /// Accept any certificate: the connection is encrypted but the server
+    /// is not authenticated.
+    pub insecure_skip_verify: bool,
+}
+
+/// DER certificates; base64 text in the plan, a count in logs.
+#[derive(Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Certificates(#[serde(with = "base64_list")] pub Vec<Vec<u8>>);
+
+impl std::fmt::Debug for Certificates {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Certificates({})", self.0.len())
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -351,6 +400,25 @@ impl HealthCheckConfig {
 impl Plan {
     pub fn upstream(&self, name: &str) -> Option<&UpstreamConfig> {
         self.upstreams.iter().find(|u| u.name == name)
+    }
+}
+
+/// Byte strings as base64 text: a third longer, where JSON's arrays of
+/// numbers would be four times as long.
+mod base64_list {
+    use base64::Engine as _;
+    use base64::engine::general_purpose::STANDARD;
+    use serde::{Deserialize, Deserializer, Serializer, de};
+
+    pub fn serialize<S: Serializer>(list: &[Vec<u8>], s: S) -> Result<S::Ok, S::Error> {
+        s.collect_seq(list.iter().map(|bytes| STANDARD.encode(bytes)))
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<Vec<u8>>, D::Error> {
+        Vec::<String>::deserialize(d)?
+            .iter()
+            .map(|text| STANDARD.decode(text).map_err(de::Error::custom))
+            .collect()
     }
 }
 

@@ -17,13 +17,22 @@ use crate::metrics::{Counter, Family, Gauge, NONE, Recorder, RouteSeries};
 use crate::plan::{ListenerConfig, Plan};
 use crate::routing::RouteTable;
 use crate::tls::{self, TlsError};
-use crate::upstream::Upstream;
+use crate::upstream::{Ejection, Server, Upstream};
 
 /// The live snapshot, shared by every connection of a worker.
 pub type SharedSnapshot = Arc<ArcSwap<Snapshot>>;
 
 /// The `kind` label values of `corral_upstream_errors_total`.
-pub const UPSTREAM_ERROR_KINDS: [&str; 4] = ["connect", "timeout", "reset", "protocol"];
+pub const UPSTREAM_ERROR_KINDS: [&str; 5] = ["connect", "timeout", "tls", "reset", "protocol"];
+
+/// The `reason` label values of `corral_upstream_ejections_total`: the
+/// error kinds, and an answer with one of `eject.statuses`.
+pub const EJECTION_REASONS: [&str; 6] =
+    ["connect", "timeout", "tls", "reset", "protocol", "status"];
+
+/// Where a worker's data path tells its control loop what the master
+/// should hear of: ejections (see `upstream::eject`).
+pub type Notices = tokio::sync::mpsc::UnboundedSender<Ejection>;
 
 /// The `reason` label values of `corral_upstream_retries_total`.
 pub const RETRY_REASONS: [&str; 3] = ["connect", "status", "reset"];
@@ -44,6 +53,8 @@ pub struct Snapshot {
     pub listeners: Vec<Arc<ListenerSnapshot>>,
     pub recorder: Arc<Recorder>,
     pub access_log: Option<Arc<AccessLog>>,
+    /// `None` where no master listens (in-process tests).
+    pub notices: Option<Notices>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -79,6 +90,7 @@ impl Snapshot {
         generation: u64,
         previous: Option<&Snapshot>,
         recorder: &Arc<Recorder>,
+        notices: Option<Notices>,
     ) -> Result<Self, BuildError> {
         // An unchanged access log keeps its file and writer thread.
         let access_log = match (
@@ -122,6 +134,11 @@ impl Snapshot {
                 for kind in UPSTREAM_ERROR_KINDS {
                     recorder.counter(Family::UpstreamErrors, &[u.name(), &s.label, kind]);
                 }
+                if u.config.eject.is_some() {
+                    for reason in EJECTION_REASONS {
+                        recorder.counter(Family::UpstreamEjections, &[u.name(), &s.label, reason]);
+                    }
+                }
                 s.report_in_flight(|| {
                     recorder.gauge(
                         Family::UpstreamInFlight,
@@ -164,6 +181,7 @@ impl Snapshot {
             listeners,
             recorder: recorder.clone(),
             access_log,
+            notices,
         })
     }
 
@@ -194,6 +212,28 @@ impl Snapshot {
         self.recorder
             .counter(Family::RetryBudgetExhausted, &[upstream])
             .add(1);
+    }
+
+    /// Counts, logs and tells the master of `server` of `upstream` taken
+    /// out by passive health.
+    pub fn ejected(&self, server: &Server, ejection: Ejection) {
+        self.recorder
+            .counter(
+                Family::UpstreamEjections,
+                &[&ejection.upstream, &server.label, &ejection.reason],
+            )
+            .add(1);
+        tracing::warn!(
+            upstream = %ejection.upstream,
+            server = %ejection.server,
+            reason = %ejection.reason,
+            cool_down = ?ejection.cool_down,
+            "server ejected after failures in a row"
+        );
+        if let Some(notices) = &self.notices {
+            // Gone only while the worker stops: nobody is left to tell.
+            let _ = notices.send(ejection);
+        }
     }
 
     /// Counts one failed exchange with `server` of `upstream`.

@@ -1,6 +1,7 @@
 //! TLS for listeners: decoding certificates, choosing one by SNI, and the
-//! rustls server config (ALPN offers h2 and http/1.1). Certificates arrive
-//! as bytes in the plan; nothing here reads a file.
+//! rustls server config (ALPN offers h2 and http/1.1); [`client`] makes the
+//! configs corral connects to TLS upstreams with. Certificates arrive as
+//! bytes in the plan; nothing here reads a file.
 //!
 //! Certificates are matched by the DNS names in their subjectAltName; the first
 //! certificate of a listener answers clients that send no SNI or a name no
@@ -16,6 +17,8 @@ use rustls::sign::CertifiedKey;
 
 use crate::plan::{CertifiedPem, TlsConfig};
 
+pub mod client;
+
 #[derive(Debug, thiserror::Error)]
 pub enum TlsError {
     #[error("not a PEM certificate chain: {0}")]
@@ -26,6 +29,8 @@ pub enum TlsError {
     Mismatch(#[source] rustls::Error),
     #[error("TLS settings rejected: {0}")]
     Config(#[from] rustls::Error),
+    #[error("no usable CA certificate to verify servers with")]
+    NoRoots,
 }
 
 fn provider() -> Arc<rustls::crypto::CryptoProvider> {
@@ -35,6 +40,15 @@ fn provider() -> Arc<rustls::crypto::CryptoProvider> {
 /// Decodes a PEM certificate chain and its PEM private key, checking that
 /// the key fits the chain's first certificate.
 pub fn certified_key(pem: &CertifiedPem) -> Result<CertifiedKey, TlsError> {
+    let (chain, key) = chain_and_key(pem)?;
+    CertifiedKey::from_der(chain, key, &provider()).map_err(TlsError::Mismatch)
+}
+
+/// Decodes a PEM certificate chain (at least one certificate) and its PEM
+/// private key.
+fn chain_and_key(
+    pem: &CertifiedPem,
+) -> Result<(Vec<CertificateDer<'static>>, PrivateKeyDer<'static>), TlsError> {
     let chain = CertificateDer::pem_slice_iter(pem.chain.as_bytes())
         .collect::<Result<Vec<_>, _>>()
         .and_then(|chain| {
@@ -46,7 +60,7 @@ pub fn certified_key(pem: &CertifiedPem) -> Result<CertifiedKey, TlsError> {
         })
         .map_err(TlsError::Chain)?;
     let key = PrivateKeyDer::from_pem_slice(pem.key.as_bytes()).map_err(TlsError::Key)?;
-    CertifiedKey::from_der(chain, key, &provider()).map_err(TlsError::Mismatch)
+    Ok((chain, key))
 }
 
 /// The server config for one TLS listener.

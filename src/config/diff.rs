@@ -272,7 +272,7 @@ fn upstream(u: &UpstreamConfig) -> Fields {
     let check = u.health_check.as_ref();
     let checked =
         |f: &dyn Fn(&crate::plan::HealthCheckConfig) -> String| check.map_or(UNSET.into(), f);
-    vec![
+    let mut fields = vec![
         ("balance", string(balance)),
         ("hash_key", hash_key),
         ("protocol", string(protocol)),
@@ -318,6 +318,42 @@ fn upstream(u: &UpstreamConfig) -> Fields {
         (
             "health_check.body_contains",
             checked(&|h| h.body_contains.as_ref().map_or(UNSET.into(), string)),
+        ),
+    ];
+    fields.extend(passive_health_and_tls(u));
+    fields
+}
+
+/// The fields of an upstream's `eject` and `tls` tables.
+fn passive_health_and_tls(u: &UpstreamConfig) -> Fields {
+    let eject =
+        |f: &dyn Fn(&crate::plan::EjectConfig) -> String| u.eject.as_ref().map_or(UNSET.into(), f);
+    let tls =
+        |f: &dyn Fn(&crate::plan::UpstreamTls) -> String| u.tls.as_ref().map_or(UNSET.into(), f);
+    let path = |p: &std::path::Path| string(p.display().to_string());
+    vec![
+        (
+            "eject.consecutive_failures",
+            eject(&|e| e.consecutive_failures.to_string()),
+        ),
+        ("eject.statuses", eject(&|e| format!("{:?}", e.statuses))),
+        ("eject.base_time", eject(&|e| duration(e.base_time))),
+        ("eject.max_share", eject(&|e| e.max_share.to_string())),
+        (
+            "tls.server_name",
+            tls(&|t| t.server_name.as_ref().map_or(UNSET.into(), string)),
+        ),
+        (
+            "tls.ca",
+            tls(&|t| t.ca.as_deref().map_or_else(|| "system roots".into(), path)),
+        ),
+        (
+            "tls.cert",
+            tls(&|t| t.client.as_ref().map_or(UNSET.into(), |c| path(&c.cert))),
+        ),
+        (
+            "tls.insecure_skip_verify",
+            tls(&|t| t.insecure_skip_verify.to_string()),
         ),
     ]
 }

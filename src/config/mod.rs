@@ -37,7 +37,13 @@ pub fn from_str(path: &Path, text: &str) -> Result<Plan, ConfigError> {
     let plan = parse::parse(text, &mut problems)
         .and_then(|raw| validate::validate(path, raw, &mut problems));
     match plan {
-        Some(plan) if problems.is_empty() => Ok(plan),
+        Some((mut plan, warnings)) if problems.is_empty() => {
+            plan.warnings = warnings
+                .into_iter()
+                .map(|w| Diagnostic::locate(path, text, w).to_string())
+                .collect();
+            Ok(plan)
+        }
         _ => {
             problems.sort_by_key(|p| p.span.start);
             Err(ConfigError::Invalid {
@@ -125,6 +131,46 @@ upstream = "api"
             "[runtime]\nworkers = \"lots\"\n",
             "`lots` is not a worker count",
         );
+    }
+
+    #[test]
+    fn an_eject_table_has_defaults_and_checked_values() {
+        let eject = accepted("[upstreams.eject]\n").upstreams[0]
+            .eject
+            .clone()
+            .expect("eject");
+        assert_eq!(eject.consecutive_failures.get(), 5);
+        assert!(eject.statuses.is_empty());
+        assert_eq!(eject.base_time, Duration::from_secs(10));
+        assert_eq!(eject.max_share, 0.5);
+        assert!(accepted("").upstreams[0].eject.is_none());
+        let set = accepted("[upstreams.eject]\nstatuses = [503, 500]\nmax_share = 1.0\n");
+        let set = set.upstreams[0].eject.as_ref().expect("eject");
+        assert_eq!(
+            (set.statuses.as_slice(), set.max_share),
+            (&[500, 503][..], 1.0)
+        );
+        for (line, error) in [
+            (
+                "consecutive_failures = 0",
+                "upstreams.eject.consecutive_failures: 0 is out of range, expected 1 to 1000",
+            ),
+            (
+                "max_share = 1.5",
+                "upstreams.eject.max_share: 1.5 is out of range",
+            ),
+            (
+                "statuses = [700]",
+                "upstreams.eject.statuses: 700 is out of range",
+            ),
+            (
+                "base_time = \"0s\"",
+                "upstreams.eject.base_time: must be greater than zero",
+            ),
+            ("after = 3", "upstreams.eject: unknown field `after`"),
+        ] {
+            rejected(&format!("[upstreams.eject]\n{line}\n"), error);
+        }
     }
 
     #[test]

@@ -166,6 +166,56 @@ pub struct RawUpstream {
     pub max_connections: Option<Int>,
     pub queue_timeout: Option<Text>,
     pub health_check: Option<Spanned<RawHealthCheck>>,
+    pub tls: Option<Spanned<RawUpstreamTls>>,
+    pub eject: Option<RawEject>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, expecting = "a table")]
+pub struct RawEject {
+    pub consecutive_failures: Option<Int>,
+    pub statuses: Option<Spanned<Vec<Int>>>,
+    pub base_time: Option<Text>,
+    pub max_share: Option<Spanned<f64>>,
+}
+
+/// `tls = true` (the defaults) or `[upstreams.tls]` with settings.
+#[derive(Debug)]
+pub enum RawUpstreamTls {
+    On(bool),
+    Table(RawUpstreamTlsTable),
+}
+
+impl<'de> Deserialize<'de> for RawUpstreamTls {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = RawUpstreamTls;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("true, false or a table")
+            }
+            fn visit_bool<E: de::Error>(self, v: bool) -> Result<Self::Value, E> {
+                Ok(RawUpstreamTls::On(v))
+            }
+            // Through the table's own type, so that an unknown key in it
+            // is named as in every other table.
+            fn visit_map<A: de::MapAccess<'de>>(self, map: A) -> Result<Self::Value, A::Error> {
+                Deserialize::deserialize(de::value::MapAccessDeserializer::new(map))
+                    .map(RawUpstreamTls::Table)
+            }
+        }
+        deserializer.deserialize_any(V)
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, expecting = "a table")]
+pub struct RawUpstreamTlsTable {
+    pub server_name: Option<Text>,
+    pub ca: Option<Text>,
+    pub cert: Option<Text>,
+    pub key: Option<Text>,
+    pub insecure_skip_verify: Option<Spanned<bool>>,
 }
 
 #[derive(Debug, Deserialize)]

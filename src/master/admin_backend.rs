@@ -10,6 +10,7 @@ use std::sync::{Arc, Mutex};
 use serde_json::json;
 use tokio::sync::{mpsc, oneshot, watch};
 
+use super::ejections::Ejections;
 use super::generation::Generation;
 use super::health::DownNotes;
 use super::reload::{ReloadError, ReloadRecord, ReloadRequest, Reloaded};
@@ -28,6 +29,7 @@ pub struct AdminBackend {
     last_reload: Mutex<Option<ReloadRecord>>,
     /// Why the servers their health checks took down are down.
     down: Arc<DownNotes>,
+    ejections: Arc<Ejections>,
 }
 
 impl AdminBackend {
@@ -37,6 +39,7 @@ impl AdminBackend {
         metrics: Arc<ClusterMetrics>,
         reloads: mpsc::Sender<ReloadRequest>,
         down: Arc<DownNotes>,
+        ejections: Arc<Ejections>,
     ) -> Self {
         Self {
             pid: std::process::id(),
@@ -46,6 +49,7 @@ impl AdminBackend {
             reloads,
             last_reload: Mutex::new(None),
             down,
+            ejections,
         }
     }
 
@@ -63,6 +67,7 @@ impl Backend for AdminBackend {
     fn status(&self) -> serde_json::Value {
         let generation = self.generation.borrow().clone();
         let in_flight = self.metrics.workers.in_flight();
+        let now = std::time::SystemTime::now();
 
         let upstreams: Vec<_> = generation
             .upstreams
@@ -84,6 +89,12 @@ impl Backend for AdminBackend {
                                 "since": timestamp(d.since),
                                 "reason": d.reason,
                             })),
+                            "ejected": self.ejections.current(u.name(), s.addr, now).iter().map(|e| json!({
+                                "slot": e.slot,
+                                "reason": e.reason,
+                                "since": timestamp(e.since),
+                                "until": timestamp(e.until),
+                            })).collect::<Vec<_>>(),
                         })
                     })
                     .collect();

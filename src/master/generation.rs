@@ -8,7 +8,7 @@ use std::time::SystemTime;
 
 use super::sockets::ListenerSockets;
 use super::steering::PortSocket;
-use crate::plan::{CertifiedPem, Plan};
+use crate::plan::{Certificates, CertifiedPem, Plan};
 use crate::upstream::Upstream;
 
 /// One config generation: the file's text, the plan made from it (what
@@ -104,14 +104,18 @@ impl Summary {
     }
 }
 
-/// The certificate chains and keys `plan` holds, in order: what a reload
-/// compares to see whether files renewed under an unchanged text call for
-/// a new generation.
-pub fn certificates(plan: &Plan) -> Vec<&CertifiedPem> {
-    plan.listeners
+/// The certificate chains, keys and CA certificates `plan` holds, in
+/// order: what a reload compares to see whether files renewed under an
+/// unchanged text call for a new generation.
+pub fn certificates(plan: &Plan) -> (Vec<&CertifiedPem>, Vec<&Certificates>) {
+    let upstreams = plan.upstreams.iter().filter_map(|u| u.tls.as_ref());
+    let chains = plan
+        .listeners
         .iter()
         .filter_map(|l| l.tls.as_ref())
         .flat_map(|t| &t.certificates)
+        .chain(upstreams.clone().filter_map(|t| t.client.as_ref()))
         .map(|c| &c.pem)
-        .collect()
+        .collect();
+    (chains, upstreams.map(|t| &t.roots).collect())
 }

@@ -123,6 +123,7 @@ impl Master {
             source,
         })?;
         let plan = crate::config::from_str(path, &text)?;
+        super::reload::warn(&plan);
         let (mut inherited, inherited_admin, predecessor) = match handover {
             Some(h) => (h.listeners, h.admin, Some(h.reply)),
             None => (Inherited::new(), None, None),
@@ -166,6 +167,7 @@ impl Master {
             kill: CancellationToken::new(),
             stopping: stopping.clone(),
             inboxes: Arc::new(Inboxes::new(stopping)),
+            ejections: Arc::default(),
         });
         let (reload_tx, reloads) = mpsc::channel(8);
         let admin_backend = Arc::new(AdminBackend::new(
@@ -174,6 +176,7 @@ impl Master {
             metrics.clone(),
             reload_tx,
             checker.notes(),
+            ctx.ejections.clone(),
         ));
         let admin_stop = CancellationToken::new();
         if let Some(socket) = &admin {

@@ -193,6 +193,7 @@ pub fn prepare(
         source,
     })?;
     let plan = crate::config::from_str(path, &text)?;
+    warn(&plan);
     let renewed = certificates(&plan) != certificates(&current.plan);
     let token = |p: &Plan| p.admin.as_ref().and_then(|a| a.token.clone());
     let rotated = token(&plan) != token(&current.plan);
@@ -221,4 +222,11 @@ pub fn prepare(
         generation: current.next(text, plan, listeners),
         changes,
     })
+}
+
+/// Logs what the new config allows but should not.
+pub(super) fn warn(plan: &Plan) {
+    for warning in &plan.warnings {
+        tracing::warn!("config: {warning}");
+    }
 }

@@ -25,6 +25,7 @@ use tokio::sync::watch;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
+use super::ejections::Ejections;
 use super::generation::Generation;
 use super::relay::{Inbox, Inboxes, Relay, Relayed, Sockets};
 use super::status::{Seat, StatusBoard, describe};
@@ -56,6 +57,8 @@ pub struct SlotContext {
     pub stopping: CancellationToken,
     /// Where covered slots' relays hand connections to serving workers.
     pub inboxes: Arc<Inboxes>,
+    /// The servers workers ejected.
+    pub ejections: Arc<Ejections>,
 }
 
 /// How a worker's life ended.
@@ -395,6 +398,11 @@ impl Worker {
                     true
                 }
                 ToMaster::Pong { .. } => true,
+                ToMaster::Ejected { ejection } => {
+                    tracing::info!(slot, upstream = %ejection.upstream, server = %ejection.server, reason = %ejection.reason, cool_down = ?ejection.cool_down, "worker ejected a server");
+                    ctx.ejections.record(slot, ejection);
+                    true
+                }
                 ToMaster::Failed { error } => {
                     tracing::error!(slot, error, "worker could not start");
                     ctx.status.refused(seat, self.started_on, error);

@@ -39,10 +39,11 @@ pub enum Family {
     UpstreamRetries,
     RetryBudgetExhausted,
     UpstreamQueued,
+    UpstreamEjections,
 }
 
 impl Family {
-    pub const ALL: [Family; 14] = [
+    pub const ALL: [Family; 15] = [
         Family::Requests,
         Family::RequestDuration,
         Family::RequestBytes,
@@ -57,6 +58,7 @@ impl Family {
         Family::UpstreamRetries,
         Family::RetryBudgetExhausted,
         Family::UpstreamQueued,
+        Family::UpstreamEjections,
     ];
 
     pub fn id(self) -> u64 {
@@ -83,6 +85,7 @@ impl Family {
             Self::UpstreamRetries => "corral_upstream_retries_total",
             Self::RetryBudgetExhausted => "corral_upstream_retry_budget_exhausted_total",
             Self::UpstreamQueued => "corral_upstream_queued_total",
+            Self::UpstreamEjections => "corral_upstream_ejections_total",
         }
     }
 
@@ -93,7 +96,7 @@ impl Family {
             Self::RequestBytes => "Request body bytes received from clients.",
             Self::ResponseBytes => "Response body bytes sent to clients.",
             Self::UpstreamErrors => {
-                "Failed upstream exchanges, by kind: connect, timeout, reset, protocol."
+                "Failed upstream exchanges, by kind: connect, timeout, tls, reset, protocol."
             }
             Self::ConnectionsActive => "Client connections open now, per listener and worker.",
             Self::Connections => "Client connections accepted, per listener.",
@@ -117,6 +120,9 @@ impl Family {
             }
             Self::UpstreamQueued => {
                 "Requests that waited for a server below max_in_flight, by outcome: served, timeout."
+            }
+            Self::UpstreamEjections => {
+                "Servers a worker took out of its picks after failures in a row, by the failure that completed the streak."
             }
         }
     }
@@ -145,6 +151,7 @@ impl Family {
             Self::UpstreamRetries => &["upstream", "reason"],
             Self::RetryBudgetExhausted => &["upstream"],
             Self::UpstreamQueued => &["upstream", "outcome"],
+            Self::UpstreamEjections => &["upstream", "server", "reason"],
         }
     }
 }

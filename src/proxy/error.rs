@@ -142,6 +142,14 @@ impl ProxyError {
                 Some("connect"),
                 "upstream unreachable",
             ),
+            // A certificate that does not verify, or a server that will not
+            // speak TLS: the server is not the one configured.
+            Self::Connect(Connect::Tls { .. }) => (
+                StatusCode::BAD_GATEWAY,
+                Fault::Upstream,
+                Some("tls"),
+                "upstream TLS handshake failed",
+            ),
             Self::Connect(Connect::Handshake { .. }) => (
                 StatusCode::BAD_GATEWAY,
                 Fault::Upstream,

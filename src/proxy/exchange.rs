@@ -238,6 +238,10 @@ impl Attempt<'_> {
     /// upstream's `retry_on` and the request goes to another server.
     fn answered(&mut self, outgoing: &mut Outgoing, response: Response<UpstreamBody>) -> Next {
         let status = response.status().as_u16();
+        let server = self.server();
+        if let Some(ejection) = self.upstream.note_answer(server, status) {
+            self.snapshot.ejected(server, ejection);
+        }
         if outgoing.replay.is_none()
             || self
                 .upstream
@@ -354,10 +358,14 @@ async fn send_h2(
     }
 }
 
-/// Counts a failure against `server` and logs it; returns it.
+/// Counts a failure against `server` (toward its ejection too) and logs
+/// it; returns it.
 fn failed(snapshot: &Snapshot, upstream: &Upstream, server: &Server, e: ProxyError) -> ProxyError {
     if let Some(kind) = e.upstream_kind() {
         snapshot.count_upstream_error(upstream.name(), &server.label, kind);
+        if let Some(ejection) = upstream.note_failure(server, kind) {
+            snapshot.ejected(server, ejection);
+        }
     }
     if e.fault() == Fault::Upstream {
         tracing::warn!(upstream = %upstream.name(), server = %server.addr, error = %e, "upstream failure");

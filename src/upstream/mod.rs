@@ -9,9 +9,11 @@
 
 mod budget;
 mod connect;
+mod eject;
 pub mod http1;
 mod pool;
 mod server;
+mod stream;
 
 use std::cell::OnceCell;
 use std::sync::Arc;
@@ -21,8 +23,10 @@ use tokio::time::Instant;
 
 pub use budget::RetryBudget;
 pub use connect::{ConnectError, Connector};
+pub use eject::Ejection;
 pub use pool::Conn;
 pub use server::{Lease, Server};
+pub use stream::Stream;
 
 use crate::balance::{Balancer, Servers};
 use crate::plan::{HashKey, ServerConfig, UpstreamConfig};
@@ -119,6 +123,24 @@ impl Upstream {
         }
     }
 
+    /// Counts a failure of `server` of kind `reason` toward its ejection
+    /// (with `[upstreams.eject]`); the ejection, if this made one.
+    pub fn note_failure(&self, server: &Server, reason: &str) -> Option<Ejection> {
+        let eject = self.config.eject.as_ref()?;
+        eject::failure(eject, self.name(), &self.servers, server, reason)
+    }
+
+    /// Judges an answer from `server`: a failure when its status is one of
+    /// `eject.statuses`, else the end of the server's streak.
+    pub fn note_answer(&self, server: &Server, status: u16) -> Option<Ejection> {
+        let eject = self.config.eject.as_ref()?;
+        if eject.statuses.binary_search(&status).is_ok() {
+            return eject::failure(eject, self.name(), &self.servers, server, "status");
+        }
+        eject::success(server);
+        None
+    }
+
     fn pick_within(
         &self,
         key: Option<u64>,
@@ -145,6 +167,7 @@ impl Upstream {
 /// name, address, weight and connection settings are unchanged from
 /// `previous` is carried over as is: its pool, health and latency survive.
 /// A server new to an upstream that was there before starts slowly.
+/// Servers of an upstream without a health check are healthy.
 pub fn rebuild(configs: &[UpstreamConfig], previous: &[Arc<Upstream>]) -> Vec<Arc<Upstream>> {
     configs
         .iter()
@@ -164,6 +187,13 @@ pub fn rebuild(configs: &[UpstreamConfig], previous: &[Arc<Upstream>]) -> Vec<Ar
                     }
                 }
             }
+            // Only a health check takes a server out; with none left, no
+            // server stays down for a check that no longer runs.
+            if config.health_check.is_none() {
+                for server in &upstream.servers {
+                    server.set_healthy(true);
+                }
+            }
             Arc::new(upstream)
         })
         .collect()
@@ -177,6 +207,8 @@ fn keeps_servers(new: &UpstreamConfig, old: &UpstreamConfig) -> bool {
         && new.idle_timeout == old.idle_timeout
         && new.max_idle_per_server == old.max_idle_per_server
         && new.fail_timeout == old.fail_timeout
+        // Pooled sessions were verified under the old TLS settings.
+        && new.tls == old.tls
 }
 
 /// The balancer's view of the servers at one instant.
@@ -185,7 +217,8 @@ struct View<'a> {
     exclude: Option<usize>,
     /// Read from the clock only once a server that has failed is seen.
     now: OnceCell<Instant>,
-    /// Ignore recent connect failures (health checks still count).
+    /// Ignore recent connect failures and ejections (health checks still
+    /// count): when every server is out, each is tried anyway.
     forgive: bool,
     /// The upstream's slow start, when it has one.
     slow_start: Option<Duration>,
@@ -240,7 +273,7 @@ impl Servers for View<'_> {
         self.exclude != Some(i)
             && self.cap.is_none_or(|cap| s.in_flight() < cap)
             && s.is_healthy()
-            && (self.forgive || !s.recently_failed(|| self.now()))
+            && (self.forgive || !(s.recently_failed(|| self.now()) || s.is_ejected(|| self.now())))
     }
     fn in_flight(&self, i: usize) -> u32 {
         self.servers[i].in_flight()

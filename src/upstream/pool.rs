@@ -106,7 +106,7 @@ impl Pool {
 
     fn take_idle(&self, now: Instant) -> Option<http1::Connection> {
         let mut idle = lock(&self.idle);
-        while let Some(entry) = idle.conns.pop() {
+        while let Some(mut entry) = idle.conns.pop() {
             if now.saturating_duration_since(entry.since) >= self.idle_timeout {
                 // LIFO: everything below this one has waited even longer.
                 idle.conns.clear();
@@ -140,8 +140,9 @@ impl Pool {
     fn expire(&self, now: Instant) -> Option<Instant> {
         let mut idle = lock(&self.idle);
         let timeout = self.idle_timeout;
-        idle.conns
-            .retain(|c| now.saturating_duration_since(c.since) < timeout && !c.conn.is_closed());
+        idle.conns.retain_mut(|c| {
+            now.saturating_duration_since(c.since) < timeout && !c.conn.is_closed()
+        });
         let next = idle.conns.first().map(|oldest| oldest.since + timeout);
         idle.swept = next.is_some();
         next

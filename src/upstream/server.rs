@@ -38,6 +38,15 @@ impl Drop for Waiting<'_> {
     }
 }
 
+/// A server's failures in a row, and its ejections that followed one
+/// another closely (see `upstream::eject`).
+#[derive(Debug, Default)]
+pub(super) struct Streak {
+    pub(super) failures: AtomicU32,
+    /// Ejections in a row (each soon after the last one ended).
+    pub(super) ejections: AtomicU32,
+}
+
 /// One upstream server and what is known about it.
 #[derive(Debug)]
 pub struct Server {
@@ -53,6 +62,12 @@ pub struct Server {
     /// Milliseconds after `born`, plus one, at which a slow start began;
     /// 0 when none did.
     ramp_from: AtomicU64,
+    /// Milliseconds after `born` until which passive health holds the
+    /// server out; 0 when it never did.
+    ejected_until: AtomicU64,
+    /// The length of its latest cool-down, in milliseconds.
+    ejected_for: AtomicU64,
+    pub(super) streak: Streak,
     /// Requests waiting for room on this server: while there are any, each
     /// lease that ends wakes them.
     waiting: AtomicU32,
@@ -75,6 +90,9 @@ impl Server {
             healthy: AtomicBool::new(true),
             failed_until: AtomicU64::new(0),
             ramp_from: AtomicU64::new(0),
+            ejected_until: AtomicU64::new(0),
+            ejected_for: AtomicU64::new(0),
+            streak: Streak::default(),
             waiting: AtomicU32::new(0),
             room: Notify::new(),
             born: Instant::now(),
@@ -117,9 +135,40 @@ impl Server {
     /// Begins a slow start: from now, the server takes a tenth of its
     /// weight, rising evenly to all of it over its upstream's `slow_start`.
     pub fn start_ramp(&self) {
-        let at = self.millis(Instant::now());
+        self.ramp_at(Instant::now());
+    }
+
+    fn ramp_at(&self, at: Instant) {
+        let at = self.millis(at);
         self.ramp_from
             .store(at.saturating_add(1), Ordering::Relaxed);
+    }
+
+    /// Takes the server out of this worker's picks for `cool_down` from
+    /// `now`; it comes back slowly (under a slow start) when that ends.
+    pub(super) fn eject(&self, now: Instant, cool_down: Duration) {
+        let until = now + cool_down;
+        self.ejected_until
+            .store(self.millis(until).max(1), Ordering::Relaxed);
+        let length = u64::try_from(cool_down.as_millis()).unwrap_or(u64::MAX);
+        self.ejected_for.store(length, Ordering::Relaxed);
+        self.ramp_at(until);
+    }
+
+    /// Whether passive health holds the server out; reads the clock
+    /// (`now`) only if it ever did.
+    pub fn is_ejected(&self, now: impl FnOnce() -> Instant) -> bool {
+        let until = self.ejected_until.load(Ordering::Relaxed);
+        until != 0 && self.millis(now()) < until
+    }
+
+    /// How long ago the latest cool-down ended, and how long it was; `None`
+    /// while one lasts, or if none ever did.
+    pub(super) fn since_ejection_ended(&self, now: Instant) -> Option<(Duration, Duration)> {
+        let until = self.ejected_until.load(Ordering::Relaxed);
+        let ago = self.millis(now).checked_sub(until).filter(|_| until != 0)?;
+        let length = self.ejected_for.load(Ordering::Relaxed);
+        Some((Duration::from_millis(ago), Duration::from_millis(length)))
     }
 
     /// The share of its weight the server takes at `now` under a slow start

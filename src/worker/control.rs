@@ -22,7 +22,7 @@ use crate::ipc::{self, IpcError, Received, ServerHealth, ToMaster, ToWorker};
 use crate::metrics::Recorder;
 use crate::metrics::shm::ShmError;
 use crate::plan::Plan;
-use crate::snapshot::{BuildError, SharedSnapshot, Snapshot};
+use crate::snapshot::{BuildError, Notices, SharedSnapshot, Snapshot};
 
 #[derive(Debug, thiserror::Error)]
 pub enum WorkerError {
@@ -52,7 +52,8 @@ pub async fn serve(control: OwnedFd) -> Result<(), WorkerError> {
         .recv::<ToWorker>()
         .await?
         .ok_or(WorkerError::MasterGone)?;
-    let (snapshot, listeners) = match start(first) {
+    let (notices, mut noticed) = tokio::sync::mpsc::unbounded_channel();
+    let (snapshot, listeners) = match start(first, notices) {
         Ok(started) => started,
         Err(e) => {
             tx.send(&ToMaster::Failed {
@@ -94,6 +95,9 @@ pub async fn serve(control: OwnedFd) -> Result<(), WorkerError> {
                     shutdown.cancel();
                 }
             },
+            Some(ejection) = noticed.recv() => {
+                tx.send(&ToMaster::Ejected { ejection }).await?;
+            }
             _ = trim.tick() => memory::return_free(),
             _ = term.recv() => shutdown.cancel(),
         }
@@ -110,7 +114,10 @@ pub async fn serve(control: OwnedFd) -> Result<(), WorkerError> {
 
 /// The snapshot and listening sockets a `Start` message describes. Its
 /// descriptors are the metrics region, then one socket per listener name.
-fn start(first: Received<ToWorker>) -> Result<(Snapshot, Vec<Listener>), WorkerError> {
+fn start(
+    first: Received<ToWorker>,
+    notices: Notices,
+) -> Result<(Snapshot, Vec<Listener>), WorkerError> {
     let ToWorker::Start {
         slot,
         generation,
@@ -124,7 +131,7 @@ fn start(first: Received<ToWorker>) -> Result<(Snapshot, Vec<Listener>), WorkerE
     let mut fds = first.fds.into_iter();
     let region = fds.next().ok_or(WorkerError::NoStart)?;
     let recorder = Recorder::open(&region, slot)?;
-    let snapshot = Snapshot::build(plan, generation, None, &recorder)?;
+    let snapshot = Snapshot::build(plan, generation, None, &recorder, Some(notices))?;
     apply_health(&snapshot, &health);
     Ok((snapshot, sockets(listeners, fds.collect())?))
 }
@@ -206,7 +213,14 @@ fn incomplete(received: &Received<ToWorker>) -> bool {
 async fn reload(shared: &SharedSnapshot, generation: u64, plan: Plan) -> Result<(), WorkerError> {
     let previous = shared.load_full();
     let next = tokio::task::spawn_blocking(move || {
-        Snapshot::build(plan, generation, Some(&previous), &previous.recorder)
+        let notices = previous.notices.clone();
+        Snapshot::build(
+            plan,
+            generation,
+            Some(&previous),
+            &previous.recorder,
+            notices,
+        )
     })
     .await
     .map_err(std::io::Error::other)??;

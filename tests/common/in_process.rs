@@ -38,7 +38,7 @@ pub async fn in_process(config: &str) -> InProcess {
         });
     }
     let recorder = corral::metrics::Recorder::private().unwrap();
-    let snapshot = corral::snapshot::Snapshot::build(config, 1, None, &recorder).unwrap();
+    let snapshot = corral::snapshot::Snapshot::build(config, 1, None, &recorder, None).unwrap();
     let health =
         corral::master::health::HealthChecker::start(&snapshot.upstreams, Arc::new(|_, _, _| {}));
     let runtime = Arc::new(arc_swap::ArcSwap::from_pointee(snapshot));

@@ -14,6 +14,7 @@ mod in_process;
 mod metrics;
 mod notices;
 mod patience;
+mod pki;
 mod raw_requests;
 mod recording;
 mod scripted;
@@ -25,6 +26,6 @@ mod upstreams;
 #[allow(unused_imports)]
 pub use self::{
     admin::*, cli::*, clients::*, configs::*, corral_fixture::*, files::*, in_process::*,
-    metrics::*, notices::*, patience::*, raw_requests::*, recording::*, scripted::*, sockets::*,
-    upstreams::*,
+    metrics::*, notices::*, patience::*, pki::*, raw_requests::*, recording::*, scripted::*,
+    sockets::*, upstreams::*,
 };

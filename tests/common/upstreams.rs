@@ -18,7 +18,7 @@ use super::clients::{TestBody, empty, full};
 /// A running test upstream; stops when dropped.
 pub struct Upstream {
     pub addr: SocketAddr,
-    stop: CancellationToken,
+    pub(super) stop: CancellationToken,
 }
 
 impl Drop for Upstream {

@@ -137,7 +137,7 @@ impl Validator<'_> {
         }
         let mut certificates = Vec::new();
         for c in certs.into_inner() {
-            certificates.extend(self.certificate(&c));
+            certificates.extend(self.certificate(&c, "listeners.tls"));
         }
         (!certificates.is_empty()).then_some(TlsConfig { certificates })
     }
@@ -145,7 +145,12 @@ impl Validator<'_> {
     /// Reads a chain and its key, once: the plan carries these bytes, so
     /// what was checked here is what every worker serves. Both files are
     /// read, so that two unreadable files are two problems reported at once.
-    pub fn certificate(&mut self, raw: &RawCertificate) -> Option<CertificateConfig> {
+    /// `section` names the table in messages.
+    pub fn certificate(
+        &mut self,
+        raw: &RawCertificate,
+        section: &str,
+    ) -> Option<CertificateConfig> {
         let cert = self.base.join(raw.cert.get_ref());
         let key = self.base.join(raw.key.get_ref());
         let mut read = |path: &Path, what: &str, span: Range<usize>| {
@@ -158,7 +163,7 @@ impl Validator<'_> {
             text.map_err(|e| {
                 self.problem(
                     span,
-                    format!("listeners.tls: cannot read {what} {}: {e}", path.display()),
+                    format!("{section}: cannot read {what} {}: {e}", path.display()),
                 );
             })
             .ok()
@@ -188,7 +193,7 @@ impl Validator<'_> {
                 ),
             ),
         };
-        self.problem(at, format!("listeners.tls: {why}"));
+        self.problem(at, format!("{section}: {why}"));
         None
     }
 }

@@ -10,6 +10,7 @@ mod listener;
 mod route;
 mod runtime;
 mod upstream;
+mod upstream_tls;
 mod validator;
 
 use std::path::Path;
@@ -20,7 +21,12 @@ use crate::plan::*;
 pub use admin::ADMIN_TOKEN_ENV;
 use validator::Validator;
 
-pub fn validate(path: &Path, raw: RawConfig, problems: &mut Vec<Problem>) -> Option<Plan> {
+/// The plan, and the warnings (see [`Validator::warning`]) found on the way.
+pub fn validate(
+    path: &Path,
+    raw: RawConfig,
+    problems: &mut Vec<Problem>,
+) -> Option<(Plan, Vec<Problem>)> {
     let mut v = Validator::new(path, problems, raw.dropped);
     let runtime = v.runtime(raw.runtime);
     let admin = raw.admin.and_then(|a| v.admin(&a));
@@ -40,12 +46,14 @@ pub fn validate(path: &Path, raw: RawConfig, problems: &mut Vec<Problem>) -> Opt
     }
     let upstreams = v.upstreams(raw.upstreams);
     let routes = v.routes(raw.routes, &upstreams);
-    Some(Plan {
+    let plan = Plan {
         runtime,
         admin,
         access_log,
         listeners,
         routes,
         upstreams,
-    })
+        warnings: Vec::new(),
+    };
+    Some((plan, v.warnings))
 }

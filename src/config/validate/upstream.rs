@@ -24,6 +24,10 @@ const DEFAULT_RETRY_BUDGET: f64 = 0.2;
 /// Long enough to ride out a burst, short enough that a client is not left
 /// guessing.
 const DEFAULT_QUEUE_TIMEOUT: Duration = Duration::from_secs(1);
+const DEFAULT_EJECT_AFTER: NonZeroU32 = NonZeroU32::new(5).expect("non-zero");
+const DEFAULT_EJECT_TIME: Duration = Duration::from_secs(10);
+/// Half: one bad deploy of two cannot take the other out with it.
+const DEFAULT_EJECT_SHARE: f64 = 0.5;
 const DEFAULT_HEALTH_PATH: &str = "/";
 const DEFAULT_HEALTH_INTERVAL: Duration = Duration::from_secs(5);
 const DEFAULT_HEALTH_TIMEOUT: Duration = Duration::from_secs(2);
@@ -49,13 +53,15 @@ impl Validator<'_> {
                 self.balance(u.balance.as_ref(), u.hash_key.as_ref())
             };
             let health_check = u.health_check.map(|h| self.health_check(h));
+            let protocol = match u.protocol {
+                None | Some(RawProtocol::Http1) => Protocol::Http1,
+                Some(RawProtocol::H2) => Protocol::H2,
+            };
+            let tls = u.tls.and_then(|t| self.upstream_tls(t, protocol));
             out.push(UpstreamConfig {
                 name: u.name.into_inner(),
                 balance,
-                protocol: match u.protocol {
-                    None | Some(RawProtocol::Http1) => Protocol::Http1,
-                    Some(RawProtocol::H2) => Protocol::H2,
-                },
+                protocol,
                 servers,
                 connect_timeout: self.timeout(
                     u.connect_timeout.as_ref(),
@@ -111,9 +117,39 @@ impl Validator<'_> {
                     self.timeout(Some(t), "upstreams.slow_start", Duration::from_secs(30))
                 }),
                 health_check,
+                tls,
+                eject: u.eject.map(|e| self.eject(e)),
             });
         }
         out
+    }
+
+    pub fn eject(&mut self, raw: RawEject) -> EjectConfig {
+        EjectConfig {
+            consecutive_failures: raw
+                .consecutive_failures
+                .and_then(|n| self.int_in(&n, 1, 1000, "upstreams.eject.consecutive_failures"))
+                .and_then(|n| u32::try_from(n).ok())
+                .and_then(NonZeroU32::new)
+                .unwrap_or(DEFAULT_EJECT_AFTER),
+            statuses: raw.statuses.map_or_else(Vec::new, |list| {
+                self.statuses(&list, "upstreams.eject.statuses")
+            }),
+            base_time: self.timeout(
+                raw.base_time.as_ref(),
+                "upstreams.eject.base_time",
+                DEFAULT_EJECT_TIME,
+            ),
+            max_share: raw.max_share.map_or(DEFAULT_EJECT_SHARE, |s| {
+                let share = *s.get_ref();
+                if (0.0..=1.0).contains(&share) {
+                    share
+                } else {
+                    self.problem(s.span(), format!("upstreams.eject.max_share: {share} is out of range, expected a share from 0 to 1, such as 0.5"));
+                    DEFAULT_EJECT_SHARE
+                }
+            }),
+        }
     }
 
     pub fn servers(&mut self, raw: &Spanned<Vec<RawServer>>) -> Vec<ServerConfig> {

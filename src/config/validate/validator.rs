@@ -15,6 +15,9 @@ use crate::config::raw::*;
 
 pub struct Validator<'a> {
     pub problems: &'a mut Vec<Problem>,
+    /// What is allowed but risky: said by `corral check` and logged on
+    /// every load, never a reason to refuse the file.
+    pub warnings: Vec<Problem>,
     /// The config file's folder; relative file paths resolve against it.
     pub base: PathBuf,
     /// What parsing already reported and left out: a check that would only
@@ -27,6 +30,7 @@ impl<'a> Validator<'a> {
     pub fn new(path: &Path, problems: &'a mut Vec<Problem>, dropped: Dropped) -> Self {
         Self {
             problems,
+            warnings: Vec::new(),
             base: path.parent().map(Path::to_path_buf).unwrap_or_default(),
             dropped,
         }
@@ -34,6 +38,10 @@ impl<'a> Validator<'a> {
 
     pub fn problem(&mut self, span: Range<usize>, message: impl Into<String>) {
         self.problems.push(Problem::new(span, message));
+    }
+
+    pub fn warning(&mut self, span: Range<usize>, message: impl Into<String>) {
+        self.warnings.push(Problem::new(span, message));
     }
 
     /// How many problems are recorded: compared before and after a check,

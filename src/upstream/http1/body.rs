@@ -98,8 +98,8 @@ impl Http1Body {
     /// Keeps sending a request body the server answered early; once that
     /// fails, it is given up (the server need not read it).
     fn poll_send(&mut self, cx: &mut Context<'_>) {
-        if let (Some(out), Some(conn)) = (self.sending.as_mut(), self.conn.as_ref()) {
-            if let Poll::Ready(result) = out.poll_write(&conn.stream, cx) {
+        if let (Some(out), Some(conn)) = (self.sending.as_mut(), self.conn.as_mut()) {
+            if let Poll::Ready(result) = out.poll_write(&mut conn.stream, cx) {
                 if let Err(e) = result {
                     tracing::debug!(error = ?e, "request body not sent after an early response");
                 }
@@ -175,14 +175,14 @@ impl Drop for Http1Body {
     /// upload is finished on a task of its own (the body's own timeouts
     /// bound it). The connection closes after it, never to be reused.
     fn drop(&mut self) {
-        let (Reading::Done, Some(mut out), Some(conn)) =
+        let (Reading::Done, Some(mut out), Some(mut conn)) =
             (&self.reading, self.sending.take(), self.conn.take())
         else {
             return;
         };
         if let Ok(runtime) = tokio::runtime::Handle::try_current() {
             runtime.spawn(async move {
-                let sent = std::future::poll_fn(|cx| out.poll_write(&conn.stream, cx)).await;
+                let sent = std::future::poll_fn(|cx| out.poll_write(&mut conn.stream, cx)).await;
                 if let Err(e) = sent {
                     tracing::debug!(error = ?e, "request body not sent in full after its response");
                 }

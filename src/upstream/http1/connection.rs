@@ -6,8 +6,9 @@ use std::pin::Pin;
 use std::task::{Context, Poll};
 
 use bytes::BytesMut;
-use tokio::net::TcpStream;
 use tokio::time::{Instant, Sleep};
+
+use crate::upstream::stream::Stream;
 
 /// The first read of a response reserves this much: most heads, and many
 /// whole responses, fit.
@@ -16,7 +17,7 @@ pub(super) const FIRST_READ: usize = 8 * 1024;
 /// An HTTP/1.1 connection to an upstream server.
 #[derive(Debug)]
 pub struct Connection {
-    pub(super) stream: TcpStream,
+    pub(super) stream: Stream,
     /// Bytes read and not yet used. Empty, and without an allocation, while
     /// the connection waits in the pool.
     pub(super) buf: BytesMut,
@@ -27,7 +28,7 @@ pub struct Connection {
 }
 
 impl Connection {
-    pub fn new(stream: TcpStream) -> Self {
+    pub fn new(stream: Stream) -> Self {
         Self {
             stream,
             buf: BytesMut::new(),
@@ -36,17 +37,14 @@ impl Connection {
     }
 
     /// Whether the server closed the connection (or sent something nobody
-    /// asked for) while it was idle. Costs no system call unless the
-    /// socket became readable, which an idle connection only does when
-    /// the server has ended it.
-    pub fn is_closed(&self) -> bool {
-        let mut byte = [0u8; 1];
-        !matches!(self.stream.try_read(&mut byte), Err(e) if e.kind() == io::ErrorKind::WouldBlock)
+    /// asked for) while it was idle; see [`Stream::is_closed`].
+    pub fn is_closed(&mut self) -> bool {
+        self.stream.is_closed()
     }
 
     /// The socket, and what was read past the last response (the first
     /// bytes of an upgraded protocol).
-    pub fn into_parts(self) -> (TcpStream, BytesMut) {
+    pub fn into_parts(self) -> (Stream, BytesMut) {
         (self.stream, self.buf)
     }
 

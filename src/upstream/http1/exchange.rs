@@ -60,7 +60,7 @@ pub async fn send(
     let mut heard = false;
     let head = std::future::poll_fn(|cx| {
         if write_failed.is_none() && !outbound.is_sent() {
-            match outbound.poll_write(&conn.stream, cx) {
+            match outbound.poll_write(&mut conn.stream, cx) {
                 Poll::Ready(Err(WriteError::Io(e))) if !outbound.has_left() => {
                     return Poll::Ready(Err(Stop::Unsent(e)));
                 }

@@ -4,15 +4,17 @@
 //! that is already there leaves in the head's write.
 
 use std::io::{self, IoSlice};
+use std::pin::Pin;
 use std::task::{Context, Poll, ready};
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 use http::Method;
 use http::header::{self, HeaderName, HeaderValue};
 use http_body::{Body, Frame};
-use tokio::net::TcpStream;
+use tokio::io::AsyncWrite;
 
 use crate::body::request::{BodyError, RequestBody};
+use crate::upstream::stream::Stream;
 
 /// Body frames up to this size are copied behind what is queued (one
 /// buffer, one write); larger ones are written from where they are.
@@ -140,7 +142,7 @@ impl Outbound {
     /// into one write.
     pub fn poll_write(
         &mut self,
-        stream: &TcpStream,
+        stream: &mut Stream,
         cx: &mut Context<'_>,
     ) -> Poll<Result<(), WriteError>> {
         loop {
@@ -222,25 +224,24 @@ impl Outbound {
     }
 
     /// Writes `queued`, then `frame` and `frame_end`, in as few writes as
-    /// the socket takes.
-    fn poll_flush(&mut self, stream: &TcpStream, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+    /// the socket takes, and flushes them (over TLS, records may wait in
+    /// the session until then).
+    fn poll_flush(&mut self, stream: &mut Stream, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         while !(self.queued.is_empty() && self.frame.is_empty() && self.frame_end.is_empty()) {
-            ready!(stream.poll_write_ready(cx))?;
             let slices = [
                 IoSlice::new(&self.queued),
                 IoSlice::new(&self.frame),
                 IoSlice::new(self.frame_end),
             ];
-            let n = match stream.try_write_vectored(&slices) {
+            let n = match ready!(stream.poll_write_vectored(cx, &slices)) {
                 Ok(0) => return Poll::Ready(Err(io::ErrorKind::WriteZero.into())),
                 Ok(n) => n,
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
                 Err(e) => return Poll::Ready(Err(e)),
             };
             self.written += n as u64;
             self.advance(n);
         }
-        Poll::Ready(Ok(()))
+        Pin::new(stream).poll_flush(cx)
     }
 
     fn advance(&mut self, mut n: usize) {
