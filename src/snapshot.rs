@@ -56,6 +56,10 @@ pub enum BuildError {
     },
     #[error("cannot open the access log: {0}")]
     AccessLog(#[source] std::io::Error),
+    /// Only the master makes the key; a worker must not invent one, or
+    /// each worker would name servers differently.
+    #[error("upstream `{upstream}` is sticky, but the plan has no key to sign its cookie")]
+    NoStickyKey { upstream: String },
 }
 
 /// A listener's settings as connections see them.
@@ -89,8 +93,15 @@ impl Snapshot {
             (Some(wanted), Some(running)) if running.config() == wanted => Some(running.clone()),
             (Some(wanted), _) => Some(AccessLog::start(wanted).map_err(BuildError::AccessLog)?),
         };
+        if plan.sticky_key.is_none() {
+            if let Some(u) = plan.upstreams.iter().find(|u| u.sticky.is_some()) {
+                let upstream = u.name.clone();
+                return Err(BuildError::NoStickyKey { upstream });
+            }
+        }
         let previous = previous.map_or(&[][..], |p| &p.upstreams[..]);
-        let upstreams = crate::upstream::rebuild(&plan.upstreams, previous);
+        let upstreams =
+            crate::upstream::rebuild(&plan.upstreams, previous, plan.sticky_key.as_ref());
         let index: HashMap<&str, usize> = upstreams
             .iter()
             .enumerate()

@@ -166,6 +166,14 @@ pub struct RawUpstream {
     pub max_connections: Option<Int>,
     pub queue_timeout: Option<Text>,
     pub health_check: Option<Spanned<RawHealthCheck>>,
+    pub sticky: Option<Spanned<RawSticky>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, expecting = "a table")]
+pub struct RawSticky {
+    pub cookie: Text,
+    pub max_age: Option<Text>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -47,5 +47,7 @@ pub fn validate(path: &Path, raw: RawConfig, problems: &mut Vec<Problem>) -> Opt
         listeners,
         routes,
         upstreams,
+        // The master's to choose; a file only checked needs none.
+        sticky_key: None,
     })
 }
