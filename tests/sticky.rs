@@ -252,6 +252,42 @@ async fn get_over_tls(addr: SocketAddr, roots: &rustls::RootCertStore) -> Reply 
     read(response).await
 }
 
+/// The key stays the cluster's: a reload (which builds every upstream
+/// again) and a binary upgrade (a new master, new workers) keep every
+/// client's cookie naming its server.
+#[tokio::test]
+async fn cookies_name_the_same_servers_after_a_reload_and_a_binary_upgrade() {
+    let (a, _) = server("a").await;
+    let (b, _) = server("b").await;
+    let servers = [a.addr, b.addr];
+    let config = cluster_config(&servers, "[upstreams.sticky]\ncookie = \"srv\"\n");
+    let corral = Corral::start(&config).await;
+    let addr = corral.addr("public");
+    let mut cookies = HashMap::new();
+    while cookies.len() < 2 {
+        let reply = visit(addr, None).await;
+        cookies.insert(reply.backend(), sticky_cookie(&reply).unwrap());
+    }
+    let stays = async |what: &str| {
+        for (name, cookie) in &cookies {
+            for _ in 0..5 {
+                let reply = visit(addr, Some(cookie)).await;
+                assert_eq!(reply.backend(), *name, "after {what}");
+                assert_eq!(sticky_cookie(&reply), None, "after {what}");
+            }
+        }
+    };
+
+    corral.write_config(&config.replace("cookie = \"srv\"", "cookie = \"srv\"\nmax_age = \"1h\""));
+    corral.signal(nix::sys::signal::Signal::SIGHUP);
+    corral.wait_ready(2).await;
+    stays("a reload").await;
+
+    corral.signal(nix::sys::signal::Signal::SIGUSR2);
+    corral.wait_successor_ready().await;
+    stays("a binary upgrade").await;
+}
+
 // --- config ------------------------------------------------------------------
 
 const BASE: &str = r#"[[listeners]]
