@@ -288,6 +288,66 @@ async fn cookies_name_the_same_servers_after_a_reload_and_a_binary_upgrade() {
     stays("a binary upgrade").await;
 }
 
+/// The rules of every pick hold for the named server: it takes the
+/// request only while it is up, not recently failed and below its cap,
+/// and like any server it is tried anyway when every server just failed.
+#[tokio::test]
+async fn the_named_server_is_picked_only_when_a_pick_could_choose_it() {
+    let text = "[[listeners]]\nname = \"public\"\nlisten = \"127.0.0.1:8080\"\n\
+        [[routes]]\nupstream = \"app\"\n\
+        [[upstreams]]\nname = \"app\"\nmax_in_flight = 1\n\
+        servers = [{ addr = \"10.0.0.1:80\" }, { addr = \"10.0.0.2:80\" }, { addr = \"10.0.0.3:80\" }]\n\
+        [upstreams.sticky]\ncookie = \"srv\"\n";
+    let mut plan = from_str(Path::new("corral.toml"), text).unwrap();
+    plan.sticky_key = Some(corral::plan::StickyKey::generate().unwrap());
+    let upstreams = corral::upstream::rebuild(&plan.upstreams, &[], plan.sticky_key.as_ref());
+    let app = &upstreams[0];
+    let mut rng = fastrand::Rng::with_seed(11);
+    let mut picks = |named| -> Vec<Option<usize>> {
+        (0..6)
+            .map(|_| app.pick_named(None, named, &mut rng))
+            .collect()
+    };
+    assert!(picks(Some(1)).iter().all(|p| *p == Some(1)));
+    // No name, or one past the servers: round robin.
+    for named in [None, Some(3)] {
+        let mut seen = picks(named);
+        seen.sort();
+        seen.dedup();
+        assert_eq!(seen, [Some(0), Some(1), Some(2)]);
+    }
+
+    let b = &app.servers[1];
+    let lease = b.lease();
+    assert!(picks(Some(1)).iter().all(|p| *p != Some(1)), "at its cap");
+    drop(lease);
+    b.set_healthy(false);
+    assert!(picks(Some(1)).iter().all(|p| *p != Some(1)), "down");
+    b.set_healthy(true);
+    b.mark_failed();
+    assert!(
+        picks(Some(1)).iter().all(|p| *p != Some(1)),
+        "recently failed"
+    );
+    // With every other server down, a server that just failed is tried anyway.
+    app.servers[0].set_healthy(false);
+    app.servers[2].set_healthy(false);
+    assert!(picks(Some(1)).iter().all(|p| *p == Some(1)));
+    assert!(picks(None).iter().all(|p| *p == Some(1)));
+}
+
+/// A worker never makes up a key of its own: it would name servers
+/// unlike every other worker.
+#[test]
+fn a_worker_refuses_a_sticky_plan_without_a_key() {
+    let text = format!("{BASE}[upstreams.sticky]\ncookie = \"srv\"\n");
+    let plan = from_str(Path::new("corral.toml"), &text).unwrap();
+    let recorder = corral::metrics::Recorder::private().unwrap();
+    let built = corral::snapshot::Snapshot::build(plan, 1, None, &recorder);
+    let error = built.expect_err("built without a key").to_string();
+    assert!(error.contains("upstream `api` is sticky"), "{error}");
+}
+
 // --- config ------------------------------------------------------------------
 
 const BASE: &str = r#"[[listeners]]
