@@ -384,8 +384,11 @@ fn a_sticky_table_names_its_cookie_and_may_give_it_a_max_age_under_any_policy() 
     let sticky = plan.upstreams[0].sticky.clone().unwrap();
     assert_eq!(sticky.cookie, "srv");
     assert_eq!(sticky.max_age, Some(std::time::Duration::from_secs(7200)));
-    // A plan only checked has no key; the master makes one.
+    // A plan only checked has no key; the master makes one, and it is
+    // never printed.
     assert!(plan.sticky_key.is_none());
+    let key = corral::plan::StickyKey::generate().unwrap();
+    assert_eq!(format!("{key:?}"), "StickyKey(redacted)");
     let session = problems("cookie = \"__Host-srv.v1\"");
     assert!(session.is_empty(), "{session:?}");
 }

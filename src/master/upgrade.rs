@@ -4,11 +4,11 @@
 //! `CORRAL_UPGRADE=1` and a control channel as stdin, and sends it every
 //! listening socket (each listener's slots, and the admin socket) over that
 //! channel, with the key that signs sticky cookies (so that every client
-//! stays on its server). The new master binds nothing it was given, spawns its workers on
-//! those same sockets, and once they all serve it says `Ready`; only then do
-//! the old workers drain and the old master exit. Connections queued on the
-//! shared sockets are accepted by whichever generation is accepting, so none
-//! is refused or reset. If the new master exits or is not ready in time, the
+//! stays on its server). The new master binds nothing it was given, spawns
+//! its workers on those same sockets, and once they all serve it says
+//! `Ready`; only then do the old workers drain and the old master exit.
+//! Connections queued on the shared sockets are accepted by whichever
+//! generation is accepting, so none is refused or reset. If the new master exits or is not ready in time, the
 //! old one kills it and keeps serving. The new master inherits
 //! `NOTIFY_SOCKET` and tells the service manager itself that it is ready
 //! (see `master/notify.rs`).
