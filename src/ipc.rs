@@ -24,7 +24,7 @@ use serde::{Deserialize, Serialize};
 use tokio::io::Interest;
 use tokio::net::UnixStream;
 
-use crate::plan::Plan;
+use crate::plan::{Plan, StickyKey};
 use crate::upstream::Ejection;
 
 /// Bumped whenever a message changes shape.
@@ -120,8 +120,16 @@ pub enum ToMaster {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum Upgrade {
-    /// Old -> new: every listening socket, descriptors in the same order.
-    Sockets { sockets: Vec<HandedSocket> },
+    /// Old -> new: every listening socket, descriptors in the same order,
+    /// and the key sticky cookies are signed with, so that clients keep
+    /// their servers across the upgrade. Defaulted, not a new protocol
+    /// version: a master that sends none (an older binary) can still hand
+    /// over its sockets, and the new one makes a key of its own.
+    Sockets {
+        sockets: Vec<HandedSocket>,
+        #[serde(default)]
+        sticky_key: Option<StickyKey>,
+    },
     /// New -> old: the new master's workers are serving; drain and exit.
     Ready { pid: u32 },
 }

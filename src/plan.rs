@@ -33,6 +33,40 @@ pub struct Plan {
     /// `corral check` and the master's log; workers never see them.
     #[serde(skip)]
     pub warnings: Vec<String>,
+    /// What sticky cookies are signed with. The file never says: the master
+    /// sets it on every plan it makes (the same key for the life of the
+    /// cluster, binary upgrades included), and workers receive it with the
+    /// plan, so that every worker issues and recognises the same values.
+    /// `None` in a plan only checked (`corral check`).
+    pub sticky_key: Option<StickyKey>,
+}
+
+/// The secret that signs sticky cookie values (see `upstream::sticky`):
+/// random, made once by the master, never printed.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StickyKey([u8; STICKY_KEY_BYTES]);
+
+/// As long as HMAC-SHA256's output: a longer key adds nothing.
+const STICKY_KEY_BYTES: usize = 32;
+
+impl StickyKey {
+    /// A fresh key from the operating system's random source.
+    pub fn generate() -> Result<Self, ring::error::Unspecified> {
+        use ring::rand::SecureRandom as _;
+        let mut bytes = [0; STICKY_KEY_BYTES];
+        ring::rand::SystemRandom::new().fill(&mut bytes)?;
+        Ok(Self(bytes))
+    }
+
+    pub fn bytes(&self) -> &[u8] {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for StickyKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("StickyKey(redacted)")
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -281,6 +315,17 @@ pub struct UpstreamConfig {
     pub tls: Option<UpstreamTls>,
     /// Passive health (see `upstream::eject`); `None`: off.
     pub eject: Option<EjectConfig>,
+    /// Clients kept on the server that first answered them, by a cookie.
+    pub sticky: Option<StickyConfig>,
+}
+
+/// `[upstreams.sticky]`: the cookie corral sets to name a client's server.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StickyConfig {
+    /// The cookie's name: an RFC 6265 token.
+    pub cookie: String,
+    /// The cookie's `Max-Age`, whole seconds; `None`: a session cookie.
+    pub max_age: Option<Duration>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

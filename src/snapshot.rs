@@ -67,6 +67,10 @@ pub enum BuildError {
     },
     #[error("cannot open the access log: {0}")]
     AccessLog(#[source] std::io::Error),
+    /// Only the master makes the key; a worker must not invent one, or
+    /// each worker would name servers differently.
+    #[error("upstream `{upstream}` is sticky, but the plan has no key to sign its cookie")]
+    NoStickyKey { upstream: String },
 }
 
 /// A listener's settings as connections see them.
@@ -80,6 +84,37 @@ pub struct ListenerSnapshot {
     pub accept_pauses: Counter,
     /// Connections shed to keep request heads within the worker's budget.
     pub connections_shed: Counter,
+}
+
+/// Creates every known upstream series, at zero, so that dashboards and
+/// alerts see them before the first error; and reports each server's
+/// in-flight count through a gauge.
+fn upstream_series(recorder: &Arc<Recorder>, upstreams: &[Arc<Upstream>]) {
+    for u in upstreams {
+        for reason in RETRY_REASONS {
+            recorder.counter(Family::UpstreamRetries, &[u.name(), reason]);
+        }
+        recorder.counter(Family::RetryBudgetExhausted, &[u.name()]);
+        for outcome in QUEUE_OUTCOMES {
+            recorder.counter(Family::UpstreamQueued, &[u.name(), outcome]);
+        }
+        for s in &u.servers {
+            for kind in UPSTREAM_ERROR_KINDS {
+                recorder.counter(Family::UpstreamErrors, &[u.name(), &s.label, kind]);
+            }
+            if u.config.eject.is_some() {
+                for reason in EJECTION_REASONS {
+                    recorder.counter(Family::UpstreamEjections, &[u.name(), &s.label, reason]);
+                }
+            }
+            s.report_in_flight(|| {
+                recorder.gauge(
+                    Family::UpstreamInFlight,
+                    &[u.name(), &s.label, recorder.worker()],
+                )
+            });
+        }
+    }
 }
 
 impl Snapshot {
@@ -101,8 +136,15 @@ impl Snapshot {
             (Some(wanted), Some(running)) if running.config() == wanted => Some(running.clone()),
             (Some(wanted), _) => Some(AccessLog::start(wanted).map_err(BuildError::AccessLog)?),
         };
+        if plan.sticky_key.is_none() {
+            if let Some(u) = plan.upstreams.iter().find(|u| u.sticky.is_some()) {
+                let upstream = u.name.clone();
+                return Err(BuildError::NoStickyKey { upstream });
+            }
+        }
         let previous = previous.map_or(&[][..], |p| &p.upstreams[..]);
-        let upstreams = crate::upstream::rebuild(&plan.upstreams, previous);
+        let upstreams =
+            crate::upstream::rebuild(&plan.upstreams, previous, plan.sticky_key.as_ref());
         let index: HashMap<&str, usize> = upstreams
             .iter()
             .enumerate()
@@ -120,33 +162,7 @@ impl Snapshot {
                 ))
             })
             .collect();
-        // Every known error series exists from the start, at zero, so that
-        // dashboards and alerts see them before the first error.
-        for u in &upstreams {
-            for reason in RETRY_REASONS {
-                recorder.counter(Family::UpstreamRetries, &[u.name(), reason]);
-            }
-            recorder.counter(Family::RetryBudgetExhausted, &[u.name()]);
-            for outcome in QUEUE_OUTCOMES {
-                recorder.counter(Family::UpstreamQueued, &[u.name(), outcome]);
-            }
-            for s in &u.servers {
-                for kind in UPSTREAM_ERROR_KINDS {
-                    recorder.counter(Family::UpstreamErrors, &[u.name(), &s.label, kind]);
-                }
-                if u.config.eject.is_some() {
-                    for reason in EJECTION_REASONS {
-                        recorder.counter(Family::UpstreamEjections, &[u.name(), &s.label, reason]);
-                    }
-                }
-                s.report_in_flight(|| {
-                    recorder.gauge(
-                        Family::UpstreamInFlight,
-                        &[u.name(), &s.label, recorder.worker()],
-                    )
-                });
-            }
-        }
+        upstream_series(recorder, &upstreams);
         let listeners = plan
             .listeners
             .iter()

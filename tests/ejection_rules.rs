@@ -20,7 +20,7 @@ fn upstream(servers: usize, eject: &str) -> Arc<Upstream> {
         servers.join(", ")
     );
     let plan = corral::config::from_str(Path::new("/etc/corral/corral.toml"), &text).unwrap();
-    rebuild(&plan.upstreams, &[]).remove(0)
+    rebuild(&plan.upstreams, &[], None).remove(0)
 }
 
 /// Fails server `index` `n` times with a reset; the last ejection made.
@@ -94,6 +94,6 @@ async fn no_more_than_max_share_of_the_servers_is_out_at_once() {
         "[[listeners]]\nname = \"p\"\nlisten = \"127.0.0.1:8080\"\n[[routes]]\nupstream = \"app\"\n[[upstreams]]\nname = \"app\"\nservers = [{ addr = \"10.0.0.1:80\" }, { addr = \"10.0.0.2:80\" }]\n",
     )
     .unwrap();
-    let plain = rebuild(&plan.upstreams, &[]).remove(0);
+    let plain = rebuild(&plan.upstreams, &[], None).remove(0);
     assert!(fail(&plain, 0, 100).is_none());
 }

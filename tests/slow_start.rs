@@ -23,7 +23,7 @@ fn config(servers: &[&str], extra: &str) -> String {
 
 fn upstreams(text: &str, previous: &[Arc<Upstream>]) -> Vec<Arc<Upstream>> {
     let plan = corral::config::from_str(Path::new("/etc/corral/corral.toml"), text).unwrap();
-    rebuild(&plan.upstreams, previous)
+    rebuild(&plan.upstreams, previous, plan.sticky_key.as_ref())
 }
 
 const A: &str = "10.0.0.1:80";

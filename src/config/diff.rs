@@ -319,6 +319,19 @@ fn upstream(u: &UpstreamConfig) -> Fields {
             "health_check.body_contains",
             checked(&|h| h.body_contains.as_ref().map_or(UNSET.into(), string)),
         ),
+        (
+            "sticky.cookie",
+            u.sticky
+                .as_ref()
+                .map_or(UNSET.into(), |s| string(&s.cookie)),
+        ),
+        (
+            "sticky.max_age",
+            u.sticky
+                .as_ref()
+                .and_then(|s| s.max_age)
+                .map_or(UNSET.into(), duration),
+        ),
     ];
     fields.extend(passive_health_and_tls(u));
     fields

@@ -168,6 +168,7 @@ pub struct RawUpstream {
     pub health_check: Option<Spanned<RawHealthCheck>>,
     pub tls: Option<Spanned<RawUpstreamTls>>,
     pub eject: Option<RawEject>,
+    pub sticky: Option<Spanned<RawSticky>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -216,6 +217,13 @@ pub struct RawUpstreamTlsTable {
     pub cert: Option<Text>,
     pub key: Option<Text>,
     pub insecure_skip_verify: Option<Spanned<bool>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, expecting = "a table")]
+pub struct RawSticky {
+    pub cookie: Text,
+    pub max_age: Option<Text>,
 }
 
 #[derive(Debug, Deserialize)]

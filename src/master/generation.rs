@@ -53,7 +53,11 @@ impl Generation {
             number,
             path,
             text,
-            upstreams: Arc::new(crate::upstream::rebuild(&plan.upstreams, previous)),
+            upstreams: Arc::new(crate::upstream::rebuild(
+                &plan.upstreams,
+                previous,
+                plan.sticky_key.as_ref(),
+            )),
             plan: Arc::new(plan),
             sockets: Arc::new(sockets),
             loaded_at: SystemTime::now(),

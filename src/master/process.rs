@@ -36,7 +36,7 @@ use super::upgrade::{self, ENV_UPGRADE, UpgradeError};
 use crate::config::ConfigError;
 use crate::ipc::{self, ServerHealth};
 use crate::metrics::cluster::ClusterMetrics;
-use crate::plan::Plan;
+use crate::plan::{Plan, StickyKey};
 
 #[derive(Debug, thiserror::Error)]
 pub enum RunError {
@@ -122,12 +122,18 @@ impl Master {
             path: path.to_path_buf(),
             source,
         })?;
-        let plan = crate::config::from_str(path, &text)?;
+        let mut plan = crate::config::from_str(path, &text)?;
         super::reload::warn(&plan);
-        let (mut inherited, inherited_admin, predecessor) = match handover {
-            Some(h) => (h.listeners, h.admin, Some(h.reply)),
-            None => (Inherited::new(), None, None),
+        let (mut inherited, inherited_admin, predecessor, sticky_key) = match handover {
+            Some(h) => (h.listeners, h.admin, Some(h.reply), h.sticky_key),
+            None => (Inherited::new(), None, None, None),
         };
+        // Made once per cluster: reloads copy it, upgrades hand it on.
+        plan.sticky_key = Some(match sticky_key {
+            Some(key) => key,
+            None => StickyKey::generate()
+                .map_err(|_| std::io::Error::other("no random source for the sticky key"))?,
+        });
         // The admin socket first, without SO_REUSEPORT: a second corral on
         // the same config fails here instead of silently sharing the ports.
         let admin = bind_admin(&plan, inherited_admin)?;
@@ -297,11 +303,13 @@ impl Master {
                 }
                 _ = signals.usr2.recv() => {
                     tracing::info!(exe = %self.exe.display(), "SIGUSR2: starting a new master");
-                    let (sockets, ready_timeout) = {
+                    let (sockets, sticky_key, ready_timeout) = {
                         let generation = self.generation.borrow();
-                        (generation.sockets.clone(), generation.plan.runtime.upgrade_timeout)
+                        let plan = &generation.plan;
+                        (generation.sockets.clone(), plan.sticky_key.clone(), plan.runtime.upgrade_timeout)
                     };
-                    match upgrade::start_successor(&self.exe, &self.path, &sockets, self.admin.as_ref(), ready_timeout).await {
+                    let handing = upgrade::Handing { listeners: &sockets, admin: self.admin.as_ref(), sticky_key };
+                    match upgrade::start_successor(&self.exe, &self.path, handing, ready_timeout).await {
                         Ok(pid) => {
                             tracing::info!(new_master = pid, "the new master is serving; draining and exiting");
                             self.notify.handed_over(pid);

@@ -192,8 +192,10 @@ pub fn prepare(
         path: path.to_path_buf(),
         source,
     })?;
-    let plan = crate::config::from_str(path, &text)?;
+    let mut plan = crate::config::from_str(path, &text)?;
     warn(&plan);
+    // The cluster's key, not the file's: clients keep their servers.
+    plan.sticky_key.clone_from(&current.plan.sticky_key);
     let renewed = certificates(&plan) != certificates(&current.plan);
     let token = |p: &Plan| p.admin.as_ref().and_then(|a| a.token.clone());
     let rotated = token(&plan) != token(&current.plan);

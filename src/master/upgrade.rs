@@ -3,11 +3,12 @@
 //! The old master starts the binary at its own path as `corral run` with
 //! `CORRAL_UPGRADE=1` and a control channel as stdin, and sends it every
 //! listening socket (each listener's slots, and the admin socket) over that
-//! channel. The new master binds nothing it was given, spawns its workers on
-//! those same sockets, and once they all serve it says `Ready`; only then do
-//! the old workers drain and the old master exit. Connections queued on the
-//! shared sockets are accepted by whichever generation is accepting, so none
-//! is refused or reset. If the new master exits or is not ready in time, the
+//! channel, with the key that signs sticky cookies (so that every client
+//! stays on its server). The new master binds nothing it was given, spawns
+//! its workers on those same sockets, and once they all serve it says
+//! `Ready`; only then do the old workers drain and the old master exit.
+//! Connections queued on the shared sockets are accepted by whichever
+//! generation is accepting, so none is refused or reset. If the new master exits or is not ready in time, the
 //! old one kills it and keeps serving. The new master inherits
 //! `NOTIFY_SOCKET` and tells the service manager itself that it is ready
 //! (see `master/notify.rs`).
@@ -22,6 +23,7 @@ use tokio::process::Command;
 
 use super::sockets::{Inherited, ListenerSockets};
 use crate::ipc::{self, HandedSocket, IpcError, Upgrade};
+use crate::plan::StickyKey;
 
 /// Set for the new master; its stdin is then the channel to the old one.
 pub const ENV_UPGRADE: &str = "CORRAL_UPGRADE";
@@ -47,15 +49,26 @@ pub enum UpgradeError {
     Mismatch { sockets: usize, fds: usize },
 }
 
+/// What the old master hands to its successor.
+pub struct Handing<'a> {
+    pub listeners: &'a [ListenerSockets],
+    pub admin: Option<&'a TcpListener>,
+    pub sticky_key: Option<StickyKey>,
+}
+
 /// Old master: starts the successor and waits up to `ready_timeout` until it
 /// serves. Returns its pid; on failure the successor is killed and reaped.
 pub async fn start_successor(
     exe: &Path,
     config: &Path,
-    listeners: &[ListenerSockets],
-    admin: Option<&TcpListener>,
+    handing: Handing<'_>,
     ready_timeout: Duration,
 ) -> Result<u32, UpgradeError> {
+    let Handing {
+        listeners,
+        admin,
+        sticky_key,
+    } = handing;
     let (ours, theirs) = ipc::pair().map_err(UpgradeError::Spawn)?;
     let mut child = Command::new(exe)
         .arg("run")
@@ -88,7 +101,11 @@ pub async fn start_successor(
             fds.push(admin.as_fd());
         }
     }
-    let handed = tx.send_with_fds(&Upgrade::Sockets { sockets }, &fds).await;
+    let handed = Upgrade::Sockets {
+        sockets,
+        sticky_key,
+    };
+    let handed = tx.send_with_fds(&handed, &fds).await;
     let outcome = match handed {
         Err(e) => Err(UpgradeError::Ipc(e)),
         Ok(()) => tokio::select! {
@@ -135,6 +152,8 @@ fn exited(status: std::io::Result<std::process::ExitStatus>) -> UpgradeError {
 pub struct Handover {
     pub listeners: Inherited,
     pub admin: Option<TcpListener>,
+    /// The old master's sticky key (`None` from one that sent none).
+    pub sticky_key: Option<StickyKey>,
     /// Where to say `Ready`.
     pub reply: ipc::Sender,
 }
@@ -147,7 +166,11 @@ pub async fn receive() -> Result<Handover, UpgradeError> {
         .map_err(UpgradeError::Spawn)?;
     let (reply, mut rx) = ipc::channel(stdin).map_err(UpgradeError::Spawn)?;
     let received = rx.recv::<Upgrade>().await?.ok_or(UpgradeError::NoSockets)?;
-    let Upgrade::Sockets { sockets } = received.message else {
+    let Upgrade::Sockets {
+        sockets,
+        sticky_key,
+    } = received.message
+    else {
         return Err(UpgradeError::NoSockets);
     };
     if sockets.len() != received.fds.len() {
@@ -159,6 +182,7 @@ pub async fn receive() -> Result<Handover, UpgradeError> {
     let mut handover = Handover {
         listeners: Inherited::new(),
         admin: None,
+        sticky_key,
         reply,
     };
     for (socket, fd) in sockets.into_iter().zip(received.fds) {

@@ -18,7 +18,7 @@ use crate::body::request::{BodySent, RequestBody};
 use crate::body::response::Upstream as UpstreamBody;
 use crate::snapshot::Snapshot;
 use crate::upstream::http1::{self, Outbound, SendError};
-use crate::upstream::{Conn, Lease, NoPick, Server, Upstream};
+use crate::upstream::{Conn, Lease, NoPick, Server, Sticky, Upstream};
 
 /// A request rewritten for its upstream, ready to go.
 pub(super) struct Outgoing {
@@ -32,6 +32,11 @@ pub(super) struct Outgoing {
     pub body_sent: BodySent,
     /// The consistent-hashing key, if the upstream balances by one.
     pub key: Option<u64>,
+    /// The server the request's sticky cookie names, when the upstream is
+    /// sticky and the cookie names one of its servers.
+    pub named: Option<usize>,
+    /// Whether the client is on TLS: a sticky cookie set for it is `Secure`.
+    pub tls: bool,
     /// The protocols the client offered to switch to, if it asked to.
     pub upgrade: Option<HeaderValue>,
     /// When the request arrived: the clock reading its exchange goes by.
@@ -62,11 +67,12 @@ pub(super) async fn exchange(
     let snapshot = &*snapshot;
     let upstream = &snapshot.upstreams[outgoing.upstream];
     let mut rng = fastrand::Rng::new();
-    let mut index = match upstream.pick(outgoing.key, None, &mut rng) {
+    let (key, named) = (outgoing.key, outgoing.named);
+    let mut index = match upstream.pick_named(key, named, &mut rng) {
         Some(index) => index,
         // Boxed: the wait is rare, and its state would otherwise be
         // carried by every request's future.
-        None => Box::pin(queued(snapshot, upstream, outgoing.key, &mut rng)).await?,
+        None => Box::pin(queued(snapshot, upstream, key, named, &mut rng)).await?,
     };
     // A connection that could not be opened moves the request to another
     // server once per request, however many connections it takes.
@@ -120,9 +126,12 @@ pub(super) async fn exchange(
             }
         };
         match next {
-            Next::Answered(response) => {
+            Next::Answered(mut response) => {
                 if upstream.balancer.wants_latency() {
                     server.observe_latency(now.elapsed());
+                }
+                if let Some(sticky) = &upstream.sticky {
+                    remember(sticky, &outgoing, index, response.headers_mut());
                 }
                 return Ok((response, lease));
             }
@@ -138,10 +147,11 @@ async fn queued(
     snapshot: &Snapshot,
     upstream: &Upstream,
     key: Option<u64>,
+    named: Option<usize>,
     rng: &mut fastrand::Rng,
 ) -> Result<usize, ProxyError> {
     let name = || upstream.name().to_owned();
-    match upstream.queue(key, rng).await {
+    match upstream.queue(key, named, rng).await {
         Ok(index) => {
             snapshot.count_queued(upstream.name(), "served");
             Ok(index)
@@ -151,6 +161,19 @@ async fn queued(
             snapshot.count_queued(upstream.name(), "timeout");
             Err(ProxyError::QueueFull { upstream: name() })
         }
+    }
+}
+
+/// Names the server at `index`, which answered, in a sticky cookie for the
+/// client, unless the request's cookie named it already: the client had no
+/// cookie, an invalid one, or one naming a server that could not take the
+/// request. The upstream's own `Set-Cookie` headers stay.
+fn remember(sticky: &Sticky, outgoing: &Outgoing, index: usize, headers: &mut http::HeaderMap) {
+    if outgoing.named == Some(index) {
+        return;
+    }
+    if let Some(cookie) = sticky.set_cookie(index, outgoing.tls) {
+        headers.append(http::header::SET_COOKIE, cookie.clone());
     }
 }
 

@@ -40,8 +40,8 @@ use crate::metrics::RouteSeries;
 use crate::plan::{EncodedSlashes, HashKey, Protocol, Underscores};
 use crate::routing::{Route, rewrite_path};
 use crate::snapshot::{ListenerSnapshot, Snapshot};
-use crate::upstream::Lease;
 use crate::upstream::http1::Outbound;
+use crate::upstream::{Lease, Upstream};
 
 /// What the proxy knows about the client connection a request came on.
 #[derive(Debug)]
@@ -258,9 +258,7 @@ fn prepare(
             .then(|| headers::upgrade_offer(request.headers()).cloned())
             .flatten();
 
-    let key = upstream
-        .hash_key()
-        .and_then(|k| request_key(k, &request, client.addr.ip()));
+    let (key, named) = wanted(upstream, &request, client.addr.ip());
 
     let (mut parts, body) = request.into_parts();
     // A repeat must not do twice what the client asked once (RFC 9110
@@ -316,6 +314,8 @@ fn prepare(
         max_head: listener.max_header_bytes,
         body_sent,
         key,
+        named,
+        tls: client.tls,
         upgrade,
         started,
         replay,
@@ -417,6 +417,25 @@ fn set_target(
             }
         }
     }
+}
+
+/// What the request asks of its upstream's pick: its key, when the
+/// upstream balances by consistent hashing, and the server its sticky
+/// cookie names, when the upstream is sticky. An upstream with neither
+/// costs two branches.
+fn wanted<B>(
+    upstream: &Upstream,
+    request: &Request<B>,
+    client_ip: IpAddr,
+) -> (Option<u64>, Option<usize>) {
+    let key = upstream
+        .hash_key()
+        .and_then(|k| request_key(k, request, client_ip));
+    let named = upstream
+        .sticky
+        .as_ref()
+        .and_then(|s| s.named(cookie(request.headers(), s.cookie())?));
+    (key, named)
 }
 
 /// The request's key for consistent hashing; `None` when it has none (the

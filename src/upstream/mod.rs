@@ -3,7 +3,8 @@
 //! A [`Server`] carries what the data path learns about it: requests in
 //! flight, a latency average, whether health checks pass, when it last
 //! refused a connection, and its connection pool. An [`Upstream`] pairs its
-//! servers with the balancing policy that picks among them. Servers are shared
+//! servers with the balancing policy that picks among them, and with its
+//! sticky cookie when it has one (`sticky`). Servers are shared
 //! (`Arc`) so that a config reload can carry unchanged ones, and their pools,
 //! into the next snapshot.
 
@@ -13,6 +14,7 @@ mod eject;
 pub mod http1;
 mod pool;
 mod server;
+mod sticky;
 mod stream;
 
 use std::cell::OnceCell;
@@ -26,10 +28,11 @@ pub use connect::{ConnectError, Connector};
 pub use eject::Ejection;
 pub use pool::Conn;
 pub use server::{Lease, Server};
+pub use sticky::Sticky;
 pub use stream::Stream;
 
 use crate::balance::{Balancer, Servers};
-use crate::plan::{HashKey, ServerConfig, UpstreamConfig};
+use crate::plan::{HashKey, ServerConfig, StickyKey, UpstreamConfig};
 
 #[derive(Debug)]
 pub struct Upstream {
@@ -40,13 +43,18 @@ pub struct Upstream {
     pub connector: Connector,
     /// How many of this worker's requests to the upstream may be retries.
     pub retries: RetryBudget,
+    /// The cookie that keeps clients on a server, when the upstream has
+    /// `sticky` (and the plan a key to sign it with).
+    pub sticky: Option<Sticky>,
 }
 
 impl Upstream {
     /// Builds the upstream, taking each server from `reuse` when it offers one
-    /// (a reload keeps the state of servers that did not change).
+    /// (a reload keeps the state of servers that did not change). `key`
+    /// signs the sticky cookie, if the upstream has one.
     pub fn new(
         config: &UpstreamConfig,
+        key: Option<&StickyKey>,
         reuse: impl Fn(&ServerConfig) -> Option<Arc<Server>>,
     ) -> Self {
         let servers: Vec<Arc<Server>> = config
@@ -58,7 +66,11 @@ impl Upstream {
             .collect();
         let weights: Vec<u32> = servers.iter().map(|s| s.weight).collect();
         let ids: Vec<String> = servers.iter().map(|s| s.label.clone()).collect();
+        let sticky = config.sticky.as_ref().zip(key).map(|(sticky, key)| {
+            Sticky::new(sticky, key, &config.name, servers.iter().map(|s| s.addr))
+        });
         Self {
+            sticky,
             balancer: Balancer::new(&config.balance, &weights, &ids),
             connector: Connector::new(config),
             retries: RetryBudget::new(config.retry_budget),
@@ -88,16 +100,36 @@ impl Upstream {
         exclude: Option<usize>,
         rng: &mut fastrand::Rng,
     ) -> Option<usize> {
-        self.pick_within(key, exclude, rng, self.config.request_cap())
+        self.pick_within(key, None, exclude, rng, self.config.request_cap())
+    }
+
+    /// Picks the server at `named` (the one a sticky cookie names) when it
+    /// could be picked now: up, not recently failed, with room; else a
+    /// server by the policy, as [`pick`](Self::pick) does.
+    pub fn pick_named(
+        &self,
+        key: Option<u64>,
+        named: Option<usize>,
+        rng: &mut fastrand::Rng,
+    ) -> Option<usize> {
+        self.pick_within(key, named, None, rng, self.config.request_cap())
     }
 
     /// A server for a request that [`pick`](Self::pick) found none for: one
     /// that has room within `queue_timeout`, when every server that could
-    /// take it is at its cap ([`UpstreamConfig::request_cap`]).
-    pub async fn queue(&self, key: Option<u64>, rng: &mut fastrand::Rng) -> Result<usize, NoPick> {
+    /// take it is at its cap ([`UpstreamConfig::request_cap`]); `named`
+    /// first, as [`pick_named`](Self::pick_named) has it.
+    pub async fn queue(
+        &self,
+        key: Option<u64>,
+        named: Option<usize>,
+        rng: &mut fastrand::Rng,
+    ) -> Result<usize, NoPick> {
         // Without a cap, or with no server that could take it at all, there
         // is nothing to wait for.
-        if self.config.request_cap().is_none() || self.pick_within(key, None, rng, None).is_none() {
+        if self.config.request_cap().is_none()
+            || self.pick_within(key, None, None, rng, None).is_none()
+        {
             return Err(NoPick::Unavailable);
         }
         let deadline = Instant::now() + self.config.queue_timeout;
@@ -113,7 +145,7 @@ impl Upstream {
             for wait in &mut room {
                 wait.as_mut().enable();
             }
-            if let Some(index) = self.pick(key, None, rng) {
+            if let Some(index) = self.pick_named(key, named, rng) {
                 return Ok(index);
             }
             let woken = futures_util::future::select_all(room);
@@ -144,6 +176,7 @@ impl Upstream {
     fn pick_within(
         &self,
         key: Option<u64>,
+        named: Option<usize>,
         exclude: Option<usize>,
         rng: &mut fastrand::Rng,
         cap: Option<u32>,
@@ -156,9 +189,16 @@ impl Upstream {
             slow_start: self.config.slow_start,
             cap,
         };
-        self.balancer.pick(&view, key, rng).or_else(|| {
+        // The named server is held to the same rules as the policy's
+        // choices, in both rounds.
+        let pick = |view: &View<'_>, rng: &mut fastrand::Rng| {
+            named
+                .filter(|&i| i < view.len() && view.available(i))
+                .or_else(|| self.balancer.pick(view, key, rng))
+        };
+        pick(&view, rng).or_else(|| {
             view.forgive = true;
-            self.balancer.pick(&view, key, rng)
+            pick(&view, rng)
         })
     }
 }
@@ -168,13 +208,18 @@ impl Upstream {
 /// `previous` is carried over as is: its pool, health and latency survive.
 /// A server new to an upstream that was there before starts slowly.
 /// Servers of an upstream without a health check are healthy.
-pub fn rebuild(configs: &[UpstreamConfig], previous: &[Arc<Upstream>]) -> Vec<Arc<Upstream>> {
+/// `key` signs the sticky cookies of the upstreams that have one.
+pub fn rebuild(
+    configs: &[UpstreamConfig],
+    previous: &[Arc<Upstream>],
+    key: Option<&StickyKey>,
+) -> Vec<Arc<Upstream>> {
     configs
         .iter()
         .map(|config| {
             let named = previous.iter().find(|u| u.name() == config.name);
             let old = named.filter(|u| keeps_servers(config, &u.config));
-            let upstream = Upstream::new(config, |wanted| {
+            let upstream = Upstream::new(config, key, |wanted| {
                 old?.servers
                     .iter()
                     .find(|s| s.addr == wanted.addr && s.weight == wanted.weight.get())

@@ -54,6 +54,8 @@ pub fn validate(
         routes,
         upstreams,
         warnings: Vec::new(),
+        // The master's to choose; a file only checked needs none.
+        sticky_key: None,
     };
     Some((plan, v.warnings))
 }

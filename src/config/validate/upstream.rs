@@ -58,6 +58,7 @@ impl Validator<'_> {
                 Some(RawProtocol::H2) => Protocol::H2,
             };
             let tls = u.tls.and_then(|t| self.upstream_tls(t, protocol));
+            let sticky = u.sticky.map(|s| self.sticky(s.into_inner()));
             out.push(UpstreamConfig {
                 name: u.name.into_inner(),
                 balance,
@@ -119,6 +120,7 @@ impl Validator<'_> {
                 health_check,
                 tls,
                 eject: u.eject.map(|e| self.eject(e)),
+                sticky: sticky.flatten(),
             });
         }
         out
@@ -227,6 +229,34 @@ impl Validator<'_> {
         key
     }
 
+    /// `None` when the cookie name is unusable (reported).
+    pub fn sticky(&mut self, raw: RawSticky) -> Option<StickyConfig> {
+        let max_age = raw.max_age.as_ref().and_then(|text| {
+            let before = self.reported();
+            let age = self.timeout_at_least(
+                Some(text),
+                "upstreams.sticky.max_age",
+                Duration::from_secs(1),
+                Duration::ZERO,
+            );
+            // `Max-Age` counts whole seconds; rounding would quietly
+            // change what was written.
+            if self.reported() == before && age.subsec_nanos() != 0 {
+                self.problem(text.span(), format!("upstreams.sticky.max_age: `{}` is not a whole number of seconds, expected e.g. \"30m\" or \"1h\"", text.get_ref()));
+            }
+            (self.reported() == before).then_some(age)
+        });
+        let name = raw.cookie.get_ref();
+        if !is_token(name) {
+            self.problem(raw.cookie.span(), format!("upstreams.sticky.cookie: `{name}` is not a cookie name, expected letters, digits and !#$%&'*+-.^_`|~ such as \"srv\""));
+            return None;
+        }
+        Some(StickyConfig {
+            cookie: raw.cookie.into_inner(),
+            max_age,
+        })
+    }
+
     pub fn health_check(&mut self, raw: Spanned<RawHealthCheck>) -> HealthCheckConfig {
         let span = raw.span();
         let raw = raw.into_inner();
@@ -316,4 +346,13 @@ impl Validator<'_> {
             ),
         }
     }
+}
+
+/// Whether `name` is an RFC 9110 token (what RFC 6265 asks of a cookie
+/// name): visible ASCII other than the separators `"(),/:;<=>?@[\\]{}`.
+fn is_token(name: &str) -> bool {
+    !name.is_empty()
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
 }
