@@ -149,6 +149,11 @@ fn check(path: &std::path::Path, diff_against: Option<SocketAddr>) -> ExitCode {
     for warning in &plan.warnings {
         eprintln!("warning: {warning}");
     }
+    let unresolved =
+        current_thread().map(|rt| rt.block_on(corral::master::discovery::unresolved(&plan)));
+    for warning in unresolved.unwrap_or_default() {
+        eprintln!("warning: {}: {warning}", path.display());
+    }
     println!(
         "{}: ok ({} listeners, {} routes, {} upstreams)",
         path.display(),

@@ -29,6 +29,8 @@ pub struct Plan {
     pub listeners: Vec<ListenerConfig>,
     pub routes: Vec<RouteConfig>,
     pub upstreams: Vec<UpstreamConfig>,
+    /// `None`: names are looked up as the system does.
+    pub resolver: Option<ResolverConfig>,
     /// What the file allows but should not (`FILE:LINE:COL: reason`), for
     /// `corral check` and the master's log; workers never see them.
     #[serde(skip)]
@@ -286,7 +288,14 @@ pub struct UpstreamConfig {
     pub name: String,
     pub balance: Balance,
     pub protocol: Protocol,
+    /// The servers: those written as `IP:PORT`, then (in a plan the master
+    /// made) those its names resolve to.
     pub servers: Vec<ServerConfig>,
+    /// The entries written as `NAME:PORT`.
+    pub names: Vec<NamedServer>,
+    /// How often the names are looked up again (sooner when their TTL
+    /// says so, never more often than every second).
+    pub dns_refresh: Duration,
     pub connect_timeout: Duration,
     /// Time from sending the request to receiving the response head.
     pub response_timeout: Duration,
@@ -399,6 +408,34 @@ pub enum Protocol {
 pub struct ServerConfig {
     pub addr: SocketAddr,
     pub weight: NonZeroU32,
+    /// The DNS name the address was found by, when it was (see
+    /// [`NamedServer`]): what TLS verifies, and what health checks send
+    /// as `Host`.
+    pub host: Option<String>,
+}
+
+/// A server entry written as `NAME:PORT`: the master resolves it and puts
+/// a server for every address it has into the upstream's `servers`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct NamedServer {
+    pub host: String,
+    pub port: u16,
+    pub weight: NonZeroU32,
+}
+
+impl std::fmt::Display for NamedServer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}:{}", self.host, self.port)
+    }
+}
+
+/// `[resolver]`: where the master looks up server names.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ResolverConfig {
+    /// Asked in order; empty: the system's (`/etc/resolv.conf`).
+    pub nameservers: Vec<SocketAddr>,
+    /// How long one query may take.
+    pub timeout: Duration,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -567,7 +567,7 @@ timeout = "6s"
             ),
             (
                 "\"localhost\"",
-                "upstreams.servers.addr: `localhost` is not an address, expected IP:PORT such as 127.0.0.1:8080 or [::1]:8080",
+                "upstreams.servers.addr: `localhost` is not an address, expected IP:PORT or NAME:PORT such as 127.0.0.1:8080, [::1]:8080 or api.internal:8080",
             ),
             (
                 "0 }",

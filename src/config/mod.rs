@@ -134,6 +134,70 @@ upstream = "api"
     }
 
     #[test]
+    fn a_server_may_be_a_name_and_the_resolver_names_its_nameservers() {
+        let plan = accepted(
+            "[[upstreams]]\nname = \"named\"\nservers = [{ addr = \"API.internal:8080\", weight = 3 }, { addr = \"10.0.0.1:80\" }]\ndns_refresh = \"30s\"\n[resolver]\nnameservers = [\"127.0.0.11\", \"[::1]:5353\"]\n",
+        );
+        let named = plan.upstream("named").expect("upstream");
+        assert_eq!(named.names.len(), 1);
+        assert_eq!(named.names[0].to_string(), "api.internal:8080");
+        assert_eq!(named.names[0].weight.get(), 3);
+        assert_eq!(
+            named.servers.len(),
+            1,
+            "the IP:PORT entry only, until resolved"
+        );
+        assert_eq!(named.dns_refresh, Duration::from_secs(30));
+        assert_eq!(plan.upstreams[0].dns_refresh, Duration::from_secs(5));
+        let resolver = plan.resolver.as_ref().expect("resolver");
+        assert_eq!(
+            resolver.nameservers,
+            [
+                "127.0.0.11:53".parse().expect("addr"),
+                "[::1]:5353".parse().expect("addr")
+            ]
+        );
+        assert_eq!(resolver.timeout, Duration::from_secs(2));
+        assert!(accepted("").resolver.is_none());
+        for (text, error) in [
+            (
+                "[resolver]\nnameservers = [\"dns.example\"]\n",
+                "resolver.nameservers: `dns.example` is not a nameserver address",
+            ),
+            (
+                "[resolver]\nnameservers = []\n",
+                "resolver.nameservers: empty",
+            ),
+            (
+                "[resolver]\ntimeout = \"0s\"\n",
+                "resolver.timeout: must be greater than zero",
+            ),
+            (
+                "[[upstreams]]\nname = \"n\"\nservers = [{ addr = \"a.internal:80\" }]\ndns_refresh = \"500ms\"\n",
+                "upstreams.dns_refresh: `500ms` is too short, expected at least 1s",
+            ),
+            (
+                "[[upstreams]]\nname = \"n\"\nservers = [{ addr = \"10.0.0.1:80\" }]\ndns_refresh = \"5s\"\n",
+                "upstreams.dns_refresh: no server of this upstream is written as NAME:PORT",
+            ),
+            (
+                "[[upstreams]]\nname = \"n\"\nservers = [{ addr = \"a.internal:0\" }]\n",
+                "upstreams.servers.addr: `a.internal:0` is not an address",
+            ),
+            (
+                "[[upstreams]]\nname = \"n\"\nservers = [{ addr = \"a b:80\" }]\n",
+                "upstreams.servers.addr: `a b:80` is not an address",
+            ),
+            (
+                "[[upstreams]]\nname = \"n\"\nservers = [{ addr = \"a.internal:80\" }, { addr = \"A.internal:80\" }]\n",
+                "upstreams.servers.addr: A.internal:80 is listed twice",
+            ),
+        ] {
+            rejected(text, error);
+        }
+    }
+
+    #[test]
     fn an_eject_table_has_defaults_and_checked_values() {
         let eject = accepted("[upstreams.eject]\n").upstreams[0]
             .eject

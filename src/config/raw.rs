@@ -120,6 +120,13 @@ pub struct RawCertificate {
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields, expecting = "a table")]
+pub struct RawResolver {
+    pub nameservers: Option<Spanned<Vec<Text>>>,
+    pub timeout: Option<Text>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, expecting = "a table")]
 pub struct RawRoute {
     pub name: Option<Text>,
     pub host: Option<Text>,
@@ -166,6 +173,7 @@ pub struct RawUpstream {
     pub max_connections: Option<Int>,
     pub queue_timeout: Option<Text>,
     pub health_check: Option<Spanned<RawHealthCheck>>,
+    pub dns_refresh: Option<Text>,
     pub tls: Option<Spanned<RawUpstreamTls>>,
     pub eject: Option<RawEject>,
     pub sticky: Option<Spanned<RawSticky>>,
@@ -270,6 +278,7 @@ pub struct RawConfig {
     pub listeners: Vec<Spanned<RawListener>>,
     pub routes: Vec<Spanned<RawRoute>>,
     pub upstreams: Vec<Spanned<RawUpstream>>,
+    pub resolver: Option<RawResolver>,
     pub dropped: Dropped,
 }
 

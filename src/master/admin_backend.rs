@@ -10,6 +10,7 @@ use std::sync::{Arc, Mutex};
 use serde_json::json;
 use tokio::sync::{mpsc, oneshot, watch};
 
+use super::discovery::Names;
 use super::ejections::Ejections;
 use super::generation::Generation;
 use super::health::DownNotes;
@@ -30,6 +31,8 @@ pub struct AdminBackend {
     /// Why the servers their health checks took down are down.
     down: Arc<DownNotes>,
     ejections: Arc<Ejections>,
+    /// The answers for server names.
+    names: Arc<Names>,
 }
 
 impl AdminBackend {
@@ -40,6 +43,7 @@ impl AdminBackend {
         reloads: mpsc::Sender<ReloadRequest>,
         down: Arc<DownNotes>,
         ejections: Arc<Ejections>,
+        names: Arc<Names>,
     ) -> Self {
         Self {
             pid: std::process::id(),
@@ -50,6 +54,7 @@ impl AdminBackend {
             last_reload: Mutex::new(None),
             down,
             ejections,
+            names,
         }
     }
 
@@ -98,7 +103,19 @@ impl Backend for AdminBackend {
                         })
                     })
                     .collect();
-                json!({ "name": u.name(), "servers": servers })
+                let dns: Vec<_> = u.config.names.iter().map(|n| {
+                    let answer = self.names.get(&(n.host.clone(), n.port)).unwrap_or_default();
+                    json!({
+                        "name": n.to_string(),
+                        "addresses": answer.addrs.iter().map(|a| a.to_string()).collect::<Vec<_>>(),
+                        "resolved_at": answer.resolved_at.map(timestamp),
+                        "error": answer.error.map(|(reason, since)| json!({
+                            "reason": reason,
+                            "since": timestamp(since),
+                        })),
+                    })
+                }).collect();
+                json!({ "name": u.name(), "servers": servers, "dns": dns })
             })
             .collect();
         let last_reload = self

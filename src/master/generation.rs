@@ -41,6 +41,23 @@ impl Generation {
         Self::build(self.number + 1, path, text, plan, sockets, &self.upstreams)
     }
 
+    /// This generation with the servers DNS now gives its names (`plan`,
+    /// from [`super::discovery::resolve`]): the same number, file and
+    /// sockets; servers that stay keep their state.
+    pub fn rediscovered(&self, plan: Plan) -> Self {
+        let mut next = Self::build(
+            self.number,
+            self.path.clone(),
+            self.text.clone(),
+            plan,
+            Vec::new(),
+            &self.upstreams,
+        );
+        next.sockets = self.sockets.clone();
+        next.loaded_at = self.loaded_at;
+        next
+    }
+
     fn build(
         number: u64,
         path: PathBuf,

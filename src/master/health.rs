@@ -229,7 +229,7 @@ async fn watch(
     let mut streak = 0u32;
     loop {
         interval.tick().await;
-        let result = probe(&connector, server.addr, &check).await;
+        let result = probe(&connector, &server, &check).await;
         let passed = result.is_ok();
         let was = server.is_healthy();
         streak = if passed == was { 0 } else { streak + 1 };
@@ -293,15 +293,21 @@ const PROBE_HEAD_LIMIT: usize = 64 * 1024;
 /// check no more.
 const PROBE_BODY_LIMIT: usize = 64 * 1024;
 
-/// One health probe: `GET path` on a fresh connection, judged by `check`.
+/// One health probe: `GET path` on a fresh connection to `server`, judged
+/// by `check`. Its `Host` is the check's, else the server's name and port
+/// (when DNS found it), else its address.
 pub async fn probe(
     connector: &Connector,
-    addr: SocketAddr,
+    server: &Server,
     check: &HealthCheckConfig,
 ) -> Result<(), ProbeError> {
+    let addr = server.addr;
     let attempt = async {
-        let stream = connector.stream(addr).await?;
-        let host = check.host.clone().unwrap_or_else(|| addr.to_string());
+        let stream = connector.stream(addr, server.host.as_deref()).await?;
+        let host = check.host.clone().unwrap_or_else(|| match &server.host {
+            Some(name) => format!("{name}:{}", addr.port()),
+            None => addr.to_string(),
+        });
         let (request, ()) = http::Request::get(check.path.as_str())
             .header(http::header::HOST, host)
             .header(

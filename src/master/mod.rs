@@ -18,6 +18,7 @@
 //! it relays is accepted here and served by a worker.
 
 mod admin_backend;
+pub mod discovery;
 mod ejections;
 mod filewatch;
 mod generation;

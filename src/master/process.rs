@@ -21,6 +21,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use super::admin_backend::AdminBackend;
+use super::discovery::{self, Discovery};
 use super::filewatch;
 use super::generation::{Generation, Summary};
 use super::health::{self, HealthChecker};
@@ -110,6 +111,7 @@ struct Master {
     /// file event reloads only when the file reads differently, so a broken
     /// file is reported once per change.
     last_text: Option<String>,
+    discovery: Discovery,
 }
 
 impl Master {
@@ -124,27 +126,25 @@ impl Master {
         })?;
         let mut plan = crate::config::from_str(path, &text)?;
         super::reload::warn(&plan);
-        let (mut inherited, inherited_admin, predecessor, sticky_key) = match handover {
+        let (inherited, inherited_admin, predecessor, sticky_key) = match handover {
             Some(h) => (h.listeners, h.admin, Some(h.reply), h.sticky_key),
             None => (Inherited::new(), None, None, None),
         };
         // Made once per cluster: reloads copy it, upgrades hand it on.
         plan.sticky_key = Some(match sticky_key {
             Some(key) => key,
-            None => StickyKey::generate()
-                .map_err(|_| std::io::Error::other("no random source for the sticky key"))?,
+            None => StickyKey::generate().map_err(|_| no_random_source())?,
         });
         // The admin socket first, without SO_REUSEPORT: a second corral on
         // the same config fails here instead of silently sharing the ports.
         let admin = bind_admin(&plan, inherited_admin)?;
         let slots = plan.runtime.workers.get();
-        let listeners = sockets::bind_all(&plan, slots, &mut inherited)?;
-        drop(inherited);
-        for l in &listeners {
-            tracing::info!(listener = %l.name, addr = %l.bound, sockets = l.slots.len(), "listening");
-        }
-        log_slot_retirement();
+        let listeners = bind_listeners(&plan, slots, inherited)?;
 
+        let metrics =
+            Arc::new(ClusterMetrics::new().map_err(|e| std::io::Error::other(e.to_string()))?);
+        metrics.generation.set(1);
+        let discovery = Discovery::start(&mut plan, &metrics).await;
         let first = Arc::new(Generation::first(
             path.to_path_buf(),
             text.clone(),
@@ -157,10 +157,8 @@ impl Master {
             &generation.borrow().upstreams,
             health::on_change_publish(generation_rx.clone(), health.clone()),
         );
+        discovery.follow(generation_rx.clone(), metrics.clone());
         let status = Arc::new(StatusBoard::new());
-        let metrics =
-            Arc::new(ClusterMetrics::new().map_err(|e| std::io::Error::other(e.to_string()))?);
-        metrics.generation.set(1);
         let (reopen_logs, reopen_rx) = watch::channel(0);
         let stopping = CancellationToken::new();
         let ctx = Arc::new(SlotContext {
@@ -183,6 +181,7 @@ impl Master {
             reload_tx,
             checker.notes(),
             ctx.ejections.clone(),
+            discovery.names.clone(),
         ));
         let admin_stop = CancellationToken::new();
         if let Some(socket) = &admin {
@@ -208,6 +207,7 @@ impl Master {
             predecessor,
             notify,
             last_text: Some(text),
+            discovery,
         };
         master.add_slots(slots);
         Ok(master)
@@ -271,6 +271,7 @@ impl Master {
                     self.reopen_logs.send_modify(|n| *n += 1);
                 }
                 Some(request) = self.reloads.recv() => self.reload(Trigger::Admin, Some(request.reply)),
+                Some(()) = self.discovery.changed.recv() => self.rediscover(),
                 outcome = reload::settled(&self.status, self.pending.front()) => {
                     if let Some(pending) = self.pending.pop_front() {
                         self.conclude(pending, outcome);
@@ -475,17 +476,36 @@ impl Master {
         }
     }
 
+    /// Serves the current generation with the servers DNS now gives its
+    /// names, when they changed (the same generation, to workers a reload).
+    fn rediscover(&mut self) {
+        let current = self.generation.borrow().clone();
+        let mut plan = Plan::clone(&current.plan);
+        discovery::resolve(&mut plan, &self.discovery.names);
+        if plan == *current.plan {
+            return;
+        }
+        discovery::log_changes(&current.plan, &plan);
+        let next = Arc::new(current.rediscovered(plan));
+        self.generation.send_replace(next.clone());
+        self.checker.update(&next.upstreams);
+        self.health
+            .send_replace(Arc::new(health::health_of(&next.upstreams)));
+    }
+
     /// Makes the next generation and publishes it to every slot; `None`
     /// when the file and what it names read as the running generation's.
     fn publish(&mut self) -> Result<Option<Published>, ReloadError> {
         let current = self.generation.borrow().clone();
-        let (next, changes) = match reload::prepare(&current, &self.path, &mut self.last_text)? {
-            Prepared::Unchanged => return Ok(None),
-            Prepared::Next {
-                generation,
-                changes,
-            } => (Arc::new(generation), changes),
-        };
+        let names = &self.discovery.names;
+        let (next, changes) =
+            match reload::prepare(&current, &self.path, &mut self.last_text, names)? {
+                Prepared::Unchanged => return Ok(None),
+                Prepared::Next {
+                    generation,
+                    changes,
+                } => (Arc::new(generation), changes),
+            };
         drop(current);
         let slots = next.plan.runtime.workers.get();
         // Retired before the generation that leaves them out is published,
@@ -503,6 +523,25 @@ impl Master {
         self.add_slots(slots);
         Ok(Some((next, changes)))
     }
+}
+
+/// Every listener's sockets, one per slot, taking the inherited ones
+/// where they fit.
+fn bind_listeners(
+    plan: &Plan,
+    slots: usize,
+    mut inherited: Inherited,
+) -> Result<Vec<sockets::ListenerSockets>, RunError> {
+    let listeners = sockets::bind_all(plan, slots, &mut inherited)?;
+    for l in &listeners {
+        tracing::info!(listener = %l.name, addr = %l.bound, sockets = l.slots.len(), "listening");
+    }
+    log_slot_retirement();
+    Ok(listeners)
+}
+
+fn no_random_source() -> std::io::Error {
+    std::io::Error::other("no random source for the sticky key")
 }
 
 /// The admin socket: the one handed over by a previous master when its

@@ -180,11 +180,13 @@ pub enum Prepared {
 
 /// Reads and checks the file at `path` and makes the generation after
 /// `current` from it. `last_text` becomes the text as read, valid or not
-/// (`None`: unreadable). Nothing is published here.
+/// (`None`: unreadable). Server names get the addresses `names` has for
+/// them. Nothing is published here.
 pub fn prepare(
     current: &Generation,
     path: &Path,
     last_text: &mut Option<String>,
+    names: &super::discovery::Names,
 ) -> Result<Prepared, ReloadError> {
     let read = std::fs::read_to_string(path);
     *last_text = read.as_ref().ok().cloned();
@@ -194,6 +196,8 @@ pub fn prepare(
     })?;
     let mut plan = crate::config::from_str(path, &text)?;
     warn(&plan);
+    // Names already known are served at once; new ones once looked up.
+    super::discovery::resolve(&mut plan, names);
     // The cluster's key, not the file's: clients keep their servers.
     plan.sticky_key.clone_from(&current.plan.sticky_key);
     let renewed = certificates(&plan) != certificates(&current.plan);

@@ -223,6 +223,8 @@ pub struct ClusterMetrics {
     pub slots: IntGauge,
     pub restarts: IntCounter,
     pub healthy: IntGaugeVec,
+    /// Lookups of upstream server names, by name and result.
+    pub dns_lookups: IntCounterVec,
 }
 
 impl ClusterMetrics {
@@ -266,7 +268,15 @@ impl ClusterMetrics {
             ),
             &["upstream", "server"],
         )?;
+        let dns_lookups = IntCounterVec::new(
+            Opts::new(
+                "corral_dns_lookups_total",
+                "Lookups of upstream server names (NAME:PORT), by result: success (addresses, or none), failure (the last answer is kept).",
+            ),
+            &["name", "result"],
+        )?;
         registry.register(Box::new(WorkersCollector(workers.clone())))?;
+        registry.register(Box::new(dns_lookups.clone()))?;
         registry.register(Box::new(reloads.clone()))?;
         registry.register(Box::new(reload_duration.clone()))?;
         registry.register(Box::new(generation.clone()))?;
@@ -284,6 +294,7 @@ impl ClusterMetrics {
             slots,
             restarts,
             healthy,
+            dns_lookups,
         })
     }
 

@@ -99,15 +99,20 @@ impl Connector {
         }
     }
 
-    /// An HTTP/2 connection to `addr` (prior knowledge), pinged every 30 s
-    /// so that a dead peer is noticed while the connection is idle.
-    pub async fn http2<B>(&self, addr: SocketAddr) -> Result<http2::SendRequest<B>, ConnectError>
+    /// An HTTP/2 connection to `addr` (prior knowledge, or ALPN over TLS;
+    /// `host` as for [`stream`](Self::stream)), pinged every 30 s so that a
+    /// dead peer is noticed while the connection is idle.
+    pub async fn http2<B>(
+        &self,
+        addr: SocketAddr,
+        host: Option<&str>,
+    ) -> Result<http2::SendRequest<B>, ConnectError>
     where
         B: Body + Send + Unpin + 'static,
         B::Data: Send,
         B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
     {
-        let stream = self.stream(addr).await?;
+        let stream = self.stream(addr, host).await?;
         let (conn, driver) = http2::Builder::new(TokioExecutor::new())
             .timer(hyper_util::rt::TokioTimer::new())
             .keep_alive_interval(Duration::from_secs(30))
@@ -123,8 +128,14 @@ impl Connector {
     }
 
     /// A connection to `addr`, TLS when the upstream has it, ready for
-    /// HTTP/1.1: connected and handshaken within `connect_timeout`.
-    pub async fn stream(&self, addr: SocketAddr) -> Result<Stream, ConnectError> {
+    /// HTTP/1.1: connected and handshaken within `connect_timeout`. TLS
+    /// verifies the upstream's `server_name`, else `host` (the DNS name the
+    /// address came from), else the address itself.
+    pub async fn stream(
+        &self,
+        addr: SocketAddr,
+        host: Option<&str>,
+    ) -> Result<Stream, ConnectError> {
         let timeout = self.timeout;
         let deadline = Instant::now() + timeout;
         let tcp = tokio::time::timeout_at(deadline, TcpStream::connect(addr))
@@ -144,6 +155,7 @@ impl Connector {
         let name = tls
             .name
             .clone()
+            .or_else(|| host.and_then(|h| ServerName::try_from(h.to_owned()).ok()))
             .unwrap_or_else(|| ServerName::IpAddress(addr.ip().into()));
         let session = tokio::time::timeout_at(deadline, connector.connect(name, tcp))
             .await

@@ -60,9 +60,7 @@ impl Upstream {
         let servers: Vec<Arc<Server>> = config
             .servers
             .iter()
-            .map(|s| {
-                reuse(s).unwrap_or_else(|| Arc::new(Server::new(s.addr, s.weight.get(), config)))
-            })
+            .map(|s| reuse(s).unwrap_or_else(|| Arc::new(Server::new(s, config))))
             .collect();
         let weights: Vec<u32> = servers.iter().map(|s| s.weight).collect();
         let ids: Vec<String> = servers.iter().map(|s| s.label.clone()).collect();
@@ -222,7 +220,11 @@ pub fn rebuild(
             let upstream = Upstream::new(config, key, |wanted| {
                 old?.servers
                     .iter()
-                    .find(|s| s.addr == wanted.addr && s.weight == wanted.weight.get())
+                    .find(|s| {
+                        s.addr == wanted.addr
+                            && s.weight == wanted.weight.get()
+                            && s.host == wanted.host
+                    })
                     .cloned()
             });
             if let Some(before) = named {

@@ -80,6 +80,7 @@ impl Pool {
     pub(super) async fn get(
         &self,
         addr: SocketAddr,
+        host: Option<&str>,
         connector: &Connector,
         now: Instant,
     ) -> Result<(Conn, bool), ConnectError> {
@@ -90,14 +91,14 @@ impl Pool {
                 }
                 // Boxed: connecting is rarer than reusing, and every
                 // request's future would otherwise carry room for it.
-                let stream = Box::pin(connector.stream(addr)).await?;
+                let stream = Box::pin(connector.stream(addr, host)).await?;
                 Ok((Conn::Http1(http1::Connection::new(stream)), false))
             }
             Protocol::H2 => {
                 if let Some(conn) = lock(&self.shared).as_ref().filter(|c| !c.is_closed()) {
                     return Ok((Conn::Http2(conn.clone()), true));
                 }
-                let conn = Box::pin(connector.http2(addr)).await?;
+                let conn = Box::pin(connector.http2(addr, host)).await?;
                 *lock(&self.shared) = Some(conn.clone());
                 Ok((Conn::Http2(conn), false))
             }

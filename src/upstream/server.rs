@@ -15,7 +15,7 @@ use super::http1;
 use super::pool::{Conn, Pool};
 use crate::balance::PeakEwma;
 use crate::metrics::Gauge;
-use crate::plan::{Protocol, UpstreamConfig};
+use crate::plan::{Protocol, ServerConfig, UpstreamConfig};
 
 /// A request waiting for room on `servers`, counted on each while it waits
 /// (however the wait ends), so that their leases wake it.
@@ -54,6 +54,8 @@ pub struct Server {
     pub weight: u32,
     /// The address as text: the `server` label in metrics and logs.
     pub label: String,
+    /// The DNS name the address was found by, if it was.
+    pub host: Option<String>,
     in_flight: AtomicU32,
     healthy: AtomicBool,
     /// Milliseconds after `born` until which the server is skipped because
@@ -81,11 +83,13 @@ pub struct Server {
 }
 
 impl Server {
-    pub fn new(addr: SocketAddr, weight: u32, upstream: &UpstreamConfig) -> Self {
+    pub fn new(config: &ServerConfig, upstream: &UpstreamConfig) -> Self {
+        let addr = config.addr;
         Self {
             addr,
-            weight,
+            weight: config.weight.get(),
             label: addr.to_string(),
+            host: config.host.clone(),
             in_flight: AtomicU32::new(0),
             healthy: AtomicBool::new(true),
             failed_until: AtomicU64::new(0),
@@ -230,7 +234,8 @@ impl Server {
         connector: &Connector,
         now: Instant,
     ) -> Result<(Conn, bool), ConnectError> {
-        self.pool.get(self.addr, connector, now).await
+        let host = self.host.as_deref();
+        self.pool.get(self.addr, host, connector, now).await
     }
 
     pub fn protocol(&self) -> Protocol {

@@ -9,6 +9,7 @@ mod cli;
 mod clients;
 mod configs;
 mod corral_fixture;
+mod dns;
 mod files;
 mod in_process;
 mod metrics;
@@ -25,7 +26,7 @@ mod upstreams;
 // go unused in each one.
 #[allow(unused_imports)]
 pub use self::{
-    admin::*, cli::*, clients::*, configs::*, corral_fixture::*, files::*, in_process::*,
+    admin::*, cli::*, clients::*, configs::*, corral_fixture::*, dns::*, files::*, in_process::*,
     metrics::*, notices::*, patience::*, pki::*, raw_requests::*, recording::*, scripted::*,
     sockets::*, upstreams::*,
 };

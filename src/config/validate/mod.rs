@@ -7,6 +7,7 @@
 
 mod admin;
 mod listener;
+mod resolver;
 mod route;
 mod runtime;
 mod upstream;
@@ -45,6 +46,7 @@ pub fn validate(
         );
     }
     let upstreams = v.upstreams(raw.upstreams);
+    let resolver = raw.resolver.map(|r| v.resolver(r));
     let routes = v.routes(raw.routes, &upstreams);
     let plan = Plan {
         runtime,
@@ -53,6 +55,7 @@ pub fn validate(
         listeners,
         routes,
         upstreams,
+        resolver,
         warnings: Vec::new(),
         // The master's to choose; a file only checked needs none.
         sticky_key: None,

@@ -24,6 +24,7 @@ const DEFAULT_RETRY_BUDGET: f64 = 0.2;
 /// Long enough to ride out a burst, short enough that a client is not left
 /// guessing.
 const DEFAULT_QUEUE_TIMEOUT: Duration = Duration::from_secs(1);
+const DEFAULT_DNS_REFRESH: Duration = Duration::from_secs(5);
 const DEFAULT_EJECT_AFTER: NonZeroU32 = NonZeroU32::new(5).expect("non-zero");
 const DEFAULT_EJECT_TIME: Duration = Duration::from_secs(10);
 /// Half: one bad deploy of two cannot take the other out with it.
@@ -36,6 +37,13 @@ const MAX_BODY_CONTAINS: usize = 1024;
 const DEFAULT_HEALTHY_THRESHOLD: NonZeroU32 = NonZeroU32::new(2).expect("non-zero");
 const DEFAULT_UNHEALTHY_THRESHOLD: NonZeroU32 = NonZeroU32::new(3).expect("non-zero");
 
+/// A server's address as written.
+#[derive(Clone, PartialEq, Eq, Hash)]
+enum Addr {
+    Ip(std::net::SocketAddr),
+    Name(String, u16),
+}
+
 impl Validator<'_> {
     pub fn upstreams(&mut self, raw: Vec<Spanned<RawUpstream>>) -> Vec<UpstreamConfig> {
         let mut names = Names::new("upstream");
@@ -44,7 +52,13 @@ impl Validator<'_> {
             let span = item.span();
             let u = item.into_inner();
             names.check(self, &u.name);
-            let servers = self.servers(&u.servers);
+            let (servers, names) = self.servers(&u.servers);
+            if let (Some(t), true) = (&u.dns_refresh, names.is_empty()) {
+                self.problem(
+                    t.span(),
+                    "upstreams.dns_refresh: no server of this upstream is written as NAME:PORT",
+                );
+            }
             // A balance written but unreadable is not round_robin: a hash_key
             // beside it may well be meant for it.
             let balance = if self.dropped.key(&span, "balance") {
@@ -64,6 +78,13 @@ impl Validator<'_> {
                 balance,
                 protocol,
                 servers,
+                names,
+                dns_refresh: self.timeout_at_least(
+                    u.dns_refresh.as_ref(),
+                    "upstreams.dns_refresh",
+                    Duration::from_secs(1),
+                    DEFAULT_DNS_REFRESH,
+                ),
                 connect_timeout: self.timeout(
                     u.connect_timeout.as_ref(),
                     "upstreams.connect_timeout",
@@ -92,15 +113,11 @@ impl Validator<'_> {
                     || DEFAULT_RETRY_ON.to_vec(),
                     |list| self.statuses(&list, "upstreams.retry_on"),
                 ),
-                retry_budget: u.retry_budget.map_or(DEFAULT_RETRY_BUDGET, |b| {
-                    let share = *b.get_ref();
-                    if (0.0..=1.0).contains(&share) {
-                        share
-                    } else {
-                        self.problem(b.span(), format!("upstreams.retry_budget: {share} is out of range, expected a share from 0 to 1, such as 0.2"));
-                        DEFAULT_RETRY_BUDGET
-                    }
-                }),
+                retry_budget: self.share(
+                    u.retry_budget,
+                    "upstreams.retry_budget",
+                    DEFAULT_RETRY_BUDGET,
+                ),
                 max_in_flight: u
                     .max_in_flight
                     .and_then(|n| self.int_in(&n, 1, 1_000_000, "upstreams.max_in_flight"))
@@ -126,6 +143,24 @@ impl Validator<'_> {
         out
     }
 
+    /// A share from 0 to 1; `default` when absent or out of range.
+    fn share(&mut self, raw: Option<Spanned<f64>>, key: &str, default: f64) -> f64 {
+        let Some(raw) = raw else {
+            return default;
+        };
+        let share = *raw.get_ref();
+        if (0.0..=1.0).contains(&share) {
+            return share;
+        }
+        self.problem(
+            raw.span(),
+            format!(
+                "{key}: {share} is out of range, expected a share from 0 to 1, such as {default}"
+            ),
+        );
+        default
+    }
+
     pub fn eject(&mut self, raw: RawEject) -> EjectConfig {
         EjectConfig {
             consecutive_failures: raw
@@ -142,33 +177,26 @@ impl Validator<'_> {
                 "upstreams.eject.base_time",
                 DEFAULT_EJECT_TIME,
             ),
-            max_share: raw.max_share.map_or(DEFAULT_EJECT_SHARE, |s| {
-                let share = *s.get_ref();
-                if (0.0..=1.0).contains(&share) {
-                    share
-                } else {
-                    self.problem(s.span(), format!("upstreams.eject.max_share: {share} is out of range, expected a share from 0 to 1, such as 0.5"));
-                    DEFAULT_EJECT_SHARE
-                }
-            }),
+            max_share: self.share(
+                raw.max_share,
+                "upstreams.eject.max_share",
+                DEFAULT_EJECT_SHARE,
+            ),
         }
     }
 
-    pub fn servers(&mut self, raw: &Spanned<Vec<RawServer>>) -> Vec<ServerConfig> {
+    /// The entries written `IP:PORT`, and those written `NAME:PORT`.
+    pub fn servers(
+        &mut self,
+        raw: &Spanned<Vec<RawServer>>,
+    ) -> (Vec<ServerConfig>, Vec<NamedServer>) {
         // A list emptied by parsing was not written empty; parsing said why.
         if raw.get_ref().is_empty() && !self.dropped.elements.contains(&raw.span()) {
-            self.problem(raw.span(), "upstreams.servers: the list is empty, expected at least one { addr = \"IP:PORT\" }");
+            self.problem(raw.span(), "upstreams.servers: the list is empty, expected at least one { addr = \"IP:PORT\" } or { addr = \"NAME:PORT\" }");
         }
         let mut seen = HashSet::new();
-        let mut out = Vec::new();
+        let (mut servers, mut names) = (Vec::new(), Vec::new());
         for s in raw.get_ref() {
-            let addr = self.socket_addr(&s.addr, "upstreams.servers.addr");
-            if let Some(addr) = addr.filter(|a| !seen.insert(*a)) {
-                self.problem(
-                    s.addr.span(),
-                    format!("upstreams.servers.addr: {addr} is listed twice in this upstream"),
-                );
-            }
             let weight = match &s.weight {
                 None => NonZeroU32::MIN,
                 Some(w) => self
@@ -177,11 +205,46 @@ impl Validator<'_> {
                     .and_then(NonZeroU32::new)
                     .unwrap_or(NonZeroU32::MIN),
             };
-            if let Some(addr) = addr {
-                out.push(ServerConfig { addr, weight });
+            let Some(addr) = self.server_addr(&s.addr) else {
+                continue;
+            };
+            if !seen.insert(addr.clone()) {
+                self.problem(
+                    s.addr.span(),
+                    format!(
+                        "upstreams.servers.addr: {} is listed twice in this upstream",
+                        s.addr.get_ref()
+                    ),
+                );
+            }
+            match addr {
+                Addr::Ip(addr) => servers.push(ServerConfig {
+                    addr,
+                    weight,
+                    host: None,
+                }),
+                Addr::Name(host, port) => names.push(NamedServer { host, port, weight }),
             }
         }
-        out
+        (servers, names)
+    }
+
+    /// `IP:PORT`, or `NAME:PORT` with a DNS name (lower-cased).
+    fn server_addr(&mut self, raw: &Text) -> Option<Addr> {
+        let text = raw.get_ref();
+        if let Ok(addr) = text.parse::<std::net::SocketAddr>() {
+            return Some(Addr::Ip(addr));
+        }
+        let named = text.rsplit_once(':').and_then(|(host, port)| {
+            let port = port.parse::<u16>().ok().filter(|&p| p != 0)?;
+            let is_name = host.parse::<std::net::IpAddr>().is_err()
+                && rustls::pki_types::DnsName::try_from(host).is_ok();
+            is_name.then(|| Addr::Name(host.to_ascii_lowercase(), port))
+        });
+        if named.is_none() {
+            self.problem(raw.span(), format!("upstreams.servers.addr: `{text}` is not an address, expected IP:PORT or NAME:PORT such as 127.0.0.1:8080, [::1]:8080 or api.internal:8080"));
+        }
+        named
     }
 
     pub fn balance(

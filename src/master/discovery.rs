@@ -1,0 +1,408 @@
+//! DNS discovery of upstream servers: the master looks up every server
+//! written as `NAME:PORT` (with hickory-resolver, through `[resolver]`'s
+//! nameservers or the system's), again every `dns_refresh` or sooner when
+//! the answer's TTL runs out (never more often than every second), and
+//! makes each address a server of its upstream with the entry's weight.
+//!
+//! [`Names`] holds the latest answer for each name. A lookup that fails
+//! (timeout, SERVFAIL, no nameserver) keeps the last answer and notes the
+//! error; one that says the name has no address (NXDOMAIN, no records)
+//! is an answer, and its servers go. When an answer changes, [`run`]
+//! tells the master's loop, which serves a copy of the generation with
+//! the new servers ([`resolve`]); workers keep the state of the servers
+//! that stay, and let the ones that went finish their requests.
+
+use std::collections::{BTreeSet, HashMap};
+use std::net::{IpAddr, SocketAddr};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, SystemTime};
+
+use hickory_resolver::config::{
+    ConnectionConfig, LookupIpStrategy, NameServerConfig, ResolverConfig as Servers,
+};
+use hickory_resolver::net::runtime::TokioRuntimeProvider;
+use hickory_resolver::{Resolver, TokioResolver};
+use tokio::sync::{mpsc, watch};
+use tokio::time::Instant;
+
+use super::generation::Generation;
+use crate::metrics::cluster::ClusterMetrics;
+use crate::plan::{Plan, ResolverConfig, ServerConfig};
+
+/// The shortest time between two lookups of a name.
+const MIN_REFRESH: Duration = Duration::from_secs(1);
+
+/// A name to look up: `host` and the port its servers listen on.
+pub type Name = (String, u16);
+
+/// What is known of one name.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Answer {
+    /// The addresses of the latest answer, sorted; empty before the first.
+    pub addrs: Vec<IpAddr>,
+    /// When that answer came; `None` while the name never resolved.
+    pub resolved_at: Option<SystemTime>,
+    /// The latest lookup's error, and since when lookups fail.
+    pub error: Option<(String, SystemTime)>,
+}
+
+/// The latest answer for every name, shared by the lookups, the master's
+/// generations and `/status`.
+#[derive(Debug, Default)]
+pub struct Names(Mutex<HashMap<Name, Answer>>);
+
+impl Names {
+    /// The table guards no invariant a panic could break halfway.
+    fn lock(&self) -> MutexGuard<'_, HashMap<Name, Answer>> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub fn get(&self, name: &Name) -> Option<Answer> {
+        self.lock().get(name).cloned()
+    }
+
+    /// Records a lookup's outcome; whether the addresses changed.
+    fn record(&self, name: &Name, outcome: Result<&[IpAddr], &str>) -> bool {
+        let mut table = self.lock();
+        let answer = table.entry(name.clone()).or_default();
+        let now = SystemTime::now();
+        match outcome {
+            Ok(addrs) => {
+                let changed = answer.resolved_at.is_none() || answer.addrs != addrs;
+                answer.addrs = addrs.to_vec();
+                answer.resolved_at = Some(now);
+                answer.error = None;
+                changed
+            }
+            Err(e) => {
+                let since = answer.error.as_ref().map_or(now, |(_, since)| *since);
+                answer.error = Some((e.to_owned(), since));
+                false
+            }
+        }
+    }
+
+    /// Forgets the names no upstream has any more.
+    fn retain(&self, wanted: &HashMap<Name, Duration>) {
+        self.lock().retain(|name, _| wanted.contains_key(name));
+    }
+}
+
+/// `plan` with each upstream's servers made of its `IP:PORT` entries and
+/// the addresses its names have in `names` (an address listed already
+/// keeps its first entry).
+pub fn resolve(plan: &mut Plan, names: &Names) {
+    let table = names.lock();
+    for upstream in &mut plan.upstreams {
+        if upstream.names.is_empty() {
+            continue;
+        }
+        upstream.servers.retain(|s| s.host.is_none());
+        for entry in &upstream.names {
+            let key = (entry.host.clone(), entry.port);
+            for ip in table.get(&key).map_or(&[][..], |a| &a.addrs) {
+                let addr = SocketAddr::new(*ip, entry.port);
+                if upstream.servers.iter().all(|s| s.addr != addr) {
+                    upstream.servers.push(ServerConfig {
+                        addr,
+                        weight: entry.weight,
+                        host: Some(entry.host.clone()),
+                    });
+                }
+            }
+        }
+    }
+}
+
+/// Logs, per upstream, the servers DNS added and removed from `before`.
+pub fn log_changes(before: &Plan, after: &Plan) {
+    for (was, now) in before.upstreams.iter().zip(&after.upstreams) {
+        let addrs = |u: &crate::plan::UpstreamConfig| -> Vec<SocketAddr> {
+            u.servers.iter().map(|s| s.addr).collect()
+        };
+        let (was, now_addrs) = (addrs(was), addrs(now));
+        if was != now_addrs {
+            let added: Vec<_> = now_addrs.iter().filter(|a| !was.contains(a)).collect();
+            let removed: Vec<_> = was.iter().filter(|a| !now_addrs.contains(a)).collect();
+            tracing::info!(upstream = %now.name, ?added, ?removed, "upstream servers changed by DNS");
+        }
+    }
+}
+
+/// The names `plan` has, each with its most frequent refresh.
+fn wanted(plan: &Plan) -> HashMap<Name, Duration> {
+    let mut out: HashMap<Name, Duration> = HashMap::new();
+    for upstream in &plan.upstreams {
+        for entry in &upstream.names {
+            let every = out
+                .entry((entry.host.clone(), entry.port))
+                .or_insert(upstream.dns_refresh);
+            *every = (*every).min(upstream.dns_refresh);
+        }
+    }
+    out
+}
+
+/// A resolver for `config`: its nameservers over UDP (TCP for what does
+/// not fit), or the system's.
+pub fn resolver(config: Option<&ResolverConfig>) -> Result<TokioResolver, String> {
+    let (mut builder, timeout) = match config {
+        Some(c) if !c.nameservers.is_empty() => {
+            let servers = c
+                .nameservers
+                .iter()
+                .map(|ns| {
+                    let connections = [ConnectionConfig::udp(), ConnectionConfig::tcp()]
+                        .map(|mut c| {
+                            c.port = ns.port();
+                            c
+                        })
+                        .to_vec();
+                    NameServerConfig::new(ns.ip(), true, connections)
+                })
+                .collect();
+            let servers = Servers::from_name_servers(servers);
+            let provider = TokioRuntimeProvider::default();
+            (
+                Resolver::builder_with_config(servers, provider),
+                Some(c.timeout),
+            )
+        }
+        other => (
+            TokioResolver::builder_tokio()
+                .map_err(|e| format!("cannot read the system's resolver configuration: {e}"))?,
+            other.map(|c| c.timeout),
+        ),
+    };
+    let options = builder.options_mut();
+    if let Some(timeout) = timeout {
+        options.timeout = timeout;
+    }
+    options.attempts = 2;
+    options.ip_strategy = LookupIpStrategy::Ipv4AndIpv6;
+    builder.build().map_err(|e| e.to_string())
+}
+
+/// Looks `name` up: its addresses, sorted (none for NXDOMAIN or no
+/// records), and how long the answer holds; `Err` when no answer came.
+async fn lookup(
+    resolver: &TokioResolver,
+    name: &Name,
+) -> Result<(Vec<IpAddr>, Option<Duration>), String> {
+    // An absolute name: no search domains appended.
+    let fqdn = format!("{}.", name.0.trim_end_matches('.'));
+    // Each lookup asks again: the refresh, not the cache, decides.
+    resolver.clear_cache();
+    match resolver.lookup_ip(fqdn).await {
+        Ok(found) => {
+            let addrs: BTreeSet<IpAddr> = found.iter().collect();
+            let ttl = found
+                .valid_until()
+                .checked_duration_since(std::time::Instant::now());
+            Ok((addrs.into_iter().collect(), ttl))
+        }
+        Err(e) if e.is_nx_domain() || e.is_no_records_found() => Ok((Vec::new(), None)),
+        Err(e) => Err(e.to_string()),
+    }
+}
+
+/// Looks up every name of `plan` once, within the resolver's timeout: the
+/// first generation then starts with the servers DNS has.
+async fn prime(plan: &Plan, names: &Names, metrics: &ClusterMetrics) {
+    let wanted = wanted(plan);
+    if wanted.is_empty() {
+        return;
+    }
+    let resolver = match resolver(plan.resolver.as_ref()) {
+        Ok(r) => r,
+        Err(e) => return tracing::error!(error = %e, "cannot resolve upstream server names"),
+    };
+    let lookups = wanted
+        .keys()
+        .map(|name| look(&resolver, name, names, metrics));
+    futures_util::future::join_all(lookups).await;
+}
+
+/// One lookup, recorded, logged and counted; when it is due again, and
+/// whether the addresses changed.
+async fn look(
+    resolver: &TokioResolver,
+    name: &Name,
+    names: &Names,
+    metrics: &ClusterMetrics,
+) -> (Option<Duration>, bool) {
+    let shown = format!("{}:{}", name.0, name.1);
+    let outcome = lookup(resolver, name).await;
+    let before = names.get(name);
+    let changed = names.record(
+        name,
+        outcome
+            .as_ref()
+            .map(|(addrs, _)| addrs.as_slice())
+            .map_err(String::as_str),
+    );
+    let result = if outcome.is_ok() {
+        "success"
+    } else {
+        "failure"
+    };
+    metrics
+        .dns_lookups
+        .with_label_values(&[&shown, result])
+        .inc();
+    match &outcome {
+        Ok((addrs, _)) if changed && addrs.is_empty() => {
+            tracing::warn!(name = %shown, "upstream server name has no address (NXDOMAIN or no records); it has no servers");
+        }
+        Ok((addrs, _)) if changed => {
+            tracing::info!(name = %shown, addresses = ?addrs, "upstream server name resolved");
+        }
+        Ok(_) if before.as_ref().is_some_and(|b| b.error.is_some()) => {
+            tracing::info!(name = %shown, "DNS lookups succeed again");
+        }
+        Ok(_) => {}
+        Err(e) => {
+            // Said once per error, not at every refresh.
+            let new = before
+                .and_then(|b| b.error)
+                .is_none_or(|(old, _)| old != *e);
+            if new {
+                tracing::warn!(name = %shown, error = %e, "DNS lookup failed; keeping the last answer");
+            }
+        }
+    }
+    (outcome.ok().and_then(|(_, ttl)| ttl), changed)
+}
+
+/// Keeps every name of the current generation resolved, and sends on
+/// `changed` whenever an answer changes the servers; ends when the
+/// generation channel closes.
+pub async fn run(
+    mut generation: watch::Receiver<Arc<Generation>>,
+    names: Arc<Names>,
+    metrics: Arc<ClusterMetrics>,
+    changed: mpsc::Sender<()>,
+) {
+    // What `prime` looked up is due a refresh from now.
+    let first = wanted(&generation.borrow().plan);
+    let mut due: HashMap<Name, Instant> = first
+        .into_iter()
+        .filter(|(name, _)| names.get(name).is_some())
+        .map(|(name, every)| (name, Instant::now() + every))
+        .collect();
+    let mut resolver: Option<(Option<ResolverConfig>, TokioResolver)> = None;
+    loop {
+        let plan = generation.borrow_and_update().plan.clone();
+        let wanted = wanted(&plan);
+        names.retain(&wanted);
+        due.retain(|name, _| wanted.contains_key(name));
+        let now = Instant::now();
+        let stale = resolver
+            .as_ref()
+            .is_none_or(|(config, _)| *config != plan.resolver);
+        if stale && !wanted.is_empty() {
+            match self::resolver(plan.resolver.as_ref()) {
+                Ok(r) => resolver = Some((plan.resolver.clone(), r)),
+                Err(e) => tracing::error!(error = %e, "cannot resolve upstream server names"),
+            }
+        }
+        if let Some((_, r)) = &resolver {
+            let ready: Vec<&Name> = wanted
+                .keys()
+                .filter(|name| due.get(*name).is_none_or(|at| *at <= now))
+                .collect();
+            let lookups = ready.iter().map(|name| look(r, name, &names, &metrics));
+            let outcomes = futures_util::future::join_all(lookups).await;
+            let mut any = false;
+            for (name, (ttl, moved)) in ready.into_iter().zip(outcomes) {
+                let every = wanted[name];
+                let next = ttl.map_or(every, |ttl| ttl.min(every)).max(MIN_REFRESH);
+                due.insert(name.clone(), Instant::now() + next);
+                any |= moved;
+            }
+            if any {
+                let _ = changed.try_send(());
+            }
+        }
+        let next = due.values().min().copied();
+        tokio::select! {
+            result = generation.changed() => if result.is_err() { return },
+            () = sleep_until(next) => {}
+        }
+    }
+}
+
+async fn sleep_until(at: Option<Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// The master's side of discovery: the answers, and word of their changes.
+#[derive(Debug)]
+pub struct Discovery {
+    pub names: Arc<Names>,
+    /// A message whenever an answer changed the servers.
+    pub changed: mpsc::Receiver<()>,
+    tell: mpsc::Sender<()>,
+}
+
+impl Discovery {
+    /// Looks up the names of `plan` once and gives `plan` their servers.
+    pub async fn start(plan: &mut Plan, metrics: &ClusterMetrics) -> Self {
+        let names = Arc::new(Names::default());
+        prime(plan, &names, metrics).await;
+        resolve(plan, &names);
+        // One message says all there is: "look again".
+        let (tell, changed) = mpsc::channel(1);
+        Self {
+            names,
+            changed,
+            tell,
+        }
+    }
+
+    /// Keeps the names of whatever generation `generation` shows resolved.
+    pub fn follow(
+        &self,
+        generation: watch::Receiver<Arc<Generation>>,
+        metrics: Arc<ClusterMetrics>,
+    ) {
+        tokio::spawn(run(
+            generation,
+            self.names.clone(),
+            metrics,
+            self.tell.clone(),
+        ));
+    }
+}
+
+/// What `corral check` says of the names of `plan` that do not resolve
+/// now: their upstreams would answer 503 until they do.
+pub async fn unresolved(plan: &Plan) -> Vec<String> {
+    let wanted = wanted(plan);
+    if wanted.is_empty() {
+        return Vec::new();
+    }
+    let resolver = match resolver(plan.resolver.as_ref()) {
+        Ok(r) => r,
+        Err(e) => return vec![format!("server names cannot be looked up: {e}")],
+    };
+    let mut names: Vec<&Name> = wanted.keys().collect();
+    names.sort();
+    let lookups = names.iter().map(|name| lookup(&resolver, name));
+    let outcomes = futures_util::future::join_all(lookups).await;
+    names
+        .into_iter()
+        .zip(outcomes)
+        .filter_map(|((host, port), outcome)| {
+            let why = match outcome {
+                Ok((addrs, _)) if addrs.is_empty() => "it has no address".to_owned(),
+                Ok(_) => return None,
+                Err(e) => e,
+            };
+            Some(format!("upstream server {host}:{port} does not resolve ({why}); its upstream answers 503 until it does"))
+        })
+        .collect()
+}
