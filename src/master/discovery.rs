@@ -18,7 +18,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, SystemTime};
 
 use hickory_resolver::config::{
-    ConnectionConfig, LookupIpStrategy, NameServerConfig, ResolverConfig as Servers,
+    ConnectionConfig, LookupIpStrategy, NameServerConfig, ResolveHosts, ResolverConfig as Servers,
 };
 use hickory_resolver::net::runtime::TokioRuntimeProvider;
 use hickory_resolver::{Resolver, TokioResolver};
@@ -177,6 +177,10 @@ pub fn resolver(config: Option<&ResolverConfig>) -> Result<TokioResolver, String
     let options = builder.options_mut();
     if let Some(timeout) = timeout {
         options.timeout = timeout;
+    }
+    if config.is_some_and(|c| !c.nameservers.is_empty()) {
+        // The nameservers named are the answer, as nginx's `resolver` is.
+        options.use_hosts_file = ResolveHosts::Never;
     }
     options.attempts = 2;
     options.ip_strategy = LookupIpStrategy::Ipv4AndIpv6;
