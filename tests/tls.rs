@@ -304,16 +304,32 @@ async fn served_leaves(addr: SocketAddr, roots: &rustls::RootCertStore, n: usize
     leaves
 }
 
-/// The master reads certificate files once, when it checks the config,
-/// and sends every worker the bytes. A file rewritten afterwards reaches
-/// no worker until a reload reads it: a replacement worker serves what
-/// its siblings serve.
+/// A certificate pair, and the roots that trust it.
+fn pair() -> rcgen::CertifiedKey<rcgen::KeyPair> {
+    rcgen::generate_simple_self_signed(vec!["a.example.com".to_owned()]).unwrap()
+}
+
+/// A config whose listener `public` serves the pair at `cert` and `key`.
+fn tls_config(app: SocketAddr, cert: &std::path::Path, key: &std::path::Path) -> String {
+    let tls = format!(
+        "listen = \"127.0.0.1:0\"\n[listeners.tls]\ncertificates = [{{ cert = \"{}\", key = \"{}\" }}]",
+        cert.display(),
+        key.display()
+    );
+    let config = cluster_config(&[app], "").replacen("listen = \"127.0.0.1:0\"", &tls, 2);
+    config.replacen(&tls, "listen = \"127.0.0.1:0\"", 1)
+}
+
+/// The master reads certificate files when it checks the config, and
+/// watches them: a pair rewritten on disk is a new generation within
+/// moments, with no reload asked for, and every worker (a replacement
+/// too) serves the same bytes. A broken file is refused, with its name and
+/// why, and the pair before it goes on serving.
 #[tokio::test]
-async fn a_certificate_rewritten_on_disk_reaches_no_worker_before_a_reload() {
+async fn a_certificate_rewritten_on_disk_is_served_without_a_reload_command() {
     let app = echo("app").await;
     let dir = tempfile::tempdir().unwrap();
     let (cert_path, key_path) = (dir.path().join("a.pem"), dir.path().join("a.key"));
-    let pair = || rcgen::generate_simple_self_signed(vec!["a.example.com".to_owned()]).unwrap();
     let (first, second) = (pair(), pair());
     let mut roots = rustls::RootCertStore::empty();
     for cert in [&first, &second] {
@@ -323,42 +339,100 @@ async fn a_certificate_rewritten_on_disk_reaches_no_worker_before_a_reload() {
     }
     std::fs::write(&cert_path, first.cert.pem()).unwrap();
     std::fs::write(&key_path, first.signing_key.serialize_pem()).unwrap();
-    let tls = format!(
-        "listen = \"127.0.0.1:0\"\n[listeners.tls]\ncertificates = [{{ cert = \"{}\", key = \"{}\" }}]",
-        cert_path.display(),
-        key_path.display()
-    );
-    let config = cluster_config(&[app.addr], "").replacen("listen = \"127.0.0.1:0\"", &tls, 2);
-    let config = config.replacen(&tls, "listen = \"127.0.0.1:0\"", 1);
-    let corral = Corral::start(&config).await;
+    let corral = Corral::start(&tls_config(app.addr, &cert_path, &key_path)).await;
     let addr = corral.addr("public");
-    let status = corral.wait_status(all_ready).await;
+    corral.wait_status(all_ready).await;
 
-    // Another valid pair, under the same names.
-    std::fs::write(&cert_path, second.cert.pem()).unwrap();
+    // Another valid pair, under the same names (as certbot renews).
     std::fs::write(&key_path, second.signing_key.serialize_pem()).unwrap();
+    std::fs::write(&cert_path, second.cert.pem()).unwrap();
+    let status = corral
+        .wait_status(|s| {
+            s["generation"] == 2 && all_ready(s) && s["last_reload"]["result"] == "success"
+        })
+        .await;
+    assert_eq!(
+        status["last_reload"]["trigger"], "file change",
+        "{status:#}"
+    );
+    let second_leaf = second.cert.der().to_vec();
+    for leaf in served_leaves(addr, &roots, 32).await {
+        assert!(leaf == second_leaf, "a worker serves the old certificate");
+    }
+
+    // A broken certificate: refused, said with its file, the pair before
+    // it still served.
+    std::fs::write(&cert_path, "-----BEGIN CERTIFICATE-----\nnot base64\n").unwrap();
+    let status = corral
+        .wait_status(|s| s["last_reload"]["result"] == "failure")
+        .await;
+    let error = status["last_reload"]["error"].as_str().unwrap();
+    assert!(
+        error.contains(&cert_path.display().to_string())
+            && error.contains("cannot read certificate"),
+        "{error}"
+    );
+    assert_eq!(status["generation"], 2);
+    for leaf in served_leaves(addr, &roots, 8).await {
+        assert!(leaf == second_leaf, "the broken file reached a worker");
+    }
+
+    // A replacement worker serves what its siblings serve, not the file.
     let replaced = status["workers"][0]["pid"].as_u64().unwrap();
     nix::sys::signal::kill(
         nix::unistd::Pid::from_raw(i32::try_from(replaced).unwrap()),
         nix::sys::signal::Signal::SIGKILL,
     )
     .unwrap();
-    let status = corral
+    corral
         .wait_status(|s| all_ready(s) && s["workers"][0]["pid"].as_u64() != Some(replaced))
         .await;
-    assert_eq!(status["generation"], 1, "{status:#}");
-    // Enough connections that both workers answer some (the kernel spreads
-    // them by their source ports).
-    let first_leaf = first.cert.der().to_vec();
     for leaf in served_leaves(addr, &roots, 32).await {
-        assert!(leaf == first_leaf, "a worker serves the rewritten file");
+        assert!(leaf == second_leaf, "a replacement serves something else");
     }
+}
 
-    // A reload reads the files again: same text, new bytes, new generation.
-    let (code, body) = admin_call(corral.admin.unwrap(), http::Method::POST, "/reload").await;
-    assert_eq!(code, http::StatusCode::OK, "{body}");
+/// A Kubernetes Secret mounted as files: each file is a symlink through
+/// `..data`, which kubelet swaps to a new folder in one rename.
+#[tokio::test]
+async fn a_secret_swapped_under_its_symlinks_is_served_without_a_reload_command() {
+    use std::os::unix::fs::symlink;
+    let app = echo("app").await;
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path();
+    let (first, second) = (pair(), pair());
+    let mut roots = rustls::RootCertStore::empty();
+    roots
+        .add(CertificateDer::from(second.cert.der().to_vec()))
+        .unwrap();
+    roots
+        .add(CertificateDer::from(first.cert.der().to_vec()))
+        .unwrap();
+    for (version, cert) in [("..v1", &first), ("..v2", &second)] {
+        std::fs::create_dir(root.join(version)).unwrap();
+        std::fs::write(root.join(version).join("tls.crt"), cert.cert.pem()).unwrap();
+        std::fs::write(
+            root.join(version).join("tls.key"),
+            cert.signing_key.serialize_pem(),
+        )
+        .unwrap();
+    }
+    symlink("..v1", root.join("..data")).unwrap();
+    symlink("..data/tls.crt", root.join("tls.crt")).unwrap();
+    symlink("..data/tls.key", root.join("tls.key")).unwrap();
+    let config = tls_config(app.addr, &root.join("tls.crt"), &root.join("tls.key"));
+    let corral = Corral::start(&config).await;
+    corral.wait_status(all_ready).await;
+
+    symlink("..v2", root.join("..data_tmp")).unwrap();
+    std::fs::rename(root.join("..data_tmp"), root.join("..data")).unwrap();
+    corral
+        .wait_status(|s| {
+            s["generation"] == 2 && all_ready(s) && s["last_reload"]["result"] == "success"
+        })
+        .await;
     let second_leaf = second.cert.der().to_vec();
-    for leaf in served_leaves(addr, &roots, 32).await {
+    for leaf in served_leaves(corral.addr("public"), &roots, 16).await {
         assert!(leaf == second_leaf, "a worker serves the old certificate");
     }
 }

@@ -1,23 +1,26 @@
-//! Watching the config file for changes.
+//! Watching the config file, and the certificate files it names, for
+//! changes.
 //!
-//! inotify watches the file's folder (and, when the path is a symlink, the
+//! inotify watches each file's folder (and, when the path is a symlink, the
 //! folder of what it points to), so all the ways a file changes are seen: an
 //! edit in place, an editor's write-and-rename, and a Kubernetes ConfigMap
 //! update, where the file is a symlink through `..data` and kubelet swaps
-//! `..data` to a new folder atomically. Events only say "something may have
-//! changed"; the master waits for a burst to settle and reloads only if the
-//! file's text differs from what it last read. Reads are not changes: the
+//! `..data` to a new folder atomically (a Secret's certificate, or a
+//! certbot renewal that points `live/` at new files, the same way). Events
+//! only say "something may have changed"; the master waits for a burst to
+//! settle and reloads only if the config's text, or a certificate's
+//! contents, differ from what it last read. Reads are not changes: the
 //! master's own read of the file must not wake it again, and nor must the
 //! folder's other files: a log written beside the config would otherwise
 //! wake the master at every line.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::ffi::OsString;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use futures_util::StreamExt;
-use inotify::{EventMask, EventStream, Inotify, WatchMask};
+use inotify::{EventMask, EventStream, Inotify, WatchDescriptor, WatchMask};
 
 /// How long a burst of events must stay quiet before the file is read.
 pub const SETTLE: Duration = Duration::from_millis(200);
@@ -32,22 +35,36 @@ const MASK: WatchMask = WatchMask::CLOSE_WRITE
     .union(WatchMask::DELETE)
     .union(WatchMask::ATTRIB);
 
-/// A watch on the config file's folders.
+/// A watch on the folders of some files.
 pub struct Watch {
     events: EventStream<[u8; 4096]>,
-    names: HashSet<OsString>,
+    /// By watched folder, the entry names that matter there.
+    names: HashMap<WatchDescriptor, HashSet<OsString>>,
 }
 
 impl Watch {
-    pub fn start(path: &Path) -> std::io::Result<Self> {
+    pub fn start(files: &[PathBuf]) -> std::io::Result<Self> {
         let inotify = Inotify::init()?;
-        for folder in folders(path) {
-            inotify.watches().add(&folder, MASK)?;
+        let mut watched: HashMap<WatchDescriptor, HashSet<OsString>> = HashMap::new();
+        for file in files {
+            let names = names(file);
+            for folder in folders(file) {
+                // A folder watched twice keeps one descriptor.
+                let wd = inotify.watches().add(&folder, MASK)?;
+                watched.entry(wd).or_default().extend(names.iter().cloned());
+            }
         }
         Ok(Self {
             events: inotify.into_event_stream([0; 4096])?,
-            names: names(path),
+            names: watched,
         })
+    }
+
+    /// [`start`](Self::start), or `None` having said why not.
+    pub fn logged(files: &[PathBuf]) -> Option<Self> {
+        Self::start(files)
+            .inspect_err(|e| tracing::warn!(error = %e, files = ?files, "cannot watch the config and certificate files; reload with SIGHUP or POST /reload"))
+            .ok()
     }
 
     /// Waits for an event that may have changed what the file reads as.
@@ -57,10 +74,16 @@ impl Watch {
             match event {
                 // An overflow lost events, which may have been ours.
                 Ok(e) if e.mask.contains(EventMask::Q_OVERFLOW) => return,
-                Ok(e) if e.name.as_ref().is_some_and(|n| self.names.contains(n)) => return,
+                Ok(e)
+                    if e.name.as_ref().is_some_and(|n| {
+                        self.names.get(&e.wd).is_some_and(|names| names.contains(n))
+                    }) =>
+                {
+                    return;
+                }
                 Ok(_) => {}
                 Err(e) => {
-                    tracing::warn!(error = %e, "config file watch failed; reload with SIGHUP or POST /reload");
+                    tracing::warn!(error = %e, "file watch failed; reload with SIGHUP or POST /reload");
                     break;
                 }
             }

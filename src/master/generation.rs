@@ -140,3 +140,60 @@ pub fn certificates(plan: &Plan) -> (Vec<&CertifiedPem>, Vec<&Certificates>) {
         .collect();
     (chains, upstreams.map(|t| &t.roots).collect())
 }
+
+/// The certificate, key and CA files `plan` was read from: what the file
+/// watch follows besides the config.
+pub fn tls_files(plan: &Plan) -> Vec<PathBuf> {
+    let upstreams = plan.upstreams.iter().filter_map(|u| u.tls.as_ref());
+    let pairs = plan
+        .listeners
+        .iter()
+        .filter_map(|l| l.tls.as_ref())
+        .flat_map(|t| &t.certificates)
+        .chain(upstreams.clone().filter_map(|t| t.client.as_ref()))
+        .flat_map(|c| [c.cert.clone(), c.key.clone()]);
+    let mut files: Vec<PathBuf> = pairs
+        .chain(upstreams.filter_map(|t| t.ca.clone()))
+        .collect();
+    files.sort();
+    files.dedup();
+    files
+}
+
+/// Whether any certificate, key or CA file of `plan` now reads
+/// differently from what `plan` holds (or cannot be read).
+pub fn tls_files_changed(plan: &Plan) -> bool {
+    let text = |path: &PathBuf| std::fs::read_to_string(path).ok();
+    let pairs = plan
+        .listeners
+        .iter()
+        .filter_map(|l| l.tls.as_ref())
+        .flat_map(|t| &t.certificates)
+        .chain(
+            plan.upstreams
+                .iter()
+                .filter_map(|u| u.tls.as_ref()?.client.as_ref()),
+        );
+    for c in pairs {
+        if text(&c.cert).as_deref() != Some(c.pem.chain.as_str())
+            || text(&c.key).as_deref() != Some(c.pem.key.as_str())
+        {
+            return true;
+        }
+    }
+    plan.upstreams
+        .iter()
+        .filter_map(|u| u.tls.as_ref())
+        .any(|t| {
+            t.ca.as_ref().is_some_and(|ca| {
+                let read = std::fs::read(ca).ok().map(|pem| {
+                    use rustls::pki_types::pem::PemObject as _;
+                    rustls::pki_types::CertificateDer::pem_slice_iter(&pem)
+                        .filter_map(Result::ok)
+                        .map(|c| c.to_vec())
+                        .collect::<Vec<_>>()
+                });
+                read.as_ref() != Some(&t.roots.0)
+            })
+        })
+}

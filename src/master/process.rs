@@ -23,7 +23,7 @@ use tokio_util::sync::CancellationToken;
 use super::admin_backend::AdminBackend;
 use super::discovery::{self, Discovery};
 use super::filewatch;
-use super::generation::{Generation, Summary};
+use super::generation::{self, Generation, Summary};
 use super::health::{self, HealthChecker};
 use super::notify::Notifier;
 use super::relay::Inboxes;
@@ -240,16 +240,16 @@ impl Master {
 
     async fn run(mut self) -> Result<(), RunError> {
         let mut signals = Signals::new()?;
-        let mut watch = match filewatch::Watch::start(&self.path) {
-            Ok(watch) => Some(watch),
-            Err(e) => {
-                tracing::warn!(error = %e, path = %self.path.display(), "cannot watch the config file; reload with SIGHUP or POST /reload");
-                None
-            }
-        };
+        let mut watched = self.watched_files();
+        let mut watch = filewatch::Watch::logged(&watched);
         let mut settle_at: Option<Instant> = None;
         let mut announced = false;
         loop {
+            // A reload may have named other certificate files.
+            if self.watched_files() != watched {
+                watched = self.watched_files();
+                watch = filewatch::Watch::logged(&watched);
+            }
             tokio::select! {
                 () = self.status.all_ready(), if !announced => {
                     announced = true;
@@ -284,7 +284,8 @@ impl Master {
                 }
                 () = sleep_until(settle_at) => {
                     settle_at = None;
-                    if filewatch::changed(&self.path, self.last_text.as_deref()) {
+                    let renewed = generation::tls_files_changed(&self.generation.borrow().plan);
+                    if renewed || filewatch::changed(&self.path, self.last_text.as_deref()) {
                         self.reload(Trigger::File, None);
                     } else {
                         tracing::debug!("config file as last read; nothing to reload");
@@ -474,6 +475,14 @@ impl Master {
         if let Some(reply) = reply {
             let _ = reply.send(result);
         }
+    }
+
+    /// The config file and the certificate files the current generation
+    /// was read from.
+    fn watched_files(&self) -> Vec<PathBuf> {
+        let mut files = vec![self.path.clone()];
+        files.extend(generation::tls_files(&self.generation.borrow().plan));
+        files
     }
 
     /// Serves the current generation with the servers DNS now gives its
