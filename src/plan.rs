@@ -41,6 +41,67 @@ pub struct Plan {
     /// plan, so that every worker issues and recognises the same values.
     /// `None` in a plan only checked (`corral check`).
     pub sticky_key: Option<StickyKey>,
+    /// The keys TLS session tickets are sealed with, first the current
+    /// one; like `sticky_key`, the master's, the same in every worker, and
+    /// `None` in a plan only checked.
+    pub ticket_keys: Option<TicketKeys>,
+}
+
+/// How often the master makes a new session-ticket key (keeping the one
+/// before, so tickets live between one and two rotations).
+pub const TICKET_ROTATION: Duration = Duration::from_secs(12 * 60 * 60);
+
+/// One session-ticket key: an id tickets name it by, and its secret.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TicketKey {
+    id: [u8; 8],
+    secret: [u8; 32],
+}
+
+impl TicketKey {
+    fn generate() -> Result<Self, ring::error::Unspecified> {
+        use ring::rand::SecureRandom as _;
+        let random = ring::rand::SystemRandom::new();
+        let (mut id, mut secret) = ([0; 8], [0; 32]);
+        random.fill(&mut id)?;
+        random.fill(&mut secret)?;
+        Ok(Self { id, secret })
+    }
+
+    pub fn id(&self) -> &[u8] {
+        &self.id
+    }
+
+    pub fn secret(&self) -> &[u8] {
+        &self.secret
+    }
+}
+
+/// The current key first, then the one it replaced.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TicketKeys {
+    pub keys: Vec<TicketKey>,
+}
+
+impl TicketKeys {
+    pub fn generate() -> Result<Self, ring::error::Unspecified> {
+        Ok(Self {
+            keys: vec![TicketKey::generate()?],
+        })
+    }
+
+    /// A new current key, the current one kept to open what it sealed.
+    pub fn rotated(&self) -> Result<Self, ring::error::Unspecified> {
+        let mut keys = vec![TicketKey::generate()?];
+        keys.extend(self.keys.first().cloned());
+        Ok(Self { keys })
+    }
+}
+
+impl std::fmt::Debug for TicketKeys {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "TicketKeys({}, redacted)", self.keys.len())
+    }
 }
 
 /// The secret that signs sticky cookie values (see `upstream::sticky`):
@@ -212,6 +273,9 @@ pub struct TlsConfig {
     /// Certificate chains and keys; SNI picks one by the names in its
     /// certificate, and the first one answers clients that send no SNI.
     pub certificates: Vec<CertificateConfig>,
+    /// Whether clients get session tickets (sealed with the plan's
+    /// `ticket_keys`, so any worker resumes them).
+    pub session_tickets: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -170,7 +170,7 @@ impl Snapshot {
                 let tls = l
                     .tls
                     .as_ref()
-                    .map(tls::server_config)
+                    .map(|t| tls::server_config(t, plan.ticket_keys.as_ref()))
                     .transpose()
                     .map_err(|source| BuildError::Tls {
                         listener: l.name.clone(),

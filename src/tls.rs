@@ -15,9 +15,10 @@ use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use rustls::server::{ClientHello, ResolvesServerCert};
 use rustls::sign::CertifiedKey;
 
-use crate::plan::{CertifiedPem, TlsConfig};
+use crate::plan::{CertifiedPem, TicketKeys, TlsConfig};
 
 pub mod client;
+mod tickets;
 
 #[derive(Debug, thiserror::Error)]
 pub enum TlsError {
@@ -63,8 +64,13 @@ fn chain_and_key(
     Ok((chain, key))
 }
 
-/// The server config for one TLS listener.
-pub fn server_config(tls: &TlsConfig) -> Result<Arc<rustls::ServerConfig>, TlsError> {
+/// The server config for one TLS listener. With session tickets on and
+/// `keys`, tickets are sealed with them; on without keys (a plan only
+/// checked), rustls's own per-process ticketer stands in.
+pub fn server_config(
+    tls: &TlsConfig,
+    keys: Option<&TicketKeys>,
+) -> Result<Arc<rustls::ServerConfig>, TlsError> {
     let mut resolver = SniResolver::default();
     for c in &tls.certificates {
         resolver.add(Arc::new(certified_key(&c.pem)?));
@@ -74,6 +80,15 @@ pub fn server_config(tls: &TlsConfig) -> Result<Arc<rustls::ServerConfig>, TlsEr
         .with_no_client_auth()
         .with_cert_resolver(Arc::new(resolver));
     config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    if tls.session_tickets {
+        if let Some(ticketer) = keys.and_then(tickets::Ticketer::new) {
+            config.ticketer = Arc::new(ticketer);
+        }
+    } else {
+        // No tickets in TLS 1.3 or 1.2; a TLS 1.2 client may still resume
+        // by session id on the worker that made it.
+        config.send_tls13_tickets = 0;
+    }
     Ok(Arc::new(config))
 }
 

@@ -264,11 +264,11 @@ timout = "1s"
         ),
         (
             "ciphers",
-            unknown("ciphers", "listeners.tls", "expected `certificates`"),
+            unknown("ciphers", "listeners.tls", "expected `certificates` or `session_tickets`"),
         ),
         (
             "sessions",
-            unknown("sessions", "listeners.tls", "expected `certificates`"),
+            unknown("sessions", "listeners.tls", "expected `certificates` or `session_tickets`"),
         ),
         ("priority", unknown("priority", "routes", route)),
         ("weighting", unknown("weighting", "routes", route)),

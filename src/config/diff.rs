@@ -201,6 +201,12 @@ fn listener(l: &ListenerConfig) -> Fields {
     vec![
         ("listen", string(l.addr)),
         ("tls.certificates", certificates),
+        (
+            "tls.session_tickets",
+            l.tls
+                .as_ref()
+                .map_or(UNSET.into(), |t| t.session_tickets.to_string()),
+        ),
         ("backlog", l.backlog.to_string()),
         ("header_timeout", duration(l.header_timeout)),
         ("keepalive_timeout", duration(l.keepalive_timeout)),

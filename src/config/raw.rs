@@ -109,6 +109,7 @@ pub enum RawEncodedSlashes {
 #[serde(deny_unknown_fields, expecting = "a table")]
 pub struct RawTls {
     pub certificates: Spanned<Vec<RawCertificate>>,
+    pub session_tickets: Option<bool>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -41,10 +41,10 @@ impl Generation {
         Self::build(self.number + 1, path, text, plan, sockets, &self.upstreams)
     }
 
-    /// This generation with the servers DNS now gives its names (`plan`,
-    /// from [`super::discovery::resolve`]): the same number, file and
-    /// sockets; servers that stay keep their state.
-    pub fn rediscovered(&self, plan: Plan) -> Self {
+    /// This generation on `plan`, which only the master changed (servers
+    /// DNS gave its names, a new session-ticket key): the same number,
+    /// file and sockets; servers that stay keep their state.
+    pub fn republished(&self, plan: Plan) -> Self {
         let mut next = Self::build(
             self.number,
             self.path.clone(),

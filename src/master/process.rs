@@ -37,7 +37,7 @@ use super::upgrade::{self, ENV_UPGRADE, UpgradeError};
 use crate::config::ConfigError;
 use crate::ipc::{self, ServerHealth};
 use crate::metrics::cluster::ClusterMetrics;
-use crate::plan::{Plan, StickyKey};
+use crate::plan::{Plan, StickyKey, TICKET_ROTATION, TicketKeys};
 
 #[derive(Debug, thiserror::Error)]
 pub enum RunError {
@@ -135,6 +135,7 @@ impl Master {
             Some(key) => key,
             None => StickyKey::generate().map_err(|_| no_random_source())?,
         });
+        plan.ticket_keys = Some(TicketKeys::generate().map_err(|_| no_random_source())?);
         // The admin socket first, without SO_REUSEPORT: a second corral on
         // the same config fails here instead of silently sharing the ports.
         let admin = bind_admin(&plan, inherited_admin)?;
@@ -243,6 +244,8 @@ impl Master {
         let mut watched = self.watched_files();
         let mut watch = filewatch::Watch::logged(&watched);
         let mut settle_at: Option<Instant> = None;
+        let mut rotation =
+            tokio::time::interval_at(Instant::now() + TICKET_ROTATION, TICKET_ROTATION);
         let mut announced = false;
         loop {
             // A reload may have named other certificate files.
@@ -272,6 +275,7 @@ impl Master {
                 }
                 Some(request) = self.reloads.recv() => self.reload(Trigger::Admin, Some(request.reply)),
                 Some(()) = self.discovery.changed.recv() => self.rediscover(),
+                _ = rotation.tick() => self.rotate_ticket_keys(),
                 outcome = reload::settled(&self.status, self.pending.front()) => {
                     if let Some(pending) = self.pending.pop_front() {
                         self.conclude(pending, outcome);
@@ -495,7 +499,31 @@ impl Master {
             return;
         }
         discovery::log_changes(&current.plan, &plan);
-        let next = Arc::new(current.rediscovered(plan));
+        self.republish(&current, plan);
+    }
+
+    /// Makes a new session-ticket key, keeping the current one to open the
+    /// tickets it sealed, and gives it to every worker.
+    fn rotate_ticket_keys(&mut self) {
+        let current = self.generation.borrow().clone();
+        let mut plan = Plan::clone(&current.plan);
+        match plan.ticket_keys.as_ref().map(TicketKeys::rotated) {
+            Some(Ok(keys)) => plan.ticket_keys = Some(keys),
+            Some(Err(_)) => {
+                return tracing::error!(
+                    "no random source for a new session-ticket key; the current one stays"
+                );
+            }
+            None => return,
+        }
+        tracing::info!("session-ticket key rotated");
+        self.republish(&current, plan);
+    }
+
+    /// Serves `current` on `plan` (new servers or keys, the same file): the
+    /// same generation, to workers a reload.
+    fn republish(&mut self, current: &Generation, plan: Plan) {
+        let next = Arc::new(current.republished(plan));
         self.generation.send_replace(next.clone());
         self.checker.update(&next.upstreams);
         self.health

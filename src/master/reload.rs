@@ -200,6 +200,7 @@ pub fn prepare(
     super::discovery::resolve(&mut plan, names);
     // The cluster's key, not the file's: clients keep their servers.
     plan.sticky_key.clone_from(&current.plan.sticky_key);
+    plan.ticket_keys.clone_from(&current.plan.ticket_keys);
     let renewed = certificates(&plan) != certificates(&current.plan);
     let token = |p: &Plan| p.admin.as_ref().and_then(|a| a.token.clone());
     let rotated = token(&plan) != token(&current.plan);

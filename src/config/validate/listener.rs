@@ -124,7 +124,9 @@ impl Validator<'_> {
     }
 
     pub fn tls(&mut self, raw: Spanned<RawTls>) -> Option<TlsConfig> {
-        let certs = raw.into_inner().certificates;
+        let raw = raw.into_inner();
+        let session_tickets = raw.session_tickets.unwrap_or(true);
+        let certs = raw.certificates;
         if certs.get_ref().is_empty() {
             // Emptied by parsing, which reported why.
             if !self.dropped.elements.contains(&certs.span()) {
@@ -139,7 +141,10 @@ impl Validator<'_> {
         for c in certs.into_inner() {
             certificates.extend(self.certificate(&c, "listeners.tls"));
         }
-        (!certificates.is_empty()).then_some(TlsConfig { certificates })
+        (!certificates.is_empty()).then_some(TlsConfig {
+            certificates,
+            session_tickets,
+        })
     }
 
     /// Reads a chain and its key, once: the plan carries these bytes, so

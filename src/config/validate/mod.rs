@@ -59,6 +59,7 @@ pub fn validate(
         warnings: Vec::new(),
         // The master's to choose; a file only checked needs none.
         sticky_key: None,
+        ticket_keys: None,
     };
     Some((plan, v.warnings))
 }

@@ -1,0 +1,103 @@
+//! TLS session resumption across workers: the master's session-ticket
+//! keys are every worker's, so a session saved on one connection resumes
+//! on the next whichever worker it lands on (TLS 1.3 and 1.2, with
+//! `openssl s_client -sess_out` / `-sess_in`); with `session_tickets =
+//! false` no ticket is given.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::net::SocketAddr;
+use std::path::Path;
+
+use common::*;
+
+/// A TLS listener `public` (two workers) in front of an echo, on a
+/// self-signed certificate for a.example.com written to `dir`.
+fn config(dir: &Path, app: SocketAddr, tickets: &str) -> String {
+    let cert = rcgen::generate_simple_self_signed(vec!["a.example.com".to_owned()]).unwrap();
+    std::fs::write(dir.join("a.pem"), cert.cert.pem()).unwrap();
+    std::fs::write(dir.join("a.key"), cert.signing_key.serialize_pem()).unwrap();
+    let tls = format!(
+        "listen = \"127.0.0.1:0\"\n[listeners.tls]\ncertificates = [{{ cert = \"{}\", key = \"{}\" }}]\n{tickets}",
+        dir.join("a.pem").display(),
+        dir.join("a.key").display()
+    );
+    let config = cluster_config(&[app], "").replacen("listen = \"127.0.0.1:0\"", &tls, 2);
+    config.replacen(&tls, "listen = \"127.0.0.1:0\"", 1)
+}
+
+/// One `openssl s_client` connection with `args`, a request sent and its
+/// answer read (TLS 1.3 tickets come after the handshake); what it printed.
+async fn s_client(addr: SocketAddr, args: &[&str]) -> String {
+    use tokio::io::AsyncWriteExt;
+    let mut child = tokio::process::Command::new("openssl")
+        .args([
+            "s_client",
+            "-servername",
+            "a.example.com",
+            "-ign_eof",
+            "-connect",
+        ])
+        .arg(addr.to_string())
+        .args(args)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("openssl is not installed (CI installs it in .ci/run)");
+    let mut stdin = child.stdin.take().unwrap();
+    stdin
+        .write_all(b"GET / HTTP/1.1\r\nHost: a.example.com\r\nConnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    drop(stdin);
+    let out = patiently("openssl s_client", child.wait_with_output())
+        .await
+        .unwrap();
+    let printed = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(printed.contains("HTTP/1.1 200 OK"), "{printed}");
+    printed
+}
+
+/// Whether `printed` says the session was resumed.
+fn reused(printed: &str) -> bool {
+    printed.lines().any(|l| l.starts_with("Reused, "))
+}
+
+#[tokio::test]
+async fn a_session_saved_on_one_connection_resumes_on_either_worker() {
+    let app = echo("app").await;
+    let dir = tempfile::tempdir().unwrap();
+    let corral = Corral::start(&config(dir.path(), app.addr, "")).await;
+    let addr = corral.addr("public");
+    for version in ["-tls1_3", "-tls1_2"] {
+        let session = dir.path().join(format!("session{version}"));
+        let session = session.to_str().unwrap();
+        let first = s_client(addr, &[version, "-sess_out", session]).await;
+        assert!(!reused(&first), "{first}");
+        // The kernel spreads connections over both workers by their source
+        // ports: with one worker's keys, about half would start afresh.
+        for _ in 0..12 {
+            let next = s_client(addr, &[version, "-sess_in", session]).await;
+            assert!(reused(&next), "{version}: not resumed:\n{next}");
+        }
+    }
+}
+
+#[tokio::test]
+async fn with_session_tickets_off_a_tls13_session_does_not_resume() {
+    let app = echo("app").await;
+    let dir = tempfile::tempdir().unwrap();
+    let corral = Corral::start(&config(dir.path(), app.addr, "session_tickets = false")).await;
+    let addr = corral.addr("public");
+    let session = dir.path().join("session");
+    let session = session.to_str().unwrap();
+    s_client(addr, &["-tls1_3", "-sess_out", session]).await;
+    // Without a ticket, openssl has no TLS 1.3 session to save at all.
+    assert!(
+        !std::path::Path::new(session).exists(),
+        "a session was saved, so a ticket was given"
+    );
+}
