@@ -264,11 +264,19 @@ timout = "1s"
         ),
         (
             "ciphers",
-            unknown("ciphers", "listeners.tls", "expected `certificates` or `session_tickets`"),
+            unknown(
+                "ciphers",
+                "listeners.tls",
+                "expected `certificates` or `session_tickets`",
+            ),
         ),
         (
             "sessions",
-            unknown("sessions", "listeners.tls", "expected `certificates` or `session_tickets`"),
+            unknown(
+                "sessions",
+                "listeners.tls",
+                "expected `certificates` or `session_tickets`",
+            ),
         ),
         ("priority", unknown("priority", "routes", route)),
         ("weighting", unknown("weighting", "routes", route)),

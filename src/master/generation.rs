@@ -8,7 +8,7 @@ use std::time::SystemTime;
 
 use super::sockets::ListenerSockets;
 use super::steering::PortSocket;
-use crate::plan::{Certificates, CertifiedPem, Plan};
+use crate::plan::{CertificateConfig, Certificates, CertifiedPem, Plan, UpstreamTls};
 use crate::upstream::Upstream;
 
 /// One config generation: the file's text, the plan made from it (what
@@ -125,35 +125,36 @@ impl Summary {
     }
 }
 
+/// Every certificate and key `plan` holds: the listeners', then the
+/// upstreams' client certificates.
+fn pairs(plan: &Plan) -> impl Iterator<Item = &CertificateConfig> {
+    let listeners = plan.listeners.iter().filter_map(|l| l.tls.as_ref());
+    let clients = plan
+        .upstreams
+        .iter()
+        .filter_map(|u| u.tls.as_ref()?.client.as_ref());
+    listeners.flat_map(|t| &t.certificates).chain(clients)
+}
+
+/// The upstreams' TLS settings.
+fn upstream_tls(plan: &Plan) -> impl Iterator<Item = &UpstreamTls> {
+    plan.upstreams.iter().filter_map(|u| u.tls.as_ref())
+}
+
 /// The certificate chains, keys and CA certificates `plan` holds, in
 /// order: what a reload compares to see whether files renewed under an
 /// unchanged text call for a new generation.
 pub fn certificates(plan: &Plan) -> (Vec<&CertifiedPem>, Vec<&Certificates>) {
-    let upstreams = plan.upstreams.iter().filter_map(|u| u.tls.as_ref());
-    let chains = plan
-        .listeners
-        .iter()
-        .filter_map(|l| l.tls.as_ref())
-        .flat_map(|t| &t.certificates)
-        .chain(upstreams.clone().filter_map(|t| t.client.as_ref()))
-        .map(|c| &c.pem)
-        .collect();
-    (chains, upstreams.map(|t| &t.roots).collect())
+    let chains = pairs(plan).map(|c| &c.pem).collect();
+    (chains, upstream_tls(plan).map(|t| &t.roots).collect())
 }
 
 /// The certificate, key and CA files `plan` was read from: what the file
 /// watch follows besides the config.
 pub fn tls_files(plan: &Plan) -> Vec<PathBuf> {
-    let upstreams = plan.upstreams.iter().filter_map(|u| u.tls.as_ref());
-    let pairs = plan
-        .listeners
-        .iter()
-        .filter_map(|l| l.tls.as_ref())
-        .flat_map(|t| &t.certificates)
-        .chain(upstreams.clone().filter_map(|t| t.client.as_ref()))
-        .flat_map(|c| [c.cert.clone(), c.key.clone()]);
-    let mut files: Vec<PathBuf> = pairs
-        .chain(upstreams.filter_map(|t| t.ca.clone()))
+    let mut files: Vec<PathBuf> = pairs(plan)
+        .flat_map(|c| [c.cert.clone(), c.key.clone()])
+        .chain(upstream_tls(plan).filter_map(|t| t.ca.clone()))
         .collect();
     files.sort();
     files.dedup();
@@ -164,36 +165,22 @@ pub fn tls_files(plan: &Plan) -> Vec<PathBuf> {
 /// differently from what `plan` holds (or cannot be read).
 pub fn tls_files_changed(plan: &Plan) -> bool {
     let text = |path: &PathBuf| std::fs::read_to_string(path).ok();
-    let pairs = plan
-        .listeners
-        .iter()
-        .filter_map(|l| l.tls.as_ref())
-        .flat_map(|t| &t.certificates)
-        .chain(
-            plan.upstreams
-                .iter()
-                .filter_map(|u| u.tls.as_ref()?.client.as_ref()),
-        );
-    for c in pairs {
-        if text(&c.cert).as_deref() != Some(c.pem.chain.as_str())
+    let pair_changed = |c: &CertificateConfig| {
+        text(&c.cert).as_deref() != Some(c.pem.chain.as_str())
             || text(&c.key).as_deref() != Some(c.pem.key.as_str())
-        {
-            return true;
-        }
-    }
-    plan.upstreams
-        .iter()
-        .filter_map(|u| u.tls.as_ref())
-        .any(|t| {
-            t.ca.as_ref().is_some_and(|ca| {
-                let read = std::fs::read(ca).ok().map(|pem| {
-                    use rustls::pki_types::pem::PemObject as _;
-                    rustls::pki_types::CertificateDer::pem_slice_iter(&pem)
-                        .filter_map(Result::ok)
-                        .map(|c| c.to_vec())
-                        .collect::<Vec<_>>()
-                });
-                read.as_ref() != Some(&t.roots.0)
-            })
+    };
+    let bundle = |path: &PathBuf| {
+        use rustls::pki_types::pem::PemObject as _;
+        let pem = std::fs::read(path).ok()?;
+        let certs = rustls::pki_types::CertificateDer::pem_slice_iter(&pem)
+            .filter_map(Result::ok)
+            .map(|c| c.to_vec())
+            .collect::<Vec<_>>();
+        Some(certs)
+    };
+    pairs(plan).any(pair_changed)
+        || upstream_tls(plan).any(|t| {
+            t.ca.as_ref()
+                .is_some_and(|ca| bundle(ca).as_ref() != Some(&t.roots.0))
         })
 }
