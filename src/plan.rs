@@ -276,6 +276,15 @@ pub struct TlsConfig {
     /// Whether clients get session tickets (sealed with the plan's
     /// `ticket_keys`, so any worker resumes them).
     pub session_tickets: bool,
+    /// The oldest protocol version a client may speak.
+    pub min_version: TlsVersion,
+}
+
+/// A TLS protocol version corral speaks (rustls has none older).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+pub enum TlsVersion {
+    Tls12,
+    Tls13,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -15,7 +15,7 @@ use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use rustls::server::{ClientHello, ResolvesServerCert};
 use rustls::sign::CertifiedKey;
 
-use crate::plan::{CertifiedPem, TicketKeys, TlsConfig};
+use crate::plan::{CertifiedPem, TicketKeys, TlsConfig, TlsVersion};
 
 pub mod client;
 mod tickets;
@@ -76,7 +76,7 @@ pub fn server_config(
         resolver.add(Arc::new(certified_key(&c.pem)?));
     }
     let mut config = rustls::ServerConfig::builder_with_provider(provider())
-        .with_safe_default_protocol_versions()?
+        .with_protocol_versions(versions(tls.min_version))?
         .with_no_client_auth()
         .with_cert_resolver(Arc::new(resolver));
     config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
@@ -90,6 +90,16 @@ pub fn server_config(
         config.send_tls13_tickets = 0;
     }
     Ok(Arc::new(config))
+}
+
+/// The versions a listener speaks, from `min` up; rustls's cipher suites
+/// for each are its safe defaults, and nothing older than TLS 1.2 exists.
+fn versions(min: TlsVersion) -> &'static [&'static rustls::SupportedProtocolVersion] {
+    static TLS13_ONLY: [&rustls::SupportedProtocolVersion; 1] = [&rustls::version::TLS13];
+    match min {
+        TlsVersion::Tls12 => rustls::DEFAULT_VERSIONS,
+        TlsVersion::Tls13 => &TLS13_ONLY,
+    }
 }
 
 #[derive(Debug, Default)]

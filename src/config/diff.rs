@@ -202,6 +202,15 @@ fn listener(l: &ListenerConfig) -> Fields {
         ("listen", string(l.addr)),
         ("tls.certificates", certificates),
         (
+            "tls.min_version",
+            l.tls.as_ref().map_or(UNSET.into(), |t| {
+                string(match t.min_version {
+                    crate::plan::TlsVersion::Tls12 => "1.2",
+                    crate::plan::TlsVersion::Tls13 => "1.3",
+                })
+            }),
+        ),
+        (
             "tls.session_tickets",
             l.tls
                 .as_ref()

@@ -198,6 +198,32 @@ upstream = "api"
     }
 
     #[test]
+    fn a_tls_listener_speaks_1_2_and_up_unless_it_says_1_3() {
+        use crate::plan::TlsVersion;
+        let dir = tempfile::tempdir().expect("dir");
+        let cert = rcgen::generate_simple_self_signed(vec!["a.test".to_owned()]).expect("cert");
+        std::fs::write(dir.path().join("a.pem"), cert.cert.pem()).expect("write");
+        std::fs::write(dir.path().join("a.key"), cert.signing_key.serialize_pem()).expect("write");
+        let path = dir.path().join("corral.toml");
+        let tls = |line: &str| {
+            format!(
+                "[[listeners]]\nname = \"tls\"\nlisten = \"127.0.0.1:8443\"\n[listeners.tls]\ncertificates = [{{ cert = \"a.pem\", key = \"a.key\" }}]\n{line}\n"
+            )
+        };
+        let version = |line: &str| {
+            let plan = load_at(&path, &tls(line)).expect("valid");
+            plan.listeners[1].tls.as_ref().expect("tls").min_version
+        };
+        assert_eq!(version(""), TlsVersion::Tls12);
+        assert_eq!(version("min_version = \"1.3\""), TlsVersion::Tls13);
+        let errors = load_at(&path, &tls("min_version = \"1.1\"")).expect_err("invalid");
+        assert!(
+            errors.iter().any(|e| e.contains("listeners.tls.min_version: `1.1` is not a TLS version corral speaks, expected \"1.2\" or \"1.3\"")),
+            "{errors:?}"
+        );
+    }
+
+    #[test]
     fn an_eject_table_has_defaults_and_checked_values() {
         let eject = accepted("[upstreams.eject]\n").upstreams[0]
             .eject

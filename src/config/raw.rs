@@ -110,6 +110,7 @@ pub enum RawEncodedSlashes {
 pub struct RawTls {
     pub certificates: Spanned<Vec<RawCertificate>>,
     pub session_tickets: Option<bool>,
+    pub min_version: Option<Text>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -126,6 +126,14 @@ impl Validator<'_> {
     pub fn tls(&mut self, raw: Spanned<RawTls>) -> Option<TlsConfig> {
         let raw = raw.into_inner();
         let session_tickets = raw.session_tickets.unwrap_or(true);
+        let min_version = match raw.min_version.as_ref().map(|v| (v, v.get_ref().as_str())) {
+            None | Some((_, "1.2")) => TlsVersion::Tls12,
+            Some((_, "1.3")) => TlsVersion::Tls13,
+            Some((v, other)) => {
+                self.problem(v.span(), format!("listeners.tls.min_version: `{other}` is not a TLS version corral speaks, expected \"1.2\" or \"1.3\""));
+                TlsVersion::Tls12
+            }
+        };
         let certs = raw.certificates;
         if certs.get_ref().is_empty() {
             // Emptied by parsing, which reported why.
@@ -144,6 +152,7 @@ impl Validator<'_> {
         (!certificates.is_empty()).then_some(TlsConfig {
             certificates,
             session_tickets,
+            min_version,
         })
     }
 

@@ -1,8 +1,8 @@
-//! TLS session resumption across workers: the master's session-ticket
-//! keys are every worker's, so a session saved on one connection resumes
-//! on the next whichever worker it lands on (TLS 1.3 and 1.2, with
-//! `openssl s_client -sess_out` / `-sess_in`); with `session_tickets =
-//! false` no ticket is given.
+//! TLS sessions on listeners, through `openssl s_client`: resumption
+//! across workers (the master's session-ticket keys are every worker's,
+//! so a session saved on one connection resumes on the next whichever
+//! worker it lands on, TLS 1.3 and 1.2); `session_tickets = false`; and
+//! the versions a listener speaks (`min_version`, never below TLS 1.2).
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
@@ -28,8 +28,16 @@ fn config(dir: &Path, app: SocketAddr, tickets: &str) -> String {
 }
 
 /// One `openssl s_client` connection with `args`, a request sent and its
-/// answer read (TLS 1.3 tickets come after the handshake); what it printed.
+/// answer read (TLS 1.3 tickets come after the handshake), which must be a
+/// 200; what it printed.
 async fn s_client(addr: SocketAddr, args: &[&str]) -> String {
+    let printed = attempt(addr, args).await;
+    assert!(printed.contains("HTTP/1.1 200 OK"), "{printed}");
+    printed
+}
+
+/// [`s_client`], whatever came of it.
+async fn attempt(addr: SocketAddr, args: &[&str]) -> String {
     use tokio::io::AsyncWriteExt;
     let mut child = tokio::process::Command::new("openssl")
         .args([
@@ -56,9 +64,7 @@ async fn s_client(addr: SocketAddr, args: &[&str]) -> String {
     let out = patiently("openssl s_client", child.wait_with_output())
         .await
         .unwrap();
-    let printed = String::from_utf8_lossy(&out.stdout).into_owned();
-    assert!(printed.contains("HTTP/1.1 200 OK"), "{printed}");
-    printed
+    String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
 /// Whether `printed` says the session was resumed.
@@ -100,4 +106,28 @@ async fn with_session_tickets_off_a_tls13_session_does_not_resume() {
         !std::path::Path::new(session).exists(),
         "a session was saved, so a ticket was given"
     );
+}
+
+#[tokio::test]
+async fn a_listener_speaks_tls_1_2_and_up_or_only_1_3() {
+    let app = echo("app").await;
+    let dir = tempfile::tempdir().unwrap();
+    let corral = Corral::start(&config(dir.path(), app.addr, "")).await;
+    let addr = corral.addr("public");
+    for version in ["-tls1_2", "-tls1_3"] {
+        s_client(addr, &[version]).await;
+    }
+    // Older versions are not spoken at all (openssl may refuse to offer
+    // them itself: either way no session comes of it).
+    for version in ["-tls1", "-tls1_1"] {
+        let printed = attempt(addr, &[version]).await;
+        assert!(!printed.contains("HTTP/1.1 200 OK"), "{version}: {printed}");
+    }
+
+    let dir = tempfile::tempdir().unwrap();
+    let strict = Corral::start(&config(dir.path(), app.addr, "min_version = \"1.3\"")).await;
+    let addr = strict.addr("public");
+    s_client(addr, &["-tls1_3"]).await;
+    let printed = attempt(addr, &["-tls1_2"]).await;
+    assert!(!printed.contains("HTTP/1.1 200 OK"), "{printed}");
 }
