@@ -236,6 +236,9 @@ pub struct ListenerConfig {
     /// Open connections a worker serves on this listener at once; at the
     /// limit it stops accepting until one closes. `None`: no limit.
     pub max_connections: Option<NonZeroUsize>,
+    /// A plain listener that answers every request with a 308 to HTTPS on
+    /// this port, path and query kept.
+    pub redirect_https: Option<u16>,
 }
 
 /// What a listener does with a request header whose name holds `_`, which

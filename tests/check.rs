@@ -209,7 +209,7 @@ fn certificate_files() -> (tempfile::TempDir, String, String) {
     (dir, cert, key)
 }
 
-const LISTENER_KEYS: &str = "expected one of `name`, `listen`, `tls`, `backlog`, `header_timeout`, `keepalive_timeout`, `body_timeout`, `max_request_body`, `max_header_bytes`, `path_encoded_slashes`, `underscores_in_headers`, `trusted_proxies`, `proxy_protocol`, `max_connections`";
+const LISTENER_KEYS: &str = "expected one of `name`, `listen`, `tls`, `backlog`, `header_timeout`, `keepalive_timeout`, `body_timeout`, `max_request_body`, `max_header_bytes`, `path_encoded_slashes`, `underscores_in_headers`, `trusted_proxies`, `proxy_protocol`, `max_connections`, `redirect_https`, `redirect_https_port`";
 const HEALTH_CHECK_KEYS: &str = "expected one of `path`, `interval`, `timeout`, `healthy_threshold`, `unhealthy_threshold`, `statuses`, `host`, `body_contains`";
 
 #[test]

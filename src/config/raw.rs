@@ -81,6 +81,8 @@ pub struct RawListener {
     pub trusted_proxies: Option<Spanned<Vec<Text>>>,
     pub proxy_protocol: Option<RawProxyProtocol>,
     pub max_connections: Option<Int>,
+    pub redirect_https: Option<Spanned<bool>>,
+    pub redirect_https_port: Option<Int>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]

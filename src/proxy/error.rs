@@ -37,6 +37,8 @@ pub enum ProxyError {
     UnderscoredHeader,
     #[error("no route matches the request")]
     NoRoute,
+    #[error("no host to redirect to HTTPS")]
+    NoRedirectHost,
     #[error("request body of {length} bytes exceeds the limit of {limit}")]
     BodyTooLarge { length: u64, limit: u64 },
     #[error("request body failed: {0}")]
@@ -102,6 +104,7 @@ impl ProxyError {
                 client(S::BAD_REQUEST, "encoded slash in path")
             }
             Self::BadPath(PathError::BadEscape) => client(S::BAD_REQUEST, "malformed path"),
+            Self::NoRedirectHost => client(S::BAD_REQUEST, "no host to redirect to"),
             Self::NoRoute => (
                 StatusCode::NOT_FOUND,
                 Fault::Config,

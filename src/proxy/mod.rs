@@ -11,6 +11,7 @@ mod error;
 mod exchange;
 pub mod headers;
 pub mod path;
+mod redirect;
 mod target;
 pub mod then;
 mod upgrade;
@@ -101,6 +102,19 @@ pub fn handle(
         .as_ref()
         .map(|l| Box::new(l.entry(&request, client.addr.ip())));
     let host = check(&mut request, client.listener.config.path_encoded_slashes);
+    if let Some(port) = client.listener.config.redirect_https {
+        let answer = Answer {
+            series: snapshot.unrouted.clone(),
+            client,
+            started,
+            log,
+        };
+        let redirect = host.and_then(|host| {
+            host.and_then(|h| redirect::to_https(&h, request.uri(), port))
+                .ok_or(ProxyError::NoRedirectHost)
+        });
+        return Either::Right(std::future::ready(answer.finish(redirect)));
+    }
     let route = host
         .as_ref()
         .ok()

@@ -45,6 +45,7 @@ impl Validator<'_> {
                     format!("listeners.listen: {addr} is already used by listener `{other}`"),
                 );
             }
+            let redirect_https = self.redirect_https(&l);
             let tls = l.tls.map(|t| self.tls(t));
             let backlog = l
                 .backlog
@@ -118,9 +119,37 @@ impl Validator<'_> {
                 trusted_proxies,
                 proxy_protocol,
                 max_connections,
+                redirect_https,
             });
         }
         out
+    }
+
+    /// `redirect_https` (and its port) on a plain listener.
+    fn redirect_https(&mut self, l: &RawListener) -> Option<u16> {
+        let port = l
+            .redirect_https_port
+            .as_ref()
+            .and_then(|p| self.int_in(p, 1, 65535, "listeners.redirect_https_port"))
+            .and_then(|p| u16::try_from(p).ok());
+        let on = l.redirect_https.as_ref().filter(|on| *on.get_ref());
+        let Some(on) = on else {
+            if let Some(p) = &l.redirect_https_port {
+                self.problem(
+                    p.span(),
+                    "listeners.redirect_https_port: only used with redirect_https = true",
+                );
+            }
+            return None;
+        };
+        if l.tls.is_some() {
+            self.problem(
+                on.span(),
+                "listeners.redirect_https: this listener speaks TLS already; set it on a plain one",
+            );
+            return None;
+        }
+        Some(port.unwrap_or(443))
     }
 
     pub fn tls(&mut self, raw: Spanned<RawTls>) -> Option<TlsConfig> {
