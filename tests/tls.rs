@@ -201,23 +201,7 @@ fn write_cert(dir: &std::path::Path, file: &str, names: &[&str]) -> CertificateD
 /// `openssl s_client -noservername`: sends `request` without SNI and
 /// returns everything it printed (the served certificate, then the reply).
 async fn openssl_without_sni(addr: SocketAddr, request: &str) -> String {
-    use tokio::io::AsyncWriteExt;
-    let mut child = tokio::process::Command::new("openssl")
-        .args(["s_client", "-noservername", "-ign_eof", "-connect"])
-        .arg(addr.to_string())
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::null())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("openssl is not installed (CI installs it in .ci/run)");
-    let mut stdin = child.stdin.take().unwrap();
-    stdin.write_all(request.as_bytes()).await.unwrap();
-    drop(stdin);
-    let out = patiently("openssl s_client", child.wait_with_output())
-        .await
-        .unwrap();
-    String::from_utf8_lossy(&out.stdout).into_owned()
+    s_client(addr, &["-noservername"], request.as_bytes()).await
 }
 
 #[tokio::test]

@@ -38,33 +38,10 @@ async fn s_client(addr: SocketAddr, args: &[&str]) -> String {
 
 /// [`s_client`], whatever came of it.
 async fn attempt(addr: SocketAddr, args: &[&str]) -> String {
-    use tokio::io::AsyncWriteExt;
-    let mut child = tokio::process::Command::new("openssl")
-        .args([
-            "s_client",
-            "-servername",
-            "a.example.com",
-            "-ign_eof",
-            "-connect",
-        ])
-        .arg(addr.to_string())
-        .args(args)
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::null())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("openssl is not installed (CI installs it in .ci/run)");
-    let mut stdin = child.stdin.take().unwrap();
-    stdin
-        .write_all(b"GET / HTTP/1.1\r\nHost: a.example.com\r\nConnection: close\r\n\r\n")
-        .await
-        .unwrap();
-    drop(stdin);
-    let out = patiently("openssl s_client", child.wait_with_output())
-        .await
-        .unwrap();
-    String::from_utf8_lossy(&out.stdout).into_owned()
+    let mut all = vec!["-servername", "a.example.com"];
+    all.extend_from_slice(args);
+    let request = b"GET / HTTP/1.1\r\nHost: a.example.com\r\nConnection: close\r\n\r\n";
+    common::s_client(addr, &all, request).await
 }
 
 /// Whether `printed` says the session was resumed.

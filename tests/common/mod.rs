@@ -14,6 +14,7 @@ mod files;
 mod in_process;
 mod metrics;
 mod notices;
+mod openssl;
 mod patience;
 mod pki;
 mod raw_requests;
@@ -27,6 +28,6 @@ mod upstreams;
 #[allow(unused_imports)]
 pub use self::{
     admin::*, cli::*, clients::*, configs::*, corral_fixture::*, dns::*, files::*, in_process::*,
-    metrics::*, notices::*, patience::*, pki::*, raw_requests::*, recording::*, scripted::*,
-    sockets::*, upstreams::*,
+    metrics::*, notices::*, openssl::*, patience::*, pki::*, raw_requests::*, recording::*,
+    scripted::*, sockets::*, upstreams::*,
 };
