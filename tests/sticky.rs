@@ -18,7 +18,7 @@ use corral::config::{ConfigError, from_str};
 use http::{Request, Response};
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
-use rustls::pki_types::{CertificateDer, ServerName};
+use rustls::pki_types::CertificateDer;
 
 /// A server named `name` (in `x-backend`) that sets a cookie of its own,
 /// and answers its health checks and requests with 200 while `up` holds,
@@ -226,18 +226,7 @@ async fn the_cookie_is_httponly_samesite_lax_for_every_path_with_its_max_age_and
 
 /// One GET of `/` over TLS (HTTP/1.1) to `a.example.com`.
 async fn get_over_tls(addr: SocketAddr, roots: &rustls::RootCertStore) -> Reply {
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let config = rustls::ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .with_root_certificates(roots.clone())
-        .with_no_client_auth();
-    let stream = tokio::net::TcpStream::connect(addr).await.unwrap();
-    let name = ServerName::try_from("a.example.com").unwrap();
-    let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
-    let stream = patiently("a TLS handshake", connector.connect(name, stream))
-        .await
-        .unwrap();
+    let stream = tls_connect(addr, roots, "a.example.com", &[b"http/1.1"]).await;
     let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
         .await
         .unwrap();

@@ -41,30 +41,6 @@ fn make_certs() -> Certs {
     Certs { roots, dir }
 }
 
-async fn connect(
-    addr: SocketAddr,
-    roots: &rustls::RootCertStore,
-    sni: &str,
-    alpn: &[&[u8]],
-) -> tokio_rustls::client::TlsStream<tokio::net::TcpStream> {
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let mut config = rustls::ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .with_root_certificates(roots.clone())
-        .with_no_client_auth();
-    config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
-    let stream = tokio::net::TcpStream::connect(addr).await.unwrap();
-    let name = ServerName::try_from(sni.to_owned()).unwrap();
-    // The handshake verifies the served certificate against `sni`.
-    patiently(
-        "a TLS handshake",
-        tokio_rustls::TlsConnector::from(Arc::new(config)).connect(name, stream),
-    )
-    .await
-    .unwrap()
-}
-
 #[tokio::test]
 async fn sni_picks_the_certificate_and_alpn_the_protocol() {
     let app = echo("app").await;
@@ -79,7 +55,7 @@ async fn sni_picks_the_certificate_and_alpn_the_protocol() {
     let corral = Corral::start(&config).await;
     let addr = corral.addr("public");
 
-    let tls = connect(addr, &certs.roots, "a.example.com", &[b"h2", b"http/1.1"]).await;
+    let tls = tls_connect(addr, &certs.roots, "a.example.com", &[b"h2", b"http/1.1"]).await;
     assert_eq!(tls.get_ref().1.alpn_protocol(), Some(&b"h2"[..]));
     let (mut h2, conn) =
         hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tls))
@@ -98,7 +74,7 @@ async fn sni_picks_the_certificate_and_alpn_the_protocol() {
     assert_eq!(reply.version, http::Version::HTTP_2);
     assert_eq!(reply.json()["headers"]["x-forwarded-proto"], "https");
 
-    let tls = connect(addr, &certs.roots, "shop.example.org", &[b"http/1.1"]).await;
+    let tls = tls_connect(addr, &certs.roots, "shop.example.org", &[b"http/1.1"]).await;
     let (mut h1, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls))
         .await
         .unwrap();
@@ -235,7 +211,7 @@ async fn the_first_certificate_answers_clients_without_sni() {
     for (listener, first) in [("public", &a), ("reversed", &b)] {
         let addr = corral.addr(listener);
         // rustls sends no SNI when the server is named by its address.
-        let tls = connect(addr, &roots, "127.0.0.1", &[b"http/1.1"]).await;
+        let tls = tls_connect(addr, &roots, "127.0.0.1", &[b"http/1.1"]).await;
         let served = tls.get_ref().1.peer_certificates().unwrap()[0].clone();
         assert!(served == *first, "{listener}: not its first certificate");
         let (mut h1, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls))
@@ -281,7 +257,7 @@ async fn the_first_certificate_answers_clients_without_sni() {
 async fn served_leaves(addr: SocketAddr, roots: &rustls::RootCertStore, n: usize) -> Vec<Vec<u8>> {
     let mut leaves = Vec::new();
     for _ in 0..n {
-        let tls = connect(addr, roots, "a.example.com", &[b"http/1.1"]).await;
+        let tls = tls_connect(addr, roots, "a.example.com", &[b"http/1.1"]).await;
         let chain = tls.get_ref().1.peer_certificates().unwrap();
         leaves.push(chain[0].to_vec());
     }

@@ -143,3 +143,29 @@ pub async fn https_upstream(
     });
     (Upstream { addr, stop }, seen)
 }
+
+/// A TLS connection to `addr`, verified against `roots` for `sni`,
+/// offering `alpn`.
+pub async fn tls_connect(
+    addr: std::net::SocketAddr,
+    roots: &rustls::RootCertStore,
+    sni: &str,
+    alpn: &[&[u8]],
+) -> tokio_rustls::client::TlsStream<tokio::net::TcpStream> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots.clone())
+        .with_no_client_auth();
+    config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+    let stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let name = rustls::pki_types::ServerName::try_from(sni.to_owned()).unwrap();
+    // The handshake verifies the served certificate against `sni`.
+    super::patience::patiently(
+        "a TLS handshake",
+        tokio_rustls::TlsConnector::from(Arc::new(config)).connect(name, stream),
+    )
+    .await
+    .unwrap()
+}
