@@ -84,6 +84,51 @@ pub struct ListenerSnapshot {
     pub accept_pauses: Counter,
     /// Connections shed to keep request heads within the worker's budget.
     pub connections_shed: Counter,
+    /// TLS handshakes by outcome (TLS listeners only).
+    pub handshakes: Option<Handshakes>,
+}
+
+/// A TLS listener's handshake counters, made at zero so that every series
+/// is there before the first handshake.
+#[derive(Debug)]
+pub struct Handshakes {
+    /// By version (1.2, 1.3), then whether resumed.
+    success: [[Counter; 2]; 2],
+    failure: Counter,
+    timeout: Counter,
+}
+
+/// How a TLS handshake ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Handshake {
+    Done { tls13: bool, resumed: bool },
+    Failed,
+    TimedOut,
+}
+
+impl Handshakes {
+    fn new(recorder: &Arc<Recorder>, listener: &str) -> Self {
+        let count = |result, version, resumed| {
+            recorder.counter(Family::TlsHandshakes, &[listener, result, version, resumed])
+        };
+        let success =
+            ["TLSv1.2", "TLSv1.3"].map(|v| ["false", "true"].map(|r| count("success", v, r)));
+        Self {
+            success,
+            failure: count("failure", "", "false"),
+            timeout: count("timeout", "", "false"),
+        }
+    }
+
+    pub fn count(&self, handshake: Handshake) {
+        match handshake {
+            Handshake::Done { tls13, resumed } => {
+                self.success[usize::from(tls13)][usize::from(resumed)].add(1);
+            }
+            Handshake::Failed => self.failure.add(1),
+            Handshake::TimedOut => self.timeout.add(1),
+        }
+    }
 }
 
 /// Creates every known upstream series, at zero, so that dashboards and
@@ -184,6 +229,7 @@ impl Snapshot {
                         .gauge(Family::ConnectionsActive, &[&l.name, recorder.worker()]),
                     accept_pauses: recorder.counter(Family::AcceptPauses, &[&l.name]),
                     connections_shed: recorder.counter(Family::ConnectionsShed, &[&l.name]),
+                    handshakes: l.tls.is_some().then(|| Handshakes::new(recorder, &l.name)),
                 }))
             })
             .collect::<Result<_, BuildError>>()?;

@@ -67,6 +67,21 @@ async fn a_session_saved_on_one_connection_resumes_on_either_worker() {
             assert!(reused(&next), "{version}: not resumed:\n{next}");
         }
     }
+    // Counted by version and resumption, every worker's together.
+    let metrics = scrape_metrics(&corral).await;
+    let handshakes = |version, resumed| {
+        let labels = [
+            ("listener", "public"),
+            ("result", "success"),
+            ("version", version),
+            ("resumed", resumed),
+        ];
+        metric_sum(&metrics, "corral_tls_handshakes_total", &labels)
+    };
+    assert_eq!(handshakes("TLSv1.3", "false"), 1.0);
+    assert_eq!(handshakes("TLSv1.3", "true"), 12.0);
+    assert_eq!(handshakes("TLSv1.2", "false"), 1.0);
+    assert_eq!(handshakes("TLSv1.2", "true"), 12.0);
 }
 
 #[tokio::test]
@@ -100,6 +115,24 @@ async fn a_listener_speaks_tls_1_2_and_up_or_only_1_3() {
         let printed = attempt(addr, &[version]).await;
         assert!(!printed.contains("HTTP/1.1 200 OK"), "{version}: {printed}");
     }
+    // A client with nothing in common is a failed handshake, counted (a
+    // client that offers nothing at all never reaches the server).
+    let garbage = common::s_client(
+        addr,
+        &[
+            "-tls1_2",
+            "-cipher",
+            "NULL-SHA256",
+            "-servername",
+            "a.example.com",
+        ],
+        b"",
+    )
+    .await;
+    assert!(!garbage.contains("HTTP/1.1"), "{garbage}");
+    let metrics = scrape_metrics(&corral).await;
+    let failed = [("listener", "public"), ("result", "failure")];
+    assert!(metric_sum(&metrics, "corral_tls_handshakes_total", &failed) >= 1.0);
 
     let dir = tempfile::tempdir().unwrap();
     let strict = Corral::start(&config(dir.path(), app.addr, "min_version = \"1.3\"")).await;

@@ -40,10 +40,11 @@ pub enum Family {
     RetryBudgetExhausted,
     UpstreamQueued,
     UpstreamEjections,
+    TlsHandshakes,
 }
 
 impl Family {
-    pub const ALL: [Family; 15] = [
+    pub const ALL: [Family; 16] = [
         Family::Requests,
         Family::RequestDuration,
         Family::RequestBytes,
@@ -59,6 +60,7 @@ impl Family {
         Family::RetryBudgetExhausted,
         Family::UpstreamQueued,
         Family::UpstreamEjections,
+        Family::TlsHandshakes,
     ];
 
     pub fn id(self) -> u64 {
@@ -86,6 +88,7 @@ impl Family {
             Self::RetryBudgetExhausted => "corral_upstream_retry_budget_exhausted_total",
             Self::UpstreamQueued => "corral_upstream_queued_total",
             Self::UpstreamEjections => "corral_upstream_ejections_total",
+            Self::TlsHandshakes => "corral_tls_handshakes_total",
         }
     }
 
@@ -121,6 +124,9 @@ impl Family {
             Self::UpstreamQueued => {
                 "Requests that waited for a server below max_in_flight, by outcome: served, timeout."
             }
+            Self::TlsHandshakes => {
+                "TLS handshakes on listeners, by result (success, failure, timeout), protocol version and whether the session was resumed."
+            }
             Self::UpstreamEjections => {
                 "Servers a worker took out of its picks after failures in a row, by the failure that completed the streak."
             }
@@ -152,6 +158,7 @@ impl Family {
             Self::RetryBudgetExhausted => &["upstream"],
             Self::UpstreamQueued => &["upstream", "outcome"],
             Self::UpstreamEjections => &["upstream", "server", "reason"],
+            Self::TlsHandshakes => &["listener", "result", "version", "resumed"],
         }
     }
 }

@@ -25,7 +25,7 @@ use super::service::Conn;
 use super::socket::{Prefixed, Watched};
 use super::timeouts::Activity;
 use crate::proxy::Client;
-use crate::snapshot::{ListenerSnapshot, SharedSnapshot};
+use crate::snapshot::{Handshake, ListenerSnapshot, SharedSnapshot};
 
 /// Serves one accepted connection until it closes; it counts against its
 /// listener's `max_connections` (`_opened`) until then.
@@ -137,13 +137,27 @@ async fn serve_tls(
     deadline: Instant,
 ) {
     let accept = tokio_rustls::TlsAcceptor::from(tls).accept(stream);
+    let count = |handshake| {
+        if let Some(h) = &conn.listener.handshakes {
+            h.count(handshake);
+        }
+    };
     let stream = match tokio::time::timeout_at(deadline, accept).await {
         Ok(Ok(stream)) => stream,
         Ok(Err(e)) => {
+            count(Handshake::Failed);
             return tracing::debug!(client = %conn.peer(), error = %e, "TLS handshake failed");
         }
-        Err(_) => return tracing::debug!(client = %conn.peer(), "TLS handshake timed out"),
+        Err(_) => {
+            count(Handshake::TimedOut);
+            return tracing::debug!(client = %conn.peer(), "TLS handshake timed out");
+        }
     };
+    let session = stream.get_ref().1;
+    count(Handshake::Done {
+        tls13: session.protocol_version() == Some(rustls::ProtocolVersion::TLSv1_3),
+        resumed: session.handshake_kind() == Some(rustls::HandshakeKind::Resumed),
+    });
     let h2 = stream.get_ref().1.alpn_protocol() == Some(b"h2");
     let io = Prefixed::new(Bytes::new(), stream, conn.activity.clone());
     if h2 {
