@@ -210,21 +210,25 @@ async fn lookup(
     }
 }
 
+/// A resolver, and the `[resolver]` it was built for.
+type Built = (Option<ResolverConfig>, TokioResolver);
+
 /// Looks up every name of `plan` once, within the resolver's timeout: the
-/// first generation then starts with the servers DNS has.
-async fn prime(plan: &Plan, names: &Names, metrics: &ClusterMetrics) {
+/// first generation then starts with the servers DNS has. The resolver,
+/// when there was anything to look up, for the lookups that follow.
+async fn prime(plan: &Plan, names: &Names, metrics: &ClusterMetrics) -> Option<Built> {
     let wanted = wanted(plan);
     if wanted.is_empty() {
-        return;
+        return None;
     }
-    let resolver = match resolver(plan.resolver.as_ref()) {
-        Ok(r) => r,
-        Err(e) => return tracing::error!(error = %e, "cannot resolve upstream server names"),
-    };
+    let resolver = resolver(plan.resolver.as_ref())
+        .inspect_err(|e| tracing::error!(error = %e, "cannot resolve upstream server names"))
+        .ok()?;
     let lookups = wanted
         .keys()
         .map(|name| look(&resolver, name, names, metrics));
     futures_util::future::join_all(lookups).await;
+    Some((plan.resolver.clone(), resolver))
 }
 
 /// One lookup, recorded, logged and counted; when it is due again, and
@@ -278,14 +282,15 @@ async fn look(
     (outcome.ok().and_then(|(_, ttl)| ttl), changed)
 }
 
-/// Keeps every name of the current generation resolved, and sends on
-/// `changed` whenever an answer changes the servers; ends when the
-/// generation channel closes.
-pub async fn run(
+/// Keeps every name of the current generation resolved (with `resolver`
+/// while its `[resolver]` stays), and sends on `changed` whenever an
+/// answer changes the servers; ends when the generation channel closes.
+async fn run(
     mut generation: watch::Receiver<Arc<Generation>>,
     names: Arc<Names>,
     metrics: Arc<ClusterMetrics>,
     changed: mpsc::Sender<()>,
+    mut resolver: Option<Built>,
 ) {
     // What `prime` looked up is due a refresh from now.
     let first = wanted(&generation.borrow().plan);
@@ -294,7 +299,6 @@ pub async fn run(
         .filter(|(name, _)| names.get(name).is_some())
         .map(|(name, every)| (name, Instant::now() + every))
         .collect();
-    let mut resolver: Option<(Option<ResolverConfig>, TokioResolver)> = None;
     loop {
         let plan = generation.borrow_and_update().plan.clone();
         let wanted = wanted(&plan);
@@ -350,13 +354,16 @@ pub struct Discovery {
     /// A message whenever an answer changed the servers.
     pub changed: mpsc::Receiver<()>,
     tell: mpsc::Sender<()>,
+    /// The resolver the first lookups used, until [`follow`](Self::follow)
+    /// takes it on.
+    resolver: Option<Built>,
 }
 
 impl Discovery {
     /// Looks up the names of `plan` once and gives `plan` their servers.
     pub async fn start(plan: &mut Plan, metrics: &ClusterMetrics) -> Self {
         let names = Arc::new(Names::default());
-        prime(plan, &names, metrics).await;
+        let resolver = prime(plan, &names, metrics).await;
         resolve(plan, &names);
         // One message says all there is: "look again".
         let (tell, changed) = mpsc::channel(1);
@@ -364,12 +371,13 @@ impl Discovery {
             names,
             changed,
             tell,
+            resolver,
         }
     }
 
     /// Keeps the names of whatever generation `generation` shows resolved.
     pub fn follow(
-        &self,
+        &mut self,
         generation: watch::Receiver<Arc<Generation>>,
         metrics: Arc<ClusterMetrics>,
     ) {
@@ -378,6 +386,7 @@ impl Discovery {
             self.names.clone(),
             metrics,
             self.tell.clone(),
+            self.resolver.take(),
         ));
     }
 }

@@ -145,7 +145,7 @@ impl Master {
         let metrics =
             Arc::new(ClusterMetrics::new().map_err(|e| std::io::Error::other(e.to_string()))?);
         metrics.generation.set(1);
-        let discovery = Discovery::start(&mut plan, &metrics).await;
+        let mut discovery = Discovery::start(&mut plan, &metrics).await;
         let first = Arc::new(Generation::first(
             path.to_path_buf(),
             text.clone(),
