@@ -51,6 +51,11 @@ pub struct Plan {
 /// before, so tickets live between one and two rotations).
 pub const TICKET_ROTATION: Duration = Duration::from_secs(12 * 60 * 60);
 
+/// Bytes from the operating system's random source: the master's secrets.
+fn random<const N: usize>() -> Result<[u8; N], ring::error::Unspecified> {
+    ring::rand::generate(&ring::rand::SystemRandom::new()).map(|r| r.expose())
+}
+
 /// One session-ticket key: an id tickets name it by, and its secret.
 #[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct TicketKey {
@@ -60,12 +65,10 @@ pub struct TicketKey {
 
 impl TicketKey {
     fn generate() -> Result<Self, ring::error::Unspecified> {
-        use ring::rand::SecureRandom as _;
-        let random = ring::rand::SystemRandom::new();
-        let (mut id, mut secret) = ([0; 8], [0; 32]);
-        random.fill(&mut id)?;
-        random.fill(&mut secret)?;
-        Ok(Self { id, secret })
+        Ok(Self {
+            id: random()?,
+            secret: random()?,
+        })
     }
 
     pub fn id(&self) -> &[u8] {
@@ -115,10 +118,7 @@ const STICKY_KEY_BYTES: usize = 32;
 impl StickyKey {
     /// A fresh key from the operating system's random source.
     pub fn generate() -> Result<Self, ring::error::Unspecified> {
-        use ring::rand::SecureRandom as _;
-        let mut bytes = [0; STICKY_KEY_BYTES];
-        ring::rand::SystemRandom::new().fill(&mut bytes)?;
-        Ok(Self(bytes))
+        random().map(Self)
     }
 
     pub fn bytes(&self) -> &[u8] {
