@@ -249,9 +249,10 @@ impl Master {
         let mut announced = false;
         loop {
             // A reload may have named other certificate files.
-            if self.watched_files() != watched {
-                watched = self.watched_files();
-                watch = filewatch::Watch::logged(&watched);
+            let files = self.watched_files();
+            if files != watched {
+                watch = filewatch::Watch::logged(&files);
+                watched = files;
             }
             tokio::select! {
                 () = self.status.all_ready(), if !announced => {
