@@ -16,6 +16,7 @@ mod metrics;
 mod notices;
 mod openssl;
 mod patience;
+mod pebble;
 mod pki;
 mod raw_requests;
 mod recording;
@@ -28,6 +29,6 @@ mod upstreams;
 #[allow(unused_imports)]
 pub use self::{
     admin::*, cli::*, clients::*, configs::*, corral_fixture::*, dns::*, files::*, in_process::*,
-    metrics::*, notices::*, openssl::*, patience::*, pki::*, raw_requests::*, recording::*,
-    scripted::*, sockets::*, upstreams::*,
+    metrics::*, notices::*, openssl::*, patience::*, pebble::*, pki::*, raw_requests::*,
+    recording::*, scripted::*, sockets::*, upstreams::*,
 };
