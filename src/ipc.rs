@@ -24,6 +24,7 @@ use serde::{Deserialize, Serialize};
 use tokio::io::Interest;
 use tokio::net::UnixStream;
 
+use crate::challenges::Challenges;
 use crate::plan::{Plan, StickyKey};
 use crate::upstream::Ejection;
 
@@ -77,6 +78,8 @@ pub enum ToWorker {
     Ping { seq: u64 },
     /// The health of every checked server.
     Health { servers: Vec<ServerHealth> },
+    /// The ACME challenges to answer from now on; answer `Challenged`.
+    Challenges { challenges: Challenges },
     /// Reopen log files (after logrotate moved them).
     ReopenLogs,
     /// Stop accepting, finish in-flight work, exit.
@@ -104,6 +107,10 @@ pub enum ToMaster {
     /// Could not start; the worker exits after sending this.
     Failed {
         error: String,
+    },
+    /// Answering the challenges of `version`.
+    Challenged {
+        version: u64,
     },
     /// Now serving `generation`.
     Reloaded {

@@ -17,7 +17,7 @@
 //!
 //! The data path never imports the control path. Nothing under [`worker`],
 //! [`proxy`], [`proxy_protocol`], [`upstream`], [`balance`], [`routing`],
-//! [`body`] or [`snapshot`], nor [`plan`] or [`tls`] which it shares, uses
+//! [`body`] or [`snapshot`], nor [`plan`], [`tls`] or [`challenges`] which it shares, uses
 //! [`master`], [`admin`] or [`config`], directly or through another file: a
 //! worker reads no file and parses no config, it builds what it serves from
 //! the plan alone. No two source files import each other, directly or around a loop.
@@ -30,7 +30,7 @@
 //! - [`config`]: the TOML file -> [`plan::Plan`], every problem as
 //!   `FILE:LINE:COL: reason`; `config::diff` for reload reports.
 //! - [`master`]: sockets per slot, slot supervision, reload, file watch,
-//!   health checks, `/status`, binary upgrade, signals.
+//!   health checks, ACME orders, `/status`, binary upgrade, signals.
 //! - [`admin`]: the admin endpoint's routes, and its client (`corral reload`).
 //!
 //! Shared by both:
@@ -38,6 +38,8 @@
 //! - [`ipc`]: the control channel's messages and framing.
 //! - [`metrics`]: metric families, shared-memory counters, cluster totals.
 //! - [`tls`]: certificates from PEM bytes, SNI, the rustls server config.
+//! - [`challenges`]: the ACME challenges the master orders certificates
+//!   with, and how workers answer them.
 //! - [`accept`]: the accept step that never spins.
 //!
 //! Data path (a worker):
@@ -57,6 +59,7 @@ pub mod access_log;
 pub mod admin;
 pub mod balance;
 pub mod body;
+pub mod challenges;
 pub mod config;
 pub mod echo;
 pub mod ipc;

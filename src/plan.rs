@@ -299,6 +299,26 @@ pub struct CertificateConfig {
     /// The chain and key as read when the config was checked: PEM text
     /// that decodes, and a key that fits the chain's first certificate.
     pub pem: CertifiedPem,
+    /// Set for the certificate the master obtains by ACME, kept in `cert`
+    /// and `key` under the state folder.
+    pub acme: Option<AcmeConfig>,
+}
+
+/// `[listeners.tls.acme]`: what the master orders, and from whom.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AcmeConfig {
+    /// The ACME server's directory URL.
+    pub directory: String,
+    pub email: Option<String>,
+    /// The names the certificate covers, lowercase; the first names it.
+    pub domains: Vec<String>,
+    /// The CA that signs the ACME server's own certificate (`ca`); `None`:
+    /// the system's roots.
+    pub roots: Option<Certificates>,
+    /// Where the account key and the issued certificates live.
+    pub state_dir: PathBuf,
+    /// No issued certificate was found: `pem` is a self-signed stand-in.
+    pub placeholder: bool,
 }
 
 /// A certificate chain and its private key, PEM-encoded. The key is never

@@ -13,6 +13,7 @@ use std::sync::Arc;
 use arc_swap::ArcSwap;
 
 use crate::access_log::AccessLog;
+use crate::challenges::SharedAnswers;
 use crate::metrics::{Counter, Family, Gauge, NONE, Recorder, RouteSeries};
 use crate::plan::{ListenerConfig, Plan};
 use crate::routing::RouteTable;
@@ -55,6 +56,9 @@ pub struct Snapshot {
     pub access_log: Option<Arc<AccessLog>>,
     /// `None` where no master listens (in-process tests).
     pub notices: Option<Notices>,
+    /// The ACME challenges pending now; one for the worker's life, shared
+    /// by each snapshot with the next.
+    pub challenges: SharedAnswers,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -187,6 +191,7 @@ impl Snapshot {
                 return Err(BuildError::NoStickyKey { upstream });
             }
         }
+        let challenges = previous.map_or_else(SharedAnswers::default, |p| p.challenges.clone());
         let previous = previous.map_or(&[][..], |p| &p.upstreams[..]);
         let upstreams =
             crate::upstream::rebuild(&plan.upstreams, previous, plan.sticky_key.as_ref());
@@ -215,7 +220,7 @@ impl Snapshot {
                 let tls = l
                     .tls
                     .as_ref()
-                    .map(|t| tls::server_config(t, plan.ticket_keys.as_ref()))
+                    .map(|t| tls::server_config(t, plan.ticket_keys.as_ref(), Some(&challenges)))
                     .transpose()
                     .map_err(|source| BuildError::Tls {
                         listener: l.name.clone(),
@@ -244,6 +249,7 @@ impl Snapshot {
             recorder: recorder.clone(),
             access_log,
             notices,
+            challenges,
         })
     }
 

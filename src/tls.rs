@@ -15,6 +15,7 @@ use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use rustls::server::{ClientHello, ResolvesServerCert};
 use rustls::sign::CertifiedKey;
 
+use crate::challenges::{ACME_TLS_ALPN, Challenges, SharedAnswers};
 use crate::plan::{CertifiedPem, TicketKeys, TlsConfig, TlsVersion};
 
 pub mod client;
@@ -45,6 +46,36 @@ pub fn certified_key(pem: &CertifiedPem) -> Result<CertifiedKey, TlsError> {
     CertifiedKey::from_der(chain, key, &provider()).map_err(TlsError::Mismatch)
 }
 
+/// [`certified_key`] without the check that the key fits: for TLS-ALPN-01
+/// certificates, which the master made, and whose critical acmeIdentifier
+/// extension webpki (the check parses the certificate with) refuses.
+fn unchecked_certified_key(pem: &CertifiedPem) -> Result<CertifiedKey, TlsError> {
+    let (chain, key) = chain_and_key(pem)?;
+    let key = provider()
+        .key_provider
+        .load_private_key(key)
+        .map_err(TlsError::Mismatch)?;
+    Ok(CertifiedKey::new(chain, key))
+}
+
+/// The TLS-ALPN-01 certificates of `challenges`, decoded; one that does
+/// not decode is left out, and logged.
+pub fn challenge_keys(challenges: &Challenges) -> HashMap<String, Arc<CertifiedKey>> {
+    let decoded = challenges
+        .tls_alpn
+        .iter()
+        .map(|(name, pem)| (name, unchecked_certified_key(pem)));
+    decoded
+        .filter_map(|(name, key)| match key {
+            Ok(key) => Some((name.clone(), Arc::new(key))),
+            Err(e) => {
+                tracing::error!(name, error = %e, "unusable TLS-ALPN-01 certificate");
+                None
+            }
+        })
+        .collect()
+}
+
 /// Decodes a PEM certificate chain (at least one certificate) and its PEM
 /// private key.
 fn chain_and_key(
@@ -64,14 +95,85 @@ fn chain_and_key(
     Ok((chain, key))
 }
 
+/// What a certificate says of itself: the facts renewal is planned by.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Validity {
+    /// The DNS names of its subjectAltName, lowercase.
+    pub names: Vec<String>,
+    pub not_before: std::time::SystemTime,
+    pub not_after: std::time::SystemTime,
+}
+
+/// The first certificate of `pem`'s chain, read; `None` if it does not parse.
+pub fn validity(pem: &CertifiedPem) -> Option<Validity> {
+    let der = CertificateDer::pem_slice_iter(pem.chain.as_bytes())
+        .next()?
+        .ok()?;
+    let (_, cert) = x509_parser::parse_x509_certificate(&der).ok()?;
+    let time = |t: x509_parser::time::ASN1Time| {
+        let secs = u64::try_from(t.timestamp()).ok()?;
+        Some(std::time::UNIX_EPOCH + std::time::Duration::from_secs(secs))
+    };
+    let names = cert
+        .subject_alternative_name()
+        .ok()
+        .flatten()
+        .map(|san| {
+            san.value
+                .general_names
+                .iter()
+                .filter_map(|n| match n {
+                    x509_parser::extensions::GeneralName::DNSName(d) => {
+                        Some(d.to_ascii_lowercase())
+                    }
+                    _ => None,
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    Some(Validity {
+        names,
+        not_before: time(cert.validity().not_before)?,
+        not_after: time(cert.validity().not_after)?,
+    })
+}
+
+/// A self-signed certificate and new key for `names`.
+pub fn self_signed(names: &[String]) -> Result<CertifiedPem, rcgen::Error> {
+    let made = rcgen::generate_simple_self_signed(names.to_vec())?;
+    Ok(CertifiedPem {
+        chain: made.cert.pem(),
+        key: made.signing_key.serialize_pem(),
+    })
+}
+
+/// The self-signed certificate that answers a TLS-ALPN-01 challenge for
+/// `name` (RFC 8737 §3): the key authorization's `digest` in a critical
+/// acmeIdentifier extension.
+pub fn acme_identifier(name: &str, digest: &[u8]) -> Result<CertifiedPem, rcgen::Error> {
+    let mut params = rcgen::CertificateParams::new(vec![name.to_owned()])?;
+    params.custom_extensions = vec![rcgen::CustomExtension::new_acme_identifier(digest)];
+    let key = rcgen::KeyPair::generate()?;
+    let cert = params.self_signed(&key)?;
+    Ok(CertifiedPem {
+        chain: cert.pem(),
+        key: key.serialize_pem(),
+    })
+}
+
 /// The server config for one TLS listener. With session tickets on and
 /// `keys`, tickets are sealed with them; on without keys (a plan only
-/// checked), rustls's own per-process ticketer stands in.
+/// checked), rustls's own per-process ticketer stands in. With `answers`,
+/// TLS-ALPN-01 validations get the pending challenges' certificates.
 pub fn server_config(
     tls: &TlsConfig,
     keys: Option<&TicketKeys>,
+    answers: Option<&SharedAnswers>,
 ) -> Result<Arc<rustls::ServerConfig>, TlsError> {
-    let mut resolver = SniResolver::default();
+    let mut resolver = SniResolver {
+        answers: answers.cloned(),
+        ..SniResolver::default()
+    };
     for c in &tls.certificates {
         resolver.add(Arc::new(certified_key(&c.pem)?));
     }
@@ -79,7 +181,9 @@ pub fn server_config(
         .with_protocol_versions(versions(tls.min_version))?
         .with_no_client_auth()
         .with_cert_resolver(Arc::new(resolver));
-    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    // Last, and chosen only by a client that offers nothing else: an ACME
+    // validation, which the resolver alone answers.
+    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec(), ACME_TLS_ALPN.to_vec()];
     if tls.session_tickets {
         if let Some(ticketer) = keys.and_then(tickets::Ticketer::new) {
             config.ticketer = Arc::new(ticketer);
@@ -108,6 +212,8 @@ struct SniResolver {
     /// Keyed by the suffix after the `*`, e.g. `.example.com`.
     wildcard: HashMap<String, Arc<CertifiedKey>>,
     default: Option<Arc<CertifiedKey>>,
+    /// The pending ACME challenges, for TLS-ALPN-01 validations.
+    answers: Option<SharedAnswers>,
 }
 
 impl SniResolver {
@@ -140,12 +246,26 @@ impl SniResolver {
 
 impl ResolvesServerCert for SniResolver {
     fn resolve(&self, hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        if acme_validation(&hello) {
+            // Only the challenge's certificate answers one (RFC 8737 §3);
+            // with none pending, the handshake fails.
+            let name = hello.server_name()?;
+            return self.answers.as_ref()?.load().tls_alpn01(name);
+        }
         hello
             .server_name()
             .and_then(|name| self.find(name))
             .or(self.default.as_ref())
             .cloned()
     }
+}
+
+/// Whether `hello` is a TLS-ALPN-01 validation: `acme-tls/1` is the one
+/// protocol it offers.
+fn acme_validation(hello: &ClientHello<'_>) -> bool {
+    hello.alpn().is_some_and(|mut offered| {
+        offered.next() == Some(ACME_TLS_ALPN) && offered.next().is_none()
+    })
 }
 
 #[cfg(test)]

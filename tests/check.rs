@@ -267,7 +267,7 @@ timout = "1s"
             unknown(
                 "ciphers",
                 "listeners.tls",
-                "expected one of `certificates`, `session_tickets`, `min_version`",
+                "expected one of `certificates`, `acme`, `session_tickets`, `min_version`",
             ),
         ),
         (
@@ -275,7 +275,7 @@ timout = "1s"
             unknown(
                 "sessions",
                 "listeners.tls",
-                "expected one of `certificates`, `session_tickets`, `min_version`",
+                "expected one of `certificates`, `acme`, `session_tickets`, `min_version`",
             ),
         ),
         ("priority", unknown("priority", "routes", route)),

@@ -183,6 +183,25 @@ fn access_log(c: &Plan) -> Fields {
     vec![("path", path), ("format", string(format))]
 }
 
+/// The ACME certificate's settings (the certificate itself shows in
+/// `tls.certificates`).
+fn acme(l: &ListenerConfig) -> String {
+    let acme = l
+        .tls
+        .iter()
+        .flat_map(|t| &t.certificates)
+        .find_map(|c| c.acme.as_ref());
+    acme.map_or(UNSET.into(), |a| {
+        let domains: Vec<String> = a.domains.iter().map(string).collect();
+        format!(
+            "{{ directory = {}, domains = [{}], state_dir = {} }}",
+            string(&a.directory),
+            domains.join(", "),
+            string(a.state_dir.display())
+        )
+    })
+}
+
 fn listener(l: &ListenerConfig) -> Fields {
     let certificates = l.tls.as_ref().map_or(UNSET.into(), |t| {
         let list: Vec<String> = t
@@ -201,6 +220,7 @@ fn listener(l: &ListenerConfig) -> Fields {
     vec![
         ("listen", string(l.addr)),
         ("tls.certificates", certificates),
+        ("tls.acme", acme(l)),
         (
             "tls.min_version",
             l.tls.as_ref().map_or(UNSET.into(), |t| {

@@ -110,9 +110,21 @@ pub enum RawEncodedSlashes {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields, expecting = "a table")]
 pub struct RawTls {
-    pub certificates: Spanned<Vec<RawCertificate>>,
+    pub certificates: Option<Spanned<Vec<RawCertificate>>>,
+    pub acme: Option<Spanned<RawAcme>>,
     pub session_tickets: Option<bool>,
     pub min_version: Option<Text>,
+}
+
+/// `[listeners.tls.acme]`: a certificate corral obtains and renews itself.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, expecting = "a table")]
+pub struct RawAcme {
+    pub directory: Text,
+    pub email: Option<Text>,
+    pub domains: Spanned<Vec<Text>>,
+    pub ca: Option<Text>,
+    pub state_dir: Option<Text>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -166,6 +166,10 @@ pub fn tls_files(plan: &Plan) -> Vec<PathBuf> {
 pub fn tls_files_changed(plan: &Plan) -> bool {
     let text = |path: &PathBuf| std::fs::read_to_string(path).ok();
     let pair_changed = |c: &CertificateConfig| {
+        if c.acme.as_ref().is_some_and(|a| a.placeholder) {
+            // Nothing was issued when it was read: whether something is now.
+            return c.cert.exists();
+        }
         text(&c.cert).as_deref() != Some(c.pem.chain.as_str())
             || text(&c.key).as_deref() != Some(c.pem.key.as_str())
     };

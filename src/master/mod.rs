@@ -17,6 +17,7 @@
 //! are in `process`. It never serves client traffic itself: a connection
 //! it relays is accepted here and served by a worker.
 
+mod acme;
 mod admin_backend;
 pub mod discovery;
 mod ejections;

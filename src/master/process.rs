@@ -20,6 +20,7 @@ use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
+use super::acme::Acme;
 use super::admin_backend::AdminBackend;
 use super::discovery::{self, Discovery};
 use super::filewatch;
@@ -112,6 +113,19 @@ struct Master {
     /// file is reported once per change.
     last_text: Option<String>,
     discovery: Discovery,
+    /// Orders and renews the ACME certificates of the plan.
+    acme: Acme,
+}
+
+/// The config file's text and the plan made of it, its warnings logged.
+fn first_plan(path: &Path) -> Result<(String, Plan), RunError> {
+    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    let plan = crate::config::from_str(path, &text)?;
+    super::reload::warn(&plan);
+    Ok((text, plan))
 }
 
 impl Master {
@@ -120,12 +134,7 @@ impl Master {
         path: &Path,
         handover: Option<upgrade::Handover>,
     ) -> Result<Self, RunError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
-            path: path.to_path_buf(),
-            source,
-        })?;
-        let mut plan = crate::config::from_str(path, &text)?;
-        super::reload::warn(&plan);
+        let (text, mut plan) = first_plan(path)?;
         let (inherited, inherited_admin, predecessor, sticky_key) = match handover {
             Some(h) => (h.listeners, h.admin, Some(h.reply), h.sticky_key),
             None => (Inherited::new(), None, None, None),
@@ -160,12 +169,14 @@ impl Master {
         );
         discovery.follow(generation_rx.clone(), metrics.clone());
         let status = Arc::new(StatusBoard::new());
+        let (acme, challenges) = Acme::start(&generation.borrow().plan, status.clone());
         let (reopen_logs, reopen_rx) = watch::channel(0);
         let stopping = CancellationToken::new();
         let ctx = Arc::new(SlotContext {
             exe: exe.clone(),
             generation: generation_rx.clone(),
             health: health_rx,
+            challenges,
             status: status.clone(),
             metrics: metrics.clone(),
             reopen_logs: reopen_rx,
@@ -209,6 +220,7 @@ impl Master {
             notify,
             last_text: Some(text),
             discovery,
+            acme,
         };
         master.add_slots(slots);
         Ok(master)
@@ -559,6 +571,7 @@ impl Master {
         self.health
             .send_replace(Arc::new(health::health_of(&next.upstreams)));
         self.add_slots(slots);
+        self.acme.follow(&next.plan);
         Ok(Some((next, changes)))
     }
 }

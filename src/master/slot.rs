@@ -30,6 +30,7 @@ use super::generation::Generation;
 use super::relay::{Inbox, Inboxes, Relay, Relayed, Sockets};
 use super::status::{Seat, StatusBoard, describe};
 use super::steering::PortSocket;
+use crate::challenges::Challenges;
 use crate::ipc::{self, ServerHealth, ToMaster, ToWorker};
 use crate::metrics::cluster::ClusterMetrics;
 use crate::plan::Plan;
@@ -46,6 +47,8 @@ pub struct SlotContext {
     pub exe: PathBuf,
     pub generation: watch::Receiver<Arc<Generation>>,
     pub health: watch::Receiver<Arc<Vec<ServerHealth>>>,
+    /// The ACME challenges every worker answers.
+    pub challenges: watch::Receiver<Arc<Challenges>>,
     pub status: Arc<StatusBoard>,
     pub metrics: Arc<ClusterMetrics>,
     /// Bumped when log files should be reopened (SIGUSR1).
@@ -217,6 +220,7 @@ async fn run_worker(
     health.mark_unchanged();
     let mut reopen_logs = ctx.reopen_logs.clone();
     reopen_logs.mark_unchanged();
+    let mut challenges = pending_challenges(ctx);
     // Four pings per timeout: one lost to scheduling noise never kills a worker.
     let mut heartbeat = tokio::time::interval(heartbeat_timeout / 4);
     heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -249,6 +253,10 @@ async fn run_worker(
             Ok(()) = health.changed() => {
                 let servers = health.borrow_and_update().to_vec();
                 worker.send(&ToWorker::Health { servers }).await;
+            }
+            Ok(()) = challenges.changed() => {
+                let challenges = Challenges::clone(&challenges.borrow_and_update());
+                worker.send(&ToWorker::Challenges { challenges }).await;
             }
             Ok(()) = reopen_logs.changed() => {
                 reopen_logs.mark_unchanged();
@@ -283,6 +291,16 @@ async fn run_worker(
             () = ctx.kill.cancelled(), if !matches!(worker.life, Life::Killed { stopping: true }) => worker.kill(true),
         }
     }
+}
+
+/// The ACME challenges to follow: what is pending now reaches a new
+/// worker as soon as it serves.
+fn pending_challenges(ctx: &SlotContext) -> watch::Receiver<Arc<Challenges>> {
+    let mut challenges = ctx.challenges.clone();
+    if challenges.borrow_and_update().version > 0 {
+        challenges.mark_changed();
+    }
+    challenges
 }
 
 impl Worker {
@@ -398,6 +416,10 @@ impl Worker {
                     true
                 }
                 ToMaster::Pong { .. } => true,
+                ToMaster::Challenged { version } => {
+                    ctx.status.challenged(seat, version);
+                    true
+                }
                 ToMaster::Ejected { ejection } => {
                     tracing::info!(slot, upstream = %ejection.upstream, server = %ejection.server, reason = %ejection.reason, cool_down = ?ejection.cool_down, "worker ejected a server");
                     ctx.ejections.record(slot, ejection);

@@ -39,6 +39,9 @@ pub struct WorkerStatus {
     pub last_exit: Option<String>,
     /// Quick exits in a row; above one the slot backs off before respawning.
     pub crash_loop: u32,
+    /// The version of the ACME challenges its worker answers.
+    #[serde(skip)]
+    pub challenges: u64,
     pub next_start_in_ms: Option<u64>,
     /// The latest generation a worker of this slot could not apply, and why.
     #[serde(skip)]
@@ -141,6 +144,7 @@ impl StatusBoard {
             generation: None,
             last_exit: None,
             crash_loop: 0,
+            challenges: 0,
             next_start_in_ms: None,
             refused: None,
             epoch,
@@ -168,6 +172,7 @@ impl StatusBoard {
     pub fn spawned(&self, seat: Seat, pid: Option<u32>) {
         self.update(seat, |w| {
             w.pid = pid;
+            w.challenges = 0;
             w.state = WorkerState::Starting;
             w.started_at = Some(timestamp(SystemTime::now()));
             w.generation = None;
@@ -200,6 +205,18 @@ impl StatusBoard {
                 served,
             });
         });
+    }
+
+    /// The slot's worker answers the ACME challenges of `version`.
+    pub fn challenged(&self, seat: Seat, version: u64) {
+        self.update(seat, |w| w.challenges = w.challenges.max(version));
+    }
+
+    /// Resolves once every slot's worker that serves, or is about to,
+    /// answers the challenges of `version`.
+    pub async fn answering(&self, version: u64) {
+        self.wait_for(|w| !w.live() || w.challenges >= version)
+            .await;
     }
 
     pub fn draining(&self, seat: Seat) {

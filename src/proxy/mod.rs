@@ -37,6 +37,7 @@ use crate::access_log::Entry;
 use crate::balance::hash_key;
 use crate::body::request::RequestBody;
 use crate::body::response::{Completion, ResponseBody, Upstream as UpstreamBody};
+use crate::challenges::HTTP01_PREFIX;
 use crate::metrics::RouteSeries;
 use crate::plan::{EncodedSlashes, HashKey, Protocol, Underscores};
 use crate::routing::{Route, rewrite_path};
@@ -102,18 +103,26 @@ pub fn handle(
         .as_ref()
         .map(|l| Box::new(l.entry(&request, client.addr.ip())));
     let host = check(&mut request, client.listener.config.path_encoded_slashes);
-    if let Some(port) = client.listener.config.redirect_https {
+    let challenge = (!client.tls)
+        .then(|| challenge_answer(&snapshot, &request))
+        .flatten();
+    let redirect = client.listener.config.redirect_https;
+    if challenge.is_some() || redirect.is_some() {
+        let local = match challenge {
+            Some(found) => Ok(found),
+            None => host.and_then(|host| {
+                host.zip(redirect)
+                    .and_then(|(h, port)| redirect::to_https(&h, request.uri(), port))
+                    .ok_or(ProxyError::NoRedirectHost)
+            }),
+        };
         let answer = Answer {
             series: snapshot.unrouted.clone(),
             client,
             started,
             log,
         };
-        let redirect = host.and_then(|host| {
-            host.and_then(|h| redirect::to_https(&h, request.uri(), port))
-                .ok_or(ProxyError::NoRedirectHost)
-        });
-        return Either::Right(std::future::ready(answer.finish(redirect)));
+        return Either::Right(std::future::ready(answer.finish(local)));
     }
     let route = host
         .as_ref()
@@ -184,6 +193,25 @@ impl Answer {
 /// Checks the request's target and host (see [`target`]) and normalises
 /// its path, so that the path routed is the path forwarded; the host it is
 /// for.
+/// The answer to an ACME HTTP-01 validation (a `GET` for a token the
+/// master has pending), which no upstream sees; other requests under the
+/// well-known path route as usual, to a backend that runs its own client.
+fn challenge_answer<B>(
+    snapshot: &Snapshot,
+    request: &Request<B>,
+) -> Option<Response<ResponseBody>> {
+    if !matches!(*request.method(), http::Method::GET | http::Method::HEAD)
+        || !request.uri().path().starts_with(HTTP01_PREFIX)
+    {
+        return None;
+    }
+    let key_authorization = snapshot.challenges.load().http01(request.uri().path())?;
+    let mut response = Response::new(ResponseBody::local(key_authorization));
+    let octets = HeaderValue::from_static("application/octet-stream");
+    response.headers_mut().insert(header::CONTENT_TYPE, octets);
+    Some(response)
+}
+
 fn check<B>(
     request: &mut Request<B>,
     slashes: EncodedSlashes,

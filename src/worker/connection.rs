@@ -11,7 +11,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use bytes::{Bytes, BytesMut};
-use tokio::io::AsyncReadExt;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -24,6 +24,7 @@ use super::proxy_header::client_of;
 use super::service::Conn;
 use super::socket::{Prefixed, Watched};
 use super::timeouts::Activity;
+use crate::challenges::ACME_TLS_ALPN;
 use crate::proxy::Client;
 use crate::snapshot::{Handshake, ListenerSnapshot, SharedSnapshot};
 
@@ -158,7 +159,14 @@ async fn serve_tls(
         tls13: session.protocol_version() == Some(rustls::ProtocolVersion::TLSv1_3),
         resumed: session.handshake_kind() == Some(rustls::HandshakeKind::Resumed),
     });
-    let h2 = stream.get_ref().1.alpn_protocol() == Some(b"h2");
+    let alpn = stream.get_ref().1.alpn_protocol();
+    if alpn == Some(ACME_TLS_ALPN) {
+        // A TLS-ALPN-01 validation: the certificate was the answer, and
+        // no request follows (RFC 8737 §3).
+        let mut stream = stream;
+        return drop(stream.shutdown().await);
+    }
+    let h2 = alpn == Some(b"h2");
     let io = Prefixed::new(Bytes::new(), stream, conn.activity.clone());
     if h2 {
         // Boxed for the same reason as in `serve`.

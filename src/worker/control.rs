@@ -18,6 +18,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::memory;
 use super::server::{Drained, Listener, Server};
+use crate::challenges::Answers;
 use crate::ipc::{self, IpcError, Received, ServerHealth, ToMaster, ToWorker};
 use crate::metrics::Recorder;
 use crate::metrics::shm::ShmError;
@@ -169,6 +170,13 @@ async fn answer(
                 }
             }
         }),
+        ToWorker::Challenges { challenges } => {
+            let answers = Answers::new(&challenges, crate::tls::challenge_keys(&challenges));
+            shared.load().challenges.store(Arc::new(answers));
+            Some(ToMaster::Challenged {
+                version: challenges.version,
+            })
+        }
         ToWorker::ReopenLogs => {
             if let Some(log) = &shared.load().access_log {
                 log.reopen();

@@ -31,8 +31,9 @@ const DATA_PATH_DIRS: [&str; 5] = [
     "src/balance/",
     "src/body/",
 ];
-const DATA_PATH_FILES: [&str; 5] = [
+const DATA_PATH_FILES: [&str; 6] = [
     "src/routing.rs",
+    "src/challenges.rs",
     "src/proxy_protocol.rs",
     "src/snapshot.rs",
     "src/plan.rs",

@@ -153,6 +153,7 @@ impl Validator<'_> {
     }
 
     pub fn tls(&mut self, raw: Spanned<RawTls>) -> Option<TlsConfig> {
+        let span = raw.span();
         let raw = raw.into_inner();
         let session_tickets = raw.session_tickets.unwrap_or(true);
         let min_version = match raw.min_version.as_ref().map(|v| (v, v.get_ref().as_str())) {
@@ -163,21 +164,34 @@ impl Validator<'_> {
                 TlsVersion::Tls12
             }
         };
-        let certs = raw.certificates;
-        if certs.get_ref().is_empty() {
-            // Emptied by parsing, which reported why.
-            if !self.dropped.elements.contains(&certs.span()) {
-                self.problem(
-                    certs.span(),
-                    "listeners.tls.certificates: at least one { cert, key } pair is needed",
-                );
-            }
-            return None;
-        }
         let mut certificates = Vec::new();
-        for c in certs.into_inner() {
-            certificates.extend(self.certificate(&c, "listeners.tls"));
+        match raw.certificates {
+            // Emptied by parsing, which reported why.
+            Some(certs) if certs.get_ref().is_empty() => {
+                if !self.dropped.elements.contains(&certs.span()) {
+                    self.problem(
+                        certs.span(),
+                        "listeners.tls.certificates: at least one { cert, key } pair is needed",
+                    );
+                }
+                return None;
+            }
+            Some(certs) => {
+                for c in certs.into_inner() {
+                    certificates.extend(self.certificate(&c, "listeners.tls"));
+                }
+            }
+            None if raw.acme.is_none() => {
+                self.problem(
+                    span,
+                    "listeners.tls: name certificates = [{ cert, key }, ...], or [listeners.tls.acme] to obtain one",
+                );
+                return None;
+            }
+            None => {}
         }
+        // After the files: the first certificate answers clients without SNI.
+        certificates.extend(raw.acme.and_then(|a| self.acme(a)));
         (!certificates.is_empty()).then_some(TlsConfig {
             certificates,
             session_tickets,
@@ -218,7 +232,15 @@ impl Validator<'_> {
             key: key_pem?,
         };
         let (at, why) = match crate::tls::certified_key(&pem) {
-            Ok(_) => return Some(CertificateConfig { cert, key, pem }),
+            Ok(_) => {
+                let acme = None;
+                return Some(CertificateConfig {
+                    cert,
+                    key,
+                    pem,
+                    acme,
+                });
+            }
             Err(e @ TlsError::Chain(_)) => (
                 raw.cert.span(),
                 format!("cannot read certificate {}: {e}", cert.display()),

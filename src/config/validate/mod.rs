@@ -5,6 +5,7 @@
 //! carries on, so one run reports everything wrong with the file. One file
 //! per section; `validator.rs` holds the checks of single values they share.
 
+mod acme;
 mod admin;
 mod listener;
 mod resolver;

@@ -1,0 +1,212 @@
+//! ACME (RFC 8555): the master obtains and renews the certificates of
+//! `[listeners.tls.acme]`. One task per certificate sleeps until its
+//! renewal is due (two thirds into the lifetime of the one in the state
+//! folder, or at once when there is none), orders, and writes the result
+//! into the state folder; the file watch then reloads it like any renewed
+//! certificate file, so every worker changes at once, and a restart finds
+//! it. A failed order is retried with a growing backoff while the last
+//! good certificate (or the placeholder) keeps serving.
+
+mod http;
+mod order;
+mod publish;
+mod store;
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+use self::order::Method;
+use self::publish::Publisher;
+use super::status::StatusBoard;
+use crate::challenges::Challenges;
+use crate::plan::{AcmeConfig, CertificateConfig, CertifiedPem, Plan};
+
+/// The longest one order may take, from the account to the chain.
+const ORDER_TIMEOUT: Duration = Duration::from_secs(300);
+
+/// The first retry's wait after a failed order; it doubles up to
+/// [`MAX_BACKOFF`].
+const FIRST_BACKOFF: Duration = Duration::from_secs(60);
+const MAX_BACKOFF: Duration = Duration::from_secs(60 * 60);
+
+/// What one task keeps: a certificate, and how its names are proven.
+#[derive(Debug, Clone, PartialEq)]
+struct Kept {
+    certificate: CertificateConfig,
+    method: Method,
+}
+
+pub struct Acme {
+    publisher: Arc<Publisher>,
+    tasks: Vec<(Kept, JoinHandle<()>)>,
+}
+
+impl Acme {
+    /// Keeps the certificates of `plan` (see [`follow`](Self::follow));
+    /// and the challenges for slot supervisors to pass to their workers.
+    pub fn start(
+        plan: &Plan,
+        status: Arc<StatusBoard>,
+    ) -> (Self, watch::Receiver<Arc<Challenges>>) {
+        let (publisher, challenges) = Publisher::new(status);
+        let mut acme = Self {
+            publisher: Arc::new(publisher),
+            tasks: Vec::new(),
+        };
+        acme.follow(plan);
+        (acme, challenges)
+    }
+
+    /// Keeps the ACME certificates `plan` names, from now on: tasks for
+    /// ones it did not keep start (their state folders made now, before the
+    /// file watch looks for them), and those `plan` no longer names stop.
+    pub fn follow(&mut self, plan: &Plan) {
+        let wanted = wanted(plan);
+        self.tasks.retain(|(kept, task)| {
+            let stays = wanted.contains(kept);
+            if !stays {
+                task.abort();
+            }
+            stays
+        });
+        for kept in wanted {
+            if self.tasks.iter().any(|(k, _)| *k == kept) {
+                continue;
+            }
+            if let Err(e) = store::prepare(&kept.certificate) {
+                tracing::error!(file = %kept.certificate.cert.display(), error = %e, "cannot make the ACME state folder");
+            }
+            let task = tokio::spawn(keep(kept.clone(), self.publisher.clone()));
+            self.tasks.push((kept, task));
+        }
+    }
+}
+
+impl Drop for Acme {
+    fn drop(&mut self) {
+        for (_, task) in &self.tasks {
+            task.abort();
+        }
+    }
+}
+
+/// The ACME certificates of `plan`, each with the challenge that proves
+/// its names: HTTP-01 where the cluster has a plain listener (what ACME
+/// servers reach on port 80), else TLS-ALPN-01 on the TLS listener.
+fn wanted(plan: &Plan) -> Vec<Kept> {
+    let method = if plan.listeners.iter().any(|l| l.tls.is_none()) {
+        Method::Http01
+    } else {
+        Method::TlsAlpn01
+    };
+    let mut wanted: Vec<Kept> = Vec::new();
+    let certificates = plan.listeners.iter().filter_map(|l| l.tls.as_ref());
+    for c in certificates.flat_map(|t| &t.certificates) {
+        if let Some(acme) = &c.acme {
+            // What is served now does not change what is ordered.
+            let mut certificate = c.clone();
+            certificate.pem = CertifiedPem {
+                chain: String::new(),
+                key: String::new(),
+            };
+            certificate.acme = Some(AcmeConfig {
+                placeholder: false,
+                ..acme.clone()
+            });
+            let kept = Kept {
+                certificate,
+                method,
+            };
+            if !wanted.contains(&kept) {
+                wanted.push(kept);
+            }
+        }
+    }
+    wanted
+}
+
+/// Keeps one certificate issued, until aborted.
+async fn keep(kept: Kept, publisher: Arc<Publisher>) {
+    let Some(config) = kept.certificate.acme.as_ref() else {
+        return;
+    };
+    let names = config.domains.join(", ");
+    let mut failures = 0u32;
+    loop {
+        let due = renewal_due(&kept.certificate);
+        if let Ok(wait) = due.duration_since(SystemTime::now()) {
+            tracing::info!(names, renew_in = ?Duration::from_secs(wait.as_secs()), "ACME certificate current");
+            tokio::time::sleep(wait).await;
+        }
+        tracing::info!(names, directory = %config.directory, "ordering a certificate by ACME");
+        let issued =
+            tokio::time::timeout(ORDER_TIMEOUT, order::issue(config, kept.method, &publisher));
+        let saved = match issued.await {
+            Ok(Ok(pem)) => {
+                store::save_certificate(&kept.certificate, &pem).map_err(|e| e.to_string())
+            }
+            Ok(Err(e)) => Err(e.to_string()),
+            Err(_) => Err(format!("no certificate within {ORDER_TIMEOUT:?}")),
+        };
+        match saved {
+            Ok(()) => {
+                failures = 0;
+                tracing::info!(names, file = %kept.certificate.cert.display(), "ACME certificate issued");
+            }
+            Err(error) => {
+                failures += 1;
+                let wait = backoff(failures);
+                tracing::error!(names, error, retry_in = ?wait, "ACME order failed; the current certificate keeps serving");
+                tokio::time::sleep(wait).await;
+            }
+        }
+    }
+}
+
+/// How long to wait after the `failures`-th failure in a row.
+fn backoff(failures: u32) -> Duration {
+    FIRST_BACKOFF
+        .saturating_mul(2u32.saturating_pow(failures.saturating_sub(1)))
+        .min(MAX_BACKOFF)
+}
+
+/// When the certificate in the state folder should be renewed: two thirds
+/// into its lifetime, as Let's Encrypt advises; now when there is none, or
+/// it does not cover every name asked for, or its key does not fit it.
+fn renewal_due(certificate: &CertificateConfig) -> SystemTime {
+    let read = |path: &std::path::Path| std::fs::read_to_string(path).ok();
+    let (Some(chain), Some(key)) = (read(&certificate.cert), read(&certificate.key)) else {
+        return SystemTime::UNIX_EPOCH;
+    };
+    let pem = CertifiedPem { chain, key };
+    let domains = certificate
+        .acme
+        .as_ref()
+        .map_or(&[][..], |a| &a.domains[..]);
+    match crate::tls::validity(&pem) {
+        Some(v)
+            if crate::tls::certified_key(&pem).is_ok()
+                && domains.iter().all(|d| v.names.contains(d)) =>
+        {
+            let lifetime = v.not_after.duration_since(v.not_before).unwrap_or_default();
+            v.not_before + lifetime * 2 / 3
+        }
+        _ => SystemTime::UNIX_EPOCH,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_from_a_minute_to_an_hour() {
+        assert_eq!(backoff(1), Duration::from_secs(60));
+        assert_eq!(backoff(2), Duration::from_secs(120));
+        assert_eq!(backoff(7), MAX_BACKOFF);
+        assert_eq!(backoff(40), MAX_BACKOFF);
+    }
+}
