@@ -113,6 +113,8 @@ pub struct RawTls {
     pub certificates: Spanned<Vec<RawCertificate>>,
     pub session_tickets: Option<bool>,
     pub min_version: Option<Text>,
+    pub client_ca: Option<Text>,
+    pub client_subject_header: Option<Text>,
 }
 
 #[derive(Debug, Deserialize)]

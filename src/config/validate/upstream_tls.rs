@@ -62,7 +62,7 @@ impl Validator<'_> {
             (_, true) => (None, Certificates::default()),
             (Some(ca), false) => {
                 let path = self.base.join(ca.get_ref());
-                let roots = self.ca_bundle(&path, ca.span());
+                let roots = self.ca_bundle(&path, ca.span(), "upstreams.tls.ca");
                 (Some(path), roots.unwrap_or_default())
             }
             (None, false) => (None, self.system_roots(span.clone())),
@@ -87,8 +87,14 @@ impl Validator<'_> {
         Some(tls)
     }
 
-    /// The certificates of a PEM bundle, at least one.
-    fn ca_bundle(&mut self, path: &Path, at: std::ops::Range<usize>) -> Option<Certificates> {
+    /// The certificates of a PEM bundle, at least one; `key` names it in
+    /// messages.
+    pub(super) fn ca_bundle(
+        &mut self,
+        path: &Path,
+        at: std::ops::Range<usize>,
+        key: &str,
+    ) -> Option<Certificates> {
         let read = std::fs::read(path)
             .map_err(|e| e.to_string())
             .and_then(|pem| {
@@ -102,10 +108,7 @@ impl Validator<'_> {
                 Ok(Certificates(certs))
             });
         read.map_err(|e| {
-            self.problem(
-                at,
-                format!("upstreams.tls.ca: cannot read {}: {e}", path.display()),
-            );
+            self.problem(at, format!("{key}: cannot read {}: {e}", path.display()));
         })
         .ok()
     }
