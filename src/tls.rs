@@ -91,7 +91,8 @@ pub fn server_config(
     let mut config = builder.with_cert_resolver(Arc::new(resolver));
     config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
     if tls.session_tickets {
-        if let Some(ticketer) = keys.and_then(tickets::Ticketer::new) {
+        let bound = tickets::Binding::of(tls.client_auth.as_ref());
+        if let Some(ticketer) = keys.and_then(|keys| tickets::Ticketer::new(keys, bound)) {
             config.ticketer = Arc::new(ticketer);
         }
     } else {
