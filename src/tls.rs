@@ -1,8 +1,9 @@
 //! TLS for listeners: decoding certificates, choosing one by SNI, the
 //! rustls server config (ALPN offers h2 and http/1.1) and, with
-//! `client_ca`, the verifier of clients' certificates; [`client`] makes
-//! the configs corral connects to TLS upstreams with. Certificates arrive
-//! as bytes in the plan; nothing here reads a file.
+//! `client_ca`, the verifier of clients' certificates ([`subject`] writes
+//! a verified one's subject for upstreams); [`client`] makes the configs
+//! corral connects to TLS upstreams with. Certificates arrive as bytes in
+//! the plan; nothing here reads a file.
 //!
 //! Certificates are matched by the DNS names in their subjectAltName; the first
 //! certificate of a listener answers clients that send no SNI or a name no
@@ -21,6 +22,7 @@ use rustls::sign::CertifiedKey;
 use crate::plan::{Certificates, CertifiedPem, TicketKeys, TlsConfig, TlsVersion};
 
 pub mod client;
+pub mod subject;
 mod tickets;
 
 #[derive(Debug, thiserror::Error)]
