@@ -241,6 +241,18 @@ pub struct ListenerConfig {
     pub redirect_https: Option<u16>,
 }
 
+impl ListenerConfig {
+    /// The header upstreams learn the client certificate's subject from.
+    pub fn client_subject_header(&self) -> Option<&HeaderName> {
+        self.tls
+            .as_ref()?
+            .client_auth
+            .as_ref()?
+            .subject_header
+            .as_ref()
+    }
+}
+
 /// What a listener does with a request header whose name holds `_`, which
 /// upstreams that map headers to variables (CGI, many frameworks) cannot
 /// tell from `-`: `X_Forwarded_For` would pass for `X-Forwarded-For`.
@@ -281,6 +293,23 @@ pub struct TlsConfig {
     pub session_tickets: bool,
     /// The oldest protocol version a client may speak.
     pub min_version: TlsVersion,
+    /// The certificates clients must show (mTLS); `None`: none is asked for.
+    pub client_auth: Option<ClientAuth>,
+}
+
+/// `client_ca` on a TLS listener: every client shows a certificate that
+/// chains to one of `roots`, or its handshake fails.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ClientAuth {
+    /// Where `roots` were read from, for messages and the file watch.
+    pub ca: PathBuf,
+    /// The CA certificates, as the master read them.
+    pub roots: Certificates,
+    /// The request header that tells upstreams the verified certificate's
+    /// subject (RFC 4514); whatever a client sent in it is dropped.
+    /// `None`: nothing is added, and the header passes as any other.
+    #[serde(with = "header_name::optional")]
+    pub subject_header: Option<HeaderName>,
 }
 
 /// A TLS protocol version corral speaks (rustls has none older).
@@ -612,5 +641,28 @@ mod header_name {
     pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<HeaderName, D::Error> {
         let text = String::deserialize(d)?;
         HeaderName::from_bytes(text.as_bytes()).map_err(de::Error::custom)
+    }
+
+    pub mod optional {
+        use http::HeaderName;
+        use serde::{Deserialize, Deserializer, Serializer};
+
+        pub fn serialize<S: Serializer>(
+            name: &Option<HeaderName>,
+            s: S,
+        ) -> Result<S::Ok, S::Error> {
+            match name {
+                Some(name) => super::serialize(name, s),
+                None => s.serialize_none(),
+            }
+        }
+
+        pub fn deserialize<'de, D: Deserializer<'de>>(
+            d: D,
+        ) -> Result<Option<HeaderName>, D::Error> {
+            #[derive(Deserialize)]
+            struct Name(#[serde(with = "super")] HeaderName);
+            Ok(Option::<Name>::deserialize(d)?.map(|Name(name)| name))
+        }
     }
 }

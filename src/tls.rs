@@ -1,7 +1,9 @@
-//! TLS for listeners: decoding certificates, choosing one by SNI, and the
-//! rustls server config (ALPN offers h2 and http/1.1); [`client`] makes the
-//! configs corral connects to TLS upstreams with. Certificates arrive as
-//! bytes in the plan; nothing here reads a file.
+//! TLS for listeners: decoding certificates, choosing one by SNI, the
+//! rustls server config (ALPN offers h2 and http/1.1) and, with
+//! `client_ca`, the verifier of clients' certificates ([`subject`] writes
+//! a verified one's subject for upstreams); [`client`] makes the configs
+//! corral connects to TLS upstreams with. Certificates arrive as bytes in
+//! the plan; nothing here reads a file.
 //!
 //! Certificates are matched by the DNS names in their subjectAltName; the first
 //! certificate of a listener answers clients that send no SNI or a name no
@@ -10,15 +12,18 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
+use rustls::RootCertStore;
 use rustls::pki_types::pem::{self, PemObject};
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
-use rustls::server::{ClientHello, ResolvesServerCert};
+use rustls::server::danger::ClientCertVerifier;
+use rustls::server::{ClientHello, ResolvesServerCert, VerifierBuilderError, WebPkiClientVerifier};
 use rustls::sign::CertifiedKey;
 
 use crate::challenges::{ACME_TLS_ALPN, Challenges, SharedAnswers};
-use crate::plan::{CertifiedPem, TicketKeys, TlsConfig, TlsVersion};
+use crate::plan::{Certificates, CertifiedPem, TicketKeys, TlsConfig, TlsVersion};
 
 pub mod client;
+pub mod subject;
 mod tickets;
 
 #[derive(Debug, thiserror::Error)]
@@ -33,6 +38,10 @@ pub enum TlsError {
     Config(#[from] rustls::Error),
     #[error("no usable CA certificate to verify servers with")]
     NoRoots,
+    #[error("{unusable} of its {all} certificates are not usable as CA certificates")]
+    UnusableRoots { unusable: usize, all: usize },
+    #[error("no verifier of client certificates: {0}")]
+    ClientVerifier(#[source] VerifierBuilderError),
 }
 
 fn provider() -> Arc<rustls::crypto::CryptoProvider> {
@@ -177,15 +186,19 @@ pub fn server_config(
     for c in &tls.certificates {
         resolver.add(Arc::new(certified_key(&c.pem)?));
     }
-    let mut config = rustls::ServerConfig::builder_with_provider(provider())
-        .with_protocol_versions(versions(tls.min_version))?
-        .with_no_client_auth()
-        .with_cert_resolver(Arc::new(resolver));
+    let builder = rustls::ServerConfig::builder_with_provider(provider())
+        .with_protocol_versions(versions(tls.min_version))?;
+    let builder = match &tls.client_auth {
+        Some(auth) => builder.with_client_cert_verifier(client_verifier(&auth.roots)?),
+        None => builder.with_no_client_auth(),
+    };
+    let mut config = builder.with_cert_resolver(Arc::new(resolver));
     // Last, and chosen only by a client that offers nothing else: an ACME
     // validation, which the resolver alone answers.
     config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec(), ACME_TLS_ALPN.to_vec()];
     if tls.session_tickets {
-        if let Some(ticketer) = keys.and_then(tickets::Ticketer::new) {
+        let bound = tickets::Binding::of(tls.client_auth.as_ref());
+        if let Some(ticketer) = keys.and_then(|keys| tickets::Ticketer::new(keys, bound)) {
             config.ticketer = Arc::new(ticketer);
         }
     } else {
@@ -194,6 +207,26 @@ pub fn server_config(
         config.send_tls13_tickets = 0;
     }
     Ok(Arc::new(config))
+}
+
+/// What checks the certificates of a listener's clients: they must show
+/// one, and it must chain to one of `roots`. Every certificate of the
+/// bundle must be one webpki can use, so that none is silently left out.
+pub fn client_verifier(roots: &Certificates) -> Result<Arc<dyn ClientCertVerifier>, TlsError> {
+    let mut store = RootCertStore::empty();
+    let all = roots.0.len();
+    let (_, unusable) = store.add_parsable_certificates(
+        roots
+            .0
+            .iter()
+            .map(|der| CertificateDer::from(der.as_slice())),
+    );
+    if unusable > 0 {
+        return Err(TlsError::UnusableRoots { unusable, all });
+    }
+    WebPkiClientVerifier::builder_with_provider(Arc::new(store), provider())
+        .build()
+        .map_err(TlsError::ClientVerifier)
 }
 
 /// The versions a listener speaks, from `min` up; rustls's cipher suites

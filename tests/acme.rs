@@ -266,6 +266,20 @@ fn check_warns_of_the_placeholder_and_refuses_what_acme_cannot_order() {
         "check wrote the state folder"
     );
 
+    // TLS-ALPN-01 cannot pass a listener that requires client certificates.
+    let mtls = format!(
+        "[listeners.tls]\nclient_ca = \"{}\"\n{good}",
+        ca.ca_path.display()
+    );
+    let (ok, out, _) = check(&config(app, None, 8443, &mtls));
+    assert!(
+        !ok && out
+            .contains("which a listener requiring client certificates (client_ca) cannot answer"),
+        "{out}"
+    );
+    let (ok, out, _) = check(&config(app, Some(8080), 8443, &mtls));
+    assert!(ok, "{out}");
+
     let bad = good
         .replace("https://acme.example/dir", "http://acme.example/dir")
         .replace(&format!("[\"{NAME}\"]"), "[\"*.shop.test\", \"10.0.0.1\"]");

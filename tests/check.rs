@@ -267,7 +267,7 @@ timout = "1s"
             unknown(
                 "ciphers",
                 "listeners.tls",
-                "expected one of `certificates`, `acme`, `session_tickets`, `min_version`",
+                "expected one of `certificates`, `acme`, `session_tickets`, `min_version`, `client_ca`, `client_subject_header`",
             ),
         ),
         (
@@ -275,7 +275,7 @@ timout = "1s"
             unknown(
                 "sessions",
                 "listeners.tls",
-                "expected one of `certificates`, `acme`, `session_tickets`, `min_version`",
+                "expected one of `certificates`, `acme`, `session_tickets`, `min_version`, `client_ca`, `client_subject_header`",
             ),
         ),
         ("priority", unknown("priority", "routes", route)),

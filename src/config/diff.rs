@@ -203,39 +203,9 @@ fn acme(l: &ListenerConfig) -> String {
 }
 
 fn listener(l: &ListenerConfig) -> Fields {
-    let certificates = l.tls.as_ref().map_or(UNSET.into(), |t| {
-        let list: Vec<String> = t
-            .certificates
-            .iter()
-            .map(|c| {
-                format!(
-                    "{{ cert = {}, key = {} }}",
-                    string(c.cert.display()),
-                    string(c.key.display())
-                )
-            })
-            .collect();
-        format!("[{}]", list.join(", "))
-    });
-    vec![
-        ("listen", string(l.addr)),
-        ("tls.certificates", certificates),
-        ("tls.acme", acme(l)),
-        (
-            "tls.min_version",
-            l.tls.as_ref().map_or(UNSET.into(), |t| {
-                string(match t.min_version {
-                    crate::plan::TlsVersion::Tls12 => "1.2",
-                    crate::plan::TlsVersion::Tls13 => "1.3",
-                })
-            }),
-        ),
-        (
-            "tls.session_tickets",
-            l.tls
-                .as_ref()
-                .map_or(UNSET.into(), |t| t.session_tickets.to_string()),
-        ),
+    let mut fields = vec![("listen", string(l.addr))];
+    fields.extend(listener_tls(l));
+    fields.extend([
         ("backlog", l.backlog.to_string()),
         ("header_timeout", duration(l.header_timeout)),
         ("keepalive_timeout", duration(l.keepalive_timeout)),
@@ -266,6 +236,56 @@ fn listener(l: &ListenerConfig) -> Fields {
         (
             "max_connections",
             l.max_connections.map_or(UNSET.into(), |n| n.to_string()),
+        ),
+    ]);
+    fields
+}
+
+/// The fields of a listener's `tls` table.
+fn listener_tls(l: &ListenerConfig) -> Fields {
+    let path = |p: &std::path::Path| string(p.display());
+    let client_auth = l.tls.as_ref().and_then(|t| t.client_auth.as_ref());
+    let certificates = l.tls.as_ref().map_or(UNSET.into(), |t| {
+        let list: Vec<String> = t
+            .certificates
+            .iter()
+            .map(|c| {
+                format!(
+                    "{{ cert = {}, key = {} }}",
+                    string(c.cert.display()),
+                    string(c.key.display())
+                )
+            })
+            .collect();
+        format!("[{}]", list.join(", "))
+    });
+    vec![
+        ("tls.certificates", certificates),
+        ("tls.acme", acme(l)),
+        (
+            "tls.min_version",
+            l.tls.as_ref().map_or(UNSET.into(), |t| {
+                string(match t.min_version {
+                    crate::plan::TlsVersion::Tls12 => "1.2",
+                    crate::plan::TlsVersion::Tls13 => "1.3",
+                })
+            }),
+        ),
+        (
+            "tls.session_tickets",
+            l.tls
+                .as_ref()
+                .map_or(UNSET.into(), |t| t.session_tickets.to_string()),
+        ),
+        (
+            "tls.client_ca",
+            client_auth.map_or(UNSET.into(), |a| path(&a.ca)),
+        ),
+        (
+            "tls.client_subject_header",
+            client_auth
+                .and_then(|a| a.subject_header.as_ref())
+                .map_or(UNSET.into(), |h| string(h.as_str())),
         ),
     ]
 }
@@ -491,6 +511,29 @@ servers = [{ addr = "127.0.0.1:9001" }, { addr = "127.0.0.1:9002" }]
                 "~ access_log: path unset -> \"stdout\", format unset -> \"combined\"".to_owned(),
                 "~ upstream `api`: balance \"round_robin\" -> \"consistent_hash\", hash_key unset -> \"header:x-user\", protocol \"http1\" -> \"h2\", health_check.path unset -> \"/\", health_check.interval unset -> \"2s\", health_check.timeout unset -> \"2s\", health_check.healthy_threshold unset -> 2, health_check.unhealthy_threshold unset -> 3".to_owned(),
             ]
+        );
+    }
+
+    #[test]
+    fn client_certificates_asked_for_are_named() {
+        let dir = tempfile::tempdir().expect("dir");
+        let cert = rcgen::generate_simple_self_signed(vec!["a.test".to_owned()]).expect("cert");
+        std::fs::write(dir.path().join("a.pem"), cert.cert.pem()).expect("write");
+        std::fs::write(dir.path().join("a.key"), cert.signing_key.serialize_pem()).expect("write");
+        std::fs::write(dir.path().join("ca.pem"), cert.cert.pem()).expect("write");
+        let load = |text: &str| crate::config::from_str(&dir.path().join("c.toml"), text).unwrap();
+        let old = format!(
+            "{BASE}[[listeners]]\nname = \"tls\"\nlisten = \"127.0.0.1:8443\"\n[listeners.tls]\ncertificates = [{{ cert = \"a.pem\", key = \"a.key\" }}]\n"
+        );
+        let new =
+            format!("{old}client_ca = \"ca.pem\"\nclient_subject_header = \"X-Client-Subject\"\n");
+        let ca = dir.path().join("ca.pem");
+        assert_eq!(
+            diff(&load(&old), &load(&new)),
+            [format!(
+                "~ listener `tls`: tls.client_ca unset -> \"{}\", tls.client_subject_header unset -> \"x-client-subject\"",
+                ca.display()
+            )]
         );
     }
 }

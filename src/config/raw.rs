@@ -114,6 +114,8 @@ pub struct RawTls {
     pub acme: Option<Spanned<RawAcme>>,
     pub session_tickets: Option<bool>,
     pub min_version: Option<Text>,
+    pub client_ca: Option<Text>,
+    pub client_subject_header: Option<Text>,
 }
 
 /// `[listeners.tls.acme]`: a certificate corral obtains and renews itself.

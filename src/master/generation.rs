@@ -8,7 +8,7 @@ use std::time::SystemTime;
 
 use super::sockets::ListenerSockets;
 use super::steering::PortSocket;
-use crate::plan::{CertificateConfig, Certificates, CertifiedPem, Plan, UpstreamTls};
+use crate::plan::{CertificateConfig, Certificates, CertifiedPem, ClientAuth, Plan, UpstreamTls};
 use crate::upstream::Upstream;
 
 /// One config generation: the file's text, the plan made from it (what
@@ -141,12 +141,30 @@ fn upstream_tls(plan: &Plan) -> impl Iterator<Item = &UpstreamTls> {
     plan.upstreams.iter().filter_map(|u| u.tls.as_ref())
 }
 
+/// The CA certificates listeners check their clients' against.
+fn client_cas(plan: &Plan) -> impl Iterator<Item = &ClientAuth> {
+    plan.listeners
+        .iter()
+        .filter_map(|l| l.tls.as_ref()?.client_auth.as_ref())
+}
+
+/// The CA bundles `plan` read from files, and what it read: upstreams'
+/// `tls.ca`, then listeners' `tls.client_ca`.
+fn bundles(plan: &Plan) -> impl Iterator<Item = (&PathBuf, &Certificates)> {
+    let upstreams = upstream_tls(plan).filter_map(|t| Some((t.ca.as_ref()?, &t.roots)));
+    upstreams.chain(client_cas(plan).map(|a| (&a.ca, &a.roots)))
+}
+
 /// The certificate chains, keys and CA certificates `plan` holds, in
 /// order: what a reload compares to see whether files renewed under an
 /// unchanged text call for a new generation.
 pub fn certificates(plan: &Plan) -> (Vec<&CertifiedPem>, Vec<&Certificates>) {
     let chains = pairs(plan).map(|c| &c.pem).collect();
-    (chains, upstream_tls(plan).map(|t| &t.roots).collect())
+    let roots = upstream_tls(plan).map(|t| &t.roots);
+    (
+        chains,
+        roots.chain(client_cas(plan).map(|a| &a.roots)).collect(),
+    )
 }
 
 /// The certificate, key and CA files `plan` was read from: what the file
@@ -154,7 +172,7 @@ pub fn certificates(plan: &Plan) -> (Vec<&CertifiedPem>, Vec<&Certificates>) {
 pub fn tls_files(plan: &Plan) -> Vec<PathBuf> {
     let mut files: Vec<PathBuf> = pairs(plan)
         .flat_map(|c| [c.cert.clone(), c.key.clone()])
-        .chain(upstream_tls(plan).filter_map(|t| t.ca.clone()))
+        .chain(bundles(plan).map(|(path, _)| path.clone()))
         .collect();
     files.sort();
     files.dedup();
@@ -183,8 +201,5 @@ pub fn tls_files_changed(plan: &Plan) -> bool {
         Some(certs)
     };
     pairs(plan).any(pair_changed)
-        || upstream_tls(plan).any(|t| {
-            t.ca.as_ref()
-                .is_some_and(|ca| bundle(ca).as_ref() != Some(&t.roots.0))
-        })
+        || bundles(plan).any(|(path, roots)| bundle(path).as_ref() != Some(&roots.0))
 }

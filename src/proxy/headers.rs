@@ -314,6 +314,24 @@ pub fn add_forwarded(
     };
 }
 
+/// Sets `name` to the subject of the client's verified certificate,
+/// replacing every value the request carried in it, so that no client can
+/// name itself; with no subject, the field is only removed.
+pub fn set_client_subject(
+    headers: &mut HeaderMap,
+    name: &HeaderName,
+    subject: Option<&HeaderValue>,
+) {
+    match subject {
+        Some(subject) => {
+            headers.insert(name.clone(), subject.clone());
+        }
+        None => {
+            headers.remove(name);
+        }
+    }
+}
+
 /// What [`add_forwarded`] adds to a request that carries no
 /// `X-Forwarded-*` of its own (see [`Found::forwarded`]), whoever sent it:
 /// the fields to write behind the request's own, for an encoder that can,
@@ -386,6 +404,20 @@ mod tests {
         let mut h = map(&[("te", "trailers")]);
         remove_hop_by_hop(&mut h, false);
         assert_eq!(h["te"], "trailers");
+    }
+
+    #[test]
+    fn a_client_subject_replaces_every_value_the_client_sent() {
+        let name = HeaderName::from_static("x-client-subject");
+        let mut h = map(&[
+            ("x-client-subject", "CN=admin"),
+            ("x-client-subject", "CN=root"),
+        ]);
+        let alice = HeaderValue::from_static("CN=alice,O=Example");
+        set_client_subject(&mut h, &name, Some(&alice));
+        assert_eq!(h.get_all(&name).iter().collect::<Vec<_>>(), [&alice]);
+        set_client_subject(&mut h, &name, None);
+        assert!(!h.contains_key(&name));
     }
 
     #[test]

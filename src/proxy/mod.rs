@@ -54,6 +54,9 @@ pub struct Client {
     /// Whether the request's `X-Forwarded-*` headers are believed.
     pub earlier_forwarded: headers::Earlier,
     pub tls: bool,
+    /// The subject of the certificate the client showed, when the listener
+    /// tells upstreams in its `client_subject_header`.
+    pub subject: Option<HeaderValue>,
     pub listener: Arc<ListenerSnapshot>,
     /// The tunnel to start once this connection has switched protocols.
     /// Boxed: every connection, idle ones too, holds the slot, and few
@@ -71,7 +74,23 @@ impl Client {
                 listener.config.trusted_proxies.as_deref(),
             ),
             tls,
+            subject: None,
             listener,
+            tunnel: std::sync::Mutex::new(None),
+        }
+    }
+
+    /// This client, known by the subject of its verified certificate
+    /// (learnt after the handshake, before any request, so no tunnel is
+    /// set up yet).
+    pub fn with_subject(&self, subject: HeaderValue) -> Self {
+        Self {
+            addr: self.addr,
+            forwarded_for: self.forwarded_for.clone(),
+            earlier_forwarded: self.earlier_forwarded,
+            tls: self.tls,
+            subject: Some(subject),
+            listener: self.listener.clone(),
             tunnel: std::sync::Mutex::new(None),
         }
     }
@@ -309,12 +328,7 @@ fn prepare(
         && parts.method.is_idempotent()
         && http_body::Body::is_end_stream(&body)
         && upgrade.is_none();
-    if found.underscore() {
-        headers::remove_underscored(&mut parts.headers);
-    }
-    headers::remove_found(&mut parts.headers, &found, upgrade.is_some());
-    // corral answers `Expect: 100-continue` itself when it starts reading the body.
-    parts.headers.remove(header::EXPECT);
+    scrub(&mut parts.headers, &found, upgrade.is_some(), client);
     // Written behind the request's own fields where nothing is to be
     // merged (most requests), not inserted into the map.
     let fresh = protocol == Protocol::Http1 && !found.forwarded();
@@ -362,6 +376,22 @@ fn prepare(
         started,
         replay,
     })
+}
+
+/// Removes what the client sent that is not the upstream's to see: the
+/// hop-by-hop fields, names with `_` where the listener drops them, and
+/// `Expect` (corral answers `100-continue` itself when it starts reading
+/// the body); and sets the subject of the client's certificate where the
+/// listener forwards it, in place of whatever the client sent.
+fn scrub(fields: &mut http::HeaderMap, found: &headers::Found, upgrading: bool, client: &Client) {
+    if found.underscore() {
+        headers::remove_underscored(fields);
+    }
+    headers::remove_found(fields, found, upgrading);
+    if let Some(name) = client.listener.config.client_subject_header() {
+        headers::set_client_subject(fields, name, client.subject.as_ref());
+    }
+    fields.remove(header::EXPECT);
 }
 
 /// Turns the upstream's response into the client's. `upgrading` is the

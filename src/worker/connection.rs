@@ -11,6 +11,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use bytes::{Bytes, BytesMut};
+use http::HeaderValue;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::time::Instant;
@@ -66,7 +67,7 @@ pub async fn serve(
     if let Some(tls) = conn.listener.tls.clone() {
         // Boxed: the handshake's state is large, and plain connections
         // should not carry room for it.
-        return Box::pin(serve_tls(stream, tls, &conn, deadline)).await;
+        return Box::pin(serve_tls(stream, tls, conn, deadline)).await;
     }
     // A plain connection is served here rather than by a function of its
     // own: an `async fn` keeps its arguments apart from its locals, and an
@@ -134,7 +135,7 @@ async fn read_preface(stream: &mut Watched<TcpStream>) -> std::io::Result<(Bytes
 async fn serve_tls(
     stream: Watched<TcpStream>,
     tls: Arc<rustls::ServerConfig>,
-    conn: &Conn,
+    mut conn: Conn,
     deadline: Instant,
 ) {
     let accept = tokio_rustls::TlsAcceptor::from(tls).accept(stream);
@@ -159,21 +160,40 @@ async fn serve_tls(
         tls13: session.protocol_version() == Some(rustls::ProtocolVersion::TLSv1_3),
         resumed: session.handshake_kind() == Some(rustls::HandshakeKind::Resumed),
     });
-    let alpn = stream.get_ref().1.alpn_protocol();
-    if alpn == Some(ACME_TLS_ALPN) {
+    if session.alpn_protocol() == Some(ACME_TLS_ALPN) {
         // A TLS-ALPN-01 validation: the certificate was the answer, and
         // no request follows (RFC 8737 §3).
         let mut stream = stream;
         return drop(stream.shutdown().await);
     }
-    let h2 = alpn == Some(b"h2");
+    if let Some(subject) = subject(session, &conn) {
+        conn.client = Arc::new(conn.client.with_subject(subject));
+    }
+    let h2 = session.alpn_protocol() == Some(b"h2");
     let io = Prefixed::new(Bytes::new(), stream, conn.activity.clone());
     if h2 {
         // Boxed for the same reason as in `serve`.
-        Box::pin(serve_h2(io, conn)).await
+        Box::pin(serve_h2(io, &conn)).await
     } else {
-        serve_h1(&mut Some(io), conn).await
+        serve_h1(&mut Some(io), &conn).await
     }
+}
+
+/// The subject of the certificate the client showed, as the value of the
+/// listener's `client_subject_header`; `None` where no header is asked
+/// for, so that nothing is decoded for listeners that do not forward it.
+/// Made once, for every request of the connection.
+fn subject(session: &rustls::ServerConnection, conn: &Conn) -> Option<HeaderValue> {
+    conn.listener.config.client_subject_header()?;
+    // rustls verified it, in this handshake or in the one whose session
+    // resumed (whose ticket is bound to the same `client_ca`).
+    let certificate = session.peer_certificates()?.first()?;
+    let Some(text) = crate::tls::subject::of_certificate(certificate) else {
+        tracing::warn!(client = %conn.peer(), "client certificate subject does not decode; not forwarded");
+        return None;
+    };
+    // ASCII by construction, so always a valid value.
+    HeaderValue::try_from(text).ok()
 }
 
 /// Counts the connection as closed however its task ends.

@@ -50,12 +50,25 @@ impl Pki {
     /// A certificate for `names` (DNS names or IP addresses), written as
     /// `FILE.pem` and `FILE.key`.
     pub fn issue(&self, file: &str, names: &[&str]) -> Leaf {
-        let key = KeyPair::generate().unwrap();
         let names: Vec<String> = names.iter().map(|n| n.to_string()).collect();
-        let cert = CertificateParams::new(names)
-            .unwrap()
-            .signed_by(&key, &self.ca)
-            .unwrap();
+        self.sign(file, CertificateParams::new(names).unwrap())
+    }
+
+    /// A client certificate whose subject is `subject`, in the order
+    /// given (the first is the certificate's first relative name), written
+    /// as `FILE.pem` and `FILE.key`.
+    pub fn issue_client(&self, file: &str, subject: &[(rcgen::DnType, &str)]) -> Leaf {
+        let mut params = CertificateParams::new(Vec::new()).unwrap();
+        params.distinguished_name = rcgen::DistinguishedName::new();
+        for (kind, value) in subject {
+            params.distinguished_name.push(kind.clone(), *value);
+        }
+        self.sign(file, params)
+    }
+
+    fn sign(&self, file: &str, params: CertificateParams) -> Leaf {
+        let key = KeyPair::generate().unwrap();
+        let cert = params.signed_by(&key, &self.ca).unwrap();
         let cert_path = self.dir.path().join(format!("{file}.pem"));
         let key_path = self.dir.path().join(format!("{file}.key"));
         std::fs::write(&cert_path, cert.pem()).unwrap();

@@ -7,6 +7,7 @@ use std::ops::Range;
 use std::path::Path;
 use std::time::Duration;
 
+use http::HeaderName;
 use toml::Spanned;
 
 use crate::config::raw::*;
@@ -29,6 +30,7 @@ impl Validator<'_> {
         let mut names = Names::new("listener");
         let mut addrs: HashMap<SocketAddr, String> = HashMap::new();
         let mut out = Vec::new();
+        let plain = raw.iter().any(|l| l.get_ref().tls.is_none());
         for item in raw {
             let l = item.into_inner();
             names.check(self, &l.name);
@@ -46,7 +48,7 @@ impl Validator<'_> {
                 );
             }
             let redirect_https = self.redirect_https(&l);
-            let tls = l.tls.map(|t| self.tls(t));
+            let tls = l.tls.map(|t| self.tls(t, plain));
             let backlog = l
                 .backlog
                 .and_then(|b| self.int_in(&b, 1, 65535, "listeners.backlog"))
@@ -152,7 +154,9 @@ impl Validator<'_> {
         Some(port.unwrap_or(443))
     }
 
-    pub fn tls(&mut self, raw: Spanned<RawTls>) -> Option<TlsConfig> {
+    /// `[listeners.tls]`; `plain`: whether the cluster has a plain listener,
+    /// where ACME proves names by HTTP-01 (else by TLS-ALPN-01).
+    pub fn tls(&mut self, raw: Spanned<RawTls>, plain: bool) -> Option<TlsConfig> {
         let span = raw.span();
         let raw = raw.into_inner();
         let session_tickets = raw.session_tickets.unwrap_or(true);
@@ -164,6 +168,7 @@ impl Validator<'_> {
                 TlsVersion::Tls12
             }
         };
+        let client_auth = self.client_auth(raw.client_ca, raw.client_subject_header);
         let mut certificates = Vec::new();
         match raw.certificates {
             // Emptied by parsing, which reported why.
@@ -190,13 +195,87 @@ impl Validator<'_> {
             }
             None => {}
         }
+        if let Some(acme) = raw
+            .acme
+            .as_ref()
+            .filter(|_| client_auth.is_some() && !plain)
+        {
+            self.problem(
+                acme.span(),
+                "listeners.tls.acme: with no plain listener, names are proven by TLS-ALPN-01, which a listener requiring client certificates (client_ca) cannot answer; add a plain listener (port 80) for HTTP-01",
+            );
+        }
         // After the files: the first certificate answers clients without SNI.
         certificates.extend(raw.acme.and_then(|a| self.acme(a)));
         (!certificates.is_empty()).then_some(TlsConfig {
             certificates,
             session_tickets,
             min_version,
+            client_auth,
         })
+    }
+
+    /// `client_ca`, read as upstreams' `ca` is, and the header that
+    /// carries the subjects of the certificates it verifies.
+    fn client_auth(&mut self, ca: Option<Text>, header: Option<Text>) -> Option<ClientAuth> {
+        let subject_header = header.as_ref().and_then(|h| self.subject_header(h));
+        let Some(ca) = ca else {
+            if let Some(h) = &header {
+                self.problem(
+                    h.span(),
+                    "listeners.tls.client_subject_header: only used with client_ca, the CA bundle that verifies the certificates whose subject it carries",
+                );
+            }
+            return None;
+        };
+        let path = self.base.join(ca.get_ref());
+        let roots = self.ca_bundle(&path, ca.span(), "listeners.tls.client_ca")?;
+        // What a worker will build: a bundle webpki cannot use is said
+        // here, not found by the first client.
+        if let Err(e) = crate::tls::client_verifier(&roots) {
+            self.problem(
+                ca.span(),
+                format!("listeners.tls.client_ca: {}: {e}", path.display()),
+            );
+            return None;
+        }
+        Some(ClientAuth {
+            ca: path,
+            roots,
+            subject_header,
+        })
+    }
+
+    /// A header name for `client_subject_header`, which must be none that
+    /// HTTP or corral's own forwarding gives a meaning to.
+    fn subject_header(&mut self, raw: &Text) -> Option<HeaderName> {
+        const TAKEN: [&str; 14] = [
+            "host",
+            "content-length",
+            "transfer-encoding",
+            "connection",
+            "keep-alive",
+            "proxy-connection",
+            "te",
+            "trailer",
+            "upgrade",
+            "http2-settings",
+            "expect",
+            "x-forwarded-for",
+            "x-forwarded-proto",
+            "x-forwarded-host",
+        ];
+        let text = raw.get_ref();
+        let why = match HeaderName::from_bytes(text.as_bytes()) {
+            Ok(name) if !TAKEN.contains(&name.as_str()) => return Some(name),
+            Ok(_) => "has a meaning in HTTP or corral's forwarding already",
+            Err(_) => "is not a header name",
+        };
+        self.problem(
+            raw.span(),
+            format!("listeners.tls.client_subject_header: `{text}` {why}; choose a name such as X-Client-Subject"),
+        );
+        None
     }
 
     /// Reads a chain and its key, once: the plan carries these bytes, so
@@ -260,5 +339,84 @@ impl Validator<'_> {
         };
         self.problem(at, format!("{section}: {why}"));
         None
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::plan::{ClientAuth, Plan};
+
+    /// A TLS listener with `extra` in its `[listeners.tls]`, in a folder
+    /// holding its certificate, a CA bundle (`ca.pem`) and a file that is
+    /// no bundle (`junk.pem`).
+    fn load(extra: &str) -> Result<Plan, String> {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let cert = rcgen::generate_simple_self_signed(vec!["a.test".to_owned()]).expect("cert");
+        std::fs::write(dir.path().join("a.pem"), cert.cert.pem()).expect("write");
+        std::fs::write(dir.path().join("a.key"), cert.signing_key.serialize_pem()).expect("write");
+        let ca = rcgen::generate_simple_self_signed(vec!["ca.test".to_owned()]).expect("ca");
+        std::fs::write(dir.path().join("ca.pem"), ca.cert.pem()).expect("write");
+        std::fs::write(dir.path().join("junk.pem"), "not pem").expect("write");
+        let text = format!(
+            "[[listeners]]\nname = \"tls\"\nlisten = \"127.0.0.1:8443\"\n[listeners.tls]\ncertificates = [{{ cert = \"a.pem\", key = \"a.key\" }}]\n{extra}\n[[routes]]\nupstream = \"api\"\n[[upstreams]]\nname = \"api\"\nservers = [{{ addr = \"127.0.0.1:9001\" }}]\n"
+        );
+        crate::config::from_str(&dir.path().join("corral.toml"), &text)
+            .map_err(|e| e.lines().join("\n"))
+    }
+
+    fn client_auth(extra: &str) -> Option<ClientAuth> {
+        let plan = load(extra).expect("valid");
+        plan.listeners[0].tls.clone().expect("tls").client_auth
+    }
+
+    #[test]
+    fn client_ca_is_read_relative_to_the_config_with_an_optional_header() {
+        assert_eq!(client_auth(""), None);
+        let auth = client_auth("client_ca = \"ca.pem\"").expect("client auth");
+        assert!(auth.ca.ends_with("ca.pem"));
+        assert_eq!(auth.roots.0.len(), 1);
+        assert_eq!(auth.subject_header, None);
+        let auth =
+            client_auth("client_ca = \"ca.pem\"\nclient_subject_header = \"X-Client-Subject\"");
+        let header = auth.expect("client auth").subject_header.expect("header");
+        assert_eq!(header.as_str(), "x-client-subject");
+    }
+
+    #[test]
+    fn each_mistake_is_said_where_it_was_written() {
+        let problem = |extra: &str| load(extra).expect_err("invalid");
+        let text = problem("client_subject_header = \"X-Client-Subject\"");
+        assert!(
+            text.contains(":6:25: listeners.tls.client_subject_header: only used with client_ca"),
+            "{text}"
+        );
+        let text = problem("client_ca = \"junk.pem\"");
+        assert!(
+            text.contains(":6:13: listeners.tls.client_ca: cannot read "),
+            "{text}"
+        );
+        assert!(text.contains("junk.pem: no certificate in it"), "{text}");
+        let text = problem("client_ca = \"missing.pem\"");
+        assert!(
+            text.contains("listeners.tls.client_ca: cannot read "),
+            "{text}"
+        );
+        for (name, why) in [
+            ("X Subject", "is not a header name"),
+            (
+                "X-Forwarded-For",
+                "has a meaning in HTTP or corral's forwarding already",
+            ),
+            (
+                "Host",
+                "has a meaning in HTTP or corral's forwarding already",
+            ),
+        ] {
+            let text = problem(&format!(
+                "client_ca = \"ca.pem\"\nclient_subject_header = \"{name}\""
+            ));
+            let expected = format!(":7:25: listeners.tls.client_subject_header: `{name}` {why}");
+            assert!(text.contains(&expected), "{expected:?} not in:\n{text}");
+        }
     }
 }

@@ -87,8 +87,8 @@ impl Validator<'_> {
         Some(tls)
     }
 
-    /// The certificates of a PEM bundle, at least one; `key` names the
-    /// setting in messages.
+    /// The certificates of a PEM bundle, at least one; `key` names it in
+    /// messages.
     pub(super) fn ca_bundle(
         &mut self,
         path: &Path,
