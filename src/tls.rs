@@ -1,7 +1,8 @@
 //! TLS for listeners: decoding certificates, choosing one by SNI, and the
 //! rustls server config (ALPN offers h2 and http/1.1); [`client`] makes the
-//! configs corral connects to TLS upstreams with. Certificates arrive as
-//! bytes in the plan; nothing here reads a file.
+//! configs corral connects to TLS upstreams with, and [`inspect`] reads what
+//! a certificate says for the master to show. Certificates arrive as bytes
+//! in the plan; nothing here reads a file.
 //!
 //! Certificates are matched by the DNS names in their subjectAltName; the first
 //! certificate of a listener answers clients that send no SNI or a name no
@@ -18,6 +19,7 @@ use rustls::sign::CertifiedKey;
 use crate::plan::{CertifiedPem, TicketKeys, TlsConfig, TlsVersion};
 
 pub mod client;
+pub mod inspect;
 mod tickets;
 
 #[derive(Debug, thiserror::Error)]

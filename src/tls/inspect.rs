@@ -1,0 +1,226 @@
+//! What a listener's certificate says about itself (its DNS names, issuer
+//! and validity), for `/status` and the expiry metric. x509-parser reads
+//! the DER; this module only picks out and formats what the master shows.
+//! Nothing here reads a file or decides what is served.
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use x509_parser::asn1_rs::{FromDer, ToDer};
+use x509_parser::extensions::GeneralName;
+use x509_parser::prelude::X509Certificate;
+use x509_parser::x509::{AttributeTypeAndValue, X509Name};
+
+use crate::plan::CertifiedPem;
+
+#[derive(Debug, thiserror::Error)]
+pub enum InspectError {
+    #[error("no certificate in the PEM chain")]
+    Empty,
+    #[error("not an X.509 certificate: {0}")]
+    Certificate(String),
+}
+
+/// The facts of a chain's first certificate (the one served for its names).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CertificateFacts {
+    /// The DNS names of its subjectAltName, in order.
+    pub names: Vec<String>,
+    /// Its subject's first common name, if it has one.
+    pub common_name: Option<String>,
+    /// Its issuer as an RFC 4514 string (`CN=R11,O=Let's Encrypt,C=US`).
+    pub issuer: String,
+    pub not_before: SystemTime,
+    pub not_after: SystemTime,
+}
+
+impl CertificateFacts {
+    /// The facts of `pem`'s first certificate.
+    pub fn of(pem: &CertifiedPem) -> Result<Self, InspectError> {
+        use rustls::pki_types::CertificateDer;
+        use rustls::pki_types::pem::PemObject as _;
+        let der = CertificateDer::pem_slice_iter(pem.chain.as_bytes())
+            .next()
+            .ok_or(InspectError::Empty)?
+            .map_err(|e| InspectError::Certificate(e.to_string()))?;
+        let (_, cert) = X509Certificate::from_der(&der)
+            .map_err(|e| InspectError::Certificate(e.to_string()))?;
+        Ok(Self::from_certificate(&cert))
+    }
+
+    fn from_certificate(cert: &X509Certificate<'_>) -> Self {
+        // An unreadable subjectAltName has no names to show; webpki, which
+        // picks certificates by SNI, would match none either.
+        let names = cert
+            .subject_alternative_name()
+            .ok()
+            .flatten()
+            .map(|san| {
+                san.value
+                    .general_names
+                    .iter()
+                    .filter_map(|n| match n {
+                        GeneralName::DNSName(name) => Some((*name).to_owned()),
+                        _ => None,
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        let common_name = cert
+            .subject()
+            .iter_common_name()
+            .find_map(|cn| cn.as_str().ok())
+            .map(str::to_owned);
+        let validity = cert.validity();
+        Self {
+            names,
+            common_name,
+            issuer: rfc4514(cert.issuer()),
+            not_before: time(validity.not_before.timestamp()),
+            not_after: time(validity.not_after.timestamp()),
+        }
+    }
+
+    /// What the certificate is called in metrics: its first DNS name, else
+    /// its common name, else nothing.
+    pub fn label(&self) -> &str {
+        self.names
+            .first()
+            .or(self.common_name.as_ref())
+            .map_or("", String::as_str)
+    }
+}
+
+/// Unix seconds as a time. Certificates dated before 1970 (UTCTime reaches
+/// back to 1950) are shown as of 1970: as a start of validity it says the
+/// same, and RFC 3339 timestamps here start there.
+fn time(unix: i64) -> SystemTime {
+    UNIX_EPOCH + Duration::from_secs(u64::try_from(unix).unwrap_or(0))
+}
+
+/// Unix seconds of `at` (0 before 1970).
+pub fn unix_seconds(at: SystemTime) -> i64 {
+    at.duration_since(UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
+}
+
+/// A distinguished name as RFC 4514 writes it: the last RDN first, `,`
+/// between RDNs and `+` within one, the short names of its §3 table and
+/// dotted OIDs for other types, values escaped as §2.4 says, and values
+/// that are no string as `#` and the hex of their DER.
+fn rfc4514(name: &X509Name<'_>) -> String {
+    let rdns: Vec<String> = name
+        .iter_rdn()
+        .map(|rdn| rdn.iter().map(attribute).collect::<Vec<_>>().join("+"))
+        .collect();
+    rdns.into_iter().rev().collect::<Vec<_>>().join(",")
+}
+
+fn attribute(attr: &AttributeTypeAndValue<'_>) -> String {
+    const SHORT: [(&str, &str); 9] = [
+        ("2.5.4.3", "CN"),
+        ("2.5.4.7", "L"),
+        ("2.5.4.8", "ST"),
+        ("2.5.4.10", "O"),
+        ("2.5.4.11", "OU"),
+        ("2.5.4.6", "C"),
+        ("2.5.4.9", "STREET"),
+        ("0.9.2342.19200300.100.1.25", "DC"),
+        ("0.9.2342.19200300.100.1.1", "UID"),
+    ];
+    let oid = attr.attr_type().to_id_string();
+    let short = SHORT.iter().find(|(o, _)| *o == oid).map(|(_, s)| *s);
+    let value = match attr.as_str() {
+        Ok(text) => escape(text),
+        Err(_) => {
+            let der = attr.attr_value().to_der_vec().unwrap_or_default();
+            std::iter::once("#".to_owned())
+                .chain(der.iter().map(|b| format!("{b:02x}")))
+                .collect()
+        }
+    };
+    format!("{}={value}", short.unwrap_or(&oid))
+}
+
+/// RFC 4514 §2.4: `"+,;<>\` always, a leading `#` or space, a trailing
+/// space, and NUL are escaped.
+fn escape(value: &str) -> String {
+    let last = value.chars().count().saturating_sub(1);
+    let mut out = String::with_capacity(value.len());
+    for (i, c) in value.chars().enumerate() {
+        match c {
+            '"' | '+' | ',' | ';' | '<' | '>' | '\\' => out.push('\\'),
+            '#' if i == 0 => out.push('\\'),
+            ' ' if i == 0 || i == last => out.push('\\'),
+            '\0' => {
+                out.push_str("\\00");
+                continue;
+            }
+            _ => {}
+        }
+        out.push(c);
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pem_of(params: rcgen::CertificateParams) -> CertifiedPem {
+        let key = rcgen::KeyPair::generate().expect("key");
+        let cert = params.self_signed(&key).expect("certificate");
+        CertifiedPem {
+            chain: cert.pem(),
+            key: key.serialize_pem(),
+        }
+    }
+
+    #[test]
+    fn names_issuer_and_validity_come_from_the_first_certificate() {
+        let mut params = rcgen::CertificateParams::new(vec![
+            "a.example.com".to_owned(),
+            "*.example.org".to_owned(),
+        ])
+        .expect("params");
+        params.distinguished_name = rcgen::DistinguishedName::new();
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CountryName, "NL");
+        params
+            .distinguished_name
+            .push(rcgen::DnType::OrganizationName, "Corral, Test; \"CA\"");
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, " Root #1 ");
+        params.not_before = rcgen::date_time_ymd(2026, 1, 2);
+        params.not_after = rcgen::date_time_ymd(2027, 3, 4);
+        let facts = CertificateFacts::of(&pem_of(params)).expect("facts");
+        assert_eq!(facts.names, ["a.example.com", "*.example.org"]);
+        assert_eq!(facts.label(), "a.example.com");
+        // Self-signed: the issuer is the subject, last RDN first.
+        assert_eq!(
+            facts.issuer,
+            r#"CN=\ Root #1\ ,O=Corral\, Test\; \"CA\",C=NL"#
+        );
+        assert_eq!(
+            facts.not_before,
+            humantime::parse_rfc3339("2026-01-02T00:00:00Z").expect("time")
+        );
+        assert_eq!(
+            facts.not_after,
+            humantime::parse_rfc3339("2027-03-04T00:00:00Z").expect("time")
+        );
+        assert_eq!(unix_seconds(facts.not_after), 1_804_118_400);
+    }
+
+    #[test]
+    fn a_certificate_without_dns_names_is_labelled_by_its_common_name() {
+        let mut params = rcgen::CertificateParams::new(Vec::new()).expect("params");
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, "internal service");
+        let facts = CertificateFacts::of(&pem_of(params)).expect("facts");
+        assert!(facts.names.is_empty());
+        assert_eq!(facts.label(), "internal service");
+    }
+}
