@@ -1,5 +1,6 @@
 //! A config generation: what the master publishes to every slot
-//! supervisor at start and at each reload.
+//! supervisor at start and at each reload, and what it shows of the
+//! listeners' certificates (read once per generation, not per scrape).
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -9,6 +10,7 @@ use std::time::SystemTime;
 use super::sockets::ListenerSockets;
 use super::steering::PortSocket;
 use crate::plan::{CertificateConfig, Certificates, CertifiedPem, Plan, UpstreamTls};
+use crate::tls::inspect::CertificateFacts;
 use crate::upstream::Upstream;
 
 /// One config generation: the file's text, the plan made from it (what
@@ -25,7 +27,25 @@ pub struct Generation {
     pub sockets: Arc<Vec<ListenerSockets>>,
     /// Health-checked here; workers get the verdicts, not these objects.
     pub upstreams: Arc<Vec<Arc<Upstream>>>,
+    /// Every certificate of every TLS listener, in config order.
+    pub certificates: Arc<Vec<ListenerCertificate>>,
     pub loaded_at: SystemTime,
+}
+
+/// One certificate of a TLS listener, as `/status` and the expiry metric
+/// show it.
+#[derive(Debug, Clone)]
+pub struct ListenerCertificate {
+    pub listener: String,
+    pub facts: CertificateFacts,
+    pub source: CertificateSource,
+}
+
+/// Where a listener's certificate comes from.
+#[derive(Debug, Clone)]
+pub enum CertificateSource {
+    /// `cert` and `key` files, read with the config.
+    File { cert: PathBuf, key: PathBuf },
 }
 
 impl Generation {
@@ -75,6 +95,7 @@ impl Generation {
                 previous,
                 plan.sticky_key.as_ref(),
             )),
+            certificates: Arc::new(listener_certificates(&plan)),
             plan: Arc::new(plan),
             sockets: Arc::new(sockets),
             loaded_at: SystemTime::now(),
@@ -123,6 +144,32 @@ impl Summary {
                 .collect(),
         }
     }
+}
+
+/// What `plan`'s listeners' certificates say of themselves. The config
+/// check read each one (see `config::validate::listener`), so none is left
+/// out but for a reason logged here.
+fn listener_certificates(plan: &Plan) -> Vec<ListenerCertificate> {
+    let entries = plan.listeners.iter().flat_map(|l| {
+        let certificates = l.tls.iter().flat_map(|t| &t.certificates);
+        certificates.map(move |c| (l.name.as_str(), c))
+    });
+    entries
+        .filter_map(|(listener, c)| match CertificateFacts::of(&c.pem) {
+            Ok(facts) => Some(ListenerCertificate {
+                listener: listener.to_owned(),
+                facts,
+                source: CertificateSource::File {
+                    cert: c.cert.clone(),
+                    key: c.key.clone(),
+                },
+            }),
+            Err(e) => {
+                tracing::warn!(listener, cert = %c.cert.display(), error = %e, "certificate left out of /status and metrics");
+                None
+            }
+        })
+        .collect()
 }
 
 /// Every certificate and key `plan` holds: the listeners', then the

@@ -1,6 +1,7 @@
 //! A private CA made at test time, the certificates it signs (written to
-//! files a config can name), and HTTPS upstreams that present them,
-//! optionally asking clients for a certificate of their own (mTLS).
+//! files a config can name, and renewed in place), and HTTPS upstreams
+//! that present them, optionally asking clients for a certificate of their
+//! own (mTLS).
 
 use std::convert::Infallible;
 use std::path::PathBuf;
@@ -33,6 +34,18 @@ pub struct Leaf {
     pub key_path: PathBuf,
 }
 
+impl Leaf {
+    /// Its entry in `listeners.tls.certificates`, with `extra` keys (`,
+    /// ocsp = "..."`).
+    pub fn entry(&self, extra: &str) -> String {
+        format!(
+            "{{ cert = {:?}, key = {:?}{extra} }}",
+            self.cert_path.display().to_string(),
+            self.key_path.display().to_string()
+        )
+    }
+}
+
 impl Pki {
     pub fn new(name: &str) -> Self {
         let dir = tempfile::tempdir().unwrap();
@@ -50,12 +63,19 @@ impl Pki {
     /// A certificate for `names` (DNS names or IP addresses), written as
     /// `FILE.pem` and `FILE.key`.
     pub fn issue(&self, file: &str, names: &[&str]) -> Leaf {
+        self.issue_with(file, names, |_| {})
+    }
+
+    /// [`Pki::issue`] with `edit` applied to the certificate's parameters
+    /// (its validity, say).
+    pub fn issue_with(
+        &self,
+        file: &str,
+        names: &[&str],
+        edit: impl FnOnce(&mut CertificateParams),
+    ) -> Leaf {
         let key = KeyPair::generate().unwrap();
-        let names: Vec<String> = names.iter().map(|n| n.to_string()).collect();
-        let cert = CertificateParams::new(names)
-            .unwrap()
-            .signed_by(&key, &self.ca)
-            .unwrap();
+        let cert = self.sign(&key, names, edit);
         let cert_path = self.dir.path().join(format!("{file}.pem"));
         let key_path = self.dir.path().join(format!("{file}.key"));
         std::fs::write(&cert_path, cert.pem()).unwrap();
@@ -66,6 +86,40 @@ impl Pki {
             cert_path,
             key_path,
         }
+    }
+
+    /// A new certificate for `leaf`'s key and `names`, `edit`ed, put in
+    /// place of `leaf`'s certificate file at once (a rename), as a renewal
+    /// that keeps its key does.
+    pub fn renew(
+        &self,
+        leaf: &Leaf,
+        names: &[&str],
+        edit: impl FnOnce(&mut CertificateParams),
+    ) -> Leaf {
+        let key = KeyPair::try_from(&leaf.key).unwrap();
+        let cert = self.sign(&key, names, edit);
+        let next = leaf.cert_path.with_extension("pem.next");
+        std::fs::write(&next, cert.pem()).unwrap();
+        std::fs::rename(&next, &leaf.cert_path).unwrap();
+        Leaf {
+            cert: cert.der().clone(),
+            key: leaf.key.clone_key(),
+            cert_path: leaf.cert_path.clone(),
+            key_path: leaf.key_path.clone(),
+        }
+    }
+
+    fn sign(
+        &self,
+        key: &KeyPair,
+        names: &[&str],
+        edit: impl FnOnce(&mut CertificateParams),
+    ) -> rcgen::Certificate {
+        let names: Vec<String> = names.iter().map(|n| n.to_string()).collect();
+        let mut params = CertificateParams::new(names).unwrap();
+        edit(&mut params);
+        params.signed_by(key, &self.ca).unwrap()
     }
 
     pub fn roots(&self) -> rustls::RootCertStore {

@@ -176,13 +176,28 @@ impl Validator<'_> {
         }
         let mut certificates = Vec::new();
         for c in certs.into_inner() {
-            certificates.extend(self.certificate(&c, "listeners.tls"));
+            certificates.extend(self.listener_certificate(&c));
         }
         (!certificates.is_empty()).then_some(TlsConfig {
             certificates,
             session_tickets,
             min_version,
         })
+    }
+
+    /// A `[[listeners.tls.certificates]]` entry: the pair, and a
+    /// certificate whose names and validity the master can show.
+    fn listener_certificate(&mut self, raw: &RawCertificate) -> Option<CertificateConfig> {
+        let certificate = self.certificate(raw, "listeners.tls")?;
+        if let Err(e) = crate::tls::inspect::CertificateFacts::of(&certificate.pem) {
+            let path = certificate.cert.display();
+            self.problem(
+                raw.cert.span(),
+                format!("listeners.tls: cannot read certificate {path}: {e}"),
+            );
+            return None;
+        }
+        Some(certificate)
     }
 
     /// Reads a chain and its key, once: the plan carries these bytes, so
