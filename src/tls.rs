@@ -1,8 +1,9 @@
 //! TLS for listeners: decoding certificates, choosing one by SNI, and the
 //! rustls server config (ALPN offers h2 and http/1.1); [`client`] makes the
 //! configs corral connects to TLS upstreams with, and [`inspect`] reads what
-//! a certificate says for the master to show. Certificates arrive as bytes
-//! in the plan; nothing here reads a file.
+//! a certificate says for the master to show. Certificates (and their OCSP
+//! responses, stapled to handshakes) arrive as bytes in the plan; nothing
+//! here reads a file.
 //!
 //! Certificates are matched by the DNS names in their subjectAltName; the first
 //! certificate of a listener answers clients that send no SNI or a name no
@@ -75,7 +76,11 @@ pub fn server_config(
 ) -> Result<Arc<rustls::ServerConfig>, TlsError> {
     let mut resolver = SniResolver::default();
     for c in &tls.certificates {
-        resolver.add(Arc::new(certified_key(&c.pem)?));
+        let mut key = certified_key(&c.pem)?;
+        // rustls staples it to every handshake that asks: TLS 1.2's
+        // CertificateStatus, TLS 1.3's extension of the leaf's entry.
+        key.ocsp = c.ocsp_response().map(<[u8]>::to_vec);
+        resolver.add(Arc::new(key));
     }
     let mut config = rustls::ServerConfig::builder_with_provider(provider())
         .with_protocol_versions(versions(tls.min_version))?

@@ -1,11 +1,15 @@
-//! What corral shows of its listeners' certificates:
-//! `corral_tls_certificate_expiry_timestamp_seconds` and `/status`'s
-//! `certificates` for each certificate of a listener, both following a
-//! certificate renewed on disk.
+//! What corral shows of its listeners' certificates and the OCSP responses
+//! it staples: `corral_tls_certificate_expiry_timestamp_seconds` and
+//! `/status`'s `certificates` for each certificate of a listener, both
+//! following a certificate renewed on disk; an `ocsp` file's response
+//! stapled to TLS 1.3 and 1.2 handshakes as `openssl s_client -status`
+//! reads it; and an `ocsp` file not there yet, which `corral check` warns
+//! of and which is stapled once it is written.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
 
+use std::net::SocketAddr;
 use std::time::UNIX_EPOCH;
 
 use common::*;
@@ -97,6 +101,7 @@ async fn expiry_and_status_show_each_certificate_and_follow_a_renewal() {
                 "source": "file",
                 "cert": path(&a.cert_path),
                 "key": path(&a.key_path),
+                "ocsp": null,
             },
             {
                 "listener": "public",
@@ -107,6 +112,7 @@ async fn expiry_and_status_show_each_certificate_and_follow_a_renewal() {
                 "source": "file",
                 "cert": path(&b.cert_path),
                 "key": path(&b.key_path),
+                "ocsp": null,
             },
         ]),
         "{status:#}"
@@ -136,4 +142,94 @@ async fn expiry_and_status_show_each_certificate_and_follow_a_renewal() {
         ],
         "{page}"
     );
+}
+
+/// `openssl s_client -status` to listener `public` for a.example.com with
+/// `version`; what it printed, the request answered.
+async fn status_request(addr: SocketAddr, version: &str) -> String {
+    let args = ["-status", "-servername", "a.example.com", version];
+    let request = b"GET / HTTP/1.1\r\nHost: a.example.com\r\nConnection: close\r\n\r\n";
+    let printed = s_client(addr, &args, request).await;
+    assert!(printed.contains("HTTP/1.1 200 OK"), "{printed}");
+    printed
+}
+
+/// Asserts that `printed` shows the response in the file `response`, as
+/// stapled: successful, the certificate good, and produced when the file's
+/// was (to the second, which tells two responses apart).
+fn shows_staple(printed: &str, response: &std::path::Path) {
+    let text = ocsp_text(response);
+    let produced = text
+        .lines()
+        .find(|l| l.trim_start().starts_with("Produced At:"))
+        .unwrap_or_else(|| panic!("no Produced At in {text}"));
+    for line in [
+        "OCSP Response Status: successful (0x0)",
+        "Cert Status: good",
+        produced.trim(),
+    ] {
+        assert!(printed.contains(line), "no {line:?} in:\n{printed}");
+    }
+}
+
+#[tokio::test]
+async fn an_ocsp_response_is_stapled_to_tls13_and_tls12_handshakes() {
+    let app = echo("app").await;
+    let pki = Pki::new("ocsp-ca");
+    let a = pki.issue("a", &["a.example.com"]);
+    let response = pki.dir.path().join("a.ocsp.der");
+    ocsp_response(&pki, &a, &response);
+    let ocsp = format!(", ocsp = {:?}", response.display().to_string());
+    let config = tls_cluster_config(app.addr, &a.entry(&ocsp));
+    let (ok, text, _) = check(&config);
+    assert!(ok && !text.contains("warning"), "{text}");
+    let corral = Corral::start(&config).await;
+
+    for version in ["-tls1_3", "-tls1_2"] {
+        let printed = status_request(corral.addr("public"), version).await;
+        shows_staple(&printed, &response);
+    }
+    let status = corral.status().await;
+    assert_eq!(
+        status["certificates"][0]["ocsp"],
+        serde_json::json!({ "path": response.display().to_string(), "stapled": true }),
+        "{status:#}"
+    );
+}
+
+#[tokio::test]
+async fn an_ocsp_file_not_there_yet_is_warned_of_and_stapled_once_written() {
+    let app = echo("app").await;
+    let pki = Pki::new("ocsp-ca");
+    let a = pki.issue("a", &["a.example.com"]);
+    let response = pki.dir.path().join("a.ocsp.der");
+    let ocsp = format!(", ocsp = {:?}", response.display().to_string());
+    let config = tls_cluster_config(app.addr, &a.entry(&ocsp));
+    let (ok, text, _) = check(&config);
+    assert!(ok, "{text}");
+    let warning = format!(
+        "listeners.tls.certificates.ocsp: {} does not exist (yet); the certificate is served without a stapled OCSP response until it does",
+        response.display()
+    );
+    assert!(
+        text.lines()
+            .any(|l| l.starts_with("warning: ") && l.ends_with(&warning)),
+        "{text}"
+    );
+    let corral = Corral::start(&config).await;
+    let printed = status_request(corral.addr("public"), "-tls1_3").await;
+    assert!(
+        printed.contains("OCSP response: no response sent"),
+        "{printed}"
+    );
+    let stapled = |s: &serde_json::Value| s["certificates"][0]["ocsp"]["stapled"].clone();
+    assert_eq!(stapled(&corral.status().await), false);
+
+    // Written whole and renamed into place, as a fetcher should.
+    let fetched = pki.dir.path().join("fetched.der");
+    ocsp_response(&pki, &a, &fetched);
+    std::fs::rename(&fetched, &response).unwrap();
+    corral.wait_status(|s| stapled(s) == true).await;
+    let printed = status_request(corral.addr("public"), "-tls1_3").await;
+    shows_staple(&printed, &response);
 }

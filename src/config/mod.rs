@@ -414,6 +414,7 @@ upstream = "api"
                 cert: dir.path().join("cert.pem"),
                 key: dir.path().join("key.pem"),
                 pem: CertifiedPem { chain, key },
+                ocsp: None,
             }])
         );
     }

@@ -120,6 +120,7 @@ pub struct RawTls {
 pub struct RawCertificate {
     pub cert: Text,
     pub key: Text,
+    pub ocsp: Option<Text>,
 }
 
 #[derive(Debug, Deserialize)]

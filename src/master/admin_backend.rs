@@ -226,6 +226,10 @@ fn certificates(generation: &Generation) -> Vec<serde_json::Value> {
                 "issuer": c.facts.issuer,
                 "not_before": timestamp(c.facts.not_before),
                 "not_after": timestamp(c.facts.not_after),
+                "ocsp": c.ocsp.as_ref().map(|o| json!({
+                    "path": path(&o.path),
+                    "stapled": o.stapled,
+                })),
             });
             // `source` says where the certificate comes from; the fields
             // beside it are that source's own.

@@ -39,6 +39,8 @@ pub struct ListenerCertificate {
     pub listener: String,
     pub facts: CertificateFacts,
     pub source: CertificateSource,
+    /// The `ocsp` file, when one is configured.
+    pub ocsp: Option<OcspFile>,
 }
 
 /// Where a listener's certificate comes from.
@@ -46,6 +48,13 @@ pub struct ListenerCertificate {
 pub enum CertificateSource {
     /// `cert` and `key` files, read with the config.
     File { cert: PathBuf, key: PathBuf },
+}
+
+#[derive(Debug, Clone)]
+pub struct OcspFile {
+    pub path: PathBuf,
+    /// Whether it held a response, now stapled (else it did not exist).
+    pub stapled: bool,
 }
 
 impl Generation {
@@ -163,6 +172,10 @@ fn listener_certificates(plan: &Plan) -> Vec<ListenerCertificate> {
                     cert: c.cert.clone(),
                     key: c.key.clone(),
                 },
+                ocsp: c.ocsp.as_ref().map(|o| OcspFile {
+                    path: o.path.clone(),
+                    stapled: o.response.is_some(),
+                }),
             }),
             Err(e) => {
                 tracing::warn!(listener, cert = %c.cert.display(), error = %e, "certificate left out of /status and metrics");
@@ -188,19 +201,26 @@ fn upstream_tls(plan: &Plan) -> impl Iterator<Item = &UpstreamTls> {
     plan.upstreams.iter().filter_map(|u| u.tls.as_ref())
 }
 
-/// The certificate chains, keys and CA certificates `plan` holds, in
-/// order: what a reload compares to see whether files renewed under an
-/// unchanged text call for a new generation.
-pub fn certificates(plan: &Plan) -> (Vec<&CertifiedPem>, Vec<&Certificates>) {
-    let chains = pairs(plan).map(|c| &c.pem).collect();
+/// A certificate chain and key, and the OCSP response stapled with them.
+type Served<'a> = (&'a CertifiedPem, Option<&'a [u8]>);
+
+/// The certificate chains and keys (each with its OCSP response) and the
+/// CA certificates `plan` holds, in order: what a reload compares to see
+/// whether files renewed under an unchanged text call for a new generation.
+pub fn certificates(plan: &Plan) -> (Vec<Served<'_>>, Vec<&Certificates>) {
+    let chains = pairs(plan).map(|c| (&c.pem, c.ocsp_response())).collect();
     (chains, upstream_tls(plan).map(|t| &t.roots).collect())
 }
 
-/// The certificate, key and CA files `plan` was read from: what the file
-/// watch follows besides the config.
+/// The certificate, key, OCSP and CA files `plan` was read from (an OCSP
+/// file also before it exists): what the file watch follows besides the
+/// config.
 pub fn tls_files(plan: &Plan) -> Vec<PathBuf> {
     let mut files: Vec<PathBuf> = pairs(plan)
-        .flat_map(|c| [c.cert.clone(), c.key.clone()])
+        .flat_map(|c| {
+            let ocsp = c.ocsp.as_ref().map(|o| o.path.clone());
+            [c.cert.clone(), c.key.clone()].into_iter().chain(ocsp)
+        })
         .chain(upstream_tls(plan).filter_map(|t| t.ca.clone()))
         .collect();
     files.sort();
@@ -208,13 +228,17 @@ pub fn tls_files(plan: &Plan) -> Vec<PathBuf> {
     files
 }
 
-/// Whether any certificate, key or CA file of `plan` now reads
-/// differently from what `plan` holds (or cannot be read).
+/// Whether any certificate, key, OCSP or CA file of `plan` now reads
+/// differently from what `plan` holds (or cannot be read; an OCSP file
+/// that did not exist and still does not is unchanged).
 pub fn tls_files_changed(plan: &Plan) -> bool {
     let text = |path: &PathBuf| std::fs::read_to_string(path).ok();
     let pair_changed = |c: &CertificateConfig| {
         text(&c.cert).as_deref() != Some(c.pem.chain.as_str())
             || text(&c.key).as_deref() != Some(c.pem.key.as_str())
+            || c.ocsp
+                .as_ref()
+                .is_some_and(|o| std::fs::read(&o.path).ok().as_deref() != c.ocsp_response())
     };
     let bundle = |path: &PathBuf| {
         use rustls::pki_types::pem::PemObject as _;

@@ -1,11 +1,12 @@
 //! What a listener's certificate says about itself (its DNS names, issuer
-//! and validity), for `/status` and the expiry metric. x509-parser reads
-//! the DER; this module only picks out and formats what the master shows.
-//! Nothing here reads a file or decides what is served.
+//! and validity), for `/status` and the expiry metric, and the outline of
+//! an OCSP response, for the config check. x509-parser reads the DER; this
+//! module only picks out and formats what the master shows. Nothing here
+//! reads a file or decides what is served.
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use x509_parser::asn1_rs::{FromDer, ToDer};
+use x509_parser::asn1_rs::{Enumerated, FromDer, Sequence, ToDer};
 use x509_parser::extensions::GeneralName;
 use x509_parser::prelude::X509Certificate;
 use x509_parser::x509::{AttributeTypeAndValue, X509Name};
@@ -162,6 +163,41 @@ fn escape(value: &str) -> String {
     out
 }
 
+/// Why bytes are not an OCSP response worth stapling.
+#[derive(Debug, thiserror::Error)]
+pub enum OcspError {
+    #[error("the file is empty")]
+    Empty,
+    #[error("not a DER OCSPResponse (a SEQUENCE starting with its responseStatus)")]
+    NotDer,
+    #[error("its responseStatus is {0}, not successful: there is nothing to staple")]
+    Unsuccessful(&'static str),
+}
+
+/// Checks that `der` is one DER OCSPResponse (RFC 6960 §4.2.1: a SEQUENCE
+/// of a responseStatus ENUMERATED and the response) whose status is
+/// `successful`. What it says of which certificate is for clients to judge,
+/// as it is when rustls staples it.
+pub fn ocsp_response(der: &[u8]) -> Result<(), OcspError> {
+    if der.is_empty() {
+        return Err(OcspError::Empty);
+    }
+    let parsed = Sequence::from_der_and_then(der, Enumerated::from_der);
+    let status = match parsed {
+        Ok(([], status)) => status.0,
+        _ => return Err(OcspError::NotDer),
+    };
+    match status {
+        0 => Ok(()),
+        1 => Err(OcspError::Unsuccessful("malformedRequest")),
+        2 => Err(OcspError::Unsuccessful("internalError")),
+        3 => Err(OcspError::Unsuccessful("tryLater")),
+        5 => Err(OcspError::Unsuccessful("sigRequired")),
+        6 => Err(OcspError::Unsuccessful("unauthorized")),
+        _ => Err(OcspError::Unsuccessful("not one RFC 6960 defines")),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -222,5 +258,30 @@ mod tests {
         let facts = CertificateFacts::of(&pem_of(params)).expect("facts");
         assert!(facts.names.is_empty());
         assert_eq!(facts.label(), "internal service");
+    }
+
+    #[test]
+    fn an_ocsp_response_is_one_der_sequence_with_a_successful_status() {
+        // OCSPResponse ::= SEQUENCE { responseStatus ENUMERATED, ... }
+        let successful = [0x30, 0x03, 0x0a, 0x01, 0x00];
+        assert!(ocsp_response(&successful).is_ok());
+        assert!(matches!(ocsp_response(&[]), Err(OcspError::Empty)));
+        assert!(matches!(
+            ocsp_response(b"-----BEGIN OCSP RESPONSE-----"),
+            Err(OcspError::NotDer)
+        ));
+        // Trailing bytes, and a SEQUENCE that holds no status.
+        assert!(matches!(
+            ocsp_response(&[0x30, 0x03, 0x0a, 0x01, 0x00, 0x00]),
+            Err(OcspError::NotDer)
+        ));
+        assert!(matches!(
+            ocsp_response(&[0x30, 0x03, 0x02, 0x01, 0x00]),
+            Err(OcspError::NotDer)
+        ));
+        assert!(matches!(
+            ocsp_response(&[0x30, 0x03, 0x0a, 0x01, 0x03]),
+            Err(OcspError::Unsuccessful("tryLater"))
+        ));
     }
 }

@@ -24,6 +24,9 @@ pub struct Pki {
     ca: CertifiedIssuer<'static, KeyPair>,
     /// The CA certificate, PEM.
     pub ca_path: PathBuf,
+    /// The CA's private key, PEM (for tools that sign as the CA: `openssl
+    /// ocsp`).
+    pub ca_key_path: PathBuf,
 }
 
 /// A certificate the CA signed, with its key, in memory and on disk.
@@ -57,7 +60,14 @@ impl Pki {
         let ca = CertifiedIssuer::self_signed(params, KeyPair::generate().unwrap()).unwrap();
         let ca_path = dir.path().join(format!("{name}.pem"));
         std::fs::write(&ca_path, ca.pem()).unwrap();
-        Self { dir, ca, ca_path }
+        let ca_key_path = dir.path().join(format!("{name}.key"));
+        std::fs::write(&ca_key_path, ca.key().serialize_pem()).unwrap();
+        Self {
+            dir,
+            ca,
+            ca_path,
+            ca_key_path,
+        }
     }
 
     /// A certificate for `names` (DNS names or IP addresses), written as
