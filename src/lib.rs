@@ -37,7 +37,8 @@
 //! - [`plan`]: the validated, serialisable description of what to serve.
 //! - [`ipc`]: the control channel's messages and framing.
 //! - [`metrics`]: metric families, shared-memory counters, cluster totals.
-//! - [`tls`]: certificates from PEM bytes, SNI, the rustls server config.
+//! - [`tls`]: certificates from PEM bytes, SNI, OCSP staples, the rustls
+//!   server config; `tls::inspect` for what a certificate says of itself.
 //! - [`accept`]: the accept step that never spins.
 //!
 //! Data path (a worker):
