@@ -37,8 +37,9 @@
 //! - [`plan`]: the validated, serialisable description of what to serve.
 //! - [`ipc`]: the control channel's messages and framing.
 //! - [`metrics`]: metric families, shared-memory counters, cluster totals.
-//! - [`tls`]: certificates from PEM bytes, SNI, the rustls server config,
-//!   clients' certificates (mTLS) and their subjects.
+//! - [`tls`]: certificates from PEM bytes, SNI, OCSP staples, the rustls
+//!   server config, clients' certificates (mTLS) and their subjects;
+//!   `tls::inspect` for what a certificate says of itself.
 //! - [`challenges`]: the ACME challenges the master orders certificates
 //!   with, and how workers answer them.
 //! - [`accept`]: the accept step that never spins.

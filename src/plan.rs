@@ -328,6 +328,8 @@ pub struct CertificateConfig {
     /// The chain and key as read when the config was checked: PEM text
     /// that decodes, and a key that fits the chain's first certificate.
     pub pem: CertifiedPem,
+    /// `ocsp`: the OCSP response stapled to handshakes (listeners only).
+    pub ocsp: Option<OcspStaple>,
     /// Set for the certificate the master obtains by ACME, kept in `cert`
     /// and `key` under the state folder.
     pub acme: Option<AcmeConfig>,
@@ -348,6 +350,34 @@ pub struct AcmeConfig {
     pub state_dir: PathBuf,
     /// No issued certificate was found: `pem` is a self-signed stand-in.
     pub placeholder: bool,
+}
+
+impl CertificateConfig {
+    /// The OCSP response to staple, if one was read.
+    pub fn ocsp_response(&self) -> Option<&[u8]> {
+        Some(&self.ocsp.as_ref()?.response.as_ref()?.0)
+    }
+}
+
+/// An `ocsp` file and what it held when the config was checked.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OcspStaple {
+    /// Where the response is read from (and watched, so a renewed one is
+    /// served).
+    pub path: PathBuf,
+    /// `None` while the file does not exist: the certificate is served
+    /// without a staple until it does.
+    pub response: Option<Der>,
+}
+
+/// DER bytes; base64 text in the plan, a length in logs.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Der(#[serde(with = "base64_bytes")] pub Vec<u8>);
+
+impl std::fmt::Debug for Der {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Der({} bytes)", self.0.len())
+    }
 }
 
 /// A certificate chain and its private key, PEM-encoded. The key is never
@@ -626,6 +656,22 @@ mod base64_list {
             .iter()
             .map(|text| STANDARD.decode(text).map_err(de::Error::custom))
             .collect()
+    }
+}
+
+/// One byte string as base64 text, as [`base64_list`] writes each.
+mod base64_bytes {
+    use base64::Engine as _;
+    use base64::engine::general_purpose::STANDARD;
+    use serde::{Deserialize, Deserializer, Serializer, de};
+
+    pub fn serialize<S: Serializer>(bytes: &[u8], s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&STANDARD.encode(bytes))
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<u8>, D::Error> {
+        let text = String::deserialize(d)?;
+        STANDARD.decode(text).map_err(de::Error::custom)
     }
 }
 

@@ -2,8 +2,10 @@
 //! rustls server config (ALPN offers h2 and http/1.1) and, with
 //! `client_ca`, the verifier of clients' certificates ([`subject`] writes
 //! a verified one's subject for upstreams); [`client`] makes the configs
-//! corral connects to TLS upstreams with. Certificates arrive as bytes in
-//! the plan; nothing here reads a file.
+//! corral connects to TLS upstreams with, and [`inspect`] reads what a
+//! certificate says for the master to show. Certificates (and their OCSP
+//! responses, stapled to handshakes) arrive as bytes in the plan; nothing
+//! here reads a file.
 //!
 //! Certificates are matched by the DNS names in their subjectAltName; the first
 //! certificate of a listener answers clients that send no SNI or a name no
@@ -23,6 +25,7 @@ use crate::challenges::{ACME_TLS_ALPN, Challenges, SharedAnswers};
 use crate::plan::{Certificates, CertifiedPem, TicketKeys, TlsConfig, TlsVersion};
 
 pub mod client;
+pub mod inspect;
 pub mod subject;
 mod tickets;
 
@@ -104,49 +107,6 @@ fn chain_and_key(
     Ok((chain, key))
 }
 
-/// What a certificate says of itself: the facts renewal is planned by.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Validity {
-    /// The DNS names of its subjectAltName, lowercase.
-    pub names: Vec<String>,
-    pub not_before: std::time::SystemTime,
-    pub not_after: std::time::SystemTime,
-}
-
-/// The first certificate of `pem`'s chain, read; `None` if it does not parse.
-pub fn validity(pem: &CertifiedPem) -> Option<Validity> {
-    let der = CertificateDer::pem_slice_iter(pem.chain.as_bytes())
-        .next()?
-        .ok()?;
-    let (_, cert) = x509_parser::parse_x509_certificate(&der).ok()?;
-    let time = |t: x509_parser::time::ASN1Time| {
-        let secs = u64::try_from(t.timestamp()).ok()?;
-        Some(std::time::UNIX_EPOCH + std::time::Duration::from_secs(secs))
-    };
-    let names = cert
-        .subject_alternative_name()
-        .ok()
-        .flatten()
-        .map(|san| {
-            san.value
-                .general_names
-                .iter()
-                .filter_map(|n| match n {
-                    x509_parser::extensions::GeneralName::DNSName(d) => {
-                        Some(d.to_ascii_lowercase())
-                    }
-                    _ => None,
-                })
-                .collect()
-        })
-        .unwrap_or_default();
-    Some(Validity {
-        names,
-        not_before: time(cert.validity().not_before)?,
-        not_after: time(cert.validity().not_after)?,
-    })
-}
-
 /// A self-signed certificate and new key for `names`.
 pub fn self_signed(names: &[String]) -> Result<CertifiedPem, rcgen::Error> {
     let made = rcgen::generate_simple_self_signed(names.to_vec())?;
@@ -184,7 +144,11 @@ pub fn server_config(
         ..SniResolver::default()
     };
     for c in &tls.certificates {
-        resolver.add(Arc::new(certified_key(&c.pem)?));
+        let mut key = certified_key(&c.pem)?;
+        // rustls staples it to every handshake that asks: TLS 1.2's
+        // CertificateStatus, TLS 1.3's extension of the leaf's entry.
+        key.ocsp = c.ocsp_response().map(<[u8]>::to_vec);
+        resolver.add(Arc::new(key));
     }
     let builder = rustls::ServerConfig::builder_with_provider(provider())
         .with_protocol_versions(versions(tls.min_version))?;

@@ -238,6 +238,15 @@ async fn a_placeholder_serves_while_the_acme_server_cannot_be_reached() {
     let corral = Corral::start(&config(app.addr, None, free_port(), &acme)).await;
     corral.wait_for_log("self-signed placeholder").await;
     corral.wait_for_log("ACME order failed").await;
+    let status = corral.status().await;
+    assert_eq!(status["certificates"][0]["placeholder"], true, "{status}");
+    // A placeholder is no certificate anyone renews: no expiry to alert on.
+    let samples = scrape_metrics(&corral).await;
+    assert!(
+        !samples
+            .iter()
+            .any(|s| s.name == "corral_tls_certificate_expiry_timestamp_seconds")
+    );
     let printed = s_client(corral.addr("secure"), &["-servername", NAME], b"").await;
     let subject = printed.lines().find(|l| l.starts_with("subject=")).unwrap();
     let issuer = printed.lines().find(|l| l.starts_with("issuer=")).unwrap();

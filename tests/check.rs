@@ -175,6 +175,73 @@ certificates = [{ cert = "missing.pem", key = "missing.key" }]
     expect_rejected(text, "\"missing.pem\"", "cannot read certificate");
 }
 
+#[test]
+fn an_ocsp_file_that_holds_nothing_to_staple_is_an_error_at_its_key() {
+    let (dir, cert, key) = certificate_files();
+    let d = dir.path();
+    std::fs::write(d.join("empty.der"), b"").unwrap();
+    std::fs::write(d.join("pem.der"), b"-----BEGIN OCSP RESPONSE-----\n").unwrap();
+    // An OCSPResponse whose responseStatus is tryLater (3).
+    std::fs::write(d.join("later.der"), [0x30, 0x03, 0x0a, 0x01, 0x03]).unwrap();
+    std::fs::create_dir(d.join("folder.der")).unwrap();
+    let path = |file: &str| d.join(file).display().to_string();
+    let entry = |file: &str| format!("{{ cert = {cert}, key = {key}, ocsp = {:?} }}", path(file));
+    let files = [
+        "empty.der",
+        "pem.der",
+        "later.der",
+        "folder.der",
+        "gone/a.der",
+    ];
+    let entries: Vec<String> = files.iter().map(|f| entry(f)).collect();
+    let text = format!(
+        "[[listeners]]\nname = \"secure\"\nlisten = \"127.0.0.1:8443\"\n[listeners.tls]\ncertificates = [\n  {},\n]\n",
+        entries.join(",\n  ")
+    );
+    let at = |file: &str| format!("{:?}", path(file));
+    let no_staple = |file: &str, why: &str| {
+        let file = path(file);
+        format!("listeners.tls.certificates.ocsp: {file} holds no OCSP response to staple: {why}")
+    };
+    let unreadable = |file: &str, why: &str| {
+        let file = path(file);
+        format!("listeners.tls.certificates.ocsp: cannot read OCSP response {file}: {why}")
+    };
+    let problems = [
+        (at("empty.der"), no_staple("empty.der", "the file is empty")),
+        (
+            at("pem.der"),
+            no_staple(
+                "pem.der",
+                "not a DER OCSPResponse (a SEQUENCE starting with its responseStatus)",
+            ),
+        ),
+        (
+            at("later.der"),
+            no_staple(
+                "later.der",
+                "its responseStatus is tryLater, not successful: there is nothing to staple",
+            ),
+        ),
+        (
+            at("folder.der"),
+            unreadable("folder.der", "Is a directory (os error 21)"),
+        ),
+        (
+            at("gone/a.der"),
+            unreadable(
+                "gone/a.der",
+                &format!("its folder {} does not exist", path("gone")),
+            ),
+        ),
+    ];
+    let problems: Vec<(&str, &str)> = problems
+        .iter()
+        .map(|(at, message)| (at.as_str(), message.as_str()))
+        .collect();
+    expect_exactly(&text, &problems);
+}
+
 /// Checks `text` and expects it rejected with exactly `problems` and no other
 /// line: each is a message in full and the text it is reported at (where that
 /// text first starts). `{dir}` in a message stands for the config's folder.
@@ -259,7 +326,7 @@ timout = "1s"
             unknown(
                 "comment",
                 "listeners.tls.certificates",
-                "expected `cert` or `key`",
+                "expected one of `cert`, `key`, `ocsp`",
             ),
         ),
         (

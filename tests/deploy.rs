@@ -1,5 +1,7 @@
-//! deploy/: the Prometheus config and alert rules pass promtool, and every
-//! metric the rules and the Grafana dashboard use is one corral exports.
+//! deploy/: the Prometheus config and alert rules pass promtool, the
+//! certificate alerts fire when their tests (`tests/prometheus/`) say, and
+//! every metric the rules and the Grafana dashboard use is one corral
+//! exports.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
@@ -36,6 +38,14 @@ fn prometheus_config_and_rules_pass_promtool() {
         "rules",
         &format!("{DEPLOY}/prometheus/corral-alerts.yml"),
     ]);
+    promtool(&[
+        "test",
+        "rules",
+        concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/tests/prometheus/certificate-alerts.yml"
+        ),
+    ]);
 }
 
 /// `corral_*` names in a text, without histogram suffixes.
@@ -61,7 +71,15 @@ fn metric_names(text: &str) -> BTreeSet<String> {
 #[tokio::test]
 async fn dashboards_and_alerts_use_only_exported_metrics() {
     let app = echo("app").await;
-    let corral = Corral::start(&cluster_config(&[app.addr], "")).await;
+    // A TLS listener beside the plain one, for the certificate metrics.
+    let pki = Pki::new("deploy-ca");
+    let leaf = pki.issue("site", &["localhost"]);
+    let secure = format!(
+        "[[listeners]]\nname = \"secure\"\nlisten = \"127.0.0.1:0\"\n[listeners.tls]\ncertificates = [{}]\n\n[[routes]]",
+        leaf.entry("")
+    );
+    let config = cluster_config(&[app.addr], "").replace("[[routes]]", &secure);
+    let corral = Corral::start(&config).await;
     get(corral.addr("public"), "/", &[]).await;
     let (_, page) = admin_call(corral.admin.unwrap(), http::Method::GET, "/metrics").await;
     let exported = metric_names(&page);

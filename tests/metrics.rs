@@ -165,31 +165,6 @@ async fn counts_are_exact_across_workers_and_never_go_back() {
     promtool_accepts(&page);
 }
 
-/// `promtool check metrics` (Debian's prometheus package; `.ci/run` installs it).
-fn promtool_accepts(page: &str) {
-    use std::io::Write;
-    let mut child = std::process::Command::new("promtool")
-        .args(["check", "metrics"])
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .expect("promtool is needed (Debian package `prometheus`)");
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(page.as_bytes())
-        .unwrap();
-    let out = wait_output(child);
-    assert!(
-        out.status.success(),
-        "promtool rejected the page: {}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
 #[tokio::test]
 async fn upstream_errors_are_counted_by_kind() {
     let (_refusing, dead) = refusing_addr();

@@ -250,8 +250,11 @@ fn listener_tls(l: &ListenerConfig) -> Fields {
             .certificates
             .iter()
             .map(|c| {
+                let ocsp = c.ocsp.as_ref().map_or_else(String::new, |o| {
+                    format!(", ocsp = {}", string(o.path.display()))
+                });
                 format!(
-                    "{{ cert = {}, key = {} }}",
+                    "{{ cert = {}, key = {}{ocsp} }}",
                     string(c.cert.display()),
                     string(c.key.display())
                 )

@@ -415,6 +415,7 @@ upstream = "api"
                 key: dir.path().join("key.pem"),
                 pem: CertifiedPem { chain, key },
                 acme: None,
+                ocsp: None,
             }])
         );
     }

@@ -134,6 +134,7 @@ pub struct RawAcme {
 pub struct RawCertificate {
     pub cert: Text,
     pub key: Text,
+    pub ocsp: Option<Text>,
 }
 
 #[derive(Debug, Deserialize)]

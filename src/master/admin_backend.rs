@@ -12,7 +12,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 
 use super::discovery::Names;
 use super::ejections::Ejections;
-use super::generation::Generation;
+use super::generation::{CertificateSource, Generation, ListenerCertificate};
 use super::health::DownNotes;
 use super::reload::{ReloadError, ReloadRecord, ReloadRequest, Reloaded};
 use super::status::{StatusBoard, WorkerState, timestamp};
@@ -136,6 +136,7 @@ impl Backend for AdminBackend {
             "reloads": { "success": reloads("success"), "failure": reloads("failure") },
             "workers": self.status.workers(),
             "upstreams": upstreams,
+            "certificates": certificates(&generation),
         })
     }
 
@@ -165,6 +166,13 @@ impl Backend for AdminBackend {
                     .with_label_values(&[u.name(), &s.label])
                     .set(i64::from(s.is_healthy()));
             }
+        }
+        self.metrics.certificate_expiry.reset();
+        for ((listener, name), not_after) in expiries(&generation) {
+            self.metrics
+                .certificate_expiry
+                .with_label_values(&[listener, name])
+                .set(not_after);
         }
         self.metrics.render()
     }
@@ -203,4 +211,70 @@ impl Backend for AdminBackend {
             }
         })
     }
+}
+
+/// `/status`'s `certificates`: each certificate of each TLS listener.
+fn certificates(generation: &Generation) -> Vec<serde_json::Value> {
+    let path = |p: &std::path::Path| p.display().to_string();
+    generation
+        .certificates
+        .iter()
+        .map(|c| {
+            let mut entry = json!({
+                "listener": c.listener,
+                "names": c.facts.names,
+                "issuer": c.facts.issuer,
+                "not_before": timestamp(c.facts.not_before),
+                "not_after": timestamp(c.facts.not_after),
+                "ocsp": c.ocsp.as_ref().map(|o| json!({
+                    "path": path(&o.path),
+                    "stapled": o.stapled,
+                })),
+            });
+            // `source` says where the certificate comes from; the fields
+            // beside it are that source's own.
+            match &c.source {
+                CertificateSource::File { cert, key } => {
+                    entry["source"] = json!("file");
+                    entry["cert"] = json!(path(cert));
+                    entry["key"] = json!(path(key));
+                }
+                CertificateSource::Acme {
+                    directory,
+                    state_dir,
+                    placeholder,
+                } => {
+                    entry["source"] = json!("acme");
+                    entry["directory"] = json!(directory);
+                    entry["state_dir"] = json!(path(state_dir));
+                    entry["placeholder"] = json!(placeholder);
+                }
+            }
+            entry
+        })
+        .collect()
+}
+
+/// The expiry gauge's series: by listener and certificate name, the
+/// soonest `notAfter` (two certificates of one name, RSA and ECDSA say,
+/// are one series, and the one to renew first is the one to watch). An
+/// ACME placeholder has none: it is no certificate anyone renews.
+fn expiries(generation: &Generation) -> std::collections::BTreeMap<(&str, &str), i64> {
+    let mut out = std::collections::BTreeMap::new();
+    let placeholder = |c: &&ListenerCertificate| {
+        matches!(
+            c.source,
+            CertificateSource::Acme {
+                placeholder: true,
+                ..
+            }
+        )
+    };
+    for c in generation.certificates.iter().filter(|c| !placeholder(c)) {
+        let not_after = crate::tls::inspect::unix_seconds(c.facts.not_after);
+        out.entry((c.listener.as_str(), c.facts.label()))
+            .and_modify(|t: &mut i64| *t = (*t).min(not_after))
+            .or_insert(not_after);
+    }
+    out
 }

@@ -1,5 +1,6 @@
 //! A config generation: what the master publishes to every slot
-//! supervisor at start and at each reload.
+//! supervisor at start and at each reload, and what it shows of the
+//! listeners' certificates (read once per generation, not per scrape).
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -9,6 +10,7 @@ use std::time::SystemTime;
 use super::sockets::ListenerSockets;
 use super::steering::PortSocket;
 use crate::plan::{CertificateConfig, Certificates, CertifiedPem, ClientAuth, Plan, UpstreamTls};
+use crate::tls::inspect::CertificateFacts;
 use crate::upstream::Upstream;
 
 /// One config generation: the file's text, the plan made from it (what
@@ -25,7 +27,41 @@ pub struct Generation {
     pub sockets: Arc<Vec<ListenerSockets>>,
     /// Health-checked here; workers get the verdicts, not these objects.
     pub upstreams: Arc<Vec<Arc<Upstream>>>,
+    /// Every certificate of every TLS listener, in config order.
+    pub certificates: Arc<Vec<ListenerCertificate>>,
     pub loaded_at: SystemTime,
+}
+
+/// One certificate of a TLS listener, as `/status` and the expiry metric
+/// show it.
+#[derive(Debug, Clone)]
+pub struct ListenerCertificate {
+    pub listener: String,
+    pub facts: CertificateFacts,
+    pub source: CertificateSource,
+    /// The `ocsp` file, when one is configured.
+    pub ocsp: Option<OcspFile>,
+}
+
+/// Where a listener's certificate comes from.
+#[derive(Debug, Clone)]
+pub enum CertificateSource {
+    /// `cert` and `key` files, read with the config.
+    File { cert: PathBuf, key: PathBuf },
+    /// Ordered by the master from `directory`, kept in `state_dir`; a
+    /// `placeholder` is self-signed, serving until the first issuance.
+    Acme {
+        directory: String,
+        state_dir: PathBuf,
+        placeholder: bool,
+    },
+}
+
+#[derive(Debug, Clone)]
+pub struct OcspFile {
+    pub path: PathBuf,
+    /// Whether it held a response, now stapled (else it did not exist).
+    pub stapled: bool,
 }
 
 impl Generation {
@@ -75,6 +111,7 @@ impl Generation {
                 previous,
                 plan.sticky_key.as_ref(),
             )),
+            certificates: Arc::new(listener_certificates(&plan)),
             plan: Arc::new(plan),
             sockets: Arc::new(sockets),
             loaded_at: SystemTime::now(),
@@ -125,6 +162,43 @@ impl Summary {
     }
 }
 
+/// What `plan`'s listeners' certificates say of themselves. The config
+/// check read each one (see `config::validate::listener`), so none is left
+/// out but for a reason logged here.
+fn listener_certificates(plan: &Plan) -> Vec<ListenerCertificate> {
+    let entries = plan.listeners.iter().flat_map(|l| {
+        let certificates = l.tls.iter().flat_map(|t| &t.certificates);
+        certificates.map(move |c| (l.name.as_str(), c))
+    });
+    entries
+        .filter_map(|(listener, c)| match CertificateFacts::of(&c.pem) {
+            Ok(facts) => Some(ListenerCertificate {
+                listener: listener.to_owned(),
+                facts,
+                source: match &c.acme {
+                    Some(acme) => CertificateSource::Acme {
+                        directory: acme.directory.clone(),
+                        state_dir: acme.state_dir.clone(),
+                        placeholder: acme.placeholder,
+                    },
+                    None => CertificateSource::File {
+                        cert: c.cert.clone(),
+                        key: c.key.clone(),
+                    },
+                },
+                ocsp: c.ocsp.as_ref().map(|o| OcspFile {
+                    path: o.path.clone(),
+                    stapled: o.response.is_some(),
+                }),
+            }),
+            Err(e) => {
+                tracing::warn!(listener, cert = %c.cert.display(), error = %e, "certificate left out of /status and metrics");
+                None
+            }
+        })
+        .collect()
+}
+
 /// Every certificate and key `plan` holds: the listeners', then the
 /// upstreams' client certificates.
 fn pairs(plan: &Plan) -> impl Iterator<Item = &CertificateConfig> {
@@ -155,11 +229,14 @@ fn bundles(plan: &Plan) -> impl Iterator<Item = (&PathBuf, &Certificates)> {
     upstreams.chain(client_cas(plan).map(|a| (&a.ca, &a.roots)))
 }
 
-/// The certificate chains, keys and CA certificates `plan` holds, in
-/// order: what a reload compares to see whether files renewed under an
-/// unchanged text call for a new generation.
-pub fn certificates(plan: &Plan) -> (Vec<&CertifiedPem>, Vec<&Certificates>) {
-    let chains = pairs(plan).map(|c| &c.pem).collect();
+/// A certificate chain and key, and the OCSP response stapled with them.
+type Served<'a> = (&'a CertifiedPem, Option<&'a [u8]>);
+
+/// The certificate chains and keys (each with its OCSP response) and the
+/// CA certificates `plan` holds, in order: what a reload compares to see
+/// whether files renewed under an unchanged text call for a new generation.
+pub fn certificates(plan: &Plan) -> (Vec<Served<'_>>, Vec<&Certificates>) {
+    let chains = pairs(plan).map(|c| (&c.pem, c.ocsp_response())).collect();
     let roots = upstream_tls(plan).map(|t| &t.roots);
     (
         chains,
@@ -167,11 +244,15 @@ pub fn certificates(plan: &Plan) -> (Vec<&CertifiedPem>, Vec<&Certificates>) {
     )
 }
 
-/// The certificate, key and CA files `plan` was read from: what the file
-/// watch follows besides the config.
+/// The certificate, key, OCSP and CA files `plan` was read from (an OCSP
+/// file also before it exists): what the file watch follows besides the
+/// config.
 pub fn tls_files(plan: &Plan) -> Vec<PathBuf> {
     let mut files: Vec<PathBuf> = pairs(plan)
-        .flat_map(|c| [c.cert.clone(), c.key.clone()])
+        .flat_map(|c| {
+            let ocsp = c.ocsp.as_ref().map(|o| o.path.clone());
+            [c.cert.clone(), c.key.clone()].into_iter().chain(ocsp)
+        })
         .chain(bundles(plan).map(|(path, _)| path.clone()))
         .collect();
     files.sort();
@@ -179,8 +260,9 @@ pub fn tls_files(plan: &Plan) -> Vec<PathBuf> {
     files
 }
 
-/// Whether any certificate, key or CA file of `plan` now reads
-/// differently from what `plan` holds (or cannot be read).
+/// Whether any certificate, key, OCSP or CA file of `plan` now reads
+/// differently from what `plan` holds (or cannot be read; an OCSP file
+/// that did not exist and still does not is unchanged).
 pub fn tls_files_changed(plan: &Plan) -> bool {
     let text = |path: &PathBuf| std::fs::read_to_string(path).ok();
     let pair_changed = |c: &CertificateConfig| {
@@ -190,6 +272,9 @@ pub fn tls_files_changed(plan: &Plan) -> bool {
         }
         text(&c.cert).as_deref() != Some(c.pem.chain.as_str())
             || text(&c.key).as_deref() != Some(c.pem.key.as_str())
+            || c.ocsp
+                .as_ref()
+                .is_some_and(|o| std::fs::read(&o.path).ok().as_deref() != c.ocsp_response())
     };
     let bundle = |path: &PathBuf| {
         use rustls::pki_types::pem::PemObject as _;

@@ -209,7 +209,7 @@ pub fn prepare(
     }
     let mut changes = diff::diff(&current.plan, &plan);
     if renewed {
-        changes.push("~ certificate or key files: contents changed, read again".to_owned());
+        changes.push("~ certificate, key or OCSP files: contents changed, read again".to_owned());
     }
     if rotated {
         changes.push("~ admin token: changed".to_owned());

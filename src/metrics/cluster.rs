@@ -4,7 +4,7 @@
 //! master sums them all, plus the totals of workers that have exited (folded
 //! in when they went, so counters never go backwards while the master
 //! lives), plus its own metrics (reloads, generation, workers, restarts,
-//! server health), and renders them through one explicit `prometheus`
+//! server health, certificate expiry), and renders them through one explicit `prometheus`
 //! registry. Gauges of exited workers are dropped, not kept: their
 //! connections are gone.
 
@@ -223,6 +223,9 @@ pub struct ClusterMetrics {
     pub slots: IntGauge,
     pub restarts: IntCounter,
     pub healthy: IntGaugeVec,
+    /// When each listener certificate expires, set at scrape time from the
+    /// generation served.
+    pub certificate_expiry: IntGaugeVec,
     /// Lookups of upstream server names, by name and result.
     pub dns_lookups: IntCounterVec,
 }
@@ -268,6 +271,13 @@ impl ClusterMetrics {
             ),
             &["upstream", "server"],
         )?;
+        let certificate_expiry = IntGaugeVec::new(
+            Opts::new(
+                "corral_tls_certificate_expiry_timestamp_seconds",
+                "When a TLS listener's certificate expires (its notAfter), in Unix seconds; name is its first DNS name, else its subject CN.",
+            ),
+            &["listener", "name"],
+        )?;
         let dns_lookups = IntCounterVec::new(
             Opts::new(
                 "corral_dns_lookups_total",
@@ -284,6 +294,7 @@ impl ClusterMetrics {
         registry.register(Box::new(slots.clone()))?;
         registry.register(Box::new(restarts.clone()))?;
         registry.register(Box::new(healthy.clone()))?;
+        registry.register(Box::new(certificate_expiry.clone()))?;
         Ok(Self {
             registry,
             workers,
@@ -294,6 +305,7 @@ impl ClusterMetrics {
             slots,
             restarts,
             healthy,
+            certificate_expiry,
             dns_lookups,
         })
     }

@@ -17,12 +17,13 @@ use x509_parser::prelude::{FromDer as _, X509Certificate, X509Name};
 /// decode (webpki verified it, so it does).
 pub fn of_certificate(der: &[u8]) -> Option<String> {
     let (_, cert) = X509Certificate::from_der(der).ok()?;
-    Some(name(cert.subject()))
+    Some(rfc4514(cert.subject()))
 }
 
-/// RFC 4514 §2.1: the relative names last to first, joined by `,`; the
-/// attributes of a multi-valued one joined by `+`.
-fn name(name: &X509Name<'_>) -> String {
+/// A distinguished name as RFC 4514 §2.1 writes it: the relative names
+/// last to first, joined by `,`; the attributes of a multi-valued one
+/// joined by `+`. (An issuer's too, for `/status`: see [`super::inspect`].)
+pub fn rfc4514(name: &X509Name<'_>) -> String {
     let mut out = String::new();
     let rdns: Vec<_> = name.iter_rdn().collect();
     for (i, rdn) in rdns.iter().rev().enumerate() {

@@ -57,6 +57,19 @@ pub fn cluster_config(servers: &[SocketAddr], extra: &str) -> String {
     )
 }
 
+/// [`cluster_config`] to `app` whose listener speaks TLS with
+/// `certificates`, the entries of its TOML array (see `Leaf::entry`).
+pub fn tls_cluster_config(app: SocketAddr, certificates: &str) -> String {
+    listener_config(
+        app,
+        &format!("[listeners.tls]\ncertificates = [{certificates}]"),
+    )
+    .replace(
+        "[[listeners]]",
+        "[admin]\nlisten = \"127.0.0.1:0\"\n\n[[listeners]]",
+    )
+}
+
 pub fn path_of(p: &Path) -> String {
     p.display().to_string()
 }

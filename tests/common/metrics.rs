@@ -1,8 +1,10 @@
-//! A `/metrics` page: scraped, parsed into samples, and summed.
+//! A `/metrics` page: scraped, parsed into samples, summed, and checked
+//! by promtool.
 
 use http::StatusCode;
 
 use super::admin::admin_call;
+use super::cli::wait_output;
 use super::corral_fixture::Corral;
 
 /// One sample of a `/metrics` page: name, labels, value.
@@ -62,4 +64,29 @@ pub async fn scrape_metrics(corral: &Corral) -> Vec<Sample> {
     let (code, page) = admin_call(corral.admin.unwrap(), http::Method::GET, "/metrics").await;
     assert_eq!(code, StatusCode::OK, "{page}");
     parse_metrics(&page)
+}
+
+/// `promtool check metrics` (Debian's prometheus package; `.ci/run` installs it).
+pub fn promtool_accepts(page: &str) {
+    use std::io::Write;
+    let mut child = std::process::Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("promtool is needed (Debian package `prometheus`)");
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(page.as_bytes())
+        .unwrap();
+    let out = wait_output(child);
+    assert!(
+        out.status.success(),
+        "promtool rejected the page: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
 }

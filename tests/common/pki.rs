@@ -1,6 +1,7 @@
 //! A private CA made at test time, the certificates it signs (written to
-//! files a config can name), and HTTPS upstreams that present them,
-//! optionally asking clients for a certificate of their own (mTLS).
+//! files a config can name, and renewed in place), and HTTPS upstreams
+//! that present them, optionally asking clients for a certificate of their
+//! own (mTLS).
 
 use std::convert::Infallible;
 use std::path::PathBuf;
@@ -23,6 +24,9 @@ pub struct Pki {
     ca: CertifiedIssuer<'static, KeyPair>,
     /// The CA certificate, PEM.
     pub ca_path: PathBuf,
+    /// The CA's private key, PEM (for tools that sign as the CA: `openssl
+    /// ocsp`).
+    pub ca_key_path: PathBuf,
 }
 
 /// A certificate the CA signed, with its key, in memory and on disk.
@@ -31,6 +35,18 @@ pub struct Leaf {
     pub key: PrivateKeyDer<'static>,
     pub cert_path: PathBuf,
     pub key_path: PathBuf,
+}
+
+impl Leaf {
+    /// Its entry in `listeners.tls.certificates`, with `extra` keys (`,
+    /// ocsp = "..."`).
+    pub fn entry(&self, extra: &str) -> String {
+        format!(
+            "{{ cert = {:?}, key = {:?}{extra} }}",
+            self.cert_path.display().to_string(),
+            self.key_path.display().to_string()
+        )
+    }
 }
 
 impl Pki {
@@ -44,31 +60,44 @@ impl Pki {
         let ca = CertifiedIssuer::self_signed(params, KeyPair::generate().unwrap()).unwrap();
         let ca_path = dir.path().join(format!("{name}.pem"));
         std::fs::write(&ca_path, ca.pem()).unwrap();
-        Self { dir, ca, ca_path }
+        let ca_key_path = dir.path().join(format!("{name}.key"));
+        std::fs::write(&ca_key_path, ca.key().serialize_pem()).unwrap();
+        Self {
+            dir,
+            ca,
+            ca_path,
+            ca_key_path,
+        }
     }
 
     /// A certificate for `names` (DNS names or IP addresses), written as
     /// `FILE.pem` and `FILE.key`.
     pub fn issue(&self, file: &str, names: &[&str]) -> Leaf {
-        let names: Vec<String> = names.iter().map(|n| n.to_string()).collect();
-        self.sign(file, CertificateParams::new(names).unwrap())
+        self.issue_with(file, names, |_| {})
     }
 
     /// A client certificate whose subject is `subject`, in the order
     /// given (the first is the certificate's first relative name), written
     /// as `FILE.pem` and `FILE.key`.
     pub fn issue_client(&self, file: &str, subject: &[(rcgen::DnType, &str)]) -> Leaf {
-        let mut params = CertificateParams::new(Vec::new()).unwrap();
-        params.distinguished_name = rcgen::DistinguishedName::new();
-        for (kind, value) in subject {
-            params.distinguished_name.push(kind.clone(), *value);
-        }
-        self.sign(file, params)
+        self.issue_with(file, &[], |params| {
+            params.distinguished_name = rcgen::DistinguishedName::new();
+            for (kind, value) in subject {
+                params.distinguished_name.push(kind.clone(), *value);
+            }
+        })
     }
 
-    fn sign(&self, file: &str, params: CertificateParams) -> Leaf {
+    /// [`Pki::issue`] with `edit` applied to the certificate's parameters
+    /// (its validity, say).
+    pub fn issue_with(
+        &self,
+        file: &str,
+        names: &[&str],
+        edit: impl FnOnce(&mut CertificateParams),
+    ) -> Leaf {
         let key = KeyPair::generate().unwrap();
-        let cert = params.signed_by(&key, &self.ca).unwrap();
+        let cert = self.sign(&key, names, edit);
         let cert_path = self.dir.path().join(format!("{file}.pem"));
         let key_path = self.dir.path().join(format!("{file}.key"));
         std::fs::write(&cert_path, cert.pem()).unwrap();
@@ -79,6 +108,40 @@ impl Pki {
             cert_path,
             key_path,
         }
+    }
+
+    /// A new certificate for `leaf`'s key and `names`, `edit`ed, put in
+    /// place of `leaf`'s certificate file at once (a rename), as a renewal
+    /// that keeps its key does.
+    pub fn renew(
+        &self,
+        leaf: &Leaf,
+        names: &[&str],
+        edit: impl FnOnce(&mut CertificateParams),
+    ) -> Leaf {
+        let key = KeyPair::try_from(&leaf.key).unwrap();
+        let cert = self.sign(&key, names, edit);
+        let next = leaf.cert_path.with_extension("pem.next");
+        std::fs::write(&next, cert.pem()).unwrap();
+        std::fs::rename(&next, &leaf.cert_path).unwrap();
+        Leaf {
+            cert: cert.der().clone(),
+            key: leaf.key.clone_key(),
+            cert_path: leaf.cert_path.clone(),
+            key_path: leaf.key_path.clone(),
+        }
+    }
+
+    fn sign(
+        &self,
+        key: &KeyPair,
+        names: &[&str],
+        edit: impl FnOnce(&mut CertificateParams),
+    ) -> rcgen::Certificate {
+        let names: Vec<String> = names.iter().map(|n| n.to_string()).collect();
+        let mut params = CertificateParams::new(names).unwrap();
+        edit(&mut params);
+        params.signed_by(key, &self.ca).unwrap()
     }
 
     pub fn roots(&self) -> rustls::RootCertStore {

@@ -76,6 +76,7 @@ impl Validator<'_> {
             cert,
             key,
             pem,
+            ocsp: None,
             acme: Some(acme),
         })
     }

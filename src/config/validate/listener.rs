@@ -183,7 +183,7 @@ impl Validator<'_> {
             }
             Some(certs) => {
                 for c in certs.into_inner() {
-                    certificates.extend(self.certificate(&c, "listeners.tls"));
+                    certificates.extend(self.listener_certificate(&c));
                 }
             }
             None if raw.acme.is_none() => {
@@ -278,6 +278,68 @@ impl Validator<'_> {
         None
     }
 
+    /// A `[[listeners.tls.certificates]]` entry: the pair, a certificate
+    /// whose names and validity the master can show, and its `ocsp` file.
+    fn listener_certificate(&mut self, raw: &RawCertificate) -> Option<CertificateConfig> {
+        // Read whatever else is wrong, so that all of it is reported at once.
+        let ocsp = raw.ocsp.as_ref().map(|o| self.ocsp(o));
+        let mut certificate = self.certificate(raw, "listeners.tls")?;
+        if let Err(e) = crate::tls::inspect::CertificateFacts::of(&certificate.pem) {
+            let path = certificate.cert.display();
+            self.problem(
+                raw.cert.span(),
+                format!("listeners.tls: cannot read certificate {path}: {e}"),
+            );
+            return None;
+        }
+        certificate.ocsp = match ocsp {
+            Some(None) => return None,
+            read => read.flatten(),
+        };
+        Some(certificate)
+    }
+
+    /// `ocsp = FILE`: a DER OCSP response to staple, read once like the
+    /// pair. A file not there yet (a fetcher that has not run) is a
+    /// warning: the certificate is served without a staple, and the file
+    /// watch reads it when it appears. One that cannot be read, or holds no
+    /// successful response, is a problem, so a broken renewal keeps the
+    /// staple that serves. `None`: a problem was reported.
+    fn ocsp(&mut self, raw: &Text) -> Option<OcspStaple> {
+        let path = self.base.join(raw.get_ref());
+        let why = match std::fs::read(&path) {
+            Ok(bytes) => match crate::tls::inspect::ocsp_response(&bytes) {
+                Ok(()) => {
+                    let response = Some(Der(bytes));
+                    return Some(OcspStaple { path, response });
+                }
+                Err(e) => format!("{} holds no OCSP response to staple: {e}", path.display()),
+            },
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                match path.parent().filter(|folder| !folder.is_dir()) {
+                    Some(folder) => format!(
+                        "cannot read OCSP response {}: its folder {} does not exist",
+                        path.display(),
+                        folder.display()
+                    ),
+                    None => {
+                        self.warning(raw.span(), format!("listeners.tls.certificates.ocsp: {} does not exist (yet); the certificate is served without a stapled OCSP response until it does", path.display()));
+                        return Some(OcspStaple {
+                            path,
+                            response: None,
+                        });
+                    }
+                }
+            }
+            Err(e) => format!("cannot read OCSP response {}: {e}", path.display()),
+        };
+        self.problem(
+            raw.span(),
+            format!("listeners.tls.certificates.ocsp: {why}"),
+        );
+        None
+    }
+
     /// Reads a chain and its key, once: the plan carries these bytes, so
     /// what was checked here is what every worker serves. Both files are
     /// read, so that two unreadable files are two problems reported at once.
@@ -312,12 +374,12 @@ impl Validator<'_> {
         };
         let (at, why) = match crate::tls::certified_key(&pem) {
             Ok(_) => {
-                let acme = None;
                 return Some(CertificateConfig {
                     cert,
                     key,
                     pem,
-                    acme,
+                    acme: None,
+                    ocsp: None,
                 });
             }
             Err(e @ TlsError::Chain(_)) => (

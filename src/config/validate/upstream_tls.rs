@@ -144,6 +144,7 @@ impl Validator<'_> {
                 let pair = RawCertificate {
                     cert: cert.clone(),
                     key: key.clone(),
+                    ocsp: None,
                 };
                 self.certificate(&pair, "upstreams.tls")
             }

@@ -23,6 +23,7 @@ use self::publish::Publisher;
 use super::status::StatusBoard;
 use crate::challenges::Challenges;
 use crate::plan::{AcmeConfig, CertificateConfig, CertifiedPem, Plan};
+use crate::tls::inspect::CertificateFacts;
 
 /// The longest one order may take, from the account to the chain.
 const ORDER_TIMEOUT: Duration = Duration::from_secs(300);
@@ -186,13 +187,14 @@ fn renewal_due(certificate: &CertificateConfig) -> SystemTime {
         .acme
         .as_ref()
         .map_or(&[][..], |a| &a.domains[..]);
-    match crate::tls::validity(&pem) {
-        Some(v)
-            if crate::tls::certified_key(&pem).is_ok()
-                && domains.iter().all(|d| v.names.contains(d)) =>
-        {
-            let lifetime = v.not_after.duration_since(v.not_before).unwrap_or_default();
-            v.not_before + lifetime * 2 / 3
+    let usable = crate::tls::certified_key(&pem).is_ok();
+    match CertificateFacts::of(&pem) {
+        Ok(facts) if usable && domains.iter().all(|d| facts.covers(d)) => {
+            let lifetime = facts
+                .not_after
+                .duration_since(facts.not_before)
+                .unwrap_or_default();
+            facts.not_before + lifetime * 2 / 3
         }
         _ => SystemTime::UNIX_EPOCH,
     }
