@@ -152,34 +152,123 @@ async fn a_reload_is_reloading_then_ready_whether_it_applied_or_failed() {
 }
 
 #[tokio::test]
-async fn sigterm_says_stopping_and_nothing_after() {
-    let app = echo("app").await;
-    let mut corral = Corral::start(&cluster_config(&[app.addr], "")).await;
+async fn a_reload_then_sigterm_say_reloading_ready_then_stopping_and_nothing_after() {
+    let (a, b) = (echo("a").await, echo("b").await);
+    let mut corral = Corral::start(&cluster_config(&[a.addr], "")).await;
+    corral.write_config(&cluster_config(&[b.addr], ""));
+    corral.signal(Signal::SIGHUP);
+    corral.wait_ready(2).await;
     corral.signal(Signal::SIGTERM);
     corral
         .wait_for_notice("STOPPING=1", Notice::is_stopping)
         .await;
     assert_eq!(corral.wait_exit().await, Some(0));
     let notices = corral.notices.all();
-    assert_eq!(kinds(&notices), ["READY 1", "STOPPING"], "{notices:#?}");
+    assert_eq!(
+        kinds(&notices),
+        ["READY 1", "RELOADING", "READY 2", "STOPPING"],
+        "{notices:#?}"
+    );
 }
 
+/// The environment systemd gives a unit with `WatchdogSec=0.2s`: the
+/// watchdog's interval and the process it is for.
+const WATCHDOG: [(&str, &str); 2] = [("WATCHDOG_USEC", "200000"), ("WATCHDOG_PID", OWN_PID)];
+
 #[tokio::test]
-async fn workers_do_not_inherit_notify_socket() {
+async fn workers_do_not_inherit_notify_socket_nor_the_watchdog() {
     let app = echo("app").await;
-    let corral = Corral::start(&cluster_config(&[app.addr], "")).await;
-    let has_socket = |env: &[String]| env.iter().any(|v| v.starts_with("NOTIFY_SOCKET="));
-    // The master had it to pass on.
-    assert!(has_socket(&environment(u64::from(corral.pid()))));
+    let corral = Corral::start_in_env(&cluster_config(&[app.addr], ""), &WATCHDOG).await;
+    let has = |env: &[String], var: &str| env.iter().any(|v| v.starts_with(&format!("{var}=")));
+    let vars = ["NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID"];
+    // The master had them to pass on.
+    let master = environment(u64::from(corral.pid()));
+    for var in vars {
+        assert!(has(&master, var), "the master has no {var}: {master:?}");
+    }
     let workers = corral.worker_pids().await;
     assert_eq!(workers.len(), 2);
     for pid in workers {
         let env = environment(pid);
         assert!(
-            env.iter().any(|v| v.starts_with("CORRAL_MASTER_PID=")),
+            has(&env, "CORRAL_MASTER_PID"),
             "{pid} is no worker: {env:?}"
         );
-        assert!(!has_socket(&env), "worker {pid} has NOTIFY_SOCKET");
+        for var in vars {
+            assert!(!has(&env, var), "worker {pid} has {var}");
+        }
+    }
+    // Whatever was sent, the master sent.
+    corral
+        .notices
+        .wait_for("WATCHDOG=1", 1, Notice::is_watchdog)
+        .await;
+    let notices = corral.notices.all();
+    assert!(
+        notices.iter().all(|m| m.sender() == corral.pid()),
+        "{notices:#?}"
+    );
+}
+
+#[tokio::test]
+async fn with_a_watchdog_the_master_pings_it_once_it_serves() {
+    let app = echo("app").await;
+    let corral = Corral::start_in_env(&cluster_config(&[app.addr], ""), &WATCHDOG).await;
+    let pings = corral
+        .notices
+        .wait_for("WATCHDOG=1", 3, Notice::is_watchdog)
+        .await;
+    for ping in &pings {
+        assert_eq!(ping.keys(), ["WATCHDOG"], "{ping:?}");
+        assert_eq!(ping.sender(), corral.pid(), "{ping:?}");
+    }
+    // The first after READY=1: before it, the start timeout is what counts.
+    let notices = corral.notices.all();
+    assert_eq!(
+        kinds(&notices[..2]),
+        ["READY 1", "WATCHDOG"],
+        "{notices:#?}"
+    );
+
+    // Pings go on across a reload.
+    let seen = corral
+        .notices
+        .all()
+        .iter()
+        .filter(|m| m.is_watchdog())
+        .count();
+    let (code, body) = admin_call(corral.admin.unwrap(), Method::POST, "/reload").await;
+    assert_eq!(code, StatusCode::OK, "{body}");
+    corral.wait_readies(2).await;
+    corral
+        .notices
+        .wait_for("WATCHDOG=1 after a reload", seen + 2, Notice::is_watchdog)
+        .await;
+}
+
+#[tokio::test]
+async fn no_watchdog_pings_without_watchdog_usec_or_for_another_process() {
+    let app = echo("app").await;
+    let config = cluster_config(&[app.addr], "");
+    let mut unset = Corral::start(&config).await;
+    let mut other = Corral::start_in_env(
+        &config,
+        &[("WATCHDOG_USEC", "200000"), ("WATCHDOG_PID", "1")],
+    )
+    .await;
+    // The clock: a master with a watchdog (and no WATCHDOG_PID, which
+    // sd_watchdog_enabled(3) takes as this process), started once both
+    // serve, pings three times, two intervals apart, while they serve.
+    let pinging = Corral::start_in_env(&config, &[("WATCHDOG_USEC", "200000")]).await;
+    pinging
+        .notices
+        .wait_for("WATCHDOG=1", 3, Notice::is_watchdog)
+        .await;
+    for corral in [&mut unset, &mut other] {
+        corral.signal(Signal::SIGTERM);
+        assert_eq!(corral.wait_exit().await, Some(0));
+        let notices = corral.notices.all();
+        assert_eq!(kinds(&notices), ["READY 1", "STOPPING"], "{notices:#?}");
     }
 }
 
@@ -218,6 +307,72 @@ async fn after_a_binary_upgrade_mainpid_names_the_new_master_and_the_old_one_nev
         notices
             .iter()
             .any(|m| !m.is_ready() && m.main_pid() == Some(new)),
+        "{notices:#?}"
+    );
+}
+
+#[tokio::test]
+async fn after_a_binary_upgrade_the_new_master_pings_the_watchdog() {
+    let app = echo("app").await;
+    let mut corral = Corral::start_in_env(&cluster_config(&[app.addr], ""), &WATCHDOG).await;
+    let old = corral.pid();
+    let from = |pid: u32| move |m: &Notice| m.is_watchdog() && m.sender() == pid;
+    corral
+        .notices
+        .wait_for("WATCHDOG=1 from the first master", 1, from(old))
+        .await;
+    corral.signal(Signal::SIGUSR2);
+    let new = corral.wait_successor_ready().await.main_pid().unwrap();
+    assert_eq!(corral.wait_exit().await, Some(0));
+    corral
+        .notices
+        .wait_for("WATCHDOG=1 from the new master", 3, from(new))
+        .await;
+
+    // It inherited the interval, but not WATCHDOG_PID, which named the
+    // old master.
+    let env = environment(u64::from(new));
+    assert!(env.iter().any(|v| v == "WATCHDOG_USEC=200000"), "{env:?}");
+    assert!(
+        !env.iter().any(|v| v.starts_with("WATCHDOG_PID=")),
+        "{env:?}"
+    );
+    let notices = corral.notices.all();
+    let sent_by = |pid: u32| -> Vec<String> {
+        let theirs: Vec<Notice> = notices
+            .iter()
+            .filter(|m| m.sender() == pid)
+            .cloned()
+            .collect();
+        kinds(&theirs)
+    };
+    // The old master pinged until it named its successor, and with that,
+    // so that the new one's next ping is due within the interval even if
+    // its first came before the manager took it for the main process; and
+    // no more.
+    let by_old = sent_by(old);
+    let handover = by_old.iter().position(|k| k == "MAINPID,WATCHDOG,STATUS");
+    assert_eq!(handover, Some(by_old.len() - 1), "{notices:#?}");
+    assert!(
+        by_old[..by_old.len() - 1]
+            .iter()
+            .all(|k| k == "READY 1" || k == "WATCHDOG"),
+        "{notices:#?}"
+    );
+    // The new one said nothing before it served: a manager that takes
+    // notices from the main process only would have refused its pings.
+    let by_new = sent_by(new);
+    assert_eq!(
+        by_new.first().map(String::as_str),
+        Some("READY 1"),
+        "{notices:#?}"
+    );
+    assert!(by_new[1..].iter().all(|k| k == "WATCHDOG"), "{notices:#?}");
+    // Nobody else spoke.
+    assert!(
+        notices
+            .iter()
+            .all(|m| m.sender() == old || m.sender() == new),
         "{notices:#?}"
     );
 }

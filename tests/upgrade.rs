@@ -42,13 +42,20 @@ impl std::ops::DerefMut for Upgradable {
 
 impl Upgradable {
     async fn start(config: &str) -> Self {
+        Self::start_in_env(config, &[]).await
+    }
+
+    /// [`Upgradable::start`] with these variables in corral's environment
+    /// (see [`Corral::start_in_env`]).
+    async fn start_in_env(config: &str, env: &[(&str, &str)]) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let exe = dir.path().join("corral");
         copy(Path::new(BIN), &exe);
         let config_path = dir.path().join("corral.toml");
         std::fs::write(&config_path, config).unwrap();
+        let notices = Notices::bind(&dir.path().join("notify.sock"));
         Self {
-            corral: Corral::start_exe(&exe, dir, config_path).await,
+            corral: Corral::start_with_env(&exe, dir, config_path, notices, env).await,
             exe,
         }
     }
@@ -234,4 +241,36 @@ async fn an_upgrade_binary_that_never_becomes_ready_is_killed_at_upgrade_timeout
     );
     assert_old_master_serves_alone(&corral, pid, &workers).await;
     assert_a_good_upgrade_still_works(&mut corral).await;
+}
+
+#[tokio::test]
+async fn the_old_master_pings_the_watchdog_while_it_waits_for_its_successor() {
+    let app = echo("app").await;
+    // systemd's environment for `WatchdogSec=0.2s`; the wait for the
+    // successor (upgrade_timeout, 60 s) is far longer.
+    let watchdog = [("WATCHDOG_USEC", "200000"), ("WATCHDOG_PID", OWN_PID)];
+    let corral = Upgradable::start_in_env(&upgrade_config(app.addr, ""), &watchdog).await;
+    let old = corral.pid();
+    let pings = || {
+        let all = corral.notices.all();
+        all.iter()
+            .filter(|m| m.is_watchdog() && m.sender() == old)
+            .count()
+    };
+    corral.replace_exe_with_script(&format!("{ANNOUNCE}\nexec sleep 1000"));
+    corral.signal(Signal::SIGUSR2);
+    // Started: the old master waits for it to say it serves, which it never
+    // does.
+    let pid = successor_pid(&corral).await;
+    let before = pings();
+    corral
+        .notices
+        .wait_for("WATCHDOG=1 while waiting", before + 3, |m| {
+            m.is_watchdog() && m.sender() == old
+        })
+        .await;
+    assert!(
+        group_members(corral.pid()).contains(&u64::from(pid)),
+        "the successor {pid} is not waited for any more"
+    );
 }

@@ -17,10 +17,26 @@
 //!   and falls silent: it must not say `STOPPING=1`, since the service goes
 //!   on. The successor inherits `NOTIFY_SOCKET` and says `READY=1` itself.
 //!
-//! Workers never inherit `NOTIFY_SOCKET`: the master alone speaks for the
-//! service. Without it nothing is sent. This module only reports what the
-//! master did; a datagram that cannot be sent is logged at debug and
-//! forgotten, so readiness reporting never holds up or stops the master.
+//! - `WATCHDOG=1` every half of `WATCHDOG_USEC`, while this master serves,
+//!   when the manager asks for a watchdog (`WatchdogSec=`) and
+//!   `WATCHDOG_PID` is unset or names this process (sd_watchdog_enabled(3)).
+//!   The master's loop sends it ([`Notifier::watchdog_due`] is one of its
+//!   branches), so a loop that is stuck stops the pings and the manager
+//!   restarts the service. The one wait in the loop that may outlast a
+//!   ping interval, a binary upgrade's for its successor (up to
+//!   `runtime.upgrade_timeout`), pings as it waits ([`Notifier::pinging`]).
+//!   The successor inherits `WATCHDOG_USEC` without `WATCHDOG_PID`
+//!   ([`hand_on_watchdog`]): `WATCHDOG_PID` names the old master, and the
+//!   new one is the process to ping once the old one names it `MAINPID`.
+//!   It starts pinging when it serves, as it says `READY=1`; that first
+//!   ping may reach the manager before the old master's `MAINPID` and be
+//!   refused, so the datagram with `MAINPID` pings too.
+//!
+//! Workers never inherit `NOTIFY_SOCKET` nor the watchdog's variables: the
+//! master alone speaks for the service. Without `NOTIFY_SOCKET` nothing is
+//! sent. This module only reports what the master did; a datagram that
+//! cannot be sent is logged at debug and forgotten, so readiness reporting
+//! never holds up or stops the master.
 
 use std::ffi::OsStr;
 use std::io;
@@ -28,14 +44,20 @@ use std::net::SocketAddr;
 use std::os::linux::net::SocketAddrExt;
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::net::{self, UnixDatagram};
+use std::time::Duration;
 
 use sd_notify::NotifyState;
+use tokio::time::{Interval, MissedTickBehavior};
 
 use super::generation::{Generation, Summary};
 use super::reload::{ReloadError, Reloaded};
 
 /// Where the service manager listens; removed from every worker's environment.
 pub const ENV_SOCKET: &str = "NOTIFY_SOCKET";
+/// The watchdog's interval, in µs, and the process it is for; removed from
+/// every worker's environment.
+pub const ENV_WATCHDOG_USEC: &str = "WATCHDOG_USEC";
+pub const ENV_WATCHDOG_PID: &str = "WATCHDOG_PID";
 
 /// Where this master is in the protocol.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -55,10 +77,14 @@ pub(super) struct Notifier {
     phase: Phase,
     /// The admin endpoint's bound address, said in every `READY=1`.
     admin: Option<SocketAddr>,
+    /// When the next `WATCHDOG=1` is due, if the manager wants them.
+    watchdog: Option<Interval>,
 }
 
 impl Notifier {
-    /// Reads `NOTIFY_SOCKET`; a master without it sends nothing.
+    /// Reads `NOTIFY_SOCKET` and the watchdog's variables; a master
+    /// without `NOTIFY_SOCKET` sends nothing. Called in the runtime, whose
+    /// timer the watchdog's interval is.
     pub(super) fn from_env(admin: Option<SocketAddr>) -> Self {
         let to = std::env::var_os(ENV_SOCKET).and_then(|value| match address(&value) {
             Ok(to) => Some(to),
@@ -67,10 +93,54 @@ impl Notifier {
                 None
             }
         });
+        let watchdog = to
+            .as_ref()
+            .and_then(|_| ping_interval(sd_notify::watchdog_enabled()))
+            .map(|every| {
+                tracing::info!(every = ?every, "the service manager's watchdog is on; pinging it");
+                // After a stall, the next ping a whole interval later: a
+                // burst would not make up for the pings missed.
+                let mut interval = tokio::time::interval(every);
+                interval.set_missed_tick_behavior(MissedTickBehavior::Delay);
+                interval
+            });
         Self {
             to,
             phase: Phase::Starting,
             admin,
+            watchdog,
+        }
+    }
+
+    /// Completes when the next `WATCHDOG=1` is due: the first as soon as
+    /// this master serves, then every interval. Never without a watchdog,
+    /// before this master serves (the manager's start timeout covers that,
+    /// and a successor is not the main process yet) or once it has handed
+    /// over.
+    pub(super) async fn watchdog_due(&mut self) {
+        match &mut self.watchdog {
+            Some(interval) if self.phase == Phase::Serving => {
+                interval.tick().await;
+            }
+            _ => std::future::pending().await,
+        }
+    }
+
+    /// `WATCHDOG=1`: the master's loop is alive.
+    pub(super) fn watchdog(&self) {
+        self.send(&[NotifyState::Watchdog]);
+    }
+
+    /// Waits for `work`, a wait of the master's loop that may outlast a
+    /// ping interval (a binary upgrade's), sending `WATCHDOG=1` as they
+    /// fall due meanwhile.
+    pub(super) async fn pinging<F: Future>(&mut self, work: F) -> F::Output {
+        let mut work = std::pin::pin!(work);
+        loop {
+            tokio::select! {
+                output = &mut work => return output,
+                () = self.watchdog_due() => self.watchdog(),
+            }
         }
     }
 
@@ -139,12 +209,18 @@ impl Notifier {
     /// Names the new master of a binary upgrade as the service's main
     /// process, so that a manager which takes notices from the main
     /// process alone (systemd's default `NotifyAccess=main`) follows it.
+    /// With a watchdog, the same datagram pings it: the successor's first
+    /// ping, sent as it said `READY=1`, may have come before the manager
+    /// took it for the main process and been refused, and its next is half
+    /// an interval away.
     pub(super) fn handed_over(&mut self, successor: u32) {
         let status = format!("handed over to the new master {successor}");
-        self.send(&[
-            NotifyState::MainPid(successor),
-            NotifyState::Status(&status),
-        ]);
+        let mut states = vec![NotifyState::MainPid(successor)];
+        if self.watchdog.is_some() {
+            states.push(NotifyState::Watchdog);
+        }
+        states.push(NotifyState::Status(&status));
+        self.send(&states);
         self.phase = Phase::HandedOver;
     }
 
@@ -180,6 +256,27 @@ impl Notifier {
     }
 }
 
+/// How often to ping a watchdog of `timeout`: at half of it, as
+/// sd_watchdog_enabled(3) advises; none for no watchdog or a zero one
+/// (which systemd never sets, and a timer cannot tick at).
+fn ping_interval(timeout: Option<Duration>) -> Option<Duration> {
+    timeout.filter(|t| !t.is_zero()).map(|t| t / 2)
+}
+
+/// Sets up the watchdog for a binary upgrade's successor, which inherits
+/// this master's environment. A watchdog that is this master's
+/// (`WATCHDOG_PID` unset or naming it) passes on with `WATCHDOG_PID`
+/// removed, since it names the old master: the successor pings it once it
+/// serves, with the same `WATCHDOG_USEC`, and the manager takes its pings
+/// once the old master has named it `MAINPID` (`NotifyAccess=main`). A
+/// watchdog meant for another process is not passed on.
+pub(super) fn hand_on_watchdog(command: &mut tokio::process::Command) {
+    command.env_remove(ENV_WATCHDOG_PID);
+    if sd_notify::watchdog_enabled().is_none() {
+        command.env_remove(ENV_WATCHDOG_USEC);
+    }
+}
+
 /// `NOTIFY_SOCKET`'s value as an address: `@` starts a name in the
 /// abstract namespace (sd_notify(3)), anything else is a path.
 fn address(value: &OsStr) -> io::Result<net::SocketAddr> {
@@ -203,5 +300,18 @@ fn send_to(to: &net::SocketAddr, message: &[u8]) -> io::Result<()> {
             io::ErrorKind::WriteZero,
             format!("sent {sent} of {} bytes", message.len()),
         ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pings_at_half_the_watchdog_timeout() {
+        let timeout = Some(Duration::from_micros(200_000));
+        assert_eq!(ping_interval(timeout), Some(Duration::from_millis(100)));
+        assert_eq!(ping_interval(Some(Duration::ZERO)), None);
+        assert_eq!(ping_interval(None), None);
     }
 }

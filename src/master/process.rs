@@ -289,6 +289,7 @@ impl Master {
                 Some(request) = self.reloads.recv() => self.reload(Trigger::Admin, Some(request.reply)),
                 Some(()) = self.discovery.changed.recv() => self.rediscover(),
                 _ = rotation.tick() => self.rotate_ticket_keys(),
+                () = self.notify.watchdog_due() => self.notify.watchdog(),
                 outcome = reload::settled(&self.status, self.pending.front()) => {
                     if let Some(pending) = self.pending.pop_front() {
                         self.conclude(pending, outcome);
@@ -328,7 +329,8 @@ impl Master {
                         (generation.sockets.clone(), plan.sticky_key.clone(), plan.runtime.upgrade_timeout)
                     };
                     let handing = upgrade::Handing { listeners: &sockets, admin: self.admin.as_ref(), sticky_key };
-                    match upgrade::start_successor(&self.exe, &self.path, handing, ready_timeout).await {
+                    let successor = upgrade::start_successor(&self.exe, &self.path, handing, ready_timeout);
+                    match self.notify.pinging(successor).await {
                         Ok(pid) => {
                             tracing::info!(new_master = pid, "the new master is serving; draining and exiting");
                             self.notify.handed_over(pid);

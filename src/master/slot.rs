@@ -324,6 +324,8 @@ impl Worker {
             .env(ENV_SLOT, slot.to_string())
             .env_remove(super::upgrade::ENV_UPGRADE)
             .env_remove(super::notify::ENV_SOCKET)
+            .env_remove(super::notify::ENV_WATCHDOG_USEC)
+            .env_remove(super::notify::ENV_WATCHDOG_PID)
             .kill_on_drop(true);
         if generation.plan.runtime.cpu_affinity {
             command.env(ENV_CPU_AFFINITY, "1");

@@ -10,8 +10,8 @@
 //! Connections queued on the shared sockets are accepted by whichever
 //! generation is accepting, so none is refused or reset. If the new master exits or is not ready in time, the
 //! old one kills it and keeps serving. The new master inherits
-//! `NOTIFY_SOCKET` and tells the service manager itself that it is ready
-//! (see `master/notify.rs`).
+//! `NOTIFY_SOCKET` and tells the service manager itself that it is ready,
+//! and takes over the watchdog (see `master/notify.rs`).
 
 use std::net::TcpListener;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
@@ -70,14 +70,15 @@ pub async fn start_successor(
         sticky_key,
     } = handing;
     let (ours, theirs) = ipc::pair().map_err(UpgradeError::Spawn)?;
-    let mut child = Command::new(exe)
+    let mut command = Command::new(exe);
+    command
         .arg("run")
         .arg("--config")
         .arg(config)
         .env(ENV_UPGRADE, "1")
-        .stdin(Stdio::from(theirs))
-        .spawn()
-        .map_err(UpgradeError::Spawn)?;
+        .stdin(Stdio::from(theirs));
+    super::notify::hand_on_watchdog(&mut command);
+    let mut child = command.spawn().map_err(UpgradeError::Spawn)?;
     let (mut tx, mut rx) = ipc::channel(ours).map_err(UpgradeError::Spawn)?;
     let mut sockets = Vec::new();
     let mut fds: Vec<BorrowedFd<'_>> = Vec::new();

@@ -16,6 +16,9 @@ use super::patience::PATIENCE;
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_corral");
 
+/// A variable's value for [`Corral::start_in_env`]: the master's own pid.
+pub const OWN_PID: &str = "$$";
+
 /// The corral binary, running `corral run` on a config. Every wait is
 /// async: tests serve their upstreams on their own runtime, which a blocking
 /// wait would freeze.
@@ -67,9 +70,50 @@ impl Corral {
         config_path: PathBuf,
         notices: Notices,
     ) -> Self {
+        Self::start_with_env(exe, dir, config_path, notices, &[]).await
+    }
+
+    /// [`Corral::start`] with these variables in corral's environment, as
+    /// a service manager sets them; [`OWN_PID`] as a value stands for the
+    /// master's own pid.
+    pub async fn start_in_env(config: &str, env: &[(&str, &str)]) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let config_path = dir.path().join("corral.toml");
+        std::fs::write(&config_path, config).unwrap();
+        let notices = Notices::bind(&dir.path().join("notify.sock"));
+        Self::start_with_env(Path::new(BIN), dir, config_path, notices, env).await
+    }
+
+    /// [`Corral::start_notifying`] with these variables in corral's
+    /// environment (see [`Corral::start_in_env`]).
+    pub async fn start_with_env(
+        exe: &Path,
+        dir: tempfile::TempDir,
+        config_path: PathBuf,
+        notices: Notices,
+        env: &[(&str, &str)],
+    ) -> Self {
+        // A variable naming the master's own pid, as systemd sets
+        // `WATCHDOG_PID`, is set by a shell that then becomes corral.
+        let own: Vec<&str> = env
+            .iter()
+            .filter(|(_, v)| *v == OWN_PID)
+            .map(|(k, _)| *k)
+            .collect();
+        let mut command = if own.is_empty() {
+            tokio::process::Command::new(exe)
+        } else {
+            let exports: String = own.iter().map(|k| format!("export {k}=$$; ")).collect();
+            let mut sh = tokio::process::Command::new("sh");
+            sh.arg("-c")
+                .arg(format!("{exports}exec \"$0\" \"$@\""))
+                .arg(exe);
+            sh
+        };
+        command.envs(env.iter().filter(|(_, v)| *v != OWN_PID).copied());
         // Its own process group, so that dropping the fixture also ends
         // masters started by an upgrade and every worker.
-        let mut child = tokio::process::Command::new(exe)
+        let mut child = command
             .args(["run", "--config"])
             .arg(&config_path)
             .env("CORRAL_LOG", "info,corral=debug")

@@ -10,12 +10,16 @@ use tokio::sync::watch;
 use super::patience::PATIENCE;
 
 /// One datagram corral sent to its `NOTIFY_SOCKET` (sd_notify(3)): its
-/// `KEY=VALUE` lines, in order.
+/// `KEY=VALUE` lines, in order, and the pid of the process that sent it
+/// (what systemd's `NotifyAccess=main` checks against the main pid).
 #[derive(Debug, Clone)]
-pub struct Notice(Vec<(String, String)>);
+pub struct Notice {
+    fields: Vec<(String, String)>,
+    sender: u32,
+}
 
 impl Notice {
-    fn parse(datagram: &[u8]) -> Self {
+    fn parse(datagram: &[u8], sender: u32) -> Self {
         let text = String::from_utf8_lossy(datagram);
         let fields = text
             .lines()
@@ -24,18 +28,28 @@ impl Notice {
                 (key.to_owned(), value.to_owned())
             })
             .collect();
-        Self(fields)
+        Self { fields, sender }
     }
 
     pub fn get(&self, key: &str) -> Option<&str> {
-        self.0
+        self.fields
             .iter()
             .find(|(k, _)| k == key)
             .map(|(_, v)| v.as_str())
     }
 
     pub fn keys(&self) -> Vec<&str> {
-        self.0.iter().map(|(k, _)| k.as_str()).collect()
+        self.fields.iter().map(|(k, _)| k.as_str()).collect()
+    }
+
+    /// The pid of the process that sent it.
+    pub fn sender(&self) -> u32 {
+        self.sender
+    }
+
+    /// `WATCHDOG=1`: a keep-alive ping for the service manager's watchdog.
+    pub fn is_watchdog(&self) -> bool {
+        self.get("WATCHDOG") == Some("1")
     }
 
     /// `READY=1`: every worker slot serves (at startup, or as a reload ends).
@@ -106,15 +120,19 @@ impl Notices {
     }
 
     /// A thread reads each datagram as it comes: corral sends without
-    /// waiting, so a queue left unread would lose notices.
+    /// waiting, so a queue left unread would lose notices. With
+    /// `SO_PASSCRED`, as systemd's socket has it, the kernel says who sent
+    /// each.
     fn receive(socket: std::os::unix::net::UnixDatagram, address: std::ffi::OsString) -> Self {
+        use nix::sys::socket::{setsockopt, sockopt::PassCred};
+        setsockopt(&socket, PassCred, &true).unwrap();
         let reader = socket.try_clone().unwrap();
         let (notices, received) = watch::channel(Vec::new());
         std::thread::spawn(move || {
             let mut buf = vec![0; 64 * 1024];
             // 0 bytes: shut down (corral never sends an empty datagram).
-            while let Ok(n @ 1..) = reader.recv(&mut buf) {
-                let notice = Notice::parse(&buf[..n]);
+            while let Some((n @ 1.., sender)) = receive_one(&reader, &mut buf) {
+                let notice = Notice::parse(&buf[..n], sender);
                 eprintln!("[notify] {notice:?}");
                 notices.send_modify(|all| all.push(notice));
             }
@@ -167,6 +185,27 @@ impl Notices {
     pub async fn wait_readies(&self, n: usize) -> Vec<Notice> {
         self.wait_for("READY=1", n, Notice::is_ready).await
     }
+}
+
+/// One datagram into `buf`: its length and its sender's pid; `None` once
+/// the socket fails (it was shut down).
+fn receive_one(socket: &std::os::unix::net::UnixDatagram, buf: &mut [u8]) -> Option<(usize, u32)> {
+    use nix::sys::socket::{ControlMessageOwned, MsgFlags, UnixCredentials, recvmsg};
+    use std::os::fd::AsRawFd;
+    let mut space = nix::cmsg_space!(UnixCredentials);
+    let mut iov = [std::io::IoSliceMut::new(buf)];
+    let message = recvmsg::<()>(
+        socket.as_raw_fd(),
+        &mut iov,
+        Some(&mut space),
+        MsgFlags::MSG_CMSG_CLOEXEC,
+    )
+    .ok()?;
+    let sender = message.cmsgs().ok()?.find_map(|c| match c {
+        ControlMessageOwned::ScmCredentials(creds) => u32::try_from(creds.pid()).ok(),
+        _ => None,
+    });
+    Some((message.bytes, sender.unwrap_or(0)))
 }
 
 impl Drop for Notices {
