@@ -31,6 +31,8 @@ pub struct Plan {
     pub upstreams: Vec<UpstreamConfig>,
     /// `None`: names are looked up as the system does.
     pub resolver: Option<ResolverConfig>,
+    /// `None`: reloads are never undone by themselves.
+    pub reload_guard: Option<ReloadGuardConfig>,
     /// What the file allows but should not (`FILE:LINE:COL: reason`), for
     /// `corral check` and the master's log; workers never see them.
     #[serde(skip)]
@@ -582,6 +584,18 @@ impl std::fmt::Display for NamedServer {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(f, "{}:{}", self.host, self.port)
     }
+}
+
+/// `[reload_guard]`: how the master judges a new generation.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ReloadGuardConfig {
+    /// How long after a reload the new generation is watched.
+    pub window: Duration,
+    /// The share of its answers that are 5xx above which (and above the
+    /// generation before's share) it is rolled back.
+    pub max_error_ratio: f64,
+    /// Answers the new generation must have given before it is judged.
+    pub min_requests: u64,
 }
 
 /// `[resolver]`: where the master looks up server names.

@@ -38,6 +38,12 @@ pub fn diff(old: &Plan, new: &Plan) -> Vec<String> {
         &access_log(old),
         &access_log(new),
     );
+    changed(
+        &mut out,
+        "reload_guard".into(),
+        &reload_guard(old),
+        &reload_guard(new),
+    );
     section(
         &mut out,
         "listener",
@@ -200,6 +206,17 @@ fn acme(l: &ListenerConfig) -> String {
             string(a.state_dir.display())
         )
     })
+}
+
+fn reload_guard(c: &Plan) -> Fields {
+    let Some(g) = &c.reload_guard else {
+        return vec![("window", UNSET.into())];
+    };
+    vec![
+        ("window", duration(g.window)),
+        ("max_error_ratio", g.max_error_ratio.to_string()),
+        ("min_requests", g.min_requests.to_string()),
+    ]
 }
 
 fn listener(l: &ListenerConfig) -> Fields {

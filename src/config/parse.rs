@@ -18,8 +18,7 @@ use toml::de::{DeArray, DeTable, DeValue, ValueDeserializer};
 use super::error::Problem;
 use super::raw::{Dropped, RawConfig};
 
-const SECTIONS: &str =
-    "`runtime`, `admin`, `access_log`, `resolver`, `listeners`, `routes` or `upstreams`";
+const SECTIONS: &str = "`runtime`, `admin`, `access_log`, `resolver`, `reload_guard`, `listeners`, `routes` or `upstreams`";
 
 /// Parses `text`; `None` when the TOML itself is broken (nothing else can be
 /// trusted then). Problems found in sections that parse are appended to `problems`.
@@ -49,6 +48,7 @@ pub fn parse(text: &str, problems: &mut Vec<Problem>) -> Option<RawConfig> {
             "admin" => raw.admin = p.one(value, "admin", "[admin]"),
             "access_log" => raw.access_log = p.one(value, "access_log", "[access_log]"),
             "resolver" => raw.resolver = p.one(value, "resolver", "[resolver]"),
+            "reload_guard" => raw.reload_guard = p.one(value, "reload_guard", "[reload_guard]"),
             // Nothing refers to a listener or a route by name, so which of
             // them were unreadable matters to no later check.
             "listeners" => raw.listeners = p.many(value, "listeners").0,

@@ -137,6 +137,16 @@ pub struct RawCertificate {
     pub ocsp: Option<Text>,
 }
 
+/// `[reload_guard]`: a reload whose generation answers clearly worse than
+/// the one before is undone.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, expecting = "a table")]
+pub struct RawReloadGuard {
+    pub window: Option<Text>,
+    pub max_error_ratio: Option<Spanned<f64>>,
+    pub min_requests: Option<Int>,
+}
+
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields, expecting = "a table")]
 pub struct RawResolver {
@@ -298,6 +308,7 @@ pub struct RawConfig {
     pub routes: Vec<Spanned<RawRoute>>,
     pub upstreams: Vec<Spanned<RawUpstream>>,
     pub resolver: Option<RawResolver>,
+    pub reload_guard: Option<RawReloadGuard>,
     pub dropped: Dropped,
 }
 

@@ -23,6 +23,7 @@ pub mod discovery;
 mod ejections;
 mod filewatch;
 mod generation;
+mod guard;
 pub mod health;
 mod notify;
 mod process;

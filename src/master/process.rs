@@ -25,6 +25,7 @@ use super::admin_backend::AdminBackend;
 use super::discovery::{self, Discovery};
 use super::filewatch;
 use super::generation::{self, Generation, Summary};
+use super::guard::{self, Guard, Rollback, Verdict};
 use super::health::{self, HealthChecker};
 use super::notify::Notifier;
 use super::relay::Inboxes;
@@ -115,6 +116,8 @@ struct Master {
     discovery: Discovery,
     /// Orders and renews the ACME certificates of the plan.
     acme: Acme,
+    /// Judges each new generation, with `[reload_guard]`.
+    guard: Guard,
 }
 
 /// The config file's text and the plan made of it, its warnings logged.
@@ -221,6 +224,7 @@ impl Master {
             last_text: Some(text),
             discovery,
             acme,
+            guard: Guard::default(),
         };
         master.add_slots(slots);
         Ok(master)
@@ -258,6 +262,7 @@ impl Master {
         let mut settle_at: Option<Instant> = None;
         let mut rotation =
             tokio::time::interval_at(Instant::now() + TICKET_ROTATION, TICKET_ROTATION);
+        let mut judging = tokio::time::interval(guard::TICK);
         let mut announced = false;
         loop {
             // A reload may have named other certificate files.
@@ -289,6 +294,7 @@ impl Master {
                 Some(request) = self.reloads.recv() => self.reload(Trigger::Admin, Some(request.reply)),
                 Some(()) = self.discovery.changed.recv() => self.rediscover(),
                 _ = rotation.tick() => self.rotate_ticket_keys(),
+                _ = judging.tick(), if self.generation.borrow().plan.reload_guard.is_some() => self.judge(),
                 () = self.notify.watchdog_due() => self.notify.watchdog(),
                 outcome = reload::settled(&self.status, self.pending.front()) => {
                     if let Some(pending) = self.pending.pop_front() {
@@ -375,9 +381,18 @@ impl Master {
     /// generation. It is then pending, and ends when its workers confirm
     /// it ([`reload::settled`], then `conclude`); nothing waits for that.
     fn reload(&mut self, trigger: Trigger, reply: Option<Reply>) {
+        self.start_reload(trigger, reply, None);
+    }
+
+    /// [`reload`](Self::reload) from the file, or with `verdict` the reload
+    /// guard's, from the text of the generation before.
+    fn start_reload(&mut self, trigger: Trigger, reply: Option<Reply>, verdict: Option<Verdict>) {
         self.notify.reloading();
         let started = std::time::Instant::now();
-        match self.publish() {
+        let previous = self.generation.borrow().text.clone();
+        let (text, rollback) =
+            verdict.map_or((None, None), |v| (Some(v.previous_text), Some(v.rollback)));
+        match self.publish(text) {
             Ok(Some((generation, changes))) => self.pending.push_back(Pending {
                 trigger,
                 started,
@@ -386,6 +401,8 @@ impl Master {
                 changes,
                 deadline: Instant::now() + reload::CONFIRM_TIMEOUT,
                 reply,
+                previous_text: rollback.is_none().then_some(previous),
+                rollback,
             }),
             Ok(None) => {
                 let current = Summary::of(&self.generation.borrow());
@@ -394,13 +411,34 @@ impl Master {
                     changes: Vec::new(),
                     unchanged: true,
                 };
-                self.end_reload(trigger, started, &current, Ok(unchanged), reply);
+                self.end_reload(trigger, started, &current, Ok(unchanged), reply, rollback);
             }
             Err(e) => {
                 let current = Summary::of(&self.generation.borrow());
-                self.end_reload(trigger, started, &current, Err(e), reply);
+                self.end_reload(trigger, started, &current, Err(e), reply, rollback);
             }
         }
+    }
+
+    /// Samples the answers for the reload guard; rolls back a generation
+    /// it finds worse.
+    fn judge(&mut self) {
+        let config = self.generation.borrow().plan.reload_guard.clone();
+        let answered = self.metrics.workers.answered();
+        let Some(verdict) = self.guard.sample(answered, config.as_ref()) else {
+            return;
+        };
+        let r = &verdict.rollback;
+        tracing::error!(
+            generation = r.from_generation,
+            requests = r.requests,
+            error_ratio = r.error_ratio,
+            previous_error_ratio = r.previous_error_ratio,
+            "reload guard: generation {} answers clearly worse than the one before; rolling back (the file is left as it is)",
+            r.from_generation
+        );
+        self.metrics.rollbacks.inc();
+        self.start_reload(Trigger::Guard, None, Some(verdict));
     }
 
     /// Ends a pending reload with its workers' `outcome`.
@@ -412,8 +450,21 @@ impl Master {
             summary,
             changes,
             reply,
+            previous_text,
+            rollback,
             ..
         } = pending;
+        let guard = self.generation.borrow().plan.reload_guard.clone();
+        match (&outcome, previous_text, guard) {
+            (Ok(()), Some(previous), Some(guard))
+                if generation == self.generation.borrow().number =>
+            {
+                let answered = self.metrics.workers.answered();
+                self.guard.watch(generation, previous, &guard, answered);
+            }
+            (Ok(()), ..) => self.guard.forget(),
+            (Err(_), ..) => {}
+        }
         let result = outcome.map(|()| Reloaded {
             generation,
             changes,
@@ -425,7 +476,7 @@ impl Master {
             Ok(_) => summary,
             Err(_) => Summary::of(&self.generation.borrow()),
         };
-        self.end_reload(trigger, started, &shown, result, reply);
+        self.end_reload(trigger, started, &shown, result, reply, rollback);
     }
 
     /// Logs, counts and records how a reload ended, and answers whoever
@@ -438,6 +489,7 @@ impl Master {
         shown: &Summary,
         result: Result<Reloaded, ReloadError>,
         reply: Option<Reply>,
+        rollback: Option<Rollback>,
     ) {
         let elapsed = started.elapsed();
         let current = self.generation.borrow().number;
@@ -448,6 +500,8 @@ impl Master {
             generation,
             error,
             duration_ms: u64::try_from(elapsed.as_millis()).unwrap_or(u64::MAX),
+            rolled_back: rollback.is_some(),
+            rollback: rollback.clone(),
         };
         match &result {
             // Not a reload: no new generation, nothing counted or recorded.
@@ -547,17 +601,21 @@ impl Master {
 
     /// Makes the next generation and publishes it to every slot; `None`
     /// when the file and what it names read as the running generation's.
-    fn publish(&mut self) -> Result<Option<Published>, ReloadError> {
+    /// `text`: what to make it from, instead of the file (a rollback).
+    fn publish(&mut self, text: Option<String>) -> Result<Option<Published>, ReloadError> {
+        let text = match text {
+            Some(text) => text,
+            None => reload::read(&self.path, &mut self.last_text)?,
+        };
         let current = self.generation.borrow().clone();
         let names = &self.discovery.names;
-        let (next, changes) =
-            match reload::prepare(&current, &self.path, &mut self.last_text, names)? {
-                Prepared::Unchanged => return Ok(None),
-                Prepared::Next {
-                    generation,
-                    changes,
-                } => (Arc::new(generation), changes),
-            };
+        let (next, changes) = match reload::prepare(&current, &self.path, text, names)? {
+            Prepared::Unchanged => return Ok(None),
+            Prepared::Next {
+                generation,
+                changes,
+            } => (Arc::new(generation), changes),
+        };
         drop(current);
         let slots = next.plan.runtime.workers.get();
         // Retired before the generation that leaves them out is published,

@@ -23,6 +23,7 @@ use serde::Serialize;
 use tokio::sync::oneshot;
 
 use super::generation::{Generation, Summary, certificates};
+use super::guard::Rollback;
 use super::sockets::{self, BindError};
 use super::status::{Confirmation, StatusBoard};
 use crate::config::{ConfigError, diff};
@@ -39,6 +40,8 @@ pub enum Trigger {
     Signal,
     Admin,
     File,
+    /// The reload guard, undoing a generation that answered worse.
+    Guard,
 }
 
 impl Trigger {
@@ -47,6 +50,7 @@ impl Trigger {
             Self::Signal => "SIGHUP",
             Self::Admin => "POST /reload",
             Self::File => "file change",
+            Self::Guard => "reload guard",
         }
     }
 }
@@ -73,6 +77,11 @@ pub struct Pending {
     pub changes: Vec<String>,
     pub deadline: tokio::time::Instant,
     pub reply: Option<Reply>,
+    /// The text of the generation before, for the reload guard to return
+    /// to; `None` for a rollback, which is not judged.
+    pub previous_text: Option<String>,
+    /// What this reload undoes, when the guard made it.
+    pub rollback: Option<Rollback>,
 }
 
 /// Resolves once `pending` (the oldest; never, without one) has an outcome:
@@ -163,6 +172,10 @@ pub struct ReloadRecord {
     pub generation: u64,
     pub error: Option<String>,
     pub duration_ms: u64,
+    /// Whether the reload guard made this reload, returning to the
+    /// generation before one that answered worse (`rollback` says which).
+    pub rolled_back: bool,
+    pub rollback: Option<Rollback>,
 }
 
 /// What a reload found in the file.
@@ -178,22 +191,26 @@ pub enum Prepared {
     },
 }
 
-/// Reads and checks the file at `path` and makes the generation after
-/// `current` from it. `last_text` becomes the text as read, valid or not
-/// (`None`: unreadable). Server names get the addresses `names` has for
-/// them. Nothing is published here.
+/// Reads the file at `path`; `last_text` becomes the text as read, valid
+/// or not (`None`: unreadable).
+pub fn read(path: &Path, last_text: &mut Option<String>) -> Result<String, ReloadError> {
+    let read = std::fs::read_to_string(path);
+    *last_text = read.as_ref().ok().cloned();
+    Ok(read.map_err(|source| ConfigError::Read {
+        path: path.to_path_buf(),
+        source,
+    })?)
+}
+
+/// Checks `text` (the file at `path`, or what it held before) and makes the
+/// generation after `current` from it. Server names get the addresses
+/// `names` has for them. Nothing is published here.
 pub fn prepare(
     current: &Generation,
     path: &Path,
-    last_text: &mut Option<String>,
+    text: String,
     names: &super::discovery::Names,
 ) -> Result<Prepared, ReloadError> {
-    let read = std::fs::read_to_string(path);
-    *last_text = read.as_ref().ok().cloned();
-    let text = read.map_err(|source| ConfigError::Read {
-        path: path.to_path_buf(),
-        source,
-    })?;
     let mut plan = crate::config::from_str(path, &text)?;
     warn(&plan);
     // Names already known are served at once; new ones once looked up.

@@ -95,6 +95,26 @@ impl Workers {
         out
     }
 
+    /// Requests answered across the cluster so far, and how many of them
+    /// with a 5xx: what the reload guard judges generations by.
+    pub fn answered(&self) -> Answered {
+        let mut answered = Answered::default();
+        for (key, values) in self.totals() {
+            if Family::from_id(key.family) != Some(Family::Requests) {
+                continue;
+            }
+            answered.requests += values[0];
+            // Labels: route, upstream, code.
+            if split_labels(&key.labels)
+                .get(2)
+                .is_some_and(|c| c.starts_with('5'))
+            {
+                answered.errors += values[0];
+            }
+        }
+        answered
+    }
+
     /// Every series summed over the cluster.
     fn totals(&self) -> BTreeMap<SeriesKey, Values> {
         let mut totals = lock(&self.retired).clone();
@@ -104,6 +124,31 @@ impl Workers {
             }
         }
         totals
+    }
+}
+
+/// Requests answered, and those of them that were 5xx.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Answered {
+    pub requests: u64,
+    pub errors: u64,
+}
+
+impl Answered {
+    /// What was answered between `earlier` and `self`.
+    pub fn since(self, earlier: Self) -> Self {
+        Self {
+            requests: self.requests.saturating_sub(earlier.requests),
+            errors: self.errors.saturating_sub(earlier.errors),
+        }
+    }
+
+    /// The share of errors; 0 with no requests.
+    pub fn error_ratio(self) -> f64 {
+        if self.requests == 0 {
+            return 0.0;
+        }
+        self.errors as f64 / self.requests as f64
     }
 }
 
@@ -222,6 +267,8 @@ pub struct ClusterMetrics {
     pub ready_workers: IntGauge,
     pub slots: IntGauge,
     pub restarts: IntCounter,
+    /// Generations the reload guard rolled back.
+    pub rollbacks: IntCounter,
     pub healthy: IntGaugeVec,
     /// When each listener certificate expires, set at scrape time from the
     /// generation served.
@@ -264,6 +311,10 @@ impl ClusterMetrics {
             "corral_worker_restarts_total",
             "Worker processes replaced after they exited or hung.",
         )?;
+        let rollbacks = IntCounter::new(
+            "corral_config_rollbacks_total",
+            "Generations the reload guard rolled back to the one before, for answering clearly worse.",
+        )?;
         let healthy = IntGaugeVec::new(
             Opts::new(
                 "corral_upstream_server_healthy",
@@ -293,6 +344,7 @@ impl ClusterMetrics {
         registry.register(Box::new(ready_workers.clone()))?;
         registry.register(Box::new(slots.clone()))?;
         registry.register(Box::new(restarts.clone()))?;
+        registry.register(Box::new(rollbacks.clone()))?;
         registry.register(Box::new(healthy.clone()))?;
         registry.register(Box::new(certificate_expiry.clone()))?;
         Ok(Self {
@@ -304,6 +356,7 @@ impl ClusterMetrics {
             ready_workers,
             slots,
             restarts,
+            rollbacks,
             healthy,
             certificate_expiry,
             dns_lookups,

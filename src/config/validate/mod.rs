@@ -8,6 +8,7 @@
 mod acme;
 mod admin;
 mod listener;
+mod reload_guard;
 mod resolver;
 mod route;
 mod runtime;
@@ -48,6 +49,7 @@ pub fn validate(
     }
     let upstreams = v.upstreams(raw.upstreams);
     let resolver = raw.resolver.map(|r| v.resolver(r));
+    let reload_guard = raw.reload_guard.map(|g| v.reload_guard(g));
     let routes = v.routes(raw.routes, &upstreams);
     let plan = Plan {
         runtime,
@@ -57,6 +59,7 @@ pub fn validate(
         routes,
         upstreams,
         resolver,
+        reload_guard,
         warnings: Vec::new(),
         // The master's to choose; a file only checked needs none.
         sticky_key: None,

@@ -144,7 +144,7 @@ impl Validator<'_> {
     }
 
     /// A share from 0 to 1; `default` when absent or out of range.
-    fn share(&mut self, raw: Option<Spanned<f64>>, key: &str, default: f64) -> f64 {
+    pub(super) fn share(&mut self, raw: Option<Spanned<f64>>, key: &str, default: f64) -> f64 {
         let Some(raw) = raw else {
             return default;
         };
