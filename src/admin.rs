@@ -1,12 +1,16 @@
-//! The admin endpoint (`admin.listen`), served by the master: `/status`,
-//! `/healthz`, `/config` and `POST /reload`; and the small client that
-//! `corral reload` and `corral check --diff` use to reach it.
+//! The admin endpoint (`admin.listen`), served by the master: the status
+//! page `/`, `/status`, `/healthz`, `/config` and `POST /reload`; and the
+//! small client that `corral reload` and `corral check --diff` use to
+//! reach it.
 //!
 //! The endpoint knows nothing of workers or configs itself: it asks a
 //! [`Backend`] (the master) and renders the answer. With a token
 //! configured (required off loopback), every client must send it as
-//! `Authorization: Bearer`; actions take `POST` alone, so no link or
-//! prefetch can trigger one.
+//! `Authorization: Bearer`, except for the page, which holds no data (see
+//! [`page`]); actions take `POST` alone, so no link or prefetch can
+//! trigger one.
+
+mod page;
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -99,6 +103,11 @@ fn refusal<B>(
     peer: IpAddr,
     request: &Request<B>,
 ) -> Option<Response<ResponseBody>> {
+    // The page is the same static text for everyone; what it shows it
+    // fetches with the token.
+    if request.method() == Method::GET && request.uri().path() == "/" {
+        return None;
+    }
     let token = backend.token()?;
     // The scheme's name is case-insensitive (RFC 9110 §11.1).
     let presented = request
@@ -121,6 +130,7 @@ fn refusal<B>(
 
 async fn answer(backend: &dyn Backend, request: &Request<Incoming>) -> Response<ResponseBody> {
     match (request.method(), request.uri().path()) {
+        (&Method::GET, "/") => page::response(),
         (&Method::GET, "/status") => json(StatusCode::OK, &backend.status()),
         (&Method::GET, "/config") => json(StatusCode::OK, &backend.config()),
         (&Method::GET, "/metrics") => typed(
@@ -145,7 +155,7 @@ async fn answer(backend: &dyn Backend, request: &Request<Incoming>) -> Response<
                 typed(status, "text/plain; charset=utf-8", lines.join("\n") + "\n")
             }
         },
-        (_, "/status" | "/config" | "/healthz" | "/metrics") => {
+        (_, "/" | "/status" | "/config" | "/healthz" | "/metrics") => {
             local_response(StatusCode::METHOD_NOT_ALLOWED, "use GET")
         }
         (_, "/reload") => local_response(StatusCode::METHOD_NOT_ALLOWED, "use POST"),

@@ -3,6 +3,7 @@
 //! to the master's loop). Each answer reads one generation, so the number
 //! and the upstreams it shows belong together.
 
+use std::collections::VecDeque;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
@@ -20,14 +21,19 @@ use crate::admin::{Backend, ReloadAnswer};
 use crate::metrics::cluster::ClusterMetrics;
 use crate::plan::AdminToken;
 
+/// How many reloads `/status` lists in `recent_reloads`: enough to see
+/// what a run of edits did, while the document stays small.
+const RELOADS_KEPT: usize = 10;
+
 pub struct AdminBackend {
     pid: u32,
     generation: watch::Receiver<Arc<Generation>>,
     status: Arc<StatusBoard>,
     metrics: Arc<ClusterMetrics>,
     reloads: mpsc::Sender<ReloadRequest>,
-    /// The latest reload's outcome (their counts are in `metrics`).
-    last_reload: Mutex<Option<ReloadRecord>>,
+    /// The latest reloads' outcomes, newest first, at most
+    /// [`RELOADS_KEPT`] (their counts are in `metrics`).
+    recent_reloads: Mutex<VecDeque<ReloadRecord>>,
     /// Why the servers their health checks took down are down.
     down: Arc<DownNotes>,
     ejections: Arc<Ejections>,
@@ -51,7 +57,7 @@ impl AdminBackend {
             status,
             metrics,
             reloads,
-            last_reload: Mutex::new(None),
+            recent_reloads: Mutex::new(VecDeque::with_capacity(RELOADS_KEPT)),
             down,
             ejections,
             names,
@@ -59,7 +65,12 @@ impl AdminBackend {
     }
 
     pub fn record_reload(&self, record: ReloadRecord) {
-        *self.last_reload.lock().unwrap_or_else(|e| e.into_inner()) = Some(record);
+        let mut recent = self
+            .recent_reloads
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        recent.truncate(RELOADS_KEPT - 1);
+        recent.push_front(record);
     }
 }
 
@@ -118,11 +129,13 @@ impl Backend for AdminBackend {
                 json!({ "name": u.name(), "servers": servers, "dns": dns })
             })
             .collect();
-        let last_reload = self
-            .last_reload
+        let recent_reloads: Vec<ReloadRecord> = self
+            .recent_reloads
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .clone();
+            .iter()
+            .cloned()
+            .collect();
         let reloads = |result| self.metrics.reloads.with_label_values(&[result]).get();
         json!({
             "pid": self.pid,
@@ -132,7 +145,8 @@ impl Backend for AdminBackend {
                 "path": generation.path.display().to_string(),
                 "loaded_at": timestamp(generation.loaded_at),
             },
-            "last_reload": last_reload,
+            "last_reload": recent_reloads.first(),
+            "recent_reloads": recent_reloads,
             "reloads": { "success": reloads("success"), "failure": reloads("failure") },
             "workers": self.status.workers(),
             "upstreams": upstreams,

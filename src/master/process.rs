@@ -493,7 +493,7 @@ impl Master {
     ) {
         let elapsed = started.elapsed();
         let current = self.generation.borrow().number;
-        let record = |result, generation, error| ReloadRecord {
+        let record = |result, generation, error, changes| ReloadRecord {
             result,
             at: timestamp(SystemTime::now()),
             trigger: trigger.as_str(),
@@ -502,6 +502,7 @@ impl Master {
             duration_ms: u64::try_from(elapsed.as_millis()).unwrap_or(u64::MAX),
             rolled_back: rollback.is_some(),
             rollback: rollback.clone(),
+            changes,
         };
         match &result {
             // Not a reload: no new generation, nothing counted or recorded.
@@ -519,8 +520,12 @@ impl Master {
                     .generation
                     .set(i64::try_from(done.generation).unwrap_or(i64::MAX));
                 // `/status` first, then the log, so a log reader finds it updated.
-                self.admin_backend
-                    .record_reload(record("success", done.generation, None));
+                self.admin_backend.record_reload(record(
+                    "success",
+                    done.generation,
+                    None,
+                    done.changes.clone(),
+                ));
                 let changes: String = done.changes.iter().map(|c| format!("\n  {c}")).collect();
                 tracing::info!(
                     trigger = trigger.as_str(),
@@ -535,8 +540,12 @@ impl Master {
                     .generation
                     .set(i64::try_from(current).unwrap_or(i64::MAX));
                 let error = e.lines().join("\n");
-                self.admin_backend
-                    .record_reload(record("failure", current, Some(error.clone())));
+                self.admin_backend.record_reload(record(
+                    "failure",
+                    current,
+                    Some(error.clone()),
+                    Vec::new(),
+                ));
                 tracing::error!(
                     trigger = trigger.as_str(),
                     generation = current,

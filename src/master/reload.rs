@@ -163,7 +163,7 @@ impl ReloadError {
     }
 }
 
-/// The outcome of the last reload, for `/status`.
+/// The outcome of one reload, for `/status`.
 #[derive(Debug, Clone, Serialize)]
 pub struct ReloadRecord {
     pub result: &'static str,
@@ -172,6 +172,8 @@ pub struct ReloadRecord {
     pub generation: u64,
     pub error: Option<String>,
     pub duration_ms: u64,
+    /// What a successful reload changed, one line each (as it logs them).
+    pub changes: Vec<String>,
     /// Whether the reload guard made this reload, returning to the
     /// generation before one that answered worse (`rollback` says which).
     pub rolled_back: bool,
