@@ -8,15 +8,18 @@
 //! `corral check`) runs this; workers receive the plan it made. Nothing here
 //! opens sockets or touches the data path.
 
+mod defaults;
 pub mod diff;
 mod error;
 mod parse;
 mod raw;
+mod schema;
 mod validate;
 
 use std::path::Path;
 
 pub use error::{ConfigError, Diagnostic, Problem};
+pub use schema::schema;
 pub use validate::ADMIN_TOKEN_ENV;
 
 use crate::plan::Plan;
