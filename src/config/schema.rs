@@ -60,3 +60,79 @@ impl Transform for NoNull {
         transform_subschemas(self, schema);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use serde_json::Value;
+
+    use super::schema;
+
+    /// A file with every table whose keys all have defaults (or need none),
+    /// and what makes the rest of them apply: `redirect_https_port` needs
+    /// `redirect_https`, `hash_key` a `consistent_hash`, `dns_refresh` a name.
+    const BASE: &str = r#"
+[runtime]
+[access_log]
+path = "stdout"
+[resolver]
+[[listeners]]
+name = "public"
+listen = "127.0.0.1:8080"
+redirect_https = true
+[[routes]]
+upstream = "api"
+[[upstreams]]
+name = "api"
+balance = "consistent_hash"
+servers = [{ addr = "localhost:9001" }]
+[upstreams.health_check]
+[upstreams.eject]
+"#;
+
+    /// Writes into `table`, and the tables inside it, each key that the
+    /// schema gives a default and the table leaves out; how many it wrote.
+    fn write_defaults(table: &mut toml::Table, schema: &Value) -> usize {
+        let Some(properties) = schema.get("properties").and_then(Value::as_object) else {
+            return 0;
+        };
+        let mut written = 0;
+        for (key, sub) in properties {
+            let default = sub.get("default").filter(|_| !table.contains_key(key));
+            if let Some(default) = default {
+                let value = toml::Value::try_from(default).expect("a default TOML can write");
+                table.insert(key.clone(), value);
+                written += 1;
+            }
+            match table.get_mut(key) {
+                Some(toml::Value::Table(t)) => written += write_defaults(t, sub),
+                Some(toml::Value::Array(items)) => {
+                    for item in items {
+                        if let toml::Value::Table(t) = item {
+                            written += write_defaults(t, &sub["items"]);
+                        }
+                    }
+                }
+                _ => {}
+            }
+        }
+        written
+    }
+
+    /// The schema's defaults are corral's: a file that writes each of them
+    /// out makes the same plan as one that leaves them all to corral.
+    #[test]
+    fn writing_out_every_default_the_schema_shows_changes_nothing() {
+        let schema = serde_json::to_value(schema()).expect("JSON");
+        let mut explicit: toml::Table = toml::from_str(BASE).expect("TOML");
+        let written = write_defaults(&mut explicit, &schema);
+        assert!(written >= 35, "only {written} defaults written");
+        let explicit = toml::to_string(&explicit).expect("TOML");
+        let path = Path::new("/nonexistent/corral.toml");
+        let left_out = crate::config::from_str(path, BASE).expect("valid");
+        let written_out =
+            crate::config::from_str(path, &explicit).unwrap_or_else(|e| panic!("{e}\n{explicit}"));
+        assert_eq!(left_out, written_out, "\n{explicit}");
+    }
+}

@@ -4,8 +4,8 @@ use schemars::JsonSchema;
 use serde::Deserialize;
 use toml::Spanned;
 
+use super::scalar::{Int, IntOrString, Text};
 use super::shapes::*;
-use super::{Int, IntOrString, Text};
 use crate::config::defaults;
 
 /// `[[listeners]]`: an address clients connect to.

@@ -7,8 +7,8 @@ use serde::Deserialize;
 use serde::de::{self, Deserializer, Visitor};
 use toml::Spanned;
 
+use super::scalar::{Int, Text};
 use super::shapes::*;
-use super::{Int, Text};
 use crate::config::defaults;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, JsonSchema)]
