@@ -28,7 +28,8 @@
 //!
 //! Control path (the master, and `corral check`):
 //! - [`config`]: the TOML file -> [`plan::Plan`], every problem as
-//!   `FILE:LINE:COL: reason`; `config::diff` for reload reports.
+//!   `FILE:LINE:COL: reason`; `config::diff` for reload reports,
+//!   `config::schema` for the file's JSON Schema (`corral schema`).
 //! - [`master`]: sockets per slot, slot supervision, reload, file watch,
 //!   health checks, ACME orders, `/status`, binary upgrade, signals.
 //! - [`admin`]: the admin endpoint's routes, and its client (`corral reload`).

@@ -44,6 +44,8 @@ enum Command {
         #[arg(long, requires = "diff", default_value = "127.0.0.1:9901")]
         admin: SocketAddr,
     },
+    /// Print the config file's JSON Schema (draft 7), for editors such as taplo.
+    Schema,
     /// Ask a running corral to reload its config file.
     Reload {
         /// The admin endpoint's address.
@@ -89,6 +91,7 @@ fn main() -> ExitCode {
             diff,
             admin,
         } => return check(&config, diff.then_some(admin)),
+        Command::Schema => schema(),
         Command::Reload { admin } => reload(admin),
         Command::Echo { listen, name } => echo(listen, name),
         Command::Worker => {
@@ -218,6 +221,13 @@ fn current_thread() -> anyhow::Result<tokio::runtime::Runtime> {
     Ok(tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?)
+}
+
+fn schema() -> anyhow::Result<()> {
+    let mut text = serde_json::to_string_pretty(&config::schema())?;
+    text.push('\n');
+    std::io::Write::write_all(&mut std::io::stdout().lock(), text.as_bytes())?;
+    Ok(())
 }
 
 fn reload(admin: SocketAddr) -> anyhow::Result<()> {

@@ -7,16 +7,22 @@
 //! `FILE:LINE:COL: reason`, all of them at once. Only the master (and
 //! `corral check`) runs this; workers receive the plan it made. Nothing here
 //! opens sockets or touches the data path.
+//!
+//! `defaults` holds what each key left out means, for validation and for
+//! `schema`, the file's JSON Schema, which the raw types derive.
 
+mod defaults;
 pub mod diff;
 mod error;
 mod parse;
 mod raw;
+mod schema;
 mod validate;
 
 use std::path::Path;
 
 pub use error::{ConfigError, Diagnostic, Problem};
+pub use schema::schema;
 pub use validate::ADMIN_TOKEN_ENV;
 
 use crate::plan::Plan;

@@ -8,12 +8,9 @@ use std::path::{Path, PathBuf};
 use toml::Spanned;
 
 use super::validator::Validator;
+use crate::config::defaults;
 use crate::config::raw::RawAcme;
 use crate::plan::{AcmeConfig, CertificateConfig, CertifiedPem};
-
-/// Where the state folder is when the file does not say: the folder
-/// systemd's `StateDirectory=corral` makes.
-pub const DEFAULT_STATE_DIR: &str = "/var/lib/corral/acme";
 
 impl Validator<'_> {
     pub fn acme(&mut self, raw: Spanned<RawAcme>) -> Option<CertificateConfig> {
@@ -43,7 +40,7 @@ impl Validator<'_> {
             self.ca_bundle(&path, ca.span(), "listeners.tls.acme.ca")
         });
         let state_dir = raw.state_dir.map_or_else(
-            || PathBuf::from(DEFAULT_STATE_DIR),
+            || PathBuf::from(defaults::ACME_STATE_DIR),
             |d| self.base.join(d.get_ref()),
         );
         if self.reported() > before {

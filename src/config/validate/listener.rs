@@ -5,7 +5,6 @@ use std::net::SocketAddr;
 use std::num::NonZeroUsize;
 use std::ops::Range;
 use std::path::Path;
-use std::time::Duration;
 
 use http::HeaderName;
 use toml::Spanned;
@@ -15,12 +14,8 @@ use crate::plan::*;
 use crate::tls::TlsError;
 
 use super::validator::{Names, Validator};
+use crate::config::defaults;
 
-const DEFAULT_BACKLOG: u32 = 1024;
-const DEFAULT_HEADER_TIMEOUT: Duration = Duration::from_secs(10);
-const DEFAULT_KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(60);
-const DEFAULT_BODY_TIMEOUT: Duration = Duration::from_secs(60);
-const DEFAULT_MAX_HEADER_BYTES: usize = 64 * 1024;
 /// hyper needs room for at least one full read buffer.
 const MIN_HEADER_BYTES: u64 = 8 * 1024;
 const MAX_HEADER_BYTES: u64 = 1024 * 1024;
@@ -53,7 +48,7 @@ impl Validator<'_> {
                 .backlog
                 .and_then(|b| self.int_in(&b, 1, 65535, "listeners.backlog"))
                 .and_then(|b| u32::try_from(b).ok())
-                .unwrap_or(DEFAULT_BACKLOG);
+                .unwrap_or(defaults::BACKLOG);
             let max_request_body = l
                 .max_request_body
                 .and_then(|s| self.size(&s, 1, u64::MAX, "listeners.max_request_body"));
@@ -68,21 +63,21 @@ impl Validator<'_> {
                     )
                 })
                 .and_then(|n| usize::try_from(n).ok())
-                .unwrap_or(DEFAULT_MAX_HEADER_BYTES);
+                .unwrap_or(defaults::MAX_HEADER_BYTES);
             let header_timeout = self.timeout(
                 l.header_timeout.as_ref(),
                 "listeners.header_timeout",
-                DEFAULT_HEADER_TIMEOUT,
+                defaults::HEADER_TIMEOUT,
             );
             let keepalive_timeout = self.timeout(
                 l.keepalive_timeout.as_ref(),
                 "listeners.keepalive_timeout",
-                DEFAULT_KEEPALIVE_TIMEOUT,
+                defaults::KEEPALIVE_TIMEOUT,
             );
             let body_timeout = self.timeout(
                 l.body_timeout.as_ref(),
                 "listeners.body_timeout",
-                DEFAULT_BODY_TIMEOUT,
+                defaults::BODY_TIMEOUT,
             );
             let trusted_proxies = l
                 .trusted_proxies

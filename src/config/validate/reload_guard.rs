@@ -4,16 +4,12 @@
 use std::time::Duration;
 
 use super::validator::Validator;
+use crate::config::defaults;
 use crate::config::raw::RawReloadGuard;
 use crate::plan::ReloadGuardConfig;
 
-const DEFAULT_WINDOW: Duration = Duration::from_secs(30);
 /// The guard judges once a second: a shorter window could not be judged.
 const MIN_WINDOW: Duration = Duration::from_secs(2);
-const DEFAULT_MAX_ERROR_RATIO: f64 = 0.5;
-/// Few enough to judge a quiet service within its window, enough that a
-/// handful of unlucky answers does not undo a good reload.
-const DEFAULT_MIN_REQUESTS: u64 = 20;
 
 impl Validator<'_> {
     pub fn reload_guard(&mut self, raw: RawReloadGuard) -> ReloadGuardConfig {
@@ -21,18 +17,18 @@ impl Validator<'_> {
             raw.window.as_ref(),
             "reload_guard.window",
             MIN_WINDOW,
-            DEFAULT_WINDOW,
+            defaults::RELOAD_GUARD_WINDOW,
         );
         let max_error_ratio = self.share(
             raw.max_error_ratio,
             "reload_guard.max_error_ratio",
-            DEFAULT_MAX_ERROR_RATIO,
+            defaults::RELOAD_GUARD_MAX_ERROR_RATIO,
         );
         let min_requests = raw
             .min_requests
             .and_then(|n| self.int_in(&n, 1, 1_000_000, "reload_guard.min_requests"))
             .and_then(|n| u64::try_from(n).ok())
-            .unwrap_or(DEFAULT_MIN_REQUESTS);
+            .unwrap_or(defaults::RELOAD_GUARD_MIN_REQUESTS);
         ReloadGuardConfig {
             window,
             max_error_ratio,

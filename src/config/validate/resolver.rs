@@ -2,16 +2,12 @@
 //! long it waits for each answer.
 
 use std::net::{IpAddr, SocketAddr};
-use std::time::Duration;
 
 use crate::config::raw::RawResolver;
 use crate::plan::ResolverConfig;
 
 use super::validator::Validator;
-
-/// Long enough for a nameserver across a datacenter, short enough that a
-/// dead one does not hold back the next.
-const DEFAULT_TIMEOUT: Duration = Duration::from_secs(2);
+use crate::config::defaults;
 
 impl Validator<'_> {
     pub fn resolver(&mut self, raw: RawResolver) -> ResolverConfig {
@@ -32,7 +28,11 @@ impl Validator<'_> {
         }
         ResolverConfig {
             nameservers,
-            timeout: self.timeout(raw.timeout.as_ref(), "resolver.timeout", DEFAULT_TIMEOUT),
+            timeout: self.timeout(
+                raw.timeout.as_ref(),
+                "resolver.timeout",
+                defaults::RESOLVER_TIMEOUT,
+            ),
         }
     }
 }

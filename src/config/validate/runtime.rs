@@ -8,18 +8,12 @@ use crate::config::raw::*;
 use crate::plan::*;
 
 use super::validator::Validator;
+use crate::config::defaults;
 
-const DEFAULT_SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(30);
-/// Short enough that a hung worker is replaced within a second (checks run
-/// every quarter of it), long enough that a busy one is never mistaken for hung.
-const DEFAULT_HEARTBEAT_TIMEOUT: Duration = Duration::from_millis(750);
 /// Pings go out every quarter of the timeout and are answered by the
 /// worker's event loop between requests; below this, a loop busy for a few
 /// milliseconds would be killed as hung.
 const MIN_HEARTBEAT_TIMEOUT: Duration = Duration::from_millis(100);
-/// Long enough for a new master on a busy host to spawn every worker and
-/// have each build its snapshot.
-const DEFAULT_UPGRADE_TIMEOUT: Duration = Duration::from_secs(60);
 
 impl Validator<'_> {
     pub fn runtime(&mut self, raw: RawRuntime) -> RuntimeConfig {
@@ -45,18 +39,18 @@ impl Validator<'_> {
             workers,
             shutdown_timeout: self
                 .duration_allow_zero(raw.shutdown_timeout.as_ref(), "runtime.shutdown_timeout")
-                .unwrap_or(DEFAULT_SHUTDOWN_TIMEOUT),
+                .unwrap_or(defaults::SHUTDOWN_TIMEOUT),
             cpu_affinity: raw.cpu_affinity.unwrap_or(false),
             heartbeat_timeout: self.timeout_at_least(
                 raw.heartbeat_timeout.as_ref(),
                 "runtime.heartbeat_timeout",
                 MIN_HEARTBEAT_TIMEOUT,
-                DEFAULT_HEARTBEAT_TIMEOUT,
+                defaults::HEARTBEAT_TIMEOUT,
             ),
             upgrade_timeout: self.timeout(
                 raw.upgrade_timeout.as_ref(),
                 "runtime.upgrade_timeout",
-                DEFAULT_UPGRADE_TIMEOUT,
+                defaults::UPGRADE_TIMEOUT,
             ),
         }
     }

@@ -11,31 +11,10 @@ use crate::config::raw::*;
 use crate::plan::*;
 
 use super::validator::{Names, Validator};
+use crate::config::defaults;
 
-const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
-const DEFAULT_RESPONSE_TIMEOUT: Duration = Duration::from_secs(60);
-const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(20);
-const DEFAULT_MAX_IDLE_PER_SERVER: usize = 128;
-const DEFAULT_FAIL_TIMEOUT: Duration = Duration::from_secs(10);
-/// What a gateway says when the server behind it failed; a retry on
-/// another server may fare better.
-const DEFAULT_RETRY_ON: [u16; 3] = [502, 503, 504];
-const DEFAULT_RETRY_BUDGET: f64 = 0.2;
-/// Long enough to ride out a burst, short enough that a client is not left
-/// guessing.
-const DEFAULT_QUEUE_TIMEOUT: Duration = Duration::from_secs(1);
-const DEFAULT_DNS_REFRESH: Duration = Duration::from_secs(5);
-const DEFAULT_EJECT_AFTER: NonZeroU32 = NonZeroU32::new(5).expect("non-zero");
-const DEFAULT_EJECT_TIME: Duration = Duration::from_secs(10);
-/// Half: one bad deploy of two cannot take the other out with it.
-const DEFAULT_EJECT_SHARE: f64 = 0.5;
-const DEFAULT_HEALTH_PATH: &str = "/";
-const DEFAULT_HEALTH_INTERVAL: Duration = Duration::from_secs(5);
-const DEFAULT_HEALTH_TIMEOUT: Duration = Duration::from_secs(2);
 /// The longest text a health check may look for in a body.
 const MAX_BODY_CONTAINS: usize = 1024;
-const DEFAULT_HEALTHY_THRESHOLD: NonZeroU32 = NonZeroU32::new(2).expect("non-zero");
-const DEFAULT_UNHEALTHY_THRESHOLD: NonZeroU32 = NonZeroU32::new(3).expect("non-zero");
 
 /// A server's address as written.
 #[derive(Clone, PartialEq, Eq, Hash)]
@@ -83,40 +62,40 @@ impl Validator<'_> {
                     u.dns_refresh.as_ref(),
                     "upstreams.dns_refresh",
                     Duration::from_secs(1),
-                    DEFAULT_DNS_REFRESH,
+                    defaults::DNS_REFRESH,
                 ),
                 connect_timeout: self.timeout(
                     u.connect_timeout.as_ref(),
                     "upstreams.connect_timeout",
-                    DEFAULT_CONNECT_TIMEOUT,
+                    defaults::CONNECT_TIMEOUT,
                 ),
                 response_timeout: self.timeout(
                     u.response_timeout.as_ref(),
                     "upstreams.response_timeout",
-                    DEFAULT_RESPONSE_TIMEOUT,
+                    defaults::RESPONSE_TIMEOUT,
                 ),
                 idle_timeout: self.timeout(
                     u.idle_timeout.as_ref(),
                     "upstreams.idle_timeout",
-                    DEFAULT_IDLE_TIMEOUT,
+                    defaults::IDLE_TIMEOUT,
                 ),
                 max_idle_per_server: u
                     .max_idle_per_server
                     .and_then(|n| self.int_in(&n, 0, 65535, "upstreams.max_idle_per_server"))
-                    .map_or(DEFAULT_MAX_IDLE_PER_SERVER, |n| n as usize),
+                    .map_or(defaults::MAX_IDLE_PER_SERVER, |n| n as usize),
                 fail_timeout: self.timeout(
                     u.fail_timeout.as_ref(),
                     "upstreams.fail_timeout",
-                    DEFAULT_FAIL_TIMEOUT,
+                    defaults::FAIL_TIMEOUT,
                 ),
                 retry_on: u.retry_on.map_or_else(
-                    || DEFAULT_RETRY_ON.to_vec(),
+                    || defaults::RETRY_ON.to_vec(),
                     |list| self.statuses(&list, "upstreams.retry_on"),
                 ),
                 retry_budget: self.share(
                     u.retry_budget,
                     "upstreams.retry_budget",
-                    DEFAULT_RETRY_BUDGET,
+                    defaults::RETRY_BUDGET,
                 ),
                 max_in_flight: u
                     .max_in_flight
@@ -129,7 +108,7 @@ impl Validator<'_> {
                 queue_timeout: self.timeout(
                     u.queue_timeout.as_ref(),
                     "upstreams.queue_timeout",
-                    DEFAULT_QUEUE_TIMEOUT,
+                    defaults::QUEUE_TIMEOUT,
                 ),
                 slow_start: u.slow_start.as_ref().map(|t| {
                     self.timeout(Some(t), "upstreams.slow_start", Duration::from_secs(30))
@@ -168,19 +147,19 @@ impl Validator<'_> {
                 .and_then(|n| self.int_in(&n, 1, 1000, "upstreams.eject.consecutive_failures"))
                 .and_then(|n| u32::try_from(n).ok())
                 .and_then(NonZeroU32::new)
-                .unwrap_or(DEFAULT_EJECT_AFTER),
+                .unwrap_or(defaults::EJECT_AFTER),
             statuses: raw.statuses.map_or_else(Vec::new, |list| {
                 self.statuses(&list, "upstreams.eject.statuses")
             }),
             base_time: self.timeout(
                 raw.base_time.as_ref(),
                 "upstreams.eject.base_time",
-                DEFAULT_EJECT_TIME,
+                defaults::EJECT_TIME,
             ),
             max_share: self.share(
                 raw.max_share,
                 "upstreams.eject.max_share",
-                DEFAULT_EJECT_SHARE,
+                defaults::EJECT_SHARE,
             ),
         }
     }
@@ -324,7 +303,7 @@ impl Validator<'_> {
         let span = raw.span();
         let raw = raw.into_inner();
         let path = match raw.path {
-            None => DEFAULT_HEALTH_PATH.to_owned(),
+            None => defaults::HEALTH_PATH.to_owned(),
             Some(p)
                 if p.get_ref().starts_with('/')
                     && p.get_ref().parse::<http::uri::PathAndQuery>().is_ok() =>
@@ -333,7 +312,7 @@ impl Validator<'_> {
             }
             Some(p) => {
                 self.problem(p.span(), format!("upstreams.health_check.path: `{}` is not a request path, expected one starting with /", p.get_ref()));
-                DEFAULT_HEALTH_PATH.to_owned()
+                defaults::HEALTH_PATH.to_owned()
             }
         };
         let threshold = |v: &mut Self, raw: Option<Int>, key, default| {
@@ -346,7 +325,7 @@ impl Validator<'_> {
         let interval = self.timeout(
             raw.interval.as_ref(),
             "upstreams.health_check.interval",
-            DEFAULT_HEALTH_INTERVAL,
+            defaults::HEALTH_INTERVAL,
         );
         // Compared with an interval that was written wrong, the timeout
         // would be faulted for the interval's mistake.
@@ -354,7 +333,7 @@ impl Validator<'_> {
         let timeout = self.timeout(
             raw.timeout.as_ref(),
             "upstreams.health_check.timeout",
-            DEFAULT_HEALTH_TIMEOUT.min(interval),
+            defaults::HEALTH_TIMEOUT.min(interval),
         );
         // A check still waiting when the next is due would overlap it.
         if timeout > interval && interval_as_written {
@@ -399,13 +378,13 @@ impl Validator<'_> {
                 self,
                 raw.healthy_threshold,
                 "upstreams.health_check.healthy_threshold",
-                DEFAULT_HEALTHY_THRESHOLD,
+                defaults::HEALTHY_THRESHOLD,
             ),
             unhealthy_threshold: threshold(
                 self,
                 raw.unhealthy_threshold,
                 "upstreams.health_check.unhealthy_threshold",
-                DEFAULT_UNHEALTHY_THRESHOLD,
+                defaults::UNHEALTHY_THRESHOLD,
             ),
         }
     }
