@@ -94,11 +94,7 @@ async fn served_leaves(corral: &Corral, roots: &rustls::RootCertStore, n: usize)
 /// Waits for generation `n` to be served by every worker, after a reload
 /// that succeeded: the one the state folder's new certificate brings.
 async fn wait_generation(corral: &Corral, n: u64) {
-    corral
-        .wait_status(|s| {
-            s["generation"] == n && all_ready(s) && s["last_reload"]["result"] == "success"
-        })
-        .await;
+    corral.wait_status(|s| reloaded_to(s, n)).await;
 }
 
 #[tokio::test]

@@ -30,20 +30,12 @@ async fn a_reload_that_breaks_traffic_is_rolled_back_and_a_later_edit_reloads() 
     // Valid, but every request now meets a refused connection: a 502.
     let broken = cluster_config(&[dead()], GUARD);
     corral.write_config(&broken);
-    corral
-        .wait_status(|s| {
-            s["last_reload"]["generation"] == 2
-                && all_ready(s)
-                && s["last_reload"]["result"] == "success"
-        })
-        .await;
+    corral.wait_status(|s| reloaded_to(s, 2)).await;
     for _ in 0..10 {
         assert_eq!(get(public, "/", &[]).await.status, 502);
     }
     let status = corral
-        .wait_status(|s| {
-            s["generation"] == 3 && all_ready(s) && s["last_reload"]["rolled_back"] == true
-        })
+        .wait_status(|s| reloaded_to(s, 3) && s["last_reload"]["rolled_back"] == true)
         .await;
     let record = &status["last_reload"];
     assert_eq!(record["trigger"], "reload guard", "{status}");
@@ -66,13 +58,7 @@ async fn a_reload_that_breaks_traffic_is_rolled_back_and_a_later_edit_reloads() 
 
     // An edit of the file reloads as usual, and is judged in its turn.
     corral.write_config(&cluster_config(&[next.addr], GUARD));
-    let status = corral
-        .wait_status(|s| {
-            s["last_reload"]["generation"] == 4
-                && all_ready(s)
-                && s["last_reload"]["result"] == "success"
-        })
-        .await;
+    let status = corral.wait_status(|s| reloaded_to(s, 4)).await;
     assert_eq!(status["last_reload"]["rolled_back"], false, "{status}");
     let reply = get(public, "/", &[]).await;
     assert_eq!(reply.headers["x-backend"], "next");
@@ -87,13 +73,7 @@ async fn a_reload_that_answers_as_well_as_before_is_kept() {
     ))
     .await;
     corral.write_config(&cluster_config(&[next.addr], &GUARD.replace("30s", "2s")));
-    corral
-        .wait_status(|s| {
-            s["last_reload"]["generation"] == 2
-                && all_ready(s)
-                && s["last_reload"]["result"] == "success"
-        })
-        .await;
+    corral.wait_status(|s| reloaded_to(s, 2)).await;
     for _ in 0..20 {
         assert_eq!(get(corral.addr("public"), "/", &[]).await.status, 200);
     }

@@ -44,6 +44,17 @@ pub fn pids_of(status: &serde_json::Value) -> Vec<u64> {
         .collect()
 }
 
+/// Whether a `/status` document shows a reload to generation `n` that
+/// succeeded, every worker slot serving it (or a later one).
+pub fn reloaded_to(status: &serde_json::Value, n: u64) -> bool {
+    let workers = status["workers"].as_array().unwrap();
+    status["last_reload"]["generation"] == n
+        && status["last_reload"]["result"] == "success"
+        && workers
+            .iter()
+            .all(|w| w["state"] == "ready" && w["generation"].as_u64() >= Some(n))
+}
+
 /// Whether every worker slot in a `/status` document is serving.
 pub fn all_ready(status: &serde_json::Value) -> bool {
     status["workers"]
