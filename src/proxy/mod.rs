@@ -209,9 +209,6 @@ impl Answer {
     }
 }
 
-/// Checks the request's target and host (see [`target`]) and normalises
-/// its path, so that the path routed is the path forwarded; the host it is
-/// for.
 /// The answer to an ACME HTTP-01 validation (a `GET` for a token the
 /// master has pending), which no upstream sees; other requests under the
 /// well-known path route as usual, to a backend that runs its own client.
@@ -231,6 +228,9 @@ fn challenge_answer<B>(
     Some(response)
 }
 
+/// Checks the request's target and host (see [`target`]) and normalises
+/// its path, so that the path routed is the path forwarded; the host it is
+/// for.
 fn check<B>(
     request: &mut Request<B>,
     slashes: EncodedSlashes,
