@@ -135,10 +135,8 @@ impl Master {
         handover: Option<upgrade::Handover>,
     ) -> Result<Self, RunError> {
         let (text, mut plan) = first_plan(path)?;
-        let (inherited, inherited_admin, predecessor, sticky_key) = match handover {
-            Some(h) => (h.listeners, h.admin, Some(h.reply), h.sticky_key),
-            None => (Inherited::new(), None, None, None),
-        };
+        let (inherited, inherited_admin, predecessor, sticky_key, counters) =
+            upgrade::Handover::parts(handover);
         // Made once per cluster: reloads copy it, upgrades hand it on.
         plan.sticky_key = Some(match sticky_key {
             Some(key) => key,
@@ -154,6 +152,7 @@ impl Master {
         let metrics =
             Arc::new(ClusterMetrics::new().map_err(|e| std::io::Error::other(e.to_string()))?);
         metrics.generation.set(1);
+        upgrade::carry_counters(counters, &metrics);
         let mut discovery = Discovery::start(&mut plan, &metrics).await;
         let first = Arc::new(Generation::first(
             path.to_path_buf(),
@@ -322,23 +321,64 @@ impl Master {
                     return self.stop(true).await;
                 }
                 _ = signals.usr2.recv() => {
-                    tracing::info!(exe = %self.exe.display(), "SIGUSR2: starting a new master");
-                    let (sockets, sticky_key, ready_timeout) = {
-                        let generation = self.generation.borrow();
-                        let plan = &generation.plan;
-                        (generation.sockets.clone(), plan.sticky_key.clone(), plan.runtime.upgrade_timeout)
-                    };
-                    let handing = upgrade::Handing { listeners: &sockets, admin: self.admin.as_ref(), sticky_key };
-                    let successor = upgrade::start_successor(&self.exe, &self.path, handing, ready_timeout);
-                    match self.notify.pinging(successor).await {
-                        Ok(pid) => {
-                            tracing::info!(new_master = pid, "the new master is serving; draining and exiting");
-                            self.notify.handed_over(pid);
-                            return self.stop(false).await;
-                        }
-                        Err(e) => tracing::error!(error = %e, "binary upgrade failed; this master keeps serving"),
+                    if let Some(successor) = self.upgrade().await {
+                        let metrics = self.metrics.clone();
+                        let stopped = self.stop(false).await;
+                        // Last: every worker has exited, so these hold all it counted.
+                        successor.hand_final_totals(&metrics).await;
+                        return stopped;
                     }
                 }
+            }
+        }
+    }
+
+    /// SIGUSR2: starts a new master on this one's sockets; `None` when it
+    /// failed and this one keeps serving.
+    async fn upgrade(&mut self) -> Option<upgrade::Successor> {
+        tracing::info!(exe = %self.exe.display(), "SIGUSR2: starting a new master");
+        let (sockets, sticky_key, ready_timeout) = {
+            let generation = self.generation.borrow();
+            let plan = &generation.plan;
+            (
+                generation.sockets.clone(),
+                plan.sticky_key.clone(),
+                plan.runtime.upgrade_timeout,
+            )
+        };
+        // From the hand-over on, the admin socket is the new master's to
+        // answer (what queues there waits for it): a scrape of this master
+        // would miss what the new workers count, and so show less than one
+        // of the new master just before it.
+        self.admin_stop.cancel();
+        let metrics = self.metrics.clone();
+        let handing = upgrade::Handing {
+            listeners: &sockets,
+            admin: self.admin.as_ref(),
+            sticky_key,
+            metrics: &metrics,
+        };
+        let successor = upgrade::start_successor(&self.exe, &self.path, handing, ready_timeout);
+        match self.notify.pinging(successor).await {
+            Ok(successor) => {
+                tracing::info!(
+                    new_master = successor.pid,
+                    "the new master is serving; draining and exiting"
+                );
+                self.notify.handed_over(successor.pid);
+                Some(successor)
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "binary upgrade failed; this master keeps serving");
+                self.admin_stop = CancellationToken::new();
+                if let Some(socket) = &self.admin {
+                    if let Err(e) =
+                        serve_admin(socket, self.admin_backend.clone(), self.admin_stop.clone())
+                    {
+                        tracing::error!(error = %e, "cannot serve the admin endpoint again");
+                    }
+                }
+                None
             }
         }
     }
