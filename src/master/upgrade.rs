@@ -107,6 +107,10 @@ pub async fn start_successor(
         .arg("--config")
         .arg(config)
         .env(ENV_UPGRADE, "1")
+        .env(
+            crate::logging::ENV_LOG_FORMAT,
+            crate::logging::format().as_str(),
+        )
         .stdin(Stdio::from(theirs));
     super::notify::hand_on_watchdog(&mut command);
     let mut child = command.spawn().map_err(UpgradeError::Spawn)?;

@@ -355,6 +355,17 @@ impl ClusterMetrics {
             ),
             &["name", "result"],
         )?;
+        let build_info = IntGaugeVec::new(
+            Opts::new(
+                "corral_build_info",
+                "Always 1; version is the running master's corral version.",
+            ),
+            &["version"],
+        )?;
+        build_info
+            .with_label_values(&[env!("CARGO_PKG_VERSION")])
+            .set(1);
+        registry.register(Box::new(build_info))?;
         registry.register(Box::new(dns_lookups.clone()))?;
         registry.register(Box::new(reloads.clone()))?;
         registry.register(Box::new(reload_duration.clone()))?;
