@@ -29,7 +29,8 @@ use super::health::{self, HealthChecker};
 use super::notify::Notifier;
 use super::relay::Inboxes;
 use super::reload::{
-    self, Pending, Prepared, ReloadError, ReloadRecord, ReloadRequest, Reloaded, Reply, Trigger,
+    self, AdminMove, Pending, Prepared, ReloadError, ReloadRecord, ReloadRequest, Reloaded, Reply,
+    Trigger,
 };
 use super::slot::{self, SlotContext, sleep_until};
 use super::sockets::{self, BindError, Inherited};
@@ -585,6 +586,30 @@ impl Master {
             .send_replace(Arc::new(health::health_of(&next.upstreams)));
     }
 
+    /// A reload's new `admin.listen`: serves on the new socket and closes
+    /// the old one (requests it accepted are still answered, this
+    /// reload's own among them), so that its address refuses connections.
+    fn move_admin(&mut self, to: AdminMove) {
+        self.admin_stop.cancel();
+        self.admin_stop = CancellationToken::new();
+        self.admin = match to {
+            AdminMove::Off => None,
+            AdminMove::To(socket) => {
+                if let Err(e) =
+                    serve_admin(&socket, self.admin_backend.clone(), self.admin_stop.clone())
+                {
+                    tracing::error!(error = %e, "cannot serve the admin endpoint on its new address");
+                }
+                Some(socket)
+            }
+        };
+        let addr = self.admin.as_ref().and_then(|s| s.local_addr().ok());
+        self.notify.set_admin(addr);
+        if addr.is_none() {
+            tracing::info!("admin endpoint closed");
+        }
+    }
+
     /// Makes the next generation and publishes it to every slot; `None`
     /// when the file and what it names read as the running generation's.
     fn publish(&mut self) -> Result<Option<Published>, ReloadError> {
@@ -596,7 +621,13 @@ impl Master {
                 Prepared::Next {
                     generation,
                     changes,
-                } => (Arc::new(generation), changes),
+                    admin,
+                } => {
+                    if let Some(to) = admin {
+                        self.move_admin(to);
+                    }
+                    (Arc::new(generation), changes)
+                }
             };
         drop(current);
         let slots = next.plan.runtime.workers.get();
