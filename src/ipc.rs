@@ -25,6 +25,7 @@ use tokio::io::Interest;
 use tokio::net::UnixStream;
 
 use crate::challenges::Challenges;
+use crate::metrics::carry::Totals;
 use crate::plan::{Plan, StickyKey};
 use crate::upstream::Ejection;
 
@@ -34,7 +35,7 @@ const HEADER: usize = 8;
 /// Plans are the largest messages; this bounds a broken peer.
 const MAX_BODY: usize = 64 << 20;
 /// The kernel's limit on descriptors in one `SCM_RIGHTS` message.
-const MAX_FDS: usize = 253;
+pub const MAX_FDS: usize = 253;
 
 #[derive(Debug, thiserror::Error)]
 pub enum IpcError {
@@ -136,9 +137,23 @@ pub enum Upgrade {
         sockets: Vec<HandedSocket>,
         #[serde(default)]
         sticky_key: Option<StickyKey>,
+        /// A `Counters` message follows (an older master sends none).
+        #[serde(default)]
+        counters: bool,
     },
+    /// Old -> new, right after `Sockets`: the old master's counters without
+    /// its live workers, and the descriptors of those workers' metrics
+    /// regions (`regions` of them), which the new master reads as they go
+    /// on counting while they drain. A message of its own, so that an older
+    /// new master, which reads `Sockets` alone, never sees descriptors it
+    /// did not expect.
+    Counters { totals: Totals, regions: usize },
     /// New -> old: the new master's workers are serving; drain and exit.
     Ready { pid: u32 },
+    /// Old -> new, once its workers have all exited and just before it
+    /// exits: everything it counted, which replaces `Counters` and the
+    /// regions.
+    Final { totals: Totals },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

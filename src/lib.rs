@@ -44,6 +44,7 @@
 //! - [`challenges`]: the ACME challenges the master orders certificates
 //!   with, and how workers answer them.
 //! - [`accept`]: the accept step that never spins.
+//! - [`logging`]: text or JSON lines to stderr, one format per corral.
 //!
 //! Data path (a worker):
 //! - [`worker`]: the process, its control channel, accept loops, and each
@@ -66,6 +67,7 @@ pub mod challenges;
 pub mod config;
 pub mod echo;
 pub mod ipc;
+pub mod logging;
 pub mod master;
 pub mod metrics;
 pub mod plan;

@@ -1,4 +1,4 @@
-//! The `corral` command line: run, check, reload, echo.
+//! The `corral` command line: run, check, reload, echo, completions.
 //!
 //! Exit codes: 0 success; 1 the work failed (invalid config, bind error,
 //! reload refused); 2 bad usage (from clap).
@@ -10,6 +10,7 @@ use std::process::ExitCode;
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
 use corral::config::{self, ConfigError};
+use corral::logging::LogFormat;
 use corral::plan::Plan;
 use tokio_util::sync::CancellationToken;
 
@@ -31,6 +32,9 @@ enum Command {
         /// The config file (TOML).
         #[arg(long, short)]
         config: PathBuf,
+        /// Log lines as text or as JSON objects (default: $CORRAL_LOG_FORMAT, else text).
+        #[arg(long, value_enum)]
+        log_format: Option<LogFormatArg>,
     },
     /// Validate a config file: exit 0, or print every error as FILE:LINE:COL: reason.
     Check {
@@ -52,6 +56,11 @@ enum Command {
         #[arg(long, default_value = "127.0.0.1:9901")]
         admin: SocketAddr,
     },
+    /// Print a completion script for SHELL to stdout.
+    Completions {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
     /// A worker process; started by `corral run`, never by hand.
     #[command(hide = true)]
     Worker,
@@ -66,6 +75,12 @@ enum Command {
     },
 }
 
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+enum LogFormatArg {
+    Text,
+    Json,
+}
+
 /// jemalloc, not glibc's malloc: tokio aligns every task to 128 bytes, which
 /// glibc serves slowly, and its per-size slabs suit the churn of connection
 /// and stream state. Measured in README (Performance).
@@ -73,10 +88,28 @@ enum Command {
 static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
 fn main() -> ExitCode {
-    init_logging();
     let cli = Cli::parse();
+    // The flag wins over the environment; workers and a successor get the
+    // choice in the environment.
+    let format = match &cli.command {
+        Command::Run {
+            log_format: Some(LogFormatArg::Json),
+            ..
+        } => LogFormat::Json,
+        Command::Run {
+            log_format: Some(LogFormatArg::Text),
+            ..
+        } => LogFormat::Text,
+        _ => LogFormat::from_env(),
+    };
+    corral::logging::init(format);
     let result = match cli.command {
-        Command::Run { config } => {
+        Command::Completions { shell } => {
+            let mut command = <Cli as clap::CommandFactory>::command();
+            clap_complete::generate(shell, &mut command, "corral", &mut std::io::stdout());
+            Ok(())
+        }
+        Command::Run { config, .. } => {
             let _span = tracing::info_span!("master", pid = std::process::id()).entered();
             // Absolute, so that `/config` (and `check --diff` from any
             // folder) and the successor of a binary upgrade name the same
@@ -124,19 +157,6 @@ fn report(error: &anyhow::Error) -> String {
         }
     }
     text
-}
-
-fn init_logging() {
-    // The protocol libraries warn about what clients send (h2 of each
-    // unsolicited PING ack): at the edge that is the client's text, and
-    // a client could fill the log with it. corral logs what it decides.
-    let filter = tracing_subscriber::EnvFilter::try_from_env("CORRAL_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,h2=error,hyper=error"));
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
 }
 
 fn check(path: &std::path::Path, diff_against: Option<SocketAddr>) -> ExitCode {

@@ -134,6 +134,7 @@ async fn counts_are_exact_across_workers_and_never_go_back() {
         "corral_accept_pauses_total",
         "corral_connections_shed_total",
         "corral_request_heads_bytes",
+        "corral_build_info",
     ] {
         assert!(
             samples.iter().any(|s| s.name == name),

@@ -492,3 +492,55 @@ async fn a_long_download_is_not_cut_by_reloads() {
     }
     assert_eq!(received, "part 0\npart 1\npart 2\n");
 }
+
+/// README "Config reload": a changed `admin.listen` applies on reload. One
+/// that cannot be bound fails the reload and the endpoint stays; one that
+/// can moves it: the new address answers, the old refuses connections.
+#[tokio::test]
+async fn a_reload_moves_the_admin_endpoint_to_a_new_admin_listen() {
+    let (a, ws) = (echo("a").await, ws_upstream().await);
+    let corral = Corral::start(&config(a.addr, ws, "", 2)).await;
+    let old = corral.admin.unwrap();
+    let with_admin = |listen: &str| {
+        config(a.addr, ws, "", 2).replace(
+            "[admin]\nlisten = \"127.0.0.1:0\"",
+            &format!("[admin]\nlisten = \"{listen}\""),
+        )
+    };
+
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let taken_addr = taken.local_addr().unwrap();
+    corral.write_config(&with_admin(&taken_addr.to_string()));
+    let (code, body) = admin_call(old, Method::POST, "/reload").await;
+    assert_eq!(code, StatusCode::CONFLICT, "{body}");
+    assert!(
+        body.contains(&format!("cannot listen on {taken_addr} (admin.listen)")),
+        "{body}"
+    );
+    let (code, _) = admin_call(old, Method::GET, "/status").await;
+    assert_eq!(code, StatusCode::OK, "the old endpoint still answers");
+    drop(taken);
+
+    // Another loopback address, so that the old port cannot be it.
+    corral.write_config(&with_admin("127.0.0.3:0"));
+    let (code, body) = admin_call(old, Method::POST, "/reload").await;
+    assert_eq!(code, StatusCode::OK, "{body}");
+    assert!(body.contains("~ admin: listen"), "{body}");
+    let line = corral
+        .wait_for_logs("admin endpoint listening", 2)
+        .await
+        .into_iter()
+        .find(|l| l.contains("127.0.0.3:"))
+        .unwrap();
+    let new: SocketAddr = log_field(&line, "addr").unwrap().parse().unwrap();
+    let (code, status) = admin_call(new, Method::GET, "/status").await;
+    assert_eq!(code, StatusCode::OK, "{status}");
+    assert!(status.contains("\"generation\""), "{status}");
+    let refused = tokio::net::TcpStream::connect(old).await.unwrap_err();
+    assert_eq!(
+        refused.kind(),
+        std::io::ErrorKind::ConnectionRefused,
+        "{old}"
+    );
+    assert!(listening_inodes(old).is_empty(), "{old} still listens");
+}

@@ -274,3 +274,77 @@ async fn the_old_master_pings_the_watchdog_while_it_waits_for_its_successor() {
         "the successor {pid} is not waited for any more"
     );
 }
+
+/// `corral_requests_total` and the reload counter, as the admin endpoint
+/// answers now (whichever master that is).
+async fn counters(corral: &Upgradable) -> (f64, f64) {
+    let samples = scrape_metrics(corral).await;
+    (
+        metric_sum(&samples, "corral_requests_total", &[]),
+        metric_sum(
+            &samples,
+            "corral_config_reloads_total",
+            &[("result", "success")],
+        ),
+    )
+}
+
+/// Sends `n` requests, scraping after each: no counter ever goes backwards.
+async fn requests_and_scrapes(corral: &Upgradable, n: usize, last: &mut (f64, f64)) {
+    for _ in 0..n {
+        assert_eq!(
+            get(corral.addr("public"), "/", &[]).await.status,
+            StatusCode::OK
+        );
+        let now = counters(corral).await;
+        assert!(
+            now.0 >= last.0 && now.1 >= last.1,
+            "a counter went backwards: {last:?} then {now:?}"
+        );
+        *last = now;
+    }
+}
+
+/// README "Binary upgrade": the new master counts on from the old one's
+/// totals, its workers' requests included, and counts none twice: the
+/// old workers' requests served while they drain are read from the
+/// regions handed over, then come with the old master's final totals.
+#[tokio::test]
+async fn counters_carry_across_an_upgrade_exactly_and_never_go_backwards() {
+    let app = echo("app").await;
+    let config = upgrade_config(app.addr, "");
+    let mut corral = Upgradable::start(&config).await;
+    assert_eq!(pids_of(&corral.status().await).len(), 2, "two workers");
+    for _ in 0..20 {
+        assert_eq!(
+            get(corral.addr("public"), "/", &[]).await.status,
+            StatusCode::OK
+        );
+    }
+    corral.write_config(&upgrade_config(app.addr, "upgrade_timeout = \"59s\"\n"));
+    let (code, body) = admin_call(corral.admin.unwrap(), http::Method::POST, "/reload").await;
+    assert_eq!(code, StatusCode::OK, "{body}");
+    // The file watch may have started it first; counted once either way.
+    corral.wait_for_log("config reloaded").await;
+    let before = counters(&corral).await;
+    assert_eq!(before, (20.0, 1.0));
+
+    let old = corral.pid();
+    corral.signal(Signal::SIGUSR2);
+    let mut last = before;
+    // While the new master starts, and once it serves with the old
+    // workers draining.
+    requests_and_scrapes(&corral, 15, &mut last).await;
+    corral.wait_successor_ready().await;
+    requests_and_scrapes(&corral, 15, &mut last).await;
+    assert_eq!(corral.wait_exit().await, Some(0), "the old master exits");
+    assert!(!Path::new(&format!("/proc/{old}")).exists());
+    requests_and_scrapes(&corral, 5, &mut last).await;
+    corral
+        .wait_for_log("the previous master's final counters are in")
+        .await;
+    let after = counters(&corral).await;
+    assert_eq!(after, (20.0 + 35.0, 1.0), "before {before:?}");
+    let status = corral.status().await;
+    assert_ne!(status["pid"].as_u64(), Some(u64::from(old)));
+}

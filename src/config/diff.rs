@@ -14,9 +14,6 @@ use crate::plan::{
     UpstreamConfig,
 };
 
-/// Said of a changed `admin.listen`, which a reload cannot apply.
-pub const ADMIN_AT_RESTART: &str = "takes effect at the next restart or binary upgrade";
-
 /// The differences from `old` to `new`, one line each; empty when equal.
 pub fn diff(old: &Plan, new: &Plan) -> Vec<String> {
     let mut out = Vec::new();
@@ -27,11 +24,7 @@ pub fn diff(old: &Plan, new: &Plan) -> Vec<String> {
             c.admin.as_ref().map_or(UNSET.into(), |a| string(a.listen)),
         )]
     };
-    let before = out.len();
     changed(&mut out, "admin".into(), &admin(old), &admin(new));
-    if let Some(line) = out.get_mut(before) {
-        line.push_str(&format!(" ({ADMIN_AT_RESTART})"));
-    }
     changed(
         &mut out,
         "access_log".into(),
@@ -527,7 +520,7 @@ servers = [{ addr = "127.0.0.1:9001" }, { addr = "127.0.0.1:9002" }]
         assert_eq!(
             lines,
             [
-                format!("~ admin: listen unset -> \"127.0.0.1:9901\" ({ADMIN_AT_RESTART})"),
+                "~ admin: listen unset -> \"127.0.0.1:9901\"".to_owned(),
                 "~ access_log: path unset -> \"stdout\", format unset -> \"combined\"".to_owned(),
                 "~ upstream `api`: balance \"round_robin\" -> \"consistent_hash\", hash_key unset -> \"header:x-user\", protocol \"http1\" -> \"h2\", health_check.path unset -> \"/\", health_check.interval unset -> \"2s\", health_check.timeout unset -> \"2s\", health_check.healthy_threshold unset -> 2, health_check.unhealthy_threshold unset -> 3".to_owned(),
             ]

@@ -82,6 +82,11 @@ pub(super) struct Notifier {
 }
 
 impl Notifier {
+    /// The admin endpoint moved (a reload): later `READY=1`s say where.
+    pub(super) fn set_admin(&mut self, admin: Option<SocketAddr>) {
+        self.admin = admin;
+    }
+
     /// Reads `NOTIFY_SOCKET` and the watchdog's variables; a master
     /// without `NOTIFY_SOCKET` sends nothing. Called in the runtime, whose
     /// timer the watchdog's interval is.

@@ -1,5 +1,5 @@
-//! The master process: its state, its start, its event loop, reloads as it
-//! applies them, and its stop.
+//! The master process: its state, its start, its event loop, and its
+//! stop; reloads as it applies them are in [`reloading`].
 //!
 //! Everything the master holds about the running config is one
 //! [`Generation`], published through a watch channel that every slot
@@ -8,11 +8,12 @@
 //! pending until its workers confirm it: the loop goes on meanwhile, and
 //! never waits for one worker.
 
+mod reloading;
+
 use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::SystemTime;
 
 use tokio::signal::unix::{Signal, SignalKind, signal};
 use tokio::sync::{mpsc, watch};
@@ -24,17 +25,15 @@ use super::acme::Acme;
 use super::admin_backend::AdminBackend;
 use super::discovery::{self, Discovery};
 use super::filewatch;
-use super::generation::{self, Generation, Summary};
-use super::guard::{self, Guard, Rollback, Verdict};
+use super::generation::{self, Generation};
+use super::guard::{self, Guard};
 use super::health::{self, HealthChecker};
 use super::notify::Notifier;
 use super::relay::Inboxes;
-use super::reload::{
-    self, Pending, Prepared, ReloadError, ReloadRecord, ReloadRequest, Reloaded, Reply, Trigger,
-};
+use super::reload::{self, AdminMove, Pending, ReloadRequest, Trigger};
 use super::slot::{self, SlotContext, sleep_until};
 use super::sockets::{self, BindError, Inherited};
-use super::status::{StatusBoard, timestamp};
+use super::status::StatusBoard;
 use super::upgrade::{self, ENV_UPGRADE, UpgradeError};
 use crate::config::ConfigError;
 use crate::ipc::{self, ServerHealth};
@@ -138,10 +137,8 @@ impl Master {
         handover: Option<upgrade::Handover>,
     ) -> Result<Self, RunError> {
         let (text, mut plan) = first_plan(path)?;
-        let (inherited, inherited_admin, predecessor, sticky_key) = match handover {
-            Some(h) => (h.listeners, h.admin, Some(h.reply), h.sticky_key),
-            None => (Inherited::new(), None, None, None),
-        };
+        let (inherited, inherited_admin, predecessor, sticky_key, counters) =
+            upgrade::Handover::parts(handover);
         // Made once per cluster: reloads copy it, upgrades hand it on.
         plan.sticky_key = Some(match sticky_key {
             Some(key) => key,
@@ -157,6 +154,7 @@ impl Master {
         let metrics =
             Arc::new(ClusterMetrics::new().map_err(|e| std::io::Error::other(e.to_string()))?);
         metrics.generation.set(1);
+        upgrade::carry_counters(counters, &metrics);
         let mut discovery = Discovery::start(&mut plan, &metrics).await;
         let first = Arc::new(Generation::first(
             path.to_path_buf(),
@@ -328,23 +326,64 @@ impl Master {
                     return self.stop(true).await;
                 }
                 _ = signals.usr2.recv() => {
-                    tracing::info!(exe = %self.exe.display(), "SIGUSR2: starting a new master");
-                    let (sockets, sticky_key, ready_timeout) = {
-                        let generation = self.generation.borrow();
-                        let plan = &generation.plan;
-                        (generation.sockets.clone(), plan.sticky_key.clone(), plan.runtime.upgrade_timeout)
-                    };
-                    let handing = upgrade::Handing { listeners: &sockets, admin: self.admin.as_ref(), sticky_key };
-                    let successor = upgrade::start_successor(&self.exe, &self.path, handing, ready_timeout);
-                    match self.notify.pinging(successor).await {
-                        Ok(pid) => {
-                            tracing::info!(new_master = pid, "the new master is serving; draining and exiting");
-                            self.notify.handed_over(pid);
-                            return self.stop(false).await;
-                        }
-                        Err(e) => tracing::error!(error = %e, "binary upgrade failed; this master keeps serving"),
+                    if let Some(successor) = self.upgrade().await {
+                        let metrics = self.metrics.clone();
+                        let stopped = self.stop(false).await;
+                        // Last: every worker has exited, so these hold all it counted.
+                        successor.hand_final_totals(&metrics).await;
+                        return stopped;
                     }
                 }
+            }
+        }
+    }
+
+    /// SIGUSR2: starts a new master on this one's sockets; `None` when it
+    /// failed and this one keeps serving.
+    async fn upgrade(&mut self) -> Option<upgrade::Successor> {
+        tracing::info!(exe = %self.exe.display(), "SIGUSR2: starting a new master");
+        let (sockets, sticky_key, ready_timeout) = {
+            let generation = self.generation.borrow();
+            let plan = &generation.plan;
+            (
+                generation.sockets.clone(),
+                plan.sticky_key.clone(),
+                plan.runtime.upgrade_timeout,
+            )
+        };
+        // From the hand-over on, the admin socket is the new master's to
+        // answer (what queues there waits for it): a scrape of this master
+        // would miss what the new workers count, and so show less than one
+        // of the new master just before it.
+        self.admin_stop.cancel();
+        let metrics = self.metrics.clone();
+        let handing = upgrade::Handing {
+            listeners: &sockets,
+            admin: self.admin.as_ref(),
+            sticky_key,
+            metrics: &metrics,
+        };
+        let successor = upgrade::start_successor(&self.exe, &self.path, handing, ready_timeout);
+        match self.notify.pinging(successor).await {
+            Ok(successor) => {
+                tracing::info!(
+                    new_master = successor.pid,
+                    "the new master is serving; draining and exiting"
+                );
+                self.notify.handed_over(successor.pid);
+                Some(successor)
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "binary upgrade failed; this master keeps serving");
+                self.admin_stop = CancellationToken::new();
+                if let Some(socket) = &self.admin {
+                    if let Err(e) =
+                        serve_admin(socket, self.admin_backend.clone(), self.admin_stop.clone())
+                    {
+                        tracing::error!(error = %e, "cannot serve the admin endpoint again");
+                    }
+                }
+                None
             }
         }
     }
@@ -375,188 +414,6 @@ impl Master {
         }
         tracing::info!("stopped");
         Ok(())
-    }
-
-    /// Starts a reload: reads and checks the file and publishes the next
-    /// generation. It is then pending, and ends when its workers confirm
-    /// it ([`reload::settled`], then `conclude`); nothing waits for that.
-    fn reload(&mut self, trigger: Trigger, reply: Option<Reply>) {
-        self.start_reload(trigger, reply, None);
-    }
-
-    /// [`reload`](Self::reload) from the file, or with `verdict` the reload
-    /// guard's, from the text of the generation before.
-    fn start_reload(&mut self, trigger: Trigger, reply: Option<Reply>, verdict: Option<Verdict>) {
-        self.notify.reloading();
-        let started = std::time::Instant::now();
-        let previous = self.generation.borrow().text.clone();
-        let (text, rollback) =
-            verdict.map_or((None, None), |v| (Some(v.previous_text), Some(v.rollback)));
-        match self.publish(text) {
-            Ok(Some((generation, changes))) => self.pending.push_back(Pending {
-                trigger,
-                started,
-                generation: generation.number,
-                summary: Summary::of(&generation),
-                changes,
-                deadline: Instant::now() + reload::CONFIRM_TIMEOUT,
-                reply,
-                previous_text: rollback.is_none().then_some(previous),
-                rollback,
-            }),
-            Ok(None) => {
-                let current = Summary::of(&self.generation.borrow());
-                let unchanged = Reloaded {
-                    generation: self.generation.borrow().number,
-                    changes: Vec::new(),
-                    unchanged: true,
-                };
-                self.end_reload(trigger, started, &current, Ok(unchanged), reply, rollback);
-            }
-            Err(e) => {
-                let current = Summary::of(&self.generation.borrow());
-                self.end_reload(trigger, started, &current, Err(e), reply, rollback);
-            }
-        }
-    }
-
-    /// Samples the answers for the reload guard; rolls back a generation
-    /// it finds worse.
-    fn judge(&mut self) {
-        let config = self.generation.borrow().plan.reload_guard.clone();
-        let answered = self.metrics.workers.answered();
-        let Some(verdict) = self.guard.sample(answered, config.as_ref()) else {
-            return;
-        };
-        let r = &verdict.rollback;
-        tracing::error!(
-            generation = r.from_generation,
-            requests = r.requests,
-            error_ratio = r.error_ratio,
-            previous_error_ratio = r.previous_error_ratio,
-            "reload guard: generation {} answers clearly worse than the one before; rolling back (the file is left as it is)",
-            r.from_generation
-        );
-        self.metrics.rollbacks.inc();
-        self.start_reload(Trigger::Guard, None, Some(verdict));
-    }
-
-    /// Ends a pending reload with its workers' `outcome`.
-    fn conclude(&mut self, pending: Pending, outcome: Result<(), ReloadError>) {
-        let Pending {
-            trigger,
-            started,
-            generation,
-            summary,
-            changes,
-            reply,
-            previous_text,
-            rollback,
-            ..
-        } = pending;
-        let guard = self.generation.borrow().plan.reload_guard.clone();
-        match (&outcome, previous_text, guard) {
-            (Ok(()), Some(previous), Some(guard))
-                if generation == self.generation.borrow().number =>
-            {
-                let answered = self.metrics.workers.answered();
-                self.guard.watch(generation, previous, &guard, answered);
-            }
-            (Ok(()), ..) => self.guard.forget(),
-            (Err(_), ..) => {}
-        }
-        let result = outcome.map(|()| Reloaded {
-            generation,
-            changes,
-            unchanged: false,
-        });
-        // A success says where the generation it confirmed listens; a
-        // failure, what serves now.
-        let shown = match result {
-            Ok(_) => summary,
-            Err(_) => Summary::of(&self.generation.borrow()),
-        };
-        self.end_reload(trigger, started, &shown, result, reply, rollback);
-    }
-
-    /// Logs, counts and records how a reload ended, and answers whoever
-    /// asked for it (an admin request may have been given up on; the outcome
-    /// is in `/status` and the log either way).
-    fn end_reload(
-        &mut self,
-        trigger: Trigger,
-        started: std::time::Instant,
-        shown: &Summary,
-        result: Result<Reloaded, ReloadError>,
-        reply: Option<Reply>,
-        rollback: Option<Rollback>,
-    ) {
-        let elapsed = started.elapsed();
-        let current = self.generation.borrow().number;
-        let record = |result, generation, error, changes| ReloadRecord {
-            result,
-            at: timestamp(SystemTime::now()),
-            trigger: trigger.as_str(),
-            generation,
-            error,
-            duration_ms: u64::try_from(elapsed.as_millis()).unwrap_or(u64::MAX),
-            rolled_back: rollback.is_some(),
-            rollback: rollback.clone(),
-            changes,
-        };
-        match &result {
-            // Not a reload: no new generation, nothing counted or recorded.
-            Ok(done) if done.unchanged => {
-                tracing::info!(
-                    trigger = trigger.as_str(),
-                    generation = done.generation,
-                    "config unchanged; nothing to reload"
-                );
-            }
-            Ok(done) => {
-                self.metrics.reloads.with_label_values(&["success"]).inc();
-                self.metrics.reload_duration.observe(elapsed.as_secs_f64());
-                self.metrics
-                    .generation
-                    .set(i64::try_from(done.generation).unwrap_or(i64::MAX));
-                // `/status` first, then the log, so a log reader finds it updated.
-                self.admin_backend.record_reload(record(
-                    "success",
-                    done.generation,
-                    None,
-                    done.changes.clone(),
-                ));
-                let changes: String = done.changes.iter().map(|c| format!("\n  {c}")).collect();
-                tracing::info!(
-                    trigger = trigger.as_str(),
-                    generation = done.generation,
-                    ?elapsed,
-                    "config reloaded{changes}"
-                );
-            }
-            Err(e) => {
-                self.metrics.reloads.with_label_values(&["failure"]).inc();
-                self.metrics
-                    .generation
-                    .set(i64::try_from(current).unwrap_or(i64::MAX));
-                let error = e.lines().join("\n");
-                self.admin_backend.record_reload(record(
-                    "failure",
-                    current,
-                    Some(error.clone()),
-                    Vec::new(),
-                ));
-                tracing::error!(
-                    trigger = trigger.as_str(),
-                    generation = current,
-                    "config reload failed; still serving generation {current}:\n{error}"
-                );
-            }
-        }
-        self.notify.reloaded(shown, &result);
-        if let Some(reply) = reply {
-            let _ = reply.send(result);
-        }
     }
 
     /// The config file and the certificate files the current generation
@@ -608,40 +465,28 @@ impl Master {
             .send_replace(Arc::new(health::health_of(&next.upstreams)));
     }
 
-    /// Makes the next generation and publishes it to every slot; `None`
-    /// when the file and what it names read as the running generation's.
-    /// `text`: what to make it from, instead of the file (a rollback).
-    fn publish(&mut self, text: Option<String>) -> Result<Option<Published>, ReloadError> {
-        let text = match text {
-            Some(text) => text,
-            None => reload::read(&self.path, &mut self.last_text)?,
+    /// A reload's new `admin.listen`: serves on the new socket and closes
+    /// the old one (requests it accepted are still answered, this
+    /// reload's own among them), so that its address refuses connections.
+    fn move_admin(&mut self, to: AdminMove) {
+        self.admin_stop.cancel();
+        self.admin_stop = CancellationToken::new();
+        self.admin = match to {
+            AdminMove::Off => None,
+            AdminMove::To(socket) => {
+                if let Err(e) =
+                    serve_admin(&socket, self.admin_backend.clone(), self.admin_stop.clone())
+                {
+                    tracing::error!(error = %e, "cannot serve the admin endpoint on its new address");
+                }
+                Some(socket)
+            }
         };
-        let current = self.generation.borrow().clone();
-        let names = &self.discovery.names;
-        let (next, changes) = match reload::prepare(&current, &self.path, text, names)? {
-            Prepared::Unchanged => return Ok(None),
-            Prepared::Next {
-                generation,
-                changes,
-            } => (Arc::new(generation), changes),
-        };
-        drop(current);
-        let slots = next.plan.runtime.workers.get();
-        // Retired before the generation that leaves them out is published,
-        // so their supervisors never pass it on as a reload: a retired
-        // worker keeps accepting on the sockets it has until it drains, and
-        // its slot's relay takes over those sockets.
-        self.retire_slots(slots);
-        self.generation.send_replace(next.clone());
-        // From here on the retired slots' sockets get no new connection;
-        // their relays empty what queued there before.
-        sockets::steer(&next.sockets);
-        self.checker.update(&next.upstreams);
-        self.health
-            .send_replace(Arc::new(health::health_of(&next.upstreams)));
-        self.add_slots(slots);
-        self.acme.follow(&next.plan);
-        Ok(Some((next, changes)))
+        let addr = self.admin.as_ref().and_then(|s| s.local_addr().ok());
+        self.notify.set_admin(addr);
+        if addr.is_none() {
+            tracing::info!("admin endpoint closed");
+        }
     }
 }
 

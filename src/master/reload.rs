@@ -125,6 +125,14 @@ pub enum ReloadError {
     #[error(transparent)]
     Bind(#[from] BindError),
     #[error(
+        "cannot listen on {addr} (admin.listen): {source}; the admin endpoint stays where it was"
+    )]
+    Admin {
+        addr: std::net::SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error(
         "workers did not confirm generation {generation} within {timeout:?}; slots not serving it: {slots:?}"
     )]
     NotConfirmed {
@@ -148,7 +156,7 @@ impl ReloadError {
     pub fn status(&self) -> StatusCode {
         match self {
             Self::Invalid(_) => StatusCode::BAD_REQUEST,
-            Self::Bind(_) => StatusCode::CONFLICT,
+            Self::Bind(_) | Self::Admin { .. } => StatusCode::CONFLICT,
             Self::NotConfirmed { .. } | Self::Refused { .. } => StatusCode::INTERNAL_SERVER_ERROR,
             Self::Stopping => StatusCode::SERVICE_UNAVAILABLE,
         }
@@ -190,7 +198,17 @@ pub enum Prepared {
     Next {
         generation: Generation,
         changes: Vec<String>,
+        /// A changed `admin.listen`: the new socket (bound), or `None`
+        /// when the endpoint is removed.
+        admin: Option<AdminMove>,
     },
+}
+
+/// Where the admin endpoint moves to on a reload.
+#[derive(Debug)]
+pub enum AdminMove {
+    To(std::net::TcpListener),
+    Off,
 }
 
 /// Reads the file at `path`; `last_text` becomes the text as read, valid
@@ -234,9 +252,16 @@ pub fn prepare(
         changes.push("~ admin token: changed".to_owned());
     }
     let listen = |p: &Plan| p.admin.as_ref().map(|a| a.listen);
-    if listen(&plan) != listen(&current.plan) {
-        tracing::warn!("admin.listen changed; it {}", diff::ADMIN_AT_RESTART);
-    }
+    // Bound before anything is published: an address that cannot be had
+    // fails the reload, and the old endpoint goes on.
+    let admin = match listen(&plan) {
+        new if new == listen(&current.plan) => None,
+        None => Some(AdminMove::Off),
+        Some(addr) => Some(AdminMove::To(
+            std::net::TcpListener::bind(addr)
+                .map_err(|source| ReloadError::Admin { addr, source })?,
+        )),
+    };
     let listeners = sockets::rebind(&current.sockets, &plan, plan.runtime.workers.get())?;
     for l in listeners
         .iter()
@@ -247,6 +272,7 @@ pub fn prepare(
     Ok(Prepared::Next {
         generation: current.next(text, plan, listeners),
         changes,
+        admin,
     })
 }
 

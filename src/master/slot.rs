@@ -322,6 +322,10 @@ impl Worker {
             .stdin(Stdio::from(theirs))
             .env(ENV_MASTER_PID, std::process::id().to_string())
             .env(ENV_SLOT, slot.to_string())
+            .env(
+                crate::logging::ENV_LOG_FORMAT,
+                crate::logging::format().as_str(),
+            )
             .env_remove(super::upgrade::ENV_UPGRADE)
             .env_remove(super::notify::ENV_SOCKET)
             .env_remove(super::notify::ENV_WATCHDOG_USEC)

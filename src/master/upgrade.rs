@@ -12,6 +12,17 @@
 //! old one kills it and keeps serving. The new master inherits
 //! `NOTIFY_SOCKET` and tells the service manager itself that it is ready,
 //! and takes over the watchdog (see `master/notify.rs`).
+//!
+//! Counters carry over too, so that none goes backwards and none counts a
+//! request twice. With the sockets the old master sends its totals
+//! without its live workers (exited workers, its own counters, its own
+//! base) and the descriptors of the live workers' metrics regions: the new
+//! master adds the totals as a base and reads those regions as its own
+//! while the old workers drain, so each request is counted once, in one
+//! place, at every scrape. When its workers have all exited the old master
+//! sends its final totals, which replace both (they also hold whatever it
+//! counted after the hand-over: a worker it restarted, a DNS lookup), and
+//! exits. See docs/operations.md.
 
 use std::net::TcpListener;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
@@ -23,6 +34,8 @@ use tokio::process::Command;
 
 use super::sockets::{Inherited, ListenerSockets};
 use crate::ipc::{self, HandedSocket, IpcError, Upgrade};
+use crate::metrics::carry::Totals;
+use crate::metrics::cluster::ClusterMetrics;
 use crate::plan::StickyKey;
 
 /// Set for the new master; its stdin is then the channel to the old one.
@@ -54,20 +67,38 @@ pub struct Handing<'a> {
     pub listeners: &'a [ListenerSockets],
     pub admin: Option<&'a TcpListener>,
     pub sticky_key: Option<StickyKey>,
+    pub metrics: &'a ClusterMetrics,
+}
+
+/// A successor that serves: its pid, and the channel to it.
+pub struct Successor {
+    pub pid: u32,
+    channel: ipc::Sender,
+}
+
+impl Successor {
+    /// Old master, its workers all gone: hands on everything it counted.
+    pub async fn hand_final_totals(mut self, metrics: &ClusterMetrics) {
+        let totals = metrics.final_totals();
+        if let Err(e) = self.channel.send(&Upgrade::Final { totals }).await {
+            tracing::warn!(error = %e, "could not hand the final counters to the new master");
+        }
+    }
 }
 
 /// Old master: starts the successor and waits up to `ready_timeout` until it
-/// serves. Returns its pid; on failure the successor is killed and reaped.
+/// serves. On failure the successor is killed and reaped.
 pub async fn start_successor(
     exe: &Path,
     config: &Path,
     handing: Handing<'_>,
     ready_timeout: Duration,
-) -> Result<u32, UpgradeError> {
+) -> Result<Successor, UpgradeError> {
     let Handing {
         listeners,
         admin,
         sticky_key,
+        metrics,
     } = handing;
     let (ours, theirs) = ipc::pair().map_err(UpgradeError::Spawn)?;
     let mut command = Command::new(exe);
@@ -76,6 +107,10 @@ pub async fn start_successor(
         .arg("--config")
         .arg(config)
         .env(ENV_UPGRADE, "1")
+        .env(
+            crate::logging::ENV_LOG_FORMAT,
+            crate::logging::format().as_str(),
+        )
         .stdin(Stdio::from(theirs));
     super::notify::hand_on_watchdog(&mut command);
     let mut child = command.spawn().map_err(UpgradeError::Spawn)?;
@@ -105,8 +140,12 @@ pub async fn start_successor(
     let handed = Upgrade::Sockets {
         sockets,
         sticky_key,
+        counters: true,
     };
-    let handed = tx.send_with_fds(&handed, &fds).await;
+    let mut handed = tx.send_with_fds(&handed, &fds).await;
+    if handed.is_ok() {
+        handed = hand_counters(&mut tx, metrics).await;
+    }
     let outcome = match handed {
         Err(e) => Err(UpgradeError::Ipc(e)),
         Ok(()) => tokio::select! {
@@ -119,8 +158,9 @@ pub async fn start_successor(
             () = tokio::time::sleep(ready_timeout) => Err(UpgradeError::Timeout(ready_timeout)),
         },
     };
-    let Err(error) = outcome else {
-        return outcome;
+    let error = match outcome {
+        Ok(pid) => return Ok(Successor { pid, channel: tx }),
+        Err(error) => error,
     };
     let error = match error {
         UpgradeError::Ipc(_) | UpgradeError::Closed => {
@@ -141,6 +181,17 @@ pub async fn start_successor(
     Err(error)
 }
 
+/// The `Counters` message: the totals and live regions, as of now.
+async fn hand_counters(tx: &mut ipc::Sender, metrics: &ClusterMetrics) -> Result<(), IpcError> {
+    let (totals, regions) = metrics.hand_over(ipc::MAX_FDS);
+    let fds: Vec<BorrowedFd<'_>> = regions.iter().map(AsFd::as_fd).collect();
+    let message = Upgrade::Counters {
+        totals,
+        regions: fds.len(),
+    };
+    tx.send_with_fds(&message, &fds).await
+}
+
 fn exited(status: std::io::Result<std::process::ExitStatus>) -> UpgradeError {
     UpgradeError::Exited(status.map_or_else(
         |e| format!("could not be waited for ({e})"),
@@ -157,6 +208,52 @@ pub struct Handover {
     pub sticky_key: Option<StickyKey>,
     /// Where to say `Ready`.
     pub reply: ipc::Sender,
+    /// The old master's counters and its live workers' metrics regions
+    /// (`None` from an older master, which sends none).
+    pub counters: Option<(Totals, Vec<OwnedFd>)>,
+    /// Where the old master's final totals arrive.
+    pub from_predecessor: ipc::Receiver,
+}
+
+/// The old master's counters, and where its final ones arrive.
+pub type Counters = (Option<(Totals, Vec<OwnedFd>)>, ipc::Receiver);
+
+impl Handover {
+    /// Its parts, as a master without a predecessor has them when `None`:
+    /// sockets, admin socket, where to say `Ready`, sticky key, counters.
+    #[allow(clippy::type_complexity)]
+    pub fn parts(
+        handover: Option<Self>,
+    ) -> (
+        Inherited,
+        Option<TcpListener>,
+        Option<ipc::Sender>,
+        Option<StickyKey>,
+        Option<Counters>,
+    ) {
+        match handover {
+            Some(h) => (
+                h.listeners,
+                h.admin,
+                Some(h.reply),
+                h.sticky_key,
+                Some((h.counters, h.from_predecessor)),
+            ),
+            None => (Inherited::new(), None, None, None, None),
+        }
+    }
+}
+
+/// New master: counts on from the old master's totals, and follows it
+/// until its final ones arrive.
+pub fn carry_counters(counters: Option<Counters>, metrics: &std::sync::Arc<ClusterMetrics>) {
+    let Some((handed, from_predecessor)) = counters else {
+        return;
+    };
+    if let Some((totals, regions)) = handed {
+        metrics.inherit(totals, regions);
+    }
+    tokio::spawn(follow_predecessor(from_predecessor, metrics.clone()));
 }
 
 /// New master: reads the old master's sockets from stdin.
@@ -170,6 +267,7 @@ pub async fn receive() -> Result<Handover, UpgradeError> {
     let Upgrade::Sockets {
         sockets,
         sticky_key,
+        counters,
     } = received.message
     else {
         return Err(UpgradeError::NoSockets);
@@ -180,11 +278,17 @@ pub async fn receive() -> Result<Handover, UpgradeError> {
             fds: received.fds.len(),
         });
     }
+    let counters = match counters {
+        true => receive_counters(&mut rx).await,
+        false => None,
+    };
     let mut handover = Handover {
         listeners: Inherited::new(),
         admin: None,
         sticky_key,
         reply,
+        counters,
+        from_predecessor: rx,
     };
     for (socket, fd) in sockets.into_iter().zip(received.fds) {
         let listener = TcpListener::from(fd);
@@ -196,6 +300,52 @@ pub async fn receive() -> Result<Handover, UpgradeError> {
         }
     }
     Ok(handover)
+}
+
+/// New master: the `Counters` message that follows the sockets. Without it
+/// the new master still serves, counting from zero.
+async fn receive_counters(rx: &mut ipc::Receiver) -> Option<(Totals, Vec<OwnedFd>)> {
+    match rx.recv::<Upgrade>().await {
+        Ok(Some(ipc::Received {
+            message: Upgrade::Counters { totals, .. },
+            fds,
+            ..
+        })) => Some((totals, fds)),
+        Ok(other) => {
+            let what = other.map(|r| format!("{:?}", r.message));
+            tracing::warn!(
+                ?what,
+                "the old master's counters did not arrive; counting from zero"
+            );
+            None
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "the old master's counters did not arrive; counting from zero");
+            None
+        }
+    }
+}
+
+/// New master: waits for the old master's final totals and makes them
+/// the base; if it exits without them (killed), the regions it handed
+/// over stay read as they are.
+pub async fn follow_predecessor(mut rx: ipc::Receiver, metrics: std::sync::Arc<ClusterMetrics>) {
+    loop {
+        match rx.recv::<Upgrade>().await {
+            Ok(Some(ipc::Received {
+                message: Upgrade::Final { totals },
+                ..
+            })) => {
+                metrics.inherit_final(totals);
+                return tracing::info!("the previous master's final counters are in");
+            }
+            Ok(Some(_)) => {}
+            Ok(None) => return tracing::debug!("the previous master left without final counters"),
+            Err(e) => {
+                return tracing::warn!(error = %e, "the previous master's final counters did not arrive");
+            }
+        }
+    }
 }
 
 /// New master: tells the old one it can go.

@@ -13,13 +13,13 @@ use std::os::fd::OwnedFd;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
-use prometheus::core::{Collector, Desc};
 use prometheus::proto::{self, MetricFamily, MetricType};
 use prometheus::{
     Encoder, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
     TextEncoder,
 };
 
+use super::carry::Totals;
 use super::family::{Family, HISTOGRAM_COUNT, HISTOGRAM_SUM, Kind, LATENCY_BUCKETS, split_labels};
 use super::shm::{Region, SeriesKey, ShmError, VALUES};
 
@@ -28,52 +28,59 @@ type Values = [u64; VALUES];
 /// The workers' regions, live and folded.
 #[derive(Debug)]
 pub struct Workers {
-    live: Mutex<HashMap<u64, Region>>,
+    /// Each live worker's region, with its descriptor to hand on in an
+    /// upgrade.
+    live: Mutex<HashMap<u64, (Region, OwnedFd)>>,
     /// Counters and histograms of workers that exited, by series.
     retired: Mutex<BTreeMap<SeriesKey, Values>>,
+    /// The regions of the previous master's workers, handed over in an
+    /// upgrade: read like live ones (counters and histograms only) until
+    /// that master's final totals replace them.
+    inherited: Mutex<Vec<Region>>,
     next: AtomicU64,
-    descs: Vec<Desc>,
+}
+
+/// What an old master hands on of its workers' metrics: the totals of
+/// those that exited and of any regions it inherited itself, and the
+/// descriptors of its live workers' regions, which the successor reads
+/// as they go on counting. Each region is in exactly one of the two.
+#[derive(Debug)]
+pub struct HandedWorkers {
+    pub retired: Vec<MetricFamily>,
+    pub regions: Vec<OwnedFd>,
 }
 
 impl Workers {
-    fn new() -> Result<Self, prometheus::Error> {
-        let descs = Family::ALL
-            .iter()
-            .map(|f| {
-                let labels = f.labels().iter().map(|l| (*l).to_owned()).collect();
-                Desc::new(
-                    f.name().to_owned(),
-                    f.help().to_owned(),
-                    labels,
-                    HashMap::new(),
-                )
-            })
-            .collect::<Result<_, _>>()?;
-        Ok(Self {
+    fn new() -> Self {
+        Self {
             live: Mutex::default(),
             retired: Mutex::default(),
+            inherited: Mutex::default(),
             next: AtomicU64::new(1),
-            descs,
-        })
+        }
     }
 
     /// A region for a worker about to start: its id, and the descriptor to
     /// send the worker.
     pub fn add(&self) -> Result<(u64, OwnedFd), ShmError> {
         let (region, fd) = Region::create()?;
+        let kept = fd.try_clone()?;
         let id = self.next.fetch_add(1, Ordering::Relaxed);
-        lock(&self.live).insert(id, region);
+        lock(&self.live).insert(id, (region, kept));
         Ok((id, fd))
     }
 
     /// Folds an exited worker's counters into the retained totals.
     pub fn retire(&self, id: u64) {
-        let Some(region) = lock(&self.live).remove(&id) else {
+        // Both locks at once (always live first), so that a hand-over
+        // finds each region either live or retired, never neither.
+        let mut live = lock(&self.live);
+        let Some((region, _fd)) = live.remove(&id) else {
             return;
         };
         let mut retired = lock(&self.retired);
         for (key, values) in read(&region) {
-            if Family::from_id(key.family).is_some_and(|f| f.kind() != Kind::Gauge) {
+            if !is_gauge(&key) {
                 add_into(&mut retired, key, &values);
             }
         }
@@ -82,7 +89,7 @@ impl Workers {
     /// Requests in flight per (upstream, server), over all live workers.
     pub fn in_flight(&self) -> HashMap<(String, String), i64> {
         let mut out = HashMap::new();
-        for region in lock(&self.live).values() {
+        for (region, _) in lock(&self.live).values() {
             for (key, values) in read(region) {
                 if key.family == Family::UpstreamInFlight.id() {
                     if let [upstream, server, _worker] = split_labels(&key.labels)[..] {
@@ -117,14 +124,104 @@ impl Workers {
 
     /// Every series summed over the cluster.
     fn totals(&self) -> BTreeMap<SeriesKey, Values> {
-        let mut totals = lock(&self.retired).clone();
-        for region in lock(&self.live).values() {
+        let live = lock(&self.live);
+        let mut totals = self.totals_without_live();
+        for (region, _) in live.values() {
             for (key, values) in read(region) {
                 add_into(&mut totals, key, &values);
             }
         }
         totals
     }
+
+    /// The retired and inherited series; callers hold the live lock, so
+    /// that no region moves from live to retired meanwhile.
+    fn totals_without_live(&self) -> BTreeMap<SeriesKey, Values> {
+        let mut totals = lock(&self.retired).clone();
+        for region in lock(&self.inherited).iter() {
+            for (key, values) in read(region) {
+                if !is_gauge(&key) {
+                    add_into(&mut totals, key, &values);
+                }
+            }
+        }
+        totals
+    }
+
+    /// For a successor: the totals without the live regions, and those
+    /// regions' descriptors (at most `limit`; the values of any beyond
+    /// it go into the totals, read now).
+    pub fn hand_over(&self, limit: usize) -> HandedWorkers {
+        let live = lock(&self.live);
+        let mut regions = Vec::new();
+        let mut totals = self.totals_without_live();
+        for (region, fd) in live.values() {
+            match fd.try_clone() {
+                Ok(fd) if regions.len() < limit => regions.push(fd),
+                _ => {
+                    for (key, values) in read(region) {
+                        if !is_gauge(&key) {
+                            add_into(&mut totals, key, &values);
+                        }
+                    }
+                }
+            }
+        }
+        HandedWorkers {
+            retired: families_of(&totals),
+            regions,
+        }
+    }
+
+    /// Reads the previous master's workers' regions from now on.
+    fn inherit(&self, regions: Vec<OwnedFd>) {
+        let mut inherited = lock(&self.inherited);
+        for fd in regions {
+            match Region::adopt(&fd) {
+                Ok(region) => inherited.push(region),
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot read a previous worker's metrics memory; its counts arrive when the previous master exits")
+                }
+            }
+        }
+    }
+
+    /// Stops reading the previous master's regions (its totals now hold
+    /// what they counted).
+    fn forget_inherited(&self) {
+        lock(&self.inherited).clear();
+    }
+
+    fn families(&self) -> Vec<MetricFamily> {
+        families_of(&self.totals())
+    }
+}
+
+fn is_gauge(key: &SeriesKey) -> bool {
+    Family::from_id(key.family).is_none_or(|f| f.kind() == Kind::Gauge)
+}
+
+fn families_of(totals: &BTreeMap<SeriesKey, Values>) -> Vec<MetricFamily> {
+    Family::ALL
+        .iter()
+        .map(|&family| {
+            let mut mf = MetricFamily::default();
+            mf.set_name(family.name().to_owned());
+            mf.set_help(family.help().to_owned());
+            mf.set_field_type(match family.kind() {
+                Kind::Counter => MetricType::COUNTER,
+                Kind::Gauge => MetricType::GAUGE,
+                Kind::Histogram => MetricType::HISTOGRAM,
+            });
+            let metrics = totals
+                .iter()
+                .filter(|(key, _)| key.family == family.id())
+                .map(|(key, values)| metric(family, &key.labels, values))
+                .collect();
+            mf.set_metric(metrics);
+            mf
+        })
+        .collect()
 }
 
 /// Requests answered, and those of them that were 5xx.
@@ -176,36 +273,6 @@ fn read(region: &Region) -> Vec<(SeriesKey, Values)> {
             (key, values)
         })
         .collect()
-}
-
-impl Collector for Workers {
-    fn desc(&self) -> Vec<&Desc> {
-        self.descs.iter().collect()
-    }
-
-    fn collect(&self) -> Vec<MetricFamily> {
-        let totals = self.totals();
-        Family::ALL
-            .iter()
-            .map(|&family| {
-                let mut mf = MetricFamily::default();
-                mf.set_name(family.name().to_owned());
-                mf.set_help(family.help().to_owned());
-                mf.set_field_type(match family.kind() {
-                    Kind::Counter => MetricType::COUNTER,
-                    Kind::Gauge => MetricType::GAUGE,
-                    Kind::Histogram => MetricType::HISTOGRAM,
-                });
-                let metrics = totals
-                    .iter()
-                    .filter(|(key, _)| key.family == family.id())
-                    .map(|(key, values)| metric(family, &key.labels, values))
-                    .collect();
-                mf.set_metric(metrics);
-                mf
-            })
-            .collect()
-    }
 }
 
 fn metric(family: Family, labels: &str, values: &Values) -> proto::Metric {
@@ -275,12 +342,15 @@ pub struct ClusterMetrics {
     pub certificate_expiry: IntGaugeVec,
     /// Lookups of upstream server names, by name and result.
     pub dns_lookups: IntCounterVec,
+    /// What the masters before this one counted (binary upgrades), added
+    /// to every page.
+    base: Mutex<Totals>,
 }
 
 impl ClusterMetrics {
     pub fn new() -> Result<Self, prometheus::Error> {
         let registry = Registry::new();
-        let workers = Arc::new(Workers::new()?);
+        let workers = Arc::new(Workers::new());
         let reloads = IntCounterVec::new(
             Opts::new(
                 "corral_config_reloads_total",
@@ -336,7 +406,17 @@ impl ClusterMetrics {
             ),
             &["name", "result"],
         )?;
-        registry.register(Box::new(WorkersCollector(workers.clone())))?;
+        let build_info = IntGaugeVec::new(
+            Opts::new(
+                "corral_build_info",
+                "Always 1; version is the running master's corral version.",
+            ),
+            &["version"],
+        )?;
+        build_info
+            .with_label_values(&[env!("CARGO_PKG_VERSION")])
+            .set(1);
+        registry.register(Box::new(build_info))?;
         registry.register(Box::new(dns_lookups.clone()))?;
         registry.register(Box::new(reloads.clone()))?;
         registry.register(Box::new(reload_duration.clone()))?;
@@ -360,29 +440,64 @@ impl ClusterMetrics {
             healthy,
             certificate_expiry,
             dns_lookups,
+            base: Mutex::default(),
         })
+    }
+
+    /// Every family of the page: the master's own, the workers', and the
+    /// base carried from earlier masters.
+    fn families(&self) -> Vec<MetricFamily> {
+        // The base is locked first and throughout, here and wherever it
+        // changes, so that no page sees a new base and the regions it
+        // replaces together.
+        let base = lock(&self.base);
+        let mut families = self.registry.gather();
+        families.extend(self.workers.families());
+        base.add_to(&mut families);
+        // The text format has no empty families.
+        families.retain(|mf| !mf.get_metric().is_empty());
+        families.sort_by(|a, b| a.name().cmp(b.name()));
+        families
     }
 
     /// The Prometheus text page.
     pub fn render(&self) -> String {
         let mut out = Vec::new();
-        if let Err(e) = TextEncoder::new().encode(&self.registry.gather(), &mut out) {
+        if let Err(e) = TextEncoder::new().encode(&self.families(), &mut out) {
             tracing::error!(error = %e, "rendering metrics failed");
         }
         String::from_utf8(out).unwrap_or_default()
     }
-}
 
-/// Registers the shared `Workers` (the registry wants to own its collectors).
-struct WorkersCollector(Arc<Workers>);
-
-impl Collector for WorkersCollector {
-    fn desc(&self) -> Vec<&Desc> {
-        self.0.desc()
+    /// Old master, handing over: its totals without its live workers'
+    /// regions, and those regions' descriptors (at most `limit`).
+    pub fn hand_over(&self, limit: usize) -> (Totals, Vec<OwnedFd>) {
+        let base = lock(&self.base);
+        let HandedWorkers { retired, regions } = self.workers.hand_over(limit);
+        let mut families = self.registry.gather();
+        families.extend(retired);
+        base.add_to(&mut families);
+        (Totals::of(&families), regions)
     }
 
-    fn collect(&self) -> Vec<MetricFamily> {
-        self.0.collect()
+    /// Old master, at its very end: everything it counted.
+    pub fn final_totals(&self) -> Totals {
+        Totals::of(&self.families())
+    }
+
+    /// New master: counts on from what the previous master handed over.
+    pub fn inherit(&self, totals: Totals, regions: Vec<OwnedFd>) {
+        let mut base = lock(&self.base);
+        self.workers.inherit(regions);
+        *base = totals;
+    }
+
+    /// New master: the previous master's final totals replace what it
+    /// handed over (its regions are in them).
+    pub fn inherit_final(&self, totals: Totals) {
+        let mut base = lock(&self.base);
+        self.workers.forget_inherited();
+        *base = totals;
     }
 }
 
@@ -422,6 +537,40 @@ mod tests {
             page.contains("corral_requests_total{route=\"r\",upstream=\"u\",code=\"200\"} 4"),
             "{page}"
         );
+        assert!(!page.contains("corral_connections_active{"), "{page}");
+    }
+
+    #[test]
+    fn a_successor_counts_on_from_the_handed_totals_and_regions_once() {
+        let old = ClusterMetrics::new().unwrap();
+        old.reloads.with_label_values(&["success"]).inc();
+        let (gone, fd) = old.workers.add().unwrap();
+        let series = &["r", "u", "200"];
+        Recorder::open(&fd, 0)
+            .unwrap()
+            .counter(Family::Requests, series)
+            .add(2);
+        old.workers.retire(gone);
+        let (_, fd) = old.workers.add().unwrap();
+        let draining = Recorder::open(&fd, 0).unwrap();
+        draining.counter(Family::Requests, series).add(3);
+        let (totals, regions) = old.hand_over(8);
+        assert_eq!(regions.len(), 1, "the live region, not the retired one");
+        let new = ClusterMetrics::new().unwrap();
+        new.inherit(totals, regions);
+        let requests = "corral_requests_total{route=\"r\",upstream=\"u\",code=\"200\"}";
+        let page = new.render();
+        assert!(page.contains(&format!("{requests} 5")), "{page}");
+        assert!(
+            page.contains("corral_config_reloads_total{result=\"success\"} 1"),
+            "{page}"
+        );
+        // The old worker goes on counting while it drains.
+        draining.counter(Family::Requests, series).add(1);
+        assert!(new.render().contains(&format!("{requests} 6")));
+        new.inherit_final(old.final_totals());
+        let page = new.render();
+        assert!(page.contains(&format!("{requests} 6")), "{page}");
         assert!(!page.contains("corral_connections_active{"), "{page}");
     }
 }

@@ -9,6 +9,7 @@
 //! config names (route, upstream, server, listener), worker slots, status
 //! codes and fixed kinds, never from request data.
 
+pub mod carry;
 pub mod cluster;
 mod family;
 pub mod recorder;

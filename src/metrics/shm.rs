@@ -42,6 +42,8 @@ pub enum ShmError {
     Sys(#[from] nix::Error),
     #[error("shared metrics memory has an unknown layout")]
     Layout,
+    #[error("shared metrics memory: {0}")]
+    Io(#[from] std::io::Error),
 }
 
 /// One mapped region.
@@ -86,6 +88,24 @@ impl Region {
                 w[0].store(MAGIC, Ordering::Release);
                 Ok(region)
             }
+            MAGIC if w[1].load(Ordering::Relaxed) == VERSION => Ok(region),
+            _ => Err(ShmError::Layout),
+        }
+    }
+
+    /// Master: maps read-only a region another master created (handed
+    /// over in an upgrade), if it has this binary's size and layout: one
+    /// of another shape would be misread, or fault when read past its end.
+    pub fn adopt(fd: &OwnedFd) -> Result<Self, ShmError> {
+        let size = nix::sys::stat::fstat(fd)?.st_size;
+        if usize::try_from(size).ok() != Some(LEN) {
+            return Err(ShmError::Layout);
+        }
+        let region = Self::map(fd, ProtFlags::PROT_READ)?;
+        let w = region.words();
+        match w[0].load(Ordering::Acquire) {
+            // A worker that has not started yet writes this layout's header.
+            0 => Ok(region),
             MAGIC if w[1].load(Ordering::Relaxed) == VERSION => Ok(region),
             _ => Err(ShmError::Layout),
         }
