@@ -142,7 +142,7 @@ fn installed_unit() -> (tempfile::TempDir, PathBuf) {
 }
 
 /// Runs systemd-analyze, which the tests need (it is in Debian's package
-/// `systemd`; .ci/run installs it).
+/// `systemd`; scripts/test installs it).
 fn systemd_analyze(args: &[&str], unit: &Path) -> Output {
     Command::new("systemd-analyze")
         .args(args)

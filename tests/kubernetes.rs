@@ -9,7 +9,7 @@
 //! started on that config.
 //!
 //! The YAML is read by PyYAML, and validated, from the virtual environment
-//! that .ci/run makes with tests/kubernetes/requirements.txt: the folder
+//! that scripts/test makes with tests/kubernetes/requirements.txt: the folder
 //! `CORRAL_TEST_VENV` names, else target/ci-venv. Without it these tests
 //! fail, saying how to make it.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
@@ -54,7 +54,7 @@ fn venv_tool(name: &str) -> PathBuf {
     assert!(
         tool.is_file(),
         "{} is missing: these tests need a virtual environment with tests/kubernetes/requirements.txt, \
-         as .ci/run makes it: `python3 -m venv target/ci-venv && target/ci-venv/bin/pip install -r \
+         as scripts/test makes it: `python3 -m venv target/ci-venv && target/ci-venv/bin/pip install -r \
          tests/kubernetes/requirements.txt` (or name another one in CORRAL_TEST_VENV)",
         tool.display()
     );
