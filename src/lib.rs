@@ -30,9 +30,11 @@
 //! - [`config`]: the TOML file -> [`plan::Plan`], every problem as
 //!   `FILE:LINE:COL: reason`; `config::diff` for reload reports,
 //!   `config::schema` for the file's JSON Schema (`corral schema`).
-//! - [`master`]: sockets per slot, slot supervision, reload, file watch,
-//!   health checks, ACME orders, `/status`, binary upgrade, signals.
-//! - [`admin`]: the admin endpoint's routes, and its client (`corral reload`).
+//! - [`master`]: sockets per slot, slot supervision, reload and the reload
+//!   guard, file watch, health checks, ACME orders, `/status`, binary
+//!   upgrade, signals.
+//! - [`admin`]: the admin endpoint's routes (the status page at `/`), and
+//!   its client (`corral reload`).
 //!
 //! Shared by both:
 //! - [`plan`]: the validated, serialisable description of what to serve.
