@@ -23,7 +23,7 @@ use std::path::Path;
 
 pub use error::{ConfigError, Diagnostic, Problem};
 pub use schema::schema;
-pub use validate::ADMIN_TOKEN_ENV;
+pub use validate::{ADMIN_TOKEN_ENV, issued as issued_certificate};
 
 use crate::plan::Plan;
 

@@ -143,8 +143,9 @@ pub fn certificate_files(state_dir: &Path, first: &str) -> (PathBuf, PathBuf) {
     )
 }
 
-/// The chain and key issued earlier, if both read and fit each other.
-fn issued(cert: &Path, key: &Path) -> Option<CertifiedPem> {
+/// The chain and key issued earlier, if both read and fit each other: what
+/// a load serves, and what the master plans the next renewal by.
+pub fn issued(cert: &Path, key: &Path) -> Option<CertifiedPem> {
     let pem = CertifiedPem {
         chain: std::fs::read_to_string(cert).ok()?,
         key: std::fs::read_to_string(key).ok()?,

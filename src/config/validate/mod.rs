@@ -21,6 +21,7 @@ use std::path::Path;
 use super::error::Problem;
 use super::raw::*;
 use crate::plan::*;
+pub use acme::issued;
 pub use admin::ADMIN_TOKEN_ENV;
 use validator::Validator;
 

@@ -12,6 +12,7 @@ mod order;
 mod publish;
 mod store;
 
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
@@ -22,7 +23,7 @@ use self::order::Method;
 use self::publish::Publisher;
 use super::status::StatusBoard;
 use crate::challenges::Challenges;
-use crate::plan::{AcmeConfig, CertificateConfig, CertifiedPem, Plan};
+use crate::plan::{AcmeConfig, Plan};
 use crate::tls::inspect::CertificateFacts;
 
 /// The longest one order may take, from the account to the chain.
@@ -33,10 +34,13 @@ const ORDER_TIMEOUT: Duration = Duration::from_secs(300);
 const FIRST_BACKOFF: Duration = Duration::from_secs(60);
 const MAX_BACKOFF: Duration = Duration::from_secs(60 * 60);
 
-/// What one task keeps: a certificate, and how its names are proven.
+/// What one task keeps: what to order, where the issued chain and key go
+/// (where the config loads them from), and how its names are proven.
 #[derive(Debug, Clone, PartialEq)]
 struct Kept {
-    certificate: CertificateConfig,
+    acme: AcmeConfig,
+    cert: PathBuf,
+    key: PathBuf,
     method: Method,
 }
 
@@ -77,8 +81,8 @@ impl Acme {
             if self.tasks.iter().any(|(k, _)| *k == kept) {
                 continue;
             }
-            if let Err(e) = store::prepare(&kept.certificate) {
-                tracing::error!(file = %kept.certificate.cert.display(), error = %e, "cannot make the ACME state folder");
+            if let Err(e) = store::prepare(&kept.cert, &kept.key) {
+                tracing::error!(file = %kept.cert.display(), error = %e, "cannot make the ACME state folder");
             }
             let task = tokio::spawn(keep(kept.clone(), self.publisher.clone()));
             self.tasks.push((kept, task));
@@ -106,24 +110,19 @@ fn wanted(plan: &Plan) -> Vec<Kept> {
     let mut wanted: Vec<Kept> = Vec::new();
     let certificates = plan.listeners.iter().filter_map(|l| l.tls.as_ref());
     for c in certificates.flat_map(|t| &t.certificates) {
-        if let Some(acme) = &c.acme {
-            // What is served now does not change what is ordered.
-            let mut certificate = c.clone();
-            certificate.pem = CertifiedPem {
-                chain: String::new(),
-                key: String::new(),
-            };
-            certificate.acme = Some(AcmeConfig {
+        let Some(acme) = &c.acme else { continue };
+        let kept = Kept {
+            // Whether a placeholder serves now does not change what is ordered.
+            acme: AcmeConfig {
                 placeholder: false,
                 ..acme.clone()
-            });
-            let kept = Kept {
-                certificate,
-                method,
-            };
-            if !wanted.contains(&kept) {
-                wanted.push(kept);
-            }
+            },
+            cert: c.cert.clone(),
+            key: c.key.clone(),
+            method,
+        };
+        if !wanted.contains(&kept) {
+            wanted.push(kept);
         }
     }
     wanted
@@ -131,13 +130,11 @@ fn wanted(plan: &Plan) -> Vec<Kept> {
 
 /// Keeps one certificate issued, until aborted.
 async fn keep(kept: Kept, publisher: Arc<Publisher>) {
-    let Some(config) = kept.certificate.acme.as_ref() else {
-        return;
-    };
+    let config = &kept.acme;
     let names = config.domains.join(", ");
     let mut failures = 0u32;
     loop {
-        let due = renewal_due(&kept.certificate);
+        let due = renewal_due(&kept);
         if let Ok(wait) = due.duration_since(SystemTime::now()) {
             tracing::info!(names, renew_in = ?Duration::from_secs(wait.as_secs()), "ACME certificate current");
             tokio::time::sleep(wait).await;
@@ -147,7 +144,7 @@ async fn keep(kept: Kept, publisher: Arc<Publisher>) {
             tokio::time::timeout(ORDER_TIMEOUT, order::issue(config, kept.method, &publisher));
         let saved = match issued.await {
             Ok(Ok(pem)) => {
-                store::save_certificate(&kept.certificate, &pem).map_err(|e| e.to_string())
+                store::save_certificate(&kept.cert, &kept.key, &pem).map_err(|e| e.to_string())
             }
             Ok(Err(e)) => Err(e.to_string()),
             Err(_) => Err(format!("no certificate within {ORDER_TIMEOUT:?}")),
@@ -155,7 +152,7 @@ async fn keep(kept: Kept, publisher: Arc<Publisher>) {
         match saved {
             Ok(()) => {
                 failures = 0;
-                tracing::info!(names, file = %kept.certificate.cert.display(), "ACME certificate issued");
+                tracing::info!(names, file = %kept.cert.display(), "ACME certificate issued");
             }
             Err(error) => {
                 failures += 1;
@@ -177,19 +174,10 @@ fn backoff(failures: u32) -> Duration {
 /// When the certificate in the state folder should be renewed: two thirds
 /// into its lifetime, as Let's Encrypt advises; now when there is none, or
 /// it does not cover every name asked for, or its key does not fit it.
-fn renewal_due(certificate: &CertificateConfig) -> SystemTime {
-    let read = |path: &std::path::Path| std::fs::read_to_string(path).ok();
-    let (Some(chain), Some(key)) = (read(&certificate.cert), read(&certificate.key)) else {
-        return SystemTime::UNIX_EPOCH;
-    };
-    let pem = CertifiedPem { chain, key };
-    let domains = certificate
-        .acme
-        .as_ref()
-        .map_or(&[][..], |a| &a.domains[..]);
-    let usable = crate::tls::certified_key(&pem).is_ok();
-    match CertificateFacts::of(&pem) {
-        Ok(facts) if usable && domains.iter().all(|d| facts.covers(d)) => {
+fn renewal_due(kept: &Kept) -> SystemTime {
+    let issued = crate::config::issued_certificate(&kept.cert, &kept.key);
+    match issued.as_ref().map(CertificateFacts::of) {
+        Some(Ok(facts)) if kept.acme.domains.iter().all(|d| facts.covers(d)) => {
             let lifetime = facts
                 .not_after
                 .duration_since(facts.not_before)

@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 
 use instant_acme::AccountCredentials;
 
-use crate::plan::{CertificateConfig, CertifiedPem};
+use crate::plan::CertifiedPem;
 
 /// Where the account for `directory` is kept: a name made of the URL's
 /// host and path, so one folder can hold accounts for several servers.
@@ -41,21 +41,18 @@ pub fn save_account(path: &Path, credentials: &AccountCredentials) -> std::io::R
     write_private(path, &json)
 }
 
-/// Writes the issued chain and key where `certificate` is loaded from:
-/// the key first, so that the chain's arrival (which wakes the file watch)
-/// finds its key in place.
-pub fn save_certificate(
-    certificate: &CertificateConfig,
-    pem: &CertifiedPem,
-) -> std::io::Result<()> {
-    write_private(&certificate.key, pem.key.as_bytes())?;
-    write_public(&certificate.cert, pem.chain.as_bytes())
+/// Writes the issued chain and key to `cert` and `key`, where the config
+/// loads them from: the key first, so that the chain's arrival (which
+/// wakes the file watch) finds its key in place.
+pub fn save_certificate(cert: &Path, key: &Path, pem: &CertifiedPem) -> std::io::Result<()> {
+    write_private(key, pem.key.as_bytes())?;
+    write_public(cert, pem.chain.as_bytes())
 }
 
 /// Makes the folders the state lives in, so that the file watch can watch
 /// the certificates' folder before anything is issued into it.
-pub fn prepare(certificate: &CertificateConfig) -> std::io::Result<()> {
-    for file in [&certificate.cert, &certificate.key] {
+pub fn prepare(cert: &Path, key: &Path) -> std::io::Result<()> {
+    for file in [cert, key] {
         if let Some(folder) = file.parent() {
             std::fs::create_dir_all(folder)?;
             std::fs::set_permissions(folder, std::fs::Permissions::from_mode(0o700))?;
