@@ -173,18 +173,23 @@ pub fn server_config(
     Ok(Arc::new(config))
 }
 
+/// A trust store of `roots`, and how many of them webpki could not use.
+pub fn root_store(roots: &Certificates) -> (RootCertStore, usize) {
+    let mut store = RootCertStore::empty();
+    let ders = roots
+        .0
+        .iter()
+        .map(|der| CertificateDer::from(der.as_slice()));
+    let (_, unusable) = store.add_parsable_certificates(ders);
+    (store, unusable)
+}
+
 /// What checks the certificates of a listener's clients: they must show
 /// one, and it must chain to one of `roots`. Every certificate of the
 /// bundle must be one webpki can use, so that none is silently left out.
 pub fn client_verifier(roots: &Certificates) -> Result<Arc<dyn ClientCertVerifier>, TlsError> {
-    let mut store = RootCertStore::empty();
     let all = roots.0.len();
-    let (_, unusable) = store.add_parsable_certificates(
-        roots
-            .0
-            .iter()
-            .map(|der| CertificateDer::from(der.as_slice())),
-    );
+    let (store, unusable) = root_store(roots);
     if unusable > 0 {
         return Err(TlsError::UnusableRoots { unusable, all });
     }

@@ -10,7 +10,7 @@ use std::sync::Arc;
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::crypto::CryptoProvider;
 use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
-use rustls::{ClientConfig, DigitallySignedStruct, RootCertStore, SignatureScheme};
+use rustls::{ClientConfig, DigitallySignedStruct, SignatureScheme};
 
 use super::{TlsError, chain_and_key, provider};
 use crate::plan::{Protocol, UpstreamTls};
@@ -25,16 +25,10 @@ pub fn config(tls: &UpstreamTls, protocol: Protocol) -> Result<Arc<ClientConfig>
             .dangerous()
             .with_custom_certificate_verifier(Arc::new(AnyCertificate(provider)))
     } else {
-        let mut roots = RootCertStore::empty();
         // A system store may hold certificates webpki cannot use; the rest
         // still serve.
-        let (added, _unusable) = roots.add_parsable_certificates(
-            tls.roots
-                .0
-                .iter()
-                .map(|der| CertificateDer::from(der.as_slice())),
-        );
-        if added == 0 {
+        let (roots, _unusable) = super::root_store(&tls.roots);
+        if roots.is_empty() {
             return Err(TlsError::NoRoots);
         }
         builder.with_root_certificates(roots)

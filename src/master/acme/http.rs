@@ -14,7 +14,7 @@ use http::{HeaderValue, Request, header};
 use hyper_util::rt::TokioIo;
 use instant_acme::{BodyWrapper, BytesResponse, Error, HttpClient};
 use rustls::RootCertStore;
-use rustls::pki_types::{CertificateDer, ServerName};
+use rustls::pki_types::ServerName;
 
 use crate::plan::Certificates;
 
@@ -26,17 +26,16 @@ pub struct Https(tokio_rustls::TlsConnector);
 impl Https {
     /// A client trusting `roots`, or the system's roots when `None`.
     pub fn new(roots: Option<&Certificates>) -> Result<Self, Error> {
-        let mut store = RootCertStore::empty();
-        let system;
-        let ders: Box<dyn Iterator<Item = CertificateDer<'_>>> = match roots {
-            Some(roots) => Box::new(roots.0.iter().map(|d| CertificateDer::from(d.as_slice()))),
+        let (store, _unusable) = match roots {
+            Some(roots) => crate::tls::root_store(roots),
             None => {
-                system = rustls_native_certs::load_native_certs().certs;
-                Box::new(system.iter().cloned())
+                let system = rustls_native_certs::load_native_certs().certs;
+                let mut store = RootCertStore::empty();
+                let (_, unusable) = store.add_parsable_certificates(system);
+                (store, unusable)
             }
         };
-        let (added, _unusable) = store.add_parsable_certificates(ders);
-        if added == 0 {
+        if store.is_empty() {
             return Err(other("no CA certificate to verify the ACME server with"));
         }
         let provider = Arc::new(rustls::crypto::ring::default_provider());
