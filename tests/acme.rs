@@ -155,7 +155,11 @@ async fn http01_issues_a_certificate_every_worker_serves_and_a_restart_keeps() {
         std::os::unix::fs::PermissionsExt::mode(&key_mode) & 0o077,
         0
     );
-    drop(corral);
+    // Stopped, not killed: a dying master's listening sockets, sharing
+    // the port by SO_REUSEPORT, would reset connections meant for the next.
+    let mut corral = corral;
+    corral.signal(nix::sys::signal::Signal::SIGTERM);
+    assert_eq!(corral.wait_exit().await, Some(0));
     let again = Corral::start(&config).await;
     assert_eq!(again.status().await["generation"], 1);
     assert_eq!(served_leaves(&again, &roots, 4).await[0], leaves[0]);
