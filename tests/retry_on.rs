@@ -173,3 +173,26 @@ async fn when_every_server_fails_retries_stay_within_the_budget() {
     assert_eq!(hits, 50.0 + made);
     assert_eq!(exhausted(&samples), 50.0 - made);
 }
+
+/// Connect failures draw on the same budget: with every server refusing,
+/// a POST (which only a connect failure moves) is retried within it.
+#[tokio::test]
+async fn when_every_server_refuses_connect_retries_stay_within_the_budget() {
+    let (_a, a) = refusing_addr();
+    let (_b, b) = refusing_addr();
+    let corral = Corral::start(&one_worker(&[a, b], "retry_budget = 0.0\n")).await;
+    let mut client = H1::connect(corral.addr("public")).await;
+    for _ in 0..50 {
+        let request = Request::post("/")
+            .header("host", "app")
+            .body(full("x"))
+            .unwrap();
+        let reply = read(client.send(request).await.unwrap()).await;
+        assert_eq!(reply.status, StatusCode::BAD_GATEWAY, "{}", reply.text());
+    }
+    let samples = scrape_metrics(&corral).await;
+    let made = retries(&samples, "connect");
+    assert!((1.0..=10.0).contains(&made), "{made} retries");
+    // Every request wanted its one retry: the budget refused the rest.
+    assert_eq!(exhausted(&samples), 50.0 - made);
+}

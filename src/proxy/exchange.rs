@@ -84,7 +84,10 @@ pub(super) async fn exchange(
     // passed (a new connection, a retry), so that a pooled exchange reads
     // the clock no more.
     let mut now = outgoing.started;
-    if outgoing.replay.is_some() {
+    // Every request that a retry could move counts toward the budget that
+    // every retry draws on, whatever its method (a connect failure moves a
+    // POST too).
+    if upstream.servers.len() > 1 {
         upstream.retries.request(now);
     }
     loop {
@@ -291,14 +294,23 @@ impl Attempt<'_> {
         outgoing.replay.as_ref()?;
         let upstream = self.upstream;
         let next = upstream.pick(outgoing.key, Some(self.index), self.rng)?;
-        if !upstream.retries.try_retry(Instant::now()) {
-            self.snapshot.count_budget_exhausted(upstream.name());
+        if !within_budget(self.snapshot, upstream, Instant::now()) {
             return None;
         }
         outgoing.message = outgoing.replay.take()?;
         self.snapshot.count_retry(upstream.name(), reason);
         Some(next)
     }
+}
+
+/// Whether `upstream`'s retry budget has room for one more retry at `now`
+/// (then counted in it); a retry it refuses is counted as such.
+fn within_budget(snapshot: &Snapshot, upstream: &Upstream, now: Instant) -> bool {
+    let allowed = upstream.retries.try_retry(now);
+    if !allowed {
+        snapshot.count_budget_exhausted(upstream.name());
+    }
+    allowed
 }
 
 /// The server picked for a request, and whether the request may still move
@@ -339,7 +351,8 @@ impl Picked<'_> {
             let e = failed(snapshot, upstream, server, e);
             let next = (self.may_move && e.retry_safe())
                 .then(|| upstream.pick(self.key, Some(self.index), rng))
-                .flatten();
+                .flatten()
+                .filter(|_| within_budget(snapshot, upstream, *now));
             match next {
                 Some(next) => {
                     snapshot.count_retry(upstream.name(), "connect");
