@@ -85,9 +85,24 @@ tls = {{ ca = "{ca}" }}
     assert_eq!(reply.status, 200, "{}", reply.text());
     assert_eq!(reply.text(), "strict HTTP/1.1 client-cert=yes");
 
-    // Without a certificate the server ends the handshake.
+    // Without a certificate the server ends the handshake: under TLS 1.3
+    // with an alert after corral's side of it is done, which is still a
+    // refused handshake.
     let reply = get(corral.addr("public"), "/anonymous/", &[]).await;
     assert_eq!(reply.status, 502, "{}", reply.text());
+    assert_eq!(
+        reply.text(),
+        "502 Bad Gateway: upstream TLS handshake failed\n"
+    );
+    let metrics = scrape_metrics(&corral).await;
+    let refused = |kind| {
+        metric_sum(
+            &metrics,
+            "corral_upstream_errors_total",
+            &[("upstream", "anonymous"), ("kind", kind)],
+        )
+    };
+    assert_eq!((refused("tls"), refused("reset")), (1.0, 0.0));
 }
 
 #[tokio::test]

@@ -177,6 +177,15 @@ impl ProxyError {
                 Some("protocol"),
                 "invalid response from upstream",
             ),
+            // The server ended the session with a TLS alert once the
+            // handshake seemed done: under TLS 1.3, how it refuses a client
+            // certificate, or the lack of one.
+            Self::Upstream(_) | Self::Http1(_) if self.tls_alert() => (
+                StatusCode::BAD_GATEWAY,
+                Fault::Upstream,
+                Some("tls"),
+                "upstream TLS handshake failed",
+            ),
             Self::Upstream(_) | Self::Http1(_) | Self::ProtocolMismatch => (
                 StatusCode::BAD_GATEWAY,
                 Fault::Upstream,
@@ -190,6 +199,22 @@ impl ProxyError {
             kind,
             detail,
         }
+    }
+
+    /// Whether a TLS error (an alert from the server) lies under an
+    /// exchange that failed.
+    fn tls_alert(&self) -> bool {
+        let top: &(dyn std::error::Error + 'static) = match self {
+            Self::Upstream(e) => e,
+            Self::Http1(http1::Error::Io(e)) => e,
+            _ => return false,
+        };
+        std::iter::successors(Some(top), |e| match e.downcast_ref::<std::io::Error>() {
+            // An io::Error's source skips the error it wraps.
+            Some(io) => io.get_ref().map(|inner| inner as _),
+            None => e.source(),
+        })
+        .any(|e| e.is::<rustls::Error>())
     }
 
     pub fn status(&self) -> StatusCode {

@@ -251,7 +251,7 @@ impl Attempt<'_> {
                 _ => {
                     let e = self.failed(ProxyError::from_send(e.into_error()));
                     // No response head had come: a reset is one before any byte.
-                    if e.upstream_kind() != Some("reset") {
+                    if !matches!(e.upstream_kind(), Some("reset" | "tls")) {
                         return Err(e);
                     }
                     self.elsewhere(outgoing, "reset").map(Next::Again).ok_or(e)
