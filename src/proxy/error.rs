@@ -133,65 +133,29 @@ impl ProxyError {
                 None,
                 "upstream servers busy",
             ),
-            Self::Connect(Connect::Timeout { .. }) => (
-                StatusCode::GATEWAY_TIMEOUT,
-                Fault::Upstream,
-                Some("timeout"),
-                "upstream timed out",
-            ),
-            Self::Connect(Connect::Io { .. }) => (
-                StatusCode::BAD_GATEWAY,
-                Fault::Upstream,
-                Some("connect"),
-                "upstream unreachable",
-            ),
+            Self::Connect(Connect::Timeout { .. }) | Self::ResponseTimeout(_) => {
+                server(S::GATEWAY_TIMEOUT, "timeout", "upstream timed out")
+            }
+            Self::Connect(Connect::Io { .. }) => server(S::BAD_GATEWAY, "connect", UNREACHABLE),
             // A certificate that does not verify, or a server that will not
             // speak TLS: the server is not the one configured.
-            Self::Connect(Connect::Tls { .. }) => (
-                StatusCode::BAD_GATEWAY,
-                Fault::Upstream,
-                Some("tls"),
-                "upstream TLS handshake failed",
-            ),
-            Self::Connect(Connect::Handshake { .. }) => (
-                StatusCode::BAD_GATEWAY,
-                Fault::Upstream,
-                Some("protocol"),
-                "upstream unreachable",
-            ),
-            Self::ResponseTimeout(_) => (
-                StatusCode::GATEWAY_TIMEOUT,
-                Fault::Upstream,
-                Some("timeout"),
-                "upstream timed out",
-            ),
-            Self::Upstream(e) if e.is_parse() || e.is_parse_status() => (
-                StatusCode::BAD_GATEWAY,
-                Fault::Upstream,
-                Some("protocol"),
-                "invalid response from upstream",
-            ),
-            Self::Http1(e) if e.is_protocol() => (
-                StatusCode::BAD_GATEWAY,
-                Fault::Upstream,
-                Some("protocol"),
-                "invalid response from upstream",
-            ),
+            Self::Connect(Connect::Tls { .. }) => server(S::BAD_GATEWAY, "tls", TLS_REFUSED),
+            Self::Connect(Connect::Handshake { .. }) => {
+                server(S::BAD_GATEWAY, "protocol", UNREACHABLE)
+            }
+            Self::Upstream(e) if e.is_parse() || e.is_parse_status() => {
+                server(S::BAD_GATEWAY, "protocol", INVALID)
+            }
+            Self::Http1(e) if e.is_protocol() => server(S::BAD_GATEWAY, "protocol", INVALID),
             // The server ended the session with a TLS alert once the
             // handshake seemed done: under TLS 1.3, how it refuses a client
             // certificate, or the lack of one.
-            Self::Upstream(_) | Self::Http1(_) if self.tls_alert() => (
-                StatusCode::BAD_GATEWAY,
-                Fault::Upstream,
-                Some("tls"),
-                "upstream TLS handshake failed",
-            ),
-            Self::Upstream(_) | Self::Http1(_) | Self::ProtocolMismatch => (
-                StatusCode::BAD_GATEWAY,
-                Fault::Upstream,
-                Some("reset"),
-                "invalid response from upstream",
-            ),
+            Self::Upstream(_) | Self::Http1(_) if self.tls_alert() => {
+                server(S::BAD_GATEWAY, "tls", TLS_REFUSED)
+            }
+            Self::Upstream(_) | Self::Http1(_) | Self::ProtocolMismatch => {
+                server(S::BAD_GATEWAY, "reset", INVALID)
+            }
         };
         Verdict {
             status,
@@ -250,6 +214,15 @@ impl ProxyError {
 fn client(status: StatusCode, detail: &'static str) -> Row {
     (status, Fault::Client, None, detail)
 }
+
+/// A row for a failure a server is blamed for, counted under `kind`.
+fn server(status: StatusCode, kind: &'static str, detail: &'static str) -> Row {
+    (status, Fault::Upstream, Some(kind), detail)
+}
+
+const UNREACHABLE: &str = "upstream unreachable";
+const INVALID: &str = "invalid response from upstream";
+const TLS_REFUSED: &str = "upstream TLS handshake failed";
 
 /// Status, fault, `kind` label and the client's words.
 type Row = (StatusCode, Fault, Option<&'static str>, &'static str);
