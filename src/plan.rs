@@ -456,6 +456,8 @@ pub struct UpstreamConfig {
     pub connect_timeout: Duration,
     /// Time from sending the request to receiving the response head.
     pub response_timeout: Duration,
+    /// The longest pause between reads of a response body.
+    pub body_timeout: Duration,
     /// How long an idle pooled connection is kept.
     pub idle_timeout: Duration,
     pub max_idle_per_server: usize,

@@ -295,6 +295,7 @@ fn upstream_defaults_are_the_documented_ones() {
     assert_eq!(u.protocol, Protocol::Http1);
     assert_eq!(u.connect_timeout, Duration::from_secs(5));
     assert_eq!(u.response_timeout, Duration::from_secs(60));
+    assert_eq!(u.body_timeout, Duration::from_secs(60));
     assert_eq!(u.idle_timeout, Duration::from_secs(20));
     assert_eq!(u.max_idle_per_server, 128);
     assert_eq!(u.fail_timeout, Duration::from_secs(10));

@@ -104,3 +104,60 @@ async fn pooled_connections_are_reused_across_requests() {
         "{connections} upstream connections for 20 sequential requests"
     );
 }
+
+/// What corral counted of `kind` against the one server of `app`.
+async fn upstream_errors(corral: &Corral, kind: &str) -> f64 {
+    let metrics = scrape_metrics(corral).await;
+    metric_sum(
+        &metrics,
+        "corral_upstream_errors_total",
+        &[("upstream", "app"), ("kind", kind)],
+    )
+}
+
+/// A response body that goes silent for the upstream's `body_timeout` is
+/// cut there and counted as a timeout; one that pauses for less arrives
+/// whole; over HTTP/1.1 and h2 upstreams. (On the real clock: the paused
+/// one is in tests/timeouts.rs, for HTTP/1.1.)
+#[tokio::test]
+async fn a_response_body_that_stalls_is_cut_at_the_body_timeout_and_counted() {
+    for protocol in ["http1", "h2"] {
+        let app = upstream(|req: Request<hyper::body::Incoming>| async move {
+            let stall = req.uri().path() == "/stall";
+            let pause = std::time::Duration::from_millis(100);
+            Response::new(trickle(3, pause, stall))
+        })
+        .await;
+        let extra = format!("body_timeout = \"1s\"\nprotocol = \"{protocol}\"\n");
+        let corral = Corral::start(&cluster_config(&[app.addr], &extra)).await;
+        let mut client = H1::connect(corral.addr("public")).await;
+        let reply = client.get("/trickle", &[]).await;
+        assert_eq!(reply.text(), "ababab", "{protocol}");
+
+        let started = std::time::Instant::now();
+        let request = Request::get("/stall").header("host", "x").body(empty());
+        let response = client.send(request.unwrap()).await.unwrap();
+        assert_eq!(response.status(), StatusCode::OK, "{protocol}");
+        let cut = response.into_body().collect().await;
+        assert!(cut.is_err(), "{protocol}: the body ended cleanly");
+        assert!(started.elapsed() >= std::time::Duration::from_secs(1));
+        assert_eq!(upstream_errors(&corral, "timeout").await, 1.0, "{protocol}");
+    }
+}
+
+/// A response the server breaks off after its head reaches the client
+/// cut short (or, when both came in one read, not at all), and is counted
+/// against the server as a reset.
+#[tokio::test]
+async fn a_response_body_the_server_breaks_off_is_counted_as_a_reset() {
+    let head = "HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\n0123456789";
+    let halfway = scripted(move |_| Wire::bytes(head).then(Then::Close)).await;
+    let corral = Corral::start(&cluster_config(&[halfway.addr], "")).await;
+    let mut client = H1::connect(corral.addr("public")).await;
+    let request = Request::get("/").header("host", "x").body(empty());
+    if let Ok(response) = client.send(request.unwrap()).await {
+        assert_eq!(response.status(), StatusCode::OK);
+        assert!(response.into_body().collect().await.is_err());
+    }
+    assert_eq!(upstream_errors(&corral, "reset").await, 1.0);
+}

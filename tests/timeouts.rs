@@ -300,3 +300,49 @@ async fn no_healthy_server_is_a_503() {
         "a failing server still gets traffic"
     );
 }
+
+/// A GET on a fresh connection, read until corral closes it.
+async fn get_to_close(addr: std::net::SocketAddr) -> String {
+    let mut stream = TcpStream::connect(addr).await.unwrap();
+    stream
+        .write_all(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    String::from_utf8(read_to_close(&mut stream).await).unwrap()
+}
+
+/// (The same for an h2 upstream, and the count, are in tests/failures.rs,
+/// on the real clock: under the paused one, a test h2 server's later DATA
+/// frames can wait for the clock to jump past the timeout.)
+#[tokio::test(start_paused = true)]
+async fn a_response_body_that_stalls_is_cut_at_the_upstreams_body_timeout() {
+    let app = upstream(|_req| async { Response::new(trickle(1, Duration::ZERO, true)) }).await;
+    let proxy = in_process(&simple_config(&[app.addr], "body_timeout = \"5s\"")).await;
+    let started = Instant::now();
+    let reply = get_to_close(proxy.addr).await;
+    let waited = started.elapsed();
+    // The head and the first piece came; the body never ended.
+    assert!(reply.starts_with("HTTP/1.1 200 OK\r\n"), "{reply}");
+    assert!(reply.ends_with("\r\n\r\n2\r\nab\r\n"), "{reply}");
+    assert!(
+        in_the_second_after(waited, Duration::from_secs(5)),
+        "{waited:?}"
+    );
+}
+
+/// The body timeout bounds each pause, not the whole body: a body that
+/// takes longer than it, a piece at a time, arrives whole.
+#[tokio::test(start_paused = true)]
+async fn a_response_body_that_pauses_less_than_the_body_timeout_arrives_whole() {
+    let app =
+        upstream(|_req| async { Response::new(trickle(4, Duration::from_secs(3), false)) }).await;
+    let proxy = in_process(&simple_config(&[app.addr], "body_timeout = \"5s\"")).await;
+    let started = Instant::now();
+    let reply = get_to_close(proxy.addr).await;
+    assert!(started.elapsed() >= Duration::from_secs(9));
+    let body = reply.split_once("\r\n\r\n").unwrap().1;
+    assert_eq!(
+        body,
+        "2\r\nab\r\n2\r\nab\r\n2\r\nab\r\n2\r\nab\r\n0\r\n\r\n"
+    );
+}

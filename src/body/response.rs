@@ -1,15 +1,19 @@
 //! A response on its way to the client (an upstream's, or one corral
 //! writes), which ends the request when it is dropped: the upstream lease
-//! is released and the request counted and logged.
+//! is released and the request counted and logged. An upstream's body that
+//! pauses for longer than its upstream's `body_timeout`, or breaks, is cut
+//! there, and the failure counted against its server.
 
+use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context, Poll};
+use std::task::{Context, Poll, ready};
+use std::time::Duration;
 
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
-use tokio::time::Instant;
+use tokio::time::{Instant, Sleep};
 
 use crate::access_log::{Entry, Outcome};
 use crate::metrics::RouteSeries;
@@ -56,7 +60,63 @@ pub struct ResponseBody {
     /// Released when the body is dropped.
     lease: Option<Lease>,
     completion: Option<Completion>,
+    stall: Stall,
 }
+
+/// How long an upstream's body may pause, and the timer that holds it to
+/// that. The timer is made at the body's first pause and then moved only
+/// when it fires before the pause at hand is due (as nginx's timers are
+/// lazy): a streamed body costs a clock reading per pause, not a timer.
+#[derive(Debug)]
+struct Stall {
+    limit: Duration,
+    timer: Option<Pin<Box<Timer>>>,
+}
+
+pin_project_lite::pin_project! {
+    #[derive(Debug)]
+    struct Timer {
+        #[pin]
+        sleep: Sleep,
+        // When the pause under way is due to end the body, if it is paused.
+        due: Option<Instant>,
+    }
+}
+
+impl Stall {
+    /// Ready once the body, which has nothing for now, has had nothing
+    /// for the limit.
+    fn poll(&mut self, cx: &mut Context<'_>) -> Poll<()> {
+        let timer = self.timer.get_or_insert_with(|| {
+            let due = Instant::now() + self.limit;
+            Box::pin(Timer {
+                sleep: tokio::time::sleep_until(due),
+                due: Some(due),
+            })
+        });
+        let mut timer = timer.as_mut().project();
+        let due = *timer.due.get_or_insert_with(|| Instant::now() + self.limit);
+        loop {
+            ready!(timer.sleep.as_mut().poll(cx));
+            if timer.sleep.deadline() >= due {
+                return Poll::Ready(());
+            }
+            timer.sleep.as_mut().reset(due);
+        }
+    }
+
+    /// The body gave something: a pause starts afresh.
+    fn progressed(&mut self) {
+        if let Some(timer) = &mut self.timer {
+            *timer.as_mut().project().due = None;
+        }
+    }
+}
+
+/// An upstream's body gave nothing for its upstream's `body_timeout`.
+#[derive(Debug, thiserror::Error)]
+#[error("the response body stalled for {0:?}")]
+struct Stalled(Duration);
 
 /// An upstream's body, as each protocol's client reads it.
 #[derive(Debug)]
@@ -72,13 +132,18 @@ enum Inner {
 }
 
 impl ResponseBody {
-    /// An upstream's body; `lease` is released when it ends.
-    pub fn upstream(inner: Upstream, lease: Lease) -> Self {
+    /// An upstream's body, cut when it pauses for longer than
+    /// `body_timeout`; `lease` is released when it ends.
+    pub fn upstream(inner: Upstream, lease: Lease, body_timeout: Duration) -> Self {
         Self {
             inner: Inner::Upstream(inner),
             sent: 0,
             lease: Some(lease),
             completion: None,
+            stall: Stall {
+                limit: body_timeout,
+                timer: None,
+            },
         }
     }
 
@@ -90,6 +155,10 @@ impl ResponseBody {
             sent: 0,
             lease: None,
             completion: None,
+            stall: Stall {
+                limit: Duration::ZERO,
+                timer: None,
+            },
         }
     }
 
@@ -127,6 +196,19 @@ impl ResponseBody {
     }
 }
 
+impl ResponseBody {
+    /// Counts and logs the failure of an upstream's body (of `kind`, as
+    /// `corral_upstream_errors_total` names it), which ends the response.
+    fn failed(&self, kind: &str, e: BodyError) -> BodyError {
+        if let (Some(lease), Some(completion)) = (&self.lease, &self.completion) {
+            let server = lease.server();
+            completion.series.count_upstream_error(&server.label, kind);
+            tracing::warn!(upstream = completion.series.upstream(), server = %server.addr, error = %e, "upstream failure in the response body");
+        }
+        e
+    }
+}
+
 impl Drop for ResponseBody {
     fn drop(&mut self) {
         if self.lease.is_some() || self.completion.is_some() {
@@ -146,17 +228,27 @@ impl Body for ResponseBody {
         let this = &mut *self;
         let polled = match &mut this.inner {
             Inner::Local(bytes) => Poll::Ready(bytes.take().map(|b| Ok(Frame::data(b)))),
-            Inner::Upstream(Upstream::Http1(body)) => {
-                Pin::new(body).poll_frame(cx).map_err(BodyError::from)
-            }
-            Inner::Upstream(Upstream::Http2(body)) => {
-                Pin::new(body).poll_frame(cx).map_err(BodyError::from)
-            }
+            Inner::Upstream(Upstream::Http1(body)) => Pin::new(body)
+                .poll_frame(cx)
+                .map_err(|e| (if e.is_protocol() { "protocol" } else { "reset" }, e.into())),
+            Inner::Upstream(Upstream::Http2(body)) => Pin::new(body)
+                .poll_frame(cx)
+                .map_err(|e| ("reset", e.into())),
         };
-        if let Poll::Ready(Some(Ok(frame))) = &polled {
-            this.sent += frame.data_ref().map_or(0, |d| d.len() as u64);
+        match polled {
+            Poll::Ready(Some(Ok(frame))) => {
+                this.sent += frame.data_ref().map_or(0, |d| d.len() as u64);
+                this.stall.progressed();
+                Poll::Ready(Some(Ok(frame)))
+            }
+            Poll::Ready(Some(Err((kind, e)))) => Poll::Ready(Some(Err(this.failed(kind, e)))),
+            Poll::Ready(None) => Poll::Ready(None),
+            Poll::Pending => {
+                ready!(this.stall.poll(cx));
+                let stalled = Stalled(this.stall.limit).into();
+                Poll::Ready(Some(Err(this.failed("timeout", stalled))))
+            }
         }
-        polled
     }
 
     fn is_end_stream(&self) -> bool {

@@ -42,6 +42,7 @@ pub const ACME_STATE_DIR: &str = "/var/lib/corral/acme";
 // `[[upstreams]]`
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 pub const RESPONSE_TIMEOUT: Duration = Duration::from_secs(60);
+pub const UPSTREAM_BODY_TIMEOUT: Duration = Duration::from_secs(60);
 pub const IDLE_TIMEOUT: Duration = Duration::from_secs(20);
 pub const MAX_IDLE_PER_SERVER: usize = 128;
 pub const FAIL_TIMEOUT: Duration = Duration::from_secs(10);

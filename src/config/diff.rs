@@ -346,6 +346,7 @@ fn upstream(u: &UpstreamConfig) -> Fields {
         ("protocol", string(protocol)),
         ("connect_timeout", duration(u.connect_timeout)),
         ("response_timeout", duration(u.response_timeout)),
+        ("body_timeout", duration(u.body_timeout)),
         ("idle_timeout", duration(u.idle_timeout)),
         ("max_idle_per_server", u.max_idle_per_server.to_string()),
         ("fail_timeout", duration(u.fail_timeout)),

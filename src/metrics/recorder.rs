@@ -190,6 +190,13 @@ impl RouteSeries {
         }
     }
 
+    /// Counts a failed exchange with `server` of the route's upstream.
+    pub fn count_upstream_error(&self, server: &str, kind: &str) {
+        self.recorder
+            .counter(Family::UpstreamErrors, &[&self.upstream, server, kind])
+            .add(1);
+    }
+
     /// Request body bytes received.
     pub fn add_request_bytes(&self, n: u64) {
         self.request_bytes.add(n);

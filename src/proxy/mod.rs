@@ -22,6 +22,7 @@ use std::borrow::Cow;
 use std::future::Future;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
+use std::time::Duration;
 
 use futures_util::future::Either;
 use http::header::{self, HeaderValue};
@@ -161,12 +162,13 @@ pub fn handle(
     match outgoing {
         Ok(mut outgoing) => {
             let upgrade = outgoing.upgrade.take();
+            let body_timeout = snapshot.upstreams[outgoing.upstream].config.body_timeout;
             Either::Left(then::then(
                 exchange::exchange(snapshot, outgoing),
                 move |exchanged| {
                     let forwarded = exchanged.and_then(|(response, lease)| {
                         let upgrading = upgrade.as_ref().map(|offer| (&*answer.client, offer));
-                        respond(response, lease, upgrading)
+                        respond(response, lease, upgrading, body_timeout)
                     });
                     answer.finish(forwarded)
                 },
@@ -395,11 +397,13 @@ fn scrub(fields: &mut http::HeaderMap, found: &headers::Found, upgrading: bool, 
 }
 
 /// Turns the upstream's response into the client's. `upgrading` is the
-/// client and the protocols it offered, when it asked to switch.
+/// client and the protocols it offered, when it asked to switch;
+/// `body_timeout` the longest pause its body may take.
 fn respond(
     response: Response<UpstreamBody>,
     lease: Lease,
     upgrading: Option<(&Client, &HeaderValue)>,
+    body_timeout: Duration,
 ) -> Result<Response<ResponseBody>, ProxyError> {
     let (mut parts, mut body) = response.into_parts();
     if parts.status == StatusCode::SWITCHING_PROTOCOLS {
@@ -430,7 +434,7 @@ fn respond(
     }
     Ok(Response::from_parts(
         parts,
-        ResponseBody::upstream(body, lease),
+        ResponseBody::upstream(body, lease, body_timeout),
     ))
 }
 

@@ -28,6 +28,25 @@ pub fn empty() -> TestBody {
     Empty::new().map_err(|never| match never {}).boxed()
 }
 
+/// A body of `pieces` pieces of `ab`, `pause` apart, that then ends, or,
+/// if `stall`, never does.
+pub fn trickle(pieces: usize, pause: std::time::Duration, stall: bool) -> TestBody {
+    let stream = futures_util::stream::unfold(0, move |i| async move {
+        if i > 0 {
+            tokio::time::sleep(pause).await;
+        }
+        if i == pieces {
+            if stall {
+                std::future::pending::<()>().await;
+            }
+            return None;
+        }
+        let piece = hyper::body::Frame::data(Bytes::from_static(b"ab"));
+        Some((Ok::<_, std::io::Error>(piece), i + 1))
+    });
+    http_body_util::StreamBody::new(stream).boxed()
+}
+
 /// A response as the client saw it.
 #[derive(Debug)]
 pub struct Reply {

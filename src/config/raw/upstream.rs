@@ -66,6 +66,12 @@ pub struct RawUpstream {
         extend("default" = defaults::written(defaults::RESPONSE_TIMEOUT))
     )]
     pub response_timeout: Option<Text>,
+    /// Longest pause between reads of a response body; then the response is cut.
+    #[schemars(
+        with = "Option<Duration>",
+        extend("default" = defaults::written(defaults::UPSTREAM_BODY_TIMEOUT))
+    )]
+    pub body_timeout: Option<Text>,
     /// How long an idle pooled connection is kept.
     #[schemars(
         with = "Option<Duration>",

@@ -74,6 +74,11 @@ impl Validator<'_> {
                     "upstreams.response_timeout",
                     defaults::RESPONSE_TIMEOUT,
                 ),
+                body_timeout: self.timeout(
+                    u.body_timeout.as_ref(),
+                    "upstreams.body_timeout",
+                    defaults::UPSTREAM_BODY_TIMEOUT,
+                ),
                 idle_timeout: self.timeout(
                     u.idle_timeout.as_ref(),
                     "upstreams.idle_timeout",
