@@ -31,100 +31,109 @@ impl Validator<'_> {
             let span = item.span();
             let u = item.into_inner();
             names.check(self, &u.name);
-            let (servers, names) = self.servers(&u.servers);
-            if let (Some(t), true) = (&u.dns_refresh, names.is_empty()) {
-                self.problem(
-                    t.span(),
-                    "upstreams.dns_refresh: no server of this upstream is written as NAME:PORT",
-                );
-            }
-            // A balance written but unreadable is not round_robin: a hash_key
-            // beside it may well be meant for it.
-            let balance = if self.dropped.key(&span, "balance") {
-                Balance::RoundRobin
-            } else {
-                self.balance(u.balance.as_ref(), u.hash_key.as_ref())
-            };
-            let health_check = u.health_check.map(|h| self.health_check(h));
-            let protocol = match u.protocol {
-                None | Some(RawProtocol::Http1) => Protocol::Http1,
-                Some(RawProtocol::H2) => Protocol::H2,
-            };
-            let tls = u.tls.and_then(|t| self.upstream_tls(t, protocol));
-            let sticky = u.sticky.map(|s| self.sticky(s.into_inner()));
-            out.push(UpstreamConfig {
-                name: u.name.into_inner(),
-                balance,
-                protocol,
-                servers,
-                names,
-                dns_refresh: self.timeout_at_least(
-                    u.dns_refresh.as_ref(),
-                    "upstreams.dns_refresh",
-                    Duration::from_secs(1),
-                    defaults::DNS_REFRESH,
-                ),
-                connect_timeout: self.timeout(
-                    u.connect_timeout.as_ref(),
-                    "upstreams.connect_timeout",
-                    defaults::CONNECT_TIMEOUT,
-                ),
-                response_timeout: self.timeout(
-                    u.response_timeout.as_ref(),
-                    "upstreams.response_timeout",
-                    defaults::RESPONSE_TIMEOUT,
-                ),
-                body_timeout: self.timeout(
-                    u.body_timeout.as_ref(),
-                    "upstreams.body_timeout",
-                    defaults::UPSTREAM_BODY_TIMEOUT,
-                ),
-                idle_timeout: self.timeout(
-                    u.idle_timeout.as_ref(),
-                    "upstreams.idle_timeout",
-                    defaults::IDLE_TIMEOUT,
-                ),
-                max_idle_per_server: u
-                    .max_idle_per_server
-                    .and_then(|n| self.int_in(&n, 0, 65535, "upstreams.max_idle_per_server"))
-                    .map_or(defaults::MAX_IDLE_PER_SERVER, |n| n as usize),
-                fail_timeout: self.timeout(
-                    u.fail_timeout.as_ref(),
-                    "upstreams.fail_timeout",
-                    defaults::FAIL_TIMEOUT,
-                ),
-                retry_on: u.retry_on.map_or_else(
-                    || defaults::RETRY_ON.to_vec(),
-                    |list| self.statuses(&list, "upstreams.retry_on"),
-                ),
-                retry_budget: self.share(
-                    u.retry_budget,
-                    "upstreams.retry_budget",
-                    defaults::RETRY_BUDGET,
-                ),
-                max_in_flight: u
-                    .max_in_flight
-                    .and_then(|n| self.int_in(&n, 1, 1_000_000, "upstreams.max_in_flight"))
-                    .and_then(|n| u32::try_from(n).ok()),
-                max_connections: u
-                    .max_connections
-                    .and_then(|n| self.int_in(&n, 1, 1_000_000, "upstreams.max_connections"))
-                    .and_then(|n| u32::try_from(n).ok()),
-                queue_timeout: self.timeout(
-                    u.queue_timeout.as_ref(),
-                    "upstreams.queue_timeout",
-                    defaults::QUEUE_TIMEOUT,
-                ),
-                slow_start: u.slow_start.as_ref().map(|t| {
-                    self.timeout(Some(t), "upstreams.slow_start", Duration::from_secs(30))
-                }),
-                health_check,
-                tls,
-                eject: u.eject.map(|e| self.eject(e)),
-                sticky: sticky.flatten(),
-            });
+            out.push(self.upstream(span, u));
         }
         out
+    }
+
+    /// The `dns_refresh` of an upstream whose `NAME:PORT` servers are
+    /// `names` (a refresh written without any is a mistake).
+    fn dns_refresh(&mut self, raw: Option<&Text>, names: &[NamedServer]) -> Duration {
+        if let (Some(t), true) = (raw, names.is_empty()) {
+            self.problem(
+                t.span(),
+                "upstreams.dns_refresh: no server of this upstream is written as NAME:PORT",
+            );
+        }
+        let key = "upstreams.dns_refresh";
+        self.timeout_at_least(raw, key, Duration::from_secs(1), defaults::DNS_REFRESH)
+    }
+
+    /// One upstream, its keys checked; `span` is where its table is.
+    fn upstream(&mut self, span: std::ops::Range<usize>, u: RawUpstream) -> UpstreamConfig {
+        let (servers, names) = self.servers(&u.servers);
+        let dns_refresh = self.dns_refresh(u.dns_refresh.as_ref(), &names);
+        // A balance written but unreadable is not round_robin: a hash_key
+        // beside it may well be meant for it.
+        let balance = if self.dropped.key(&span, "balance") {
+            Balance::RoundRobin
+        } else {
+            self.balance(u.balance.as_ref(), u.hash_key.as_ref())
+        };
+        let health_check = u.health_check.map(|h| self.health_check(h));
+        let protocol = match u.protocol {
+            None | Some(RawProtocol::Http1) => Protocol::Http1,
+            Some(RawProtocol::H2) => Protocol::H2,
+        };
+        let tls = u.tls.and_then(|t| self.upstream_tls(t, protocol));
+        let sticky = u.sticky.map(|s| self.sticky(s.into_inner()));
+        UpstreamConfig {
+            name: u.name.into_inner(),
+            balance,
+            protocol,
+            servers,
+            names,
+            dns_refresh,
+            connect_timeout: self.timeout(
+                u.connect_timeout.as_ref(),
+                "upstreams.connect_timeout",
+                defaults::CONNECT_TIMEOUT,
+            ),
+            response_timeout: self.timeout(
+                u.response_timeout.as_ref(),
+                "upstreams.response_timeout",
+                defaults::RESPONSE_TIMEOUT,
+            ),
+            body_timeout: self.timeout(
+                u.body_timeout.as_ref(),
+                "upstreams.body_timeout",
+                defaults::UPSTREAM_BODY_TIMEOUT,
+            ),
+            idle_timeout: self.timeout(
+                u.idle_timeout.as_ref(),
+                "upstreams.idle_timeout",
+                defaults::IDLE_TIMEOUT,
+            ),
+            max_idle_per_server: u
+                .max_idle_per_server
+                .and_then(|n| self.int_in(&n, 0, 65535, "upstreams.max_idle_per_server"))
+                .map_or(defaults::MAX_IDLE_PER_SERVER, |n| n as usize),
+            fail_timeout: self.timeout(
+                u.fail_timeout.as_ref(),
+                "upstreams.fail_timeout",
+                defaults::FAIL_TIMEOUT,
+            ),
+            retry_on: u.retry_on.map_or_else(
+                || defaults::RETRY_ON.to_vec(),
+                |list| self.statuses(&list, "upstreams.retry_on"),
+            ),
+            retry_budget: self.share(
+                u.retry_budget,
+                "upstreams.retry_budget",
+                defaults::RETRY_BUDGET,
+            ),
+            max_in_flight: u
+                .max_in_flight
+                .and_then(|n| self.int_in(&n, 1, 1_000_000, "upstreams.max_in_flight"))
+                .and_then(|n| u32::try_from(n).ok()),
+            max_connections: u
+                .max_connections
+                .and_then(|n| self.int_in(&n, 1, 1_000_000, "upstreams.max_connections"))
+                .and_then(|n| u32::try_from(n).ok()),
+            queue_timeout: self.timeout(
+                u.queue_timeout.as_ref(),
+                "upstreams.queue_timeout",
+                defaults::QUEUE_TIMEOUT,
+            ),
+            slow_start: u
+                .slow_start
+                .as_ref()
+                .map(|t| self.timeout(Some(t), "upstreams.slow_start", Duration::from_secs(30))),
+            health_check,
+            tls,
+            eject: u.eject.map(|e| self.eject(e)),
+            sticky: sticky.flatten(),
+        }
     }
 
     /// A share from 0 to 1; `default` when absent or out of range.
