@@ -200,6 +200,45 @@ async fn tls_alpn01_issues_on_a_cluster_without_a_plain_listener() {
     assert!(!printed.contains("ALPN protocol: acme-tls/1"), "{printed}");
 }
 
+/// Masters that share a state folder take turns: while another holds the
+/// certificate's lock (here the test, as a master ordering it would), a
+/// master waits, and once it has the lock it orders only if what is
+/// stored by then is still due.
+#[tokio::test]
+async fn a_master_waits_out_another_ordering_and_then_orders_only_if_still_due() {
+    let app = echo("app").await;
+    let dns = DnsServer::start().await;
+    let (http, tls) = (free_port(), free_port());
+    let pebble = pebble(&dns, http, tls, Duration::from_secs(3600)).await;
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("acme");
+    let certificates = state.join("certificates");
+    std::fs::create_dir_all(&certificates).unwrap();
+    let lock = std::fs::File::create(certificates.join(format!("{NAME}.pem.lock"))).unwrap();
+    lock.try_lock().unwrap();
+
+    let acme = acme_table(&pebble.directory, &pebble.ca_pem_path, &state);
+    let corral = Corral::start(&config(app.addr, Some(http), tls, &acme)).await;
+    corral
+        .wait_for_log("another corral is ordering this certificate; waiting")
+        .await;
+    // What the other master's order left: a certificate for the name.
+    let pki = Pki::new("other-ca");
+    let leaf = pki.issue("issued", &[NAME]);
+    std::fs::copy(&leaf.key_path, certificates.join(format!("{NAME}.key"))).unwrap();
+    std::fs::copy(&leaf.cert_path, certificates.join(format!("{NAME}.pem"))).unwrap();
+    wait_generation(&corral, 2).await;
+    drop(lock);
+    corral.wait_for_log("ACME certificate current").await;
+    assert!(
+        corral.logged("ordering a certificate").is_empty(),
+        "{}",
+        pebble.log()
+    );
+    let roots = trusting(&std::fs::read_to_string(&pki.ca_path).unwrap());
+    served_leaves(&corral, &roots, 2).await;
+}
+
 #[tokio::test]
 async fn a_certificate_is_renewed_two_thirds_into_its_lifetime() {
     let app = echo("app").await;

@@ -5,7 +5,10 @@
 //! into the state folder; the file watch then reloads it like any renewed
 //! certificate file, so every worker changes at once, and a restart finds
 //! it. A failed order is retried with a growing backoff while the last
-//! good certificate (or the placeholder) keeps serving.
+//! good certificate (or the placeholder) keeps serving. Masters that share
+//! a state folder (a binary upgrade's old and new one, replicas on one
+//! volume) take turns: each orders under a lock on the certificate's file,
+//! and looks again at what is stored once it has the lock.
 
 mod http;
 mod order;
@@ -33,6 +36,9 @@ const ORDER_TIMEOUT: Duration = Duration::from_secs(300);
 /// [`MAX_BACKOFF`].
 const FIRST_BACKOFF: Duration = Duration::from_secs(60);
 const MAX_BACKOFF: Duration = Duration::from_secs(60 * 60);
+
+/// How often a master waiting for another's order tries the lock again.
+const LOCK_POLL: Duration = Duration::from_secs(1);
 
 /// What one task keeps: what to order, where the issued chain and key go
 /// (where the config loads them from), and how its names are proven.
@@ -139,15 +145,11 @@ async fn keep(kept: Kept, publisher: Arc<Publisher>) {
             tracing::info!(names, renew_in = ?Duration::from_secs(wait.as_secs()), "ACME certificate current");
             tokio::time::sleep(wait).await;
         }
-        tracing::info!(names, directory = %config.directory, "ordering a certificate by ACME");
-        let issued =
-            tokio::time::timeout(ORDER_TIMEOUT, order::issue(config, kept.method, &publisher));
-        let saved = match issued.await {
-            Ok(Ok(pem)) => {
-                store::save_certificate(&kept.cert, &kept.key, &pem).map_err(|e| e.to_string())
-            }
-            Ok(Err(e)) => Err(e.to_string()),
-            Err(_) => Err(format!("no certificate within {ORDER_TIMEOUT:?}")),
+        let saved = match ordering_lock(&kept.cert, &names).await {
+            // Another master may have renewed it while this one waited.
+            Ok(_) if renewal_due(&kept) > SystemTime::now() => continue,
+            Ok(_lock) => order(&kept, &names, &publisher).await,
+            Err(e) => Err(format!("cannot lock the certificate's file: {e}")),
         };
         match saved {
             Ok(()) => {
@@ -161,6 +163,34 @@ async fn keep(kept: Kept, publisher: Arc<Publisher>) {
                 tokio::time::sleep(wait).await;
             }
         }
+    }
+}
+
+/// Orders the certificate and stores it where the config loads it from.
+async fn order(kept: &Kept, names: &str, publisher: &Publisher) -> Result<(), String> {
+    let config = &kept.acme;
+    tracing::info!(names, directory = %config.directory, "ordering a certificate by ACME");
+    let issued = tokio::time::timeout(ORDER_TIMEOUT, order::issue(config, kept.method, publisher));
+    match issued.await {
+        Ok(Ok(pem)) => {
+            store::save_certificate(&kept.cert, &kept.key, &pem).map_err(|e| e.to_string())
+        }
+        Ok(Err(e)) => Err(e.to_string()),
+        Err(_) => Err(format!("no certificate within {ORDER_TIMEOUT:?}")),
+    }
+}
+
+/// The lock on `cert`'s ordering, once no other master holds it.
+async fn ordering_lock(cert: &std::path::Path, names: &str) -> std::io::Result<store::Lock> {
+    let mut said = false;
+    loop {
+        if let Some(lock) = store::lock(cert)? {
+            return Ok(lock);
+        }
+        if !std::mem::replace(&mut said, true) {
+            tracing::info!(names, file = %cert.display(), "another corral is ordering this certificate; waiting for it");
+        }
+        tokio::time::sleep(LOCK_POLL).await;
     }
 }
 

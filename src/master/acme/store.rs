@@ -9,6 +9,8 @@ use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use instant_acme::AccountCredentials;
+use nix::errno::Errno;
+use nix::fcntl::{Flock, FlockArg};
 
 use crate::plan::CertifiedPem;
 
@@ -47,6 +49,28 @@ pub fn save_account(path: &Path, credentials: &AccountCredentials) -> std::io::R
 pub fn save_certificate(cert: &Path, key: &Path, pem: &CertifiedPem) -> std::io::Result<()> {
     write_private(key, pem.key.as_bytes())?;
     write_public(cert, pem.chain.as_bytes())
+}
+
+/// A master's claim on ordering one certificate, held until dropped.
+pub type Lock = Flock<std::fs::File>;
+
+/// The claim on ordering `cert` (an exclusive `flock` on `CERT.lock`
+/// beside it, which the kernel drops with its holder, even a killed one);
+/// `None` while another process holds it.
+pub fn lock(cert: &Path) -> std::io::Result<Option<Lock>> {
+    let mut name = cert.as_os_str().to_owned();
+    name.push(".lock");
+    let file = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .mode(0o600)
+        .open(PathBuf::from(name))?;
+    match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
+        Ok(lock) => Ok(Some(lock)),
+        Err((_, Errno::EWOULDBLOCK)) => Ok(None),
+        Err((_, e)) => Err(e.into()),
+    }
 }
 
 /// Makes the folders the state lives in, so that the file watch can watch
@@ -91,6 +115,19 @@ fn write(path: &Path, bytes: &[u8], mode: u32) -> std::io::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn one_holder_at_a_time_orders_a_certificate() {
+        let dir = std::env::temp_dir().join(format!("corral-lock-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let cert = dir.join("site.pem");
+        // Each open file is its own holder, as another process's would be.
+        let first = lock(&cert).unwrap().expect("free at first");
+        assert!(lock(&cert).unwrap().is_none(), "held by the first");
+        drop(first);
+        assert!(lock(&cert).unwrap().is_some(), "free once dropped");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
 
     #[test]
     fn accounts_are_named_by_directory() {
