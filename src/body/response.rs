@@ -194,9 +194,7 @@ impl ResponseBody {
             completion.finish(self.sent, server.as_ref().map(|s| s.label.as_str()), now);
         }
     }
-}
 
-impl ResponseBody {
     /// Counts and logs the failure of an upstream's body (of `kind`, as
     /// `corral_upstream_errors_total` names it), which ends the response.
     fn failed(&self, kind: &str, e: BodyError) -> BodyError {
