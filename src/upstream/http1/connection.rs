@@ -2,6 +2,7 @@
 //! read from it but not yet used, and the timer its exchanges wait on.
 
 use std::io;
+use std::ops::{Deref, DerefMut};
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
@@ -14,9 +15,16 @@ use crate::upstream::stream::Stream;
 /// whole responses, fit.
 pub(super) const FIRST_READ: usize = 8 * 1024;
 
-/// An HTTP/1.1 connection to an upstream server.
+/// An HTTP/1.1 connection to an upstream server. Boxed once, when it is
+/// opened: it moves between the pool, the exchange and the response body,
+/// and every response (which hyper moves several times) would otherwise
+/// carry it inline.
 #[derive(Debug)]
-pub struct Connection {
+pub struct Connection(Box<Parts>);
+
+#[derive(Debug)]
+/// What a connection holds.
+pub struct Parts {
     pub(super) stream: Stream,
     /// Bytes read and not yet used. Empty, and without an allocation, while
     /// the connection waits in the pool.
@@ -29,11 +37,11 @@ pub struct Connection {
 
 impl Connection {
     pub fn new(stream: Stream) -> Self {
-        Self {
+        Self(Box::new(Parts {
             stream,
             buf: BytesMut::new(),
             timer: None,
-        }
+        }))
     }
 
     /// Whether the server closed the connection (or sent something nobody
@@ -45,7 +53,8 @@ impl Connection {
     /// The socket, and what was read past the last response (the first
     /// bytes of an upgraded protocol).
     pub fn into_parts(self) -> (Stream, BytesMut) {
-        (self.stream, self.buf)
+        let Parts { stream, buf, .. } = *self.0;
+        (stream, buf)
     }
 
     /// Reads what the socket has into the buffer, reserving `size` bytes
@@ -66,7 +75,8 @@ impl Connection {
         // that did not fill the buffer to have emptied the socket, and
         // clears its readiness: `is_closed` then costs no system call when
         // the connection is checked out again.
-        tokio_util::io::poll_read_buf(Pin::new(&mut self.stream), cx, &mut self.buf)
+        let Parts { stream, buf, .. } = &mut *self.0;
+        tokio_util::io::poll_read_buf(Pin::new(stream), cx, buf)
     }
 
     /// Ready once `deadline` has passed; until then the task `cx` belongs
@@ -99,5 +109,19 @@ impl Connection {
     pub(super) fn idle(mut self) -> Self {
         self.buf = BytesMut::new();
         self
+    }
+}
+
+impl Deref for Connection {
+    type Target = Parts;
+
+    fn deref(&self) -> &Parts {
+        &self.0
+    }
+}
+
+impl DerefMut for Connection {
+    fn deref_mut(&mut self) -> &mut Parts {
+        &mut self.0
     }
 }
