@@ -159,3 +159,49 @@ async fn the_text_is_found_across_the_pieces_of_a_body() {
     let status = corral.status().await;
     assert_eq!(server(&status)["state"], "healthy", "{status:#}");
 }
+
+/// An h2 upstream is checked in h2: each probe is an HTTP/2 request whose
+/// `:authority` is the check's host, judged like any other.
+#[tokio::test]
+async fn an_h2_upstream_is_checked_over_h2() {
+    let probes = Arc::new(Mutex::new(Vec::new()));
+    let answer = Arc::new(Mutex::new(Answer {
+        status: 200,
+        body: b"status: ready".to_vec(),
+    }));
+    let (noted, said) = (probes.clone(), answer.clone());
+    let up = upstream(move |req: Request<Incoming>| {
+        let authority = req.uri().authority().map(ToString::to_string);
+        noted.lock().unwrap().push((req.version(), authority));
+        let answer = said.lock().unwrap();
+        let reply = Response::builder()
+            .status(answer.status)
+            .body(full(answer.body.clone()))
+            .unwrap();
+        async move { reply }
+    })
+    .await;
+    let config = cluster_config(&[up.addr], &format!("protocol = \"h2\"\n{CHECK}"));
+    let corral = Corral::start(&config).await;
+    // A probe is announced by nothing corral says while the server stays up.
+    until("two probes", async || probes.lock().unwrap().len() >= 2).await;
+    corral
+        .wait_status(|s| server(s)["state"] == "healthy")
+        .await;
+    let authority = Some("health.internal".to_owned());
+    assert!(
+        probes
+            .lock()
+            .unwrap()
+            .iter()
+            .all(|p| *p == (http::Version::HTTP_2, authority.clone())),
+        "{:?}",
+        probes.lock().unwrap()
+    );
+    set(&answer, 200, b"status: starting");
+    let status = corral
+        .wait_status(|s| server(s)["state"] == "unhealthy")
+        .await;
+    let reason = server(&status)["down"]["reason"].as_str().unwrap();
+    assert!(reason.contains("without \"ready\""), "{reason}");
+}

@@ -19,7 +19,7 @@ async fn a_private_ca_verifies_the_servers_over_http1_and_h2() {
     let pki = Pki::new("test-ca");
     let leaf = pki.issue("backend", &["backend.internal", "127.0.0.1"]);
     let (one, seen) = https_upstream("one", &leaf, None).await;
-    let (two, _) = https_upstream("two", &leaf, None).await;
+    let (two, two_seen) = https_upstream("two", &leaf, None).await;
     // `app` names the server; `grpc` leaves it to the address (an IP SAN).
     let extra = format!(
         r#"[upstreams.tls]
@@ -35,11 +35,23 @@ name = "grpc"
 protocol = "h2"
 servers = [{{ addr = "{two}" }}]
 tls = {{ ca = "{ca}" }}
+health_check = {{ path = "/", interval = "100ms", unhealthy_threshold = 1, body_contains = "HTTP/2.0" }}
 "#,
         ca = path(&pki.ca_path),
         two = two.addr,
     );
     let corral = Corral::start(&cluster_config(&[one.addr], &extra)).await;
+    // Health checks speak h2 to it too (a connection each), and pass only
+    // if the server saw HTTP/2.
+    until("two probes", async || {
+        two_seen.connections.load(Ordering::SeqCst) >= 2
+    })
+    .await;
+    let status = corral.status().await;
+    assert_eq!(
+        status["upstreams"][1]["servers"][0]["state"], "healthy",
+        "{status:#}"
+    );
     let mut client = H1::connect(corral.addr("public")).await;
     for _ in 0..3 {
         let reply = client.get("/", &[]).await;

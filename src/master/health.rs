@@ -24,7 +24,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::generation::Generation;
 use crate::ipc::ServerHealth;
-use crate::plan::HealthCheckConfig;
+use crate::plan::{HealthCheckConfig, Protocol};
 use crate::upstream::{ConnectError, Connector, Server, Upstream, http1};
 
 /// Called when a server's health changes: (upstream name, server, healthy).
@@ -278,7 +278,9 @@ pub enum ProbeError {
     #[error("cannot make the check's request: {0}")]
     Request(String),
     #[error("HTTP failed: {0}")]
-    Http(#[source] http1::Error),
+    Http(#[from] http1::Error),
+    #[error("HTTP/2 failed: {0}")]
+    Http2(#[from] hyper::Error),
     #[error("answered {0}, expected {1}")]
     Status(http::StatusCode, String),
     #[error("answered {0} without {1:?} in the first 64 KiB of its body")]
@@ -293,59 +295,110 @@ const PROBE_HEAD_LIMIT: usize = 64 * 1024;
 /// check no more.
 const PROBE_BODY_LIMIT: usize = 64 * 1024;
 
-/// One health probe: `GET path` on a fresh connection to `server`, judged
-/// by `check`. Its `Host` is the check's, else the server's name and port
-/// (when DNS found it), else its address.
+/// One health probe: `GET path` on a fresh connection to `server`, in its
+/// upstream's protocol (HTTP/1.1, or h2 for `protocol = "h2"`), judged by
+/// `check`. Its `Host` (or `:authority`) is the check's, else the server's
+/// name and port (when DNS found it), else its address.
 pub async fn probe(
     connector: &Connector,
     server: &Server,
     check: &HealthCheckConfig,
 ) -> Result<(), ProbeError> {
     let addr = server.addr;
+    let host = check.host.clone().unwrap_or_else(|| match &server.host {
+        Some(name) => format!("{name}:{}", addr.port()),
+        None => addr.to_string(),
+    });
     let attempt = async {
-        let stream = connector.stream(addr, server.host.as_deref()).await?;
-        let host = check.host.clone().unwrap_or_else(|| match &server.host {
-            Some(name) => format!("{name}:{}", addr.port()),
-            None => addr.to_string(),
-        });
-        let (request, ()) = http::Request::get(check.path.as_str())
-            .header(http::header::HOST, host)
-            .header(
-                http::header::USER_AGENT,
-                concat!("corral-health/", env!("CARGO_PKG_VERSION")),
-            )
-            .body(())
-            .map_err(|e| ProbeError::Request(e.to_string()))?
-            .into_parts();
-        let outbound = Box::new(http1::Outbound::new(&request, std::iter::empty(), None));
-        let connection = http1::Connection::new(stream);
-        let response = http1::send(connection, outbound, PROBE_HEAD_LIMIT, None)
-            .await
-            .map_err(|e| {
-                ProbeError::Http(match e {
-                    http1::SendError::Upstream(e) | http1::SendError::Unanswered(e) => e,
-                    http1::SendError::Unsent(e, _) => http1::Error::Io(e),
-                    // A probe has no body to fail, and its timeout is
-                    // the caller's.
-                    http1::SendError::ClientBody(_) | http1::SendError::TimedOut(_) => {
-                        http1::Error::Closed
-                    }
-                })
-            })?;
-        let status = response.status();
+        let (status, body) = match server.protocol() {
+            Protocol::Http1 => {
+                let stream = connector.stream(addr, server.host.as_deref()).await?;
+                let (status, body) = send_http1(stream, check, host).await?;
+                (status, Probed::Http1(body))
+            }
+            Protocol::H2 => {
+                let sender = connector.http2(addr, server.host.as_deref()).await?;
+                let (status, body) = send_h2(sender, connector, check, &host).await?;
+                (status, Probed::H2(body))
+            }
+        };
         if !check.passes(status) {
             return Err(ProbeError::Status(status, expected(&check.statuses)));
         }
+        let found = match (&check.body_contains, body) {
+            (None, _) => true,
+            (Some(needle), Probed::Http1(body)) => body_contains(body, needle.as_bytes()).await?,
+            (Some(needle), Probed::H2(body)) => body_contains(body, needle.as_bytes()).await?,
+        };
         match &check.body_contains {
-            Some(needle) if !body_contains(response.into_body(), needle.as_bytes()).await? => {
-                Err(ProbeError::Body(status, needle.clone()))
-            }
+            Some(needle) if !found => Err(ProbeError::Body(status, needle.clone())),
             _ => Ok(()),
         }
     };
     tokio::time::timeout(check.timeout, attempt)
         .await
         .map_err(|_| ProbeError::Timeout(check.timeout))?
+}
+
+/// A probe's answer body, as its protocol's client reads it.
+enum Probed {
+    Http1(http1::Http1Body),
+    H2(hyper::body::Incoming),
+}
+
+/// The check's request for `uri` with corral's user agent, and `host` as
+/// its `Host` unless the URI carries it (h2's `:authority`).
+fn request(uri: &str, host: Option<&str>) -> Result<http::Request<()>, ProbeError> {
+    let mut request = http::Request::get(uri).header(
+        http::header::USER_AGENT,
+        concat!("corral-health/", env!("CARGO_PKG_VERSION")),
+    );
+    if let Some(host) = host {
+        request = request.header(http::header::HOST, host);
+    }
+    request
+        .body(())
+        .map_err(|e| ProbeError::Request(e.to_string()))
+}
+
+/// Sends the check's request over HTTP/1.1 on `stream`.
+async fn send_http1(
+    stream: crate::upstream::Stream,
+    check: &HealthCheckConfig,
+    host: String,
+) -> Result<(http::StatusCode, http1::Http1Body), ProbeError> {
+    let (request, ()) = request(check.path.as_str(), Some(&host))?.into_parts();
+    let outbound = Box::new(http1::Outbound::new(&request, std::iter::empty(), None));
+    let connection = http1::Connection::new(stream);
+    let response = http1::send(connection, outbound, PROBE_HEAD_LIMIT, None)
+        .await
+        .map_err(|e| {
+            ProbeError::Http(match e {
+                http1::SendError::Upstream(e) | http1::SendError::Unanswered(e) => e,
+                http1::SendError::Unsent(e, _) => http1::Error::Io(e),
+                // A probe has no body to fail, and its timeout is the
+                // caller's.
+                http1::SendError::ClientBody(_) | http1::SendError::TimedOut(_) => {
+                    http1::Error::Closed
+                }
+            })
+        })?;
+    Ok((response.status(), response.into_body()))
+}
+
+/// Sends the check's request over h2 on `sender`, its host as the
+/// `:authority`, its scheme `https` over TLS.
+async fn send_h2(
+    mut sender: hyper::client::conn::http2::SendRequest<http_body_util::Empty<bytes::Bytes>>,
+    connector: &Connector,
+    check: &HealthCheckConfig,
+    host: &str,
+) -> Result<(http::StatusCode, hyper::body::Incoming), ProbeError> {
+    let scheme = if connector.is_tls() { "https" } else { "http" };
+    let uri = format!("{scheme}://{host}{}", check.path);
+    let request = request(&uri, None)?.map(|()| http_body_util::Empty::new());
+    let response = sender.send_request(request).await?;
+    Ok((response.status(), response.into_body()))
 }
 
 /// The statuses a check passes on, as a failure names them.
@@ -362,7 +415,11 @@ fn expected(statuses: &[u16]) -> String {
 
 /// Whether the first [`PROBE_BODY_LIMIT`] bytes of `body` contain `needle`;
 /// reads no further than it must.
-async fn body_contains(mut body: http1::Http1Body, needle: &[u8]) -> Result<bool, ProbeError> {
+async fn body_contains<B>(mut body: B, needle: &[u8]) -> Result<bool, ProbeError>
+where
+    B: http_body::Body<Data = bytes::Bytes> + Unpin,
+    ProbeError: From<B::Error>,
+{
     if needle.is_empty() {
         return Ok(true);
     }
@@ -371,7 +428,7 @@ async fn body_contains(mut body: http1::Http1Body, needle: &[u8]) -> Result<bool
         let Some(frame) = body.frame().await else {
             return Ok(false);
         };
-        let Ok(data) = frame.map_err(ProbeError::Http)?.into_data() else {
+        let Ok(data) = frame?.into_data() else {
             continue;
         };
         // Only where the needle may end in the new bytes is new to look at.

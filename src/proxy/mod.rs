@@ -343,7 +343,11 @@ fn prepare(
             client.earlier_forwarded,
         );
     }
-    set_target(&mut parts, route, protocol, host.as_ref());
+    let scheme = match upstream.config.tls {
+        Some(_) => Scheme::HTTPS,
+        None => Scheme::HTTP,
+    };
+    set_target(&mut parts, route, protocol, scheme, host.as_ref());
     let (body, body_sent) = RequestBody::new(
         body,
         listener.max_request_body,
@@ -449,12 +453,14 @@ fn content_length<B>(request: &Request<B>) -> Option<u64> {
 }
 
 /// Points the request at the upstream: origin-form (or `*`) with a `Host`
-/// header for HTTP/1.1, an absolute URI (whose authority becomes `:authority`) for h2.
-/// The path loses the route's prefix when the route strips it.
+/// header for HTTP/1.1, an absolute URI (whose scheme and authority become
+/// `:scheme` and `:authority`) for h2. The path loses the route's prefix
+/// when the route strips it.
 fn set_target(
     parts: &mut http::request::Parts,
     route: &Route,
     protocol: Protocol,
+    scheme: Scheme,
     host: Option<&HeaderValue>,
 ) {
     let original = parts.uri.path_and_query().map_or("/", PathAndQuery::as_str);
@@ -483,7 +489,7 @@ fn set_target(
             parts.version = Version::HTTP_2;
             let authority = host.and_then(|h| Authority::try_from(h.as_bytes()).ok());
             let mut uri = http::uri::Parts::default();
-            uri.scheme = Some(Scheme::HTTP);
+            uri.scheme = Some(scheme);
             uri.authority = authority;
             uri.path_and_query = path.or_else(|| Some(PathAndQuery::from_static("/")));
             if let Ok(uri) = Uri::from_parts(uri) {

@@ -99,6 +99,11 @@ impl Connector {
         }
     }
 
+    /// Whether connections are TLS (the upstream's `tls`).
+    pub fn is_tls(&self) -> bool {
+        self.tls.is_some()
+    }
+
     /// An HTTP/2 connection to `addr` (prior knowledge, or ALPN over TLS;
     /// `host` as for [`stream`](Self::stream)), pinged every 30 s so that a
     /// dead peer is noticed while the connection is idle.
