@@ -2,7 +2,8 @@
 //! worker builds from a plan: a streak of failures ejects, an answer ends a
 //! streak, cool-downs double when ejections follow closely and start over
 //! once a server stayed in, `max_share` is never exceeded, and an ejected
-//! server is out of every pick until its cool-down ends.
+//! server is out of every pick until its cool-down ends, when it starts
+//! with a clean streak.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::path::Path;
@@ -96,4 +97,16 @@ async fn no_more_than_max_share_of_the_servers_is_out_at_once() {
     .unwrap();
     let plain = rebuild(&plan.upstreams, &[], None).remove(0);
     assert!(fail(&plain, 0, 100).is_none());
+}
+
+#[tokio::test(start_paused = true)]
+async fn failures_of_requests_sent_before_an_ejection_do_not_start_the_next_streak() {
+    let up = upstream(2, "consecutive_failures = 3\nbase_time = \"1s\"\n");
+    assert!(fail(&up, 0, 3).is_some());
+    // Requests already in flight to it fail during the cool-down.
+    assert!(fail(&up, 0, 5).is_none());
+    tokio::time::advance(Duration::from_millis(1_100)).await;
+    // Back with a clean slate: a whole streak takes it out again.
+    assert!(fail(&up, 0, 2).is_none());
+    assert!(fail(&up, 0, 1).is_some());
 }

@@ -48,13 +48,16 @@ pub(super) fn failure(
     server: &Server,
     reason: &str,
 ) -> Option<Ejection> {
+    // Requests picked before the ejection still fail during it; they must
+    // not start the next streak, or the first failure after the cool-down
+    // would eject the server again.
+    let now = Instant::now();
+    if server.is_ejected(|| now) {
+        return None;
+    }
     let streak = &server.streak;
     let failures = streak.failures.fetch_add(1, Ordering::Relaxed) + 1;
     if failures < eject.consecutive_failures.get() {
-        return None;
-    }
-    let now = Instant::now();
-    if server.is_ejected(|| now) {
         return None;
     }
     // The share is of the servers, floored: one of two may go, the only
