@@ -2,7 +2,9 @@
 //! loopback: servers follow the answers while a load runs (new addresses
 //! get traffic, removed ones stop, no request fails), a failed lookup
 //! keeps the last answer and says so, a name never resolved answers 503
-//! until it does (and `corral check` warns), and TLS verifies the name.
+//! until it does (and `corral check` warns), one address family failing
+//! keeps its servers, a TTL of 0 is refreshed every second, and TLS
+//! verifies the name.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
@@ -219,4 +221,56 @@ async fn tls_verifies_the_name_the_server_was_found_by() {
     let reply = get(corral.addr("public"), "/", &[]).await;
     assert_eq!(reply.status, 200, "{}", reply.text());
     assert_eq!(reply.text(), "secure HTTP/1.1 client-cert=no");
+}
+
+#[tokio::test]
+async fn one_family_failing_keeps_its_addresses_while_the_other_changes() {
+    let dns = DnsServer::start().await;
+    let (port, ips, _stop) = echoes(2).await;
+    let v6: IpAddr = "::1".parse().unwrap();
+    dns.set(NAME, &[ips[0], v6], 1);
+    let corral = Corral::start(&named_config(&dns, &format!("{NAME}:{port}"), "")).await;
+    let addresses = |s: &serde_json::Value| s["upstreams"][0]["dns"][0]["addresses"].clone();
+    assert_eq!(
+        addresses(&corral.status().await),
+        serde_json::json!(["127.0.0.2", "::1"])
+    );
+
+    // AAAA fails while A moves on: the v6 server stays.
+    dns.fail_type(Some(hickory_proto::rr::RecordType::AAAA));
+    dns.set(NAME, &[ips[0], ips[1]], 1);
+    let status = corral
+        .wait_status(|s| addresses(s).to_string().contains("127.0.0.3"))
+        .await;
+    assert_eq!(
+        addresses(&status),
+        serde_json::json!(["127.0.0.2", "127.0.0.3", "::1"])
+    );
+    assert!(
+        status["upstreams"][0]["dns"][0]["error"].is_null(),
+        "{status:#}"
+    );
+
+    // Answered again, the AAAA answer (none now) decides.
+    dns.fail_type(None);
+    let status = corral
+        .wait_status(|s| !addresses(s).to_string().contains("::1"))
+        .await;
+    assert_eq!(
+        addresses(&status),
+        serde_json::json!(["127.0.0.2", "127.0.0.3"])
+    );
+}
+
+#[tokio::test]
+async fn a_ttl_of_zero_refreshes_at_the_floor_not_at_dns_refresh() {
+    let dns = DnsServer::start().await;
+    let (port, ips, _stop) = echoes(1).await;
+    dns.set(NAME, &ips, 0);
+    let config = named_config(&dns, &format!("{NAME}:{port}"), "")
+        .replace("dns_refresh = \"1s\"", "dns_refresh = \"1h\"");
+    let _corral = Corral::start(&config).await;
+    // One lookup (an A and an AAAA query) at start, more a second later.
+    let first = dns.queries(NAME);
+    dns.wait_queries(NAME, first + 4).await;
 }

@@ -18,8 +18,11 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, SystemTime};
 
 use hickory_resolver::config::{
-    ConnectionConfig, LookupIpStrategy, NameServerConfig, ResolveHosts, ResolverConfig as Servers,
+    ConnectionConfig, NameServerConfig, ResolveHosts, ResolverConfig as Servers,
 };
+use hickory_resolver::lookup::Lookup;
+use hickory_resolver::lookup_ip::LookupIp;
+use hickory_resolver::net::NetError;
 use hickory_resolver::net::runtime::TokioRuntimeProvider;
 use hickory_resolver::{Resolver, TokioResolver};
 use tokio::sync::{mpsc, watch};
@@ -183,27 +186,56 @@ pub fn resolver(config: Option<&ResolverConfig>) -> Result<TokioResolver, String
         options.use_hosts_file = ResolveHosts::Never;
     }
     options.attempts = 2;
-    options.ip_strategy = LookupIpStrategy::Ipv4AndIpv6;
     builder.build().map_err(|e| e.to_string())
 }
 
-/// Looks `name` up: its addresses, sorted (none for NXDOMAIN or no
-/// records), and how long the answer holds; `Err` when no answer came.
-async fn lookup(
-    resolver: &TokioResolver,
-    name: &Name,
-) -> Result<(Vec<IpAddr>, Option<Duration>), String> {
+/// A lookup's outcome: the name's addresses, sorted (none for NXDOMAIN or
+/// no records), and how long the answer holds; `Err` when no answer came.
+type Outcome = Result<(Vec<IpAddr>, Option<Duration>), String>;
+
+/// Looks `name` up, A and AAAA apart: when only one of them fails, that
+/// family keeps its addresses from `last` (a dual-stack lookup would
+/// answer with the other family alone, and drain every server of this
+/// one over one lost packet).
+async fn lookup(resolver: &TokioResolver, name: &Name, last: &[IpAddr]) -> Outcome {
     // An absolute name: no search domains appended.
     let fqdn = format!("{}.", name.0.trim_end_matches('.'));
     // Each lookup asks again: the refresh, not the cache, decides.
     resolver.clear_cache();
-    match resolver.lookup_ip(fqdn).await {
+    let (v4, v6) = tokio::join!(
+        resolver.ipv4_lookup(fqdn.as_str()),
+        resolver.ipv6_lookup(fqdn.as_str())
+    );
+    let (v4, v6) = (family(v4), family(v6));
+    if let (Err(e), Err(_)) = (&v4, &v6) {
+        return Err(e.clone());
+    }
+    let mut addrs = BTreeSet::new();
+    let mut ttl: Option<Duration> = None;
+    for (part, v6) in [(v4, false), (v6, true)] {
+        match part {
+            Ok((found, holds)) => {
+                addrs.extend(found);
+                ttl = ttl.into_iter().chain(holds).min();
+            }
+            Err(e) => {
+                tracing::debug!(name = %name.0, error = %e, "one address family's lookup failed; keeping its last addresses");
+                addrs.extend(last.iter().filter(|ip| ip.is_ipv6() == v6));
+            }
+        }
+    }
+    Ok((addrs.into_iter().collect(), ttl))
+}
+
+/// One family's part of a lookup, as [`Outcome`] says. A TTL of 0 holds
+/// for no time (the refresh's floor then applies), not for `dns_refresh`.
+fn family(found: Result<Lookup, NetError>) -> Outcome {
+    match found {
         Ok(found) => {
-            let addrs: BTreeSet<IpAddr> = found.iter().collect();
             let ttl = found
                 .valid_until()
-                .checked_duration_since(std::time::Instant::now());
-            Ok((addrs.into_iter().collect(), ttl))
+                .saturating_duration_since(std::time::Instant::now());
+            Ok((LookupIp::from(found).iter().collect(), Some(ttl)))
         }
         Err(e) if e.is_nx_domain() || e.is_no_records_found() => Ok((Vec::new(), None)),
         Err(e) => Err(e.to_string()),
@@ -213,35 +245,72 @@ async fn lookup(
 /// A resolver, and the `[resolver]` it was built for.
 type Built = (Option<ResolverConfig>, TokioResolver);
 
+/// When each name is next looked up.
+type Due = HashMap<Name, Instant>;
+
 /// Looks up every name of `plan` once, within the resolver's timeout: the
 /// first generation then starts with the servers DNS has. The resolver,
-/// when there was anything to look up, for the lookups that follow.
-async fn prime(plan: &Plan, names: &Names, metrics: &ClusterMetrics) -> Option<Built> {
+/// when there was anything to look up and it could be made, for the
+/// lookups that follow, and when they are due.
+async fn prime(plan: &Plan, names: &Names, metrics: &ClusterMetrics) -> (Option<Built>, Due) {
+    let mut due = Due::new();
     let wanted = wanted(plan);
     if wanted.is_empty() {
-        return None;
+        return (None, due);
     }
-    let resolver = resolver(plan.resolver.as_ref())
-        .inspect_err(|e| tracing::error!(error = %e, "cannot resolve upstream server names"))
-        .ok()?;
-    let lookups = wanted
-        .keys()
-        .map(|name| look(&resolver, name, names, metrics));
-    futures_util::future::join_all(lookups).await;
-    Some((plan.resolver.clone(), resolver))
+    let resolver = resolver(plan.resolver.as_ref());
+    let using = resolver.as_ref().map_err(String::as_str);
+    refresh(using, &wanted, &mut due, names, metrics).await;
+    let built = resolver.ok().map(|r| (plan.resolver.clone(), r));
+    (built, due)
 }
 
-/// One lookup, recorded, logged and counted; when it is due again, and
-/// whether the addresses changed.
-async fn look(
-    resolver: &TokioResolver,
+/// Looks up each of `wanted` that `due` says is due (one not in it is)
+/// with `resolver`, or fails each with the reason there is none, and
+/// notes when each is next due: at its refresh or its answer's TTL if
+/// sooner, never within [`MIN_REFRESH`]. Whether any addresses changed.
+async fn refresh(
+    resolver: Result<&TokioResolver, &str>,
+    wanted: &HashMap<Name, Duration>,
+    due: &mut Due,
+    names: &Names,
+    metrics: &ClusterMetrics,
+) -> bool {
+    let now = Instant::now();
+    let ready: Vec<&Name> = wanted
+        .keys()
+        .filter(|name| due.get(*name).is_none_or(|at| *at <= now))
+        .collect();
+    let lookups = ready.iter().map(|name| async move {
+        let before = names.get(name);
+        let outcome = match resolver {
+            Ok(r) => lookup(r, name, before.as_ref().map_or(&[], |b| &b.addrs)).await,
+            Err(e) => Err(format!("no resolver: {e}")),
+        };
+        note(name, outcome, before, names, metrics)
+    });
+    let outcomes = futures_util::future::join_all(lookups).await;
+    let mut any = false;
+    for (name, (ttl, moved)) in ready.into_iter().zip(outcomes) {
+        let every = wanted[name];
+        let next = ttl.map_or(every, |ttl| ttl.min(every)).max(MIN_REFRESH);
+        due.insert(name.clone(), Instant::now() + next);
+        any |= moved;
+    }
+    any
+}
+
+/// Records, logs and counts one lookup's `outcome` (`before`, the answer
+/// held until then); when it is due again, and whether the addresses
+/// changed.
+fn note(
     name: &Name,
+    outcome: Outcome,
+    before: Option<Answer>,
     names: &Names,
     metrics: &ClusterMetrics,
 ) -> (Option<Duration>, bool) {
     let shown = format!("{}:{}", name.0, name.1);
-    let outcome = lookup(resolver, name).await;
-    let before = names.get(name);
     let changed = names.record(
         name,
         outcome
@@ -291,46 +360,33 @@ async fn run(
     metrics: Arc<ClusterMetrics>,
     changed: mpsc::Sender<()>,
     mut resolver: Option<Built>,
+    mut due: Due,
 ) {
-    // What `prime` looked up is due a refresh from now.
-    let first = wanted(&generation.borrow().plan);
-    let mut due: HashMap<Name, Instant> = first
-        .into_iter()
-        .filter(|(name, _)| names.get(name).is_some())
-        .map(|(name, every)| (name, Instant::now() + every))
-        .collect();
     loop {
         let plan = generation.borrow_and_update().plan.clone();
         let wanted = wanted(&plan);
         names.retain(&wanted);
         due.retain(|name, _| wanted.contains_key(name));
-        let now = Instant::now();
         let stale = resolver
             .as_ref()
             .is_none_or(|(config, _)| *config != plan.resolver);
+        // A resolver that cannot be made (no readable resolv.conf) fails
+        // each lookup, said and counted as any failure, and is tried
+        // again at the next refresh.
+        let mut unmade = None;
         if stale && !wanted.is_empty() {
             match self::resolver(plan.resolver.as_ref()) {
                 Ok(r) => resolver = Some((plan.resolver.clone(), r)),
-                Err(e) => tracing::error!(error = %e, "cannot resolve upstream server names"),
+                Err(e) => (resolver, unmade) = (None, Some(e)),
             }
         }
-        if let Some((_, r)) = &resolver {
-            let ready: Vec<&Name> = wanted
-                .keys()
-                .filter(|name| due.get(*name).is_none_or(|at| *at <= now))
-                .collect();
-            let lookups = ready.iter().map(|name| look(r, name, &names, &metrics));
-            let outcomes = futures_util::future::join_all(lookups).await;
-            let mut any = false;
-            for (name, (ttl, moved)) in ready.into_iter().zip(outcomes) {
-                let every = wanted[name];
-                let next = ttl.map_or(every, |ttl| ttl.min(every)).max(MIN_REFRESH);
-                due.insert(name.clone(), Instant::now() + next);
-                any |= moved;
-            }
-            if any {
-                let _ = changed.try_send(());
-            }
+        // No resolver and no reason: nothing is wanted, nor looked up.
+        let using = resolver
+            .as_ref()
+            .map(|(_, r)| r)
+            .ok_or(unmade.as_deref().unwrap_or_default());
+        if refresh(using, &wanted, &mut due, &names, &metrics).await {
+            let _ = changed.try_send(());
         }
         let next = due.values().min().copied();
         tokio::select! {
@@ -354,16 +410,16 @@ pub struct Discovery {
     /// A message whenever an answer changed the servers.
     pub changed: mpsc::Receiver<()>,
     tell: mpsc::Sender<()>,
-    /// The resolver the first lookups used, until [`follow`](Self::follow)
-    /// takes it on.
-    resolver: Option<Built>,
+    /// The resolver the first lookups used, and when the next are due,
+    /// until [`follow`](Self::follow) takes them on.
+    primed: Option<(Option<Built>, Due)>,
 }
 
 impl Discovery {
     /// Looks up the names of `plan` once and gives `plan` their servers.
     pub async fn start(plan: &mut Plan, metrics: &ClusterMetrics) -> Self {
         let names = Arc::new(Names::default());
-        let resolver = prime(plan, &names, metrics).await;
+        let primed = prime(plan, &names, metrics).await;
         resolve(plan, &names);
         // One message says all there is: "look again".
         let (tell, changed) = mpsc::channel(1);
@@ -371,7 +427,7 @@ impl Discovery {
             names,
             changed,
             tell,
-            resolver,
+            primed: Some(primed),
         }
     }
 
@@ -381,12 +437,14 @@ impl Discovery {
         generation: watch::Receiver<Arc<Generation>>,
         metrics: Arc<ClusterMetrics>,
     ) {
+        let (resolver, due) = self.primed.take().unwrap_or_default();
         tokio::spawn(run(
             generation,
             self.names.clone(),
             metrics,
             self.tell.clone(),
-            self.resolver.take(),
+            resolver,
+            due,
         ));
     }
 }
@@ -404,7 +462,7 @@ pub async fn unresolved(plan: &Plan) -> Vec<String> {
     };
     let mut names: Vec<&Name> = wanted.keys().collect();
     names.sort();
-    let lookups = names.iter().map(|name| lookup(&resolver, name));
+    let lookups = names.iter().map(|name| lookup(&resolver, name, &[]));
     let outcomes = futures_util::future::join_all(lookups).await;
     names
         .into_iter()
@@ -418,4 +476,31 @@ pub async fn unresolved(plan: &Plan) -> Vec<String> {
             Some(format!("upstream server {host}:{port} does not resolve ({why}); its upstream answers 503 until it does"))
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[tokio::test]
+    async fn without_a_resolver_each_lookup_fails_keeps_its_answer_and_comes_again() {
+        let (names, metrics) = (Names::default(), ClusterMetrics::new().unwrap());
+        let name: Name = ("api.internal".to_owned(), 80);
+        let ip: IpAddr = "10.0.0.1".parse().unwrap();
+        names.record(&name, Ok(&[ip]));
+        let wanted = HashMap::from([(name.clone(), Duration::from_secs(5))]);
+        let mut due = Due::new();
+        let unmade = "cannot read the system's resolver configuration";
+        assert!(!refresh(Err(unmade), &wanted, &mut due, &names, &metrics).await);
+        let answer = names.get(&name).unwrap();
+        assert_eq!(answer.addrs, [ip]);
+        assert!(answer.error.unwrap().0.contains(unmade));
+        let failures = metrics
+            .dns_lookups
+            .with_label_values(&["api.internal:80", "failure"]);
+        assert_eq!(failures.get(), 1);
+        // Due again at the refresh, as any failed lookup.
+        assert!(due[&name] > Instant::now() + Duration::from_secs(4));
+    }
 }

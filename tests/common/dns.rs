@@ -54,6 +54,7 @@ struct Shared {
 struct State {
     names: HashMap<String, Entry>,
     fail: bool,
+    fail_type: Option<RecordType>,
     silent: bool,
     negative_ttl: u32,
 }
@@ -79,6 +80,7 @@ impl DnsServer {
             state: Mutex::new(State {
                 names: HashMap::new(),
                 fail: false,
+                fail_type: None,
                 silent: false,
                 negative_ttl: DEFAULT_NEGATIVE_TTL,
             }),
@@ -109,6 +111,12 @@ impl DnsServer {
     /// While on, every query gets SERVFAIL.
     pub fn fail(&self, on: bool) {
         self.state().fail = on;
+    }
+
+    /// While `Some`, queries of that type get SERVFAIL (a path to the
+    /// nameserver that loses one family's answers).
+    pub fn fail_type(&self, rtype: Option<RecordType>) {
+        self.state().fail_type = rtype;
     }
 
     /// While on, queries are read and never answered (a dead nameserver:
@@ -269,7 +277,8 @@ impl Shared {
 
 /// The answer to `request` from the table: the addresses of the asked type,
 /// NODATA (no answers, an SOA) for a known name without any, NXDOMAIN (an
-/// SOA) for an unknown one, SERVFAIL for everything while failing.
+/// SOA) for an unknown one, SERVFAIL for everything (or the type) while
+/// failing.
 fn answer(state: &State, request: &Message) -> Message {
     let mut response = Message::new(request.id, MessageType::Response, request.op_code);
     response.metadata = Metadata::response_from_request(&request.metadata);
@@ -280,7 +289,8 @@ fn answer(state: &State, request: &Message) -> Message {
         edns.set_max_payload(UDP_MAX);
         response.set_edns(edns);
     }
-    if state.fail {
+    let asked = request.queries.first().map(|q| q.query_type());
+    if state.fail || state.fail_type.is_some_and(|t| asked == Some(t)) {
         response.metadata.authoritative = false;
         response.metadata.response_code = ResponseCode::ServFail;
         return response;
