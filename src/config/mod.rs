@@ -558,4 +558,21 @@ upstream = "api"
         assert_eq!(c.upstream("api").map(|u| u.name.as_str()), Some("api"));
         assert!(c.upstream("nope").is_none());
     }
+
+    #[test]
+    fn durations_longer_than_ten_years_are_refused_at_their_key() {
+        // Doubled as a cool-down, or added to a clock, such a figure
+        // overflows; ten years is accepted.
+        rejected(
+            &upstream("[upstreams.eject]\nbase_time = \"100000000years\""),
+            "upstreams.eject.base_time: `100000000years` is too long, expected at most 10 years",
+        );
+        rejected(
+            &upstream("queue_timeout = \"11years\""),
+            "queue_timeout: `11years` is too long",
+        );
+        let plan = accepted(&upstream("[upstreams.eject]\nbase_time = \"10years\""));
+        let eject = plan.upstream("other").unwrap().eject.as_ref().unwrap();
+        assert_eq!(eject.base_time, Duration::from_secs(315_576_000));
+    }
 }

@@ -13,6 +13,10 @@ use toml::Spanned;
 use crate::config::error::Problem;
 use crate::config::raw::*;
 
+/// The longest duration a config may give: `"10years"`, of 365.25 days
+/// as humantime counts them.
+const MAX_DURATION: Duration = Duration::from_secs(10 * 31_557_600);
+
 pub struct Validator<'a> {
     pub problems: &'a mut Vec<Problem>,
     /// What is allowed but risky: said by `corral check` and logged on
@@ -101,9 +105,21 @@ impl<'a> Validator<'a> {
         }
     }
 
+    /// A duration, at most [`MAX_DURATION`]: whatever corral waits for is
+    /// added to clocks and doubled, which a hundred-year figure overflows.
     pub fn duration_allow_zero(&mut self, raw: Option<&Text>, key: &str) -> Option<Duration> {
         let raw = raw?;
         match humantime::parse_duration(raw.get_ref()) {
+            Ok(d) if d > MAX_DURATION => {
+                self.problem(
+                    raw.span(),
+                    format!(
+                        "{key}: `{}` is too long, expected at most 10 years",
+                        raw.get_ref()
+                    ),
+                );
+                None
+            }
             Ok(d) => Some(d),
             Err(e) => {
                 self.problem(raw.span(), format!("{key}: `{}` is not a duration ({e}), expected e.g. \"150ms\", \"2s\" or \"1m\"", raw.get_ref()));
