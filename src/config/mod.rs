@@ -575,4 +575,27 @@ upstream = "api"
         let eject = plan.upstream("other").unwrap().eject.as_ref().unwrap();
         assert_eq!(eject.base_time, Duration::from_secs(315_576_000));
     }
+
+    #[test]
+    fn two_upstreams_with_one_sticky_cookie_are_warned_of_at_the_second() {
+        let text = format!(
+            "{}{}",
+            upstream("[upstreams.sticky]\ncookie = \"srv\""),
+            "[[upstreams]]\nname = \"third\"\nservers = [{ addr = \"127.0.0.1:9003\" }]\n[upstreams.sticky]\ncookie = \"srv\"\n"
+        );
+        let plan = accepted(&text);
+        let [warning] = plan.warnings.as_slice() else {
+            panic!("{:?}", plan.warnings);
+        };
+        assert!(warning.starts_with("t.toml:19:10: "), "{warning}");
+        assert!(
+            warning.contains("`srv` is also the cookie of upstream `other`"),
+            "{warning}"
+        );
+        assert!(
+            accepted(&upstream("[upstreams.sticky]\ncookie = \"srv\""))
+                .warnings
+                .is_empty()
+        );
+    }
 }

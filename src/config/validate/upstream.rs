@@ -1,6 +1,6 @@
 //! `[[upstreams]]`: servers, balancing and health checks.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::num::NonZeroU32;
 use std::time::Duration;
 
@@ -26,14 +26,41 @@ enum Addr {
 impl Validator<'_> {
     pub fn upstreams(&mut self, raw: Vec<Spanned<RawUpstream>>) -> Vec<UpstreamConfig> {
         let mut names = Names::new("upstream");
+        let mut cookies: HashMap<String, String> = HashMap::new();
         let mut out = Vec::new();
         for item in raw {
             let span = item.span();
             let u = item.into_inner();
             names.check(self, &u.name);
+            if let Some(cookie) = u.sticky.as_ref().map(|s| &s.get_ref().cookie) {
+                self.shared_cookie(&mut cookies, cookie, u.name.get_ref());
+            }
             out.push(self.upstream(span, u));
         }
         out
+    }
+
+    /// Warns when a sticky `cookie` is also another upstream's (in
+    /// `cookies`, by name): a client of both gets each one's cookie in
+    /// turn, which names no server of the other, and stays with neither.
+    fn shared_cookie(
+        &mut self,
+        cookies: &mut HashMap<String, String>,
+        cookie: &Spanned<String>,
+        upstream: &str,
+    ) {
+        match cookies.get(cookie.get_ref()) {
+            Some(first) => self.warning(
+                cookie.span(),
+                format!(
+                    "upstreams.sticky.cookie: `{}` is also the cookie of upstream `{first}`; a client of both stays on a server of neither, so give each its own name",
+                    cookie.get_ref()
+                ),
+            ),
+            None => {
+                cookies.insert(cookie.get_ref().clone(), upstream.to_owned());
+            }
+        }
     }
 
     /// The `dns_refresh` of an upstream whose `NAME:PORT` servers are
