@@ -1,6 +1,7 @@
 //! What the workers said of the servers they ejected (passive health, see
 //! `upstream::eject`): by upstream and server, each worker slot's latest
-//! ejection, shown in `/status` while its cool-down lasts.
+//! ejection, shown in `/status` while its cool-down lasts and its worker
+//! lives.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -50,6 +51,14 @@ impl Ejections {
         by_slot.push(entry);
     }
 
+    /// Forgets the ejections of the worker of `slot`, which exited.
+    pub fn forget(&self, slot: usize) {
+        self.lock().retain(|_, all| {
+            all.retain(|e| e.slot != slot);
+            !all.is_empty()
+        });
+    }
+
     /// The ejections of a server that last at `now`, by slot.
     pub fn current(&self, upstream: &str, server: SocketAddr, now: SystemTime) -> Vec<Ejected> {
         let table = self.lock();
@@ -94,5 +103,17 @@ mod tests {
         let later = table.current("api", addr, now + Duration::from_secs(30));
         assert_eq!(later.len(), 1);
         assert!(table.current("other", addr, now).is_empty());
+    }
+
+    #[test]
+    fn a_worker_that_exited_takes_its_ejections_along() {
+        let table = Ejections::default();
+        let addr = "127.0.0.1:9001".parse().expect("addr");
+        table.record(0, ejection("reset", 10));
+        table.record(1, ejection("status", 10));
+        table.forget(1);
+        let current = table.current("api", addr, SystemTime::now());
+        let slots: Vec<_> = current.iter().map(|e| e.slot).collect();
+        assert_eq!(slots, [0]);
     }
 }

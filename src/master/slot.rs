@@ -96,6 +96,8 @@ pub async fn supervise(seat: Seat, ctx: Arc<SlotContext>, stop: CancellationToke
         };
         let end = run_worker(seat, &ctx, &stop, region_fd, &mut relay).await;
         ctx.metrics.workers.retire(region);
+        // Its ejections went with it: the next worker starts with none.
+        ctx.ejections.forget(slot);
         match end {
             End::Stopped => break,
             End::Exited { how, lived, held } => {
