@@ -10,7 +10,7 @@
 mod common;
 
 use std::net::SocketAddr;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use common::*;
@@ -27,10 +27,53 @@ fn free_port() -> u16 {
     socket.local_addr().unwrap().port()
 }
 
-/// Pebble validating on `http` and `tls`, resolving [`NAME`] to 127.0.0.1.
-async fn pebble(dns: &DnsServer, http: u16, tls: u16, validity: Duration) -> Pebble {
-    dns.set(NAME, &["127.0.0.1".parse().unwrap()], 60);
-    Pebble::start(http, tls, dns.addr, validity).await
+/// What a test that orders from pebble starts with: an upstream, pebble
+/// validating on the free ports `http` and `tls` and issuing certificates
+/// valid for `validity`, with a DNS server that resolves [`NAME`] to
+/// 127.0.0.1, and the `[listeners.tls.acme]` table ordering from it into
+/// the state folder `state`, in the temporary folder `dir`.
+struct Acme {
+    app: Upstream,
+    http: u16,
+    tls: u16,
+    pebble: Pebble,
+    dir: tempfile::TempDir,
+    state: PathBuf,
+    acme: String,
+    _dns: DnsServer,
+}
+
+impl Acme {
+    async fn start(validity: Duration) -> Self {
+        let app = echo("app").await;
+        let dns = DnsServer::start().await;
+        dns.set(NAME, &["127.0.0.1".parse().unwrap()], 60);
+        let (http, tls) = (free_port(), free_port());
+        let pebble = Pebble::start(http, tls, dns.addr, validity).await;
+        let dir = tempfile::tempdir().unwrap();
+        let state = dir.path().join("acme");
+        let acme = acme_table(&pebble.directory, &pebble.ca_pem_path, &state);
+        Self {
+            app,
+            http,
+            tls,
+            pebble,
+            dir,
+            state,
+            acme,
+            _dns: dns,
+        }
+    }
+
+    /// The config of [`config`] with a plain listener on `http` or none.
+    fn config(&self, plain: bool) -> String {
+        config(
+            self.app.addr,
+            plain.then_some(self.http),
+            self.tls,
+            &self.acme,
+        )
+    }
 }
 
 /// The `[listeners.tls.acme]` table ordering [`NAME`] from `pebble`.
@@ -99,14 +142,9 @@ async fn wait_generation(corral: &Corral, n: u64) {
 
 #[tokio::test]
 async fn http01_issues_a_certificate_every_worker_serves_and_a_restart_keeps() {
-    let app = echo("app").await;
-    let dns = DnsServer::start().await;
-    let (http, tls) = (free_port(), free_port());
-    let pebble = pebble(&dns, http, tls, Duration::from_secs(3600)).await;
-    let dir = tempfile::tempdir().unwrap();
-    let state = dir.path().join("acme");
-    let acme = acme_table(&pebble.directory, &pebble.ca_pem_path, &state);
-    let config = config(app.addr, Some(http), tls, &acme);
+    let acme = Acme::start(Duration::from_secs(3600)).await;
+    let (pebble, dir, state) = (&acme.pebble, &acme.dir, &acme.state);
+    let config = acme.config(true);
 
     let corral = Corral::start(&config).await;
     wait_generation(&corral, 2).await;
@@ -173,20 +211,10 @@ async fn http01_issues_a_certificate_every_worker_serves_and_a_restart_keeps() {
 
 #[tokio::test]
 async fn tls_alpn01_issues_on_a_cluster_without_a_plain_listener() {
-    let app = echo("app").await;
-    let dns = DnsServer::start().await;
-    let (unused, tls) = (free_port(), free_port());
-    let pebble = pebble(&dns, unused, tls, Duration::from_secs(3600)).await;
-    let dir = tempfile::tempdir().unwrap();
-    let acme = acme_table(
-        &pebble.directory,
-        &pebble.ca_pem_path,
-        &dir.path().join("acme"),
-    );
-
-    let corral = Corral::start(&config(app.addr, None, tls, &acme)).await;
+    let acme = Acme::start(Duration::from_secs(3600)).await;
+    let corral = Corral::start(&acme.config(false)).await;
     wait_generation(&corral, 2).await;
-    let roots = trusting(&pebble.issuing_root().await);
+    let roots = trusting(&acme.pebble.issuing_root().await);
     served_leaves(&corral, &roots, 4).await;
 
     // Offering only acme-tls/1 with nothing pending fails the handshake,
@@ -206,19 +234,13 @@ async fn tls_alpn01_issues_on_a_cluster_without_a_plain_listener() {
 /// stored by then is still due.
 #[tokio::test]
 async fn a_master_waits_out_another_ordering_and_then_orders_only_if_still_due() {
-    let app = echo("app").await;
-    let dns = DnsServer::start().await;
-    let (http, tls) = (free_port(), free_port());
-    let pebble = pebble(&dns, http, tls, Duration::from_secs(3600)).await;
-    let dir = tempfile::tempdir().unwrap();
-    let state = dir.path().join("acme");
-    let certificates = state.join("certificates");
+    let acme = Acme::start(Duration::from_secs(3600)).await;
+    let certificates = acme.state.join("certificates");
     std::fs::create_dir_all(&certificates).unwrap();
     let lock = std::fs::File::create(certificates.join(format!("{NAME}.pem.lock"))).unwrap();
     lock.try_lock().unwrap();
 
-    let acme = acme_table(&pebble.directory, &pebble.ca_pem_path, &state);
-    let corral = Corral::start(&config(app.addr, Some(http), tls, &acme)).await;
+    let corral = Corral::start(&acme.config(true)).await;
     corral
         .wait_for_log("another corral is ordering this certificate; waiting")
         .await;
@@ -233,7 +255,7 @@ async fn a_master_waits_out_another_ordering_and_then_orders_only_if_still_due()
     assert!(
         corral.logged("ordering a certificate").is_empty(),
         "{}",
-        pebble.log()
+        acme.pebble.log()
     );
     let roots = trusting(&std::fs::read_to_string(&pki.ca_path).unwrap());
     served_leaves(&corral, &roots, 2).await;
@@ -241,20 +263,10 @@ async fn a_master_waits_out_another_ordering_and_then_orders_only_if_still_due()
 
 #[tokio::test]
 async fn a_certificate_is_renewed_two_thirds_into_its_lifetime() {
-    let app = echo("app").await;
-    let dns = DnsServer::start().await;
-    let (http, tls) = (free_port(), free_port());
     // Renewal is due 6 s after each issuance.
-    let pebble = pebble(&dns, http, tls, Duration::from_secs(9)).await;
-    let dir = tempfile::tempdir().unwrap();
-    let acme = acme_table(
-        &pebble.directory,
-        &pebble.ca_pem_path,
-        &dir.path().join("acme"),
-    );
-
-    let corral = Corral::start(&config(app.addr, Some(http), tls, &acme)).await;
-    let roots = trusting(&pebble.issuing_root().await);
+    let acme = Acme::start(Duration::from_secs(9)).await;
+    let corral = Corral::start(&acme.config(true)).await;
+    let roots = trusting(&acme.pebble.issuing_root().await);
     wait_generation(&corral, 2).await;
     let first = served_leaves(&corral, &roots, 1).await;
     wait_generation(&corral, 3).await;

@@ -325,14 +325,17 @@ pub async fn probe(
         if !check.passes(status) {
             return Err(ProbeError::Status(status, expected(&check.statuses)));
         }
-        let found = match (&check.body_contains, body) {
-            (None, _) => true,
-            (Some(needle), Probed::Http1(body)) => body_contains(body, needle.as_bytes()).await?,
-            (Some(needle), Probed::H2(body)) => body_contains(body, needle.as_bytes()).await?,
+        let Some(needle) = &check.body_contains else {
+            return Ok(());
         };
-        match &check.body_contains {
-            Some(needle) if !found => Err(ProbeError::Body(status, needle.clone())),
-            _ => Ok(()),
+        let found = match body {
+            Probed::Http1(body) => body_contains(body, needle.as_bytes()).await?,
+            Probed::H2(body) => body_contains(body, needle.as_bytes()).await?,
+        };
+        if found {
+            Ok(())
+        } else {
+            Err(ProbeError::Body(status, needle.clone()))
         }
     };
     tokio::time::timeout(check.timeout, attempt)
