@@ -86,6 +86,16 @@ upstream = "anonymous"
 name = "anonymous"
 servers = [{{ addr = "{addr}" }}]
 tls = {{ ca = "{ca}" }}
+
+[[routes]]
+path_prefix = "/anonymous-h2/"
+upstream = "anonymous-h2"
+
+[[upstreams]]
+name = "anonymous-h2"
+protocol = "h2"
+servers = [{{ addr = "{addr}" }}]
+tls = {{ ca = "{ca}" }}
 "#,
         ca = path(&pki.ca_path),
         cert = path(&client_leaf.cert_path),
@@ -99,22 +109,27 @@ tls = {{ ca = "{ca}" }}
 
     // Without a certificate the server ends the handshake: under TLS 1.3
     // with an alert after corral's side of it is done, which is still a
-    // refused handshake.
-    let reply = get(corral.addr("public"), "/anonymous/", &[]).await;
-    assert_eq!(reply.status, 502, "{}", reply.text());
-    assert_eq!(
-        reply.text(),
-        "502 Bad Gateway: upstream TLS handshake failed\n"
-    );
+    // refused handshake, in HTTP/1.1 and in h2.
+    for path in ["/anonymous/", "/anonymous-h2/"] {
+        let reply = get(corral.addr("public"), path, &[]).await;
+        assert_eq!(reply.status, 502, "{path}: {}", reply.text());
+        assert_eq!(
+            reply.text(),
+            "502 Bad Gateway: upstream TLS handshake failed\n",
+            "{path}"
+        );
+    }
     let metrics = scrape_metrics(&corral).await;
-    let refused = |kind| {
-        metric_sum(
-            &metrics,
-            "corral_upstream_errors_total",
-            &[("upstream", "anonymous"), ("kind", kind)],
-        )
-    };
-    assert_eq!((refused("tls"), refused("reset")), (1.0, 0.0));
+    for upstream in ["anonymous", "anonymous-h2"] {
+        let refused = |kind| {
+            metric_sum(
+                &metrics,
+                "corral_upstream_errors_total",
+                &[("upstream", upstream), ("kind", kind)],
+            )
+        };
+        assert_eq!((refused("tls"), refused("reset")), (1.0, 0.0), "{upstream}");
+    }
 }
 
 #[tokio::test]

@@ -25,7 +25,7 @@ use tokio_util::sync::CancellationToken;
 use super::generation::Generation;
 use crate::ipc::ServerHealth;
 use crate::plan::{HealthCheckConfig, Protocol};
-use crate::upstream::{ConnectError, Connector, Server, Upstream, http1};
+use crate::upstream::{ConnectError, Connector, Http2, Server, Upstream, http1};
 
 /// Called when a server's health changes: (upstream name, server, healthy).
 pub type OnChange = Arc<dyn Fn(&str, &Server, bool) + Send + Sync>;
@@ -317,8 +317,8 @@ pub async fn probe(
                 (status, Probed::Http1(body))
             }
             Protocol::H2 => {
-                let sender = connector.http2(addr, server.host.as_deref()).await?;
-                let (status, body) = send_h2(sender, connector, check, &host).await?;
+                let conn = connector.http2(addr, server.host.as_deref()).await?;
+                let (status, body) = send_h2(conn, connector, check, &host).await?;
                 (status, Probed::H2(body))
             }
         };
@@ -392,7 +392,7 @@ async fn send_http1(
 /// Sends the check's request over h2 on `sender`, its host as the
 /// `:authority`, its scheme `https` over TLS.
 async fn send_h2(
-    mut sender: hyper::client::conn::http2::SendRequest<http_body_util::Empty<bytes::Bytes>>,
+    mut conn: Http2<http_body_util::Empty<bytes::Bytes>>,
     connector: &Connector,
     check: &HealthCheckConfig,
     host: &str,
@@ -400,7 +400,11 @@ async fn send_h2(
     let scheme = if connector.is_tls() { "https" } else { "http" };
     let uri = format!("{scheme}://{host}{}", check.path);
     let request = request(&uri, None)?.map(|()| http_body_util::Empty::new());
-    let response = sender.send_request(request).await?;
+    let response = conn
+        .sender
+        .send_request(request)
+        .await
+        .map_err(|e| conn.refusal().map_or(ProbeError::from(e), ProbeError::from))?;
     Ok((response.status(), response.into_body()))
 }
 

@@ -18,7 +18,7 @@ use crate::body::request::{BodySent, RequestBody};
 use crate::body::response::Upstream as UpstreamBody;
 use crate::snapshot::Snapshot;
 use crate::upstream::http1::{self, Outbound, SendError};
-use crate::upstream::{Conn, Lease, NoPick, Server, Sticky, Upstream};
+use crate::upstream::{Conn, Http2, Lease, NoPick, Server, Sticky, Upstream};
 
 /// A request rewritten for its upstream, ready to go.
 pub(super) struct Outgoing {
@@ -117,10 +117,11 @@ pub(super) async fn exchange(
                 let sent = http1::send(conn, outbound, outgoing.max_head, Some(timeout)).await;
                 attempt.http1(&mut outgoing, sent)?
             }
-            (Conn::Http2(sender), Message::Http2(request)) => {
+            (Conn::Http2(mut conn), Message::Http2(request)) => {
                 let body_sent = &mut outgoing.body_sent;
+                let sender = &mut conn.sender;
                 let sent = Box::pin(send_h2(sender, *request, limit, body_sent, now)).await;
-                attempt.http2(&mut outgoing, sent)?
+                attempt.http2(&mut outgoing, sent, &conn)?
             }
             // A server's protocol is its upstream's, which prepared the message.
             _ => {
@@ -208,6 +209,12 @@ impl Attempt<'_> {
     }
 
     fn failed(&self, e: ProxyError) -> ProxyError {
+        // A session the server refused once the handshake seemed done
+        // (TLS 1.3's alert) is a refused connection found out late: the
+        // server is passed over as after one.
+        if e.upstream_kind() == Some("tls") {
+            self.server().mark_failed();
+        }
         failed(self.snapshot, self.upstream, self.server(), e)
     }
 
@@ -233,12 +240,13 @@ impl Attempt<'_> {
         }
     }
 
-    /// What an HTTP/2 exchange's outcome (`Err`: the response timeout)
-    /// leads to.
+    /// What an HTTP/2 exchange's outcome (`Err`: the response timeout) on
+    /// `conn` leads to.
     fn http2(
         &mut self,
         outgoing: &mut Outgoing,
         sent: Result<Result<Response<Incoming>, TrySendError<Request<RequestBody>>>, Duration>,
+        conn: &Http2<RequestBody>,
     ) -> Result<Next, ProxyError> {
         match sent.map_err(|limit| self.failed(ProxyError::ResponseTimeout(limit)))? {
             Ok(response) => Ok(self.answered(outgoing, response.map(UpstreamBody::Http2))),
@@ -249,7 +257,11 @@ impl Attempt<'_> {
                     Ok(Next::Again(self.index))
                 }
                 _ => {
-                    let e = self.failed(ProxyError::from_send(e.into_error()));
+                    let e = match conn.refusal() {
+                        Some(refused) => ProxyError::from(refused),
+                        None => ProxyError::from_send(e.into_error()),
+                    };
+                    let e = self.failed(e);
                     // No response head had come: a reset is one before any byte.
                     if !matches!(e.upstream_kind(), Some("reset" | "tls")) {
                         return Err(e);
@@ -372,7 +384,7 @@ impl Picked<'_> {
 /// where it is awaited: it is the largest state a request's future would
 /// hold, and hyper moves every request's future, HTTP/1.1 ones too, whole.
 async fn send_h2(
-    mut sender: http2::SendRequest<RequestBody>,
+    sender: &mut http2::SendRequest<RequestBody>,
     request: Request<RequestBody>,
     limit: Duration,
     body_sent: &mut BodySent,

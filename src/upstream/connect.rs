@@ -3,14 +3,18 @@
 //! TCP, then TLS for an upstream with `tls`, so that every connection to a
 //! server, probe or request, is made and verified the same way.
 
+use std::io::IoSlice;
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::pin::Pin;
+use std::sync::{Arc, OnceLock};
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use hyper::body::Body;
 use hyper::client::conn::http2;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use rustls::pki_types::ServerName;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 use tokio_rustls::TlsConnector;
@@ -40,6 +44,120 @@ pub enum ConnectError {
         #[source]
         source: hyper::Error,
     },
+}
+
+/// An HTTP/2 connection: the handle its requests are sent on, and the TLS
+/// error that ended it, if one did. hyper tells a request queued on a
+/// connection that failed only that it closed, and under TLS 1.3 a server
+/// refuses corral's client certificate (or the lack of one) that way: with
+/// an alert once the handshake seemed done, as the first thing read.
+#[derive(Debug)]
+pub struct Http2<B> {
+    pub sender: http2::SendRequest<B>,
+    addr: SocketAddr,
+    refused: Arc<OnceLock<String>>,
+}
+
+impl<B> Clone for Http2<B> {
+    fn clone(&self) -> Self {
+        Self {
+            sender: self.sender.clone(),
+            addr: self.addr,
+            refused: self.refused.clone(),
+        }
+    }
+}
+
+impl<B> Http2<B> {
+    /// The refused handshake a TLS error that ended the connection amounts
+    /// to, if one did; known before any request on it hears that it closed.
+    pub fn refusal(&self) -> Option<ConnectError> {
+        self.refused.get().map(|text| ConnectError::Tls {
+            addr: self.addr,
+            source: std::io::Error::new(std::io::ErrorKind::InvalidData, text.clone()),
+        })
+    }
+}
+
+/// A stream that keeps the first TLS error read from it (tokio-rustls'
+/// `InvalidData`, which a TCP read never gives) before hyper turns it into
+/// a closed connection. A write that fails looks for one too: a server that
+/// refuses the session sends its alert and closes, so hyper's next write
+/// meets the reset before anything reads the alert that explains it.
+struct Watched {
+    stream: Stream,
+    refused: Arc<OnceLock<String>>,
+}
+
+impl Watched {
+    /// Notes `result` if it is a TLS error.
+    fn note<T>(&self, result: &Poll<std::io::Result<T>>) {
+        if let Poll::Ready(Err(e)) = result
+            && e.kind() == std::io::ErrorKind::InvalidData
+        {
+            let _ = self.refused.set(e.to_string());
+        }
+    }
+
+    /// After a failed write: reads what the server sent before it closed,
+    /// for an alert. The connection is lost; what else is read goes with it.
+    fn explain<T>(
+        &mut self,
+        cx: &mut Context<'_>,
+        result: Poll<std::io::Result<T>>,
+    ) -> Poll<std::io::Result<T>> {
+        if matches!(result, Poll::Ready(Err(_))) && matches!(self.stream, Stream::Tls(_)) {
+            let mut scratch = [0u8; 256];
+            let read = Pin::new(&mut self.stream).poll_read(cx, &mut ReadBuf::new(&mut scratch));
+            self.note(&read);
+        }
+        result
+    }
+}
+
+impl AsyncRead for Watched {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        let read = Pin::new(&mut self.stream).poll_read(cx, buf);
+        self.note(&read);
+        read
+    }
+}
+
+impl AsyncWrite for Watched {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        let written = Pin::new(&mut self.stream).poll_write(cx, buf);
+        self.explain(cx, written)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        let written = Pin::new(&mut self.stream).poll_write_vectored(cx, bufs);
+        self.explain(cx, written)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.stream.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        let flushed = Pin::new(&mut self.stream).poll_flush(cx);
+        self.explain(cx, flushed)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.stream).poll_shutdown(cx)
+    }
 }
 
 /// How to reach the servers of one upstream.
@@ -111,14 +229,18 @@ impl Connector {
         &self,
         addr: SocketAddr,
         host: Option<&str>,
-    ) -> Result<http2::SendRequest<B>, ConnectError>
+    ) -> Result<Http2<B>, ConnectError>
     where
         B: Body + Send + Unpin + 'static,
         B::Data: Send,
         B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
     {
-        let stream = self.stream(addr, host).await?;
-        let (conn, driver) = http2::Builder::new(TokioExecutor::new())
+        let refused = Arc::new(OnceLock::new());
+        let stream = Watched {
+            stream: self.stream(addr, host).await?,
+            refused: refused.clone(),
+        };
+        let (sender, driver) = http2::Builder::new(TokioExecutor::new())
             .timer(hyper_util::rt::TokioTimer::new())
             .keep_alive_interval(Duration::from_secs(30))
             .handshake(TokioIo::new(stream))
@@ -129,7 +251,11 @@ impl Connector {
                 tracing::debug!(%addr, error = %e, "upstream h2 connection ended");
             }
         });
-        Ok(conn)
+        Ok(Http2 {
+            sender,
+            addr,
+            refused,
+        })
     }
 
     /// A connection to `addr`, TLS when the upstream has it, ready for

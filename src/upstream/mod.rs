@@ -24,7 +24,7 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 pub use budget::RetryBudget;
-pub use connect::{ConnectError, Connector};
+pub use connect::{ConnectError, Connector, Http2};
 pub use eject::Ejection;
 pub use pool::Conn;
 pub use server::{Lease, Server};

@@ -12,10 +12,9 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::time::Duration;
 
-use hyper::client::conn::http2;
 use tokio::time::Instant;
 
-use super::connect::{ConnectError, Connector};
+use super::connect::{ConnectError, Connector, Http2};
 use super::http1;
 use crate::body::request::RequestBody;
 use crate::plan::{Protocol, UpstreamConfig};
@@ -24,7 +23,7 @@ use crate::plan::{Protocol, UpstreamConfig};
 #[derive(Debug)]
 pub enum Conn {
     Http1(http1::Connection),
-    Http2(http2::SendRequest<RequestBody>),
+    Http2(Http2<RequestBody>),
 }
 
 #[derive(Debug)]
@@ -49,7 +48,7 @@ pub(super) struct Pool {
     /// Busy and idle connections at most (`max_connections`).
     max_connections: Option<usize>,
     idle: Mutex<IdleList>,
-    shared: Mutex<Option<http2::SendRequest<RequestBody>>>,
+    shared: Mutex<Option<Http2<RequestBody>>>,
 }
 
 /// Pool locks guard plain lists; a panic while one was held leaves nothing
@@ -95,7 +94,10 @@ impl Pool {
                 Ok((Conn::Http1(http1::Connection::new(stream)), false))
             }
             Protocol::H2 => {
-                if let Some(conn) = lock(&self.shared).as_ref().filter(|c| !c.is_closed()) {
+                if let Some(conn) = lock(&self.shared)
+                    .as_ref()
+                    .filter(|c| !c.sender.is_closed())
+                {
                     return Ok((Conn::Http2(conn.clone()), true));
                 }
                 let conn = Box::pin(connector.http2(addr, host)).await?;
