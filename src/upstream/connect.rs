@@ -46,6 +46,14 @@ pub enum ConnectError {
     },
 }
 
+/// The receive window of an HTTP/2 connection to a server, which every
+/// request a worker sends it shares: far above a stream's (hyper's 2 MiB),
+/// so that the streams of clients that stop reading hold their own windows
+/// and never the whole connection's (hyper's 5 MiB would starve every other
+/// stream once three such clients held theirs), as Go's HTTP/2 transport
+/// does. What corral buffers stays bounded by the streams' windows.
+const H2_CONNECTION_WINDOW: u32 = 1 << 30;
+
 /// An HTTP/2 connection: the handle its requests are sent on, and the TLS
 /// error that ended it, if one did. hyper tells a request queued on a
 /// connection that failed only that it closed, and under TLS 1.3 a server
@@ -243,6 +251,7 @@ impl Connector {
         let (sender, driver) = http2::Builder::new(TokioExecutor::new())
             .timer(hyper_util::rt::TokioTimer::new())
             .keep_alive_interval(Duration::from_secs(30))
+            .initial_connection_window_size(H2_CONNECTION_WINDOW)
             .handshake(TokioIo::new(stream))
             .await
             .map_err(|source| ConnectError::Handshake { addr, source })?;
