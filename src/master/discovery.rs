@@ -64,25 +64,23 @@ impl Names {
         self.lock().get(name).cloned()
     }
 
-    /// Records a lookup's outcome; whether the addresses changed.
-    fn record(&self, name: &Name, outcome: Result<&[IpAddr], &str>) -> bool {
+    /// Records a lookup's addresses, if it had an answer, and its error,
+    /// if any query failed; whether the addresses changed.
+    fn record(&self, name: &Name, addrs: Option<&[IpAddr]>, error: Option<&str>) -> bool {
         let mut table = self.lock();
         let answer = table.entry(name.clone()).or_default();
         let now = SystemTime::now();
-        match outcome {
-            Ok(addrs) => {
-                let changed = answer.resolved_at.is_none() || answer.addrs != addrs;
-                answer.addrs = addrs.to_vec();
-                answer.resolved_at = Some(now);
-                answer.error = None;
-                changed
-            }
-            Err(e) => {
-                let since = answer.error.as_ref().map_or(now, |(_, since)| *since);
-                answer.error = Some((e.to_owned(), since));
-                false
-            }
+        let mut changed = false;
+        if let Some(addrs) = addrs {
+            changed = answer.resolved_at.is_none() || answer.addrs != addrs;
+            answer.addrs = addrs.to_vec();
+            answer.resolved_at = Some(now);
         }
+        answer.error = error.map(|e| {
+            let since = answer.error.as_ref().map_or(now, |(_, since)| *since);
+            (e.to_owned(), since)
+        });
+        changed
     }
 
     /// Forgets the names no upstream has any more.
@@ -189,9 +187,17 @@ pub fn resolver(config: Option<&ResolverConfig>) -> Result<TokioResolver, String
     builder.build().map_err(|e| e.to_string())
 }
 
-/// A lookup's outcome: the name's addresses, sorted (none for NXDOMAIN or
-/// no records), and how long the answer holds; `Err` when no answer came.
-type Outcome = Result<(Vec<IpAddr>, Option<Duration>), String>;
+/// An answer to a lookup, or to one of its queries: the addresses, sorted
+/// (none for NXDOMAIN or no records), and how long the answer holds; `Err`
+/// when none came.
+type Part = Result<(Vec<IpAddr>, Option<Duration>), String>;
+
+/// A lookup's outcome: its answer ([`Part`]), and the error of its query
+/// that failed while the other was answered.
+struct Outcome {
+    answer: Part,
+    partial: Option<String>,
+}
 
 /// Looks `name` up, A and AAAA apart: when only one of them fails, that
 /// family keeps its addresses from `last` (a dual-stack lookup would
@@ -208,28 +214,35 @@ async fn lookup(resolver: &TokioResolver, name: &Name, last: &[IpAddr]) -> Outco
     );
     let (v4, v6) = (family(v4), family(v6));
     if let (Err(e), Err(_)) = (&v4, &v6) {
-        return Err(e.clone());
+        let answer = Err(e.clone());
+        return Outcome {
+            answer,
+            partial: None,
+        };
     }
     let mut addrs = BTreeSet::new();
-    let mut ttl: Option<Duration> = None;
-    for (part, v6) in [(v4, false), (v6, true)] {
+    let (mut ttl, mut partial) = (None, None);
+    for (part, v6, query) in [(v4, false, "A"), (v6, true, "AAAA")] {
         match part {
             Ok((found, holds)) => {
                 addrs.extend(found);
                 ttl = ttl.into_iter().chain(holds).min();
             }
             Err(e) => {
-                tracing::debug!(name = %name.0, error = %e, "one address family's lookup failed; keeping its last addresses");
                 addrs.extend(last.iter().filter(|ip| ip.is_ipv6() == v6));
+                partial = Some(format!(
+                    "{query} query failed, its last addresses kept: {e}"
+                ));
             }
         }
     }
-    Ok((addrs.into_iter().collect(), ttl))
+    let answer = Ok((addrs.into_iter().collect(), ttl));
+    Outcome { answer, partial }
 }
 
-/// One family's part of a lookup, as [`Outcome`] says. A TTL of 0 holds
-/// for no time (the refresh's floor then applies), not for `dns_refresh`.
-fn family(found: Result<Lookup, NetError>) -> Outcome {
+/// One family's part of a lookup. A TTL of 0 holds for no time (the
+/// refresh's floor then applies), not for `dns_refresh`.
+fn family(found: Result<Lookup, NetError>) -> Part {
     match found {
         Ok(found) => {
             let ttl = found
@@ -285,7 +298,10 @@ async fn refresh(
         let before = names.get(name);
         let outcome = match resolver {
             Ok(r) => lookup(r, name, before.as_ref().map_or(&[], |b| &b.addrs)).await,
-            Err(e) => Err(format!("no resolver: {e}")),
+            Err(e) => Outcome {
+                answer: Err(format!("no resolver: {e}")),
+                partial: None,
+            },
         };
         note(name, outcome, before, names, metrics)
     });
@@ -311,44 +327,39 @@ fn note(
     metrics: &ClusterMetrics,
 ) -> (Option<Duration>, bool) {
     let shown = format!("{}:{}", name.0, name.1);
-    let changed = names.record(
-        name,
-        outcome
-            .as_ref()
-            .map(|(addrs, _)| addrs.as_slice())
-            .map_err(String::as_str),
-    );
-    let result = if outcome.is_ok() {
-        "success"
-    } else {
+    let (addrs, error) = match &outcome.answer {
+        Ok((addrs, _)) => (Some(addrs.as_slice()), outcome.partial.as_deref()),
+        Err(e) => (None, Some(e.as_str())),
+    };
+    let changed = names.record(name, addrs, error);
+    let result = if error.is_some() {
         "failure"
+    } else {
+        "success"
     };
     metrics
         .dns_lookups
         .with_label_values(&[&shown, result])
         .inc();
-    match &outcome {
-        Ok((addrs, _)) if changed && addrs.is_empty() => {
+    match addrs {
+        Some([]) if changed => {
             tracing::warn!(name = %shown, "upstream server name has no address (NXDOMAIN or no records); it has no servers");
         }
-        Ok((addrs, _)) if changed => {
+        Some(addrs) if changed => {
             tracing::info!(name = %shown, addresses = ?addrs, "upstream server name resolved");
         }
-        Ok(_) if before.as_ref().is_some_and(|b| b.error.is_some()) => {
-            tracing::info!(name = %shown, "DNS lookups succeed again");
-        }
-        Ok(_) => {}
-        Err(e) => {
-            // Said once per error, not at every refresh.
-            let new = before
-                .and_then(|b| b.error)
-                .is_none_or(|(old, _)| old != *e);
-            if new {
-                tracing::warn!(name = %shown, error = %e, "DNS lookup failed; keeping the last answer");
-            }
-        }
+        _ => {}
     }
-    (outcome.ok().and_then(|(_, ttl)| ttl), changed)
+    let before = before.and_then(|b| b.error);
+    match (error, before.as_ref()) {
+        (None, Some(_)) => tracing::info!(name = %shown, "DNS lookups succeed again"),
+        // Said once per error, not at every refresh.
+        (Some(e), before) if before.is_none_or(|(old, _)| old != e) => {
+            tracing::warn!(name = %shown, error = %e, "DNS lookup failed; keeping the last answer");
+        }
+        _ => {}
+    }
+    (outcome.answer.ok().and_then(|(_, ttl)| ttl), changed)
 }
 
 /// Keeps every name of the current generation resolved (with `resolver`
@@ -468,7 +479,7 @@ pub async fn unresolved(plan: &Plan) -> Vec<String> {
         .into_iter()
         .zip(outcomes)
         .filter_map(|((host, port), outcome)| {
-            let why = match outcome {
+            let why = match outcome.answer {
                 Ok((addrs, _)) if addrs.is_empty() => "it has no address".to_owned(),
                 Ok(_) => return None,
                 Err(e) => e,
@@ -488,7 +499,7 @@ mod tests {
         let (names, metrics) = (Names::default(), ClusterMetrics::new().unwrap());
         let name: Name = ("api.internal".to_owned(), 80);
         let ip: IpAddr = "10.0.0.1".parse().unwrap();
-        names.record(&name, Ok(&[ip]));
+        names.record(&name, Some(&[ip]), None);
         let wanted = HashMap::from([(name.clone(), Duration::from_secs(5))]);
         let mut due = Due::new();
         let unmade = "cannot read the system's resolver configuration";
