@@ -577,25 +577,31 @@ upstream = "api"
     }
 
     #[test]
-    fn two_upstreams_with_one_sticky_cookie_are_warned_of_at_the_second() {
-        let text = format!(
-            "{}{}",
-            upstream("[upstreams.sticky]\ncookie = \"srv\""),
-            "[[upstreams]]\nname = \"third\"\nservers = [{ addr = \"127.0.0.1:9003\" }]\n[upstreams.sticky]\ncookie = \"srv\"\n"
-        );
-        let plan = accepted(&text);
-        let [warning] = plan.warnings.as_slice() else {
-            panic!("{:?}", plan.warnings);
+    fn two_upstreams_with_one_sticky_cookie_under_one_host_are_warned_of() {
+        let sticky = |name: &str, port: u16, host: &str| {
+            format!(
+                "[[routes]]\nhost = \"{host}\"\nupstream = \"{name}\"\n[[upstreams]]\nname = \"{name}\"\nservers = [{{ addr = \"127.0.0.1:{port}\" }}]\n[upstreams.sticky]\ncookie = \"srv\"\n"
+            )
         };
-        assert!(warning.starts_with("t.toml:19:10: "), "{warning}");
+        let warnings = |hosts: [&str; 2]| {
+            let text = format!(
+                "{}{}",
+                sticky("one", 9002, hosts[0]),
+                sticky("two", 9003, hosts[1])
+            );
+            accepted(&text).warnings
+        };
+        let shared = warnings(["app.example.com", "*.example.com"]);
+        let [warning] = shared.as_slice() else {
+            panic!("{shared:?}");
+        };
+        assert!(warning.starts_with("t.toml:25:10: "), "{warning}");
         assert!(
-            warning.contains("`srv` is also the cookie of upstream `other`"),
+            warning.contains("`srv` is also the cookie of upstream `one`"),
             "{warning}"
         );
-        assert!(
-            accepted(&upstream("[upstreams.sticky]\ncookie = \"srv\""))
-                .warnings
-                .is_empty()
-        );
+        // The cookie is the host's: under other hosts, each has its own.
+        assert!(warnings(["app.example.com", "admin.example.com"]).is_empty());
+        assert!(warnings(["*.example.com", "*.example.org"]).is_empty());
     }
 }

@@ -48,10 +48,20 @@ pub fn validate(
             "no listeners: add a [[listeners]] table with a name and a listen address",
         );
     }
+    let cookies: Vec<_> = raw
+        .upstreams
+        .iter()
+        .filter_map(|u| {
+            let u = u.get_ref();
+            let sticky = u.sticky.as_ref()?;
+            Some((u.name.get_ref().clone(), sticky.get_ref().cookie.clone()))
+        })
+        .collect();
     let upstreams = v.upstreams(raw.upstreams);
     let resolver = raw.resolver.map(|r| v.resolver(r));
     let reload_guard = raw.reload_guard.map(|g| v.reload_guard(g));
     let routes = v.routes(raw.routes, &upstreams);
+    v.shared_cookies(&cookies, &routes);
     let plan = Plan {
         runtime,
         admin,

@@ -1,6 +1,6 @@
 //! `[[upstreams]]`: servers, balancing and health checks.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 use std::num::NonZeroU32;
 use std::time::Duration;
 
@@ -16,6 +16,20 @@ use crate::config::defaults;
 /// The longest text a health check may look for in a body.
 const MAX_BODY_CONTAINS: usize = 1024;
 
+/// Whether some host name matches both route hosts (`None`: any host).
+fn may_overlap(a: Option<&HostPattern>, b: Option<&HostPattern>) -> bool {
+    use HostPattern::{Exact, Wildcard};
+    match (a, b) {
+        (None, _) | (_, None) => true,
+        (Some(Exact(a)), Some(Exact(b))) => a == b,
+        (Some(Exact(name)), Some(Wildcard(suffix)))
+        | (Some(Wildcard(suffix)), Some(Exact(name))) => name.ends_with(suffix.as_str()),
+        (Some(Wildcard(a)), Some(Wildcard(b))) => {
+            a.ends_with(b.as_str()) || b.ends_with(a.as_str())
+        }
+    }
+}
+
 /// A server's address as written.
 #[derive(Clone, PartialEq, Eq, Hash)]
 enum Addr {
@@ -26,39 +40,48 @@ enum Addr {
 impl Validator<'_> {
     pub fn upstreams(&mut self, raw: Vec<Spanned<RawUpstream>>) -> Vec<UpstreamConfig> {
         let mut names = Names::new("upstream");
-        let mut cookies: HashMap<String, String> = HashMap::new();
         let mut out = Vec::new();
         for item in raw {
             let span = item.span();
             let u = item.into_inner();
             names.check(self, &u.name);
-            if let Some(cookie) = u.sticky.as_ref().map(|s| &s.get_ref().cookie) {
-                self.shared_cookie(&mut cookies, cookie, u.name.get_ref());
-            }
             out.push(self.upstream(span, u));
         }
         out
     }
 
-    /// Warns when a sticky `cookie` is also another upstream's (in
-    /// `cookies`, by name): a client of both gets each one's cookie in
-    /// turn, which names no server of the other, and stays with neither.
-    fn shared_cookie(
+    /// Warns at the second of two sticky upstreams with one cookie name
+    /// (`cookies`: each sticky upstream's name and cookie, in file order)
+    /// that `routes` serve under a common host: the cookie is the host's,
+    /// so a client of both gets each one's in turn, which names no server
+    /// of the other, and stays with neither.
+    pub fn shared_cookies(
         &mut self,
-        cookies: &mut HashMap<String, String>,
-        cookie: &Spanned<String>,
-        upstream: &str,
+        cookies: &[(String, Spanned<String>)],
+        routes: &[RouteConfig],
     ) {
-        match cookies.get(cookie.get_ref()) {
-            Some(first) => self.warning(
-                cookie.span(),
-                format!(
-                    "upstreams.sticky.cookie: `{}` is also the cookie of upstream `{first}`; a client of both stays on a server of neither, so give each its own name",
-                    cookie.get_ref()
-                ),
-            ),
-            None => {
-                cookies.insert(cookie.get_ref().clone(), upstream.to_owned());
+        let hosts = |upstream: &str| -> Vec<Option<&HostPattern>> {
+            routes
+                .iter()
+                .filter(|r| r.upstream == upstream)
+                .map(|r| r.host.as_ref())
+                .collect()
+        };
+        for (i, (second, cookie)) in cookies.iter().enumerate() {
+            let first = cookies[..i].iter().find(|(first, other)| {
+                other.get_ref() == cookie.get_ref()
+                    && hosts(first)
+                        .iter()
+                        .any(|a| hosts(second).iter().any(|b| may_overlap(*a, *b)))
+            });
+            if let Some((first, _)) = first {
+                self.warning(
+                    cookie.span(),
+                    format!(
+                        "upstreams.sticky.cookie: `{}` is also the cookie of upstream `{first}` under a host both are routed from; a client of both stays on a server of neither, so give each its own name",
+                        cookie.get_ref()
+                    ),
+                );
             }
         }
     }
