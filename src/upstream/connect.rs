@@ -3,7 +3,7 @@
 //! TCP, then TLS for an upstream with `tls`, so that every connection to a
 //! server, probe or request, is made and verified the same way.
 
-use std::io::IoSlice;
+use std::io::{IoSlice, Read};
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::{Arc, OnceLock};
@@ -91,7 +91,7 @@ impl<B> Http2<B> {
 /// `InvalidData`, which a TCP read never gives) before hyper turns it into
 /// a closed connection. A write that fails looks for one too: a server that
 /// refuses the session sends its alert and closes, so hyper's next write
-/// meets the reset before anything reads the alert that explains it.
+/// often meets the reset before anything reads the alert that explains it.
 struct Watched {
     stream: Stream,
     refused: Arc<OnceLock<String>>,
@@ -108,16 +108,20 @@ impl Watched {
     }
 
     /// After a failed write: reads what the server sent before it closed,
-    /// for an alert. The connection is lost; what else is read goes with it.
-    fn explain<T>(
-        &mut self,
-        cx: &mut Context<'_>,
-        result: Poll<std::io::Result<T>>,
-    ) -> Poll<std::io::Result<T>> {
-        if matches!(result, Poll::Ready(Err(_))) && matches!(self.stream, Stream::Tls(_)) {
-            let mut scratch = [0u8; 256];
-            let read = Pin::new(&mut self.stream).poll_read(cx, &mut ReadBuf::new(&mut scratch));
-            self.note(&read);
+    /// for an alert. Straight from the socket, not through tokio, whose
+    /// readiness may not have caught up with the reset that failed the
+    /// write, into the TLS session, where a later read still finds any
+    /// data among it.
+    fn explain<T>(&mut self, result: Poll<std::io::Result<T>>) -> Poll<std::io::Result<T>> {
+        if let (Poll::Ready(Err(_)), Stream::Tls(tls)) = (&result, &mut self.stream) {
+            let (tcp, session) = tls.get_mut();
+            let mut bytes = vec![0u8; 16 * 1024];
+            if let Ok(n) = (&*socket2::SockRef::from(&*tcp)).read(&mut bytes) {
+                let _ = session.read_tls(&mut &bytes[..n]);
+                if let Err(e) = session.process_new_packets() {
+                    let _ = self.refused.set(e.to_string());
+                }
+            }
         }
         result
     }
@@ -142,7 +146,7 @@ impl AsyncWrite for Watched {
         buf: &[u8],
     ) -> Poll<std::io::Result<usize>> {
         let written = Pin::new(&mut self.stream).poll_write(cx, buf);
-        self.explain(cx, written)
+        self.explain(written)
     }
 
     fn poll_write_vectored(
@@ -151,7 +155,7 @@ impl AsyncWrite for Watched {
         bufs: &[IoSlice<'_>],
     ) -> Poll<std::io::Result<usize>> {
         let written = Pin::new(&mut self.stream).poll_write_vectored(cx, bufs);
-        self.explain(cx, written)
+        self.explain(written)
     }
 
     fn is_write_vectored(&self) -> bool {
@@ -160,7 +164,7 @@ impl AsyncWrite for Watched {
 
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
         let flushed = Pin::new(&mut self.stream).poll_flush(cx);
-        self.explain(cx, flushed)
+        self.explain(flushed)
     }
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
