@@ -251,7 +251,8 @@ impl Attempt<'_> {
         match sent.map_err(|limit| self.failed(ProxyError::ResponseTimeout(limit)))? {
             Ok(response) => Ok(self.answered(outgoing, response.map(UpstreamBody::Http2))),
             Err(mut e) => match e.take_message() {
-                Some(unsent) if *self.unsent_retries > 0 => {
+                // A server that refused the session refuses a fresh one too.
+                Some(unsent) if *self.unsent_retries > 0 && conn.refusal().is_none() => {
                     *self.unsent_retries -= 1;
                     outgoing.message = Message::Http2(Box::new(unsent));
                     Ok(Next::Again(self.index))
