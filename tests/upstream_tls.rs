@@ -96,6 +96,17 @@ name = "anonymous-h2"
 protocol = "h2"
 servers = [{{ addr = "{addr}" }}]
 tls = {{ ca = "{ca}" }}
+
+[[routes]]
+path_prefix = "/probed-h2/"
+upstream = "probed-h2"
+
+[[upstreams]]
+name = "probed-h2"
+protocol = "h2"
+servers = [{{ addr = "{addr}" }}]
+tls = {{ ca = "{ca}" }}
+health_check = {{ interval = "100ms" }}
 "#,
         ca = path(&pki.ca_path),
         cert = path(&client_leaf.cert_path),
@@ -130,6 +141,17 @@ tls = {{ ca = "{ca}" }}
         };
         assert_eq!((refused("tls"), refused("reset")), (1.0, 0.0), "{upstream}");
     }
+    // A health probe over h2 says why too.
+    let status = corral
+        .wait_status(|s| s["upstreams"][3]["servers"][0]["state"] == "unhealthy")
+        .await;
+    let reason = status["upstreams"][3]["servers"][0]["down"]["reason"]
+        .as_str()
+        .unwrap();
+    assert!(
+        reason.starts_with("TLS handshake with") && reason.contains("received fatal alert"),
+        "{reason}"
+    );
 }
 
 #[tokio::test]
