@@ -3,22 +3,19 @@
 //! TCP, then TLS for an upstream with `tls`, so that every connection to a
 //! server, probe or request, is made and verified the same way.
 
-use std::io::{IoSlice, Read};
 use std::net::SocketAddr;
-use std::pin::Pin;
-use std::sync::{Arc, OnceLock};
-use std::task::{Context, Poll};
+use std::sync::Arc;
 use std::time::Duration;
 
 use hyper::body::Body;
 use hyper::client::conn::http2;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use rustls::pki_types::ServerName;
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 use tokio_rustls::TlsConnector;
 
+use super::http2::{Http2, Watched};
 use super::stream::Stream;
 use crate::plan::{Protocol, UpstreamConfig, UpstreamTls};
 
@@ -53,124 +50,6 @@ pub enum ConnectError {
 /// stream once three such clients held theirs), as Go's HTTP/2 transport
 /// does. What corral buffers stays bounded by the streams' windows.
 const H2_CONNECTION_WINDOW: u32 = 1 << 30;
-
-/// An HTTP/2 connection: the handle its requests are sent on, and the TLS
-/// error that ended it, if one did. hyper tells a request queued on a
-/// connection that failed only that it closed, and under TLS 1.3 a server
-/// refuses corral's client certificate (or the lack of one) that way: with
-/// an alert once the handshake seemed done, as the first thing read.
-#[derive(Debug)]
-pub struct Http2<B> {
-    pub sender: http2::SendRequest<B>,
-    addr: SocketAddr,
-    refused: Arc<OnceLock<String>>,
-}
-
-impl<B> Clone for Http2<B> {
-    fn clone(&self) -> Self {
-        Self {
-            sender: self.sender.clone(),
-            addr: self.addr,
-            refused: self.refused.clone(),
-        }
-    }
-}
-
-impl<B> Http2<B> {
-    /// The refused handshake a TLS error that ended the connection amounts
-    /// to, if one did; known before any request on it hears that it closed.
-    pub fn refusal(&self) -> Option<ConnectError> {
-        self.refused.get().map(|text| ConnectError::Tls {
-            addr: self.addr,
-            source: std::io::Error::new(std::io::ErrorKind::InvalidData, text.clone()),
-        })
-    }
-}
-
-/// A stream that keeps the first TLS error read from it (tokio-rustls'
-/// `InvalidData`, which a TCP read never gives) before hyper turns it into
-/// a closed connection. A write that fails looks for one too: a server that
-/// refuses the session sends its alert and closes, so hyper's next write
-/// often meets the reset before anything reads the alert that explains it.
-struct Watched {
-    stream: Stream,
-    refused: Arc<OnceLock<String>>,
-}
-
-impl Watched {
-    /// Notes `result` if it is a TLS error.
-    fn note<T>(&self, result: &Poll<std::io::Result<T>>) {
-        if let Poll::Ready(Err(e)) = result
-            && e.kind() == std::io::ErrorKind::InvalidData
-        {
-            let _ = self.refused.set(e.to_string());
-        }
-    }
-
-    /// After a failed write: reads what the server sent before it closed,
-    /// for an alert. Straight from the socket, not through tokio, whose
-    /// readiness may not have caught up with the reset that failed the
-    /// write, into the TLS session, where a later read still finds any
-    /// data among it.
-    fn explain<T>(&mut self, result: Poll<std::io::Result<T>>) -> Poll<std::io::Result<T>> {
-        if let (Poll::Ready(Err(_)), Stream::Tls(tls)) = (&result, &mut self.stream) {
-            let (tcp, session) = tls.get_mut();
-            let mut bytes = vec![0u8; 16 * 1024];
-            if let Ok(n) = (&*socket2::SockRef::from(&*tcp)).read(&mut bytes) {
-                let _ = session.read_tls(&mut &bytes[..n]);
-                if let Err(e) = session.process_new_packets() {
-                    let _ = self.refused.set(e.to_string());
-                }
-            }
-        }
-        result
-    }
-}
-
-impl AsyncRead for Watched {
-    fn poll_read(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<std::io::Result<()>> {
-        let read = Pin::new(&mut self.stream).poll_read(cx, buf);
-        self.note(&read);
-        read
-    }
-}
-
-impl AsyncWrite for Watched {
-    fn poll_write(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<std::io::Result<usize>> {
-        let written = Pin::new(&mut self.stream).poll_write(cx, buf);
-        self.explain(written)
-    }
-
-    fn poll_write_vectored(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        bufs: &[IoSlice<'_>],
-    ) -> Poll<std::io::Result<usize>> {
-        let written = Pin::new(&mut self.stream).poll_write_vectored(cx, bufs);
-        self.explain(written)
-    }
-
-    fn is_write_vectored(&self) -> bool {
-        self.stream.is_write_vectored()
-    }
-
-    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        let flushed = Pin::new(&mut self.stream).poll_flush(cx);
-        self.explain(flushed)
-    }
-
-    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.stream).poll_shutdown(cx)
-    }
-}
 
 /// How to reach the servers of one upstream.
 #[derive(Clone)]
@@ -247,11 +126,7 @@ impl Connector {
         B::Data: Send,
         B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
     {
-        let refused = Arc::new(OnceLock::new());
-        let stream = Watched {
-            stream: self.stream(addr, host).await?,
-            refused: refused.clone(),
-        };
+        let (stream, refused) = Watched::new(self.stream(addr, host).await?);
         let (sender, driver) = http2::Builder::new(TokioExecutor::new())
             .timer(hyper_util::rt::TokioTimer::new())
             .keep_alive_interval(Duration::from_secs(30))
@@ -264,11 +139,7 @@ impl Connector {
                 tracing::debug!(%addr, error = %e, "upstream h2 connection ended");
             }
         });
-        Ok(Http2 {
-            sender,
-            addr,
-            refused,
-        })
+        Ok(Http2::new(sender, addr, refused))
     }
 
     /// A connection to `addr`, TLS when the upstream has it, ready for

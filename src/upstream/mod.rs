@@ -12,6 +12,7 @@ mod budget;
 mod connect;
 mod eject;
 pub mod http1;
+mod http2;
 mod pool;
 mod server;
 mod sticky;
@@ -24,8 +25,9 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 pub use budget::RetryBudget;
-pub use connect::{ConnectError, Connector, Http2};
+pub use connect::{ConnectError, Connector};
 pub use eject::Ejection;
+pub use http2::Http2;
 pub use pool::Conn;
 pub use server::{Lease, Server};
 pub use sticky::Sticky;

@@ -14,8 +14,9 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
-use super::connect::{ConnectError, Connector, Http2};
+use super::connect::{ConnectError, Connector};
 use super::http1;
+use super::http2::Http2;
 use crate::body::request::RequestBody;
 use crate::plan::{Protocol, UpstreamConfig};
 
