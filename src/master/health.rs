@@ -317,7 +317,7 @@ pub async fn probe(
                 (status, Probed::Http1(body))
             }
             Protocol::H2 => {
-                let conn = connector.http2(addr, server.host.as_deref()).await?;
+                let conn = Http2::connect(connector, addr, server.host.as_deref()).await?;
                 let (status, body) = send_h2(conn, connector, check, &host).await?;
                 (status, Probed::H2(body))
             }

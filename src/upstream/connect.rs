@@ -7,15 +7,11 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use hyper::body::Body;
-use hyper::client::conn::http2;
-use hyper_util::rt::{TokioExecutor, TokioIo};
 use rustls::pki_types::ServerName;
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 use tokio_rustls::TlsConnector;
 
-use super::http2::{Http2, Watched};
 use super::stream::Stream;
 use crate::plan::{Protocol, UpstreamConfig, UpstreamTls};
 
@@ -42,14 +38,6 @@ pub enum ConnectError {
         source: hyper::Error,
     },
 }
-
-/// The receive window of an HTTP/2 connection to a server, which every
-/// request a worker sends it shares: far above a stream's (hyper's 2 MiB),
-/// so that the streams of clients that stop reading hold their own windows
-/// and never the whole connection's (hyper's 5 MiB would starve every other
-/// stream once three such clients held theirs), as Go's HTTP/2 transport
-/// does. What corral buffers stays bounded by the streams' windows.
-const H2_CONNECTION_WINDOW: u32 = 1 << 30;
 
 /// How to reach the servers of one upstream.
 #[derive(Clone)]
@@ -113,37 +101,8 @@ impl Connector {
         self.tls.is_some()
     }
 
-    /// An HTTP/2 connection to `addr` (prior knowledge, or ALPN over TLS;
-    /// `host` as for [`stream`](Self::stream)), pinged every 30 s so that a
-    /// dead peer is noticed while the connection is idle.
-    pub async fn http2<B>(
-        &self,
-        addr: SocketAddr,
-        host: Option<&str>,
-    ) -> Result<Http2<B>, ConnectError>
-    where
-        B: Body + Send + Unpin + 'static,
-        B::Data: Send,
-        B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
-    {
-        let (stream, refused) = Watched::new(self.stream(addr, host).await?);
-        let (sender, driver) = http2::Builder::new(TokioExecutor::new())
-            .timer(hyper_util::rt::TokioTimer::new())
-            .keep_alive_interval(Duration::from_secs(30))
-            .initial_connection_window_size(H2_CONNECTION_WINDOW)
-            .handshake(TokioIo::new(stream))
-            .await
-            .map_err(|source| ConnectError::Handshake { addr, source })?;
-        tokio::spawn(async move {
-            if let Err(e) = driver.await {
-                tracing::debug!(%addr, error = %e, "upstream h2 connection ended");
-            }
-        });
-        Ok(Http2::new(sender, addr, refused))
-    }
-
     /// A connection to `addr`, TLS when the upstream has it, ready for
-    /// HTTP/1.1: connected and handshaken within `connect_timeout`. TLS
+    /// HTTP/1.1 (or h2, see [`Http2::connect`](super::Http2::connect)): connected and handshaken within `connect_timeout`. TLS
     /// verifies the upstream's `server_name`, else `host` (the DNS name the
     /// address came from), else the address itself.
     pub async fn stream(

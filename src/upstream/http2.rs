@@ -1,18 +1,31 @@
-//! An HTTP/2 connection to a server as the pool shares it: hyper's handle,
-//! and the TLS error that ended the connection, read from the stream
-//! beneath it (hyper keeps no more of it than "the connection closed").
+//! An HTTP/2 connection to a server, as the pool shares it and health
+//! checks use it: opened over the connector's stream with windows fit for
+//! sharing, hyper's handle to it, and the TLS error that ended it, read
+//! from the stream beneath (hyper keeps no more than "the connection
+//! closed").
 
 use std::io::{IoSlice, Read};
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::{Arc, OnceLock};
 use std::task::{Context, Poll};
+use std::time::Duration;
 
-use hyper::client::conn::http2::SendRequest;
+use hyper::body::Body;
+use hyper::client::conn::http2::{Builder, SendRequest};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
-use super::connect::ConnectError;
+use super::connect::{ConnectError, Connector};
 use super::stream::Stream;
+
+/// The receive window of an HTTP/2 connection to a server, which every
+/// request a worker sends it shares: far above a stream's (hyper's 2 MiB),
+/// so that the streams of clients that stop reading hold their own windows
+/// and never the whole connection's (hyper's 5 MiB would starve every other
+/// stream once three such clients held theirs), as Go's HTTP/2 transport
+/// does. What corral buffers stays bounded by the streams' windows.
+const H2_CONNECTION_WINDOW: u32 = 1 << 30;
 
 /// The text of the TLS error that ended a connection, once one did.
 type Refused = Arc<OnceLock<String>>;
@@ -40,12 +53,37 @@ impl<B> Clone for Http2<B> {
 }
 
 impl<B> Http2<B> {
-    pub(super) fn new(sender: SendRequest<B>, addr: SocketAddr, refused: Refused) -> Self {
-        Self {
+    /// An HTTP/2 connection to `addr` through `connector` (prior knowledge,
+    /// or ALPN over TLS; `host` as for [`Connector::stream`]), pinged every
+    /// 30 s so that a dead peer is noticed while the connection is idle.
+    pub async fn connect(
+        connector: &Connector,
+        addr: SocketAddr,
+        host: Option<&str>,
+    ) -> Result<Self, ConnectError>
+    where
+        B: Body + Send + Unpin + 'static,
+        B::Data: Send,
+        B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    {
+        let (stream, refused) = Watched::new(connector.stream(addr, host).await?);
+        let (sender, driver) = Builder::new(TokioExecutor::new())
+            .timer(TokioTimer::new())
+            .keep_alive_interval(Duration::from_secs(30))
+            .initial_connection_window_size(H2_CONNECTION_WINDOW)
+            .handshake(TokioIo::new(stream))
+            .await
+            .map_err(|source| ConnectError::Handshake { addr, source })?;
+        tokio::spawn(async move {
+            if let Err(e) = driver.await {
+                tracing::debug!(%addr, error = %e, "upstream h2 connection ended");
+            }
+        });
+        Ok(Self {
             sender,
             addr,
             refused,
-        }
+        })
     }
 
     /// The refused handshake a TLS error that ended the connection amounts
@@ -63,14 +101,14 @@ impl<B> Http2<B> {
 /// a closed connection. A write that fails looks for one too: a server that
 /// refuses the session sends its alert and closes, so hyper's next write
 /// often meets the reset before anything reads the alert that explains it.
-pub(super) struct Watched {
+struct Watched {
     stream: Stream,
     refused: Refused,
 }
 
 impl Watched {
     /// `stream`, watched, and where it keeps the error.
-    pub(super) fn new(stream: Stream) -> (Self, Refused) {
+    fn new(stream: Stream) -> (Self, Refused) {
         let refused = Refused::default();
         let watched = Self {
             stream,

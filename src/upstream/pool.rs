@@ -101,7 +101,7 @@ impl Pool {
                 {
                     return Ok((Conn::Http2(conn.clone()), true));
                 }
-                let conn = Box::pin(connector.http2(addr, host)).await?;
+                let conn = Box::pin(Http2::connect(connector, addr, host)).await?;
                 *lock(&self.shared) = Some(conn.clone());
                 Ok((Conn::Http2(conn), false))
             }
