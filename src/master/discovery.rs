@@ -199,6 +199,16 @@ struct Outcome {
     partial: Option<String>,
 }
 
+impl Outcome {
+    /// No answer, for `why`.
+    fn failed(why: String) -> Self {
+        Self {
+            answer: Err(why),
+            partial: None,
+        }
+    }
+}
+
 /// Looks `name` up, A and AAAA apart: when only one of them fails, that
 /// family keeps its addresses from `last` (a dual-stack lookup would
 /// answer with the other family alone, and drain every server of this
@@ -214,11 +224,7 @@ async fn lookup(resolver: &TokioResolver, name: &Name, last: &[IpAddr]) -> Outco
     );
     let (v4, v6) = (family(v4), family(v6));
     if let (Err(e), Err(_)) = (&v4, &v6) {
-        let answer = Err(e.clone());
-        return Outcome {
-            answer,
-            partial: None,
-        };
+        return Outcome::failed(e.clone());
     }
     let mut addrs = BTreeSet::new();
     let (mut ttl, mut partial) = (None, None);
@@ -298,10 +304,7 @@ async fn refresh(
         let before = names.get(name);
         let outcome = match resolver {
             Ok(r) => lookup(r, name, before.as_ref().map_or(&[], |b| &b.addrs)).await,
-            Err(e) => Outcome {
-                answer: Err(format!("no resolver: {e}")),
-                partial: None,
-            },
+            Err(e) => Outcome::failed(format!("no resolver: {e}")),
         };
         note(name, outcome, before, names, metrics)
     });

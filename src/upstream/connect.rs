@@ -102,9 +102,10 @@ impl Connector {
     }
 
     /// A connection to `addr`, TLS when the upstream has it, ready for
-    /// HTTP/1.1 (or h2, see [`Http2::connect`](super::Http2::connect)): connected and handshaken within `connect_timeout`. TLS
-    /// verifies the upstream's `server_name`, else `host` (the DNS name the
-    /// address came from), else the address itself.
+    /// HTTP/1.1 (or h2, see [`Http2::connect`](super::Http2::connect)):
+    /// connected and handshaken within `connect_timeout`. TLS verifies the
+    /// upstream's `server_name`, else `host` (the DNS name the address came
+    /// from), else the address itself.
     pub async fn stream(
         &self,
         addr: SocketAddr,

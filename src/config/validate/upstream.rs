@@ -68,11 +68,12 @@ impl Validator<'_> {
                 .collect()
         };
         for (i, (second, cookie)) in cookies.iter().enumerate() {
+            let theirs = hosts(second);
             let first = cookies[..i].iter().find(|(first, other)| {
                 other.get_ref() == cookie.get_ref()
                     && hosts(first)
                         .iter()
-                        .any(|a| hosts(second).iter().any(|b| may_overlap(*a, *b)))
+                        .any(|a| theirs.iter().any(|b| may_overlap(*a, *b)))
             });
             if let Some((first, _)) = first {
                 self.warning(
